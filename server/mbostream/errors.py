@@ -1,0 +1,120 @@
+"""Error room: every error mbostream raises on purpose, as one documented tree.
+
+::
+
+    MbostreamError                      base of everything below
+    ├── DataFileError                   a data file cannot be used (carries ``path``)
+    │   ├── DataFileNotFoundError       the path does not exist or is not a file
+    │   ├── NotDbnError                 the bytes are not DBN (nor zstd-compressed DBN)
+    │   ├── TruncatedFileError          the file ends inside its metadata or inside a record
+    │   └── WrongSchemaError            a DBN file of another schema (e.g. MBP-10 given for MBO)
+    ├── ConfigError                     a setting is invalid (carries ``setting``)
+    ├── InvalidArgumentError            a request argument is invalid (carries ``field``)
+    ├── UnknownInstrumentError          no book for the requested instrument (carries ``selector``)
+    ├── ReplayPositionError             a resume point is no longer buffered (carries ``oldest``)
+    ├── SlowConsumerError               a subscriber fell behind its buffer (carries ``resume_after``)
+    ├── TooManyStreamsError             the server's stream limit is reached
+    └── AuthError                       missing or wrong operator credentials
+        └── PermissionDeniedError       credentials present but not accepted
+
+The gRPC edge maps each class to one status code (see ``mbostream.api.errors``); nothing else in
+the code base chooses status codes.
+"""
+
+from __future__ import annotations
+
+
+class MbostreamError(Exception):
+    """Base class of every deliberate mbostream error."""
+
+
+class DataFileError(MbostreamError):
+    """A data file cannot be used."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class DataFileNotFoundError(DataFileError):
+    """The path does not exist or is not a regular file."""
+
+
+class NotDbnError(DataFileError):
+    """The file is neither DBN nor zstd-compressed DBN."""
+
+
+class TruncatedFileError(DataFileError):
+    """The file ends inside its metadata or inside a record."""
+
+
+class WrongSchemaError(DataFileError):
+    """The DBN file holds another schema than the one required."""
+
+    def __init__(self, path: str, schema: str, expected: str = "mbo") -> None:
+        super().__init__(path, f"schema is {schema!r}, expected {expected!r}")
+        self.schema = schema
+        self.expected = expected
+
+
+class ConfigError(MbostreamError):
+    """A setting is invalid; the message names it."""
+
+    def __init__(self, setting: str, reason: str) -> None:
+        super().__init__(f"{setting}: {reason}")
+        self.setting = setting
+        self.reason = reason
+
+
+class InvalidArgumentError(MbostreamError):
+    """A request argument is invalid; the message names the field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class UnknownInstrumentError(MbostreamError):
+    """No book exists for the requested instrument."""
+
+    def __init__(self, selector: str) -> None:
+        super().__init__(f"unknown instrument {selector}")
+        self.selector = selector
+
+
+class ReplayPositionError(MbostreamError):
+    """The requested resume position is older than the replay buffer holds."""
+
+    def __init__(self, requested: int, oldest: int) -> None:
+        super().__init__(
+            f"replay position {requested} is no longer buffered; oldest resumable position is "
+            f"{oldest} (or resubscribe with with_snapshot)"
+        )
+        self.requested = requested
+        self.oldest = oldest
+
+
+class SlowConsumerError(MbostreamError):
+    """A subscriber fell further behind than its buffer allows."""
+
+    def __init__(self, resume_after: int, buffered: int) -> None:
+        super().__init__(
+            f"slow reader: fell more than {buffered} batches behind; resume with "
+            f"start_after_sequence={resume_after} or resubscribe with with_snapshot"
+        )
+        self.resume_after = resume_after
+        self.buffered = buffered
+
+
+class TooManyStreamsError(MbostreamError):
+    """The server already serves its maximum number of streams."""
+
+
+class AuthError(MbostreamError):
+    """Operator credentials are missing or malformed."""
+
+
+class PermissionDeniedError(AuthError):
+    """Operator credentials are present but not accepted."""
