@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for mbostream.v1: do not edit, run scripts/generate."""
