@@ -1,6 +1,8 @@
 //! Python bindings for the native core: the `mbostream._engine` module.
 //!
 //! Thin by design: conversion and delegation only. The rules live in `mbostream-book`.
+mod lineproto;
+
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
@@ -13,7 +15,7 @@ type LevelTuple = (i64, u64, u32);
 type OrderTuple = (u64, u32);
 type LevelWithOrders = (i64, u64, u32, Vec<OrderTuple>);
 
-fn bytes_of(buf: &PyBuffer<u8>) -> PyResult<&[u8]> {
+pub(crate) fn bytes_of(buf: &PyBuffer<u8>) -> PyResult<&[u8]> {
     if !buf.is_c_contiguous() {
         return Err(PyValueError::new_err("record buffer must be C-contiguous"));
     }
@@ -285,6 +287,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMarket>()?;
     m.add_function(wrap_pyfunction!(anomaly_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(compact_mbo, m)?)?;
+    lineproto::register(m)?;
     m.add("EVENT_ROW_SIZE", EVENT_ROW_SIZE)?;
     m.add("MBO_RECORD_SIZE", MBO_RECORD_SIZE)?;
     m.add("ANOMALY_KIND_COUNT", ANOMALY_KIND_COUNT)?;

@@ -1,0 +1,48 @@
+"""Feed room: what the replay publishes to its subscribers (book streams, event streams, storage).
+
+A :class:`Batch` is one step of the replay: the records applied together, the F_LAST event rows
+they produced (with each book's BBO at that moment), and the replay positions they occupy. It is
+immutable and shared by every subscriber; nobody copies or mutates it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Records applied in one replay step, in replay order.
+
+    Attributes
+    ----------
+    first_replay_seq
+        Replay position of ``records[0]``. Positions start at 1 and increase by one per record for
+        the life of the server (across loops and restarts), so they are resume points.
+    records
+        The MBO records (:data:`mbostream.dbn.MBO_DTYPE`), read-only.
+    events
+        One :data:`mbostream.market.EVENT_DTYPE` row per F_LAST among ``records`` (``index`` is
+        relative to ``records``), carrying the book's BBO right after that record.
+    ts_out
+        Publication time, ns since the UNIX epoch.
+    snapshot
+        True when the records are a synthetic book snapshot (``R`` + ``A``… F_SNAPSHOT) rather
+        than replayed feed records.
+    """
+
+    first_replay_seq: int
+    records: np.ndarray
+    events: np.ndarray
+    ts_out: int
+    snapshot: bool = False
+
+    @property
+    def last_replay_seq(self) -> int:
+        """Replay position of the last record (``first_replay_seq - 1`` for an empty batch)."""
+        return self.first_replay_seq + len(self.records) - 1
+
+    def __len__(self) -> int:
+        return len(self.records)

@@ -1,0 +1,1 @@
+//! mbostream-lineproto: InfluxDB line protocol from raw MBO records and event rows.
