@@ -2,6 +2,7 @@
 //!
 //! Thin by design: conversion and delegation only. The rules live in `mbostream-book`.
 mod lineproto;
+mod synth;
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyKeyError, PyValueError};
@@ -288,6 +289,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(anomaly_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(compact_mbo, m)?)?;
     lineproto::register(m)?;
+    synth::register(m)?;
     m.add("EVENT_ROW_SIZE", EVENT_ROW_SIZE)?;
     m.add("MBO_RECORD_SIZE", MBO_RECORD_SIZE)?;
     m.add("ANOMALY_KIND_COUNT", ANOMALY_KIND_COUNT)?;

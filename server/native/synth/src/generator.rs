@@ -35,13 +35,15 @@ const P_REST_REMAINDER: f64 = 0.5;
 const MAX_FILLS: usize = 64;
 const MAX_ORDER_SIZE: u32 = 500;
 const MAX_AGGRESSOR_SIZE: u32 = 300;
+/// Modifies grow only orders below half this size, so none ever exceeds it.
 const MAX_MODIFIED_SIZE: u32 = 5_000;
 /// The next event is on the same instrument with this probability: activity comes in bursts.
 const P_STICKY: f64 = 0.6;
 
-/// Fair value, in ticks from the start price: an Ornstein–Uhlenbeck walk (stationary sd ~75 ticks).
-const FAIR_SIGMA: f64 = 0.15;
-const FAIR_THETA: f64 = 2e-6;
+/// Fair value, in ticks from the start price: an Ornstein–Uhlenbeck walk moving ~0.03 tick per
+/// event (~10 ticks a minute at the mean event rate), reverting over ~3.5M events (sd ~40 ticks).
+const FAIR_SIGMA: f64 = 0.03;
+const FAIR_THETA: f64 = 2.8e-7;
 const FAIR_LIMIT: f64 = 700.0;
 /// How strongly the gap between fair value and mid tilts aggressors and improvers to one side.
 const TILT_PER_TICK: f64 = 0.03;
@@ -137,12 +139,21 @@ impl Emitter<'_> {
     }
 }
 
-fn side_byte(side: usize) -> u8 {
-    if side == BID {
-        SIDE_BID
+/// DBN side of a ladder side.
+const SIDE_BYTES: [u8; 2] = [SIDE_BID, SIDE_ASK];
+
+fn last_flag(is_last: bool) -> u8 {
+    if is_last {
+        F_LAST
     } else {
-        SIDE_ASK
+        0
     }
+}
+
+/// Order ids of new orders increase by small random steps, like exchange-assigned ids.
+fn next_order_id(last: &mut u64, rng: &mut Rng) -> u64 {
+    *last += 1 + (rng.next_u64() & 3);
+    *last
 }
 
 /// Ticks behind the touch of a new passive order: mostly at or next to it, with a long flat tail.
@@ -219,11 +230,6 @@ pub(crate) fn run(cfg: &SynthConfig, chunk_records: usize, sink: &mut dyn FnMut(
 }
 
 impl Generator<'_> {
-    fn new_order_id(&mut self) -> u64 {
-        self.next_order_id += 1 + (self.rng.next_u64() & 3);
-        self.next_order_id
-    }
-
     /// Seeds each book around its start price (spread one tick), then writes each as R + A records.
     fn snapshots(&mut self, cfg: &SynthConfig) {
         let per_book_cap = (cfg.records / SNAPSHOT_SHARE_DIVISOR / u64::from(cfg.instruments.max(1))).max(2);
@@ -244,22 +250,29 @@ impl Generator<'_> {
             if self.em.remaining == 0 {
                 return;
             }
-            let last = |em: &Emitter, left: usize| if left == 0 || em.remaining == 1 { F_LAST } else { 0 };
             let mut left = book.ladder.len();
-            self.em.record(&mut book.meta, ACTION_CLEAR, SIDE_NONE, UNDEF_PRICE, 0, 0, snapshot | last(&self.em, left));
+            let flags = snapshot | last_flag(self.em.remaining == 1);
+            self.em.record(&mut book.meta, ACTION_CLEAR, SIDE_NONE, UNDEF_PRICE, 0, 0, flags);
             for side in [BID, ASK] {
                 for k in 0..LEVELS {
                     let tick = if side == BID { LEVELS - 1 - k } else { k };
                     let mut slot = book.ladder.head(side, tick);
                     while slot != NIL && self.em.remaining > 0 {
                         // Ids follow queue priority, so they increase along each FIFO and through the file.
-                        self.next_order_id += 1 + (self.rng.next_u64() & 3);
-                        book.ladder.set_id(slot, self.next_order_id);
+                        book.ladder.set_id(slot, next_order_id(&mut self.next_order_id, &mut self.rng));
                         let order = *book.ladder.order(slot);
                         left -= 1;
-                        let flags = snapshot | last(&self.em, left);
+                        let flags = snapshot | last_flag(left == 0 || self.em.remaining == 1);
                         let price = book.meta.price(tick);
-                        self.em.record(&mut book.meta, ACTION_ADD, side_byte(side), price, order.size, order.id, flags);
+                        self.em.record(
+                            &mut book.meta,
+                            ACTION_ADD,
+                            SIDE_BYTES[side],
+                            price,
+                            order.size,
+                            order.id,
+                            flags,
+                        );
                         slot = order.next;
                     }
                 }
@@ -286,7 +299,8 @@ impl Generator<'_> {
     /// One event; whatever cannot happen (empty book, not enough records left) becomes a passive add.
     fn event(&mut self, i: usize) {
         let book = &mut self.books[i];
-        book.fair = (book.fair + FAIR_SIGMA * self.rng.normal() - FAIR_THETA * book.fair).clamp(-FAIR_LIMIT, FAIR_LIMIT);
+        book.fair =
+            (book.fair + FAIR_SIGMA * self.rng.normal() - FAIR_THETA * book.fair).clamp(-FAIR_LIMIT, FAIR_LIMIT);
         let fullness = book.ladder.len() as f64 / book.target as f64;
         let p_add = (P_ADD_AT_TARGET + ADD_GAIN * (1.0 - fullness)).clamp(0.2, 0.9);
         let u = self.rng.unit();
@@ -305,7 +319,7 @@ impl Generator<'_> {
     }
 
     fn add(&mut self, i: usize) {
-        let id = self.new_order_id();
+        let id = next_order_id(&mut self.next_order_id, &mut self.rng);
         let (book, rng) = (&mut self.books[i], &mut self.rng);
         let (bid, ask) = (book.ladder.best(BID), book.ladder.best(ASK));
         let (side, tick) = match (bid, ask) {
@@ -331,7 +345,7 @@ impl Generator<'_> {
         let size = rng.pareto_4_3(MAX_ORDER_SIZE);
         book.ladder.insert(side, tick, id, size);
         let price = book.meta.price(tick);
-        self.em.record(&mut book.meta, ACTION_ADD, side_byte(side), price, size, id, F_LAST);
+        self.em.record(&mut book.meta, ACTION_ADD, SIDE_BYTES[side], price, size, id, F_LAST);
     }
 
     fn cancel(&mut self, i: usize) -> bool {
@@ -358,7 +372,7 @@ impl Generator<'_> {
             order.size
         };
         let price = book.meta.price(order.tick);
-        let side = side_byte(order.side as usize);
+        let side = SIDE_BYTES[order.side as usize];
         self.em.record(&mut book.meta, ACTION_CANCEL, side, price, cut, order.id, F_LAST);
         true
     }
@@ -373,34 +387,34 @@ impl Generator<'_> {
         let order = *ladder.order(slot);
         let side = order.side as usize;
         let kind = rng.below(100);
-        let (tick, size) = if kind < 45 && order.size > 1 {
+        let mut tick = order.tick;
+        if kind >= 70 {
+            let step = 1 + rng.below(3) as u32;
+            tick = if rng.chance(0.5) { tick.saturating_sub(step) } else { (tick + step).min(LEVELS - 1) };
+            // Never move through the opposite touch: a modify does not trade.
+            tick = match (side, ladder.best(1 - side)) {
+                (BID, Some(ask)) => tick.min(ask - 1),
+                (ASK, Some(bid)) => tick.max(bid + 1),
+                _ => tick,
+            };
+        }
+        let size = if tick != order.tick {
+            // Price change loses priority.
+            ladder.requeue(slot, tick, order.size);
+            order.size
+        } else if order.size > 1 && (kind < 45 || order.size >= MAX_MODIFIED_SIZE / 2) {
             // Size decrease keeps priority.
             let size = 1 + rng.below(u64::from(order.size - 1)) as u32;
             ladder.reduce(slot, order.size - size);
-            (order.tick, size)
+            size
         } else {
-            let mut tick = order.tick;
-            if kind >= 70 {
-                let step = 1 + rng.below(3) as u32;
-                tick = if rng.chance(0.5) { tick.saturating_sub(step) } else { (tick + step).min(LEVELS - 1) };
-                // Never move through the opposite touch: a modify does not trade.
-                tick = match (side, ladder.best(1 - side)) {
-                    (BID, Some(ask)) => tick.min(ask - 1),
-                    (ASK, Some(bid)) => tick.max(bid + 1),
-                    _ => tick,
-                };
-            }
-            let size = if tick == order.tick {
-                (order.size + 1 + rng.below(u64::from(order.size.max(4))) as u32).min(MAX_MODIFIED_SIZE)
-            } else {
-                order.size
-            };
-            // Price change or size increase loses priority.
+            // Size increase loses priority.
+            let size = order.size + 1 + rng.below(u64::from(order.size.max(4))) as u32;
             ladder.requeue(slot, tick, size);
-            (tick, size)
+            size
         };
         let price = book.meta.price(tick);
-        self.em.record(&mut book.meta, ACTION_MODIFY, side_byte(side), price, size, order.id, F_LAST);
+        self.em.record(&mut book.meta, ACTION_MODIFY, SIDE_BYTES[side], price, size, order.id, F_LAST);
         true
     }
 
@@ -448,30 +462,29 @@ impl Generator<'_> {
 
         let (em, meta, ladder) = (&mut self.em, &mut book.meta, &mut book.ladder);
         let touch_price = meta.price(touch);
-        em.record(meta, ACTION_TRADE, side_byte(side), touch_price, quantity - left, 0, 0);
+        em.record(meta, ACTION_TRADE, SIDE_BYTES[side], touch_price, quantity - left, 0, 0);
         for &(slot, fill) in &self.fills {
             let order = ladder.order(slot);
             let price = meta.price(order.tick);
-            em.record(meta, ACTION_FILL, side_byte(resting), price, fill, order.id, 0);
+            em.record(meta, ACTION_FILL, SIDE_BYTES[resting], price, fill, order.id, 0);
         }
         for (k, &(slot, fill)) in self.fills.iter().enumerate() {
-            let flags = if k + 1 == self.fills.len() && !rests { F_LAST } else { 0 };
+            let flags = last_flag(k + 1 == self.fills.len() && !rests);
             let order = *ladder.order(slot);
             let price = meta.price(order.tick);
             if fill == order.size {
                 ladder.remove(slot);
-                em.record(meta, ACTION_CANCEL, side_byte(resting), price, fill, order.id, flags);
+                em.record(meta, ACTION_CANCEL, SIDE_BYTES[resting], price, fill, order.id, flags);
             } else {
                 ladder.reduce(slot, fill);
-                em.record(meta, ACTION_MODIFY, side_byte(resting), price, order.size - fill, order.id, flags);
+                em.record(meta, ACTION_MODIFY, SIDE_BYTES[resting], price, order.size - fill, order.id, flags);
             }
         }
         if rests {
-            self.next_order_id += 1 + (self.rng.next_u64() & 3);
-            let id = self.next_order_id;
+            let id = next_order_id(&mut self.next_order_id, rng);
             ladder.insert(side, limit, id, left);
             let price = meta.price(limit);
-            em.record(meta, ACTION_ADD, side_byte(side), price, left, id, F_LAST);
+            em.record(meta, ACTION_ADD, SIDE_BYTES[side], price, left, id, F_LAST);
         }
         true
     }

@@ -174,7 +174,8 @@ impl Ladder {
         }
         if level.head == NIL && self.best[side] == tick {
             let occupied = |t: &u32| self.levels[side][*t as usize].head != NIL;
-            let next_best = if side == BID { (0..tick).rev().find(occupied) } else { (tick + 1..LEVELS).find(occupied) };
+            let next_best =
+                if side == BID { (0..tick).rev().find(occupied) } else { (tick + 1..LEVELS).find(occupied) };
             self.best[side] = next_best.unwrap_or(NIL);
         }
     }

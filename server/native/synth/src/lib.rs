@@ -10,7 +10,7 @@
 //! - **Instruments**: CME futures (ESZ6, NQZ6, CLZ6, GCG7, ZNH7, …, then later contract months),
 //!   each with its own tick grid and start price; every price is on the grid (integers, 1e-9).
 //! - **Snapshot**: per instrument an `R` then one `A` per resting order in queue priority
-//!   (2,000–5,000 orders over roughly 300 levels, spread one tick), flagged
+//!   (2,000–5,000 orders over ~400 price levels, spread one tick), flagged
 //!   `F_SNAPSHOT | F_BAD_TS_RECV`, the last one also `F_LAST`.
 //! - **Fair value** follows a slow mean-reverting (Ornstein–Uhlenbeck) walk; the gap between it
 //!   and the mid tilts aggressors and spread-improving adds to one side, so the mid follows it.

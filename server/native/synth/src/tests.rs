@@ -100,6 +100,8 @@ struct Trade {
 struct Stats {
     live_boundaries: u64,
     one_sided: u64,
+    levels: u64,
+    top_orders: u64,
     one_tick_spreads: u64,
     wide_spreads: u64,
     trades: u64,
@@ -173,7 +175,8 @@ fn replay(specs: &[InstrumentSpec], bytes: &[u8]) -> (Vec<usize>, HashMap<u32, S
         match m.action {
             ACTION_TRADE => {
                 let resting = 1 - side_index(m.side);
-                trade = Some(Trade { price: m.price, size: m.size, expected: book.priority(resting, 70), fills: vec![] });
+                trade =
+                    Some(Trade { price: m.price, size: m.size, expected: book.priority(resting, 70), fills: vec![] });
                 stats.entry(m.instrument_id).or_default().trades += 1;
             }
             ACTION_FILL => {
@@ -202,6 +205,8 @@ fn replay(specs: &[InstrumentSpec], bytes: &[u8]) -> (Vec<usize>, HashMap<u32, S
                 (s.min_orders, s.max_orders, s.min_mid, s.max_mid) = (count, count, bid / tick, bid / tick);
             }
             s.live_boundaries += 1;
+            s.levels += (book.sides[0].len() + book.sides[1].len()) as u64;
+            s.top_orders += book.sides[0][&bid].len() as u64;
             s.one_tick_spreads += u64::from(ask - bid == tick);
             s.wide_spreads += u64::from(ask - bid > 3 * tick);
             (s.min_orders, s.max_orders) = (s.min_orders.min(count), s.max_orders.max(count));
@@ -215,16 +220,17 @@ fn replay(specs: &[InstrumentSpec], bytes: &[u8]) -> (Vec<usize>, HashMap<u32, S
     (snapshot_sizes, stats)
 }
 
-#[test]
-fn replays_with_zero_anomalies_and_realistic_shape() {
-    let (specs, bytes) = generate(&config(7, 2_000_000, 3));
-    let (snapshots, stats) = replay(&specs, &bytes);
-    assert_eq!(snapshots.len(), 3);
+/// Replays a file and asserts the book's shape: spread, depth, order-count band, a wandering mid.
+fn assert_realistic(specs: &[InstrumentSpec], bytes: &[u8]) {
+    let (snapshots, stats) = replay(specs, bytes);
+    assert_eq!(snapshots.len(), specs.len());
     for (spec, &initial) in specs.iter().zip(&snapshots) {
         assert!((2_000..=5_000).contains(&initial), "{} snapshot has {initial} orders", spec.symbol);
         let s = &stats[&spec.instrument_id];
+        let (top, levels) = (s.top_orders / s.live_boundaries, s.levels / s.live_boundaries);
         println!(
-            "{}: {} boundaries, {} trades, 1-tick spread {:.1}%, >3 ticks {:.2}%, orders {}..{} (start {initial}), mid range {} ticks",
+            "{}: {} boundaries, {} trades, {top} orders at the best bid, {levels} levels, \
+             1-tick spread {:.1}%, >3 ticks {:.2}%, orders {}..{} (start {initial}), mid range {} ticks",
             spec.symbol,
             s.live_boundaries,
             s.trades,
@@ -240,7 +246,22 @@ fn replays_with_zero_anomalies_and_realistic_shape() {
         assert!(s.min_orders * 2 > initial && s.max_orders < initial * 3 / 2, "order count left its band");
         assert!(s.max_mid - s.min_mid >= 5, "the mid wanders");
         assert!(s.trades * 50 > s.live_boundaries, "aggressors trade");
+        assert!((5..=80).contains(&top) && (200..=600).contains(&levels), "book shape");
     }
+}
+
+#[test]
+fn replays_with_zero_anomalies_and_realistic_shape() {
+    let (specs, bytes) = generate(&config(7, 2_000_000, 3));
+    assert_realistic(&specs, &bytes);
+}
+
+/// The default benchmark size: run with `cargo test --release -- --ignored`.
+#[test]
+#[ignore]
+fn fifty_million_records_stay_realistic() {
+    let (specs, bytes) = generate(&config(1, 50_000_000, 4));
+    assert_realistic(&specs, &bytes);
 }
 
 #[test]
@@ -258,6 +279,14 @@ fn snapshot_levels_look_like_a_deep_book() {
         }
     }
     assert!((150..=500).contains(&levels.len()), "{} levels", levels.len());
+}
+
+#[test]
+fn many_seeds_replay_cleanly() {
+    for seed in 100..130 {
+        let (specs, bytes) = generate(&config(seed, 150_000, 1 + seed as u32 % 5));
+        replay(&specs, &bytes);
+    }
 }
 
 #[test]
@@ -299,39 +328,10 @@ fn instruments_are_cme_futures_with_unique_names_and_ids() {
     assert!(specs.iter().all(|s| s.publisher_id == 1 && s.tick > 0 && s.start_price % s.tick == 0));
 }
 
+/// Same seed, same bytes forever: a change here changes every generated file and benchmark.
 #[test]
-fn first_bytes_are_stable_across_releases() {
+fn bytes_are_pinned() {
     let (_, bytes) = generate(&config(2026, 5_000, 2));
-    let digest = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    println!("fnv1a = {digest:#018x}");
-}
-
-#[test]
-#[ignore]
-fn diag_profile() {
-    let (specs, bytes) = generate(&config(7, 2_000_000, 3));
-    let id = specs[2].instrument_id;
-    let tick = specs[2].tick;
-    let mut book = RefBook::default();
-    let (mut n, mut top_orders, mut top_qty, mut levels, mut spreads) = (0u64, 0usize, 0u64, 0usize, [0u64; 6]);
-    let mut depth_hist = [0usize; 12];
-    for raw in bytes.chunks_exact(MBO_RECORD_SIZE) {
-        let m = Mbo::decode(raw);
-        if m.instrument_id != id { continue; }
-        book.apply(&m);
-        if m.flags & F_LAST != 0 && m.flags & F_SNAPSHOT == 0 {
-            n += 1;
-            let (b, a) = (book.best(0).unwrap(), book.best(1).unwrap());
-            spreads[(((a - b) / tick) as usize).min(5)] += 1;
-            let q = &book.sides[0][&b];
-            top_orders += q.len();
-            top_qty += q.iter().map(|i| u64::from(book.orders[i].2)).sum::<u64>();
-            levels += book.sides[0].len() + book.sides[1].len();
-            if n % 1000 == 0 {
-                for (k, (p, q)) in book.sides[0].iter().rev().take(12).enumerate() { let _ = p; depth_hist[k] += q.len(); }
-            }
-        }
-    }
-    println!("top orders {:.1} top qty {:.1} levels {:.1} spreads {:?}", top_orders as f64 / n as f64, top_qty as f64 / n as f64, levels as f64 / n as f64, spreads);
-    println!("depth profile (orders per level, first 12 bid levels): {:?}", depth_hist.iter().map(|&x| x as f64 / (n / 1000) as f64).collect::<Vec<_>>());
+    let fnv1a = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    assert_eq!(fnv1a, 0x8a55_8c5b_9fea_f5e2);
 }

@@ -1,0 +1,160 @@
+"""Command-line room: ``mbostream`` and its subcommands (argument parsing and exit codes only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from mbostream import logs
+from mbostream.errors import MbostreamError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED_CHECK = 1
+EXIT_ERROR = 2
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    from mbostream.loading import load_market
+    from mbostream.render import book_json, book_table
+
+    _, market = load_market(args.file, at_sequence=args.at_sequence)
+    keys = [market.resolve(sel) for sel in args.instrument] if args.instrument else market.books()
+    views = [market.view(key, depth=args.depth, orders=args.orders) for key in keys]
+    if args.format == "table":
+        print("\n\n".join(book_table(view) for view in views))
+    else:
+        json.dump({"instruments": [book_json(view) for view in views]}, sys.stdout, indent=args.indent)
+        sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from mbostream.audit import audit_file, format_report
+
+    report = audit_file(args.file)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_report(report))
+    if args.strict and not report.sound:
+        print(f"mbostream audit: {report.integrity_violations} integrity violations", file=sys.stderr)
+        return EXIT_FAILED_CHECK
+    return EXIT_OK
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from mbostream.synth import generate_file
+
+    summary = generate_file(args.out, records=args.records, instruments=args.instruments, seed=args.seed)
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
+def _cmd_bench_book(args: argparse.Namespace) -> int:
+    from mbostream.bench import bench_book
+
+    result = bench_book(args.file, records=args.records, seed=args.seed, latency=not args.no_latency)
+    print(json.dumps(result, indent=2) if args.json else result["summary"])
+    return EXIT_OK
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``mbostream`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="mbostream",
+        description="Replay Databento MBO files as a live feed and rebuild exact L3 order books.",
+    )
+    parser.add_argument("--log-level", default=None, help="log level (default: warning for tools, info for serve)")
+    parser.add_argument("--log-format", choices=("json", "text"), default="json", help="log line format")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("book", help="print the final book of a DBN MBO file (or the book at a sequence)")
+    p.add_argument("file", help="DBN MBO file (.dbn or .dbn.zst)")
+    p.add_argument("--depth", type=_non_negative, default=0, help="levels per side (0: all)")
+    p.add_argument("--orders", action="store_true", help="include each level's L3 queue")
+    p.add_argument("--instrument", action="append", default=[], metavar="ID_OR_SYMBOL", help="only these (repeatable)")
+    p.add_argument("--at-sequence", type=_non_negative, default=None, metavar="N", help="book at the last F_LAST <= N")
+    p.add_argument("--format", choices=("json", "table"), default="json")
+    p.add_argument("--indent", type=int, default=2, help="JSON indent (0: compact)")
+    p.set_defaults(func=_cmd_book)
+
+    p = sub.add_parser("audit", help="correctness report: engine invariants and the feed's own rules")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--strict", action="store_true", help="exit 1 if the engine ever broke a book invariant")
+    p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser("generate", help="write deterministic synthetic CME-style MBO data as DBN")
+    p.add_argument("--out", required=True, help="output path (.dbn, or .dbn.zst to compress)")
+    p.add_argument("--records", type=_positive, default=1_000_000)
+    p.add_argument("--instruments", type=_positive, default=4)
+    p.add_argument("--seed", type=_non_negative, default=1)
+    p.set_defaults(func=_cmd_generate)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True, metavar="BENCH")
+    p = bench.add_parser("book", help="decode + apply + BBO at every F_LAST: records/s, latency, memory")
+    p.add_argument("file", nargs="?", help="DBN MBO file (default: a generated 5M-record file, cached)")
+    p.add_argument("--records", type=_positive, default=5_000_000, help="records of the generated file")
+    p.add_argument("--seed", type=_non_negative, default=1)
+    p.add_argument("--no-latency", action="store_true", help="skip the per-event latency pass")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_book)
+
+    for register in _extensions():
+        register(sub, bench)
+    return parser
+
+
+def _extensions() -> list[Callable[[argparse._SubParsersAction, argparse._SubParsersAction], None]]:
+    """Command groups contributed by other rooms (server, storage, ...)."""
+    found = []
+    for module in ("mbostream.server.cli", "mbostream.storage.cli"):
+        try:
+            mod = __import__(module, fromlist=["register_cli"])
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                continue
+            raise
+        found.append(mod.register_cli)
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mbostream`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    default_level = "info" if args.command in ("serve", "run") else "error"
+    logs.configure(args.log_level or default_level, args.log_format)
+    try:
+        return int(args.func(args))
+    except MbostreamError as exc:
+        print(f"mbostream {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

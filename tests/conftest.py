@@ -1,0 +1,28 @@
+"""Shared fixtures: paths to the real Databento data beside the repo, and small generated files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_file(name: str) -> Path:
+    """A file of ../shared/data, or a skip with the reason when the shared data is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real Databento data not available: {path} is absent (it ships beside the repo in CI)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def generated_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 60,000-record generated file (3 instruments), made once per test session."""
+    from mbostream.synth import generate_file
+
+    path = tmp_path_factory.mktemp("synth") / "small.mbo.dbn"
+    generate_file(path, records=60_000, instruments=3, seed=11)
+    return path
