@@ -116,9 +116,9 @@ class DbnReader:
         except zstandard.ZstdError as exc:
             raise NotDbnError(self.path, f"not a DBN file (corrupt zstd stream: {exc})") from exc
         if len(prefix) < _PREFIX.size or prefix[:3] != _DBN_MAGIC:
-            if prefix[:3] == _DBN_MAGIC[: len(prefix)] and len(prefix) < _PREFIX.size:
+            if 0 < len(prefix) < _PREFIX.size and prefix[:3] == _DBN_MAGIC[: len(prefix)]:
                 raise TruncatedFileError(self.path, "file ends inside the DBN prefix")
-            raise NotDbnError(self.path, "not a DBN file (no 'DBN' signature)")
+            raise NotDbnError(self.path, "not a DBN file (no 'DBN' signature)" if prefix else "not a DBN file (empty)")
         _, version, length = _PREFIX.unpack(prefix)
         if not 1 <= version <= 3:
             raise NotDbnError(self.path, f"unsupported DBN version {version}")

@@ -14,6 +14,7 @@
     ├── ReplayPositionError             a resume point is no longer buffered (carries ``oldest``)
     ├── SlowConsumerError               a subscriber fell behind its buffer (carries ``resume_after``)
     ├── TooManyStreamsError             the server's stream limit is reached
+    ├── PreconditionError               valid call, wrong state (e.g. resuming a stopped replay)
     └── AuthError                       missing or wrong operator credentials
         └── PermissionDeniedError       credentials present but not accepted
 
@@ -118,3 +119,7 @@ class AuthError(MbostreamError):
 
 class PermissionDeniedError(AuthError):
     """Operator credentials are present but not accepted."""
+
+
+class PreconditionError(MbostreamError):
+    """The call is valid but not in the current state."""

@@ -3,6 +3,7 @@
 //! Thin by design: conversion and delegation only. The rules live in `mbostream-book`.
 mod lineproto;
 mod synth;
+mod wire;
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyKeyError, PyValueError};
@@ -290,6 +291,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compact_mbo, m)?)?;
     lineproto::register(m)?;
     synth::register(m)?;
+    wire::register(m)?;
     m.add("EVENT_ROW_SIZE", EVENT_ROW_SIZE)?;
     m.add("MBO_RECORD_SIZE", MBO_RECORD_SIZE)?;
     m.add("ANOMALY_KIND_COUNT", ANOMALY_KIND_COUNT)?;

@@ -1,0 +1,161 @@
+"""Configuration room: one frozen settings object, from ``MBOSTREAM_*`` variables and flags.
+
+Precedence: command-line flag, then environment variable, then default. Everything is validated
+at start-up; an invalid value raises :class:`~mbostream.errors.ConfigError` naming the flag and the
+variable. Credentials have no default: without a control token the ReplayService is disabled.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from mbostream.errors import ConfigError
+
+PACING_MODES: Final = ("rate", "speed", "max")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the server needs to start. Build it with :func:`load_settings`."""
+
+    #: DBN MBO files replayed in order; empty: the generated sample.
+    files: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 50051
+    #: Prometheus port; 0 picks a free one, -1 disables the endpoint.
+    metrics_port: int = 9464
+    #: ``rate`` (records/s), ``speed`` (recorded ts_recv gaps divided by ``speed``) or ``max``.
+    pacing: str = "rate"
+    rate: float = 100_000.0
+    speed: float = 1.0
+    loop: bool = False
+    control_token: str | None = field(default=None, repr=False)
+    log_level: str = "info"
+    log_format: str = "json"
+    #: Concurrent streams served at most (StreamBook + StreamEvents).
+    max_streams: int = 1000
+    #: Batches a StreamEvents subscriber may fall behind before it is cut off (slow reader).
+    subscriber_buffer_batches: int = 512
+    #: Records kept for StreamEvents resumption (start_after_sequence).
+    replay_buffer_records: int = 2_000_000
+    #: Most records applied and published per replay step.
+    batch_records: int = 4096
+    #: Book streams are refreshed at most this often (ms); updates in between are conflated.
+    book_interval_ms: float = 5.0
+    #: Seconds open streams get to finish on shutdown.
+    grace_seconds: float = 5.0
+    sample_records: int = 2_000_000
+    sample_instruments: int = 4
+    sample_seed: int = 1
+
+    @property
+    def control_enabled(self) -> bool:
+        return self.control_token is not None
+
+
+#: setting name → (flag, environment variable)
+SOURCES: Final[dict[str, tuple[str, str]]] = {
+    name: (f"--{name.replace('_', '-')}", f"MBOSTREAM_{name.upper()}")
+    for name in Settings.__dataclass_fields__
+    if name not in ("files", "control_token")
+}
+
+
+def _names(setting: str) -> str:
+    flag, env = SOURCES.get(setting, (f"--{setting.replace('_', '-')}", f"MBOSTREAM_{setting.upper()}"))
+    return f"{flag} / {env}"
+
+
+def _convert(setting: str, raw: object, kind: type) -> object:
+    if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+        return raw
+    text = str(raw).strip()
+    try:
+        if kind is bool:
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(text)
+        return kind(text)
+    except ValueError:
+        raise ConfigError(_names(setting), f"expected {kind.__name__}, got {text!r}") from None
+
+
+def _read_token(env: Mapping[str, str], flag_value: str | None) -> str | None:
+    if flag_value:
+        return flag_value
+    if env.get("MBOSTREAM_CONTROL_TOKEN"):
+        return env["MBOSTREAM_CONTROL_TOKEN"]
+    token_file = env.get("MBOSTREAM_CONTROL_TOKEN_FILE")
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError("MBOSTREAM_CONTROL_TOKEN_FILE", f"cannot read {token_file}: {exc.strerror}") from None
+        if not token:
+            raise ConfigError("MBOSTREAM_CONTROL_TOKEN_FILE", f"{token_file} is empty")
+        return token
+    return None
+
+
+def load_settings(
+    flags: Mapping[str, object | None] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Builds and validates :class:`Settings` from flags (None = not given) and the environment."""
+    flags = dict(flags or {})
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for name, f in Settings.__dataclass_fields__.items():
+        if name in ("files", "control_token"):
+            continue
+        kind = type(f.default)
+        raw = flags.get(name)
+        if raw is None:
+            raw = env.get(SOURCES[name][1])
+        if raw is not None:
+            values[name] = _convert(name, raw, kind)
+    files = flags.get("files") or tuple(p for p in env.get("MBOSTREAM_FILES", "").split(",") if p)
+    values["files"] = tuple(str(p) for p in files)  # type: ignore[union-attr]
+    values["control_token"] = _read_token(env, flags.get("control_token"))  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    """Raises ConfigError for the first invalid setting."""
+    for path in s.files:
+        if not Path(path).is_file():
+            raise ConfigError("FILE / MBOSTREAM_FILES", f"{path} does not exist or is not a file")
+    if not 0 <= s.port <= 65535:
+        raise ConfigError(_names("port"), f"must be 0..65535, got {s.port}")
+    if not -1 <= s.metrics_port <= 65535:
+        raise ConfigError(_names("metrics_port"), f"must be -1 (off) or 0..65535, got {s.metrics_port}")
+    if s.pacing not in PACING_MODES:
+        raise ConfigError(_names("pacing"), f"must be one of {', '.join(PACING_MODES)}, got {s.pacing!r}")
+    if not s.rate > 0:
+        raise ConfigError(_names("rate"), f"must be > 0 records/s, got {s.rate}")
+    if not s.speed > 0:
+        raise ConfigError(_names("speed"), f"must be > 0, got {s.speed}")
+    if s.log_level not in LOG_LEVELS:
+        raise ConfigError(_names("log_level"), f"must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}")
+    if s.log_format not in ("json", "text"):
+        raise ConfigError(_names("log_format"), f"must be json or text, got {s.log_format!r}")
+    for name in ("max_streams", "subscriber_buffer_batches", "replay_buffer_records", "batch_records"):
+        if getattr(s, name) < 1:
+            raise ConfigError(_names(name), f"must be >= 1, got {getattr(s, name)}")
+    if s.book_interval_ms < 0:
+        raise ConfigError(_names("book_interval_ms"), f"must be >= 0, got {s.book_interval_ms}")
+    if s.grace_seconds < 0:
+        raise ConfigError(_names("grace_seconds"), f"must be >= 0, got {s.grace_seconds}")
+    if s.sample_records < 1 or not 1 <= s.sample_instruments <= 1024:
+        raise ConfigError(_names("sample_records"), "sample needs >= 1 record and 1..1024 instruments")
+    if s.control_token is not None and len(s.control_token) < 8:
+        raise ConfigError("MBOSTREAM_CONTROL_TOKEN", "must be at least 8 characters")

@@ -1,0 +1,388 @@
+"""Fan-out room: one replay, many subscribers, and the replay never waits for any of them.
+
+* **Event subscribers** (StreamEvents) get every batch, encoded once per distinct instrument
+  filter and shared as bytes. Each has a bounded queue; one that falls further behind than its
+  queue is cut off with :class:`~mbostream.errors.SlowConsumerError`, which says where to resume.
+  A bounded replay buffer of recent batches serves resumption by replay position.
+* **Book subscribers** (StreamBook) watch *book channels*, one per (book, depth, include_orders).
+  A channel holds only the latest serialized book; a subscriber that has not taken it before the
+  next one arrives counts a conflation. Channels are refreshed on a timer (``book_interval_ms``)
+  from the books that changed, so the cost grows with books, not with subscribers.
+* **Sinks** (storage) get every batch through a non-blocking ``offer``.
+
+Everything here runs on the server's event loop thread; nothing blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from mbostream import _engine
+from mbostream.errors import ReplayPositionError, SlowConsumerError, TooManyStreamsError
+from mbostream.feed import Batch
+from mbostream.market import BookKey, Market
+from mbostream.metrics import METRICS
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """A batch consumer that must never block the replay (e.g. the storage sink)."""
+
+    def offer(self, batch: Batch) -> None: ...
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which books a subscriber wants: instruments at any publisher, or exact books. Empty: all."""
+
+    any_publisher: frozenset[int] = frozenset()
+    exact: frozenset[BookKey] = frozenset()
+
+    @property
+    def everything(self) -> bool:
+        return not self.any_publisher and not self.exact
+
+    def matches(self, key: BookKey) -> bool:
+        return self.everything or key.instrument_id in self.any_publisher or key in self.exact
+
+    def mask(self, records: np.ndarray) -> np.ndarray | None:
+        """Boolean mask of the records this selection wants (None: all of them)."""
+        if self.everything:
+            return None
+        iid = records["instrument_id"]
+        mask = np.isin(iid, np.fromiter(self.any_publisher, dtype=np.uint32, count=len(self.any_publisher)))
+        for key in self.exact:
+            mask |= (iid == key.instrument_id) & (records["publisher_id"] == key.publisher_id)
+        return mask
+
+
+def encode_batch(batch: Batch, selection: Selection, max_records: int = 0) -> list[tuple[int, bytes]]:
+    """Serialized ``StreamEventsResponse`` payloads ``(last_replay_seq, bytes)`` for a selection."""
+    records = batch.records
+    seqs = np.arange(batch.first_replay_seq, batch.first_replay_seq + len(records), dtype=np.uint64)
+    if batch.snapshot:
+        seqs[:] = batch.first_replay_seq
+    mask = selection.mask(records)
+    if mask is not None:
+        records, seqs = records[mask], seqs[mask]
+    if not len(records):
+        return []
+    step = max_records if max_records > 0 else len(records)
+    out = []
+    for start in range(0, len(records), step):
+        part, part_seqs = np.ascontiguousarray(records[start : start + step]), seqs[start : start + step]
+        last = int(part_seqs[-1])
+        payload = _engine.encode_event_batch(
+            part.view(np.uint8),
+            np.ascontiguousarray(part_seqs).view(np.uint8),
+            batch_sequence=last,
+            snapshot=batch.snapshot,
+            ts_out=batch.ts_out,
+        )
+        out.append((last, payload))
+    return out
+
+
+class EventSubscriber:
+    """One StreamEvents client: a bounded queue of shared payloads."""
+
+    def __init__(self, hub: Hub, selection: Selection, capacity: int, max_records: int, resume_after: int) -> None:
+        self.hub = hub
+        self.selection = selection
+        self.capacity = capacity
+        self.max_records = max_records
+        self.queue: deque[tuple[int, bytes]] = deque()
+        self.wakeup = asyncio.Event()
+        self.error: Exception | None = None
+        #: Replay position of the last record handed to the client (the resume point).
+        self.last_sent = resume_after
+
+    def push(self, payloads: list[tuple[int, bytes]]) -> None:
+        if self.error is not None:
+            return
+        if len(self.queue) + len(payloads) > self.capacity:
+            self.error = SlowConsumerError(resume_after=self.last_sent, buffered=self.capacity)
+            self.queue.clear()
+            METRICS.slow_reader_disconnects.inc()
+            log.warning(
+                "slow reader cut off",
+                extra={"resume_after": self.last_sent, "buffer_batches": self.capacity},
+            )
+        else:
+            self.queue.extend(payloads)
+        self.wakeup.set()
+
+    async def payloads(self) -> AsyncIterator[bytes]:
+        """Yields payloads until the hub closes or the subscriber falls behind (raises then)."""
+        while True:
+            while self.queue:
+                last, payload = self.queue.popleft()
+                yield payload
+                self.last_sent = last
+            if self.error is not None:
+                if isinstance(self.error, SlowConsumerError):
+                    self.error = SlowConsumerError(resume_after=self.last_sent, buffered=self.capacity)
+                raise self.error
+            if self.hub.closed:
+                return
+            self.wakeup.clear()
+            await self.wakeup.wait()
+
+
+@dataclass
+class BookChannel:
+    """The latest serialized book for one (book, depth, include_orders)."""
+
+    key: BookKey
+    depth: int
+    orders: bool
+    payload: bytes = b""
+    version: int = 0
+    subscribers: set[BookSubscriber] = field(default_factory=set)
+
+
+class BookSubscriber:
+    """One StreamBook client: which channels changed since it last looked, and how often."""
+
+    def __init__(self, hub: Hub, selection: Selection, depth: int, orders: bool, min_interval: float) -> None:
+        self.hub = hub
+        self.selection = selection
+        self.depth = depth
+        self.orders = orders
+        self.min_interval = min_interval
+        self.channels: dict[BookKey, BookChannel] = {}
+        self.pending: dict[BookKey, int] = {}  # key -> conflated count since last taken
+        self.seen_versions: dict[BookKey, int] = {}
+        self.wakeup = asyncio.Event()
+
+    def notify(self, channel: BookChannel) -> None:
+        if channel.key in self.pending:
+            self.pending[channel.key] += 1
+            METRICS.conflations.inc()
+        else:
+            self.pending[channel.key] = 0
+        self.wakeup.set()
+
+    async def updates(self) -> AsyncIterator[tuple[BookChannel, bool, int]]:
+        """Yields ``(channel, is_first, conflated)``: every watched book first, then changes."""
+        for key, channel in list(self.channels.items()):
+            self.pending.pop(key, None)
+            self.seen_versions[key] = channel.version
+            yield channel, True, 0
+        last_sent = 0.0
+        while not self.hub.closed:
+            if not self.pending:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            if self.min_interval:
+                wait = last_sent + self.min_interval - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            pending, self.pending = self.pending, {}
+            for key, conflated in pending.items():
+                channel = self.channels[key]
+                first = key not in self.seen_versions
+                self.seen_versions[key] = channel.version
+                yield channel, first, conflated
+            last_sent = time.monotonic()
+
+
+class Hub:
+    """Publishes the replay's batches to every kind of subscriber."""
+
+    def __init__(
+        self,
+        market: Market,
+        *,
+        book_payload: Callable[[Market, BookKey, int, bool], bytes],
+        replay_buffer_records: int,
+        subscriber_buffer_batches: int,
+        max_streams: int,
+        book_interval: float,
+    ) -> None:
+        self.market = market
+        self.book_payload = book_payload
+        self.replay_buffer_records = replay_buffer_records
+        self.subscriber_buffer_batches = subscriber_buffer_batches
+        self.max_streams = max_streams
+        self.book_interval = book_interval
+        self.buffer: deque[Batch] = deque()
+        self.buffered_records = 0
+        #: Replay position of the last published record (0 before the first).
+        self.position = 0
+        self.event_subscribers: set[EventSubscriber] = set()
+        self.book_subscribers: set[BookSubscriber] = set()
+        self.channels: dict[tuple[BookKey, int, bool], BookChannel] = {}
+        self.sinks: list[Sink] = []
+        self.dirty: set[BookKey] = set()
+        self.known_books: set[BookKey] = set()
+        self.closed = False
+        self._ticker: asyncio.Task[None] | None = None
+
+    # -- publishing -------------------------------------------------------------------------------
+    def next_position(self) -> int:
+        return self.position + 1
+
+    def publish(self, batch: Batch) -> None:
+        """Hands one applied batch to every subscriber; returns at once."""
+        started = time.perf_counter()
+        self.position = batch.last_replay_seq
+        if not batch.snapshot:
+            self.buffer.append(batch)
+            self.buffered_records += len(batch)
+            while self.buffered_records - len(self.buffer[0]) >= self.replay_buffer_records:
+                self.buffered_records -= len(self.buffer.popleft())
+        if self.event_subscribers:
+            encoded: dict[tuple[Selection, int], list[tuple[int, bytes]]] = {}
+            for sub in list(self.event_subscribers):
+                variant = (sub.selection, sub.max_records)
+                payloads = encoded.get(variant)
+                if payloads is None:
+                    payloads = encoded[variant] = encode_batch(batch, sub.selection, sub.max_records)
+                if payloads:
+                    sub.push(payloads)
+            METRICS.events_queue_depth.set(max((len(s.queue) for s in self.event_subscribers), default=0))
+        for sink in self.sinks:
+            try:
+                sink.offer(batch)
+            except Exception:  # a sink must never stop the replay
+                log.exception("sink failed to accept a batch")
+        if len(batch.events):
+            changed = {
+                BookKey(int(i), int(p))
+                for i, p in set(zip(batch.events["instrument_id"].tolist(), batch.events["publisher_id"].tolist()))
+            }
+            new = changed - self.known_books
+            if new:
+                self.known_books |= new
+                self._attach_new_books(new)
+            self.dirty |= changed
+            if self.book_interval == 0:
+                self.refresh_books()
+        METRICS.publish_seconds.observe(time.perf_counter() - started)
+
+    def refresh_books(self) -> None:
+        """Rebuilds the channels of books that changed and notifies their subscribers."""
+        if not self.dirty:
+            return
+        dirty, self.dirty = self.dirty, set()
+        for (key, depth, orders), channel in self.channels.items():
+            if key in dirty and channel.subscribers:
+                channel.payload = self.book_payload(self.market, key, depth, orders)
+                channel.version += 1
+                for sub in channel.subscribers:
+                    sub.notify(channel)
+
+    async def run_ticker(self) -> None:
+        """Refreshes book channels every ``book_interval`` seconds until closed."""
+        if self.book_interval <= 0:
+            return
+        while not self.closed:
+            await asyncio.sleep(self.book_interval)
+            self.refresh_books()
+
+    # -- subscribing ------------------------------------------------------------------------------
+    def _check_capacity(self) -> None:
+        if len(self.event_subscribers) + len(self.book_subscribers) >= self.max_streams:
+            raise TooManyStreamsError(f"stream limit reached ({self.max_streams} concurrent streams)")
+
+    def subscribe_events(
+        self, selection: Selection, *, with_snapshot: bool, start_after: int | None, max_records: int
+    ) -> EventSubscriber:
+        """Registers a StreamEvents client; snapshot or backlog is queued before live batches."""
+        self._check_capacity()
+        capacity = self.subscriber_buffer_batches
+        if start_after is not None:
+            oldest = self.buffer[0].first_replay_seq - 1 if self.buffer else self.position
+            if start_after < oldest or start_after > self.position:
+                raise ReplayPositionError(start_after, oldest)
+            sub = EventSubscriber(self, selection, capacity, max_records, start_after)
+            backlog: list[tuple[int, bytes]] = []
+            for batch in self.buffer:
+                if batch.last_replay_seq <= start_after:
+                    continue
+                skip = max(0, start_after - batch.first_replay_seq + 1)
+                if skip:
+                    batch = Batch(batch.first_replay_seq + skip, batch.records[skip:], batch.events, batch.ts_out)
+                backlog.extend(encode_batch(batch, selection, max_records))
+            # A resume may need more than the live buffer holds: give the backlog its own room.
+            sub.capacity = capacity + len(backlog)
+            if backlog:
+                sub.push(backlog)
+        else:
+            sub = EventSubscriber(self, selection, capacity, max_records, self.position)
+            if with_snapshot:
+                payloads: list[tuple[int, bytes]] = []
+                now = time.time_ns()
+                for key in self.market.books():
+                    if selection.matches(key):
+                        snap = self.market.snapshot(key, ts_recv=now)
+                        payloads.extend(
+                            encode_batch(Batch(self.position, snap, snap[:0], now, snapshot=True), Selection())
+                        )
+                sub.capacity = capacity + len(payloads)
+                if payloads:
+                    sub.push(payloads)
+        self.event_subscribers.add(sub)
+        METRICS.subscribers.labels("events").set(len(self.event_subscribers))
+        return sub
+
+    def unsubscribe_events(self, sub: EventSubscriber) -> None:
+        self.event_subscribers.discard(sub)
+        METRICS.subscribers.labels("events").set(len(self.event_subscribers))
+
+    def subscribe_books(self, selection: Selection, *, depth: int, orders: bool, max_rate: float) -> BookSubscriber:
+        """Registers a StreamBook client on the channels of every matching book."""
+        self._check_capacity()
+        sub = BookSubscriber(self, selection, depth, orders, 1.0 / max_rate if max_rate > 0 else 0.0)
+        for key in self.market.books():
+            if selection.matches(key):
+                self._attach(sub, key)
+        self.book_subscribers.add(sub)
+        METRICS.subscribers.labels("book").set(len(self.book_subscribers))
+        return sub
+
+    def _attach(self, sub: BookSubscriber, key: BookKey) -> None:
+        ckey = (key, sub.depth, sub.orders)
+        channel = self.channels.get(ckey)
+        if channel is None:
+            channel = BookChannel(key, sub.depth, sub.orders)
+            self.channels[ckey] = channel
+        if not channel.subscribers or key in self.dirty or not channel.payload:
+            channel.payload = self.book_payload(self.market, key, sub.depth, sub.orders)
+            channel.version += 1
+        channel.subscribers.add(sub)
+        sub.channels[key] = channel
+
+    def _attach_new_books(self, keys: Iterable[BookKey]) -> None:
+        for sub in self.book_subscribers:
+            for key in keys:
+                if sub.selection.matches(key) and key not in sub.channels:
+                    self._attach(sub, key)
+                    sub.notify(sub.channels[key])
+
+    def unsubscribe_books(self, sub: BookSubscriber) -> None:
+        self.book_subscribers.discard(sub)
+        for channel in sub.channels.values():
+            channel.subscribers.discard(sub)
+            if not channel.subscribers:
+                self.channels.pop((channel.key, channel.depth, channel.orders), None)
+        METRICS.subscribers.labels("book").set(len(self.book_subscribers))
+
+    def close(self) -> None:
+        """Ends every stream gracefully (their iterators return)."""
+        self.closed = True
+        for sub in self.event_subscribers:
+            sub.wakeup.set()
+        for bsub in self.book_subscribers:
+            bsub.wakeup.set()

@@ -1,0 +1,327 @@
+"""Replay room: reads DBN files and feeds them to the market and the hub as a paced live feed.
+
+Pacing modes: ``rate`` (a fixed number of records per second, token-bucket style, so the achieved
+rate over any few seconds is the target), ``speed`` (the recorded ``ts_recv`` gaps divided by a
+factor) and ``max`` (as fast as the pipeline allows, yielding to the event loop after every batch).
+Records are applied in batches that end at event boundaries (``complete_events``), so whenever this
+task yields to the loop every book is consistent and can be read or snapshotted.
+
+With ``loop`` the files restart at the end; before restarting, an ``R`` (clear) record per book is
+applied and published, so every replica downstream clears too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from mbostream.dbn import MBO_DTYPE, DbnReader
+from mbostream.feed import Batch
+from mbostream.hub import Hub
+from mbostream.market import Market
+from mbostream.metrics import METRICS
+from mbostream.prices import UNDEF_PRICE
+
+log = logging.getLogger(__name__)
+
+_F_LAST = 0x80
+#: Longest single sleep, so pause/rate changes take effect promptly even in slow ``speed`` replays.
+_MAX_SLEEP = 0.25
+
+
+class ReplayState(enum.Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ReplayStatus:
+    """What ``GetStatus`` reports."""
+
+    files: tuple[str, ...]
+    state: ReplayState
+    mode: str
+    target_rate: float
+    speed: float
+    achieved_rate: float
+    records_done: int
+    records_total: int | None
+    loop: bool
+    loops_completed: int
+    position: int
+    ts_recv: int
+
+
+class _RateMeter:
+    """Records/s over a sliding window of a few seconds."""
+
+    def __init__(self, window: float = 3.0) -> None:
+        self.window = window
+        self.samples: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def add(self, n: int) -> None:
+        now = time.monotonic()
+        self.total += n
+        self.samples.append((now, self.total))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
+            self.samples.popleft()
+
+    def rate(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
+        if time.monotonic() - t1 > 1.0:
+            return 0.0
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def _clear_records(market: Market) -> np.ndarray:
+    """One ``R`` record (F_LAST) per book, stamped with the book's last timestamps."""
+    keys = market.books()
+    out = np.zeros(len(keys), dtype=MBO_DTYPE)
+    for row, key in zip(out, keys):
+        stats = market.stats(key)
+        row["length"], row["rtype"] = 14, 0xA0
+        row["publisher_id"], row["instrument_id"] = key.publisher_id, key.instrument_id
+        row["ts_event"] = stats["last_ts_event"]
+        row["ts_recv"] = stats["last_ts_recv"]
+        row["price"] = UNDEF_PRICE
+        row["flags"] = _F_LAST
+        row["action"], row["side"] = b"R", b"N"
+    return out
+
+
+def count_records(path: str) -> int | None:
+    """Records in an uncompressed file, from its size; None for compressed files."""
+    with DbnReader(path) as reader:
+        if reader.info.compressed:
+            return None
+        header = reader._stream.tell()  # noqa: SLF001 - position right after the metadata
+    return (os.path.getsize(path) - header) // MBO_DTYPE.itemsize
+
+
+class Replayer:
+    """Drives the replay; control methods are safe to call from RPC handlers on the same loop."""
+
+    def __init__(
+        self,
+        files: list[str],
+        market: Market,
+        hub: Hub,
+        *,
+        mode: str,
+        rate: float,
+        speed: float,
+        loop: bool,
+        batch_records: int,
+    ) -> None:
+        self.files = tuple(files)
+        self.market = market
+        self.hub = hub
+        self.mode = mode
+        self.rate = rate
+        self.speed = speed
+        self.loop = loop
+        self.batch_records = batch_records
+        self.state = ReplayState.RUNNING
+        self.loops_completed = 0
+        self.records_done = 0
+        self.records_total: int | None = None
+        self.last_ts_recv = 0
+        self.loaded = asyncio.Event()
+        self._resume = asyncio.Event()
+        self._resume.set()
+        self._restart = asyncio.Event()
+        self._stopping = False
+        self._meter = _RateMeter()
+        self._reset_clock()
+        totals = [count_records(p) for p in self.files]
+        self.records_total = None if None in totals else sum(t for t in totals if t is not None)
+
+    # -- control ----------------------------------------------------------------------------------
+    def status(self) -> ReplayStatus:
+        return ReplayStatus(
+            files=self.files,
+            state=self.state,
+            mode=self.mode,
+            target_rate=self.rate if self.mode == "rate" else 0.0,
+            speed=self.speed,
+            achieved_rate=self._meter.rate(),
+            records_done=self.records_done,
+            records_total=self.records_total,
+            loop=self.loop,
+            loops_completed=self.loops_completed,
+            position=self.hub.position,
+            ts_recv=self.last_ts_recv,
+        )
+
+    def pause(self) -> None:
+        """Pauses a running replay; a no-op otherwise."""
+        if self.state is ReplayState.RUNNING:
+            self.state = ReplayState.PAUSED
+            self._resume.clear()
+            log.info("replay paused", extra={"position": self.hub.position})
+
+    def resume(self) -> None:
+        """Resumes a paused replay; a no-op otherwise."""
+        if self.state is ReplayState.PAUSED:
+            self.state = ReplayState.RUNNING
+            self._reset_clock()
+            self._resume.set()
+            log.info("replay resumed", extra={"position": self.hub.position})
+
+    def set_pacing(self, mode: str, *, rate: float | None = None, speed: float | None = None) -> None:
+        """Switches pacing; takes effect at the next batch."""
+        self.mode = mode
+        if rate is not None:
+            self.rate = rate
+        if speed is not None:
+            self.speed = speed
+        METRICS.replay_target_rate.set(self.rate if mode == "rate" else 0)
+        self._reset_clock()
+        log.info("replay pacing changed", extra={"mode": mode, "rate": self.rate, "speed": self.speed})
+
+    def restart(self) -> None:
+        """Starts the files over (books are cleared with published ``R`` records)."""
+        self._restart.set()
+        if self.state in (ReplayState.FINISHED, ReplayState.PAUSED):
+            self.state = ReplayState.RUNNING
+            self._resume.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.state = ReplayState.STOPPED
+        self._resume.set()
+        self._restart.set()
+
+    def _reset_clock(self) -> None:
+        self._t0 = time.monotonic()
+        self._released = 0
+        self._ts0: int | None = None
+
+    # -- the loop ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Replays until stopped."""
+        METRICS.replay_target_rate.set(self.rate if self.mode == "rate" else 0)
+        while not self._stopping:
+            self._restart.clear()
+            completed = await self._one_pass()
+            if self._stopping:
+                break
+            if completed:
+                self.loops_completed += 1
+            if completed and not self.loop and not self._restart.is_set():
+                self.state = ReplayState.FINISHED
+                log.info("replay finished; serving the final books", extra={"position": self.hub.position})
+                await self._restart.wait()
+                if self._stopping:
+                    break
+            self._publish(_clear_records(self.market), complete=True)
+            self.records_done = 0
+            self.state = ReplayState.RUNNING
+            self._reset_clock()
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        for path in self.files:
+            with DbnReader(path) as reader:
+                self.market.symbols.update(reader.info.symbols)
+                yield from reader.chunks()
+
+    async def _one_pass(self) -> bool:
+        """One pass over the files; False when interrupted by restart or stop."""
+        carry: np.ndarray | None = None
+        for chunk in self._chunks():
+            if carry is not None and len(carry):
+                chunk = np.concatenate([carry, chunk])
+            carry = None
+            pos = 0
+            while pos < len(chunk):
+                if self.market.consistent:
+                    # Yield points are only ever between complete events.
+                    if not await self._gate():
+                        return False
+                    n = await self._budget(chunk, pos)
+                else:
+                    n = self.batch_records
+                started = time.perf_counter()
+                result = self.market.apply(chunk, pos, min(len(chunk), pos + n), complete_events=True)
+                METRICS.apply_seconds.observe(time.perf_counter() - started)
+                if result.end == pos:
+                    break
+                events = result.events
+                if pos and len(events):
+                    events = events.copy()
+                    events["index"] -= pos
+                self._emit(chunk[pos : result.end], events)
+                pos = result.end
+                if not result.consistent and pos == len(chunk):
+                    break
+            if pos < len(chunk):
+                carry = chunk[pos:]
+        self.loaded.set()
+        return True
+
+    def _emit(self, records: np.ndarray, events: np.ndarray) -> None:
+        batch = Batch(self.hub.next_position(), records, events, time.time_ns())
+        self.hub.publish(batch)
+        n = len(records)
+        self.last_ts_recv = int(records["ts_recv"][-1])
+        self.records_done += n
+        self._released += n
+        self._meter.add(n)
+        METRICS.records_ingested.inc(n)
+        METRICS.replay_rate.set(self._meter.rate())
+        if not self.loaded.is_set():
+            self.loaded.set()
+
+    def _publish(self, records: np.ndarray, complete: bool) -> None:
+        if not len(records):
+            return
+        result = self.market.apply(records, complete_events=complete)
+        self._emit(records, result.events)
+
+    async def _gate(self) -> bool:
+        """Waits while paused; False when a restart or stop interrupts the pass."""
+        if self._restart.is_set() or self._stopping:
+            return False
+        if not self._resume.is_set():
+            await self._resume.wait()
+        return not (self._restart.is_set() or self._stopping)
+
+    async def _budget(self, chunk: np.ndarray, pos: int) -> int:
+        """How many records to release now, sleeping first when ahead of the pacing target."""
+        if self.mode == "max":
+            await asyncio.sleep(0)
+            return self.batch_records
+        if self.mode == "rate":
+            while True:
+                allowed = int(self.rate * (time.monotonic() - self._t0)) - self._released
+                if allowed >= 1:
+                    return min(allowed, self.batch_records)
+                await asyncio.sleep(min(_MAX_SLEEP, max((1 - allowed) / self.rate, 0.0002)))
+                if self._restart.is_set() or not self._resume.is_set():
+                    return 1
+        ts_recv = chunk["ts_recv"]
+        if self._ts0 is None:
+            self._ts0 = int(ts_recv[pos])
+            self._t0 = time.monotonic()
+        while True:
+            horizon = self._ts0 + int((time.monotonic() - self._t0) * self.speed * 1e9)
+            n = int(np.searchsorted(ts_recv[pos : pos + self.batch_records], horizon, side="right"))
+            if n:
+                return n
+            wait = (int(ts_recv[pos]) - horizon) / 1e9 / self.speed
+            await asyncio.sleep(min(_MAX_SLEEP, max(wait, 0.0002)))
+            if self._restart.is_set() or not self._resume.is_set():
+                return 1

@@ -1,0 +1,1 @@
+"""Server room: the gRPC edge (services, error mapping, auth) and the application wiring."""

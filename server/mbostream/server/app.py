@@ -1,0 +1,209 @@
+"""Application wiring: data → market → hub → {gRPC services, storage, metrics}, and shutdown.
+
+Start-up: resolve the data (the generated sample when no file is given), build the market, hub and
+replayer, start gRPC (health NOT_SERVING), start the replay, and flip health to SERVING once the
+first data is applied. Shutdown, on the first SIGTERM/SIGINT: health NOT_SERVING → stop the
+replay → end every stream gracefully → ``server.stop(grace)`` (stop accepting, let RPCs finish
+within the grace period) → stop sinks → exit 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import grpc
+from grpc import aio as grpc_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from mbostream.config import Settings
+from mbostream.dbn import DbnReader
+from mbostream.hub import Hub
+from mbostream.market import Market
+from mbostream.replay import Replayer
+from mbostream.server import market_data, replay_control
+from mbostream.server.convert import book_update_payload
+from mbostream.server.interceptors import ErrorMappingInterceptor
+from mbostream.synth import ensure_sample
+from mbostream.v1 import market_data_pb2, replay_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    market_data_pb2.DESCRIPTOR.services_by_name["MarketDataService"].full_name,
+    replay_pb2.DESCRIPTOR.services_by_name["ReplayService"].full_name,
+)
+_GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class App:
+    """One running mbostream server."""
+
+    def __init__(self, settings: Settings, *, sinks: list[Any] | None = None) -> None:
+        self.settings = settings
+        self.extra_sinks = sinks or []
+        self.port = 0
+        self.metrics_port = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    def _data_files(self) -> list[str]:
+        s = self.settings
+        if s.files:
+            return list(s.files)
+        path = ensure_sample(s.sample_records, s.sample_instruments, s.sample_seed)
+        log.info("serving the generated sample", extra={"file": str(path)})
+        return [str(path)]
+
+    async def start(self) -> None:
+        s = self.settings
+        files = await asyncio.to_thread(self._data_files)
+        symbols: dict[int, str] = {}
+        datasets = []
+        for path in files:
+            with DbnReader(path) as reader:  # validates every file before serving anything
+                symbols.update(reader.info.symbols)
+                datasets.append(reader.info.dataset)
+        self.market = Market(symbols)
+        hub: Hub | None = None
+
+        def book_payload(market: Market, key: Any, depth: int, orders: bool) -> bytes:
+            assert hub is not None
+            return book_update_payload(market, key, depth, orders, position=hub.position, ts_out=time.time_ns())
+
+        hub = Hub(
+            self.market,
+            book_payload=book_payload,
+            replay_buffer_records=s.replay_buffer_records,
+            subscriber_buffer_batches=s.subscriber_buffer_batches,
+            max_streams=s.max_streams,
+            book_interval=s.book_interval_ms / 1000.0,
+        )
+        self.hub = hub
+        self.hub.sinks.extend(self.extra_sinks)
+        self.replayer = Replayer(
+            files,
+            self.market,
+            hub,
+            mode=s.pacing,
+            rate=s.rate,
+            speed=s.speed,
+            loop=s.loop,
+            batch_records=s.batch_records,
+        )
+        self.server = grpc_aio.server(interceptors=[ErrorMappingInterceptor()], options=_GRPC_OPTIONS)
+        self.server.add_generic_rpc_handlers(
+            (
+                market_data.handler(market_data.MarketDataService(self.market, hub, datasets[0])),
+                replay_control.handler(replay_control.ReplayControlService(self.replayer, s.control_token)),
+            )
+        )
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), self.server)
+        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {s.host}:{s.port}")
+        await self.server.start()
+        if s.metrics_port >= 0:
+            httpd, _ = start_http_server(s.metrics_port, addr=s.host)
+            self.metrics_port = httpd.server_port
+            self._httpd = httpd
+        for sink in self.extra_sinks:
+            if hasattr(sink, "start"):
+                await sink.start()
+        self._tasks = [
+            asyncio.create_task(self.replayer.run(), name="replay"),
+            asyncio.create_task(hub.run_ticker(), name="book-ticker"),
+            asyncio.create_task(self._serving_when_loaded(), name="health"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+        log.info(
+            "mbostream listening",
+            extra={"grpc": f"{s.host}:{self.port}", "metrics_port": self.metrics_port, "files": files},
+        )
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None and not self._stopping:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+            asyncio.get_running_loop().create_task(self.shutdown())
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def _serving_when_loaded(self) -> None:
+        await self.replayer.loaded.wait()
+        if not self._stopping:
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            log.info("serving", extra={"position": self.hub.position})
+
+    async def shutdown(self) -> None:
+        """Graceful shutdown in the documented order; safe to call more than once."""
+        if self._stopping:
+            return
+        self._stopping = True
+        s = self.settings
+        log.info("shutting down", extra={"grace_seconds": s.grace_seconds})
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.replayer.stop()
+        self.hub.close()
+        await self.server.stop(s.grace_seconds)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sink in self.extra_sinks:
+            if hasattr(sink, "stop"):
+                await sink.stop(s.grace_seconds)
+        if hasattr(self, "_httpd"):
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        log.info("stopped")
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(settings: Settings, *, sinks: list[Any] | None = None, ready_line: bool = True) -> int:
+    """Runs a server until SIGTERM/SIGINT; returns the exit code."""
+    app = App(settings, sinks=sinks)
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second signal: exiting at once")
+            os._exit(130)
+        log.info("signal received", extra={"signal": signal.Signals(signum).name})
+        loop.create_task(app.shutdown())
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await app.start()
+    if ready_line:
+        # One machine-readable line on stdout: tests and launchers read the bound ports from it.
+        print(json.dumps({"listening": f"{settings.host}:{app.port}", "metrics_port": app.metrics_port}), flush=True)
+    await app.wait_stopped()
+    return 0

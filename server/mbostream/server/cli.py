@@ -1,0 +1,63 @@
+"""The ``serve`` command (and later ``run``): flags → settings → the server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from mbostream import logs
+from mbostream.config import load_settings
+
+
+def _settings_from_args(args: argparse.Namespace) -> Any:
+    pacing = "max" if args.max else "speed" if args.speed is not None else "rate" if args.rate is not None else None
+    flags = {
+        "files": tuple(args.file) or None,
+        "host": args.host,
+        "port": args.port,
+        "metrics_port": args.metrics_port,
+        "pacing": pacing,
+        "rate": args.rate,
+        "speed": args.speed,
+        "loop": True if args.loop else None,
+        "log_level": args.log_level,
+        "log_format": args.log_format if args.log_format != "json" else None,
+        "max_streams": args.max_streams,
+        "book_interval_ms": args.book_interval_ms,
+        "grace_seconds": args.grace_seconds,
+        "batch_records": args.batch_records,
+    }
+    return load_settings(flags)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mbostream.server.app import serve
+
+    settings = _settings_from_args(args)
+    logs.configure(settings.log_level, settings.log_format)
+    return asyncio.run(serve(settings))
+
+
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``serve`` and ``run``; every one also has an ``MBOSTREAM_*`` variable."""
+    p.add_argument("file", nargs="*", help="DBN MBO files to replay (default: the generated sample)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, default=None, metavar="MSGS_PER_S", help="fixed records per second")
+    pace.add_argument("--speed", type=float, default=None, metavar="X", help="recorded ts_recv gaps divided by X")
+    pace.add_argument("--max", action="store_true", help="as fast as the pipeline allows")
+    p.add_argument("--loop", action="store_true", help="start over at the end (books cleared with R records)")
+    p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="gRPC port (default 50051; 0 picks a free one)")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (default 9464; 0 free; -1 off)")
+    p.add_argument("--max-streams", type=int, default=None, help="concurrent streams allowed (default 1000)")
+    p.add_argument("--book-interval-ms", type=float, default=None, help="book stream refresh period (default 5)")
+    p.add_argument("--batch-records", type=int, default=None, help="records per replay step at most (default 4096)")
+    p.add_argument("--grace-seconds", type=float, default=None, help="shutdown grace period (default 5)")
+
+
+def register_cli(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    """Adds ``serve`` to the ``mbostream`` command."""
+    p = sub.add_parser("serve", help="replay files as a live feed and serve books and events over gRPC")
+    add_server_arguments(p)
+    p.set_defaults(func=_cmd_serve)

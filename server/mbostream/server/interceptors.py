@@ -1,0 +1,124 @@
+"""The gRPC edge's one place for status codes, operator auth and RPC metrics.
+
+Every error class of :mod:`mbostream.errors` maps to exactly one status code here; servicers just
+raise. Anything else becomes INTERNAL with a generic message (the traceback goes to the log, never
+to the client).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn
+
+import grpc
+from grpc import aio as grpc_aio
+from grpc_interceptor.exceptions import GrpcException
+from grpc_interceptor.exception_to_status import AsyncExceptionToStatusInterceptor
+
+from mbostream.errors import (
+    AuthError,
+    ConfigError,
+    DataFileError,
+    InvalidArgumentError,
+    MbostreamError,
+    PermissionDeniedError,
+    PreconditionError,
+    ReplayPositionError,
+    SlowConsumerError,
+    TooManyStreamsError,
+    UnknownInstrumentError,
+)
+from mbostream.metrics import METRICS
+
+log = logging.getLogger(__name__)
+
+#: The one mapping from error classes to status codes (first match wins: subclasses first).
+STATUS_BY_ERROR: tuple[tuple[type[MbostreamError], grpc.StatusCode], ...] = (
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownInstrumentError, grpc.StatusCode.NOT_FOUND),
+    (ReplayPositionError, grpc.StatusCode.OUT_OF_RANGE),
+    (SlowConsumerError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (TooManyStreamsError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (AuthError, grpc.StatusCode.UNAUTHENTICATED),
+    (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (DataFileError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+def status_for(exc: MbostreamError) -> grpc.StatusCode:
+    for cls, code in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class ErrorMappingInterceptor(AsyncExceptionToStatusInterceptor):
+    """Maps mbostream errors to status codes and counts every RPC by method and code."""
+
+    def __init__(self) -> None:
+        super().__init__(status_on_unknown_exception=grpc.StatusCode.INTERNAL)
+
+    async def handle_exception(
+        self, ex: Exception, request_or_iterator: Any, context: grpc_aio.ServicerContext, method_name: str
+    ) -> NoReturn:
+        if isinstance(ex, MbostreamError):
+            await context.abort(status_for(ex), str(ex))
+        if isinstance(ex, GrpcException | grpc_aio.AbortError):
+            raise ex
+        log.error("unhandled error in %s", method_name, exc_info=ex, extra={"method": method_name})
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method_name.rsplit('/', 1)[-1]}")
+
+    async def intercept(self, method: Callable, request_or_iterator: Any, context: grpc_aio.ServicerContext, method_name: str) -> Any:
+        started = time.perf_counter()
+        short = method_name.rsplit("/", 1)[-1]
+        try:
+            result = await super().intercept(method, request_or_iterator, context, method_name)
+        except BaseException:
+            self._count(short, context, started, failed=True)
+            raise
+        if hasattr(result, "__aiter__"):
+            return self._counted_stream(result, short, context, started)
+        self._count(short, context, started)
+        return result
+
+    async def _counted_stream(self, stream: AsyncIterator[Any], short: str, context: Any, started: float) -> AsyncIterator[Any]:
+        failed = True
+        try:
+            async for item in stream:
+                yield item
+            failed = False
+        finally:
+            self._count(short, context, started, failed=failed)
+
+    @staticmethod
+    def _count(short: str, context: Any, started: float, failed: bool = False) -> None:
+        code = context.code()
+        name = code.name if isinstance(code, grpc.StatusCode) else ("CANCELLED" if failed else "OK")
+        if code is None and failed:
+            name = "CANCELLED"
+        METRICS.rpcs.labels(short, name).inc()
+        METRICS.rpc_seconds.labels(short).observe(time.perf_counter() - started)
+
+
+def check_bearer(metadata: tuple[tuple[str, str | bytes], ...] | None, token: str | None) -> None:
+    """Checks ``authorization: Bearer <token>`` metadata against the configured control token.
+
+    Raises PermissionDeniedError when control is disabled (no token configured), AuthError when the
+    header is missing, malformed or wrong. Comparison is constant-time.
+    """
+    if token is None:
+        raise PermissionDeniedError("replay control is disabled: start the server with MBOSTREAM_CONTROL_TOKEN set")
+    values = [v for k, v in (metadata or ()) if k.lower() == "authorization"]
+    if not values:
+        raise AuthError("missing 'authorization: Bearer <token>' metadata")
+    value = values[0].decode() if isinstance(values[0], bytes) else values[0]
+    scheme, _, presented = value.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        raise AuthError("authorization metadata must be 'Bearer <token>'")
+    if not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        raise AuthError("invalid control token")

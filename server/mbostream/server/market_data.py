@@ -1,0 +1,141 @@
+"""MarketDataService: thin servicers that validate, delegate to the market and hub, and yield."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc import aio as grpc_aio
+
+from mbostream.errors import InvalidArgumentError, UnknownInstrumentError
+from mbostream.hub import Hub, Selection
+from mbostream.market import BookKey, Market
+from mbostream.server.convert import book_snapshot, instrument_info, per_client_suffix
+from mbostream.v1 import market_data_pb2 as pb
+
+#: Largest depth a request may ask for (a guard against absurd values, far above any real book).
+MAX_DEPTH = 100_000
+
+
+def _selection(market: Market, selectors: list[pb.InstrumentSelector], field: str) -> Selection:
+    """Resolves selectors; unknown ones are NOT_FOUND, empty ones INVALID_ARGUMENT."""
+    any_publisher: set[int] = set()
+    exact: set[BookKey] = set()
+    for i, sel in enumerate(selectors):
+        which = sel.WhichOneof("selector")
+        if which is None:
+            raise InvalidArgumentError(f"{field}[{i}]", "set instrument_id or symbol")
+        target = sel.instrument_id if which == "instrument_id" else sel.symbol
+        if isinstance(target, str) and not target:
+            raise InvalidArgumentError(f"{field}[{i}].symbol", "must not be empty")
+        key = market.resolve(target, sel.publisher_id)
+        if sel.publisher_id:
+            exact.add(key)
+        else:
+            ids = {k.instrument_id for k in market.books() if k.instrument_id == key.instrument_id}
+            any_publisher |= ids
+    return Selection(frozenset(any_publisher), frozenset(exact))
+
+
+def _depth(value: int) -> int:
+    if value > MAX_DEPTH:
+        raise InvalidArgumentError("depth", f"must be at most {MAX_DEPTH}, got {value}")
+    return value
+
+
+class MarketDataService:
+    """Implements ``mbostream.v1.MarketDataService``; streaming methods yield serialized bytes."""
+
+    def __init__(self, market: Market, hub: Hub, dataset: str) -> None:
+        self.market = market
+        self.hub = hub
+        self.dataset = dataset
+
+    async def ListInstruments(self, request: pb.ListInstrumentsRequest, context: grpc_aio.ServicerContext) -> pb.ListInstrumentsResponse:
+        """Every book with its identity and live statistics."""
+        return pb.ListInstrumentsResponse(
+            instruments=[instrument_info(self.market, key, self.dataset) for key in self.market.books()]
+        )
+
+    async def GetBook(self, request: pb.GetBookRequest, context: grpc_aio.ServicerContext) -> pb.GetBookResponse:
+        """One consistent book (as of its last F_LAST), the "order book as JSON" endpoint."""
+        which = request.WhichOneof("instrument")
+        if which is None:
+            raise InvalidArgumentError("instrument", "set instrument_id or symbol")
+        target = request.instrument_id if which == "instrument_id" else request.symbol
+        if which == "symbol" and not request.symbol:
+            raise InvalidArgumentError("symbol", "must not be empty")
+        key = self.market.resolve(target, request.publisher_id)
+        view = self.market.view(key, depth=_depth(request.depth), orders=request.include_orders)
+        return pb.GetBookResponse(book=book_snapshot(view, self.hub.position))
+
+    async def StreamBook(self, request: pb.StreamBookRequest, context: grpc_aio.ServicerContext) -> AsyncIterator[bytes]:
+        """A full snapshot per book first, then the latest consistent book at each refresh."""
+        if request.max_updates_per_second < 0:
+            raise InvalidArgumentError("max_updates_per_second", "must be >= 0")
+        selection = _selection(self.market, list(request.instruments), "instruments")
+        sub = self.hub.subscribe_books(
+            selection,
+            depth=_depth(request.depth),
+            orders=request.include_orders,
+            max_rate=request.max_updates_per_second,
+        )
+        try:
+            async for channel, first, conflated in sub.updates():
+                yield channel.payload + per_client_suffix(first, conflated)
+        finally:
+            self.hub.unsubscribe_books(sub)
+
+    async def StreamEvents(self, request: pb.StreamEventsRequest, context: grpc_aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Column-wise MBO batches: optional snapshot or backlog first, then live; never lossy."""
+        start_after = request.start_after_sequence if request.HasField("start_after_sequence") else None
+        if request.with_snapshot and start_after is not None:
+            raise InvalidArgumentError("start_after_sequence", "cannot be combined with with_snapshot")
+        selection = _selection(self.market, list(request.instruments), "instruments")
+        sub = self.hub.subscribe_events(
+            selection,
+            with_snapshot=request.with_snapshot,
+            start_after=start_after,
+            max_records=request.max_batch_records,
+        )
+        try:
+            async for payload in sub.payloads():
+                yield payload
+        finally:
+            self.hub.unsubscribe_events(sub)
+
+
+def handler(service: MarketDataService) -> grpc.GenericRpcHandler:
+    """Registers the service; stream responses are pre-serialized bytes (shared between clients)."""
+
+    def passthrough(payload: bytes) -> bytes:
+        return payload
+
+    return grpc.method_handlers_generic_handler(
+        "mbostream.v1.MarketDataService",
+        {
+            "ListInstruments": grpc.unary_unary_rpc_method_handler(
+                service.ListInstruments,
+                request_deserializer=pb.ListInstrumentsRequest.FromString,
+                response_serializer=pb.ListInstrumentsResponse.SerializeToString,
+            ),
+            "GetBook": grpc.unary_unary_rpc_method_handler(
+                service.GetBook,
+                request_deserializer=pb.GetBookRequest.FromString,
+                response_serializer=pb.GetBookResponse.SerializeToString,
+            ),
+            "StreamBook": grpc.unary_stream_rpc_method_handler(
+                service.StreamBook,
+                request_deserializer=pb.StreamBookRequest.FromString,
+                response_serializer=passthrough,
+            ),
+            "StreamEvents": grpc.unary_stream_rpc_method_handler(
+                service.StreamEvents,
+                request_deserializer=pb.StreamEventsRequest.FromString,
+                response_serializer=passthrough,
+            ),
+        },
+    )
+
+
