@@ -248,6 +248,21 @@ class Market:
     def symbol(self, instrument_id: int) -> str:
         return self.symbols.get(instrument_id, str(instrument_id))
 
+    def instrument_id(self, instrument: int | str) -> int:
+        """The id of an instrument known from the metadata or from the feed (symbol or id).
+
+        Raises UnknownInstrumentError for anything else.
+        """
+        if isinstance(instrument, str) and not instrument.isdigit():
+            for iid, symbol in self.symbols.items():
+                if symbol == instrument:
+                    return iid
+            raise UnknownInstrumentError(f"symbol={instrument!r}")
+        iid = int(instrument)
+        if iid in self.symbols or any(k.instrument_id == iid for k in self.books()):
+            return iid
+        raise UnknownInstrumentError(f"instrument_id={iid}")
+
     def resolve(self, instrument: int | str, publisher_id: int = 0) -> BookKey:
         """Finds the book for an instrument id or symbol (publisher 0: the first publisher seen).
 

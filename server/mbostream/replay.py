@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 _F_LAST = 0x80
 #: Longest single sleep, so pause/rate changes take effect promptly even in slow ``speed`` replays.
 _MAX_SLEEP = 0.25
+#: Pacing granularity: records due within this period are released together.
+_STEP_SECONDS = 0.002
+#: Most pacing credit a rate replay may accumulate, in seconds of records (bounds catch-up bursts).
+_MAX_BURST_SECONDS = 0.05
 
 
 class ReplayState(enum.Enum):
@@ -214,6 +218,7 @@ class Replayer:
     async def run(self) -> None:
         """Replays until stopped."""
         METRICS.replay_target_rate.set(self.rate if self.mode == "rate" else 0)
+        self._reset_clock()
         while not self._stopping:
             self._restart.clear()
             completed = await self._one_pass()
@@ -252,6 +257,8 @@ class Replayer:
                     if not await self._gate():
                         return False
                     n = await self._budget(chunk, pos)
+                    if n == 0:
+                        continue  # paused, restarted or stopped while waiting: back to the gate
                 else:
                     n = self.batch_records
                 started = time.perf_counter()
@@ -301,17 +308,28 @@ class Replayer:
 
     async def _budget(self, chunk: np.ndarray, pos: int) -> int:
         """How many records to release now, sleeping first when ahead of the pacing target."""
+        # Every step yields to the loop at least once, so subscribers drain between batches.
+        await asyncio.sleep(0)
+        if self._restart.is_set() or not self._resume.is_set() or self._stopping:
+            return 0
         if self.mode == "max":
-            await asyncio.sleep(0)
             return self.batch_records
         if self.mode == "rate":
             while True:
                 allowed = int(self.rate * (time.monotonic() - self._t0)) - self._released
-                if allowed >= 1:
+                burst = max(self.batch_records, int(self.rate * _MAX_BURST_SECONDS))
+                if allowed > burst:
+                    # Fell behind (start-up, a stall): forget the excess credit instead of bursting.
+                    self._t0 += (allowed - burst) / self.rate
+                    allowed = burst
+                # Release in quanta of a few milliseconds: a step per record would cost more in
+                # per-message overhead downstream than the records themselves.
+                quantum = max(1, min(self.batch_records, int(self.rate * _STEP_SECONDS)))
+                if allowed >= quantum:
                     return min(allowed, self.batch_records)
-                await asyncio.sleep(min(_MAX_SLEEP, max((1 - allowed) / self.rate, 0.0002)))
-                if self._restart.is_set() or not self._resume.is_set():
-                    return 1
+                await asyncio.sleep(min(_MAX_SLEEP, (quantum - allowed) / self.rate))
+                if self._restart.is_set() or not self._resume.is_set() or self._stopping:
+                    return 0
         ts_recv = chunk["ts_recv"]
         if self._ts0 is None:
             self._ts0 = int(ts_recv[pos])
@@ -321,7 +339,8 @@ class Replayer:
             n = int(np.searchsorted(ts_recv[pos : pos + self.batch_records], horizon, side="right"))
             if n:
                 return n
+            # Sleep to the next record, but at least one step, so bursts go out together.
             wait = (int(ts_recv[pos]) - horizon) / 1e9 / self.speed
-            await asyncio.sleep(min(_MAX_SLEEP, max(wait, 0.0002)))
+            await asyncio.sleep(min(_MAX_SLEEP, max(wait, _STEP_SECONDS)))
             if self._restart.is_set() or not self._resume.is_set():
                 return 1

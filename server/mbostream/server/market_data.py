@@ -29,12 +29,11 @@ def _selection(market: Market, selectors: list[pb.InstrumentSelector], field: st
         target = sel.instrument_id if which == "instrument_id" else sel.symbol
         if isinstance(target, str) and not target:
             raise InvalidArgumentError(f"{field}[{i}].symbol", "must not be empty")
-        key = market.resolve(target, sel.publisher_id)
+        iid = market.instrument_id(target)
         if sel.publisher_id:
-            exact.add(key)
+            exact.add(BookKey(iid, sel.publisher_id))
         else:
-            ids = {k.instrument_id for k in market.books() if k.instrument_id == key.instrument_id}
-            any_publisher |= ids
+            any_publisher.add(iid)
     return Selection(frozenset(any_publisher), frozenset(exact))
 
 
