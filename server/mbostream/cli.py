@@ -120,22 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_book)
 
-    for register in _extensions():
-        register(sub, bench)
+    for register_cli in _hooks(("mbostream.server.cli", "mbostream.storage.cli"), "register_cli"):
+        register_cli(sub)
+    for register_bench in _hooks(("mbostream.e2e_bench",), "register_bench"):
+        register_bench(bench)
     return parser
 
 
-def _extensions() -> list[Callable[[argparse._SubParsersAction, argparse._SubParsersAction], None]]:
-    """Command groups contributed by other rooms (server, storage, ...)."""
+def _hooks(modules: tuple[str, ...], name: str) -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Commands contributed by other rooms (server, storage, benchmarks), when installed."""
     found = []
-    for module in ("mbostream.server.cli", "mbostream.storage.cli"):
+    for module in modules:
         try:
-            mod = __import__(module, fromlist=["register_cli"])
+            mod = __import__(module, fromlist=[name])
         except ModuleNotFoundError as exc:
             if exc.name and module.startswith(exc.name):
                 continue
             raise
-        found.append(mod.register_cli)
+        found.append(getattr(mod, name))
     return found
 
 

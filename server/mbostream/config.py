@@ -118,7 +118,7 @@ def load_settings(
         kind = type(f.default)
         raw = flags.get(name)
         if raw is None:
-            raw = env.get(SOURCES[name][1])
+            raw = env.get(SOURCES[name][1]) or None  # an empty variable counts as unset
         if raw is not None:
             values[name] = _convert(name, raw, kind)
     files = flags.get("files") or tuple(p for p in env.get("MBOSTREAM_FILES", "").split(",") if p)

@@ -56,7 +56,7 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace-seconds", type=float, default=None, help="shutdown grace period (default 5)")
 
 
-def register_cli(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+def register_cli(sub: argparse._SubParsersAction) -> None:
     """Adds ``serve`` to the ``mbostream`` command."""
     p = sub.add_parser("serve", help="replay files as a live feed and serve books and events over gRPC")
     add_server_arguments(p)
