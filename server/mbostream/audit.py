@@ -253,8 +253,8 @@ class _Auditor:
         in_queue = set(queue)
         missing = [oid for oid in filled if oid not in in_queue]
         if missing:
-            stats_known = [oid for oid in missing if self.market._engine.order(key.instrument_id, key.publisher_id, oid)]
-            return "order_at_another_price" if stats_known else "fill_of_unknown_order"
+            resting_elsewhere = [oid for oid in missing if self.market.order(key, oid) is not None]
+            return "order_at_another_price" if resting_elsewhere else "fill_of_unknown_order"
         # Orders the fills jumped over (ahead in the queue, not filled), and the filled ones.
         last = max(queue.index(oid) for oid in filled)
         involved = set(queue[: last + 1])

@@ -123,6 +123,8 @@ class DbnReader:
         if not 1 <= version <= 3:
             raise NotDbnError(self.path, f"unsupported DBN version {version}")
         body = _read_exactly(self._stream, length, self.path, "metadata")
+        #: Bytes before the first record (prefix + metadata).
+        self.header_size = _PREFIX.size + length
         try:
             metadata = databento_dbn.Metadata.decode(prefix + body)
         except Exception as exc:  # databento_dbn raises its own error types for bad metadata

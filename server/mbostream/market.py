@@ -294,6 +294,10 @@ class Market:
         """The L3 queue of one level, ``side`` ``"B"`` or ``"A"``; None when the level is absent."""
         return self._engine.level_queue(key.instrument_id, key.publisher_id, side == "B", price)
 
+    def order(self, key: BookKey, order_id: int) -> tuple[int, int, bool, int] | None:
+        """A resting order as ``(price, size, is_bid, priority)``, or None."""
+        return self._engine.order(key.instrument_id, key.publisher_id, order_id)
+
     def stats(self, key: BookKey) -> dict[str, int | bool | str]:
         return dict(self._engine.stats(key.instrument_id, key.publisher_id))
 

@@ -111,7 +111,7 @@ def count_records(path: str) -> int | None:
     with DbnReader(path) as reader:
         if reader.info.compressed:
             return None
-        header = reader._stream.tell()  # noqa: SLF001 - position right after the metadata
+        header = reader.header_size
     return (os.path.getsize(path) - header) // MBO_DTYPE.itemsize
 
 
