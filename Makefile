@@ -2,10 +2,10 @@
 
 .PHONY: run test install generate check-generated lock bench
 
-## run: install what is missing, then serve the generated sample (gRPC on 127.0.0.1:50051)
+## run: install what is missing, then serve the generated sample: UI + API on http://127.0.0.1:8080 (gRPC also on :50051)
 run:
 	scripts/bootstrap
-	.venv/bin/mbostream serve --loop
+	.venv/bin/mbostream run --loop
 
 ## test: install what is missing, then run every test (what CI runs)
 test:

@@ -49,6 +49,10 @@ class Settings:
     book_interval_ms: float = 5.0
     #: Seconds open streams get to finish on shutdown.
     grace_seconds: float = 5.0
+    #: ``mbostream run`` only: the Envoy edge port (UI + gRPC-Web + gRPC on one origin).
+    edge_port: int = 8080
+    #: ``mbostream run`` only: extra CORS origins for gRPC-Web, comma-separated (e.g. a dev server).
+    allowed_origins: str = ""
     sample_records: int = 2_000_000
     sample_instruments: int = 4
     sample_seed: int = 1
@@ -136,6 +140,8 @@ def validate(s: Settings) -> None:
             raise ConfigError("FILE / MBOSTREAM_FILES", f"{path} does not exist or is not a file")
     if not 0 <= s.port <= 65535:
         raise ConfigError(_names("port"), f"must be 0..65535, got {s.port}")
+    if not 0 <= s.edge_port <= 65535:
+        raise ConfigError(_names("edge_port"), f"must be 0..65535, got {s.edge_port}")
     if not -1 <= s.metrics_port <= 65535:
         raise ConfigError(_names("metrics_port"), f"must be -1 (off) or 0..65535, got {s.metrics_port}")
     if s.pacing not in PACING_MODES:

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -184,8 +185,15 @@ class App:
         await self._stopped.wait()
 
 
-async def serve(settings: Settings, *, sinks: list[Any] | None = None, ready_line: bool = True) -> int:
-    """Runs a server until SIGTERM/SIGINT; returns the exit code."""
+async def serve(
+    settings: Settings,
+    *,
+    sinks: list[Any] | None = None,
+    ready_line: bool = True,
+    static_dir: Path | None = None,
+    with_edge: bool = False,
+) -> int:
+    """Runs a server (and, ``with_edge``, Envoy in front of it) until SIGTERM/SIGINT."""
     app = App(settings, sinks=sinks)
     loop = asyncio.get_running_loop()
     signals = 0
@@ -202,8 +210,31 @@ async def serve(settings: Settings, *, sinks: list[Any] | None = None, ready_lin
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     await app.start()
+    edge = None
+    ready: dict[str, Any] = {"listening": f"{settings.host}:{app.port}", "metrics_port": app.metrics_port}
+    if with_edge:
+        from mbostream.edge import Edge
+
+        origins = tuple(o.strip() for o in settings.allowed_origins.split(",") if o.strip())
+        edge = Edge(
+            listen_port=settings.edge_port,
+            upstream_port=app.port,
+            static_dir=static_dir,
+            allowed_origins=origins,
+            listen_host=settings.host,
+        )
+        try:
+            await edge.start()
+        except BaseException:
+            await app.shutdown()
+            raise
+        ready["url"] = edge.url
     if ready_line:
         # One machine-readable line on stdout: tests and launchers read the bound ports from it.
-        print(json.dumps({"listening": f"{settings.host}:{app.port}", "metrics_port": app.metrics_port}), flush=True)
+        print(json.dumps(ready), flush=True)
+    if edge is not None:
+        print(f"mbostream is up: open {edge.url} (UI, gRPC-Web and gRPC on one origin); Ctrl-C stops", flush=True)
     await app.wait_stopped()
+    if edge is not None:
+        await edge.stop()
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from mbostream import logs
@@ -27,7 +28,15 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
         "book_interval_ms": args.book_interval_ms,
         "grace_seconds": args.grace_seconds,
         "batch_records": args.batch_records,
+        "edge_port": getattr(args, "edge_port", None),
+        "allowed_origins": ",".join(getattr(args, "allowed_origin", None) or []) or None,
     }
+    if args.control_token_file:
+        import os
+
+        environ = {**os.environ, "MBOSTREAM_CONTROL_TOKEN_FILE": args.control_token_file}
+        environ.pop("MBOSTREAM_CONTROL_TOKEN", None)
+        return load_settings(flags, environ)
     return load_settings(flags)
 
 
@@ -37,6 +46,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     logs.configure(settings.log_level, settings.log_format)
     return asyncio.run(serve(settings))
+
+
+#: The built web UI, when running from a source checkout.
+DEFAULT_STATIC_DIR = Path(__file__).resolve().parents[3] / "web" / "dist"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mbostream.server.app import serve
+
+    settings = _settings_from_args(args)
+    logs.configure(settings.log_level, settings.log_format)
+    return asyncio.run(serve(settings, with_edge=True, static_dir=Path(args.static_dir)))
 
 
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,6 +75,7 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--book-interval-ms", type=float, default=None, help="book stream refresh period (default 5)")
     p.add_argument("--batch-records", type=int, default=None, help="records per replay step at most (default 4096)")
     p.add_argument("--grace-seconds", type=float, default=None, help="shutdown grace period (default 5)")
+    p.add_argument("--control-token-file", default=None, help="file holding the ReplayService token")
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
@@ -61,3 +83,10 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="replay files as a live feed and serve books and events over gRPC")
     add_server_arguments(p)
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("run", help="serve, with Envoy in front: the web UI, gRPC-Web and gRPC on one URL")
+    add_server_arguments(p)
+    p.add_argument("--edge-port", type=int, default=None, help="the one port of UI and API (default 8080)")
+    p.add_argument("--allowed-origin", action="append", default=[], help="extra CORS origin (repeatable)")
+    p.add_argument("--static-dir", default=str(DEFAULT_STATIC_DIR), help="the built web UI (default web/dist)")
+    p.set_defaults(func=_cmd_run)
