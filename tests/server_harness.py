@@ -6,20 +6,25 @@ Every wait is bounded; subprocess servers are stopped by PID by the fixture that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import queue
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import grpc
 from grpc import aio as grpc_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mbostream.config import Settings, load_settings
 from mbostream.server.app import App
@@ -63,44 +68,117 @@ def stubs(channel: grpc_aio.Channel) -> tuple[market_data_pb2_grpc.MarketDataSer
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 
-class ServerProcess:
-    """A `mbostream serve` subprocess; the address comes from its JSON ready line."""
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (for a server that must come back on the same port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        full_env = {**os.environ, "MBOSTREAM_CONTROL_TOKEN": TOKEN, **(env or {})}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mbostream.cli", "--log-level", "warning", "serve", "--host", "127.0.0.1", *args],
+
+class ServeProcess:
+    """A real ``mbostream serve`` subprocess on 127.0.0.1, stopped by PID by whoever started it.
+
+    The port comes from the server's JSON ready line (``{"listening": "127.0.0.1:P", ...}``).
+    Its log goes to ``log_path``; its stdout is drained so it can never block on a full pipe.
+    ``start`` returns once the server answers health checks with SERVING.
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        port: int = 0,
+        log_path: Path,
+        token: str = TOKEN,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.args = args
+        self.requested_port = port
+        self.log_path = log_path
+        self.token = token
+        self.env = env or {}
+        self.port = 0
+        self.metrics_port = -1
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> ServeProcess:
+        """Starts the server and waits (at most ``timeout`` s) until it listens and is SERVING."""
+        command = [
+            sys.executable, "-m", "mbostream.cli", "--log-level", "warning", "--log-format", "text",
+            "serve", "--host", "127.0.0.1", "--port", str(self.requested_port), "--metrics-port", "-1",
+            *self.args,
+        ]  # fmt: skip
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=log,
             text=True,
-            env=full_env,
+            env={**os.environ, "MBOSTREAM_CONTROL_TOKEN": self.token, **self.env},
         )
-        deadline = time.monotonic() + 120
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()  # type: ignore[union-attr]
-            if line.startswith("{") and "listening" in line or not line and self.proc.poll() is not None:
+        log.close()
+        lines: queue.Queue[str | None] = queue.Queue()
+        assert self.process.stdout is not None
+        threading.Thread(target=_drain, args=(self.process.stdout, lines), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                self.stop()
+                raise RuntimeError(f"mbostream serve did not start:\n{self.log_path.read_text()[-4000:]}")
+            if line.startswith("{") and "listening" in line:
+                ready = json.loads(line)
+                self.port = int(ready["listening"].rsplit(":", 1)[1])
+                self.metrics_port = int(ready["metrics_port"])
                 break
-        if not line.startswith("{"):
-            self.stop()
-            raise RuntimeError(f"server did not start: {self.proc.stderr.read()}")  # type: ignore[union-attr]
-        ready = json.loads(line)
-        self.address = ready["listening"]
-        self.port = int(self.address.rsplit(":", 1)[1])
-        self.metrics_port = ready["metrics_port"]
+        self._wait_serving(deadline)
+        return self
+
+    def _wait_serving(self, deadline: float) -> None:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                with contextlib.suppress(grpc.RpcError):
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                time.sleep(0.1)
+        raise TimeoutError("mbostream serve never reported SERVING")
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
 
-    def stop(self, timeout: float = 20) -> int:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-        self.signal(signal.SIGTERM)
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self, grace: float = 20) -> int | None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            return process.wait(grace)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+            process.kill()
+            return process.wait(grace)
+
+
+def _drain(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 20, every: float = 0.05) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import shared_file
-from server_harness import ServerProcess
+from server_harness import ServeProcess
 
 
 def _grpcurl() -> str:
@@ -25,8 +25,10 @@ def _grpcurl() -> str:
 
 
 @pytest.fixture(scope="module")
-def server():
-    srv = ServerProcess(str(shared_file("CLX5_mbo.dbn")), "--max")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    srv = ServeProcess(
+        str(shared_file("CLX5_mbo.dbn")), "--max", log_path=tmp_path_factory.mktemp("grpcurl") / "serve.log"
+    ).start()
     yield srv
     assert srv.stop() == 0
 

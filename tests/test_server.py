@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import shared_file
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_harness import AUTH, ServerProcess, in_process, run, settings, stubs, wait_for
+from server_harness import AUTH, ServeProcess, in_process, run, settings, stubs, wait_for
 
 from mbostream.dbn import MBO_DTYPE, read_records
 from mbostream.market import Market
@@ -186,16 +186,17 @@ async def _past(app, position: int) -> bool:
     return app.hub.position > position
 
 
-def test_slow_reader_is_cut_off_and_fast_readers_are_unaffected(generated_small) -> None:
-    server = ServerProcess(
+def test_slow_reader_is_cut_off_and_fast_readers_are_unaffected(generated_small, tmp_path) -> None:
+    server = ServeProcess(
         str(generated_small),
         "--rate",
         "100000",
         "--loop",
         "--batch-records",
         "512",
+        log_path=tmp_path / "serve.log",
         env={"MBOSTREAM_SUBSCRIBER_BUFFER_BATCHES": "256"},
-    )
+    ).start()
     try:
 
         async def body() -> None:
@@ -334,8 +335,10 @@ async def _records_done_below(app, n: int) -> bool:
     return app.replayer.records_done < n
 
 
-def test_hundred_concurrent_book_streams_get_consistent_books(generated_small) -> None:
-    server = ServerProcess(str(generated_small), "--rate", "100000", "--loop", "--metrics-port", "0")
+def test_hundred_concurrent_book_streams_get_consistent_books(generated_small, tmp_path) -> None:
+    server = ServeProcess(
+        str(generated_small), "--rate", "100000", "--loop", "--metrics-port", "0", log_path=tmp_path / "serve.log"
+    ).start()
     try:
 
         async def one(stub, counts: list[int]) -> None:
@@ -371,8 +374,10 @@ def test_hundred_concurrent_book_streams_get_consistent_books(generated_small) -
         assert server.stop() == 0
 
 
-def test_health_and_graceful_shutdown_with_open_streams(generated_small) -> None:
-    server = ServerProcess(str(generated_small), "--rate", "50000", "--loop", "--grace-seconds", "5")
+def test_health_and_graceful_shutdown_with_open_streams(generated_small, tmp_path) -> None:
+    server = ServeProcess(
+        str(generated_small), "--rate", "50000", "--loop", "--grace-seconds", "5", log_path=tmp_path / "serve.log"
+    ).start()
     try:
 
         async def body() -> tuple[int, int]:
@@ -387,17 +392,21 @@ def test_health_and_graceful_shutdown_with_open_streams(generated_small) -> None
                 await asyncio.wait_for(books.read(), 10)
                 await asyncio.wait_for(events.read(), 10)
                 server.signal(signal.SIGTERM)
-                n_books = n_events = 0
-                while await asyncio.wait_for(books.read(), 30) is not aio.EOF:
-                    n_books += 1
-                while await asyncio.wait_for(events.read(), 30) is not aio.EOF:
-                    n_events += 1
-                assert await books.code() == grpc.StatusCode.OK
-                assert await events.code() == grpc.StatusCode.OK
+                counts = []
+                for call in (books, events):
+                    n = 0
+                    with pytest.raises(grpc.RpcError) as err:
+                        while await asyncio.wait_for(call.read(), 30) is not aio.EOF:
+                            n += 1
+                    # Streams end cleanly, with UNAVAILABLE: the signal for clients to reconnect.
+                    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                    assert "shutting down" in err.value.details()
+                    counts.append(n)
+                n_books, n_events = counts
                 return n_books, n_events
 
         run(body(), timeout=60)
-        assert server.proc.wait(30) == 0
+        assert server.wait(30) == 0
     finally:
         server.stop()
 

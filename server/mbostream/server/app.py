@@ -222,6 +222,7 @@ async def serve(
             static_dir=static_dir,
             allowed_origins=origins,
             listen_host=settings.host,
+            upstream_host="127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host,
         )
         try:
             await edge.start()

@@ -27,6 +27,7 @@ from mbostream.errors import (
     PermissionDeniedError,
     PreconditionError,
     ReplayPositionError,
+    ShuttingDownError,
     SlowConsumerError,
     TooManyStreamsError,
     UnknownInstrumentError,
@@ -45,6 +46,7 @@ STATUS_BY_ERROR: tuple[tuple[type[MbostreamError], grpc.StatusCode], ...] = (
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (AuthError, grpc.StatusCode.UNAUTHENTICATED),
     (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
     (DataFileError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
 )

@@ -53,9 +53,8 @@ class MarketDataService:
 
     async def ListInstruments(self, request: pb.ListInstrumentsRequest, context: grpc_aio.ServicerContext) -> pb.ListInstrumentsResponse:
         """Every book with its identity and live statistics."""
-        return pb.ListInstrumentsResponse(
-            instruments=[instrument_info(self.market, key, self.dataset) for key in self.market.books()]
-        )
+        keys = sorted(self.market.books(), key=lambda k: (k.instrument_id, k.publisher_id))
+        return pb.ListInstrumentsResponse(instruments=[instrument_info(self.market, key, self.dataset) for key in keys])
 
     async def GetBook(self, request: pb.GetBookRequest, context: grpc_aio.ServicerContext) -> pb.GetBookResponse:
         """One consistent book (as of its last F_LAST), the "order book as JSON" endpoint."""

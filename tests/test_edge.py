@@ -1,0 +1,560 @@
+"""Edge checks: the rendered Envoy config validates, and a real Envoy in front of the real server
+(``mbostream serve``) serves native gRPC, gRPC-Web with CORS, the operator token, gRPC health,
+long quiet streams, reflection for grpcurl and the UI, all on one port.
+
+One test needs a server that turns NOT_SERVING on demand; it uses a small grpc.aio server that
+only registers the standard health service. Real servers come from ``server_harness.ServeProcess``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+REPO_ROOT: Final = Path(__file__).resolve().parents[1]
+SERVER_DIR: Final = REPO_ROOT / "server"
+if str(SERVER_DIR) not in sys.path:
+    sys.path.insert(0, str(SERVER_DIR))
+
+import grpc  # noqa: E402
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
+
+from mbostream.edge import (  # noqa: E402
+    Edge,
+    EdgeConfig,
+    EdgeError,
+    EdgeStartError,
+    EnvoyNotFoundError,
+    find_envoy,
+    render_config,
+    validate_config,
+)
+from mbostream.errors import ConfigError  # noqa: E402
+from server_harness import ServeProcess  # noqa: E402
+from mbostream.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc, replay_pb2, replay_pb2_grpc  # noqa: E402
+
+from server_harness import TOKEN  # noqa: E402
+AUTH: Final = (("authorization", f"Bearer {TOKEN}"),)
+ALLOWED_ORIGIN: Final = "http://localhost:5173"
+SCENARIO_TIMEOUT_SECONDS: Final = 60
+RPC_TIMEOUT_SECONDS: Final = 10
+HTTP_TIMEOUT_SECONDS: Final = 10
+SERVER_START_TIMEOUT_SECONDS: Final = 120
+SERVER_STOP_GRACE_SECONDS: Final = 20
+# Envoy's default route timeout is 15 s: a stream older than that proves `timeout: 0s` is in force.
+QUIET_STREAM_SECONDS: Final = 16.5
+GRPC_STATUS_OK: Final = 0
+GRPC_STATUS_UNAUTHENTICATED: Final = 16
+GRPC_WEB_TRAILER_FLAG: Final = 0x80
+BOOK_DEPTH: Final = 5
+
+
+def envoy_or_skip() -> Path:
+    """The Envoy binary, or a skip that says how to install it."""
+    try:
+        return find_envoy()
+    except EnvoyNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+def server_or_skip() -> None:
+    """Skips unless the real gRPC server (``mbostream serve``) is installed."""
+    if importlib.util.find_spec("mbostream.server") is None or importlib.util.find_spec("mbostream.server.app") is None:
+        pytest.skip("the gRPC server (mbostream serve, package mbostream.server) is not installed")
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """The real server on a free port, replaying the generated sample in a loop."""
+    server_or_skip()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    server = ServeProcess("--rate", "5000", "--loop", log_path=log_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _run(scenario: Callable[[], Awaitable[None]], timeout: float = SCENARIO_TIMEOUT_SECONDS) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(scenario(), timeout)
+
+    asyncio.run(bounded())
+
+
+def _write_ui(static_dir: Path) -> None:
+    (static_dir / "assets").mkdir(parents=True)
+    (static_dir / "index.html").write_text('<!doctype html><script type="module" src="/assets/app-1a2b.js"></script>')
+    # Larger than Envoy's default 4 KiB direct-response limit, which the edge must raise.
+    (static_dir / "assets" / "app-1a2b.js").write_text("console.log('mbostream');\n" * 2000)
+
+
+@contextlib.asynccontextmanager
+async def _edge(upstream_port: int, tmp_path: Path) -> AsyncIterator[Edge]:
+    static_dir = tmp_path / "dist"
+    if not static_dir.exists():
+        _write_ui(static_dir)
+    edge = Edge(
+        listen_port=0,
+        upstream_port=upstream_port,
+        static_dir=static_dir,
+        allowed_origins=[ALLOWED_ORIGIN],
+        envoy=envoy_or_skip(),
+    )
+    await edge.start()
+    try:
+        yield edge
+    finally:
+        await edge.stop()
+
+
+@contextlib.asynccontextmanager
+async def _channel(edge: Edge) -> AsyncIterator[grpc.aio.Channel]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}")
+    try:
+        yield channel
+    finally:
+        await channel.close()
+
+
+async def _first_instrument(channel: grpc.aio.Channel) -> market_data_pb2.InstrumentInfo:
+    stub = market_data_pb2_grpc.MarketDataServiceStub(channel)
+    listed = await stub.ListInstruments(market_data_pb2.ListInstrumentsRequest(), timeout=RPC_TIMEOUT_SECONDS)
+    assert listed.instruments, "the server lists no instrument"
+    return listed.instruments[0]
+
+
+def _book_request(info: market_data_pb2.InstrumentInfo, rate: float = 0) -> market_data_pb2.StreamBookRequest:
+    selector = market_data_pb2.InstrumentSelector(instrument_id=info.instrument_id, publisher_id=info.publisher_id)
+    return market_data_pb2.StreamBookRequest(instruments=[selector], depth=BOOK_DEPTH, max_updates_per_second=rate)
+
+
+@dataclass
+class _GrpcWebReply:
+    http_status: int
+    headers: dict[str, str]
+    messages: list[bytes]
+    trailers: dict[str, str]
+
+    @property
+    def grpc_status(self) -> int:
+        """From the trailer frame, or from the headers of a trailers-only reply."""
+        return int(self.trailers.get("grpc-status", self.headers.get("grpc-status", "-1")))
+
+    @property
+    def grpc_message(self) -> str:
+        return self.trailers.get("grpc-message", self.headers.get("grpc-message", ""))
+
+
+def _grpc_web_frames(response: http.client.HTTPResponse, max_messages: int) -> Iterator[tuple[int, bytes]]:
+    for _ in range(max_messages + 1):
+        prefix = response.read(5)
+        if len(prefix) < 5:
+            return
+        flag, length = struct.unpack(">BI", prefix)
+        yield flag, response.read(length)
+
+
+def _grpc_web_call(
+    port: int, path: str, request: bytes, *, headers: dict[str, str] | None = None, max_messages: int = 100
+) -> _GrpcWebReply:
+    """One gRPC-Web call over HTTP/1.1, framed as a browser's; stops after ``max_messages``."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT_SECONDS)
+    try:
+        connection.request(
+            "POST",
+            path,
+            body=struct.pack(">BI", 0, len(request)) + request,
+            headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **(headers or {})},
+        )
+        response = connection.getresponse()
+        reply = _GrpcWebReply(response.status, {k.lower(): v for k, v in response.getheaders()}, [], {})
+        for flag, payload in _grpc_web_frames(response, max_messages):
+            if flag & GRPC_WEB_TRAILER_FLAG:
+                for line in payload.decode().split("\r\n"):
+                    key, _, value = line.partition(":")
+                    if key:
+                        reply.trailers[key.strip().lower()] = value.strip()
+            else:
+                reply.messages.append(payload)
+                if len(reply.messages) == max_messages:
+                    break
+        return reply
+    finally:
+        connection.close()
+
+
+def _http(
+    port: int, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT_SECONDS)
+    try:
+        connection.request(method, path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def _assert_sane_book(book: book_pb2.BookSnapshot) -> None:
+    assert book.bids or book.asks
+    if book.bids and book.asks and not (book.crossed or book.locked):
+        assert book.bids[0].price < book.asks[0].price
+
+
+# --- the config ---------------------------------------------------------------------------------
+
+
+def test_rendered_config_passes_envoy_validate(tmp_path: Path) -> None:
+    envoy = envoy_or_skip()
+    static_dir = tmp_path / "dist"
+    _write_ui(static_dir)
+    config = EdgeConfig(listen_port=8080, upstream_port=50051, static_dir=static_dir, allowed_origins=(ALLOWED_ORIGIN,))
+    validate_config(render_config(config), envoy=envoy)
+
+
+def test_config_without_a_built_ui_passes_envoy_validate(tmp_path: Path) -> None:
+    envoy = envoy_or_skip()
+    config = EdgeConfig(listen_port=8080, upstream_port=50051, static_dir=tmp_path / "missing", allowed_origins=("*",))
+    validate_config(render_config(config), envoy=envoy)
+
+
+def test_envoy_validate_rejects_a_broken_config() -> None:
+    envoy = envoy_or_skip()
+    with pytest.raises(EdgeError, match="rejected"):
+        validate_config("static_resources: {listeners: [{name: 1, nonsense: true}]}\n", envoy=envoy)
+
+
+def test_rendered_config_is_typed_v3_with_long_streams_and_a_loopback_admin() -> None:
+    text = render_config(EdgeConfig(listen_port=8080, upstream_port=50051, static_dir=None))
+    assert "${" not in text
+    assert "envoy.api.v2" not in text
+    assert "typed_config" in text
+    assert "timeout: 0s" in text
+    assert "stream_idle_timeout: 0s" in text
+    admin_section = text.split("\nadmin:", 1)[1].split("\n\n", 1)[0]
+    assert "address: 127.0.0.1," in admin_section
+    filters = [line.split("name:")[1].strip() for line in text.splitlines() if "- name: envoy.filters.http." in line]
+    assert filters == ["envoy.filters.http.grpc_web", "envoy.filters.http.cors", "envoy.filters.http.router"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"listen_port": 70000}, "listen_port"),
+        ({"admin_port": -1}, "admin_port"),
+        ({"upstream_port": 0}, "upstream_port"),
+        ({"allowed_origins": ("localhost:5173",)}, "allowed_origins"),
+        ({"allowed_origins": ("http://localhost:5173/app",)}, "allowed_origins"),
+        ({"template": Path("/nonexistent/envoy.yaml")}, "template"),
+    ],
+)
+def test_bad_settings_are_rejected_by_name(overrides: dict[str, object], setting: str) -> None:
+    settings: dict[str, object] = {"listen_port": 8080, "upstream_port": 50051, "static_dir": None, **overrides}
+    with pytest.raises(ConfigError) as raised:
+        EdgeConfig(**settings)  # type: ignore[arg-type]
+    assert raised.value.setting == setting
+
+
+def test_a_taken_port_fails_start_with_envoys_reason_and_leaves_nothing_running(tmp_path: Path) -> None:
+    envoy = envoy_or_skip()
+
+    async def scenario() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            edge = Edge(listen_port=taken.getsockname()[1], upstream_port=50051, static_dir=None, envoy=envoy)
+            with pytest.raises(EdgeStartError) as raised:
+                await edge.start()
+        assert "exited with code" in str(raised.value)
+        assert raised.value.log_tail, "the error carries Envoy's last log lines"
+        assert edge.pid is None
+
+    _run(scenario)
+
+
+def test_envoy_dies_with_a_launcher_killed_without_stopping_it() -> None:
+    envoy_or_skip()
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, mbostream.edge as e\n"
+            "async def main():\n"
+            "    edge = e.Edge(listen_port=0, upstream_port=50051, static_dir=None)\n"
+            "    await edge.start()\n"
+            "    print(edge.pid, flush=True)\n"
+            "    await asyncio.sleep(60)\n"
+            "asyncio.run(main())\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=SERVER_DIR,
+    )
+    try:
+        assert launcher.stdout is not None
+        envoy_pid = int(launcher.stdout.readline())
+        os.kill(envoy_pid, 0)
+    finally:
+        launcher.kill()
+        launcher.wait(RPC_TIMEOUT_SECONDS)
+    deadline = time.monotonic() + RPC_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            os.kill(envoy_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(envoy_pid, signal.SIGKILL)
+    pytest.fail("Envoy outlived its killed launcher")
+
+
+def test_a_missing_envoy_binary_fails_start_clearly(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        edge = Edge(listen_port=0, upstream_port=50051, static_dir=None, envoy=tmp_path / "no-envoy")
+        with pytest.raises(EdgeStartError, match="cannot run"):
+            await edge.start()
+
+    _run(scenario)
+
+
+# --- Envoy in front of the real server ------------------------------------------------------------
+
+
+def test_native_grpc_unary_and_stream_through_envoy(real_server: ServeProcess, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with _edge(real_server.port, tmp_path) as edge, _channel(edge) as channel:
+            info = await _first_instrument(channel)
+            stub = market_data_pb2_grpc.MarketDataServiceStub(channel)
+            call = stub.StreamBook(_book_request(info))
+            received = [await asyncio.wait_for(call.read(), RPC_TIMEOUT_SECONDS) for _ in range(3)]
+            call.cancel()
+            assert all(isinstance(r, market_data_pb2.StreamBookResponse) for r in received)
+            assert received[0].is_snapshot
+            sequences = [r.book.replay_sequence for r in received]
+            assert sequences == sorted(sequences)
+            for reply in received:
+                assert reply.book.instrument_id == info.instrument_id
+                assert len(reply.book.bids) <= BOOK_DEPTH
+                _assert_sane_book(reply.book)
+
+    _run(scenario)
+
+
+def test_grpc_web_unary_and_stream_through_envoy(real_server: ServeProcess, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with _edge(real_server.port, tmp_path) as edge:
+            listed = await asyncio.to_thread(
+                _grpc_web_call, edge.port, "/mbostream.v1.MarketDataService/ListInstruments", b""
+            )
+            assert listed.http_status == 200
+            assert listed.headers["content-type"].startswith("application/grpc-web")
+            assert listed.grpc_status == GRPC_STATUS_OK
+            (message,) = listed.messages
+            info = market_data_pb2.ListInstrumentsResponse.FromString(message).instruments[0]
+
+            request = _book_request(info).SerializeToString()
+            streamed = await asyncio.to_thread(
+                _grpc_web_call, edge.port, "/mbostream.v1.MarketDataService/StreamBook", request, max_messages=3
+            )
+            replies = [market_data_pb2.StreamBookResponse.FromString(m) for m in streamed.messages]
+            assert len(replies) == 3
+            assert replies[0].is_snapshot and replies[0].ts_out > 0
+            for reply in replies:
+                _assert_sane_book(reply.book)
+
+    _run(scenario)
+
+
+def test_operator_token_passes_through_and_its_absence_is_visible_to_browsers(
+    real_server: ServeProcess, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with _edge(real_server.port, tmp_path) as edge, _channel(edge) as channel:
+            path = "/mbostream.v1.ReplayService/GetStatus"
+            denied = await asyncio.to_thread(_grpc_web_call, edge.port, path, b"", headers={"origin": ALLOWED_ORIGIN})
+            assert denied.grpc_status == GRPC_STATUS_UNAUTHENTICATED
+            assert denied.grpc_message
+            # A cross-origin page can read the status only if Envoy exposes it.
+            assert denied.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+            exposed = {h.strip() for h in denied.headers["access-control-expose-headers"].split(",")}
+            assert {"grpc-status", "grpc-message"} <= exposed
+
+            allowed = await asyncio.to_thread(
+                _grpc_web_call, edge.port, path, b"", headers={"authorization": f"Bearer {TOKEN}"}
+            )
+            assert allowed.grpc_status == GRPC_STATUS_OK
+            status = replay_pb2.GetStatusResponse.FromString(allowed.messages[0]).status
+            assert status.state == replay_pb2.REPLAY_STATE_RUNNING
+
+            stub = replay_pb2_grpc.ReplayServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.GetStatus(replay_pb2.GetStatusRequest(), timeout=RPC_TIMEOUT_SECONDS)
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            reply = await stub.GetStatus(replay_pb2.GetStatusRequest(), metadata=AUTH, timeout=RPC_TIMEOUT_SECONDS)
+            assert reply.status.state == replay_pb2.REPLAY_STATE_RUNNING
+
+    _run(scenario)
+
+
+def test_a_stream_older_than_envoys_default_timeout_survives_a_paused_replay(
+    real_server: ServeProcess, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with _edge(real_server.port, tmp_path) as edge, _channel(edge) as channel:
+            info = await _first_instrument(channel)
+            replay = replay_pb2_grpc.ReplayServiceStub(channel)
+            call = market_data_pb2_grpc.MarketDataServiceStub(channel).StreamBook(_book_request(info))
+            first = await asyncio.wait_for(call.read(), RPC_TIMEOUT_SECONDS)
+            assert isinstance(first, market_data_pb2.StreamBookResponse)
+            await replay.Pause(replay_pb2.PauseRequest(), metadata=AUTH, timeout=RPC_TIMEOUT_SECONDS)
+            try:
+                await asyncio.sleep(QUIET_STREAM_SECONDS)
+            finally:
+                await replay.Resume(replay_pb2.ResumeRequest(), metadata=AUTH, timeout=RPC_TIMEOUT_SECONDS)
+            # Updates sent before the pause took effect may be queued; what matters is that the
+            # stream still delivers the books made after the resume.
+            async with asyncio.timeout(RPC_TIMEOUT_SECONDS):
+                while True:
+                    later = await call.read()
+                    assert isinstance(later, market_data_pb2.StreamBookResponse), f"the stream ended: {call.code()}"
+                    if later.book.replay_sequence > first.book.replay_sequence and later.ts_out > first.ts_out + int(
+                        QUIET_STREAM_SECONDS * 1e9
+                    ):
+                        break
+            call.cancel()
+
+    _run(scenario, timeout=SCENARIO_TIMEOUT_SECONDS + QUIET_STREAM_SECONDS)
+
+
+def test_health_and_reflection_reach_the_server_through_envoy(real_server: ServeProcess, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with _edge(real_server.port, tmp_path) as edge, _channel(edge) as channel:
+            await edge.wait_upstream_healthy(timeout=RPC_TIMEOUT_SECONDS)
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT_SECONDS
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            grpcurl = shutil.which("grpcurl") or shutil.which(str(Path.home() / "go" / "bin" / "grpcurl"))
+            if grpcurl:
+                listed = await asyncio.to_thread(
+                    subprocess.run,
+                    [grpcurl, "-plaintext", f"127.0.0.1:{edge.port}", "list"],
+                    capture_output=True,
+                    text=True,
+                    timeout=RPC_TIMEOUT_SECONDS,
+                    check=False,
+                )
+                assert listed.returncode == 0, listed.stderr
+                assert "mbostream.v1.MarketDataService" in listed.stdout.split()
+
+    _run(scenario)
+
+
+def test_cors_preflight_allows_configured_origins_only(real_server: ServeProcess, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with _edge(real_server.port, tmp_path) as edge:
+
+            def preflight(origin: str) -> dict[str, str]:
+                _, headers, _ = _http(
+                    edge.port,
+                    "OPTIONS",
+                    "/mbostream.v1.MarketDataService/StreamBook",
+                    {
+                        "origin": origin,
+                        "access-control-request-method": "POST",
+                        "access-control-request-headers": "content-type,x-grpc-web,authorization",
+                    },
+                )
+                return headers
+
+            allowed = await asyncio.to_thread(preflight, ALLOWED_ORIGIN)
+            assert allowed["access-control-allow-origin"] == ALLOWED_ORIGIN
+            assert "authorization" in allowed["access-control-allow-headers"]
+            assert "x-grpc-web" in allowed["access-control-allow-headers"]
+            refused = await asyncio.to_thread(preflight, "http://evil.example")
+            assert "access-control-allow-origin" not in refused
+
+    _run(scenario)
+
+
+def test_ui_files_are_served_on_the_same_origin(real_server: ServeProcess, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with _edge(real_server.port, tmp_path) as edge:
+            static_dir = tmp_path / "dist"
+            status, headers, body = await asyncio.to_thread(_http, edge.port, "GET", "/")
+            assert status == 200
+            assert headers["content-type"].startswith("text/html")
+            assert body == (static_dir / "index.html").read_bytes()
+            assert "default-src 'self'" in headers["content-security-policy"]
+            status, headers, body = await asyncio.to_thread(_http, edge.port, "GET", "/assets/app-1a2b.js")
+            assert status == 200
+            assert headers["content-type"].startswith("text/javascript")
+            assert "immutable" in headers["cache-control"]
+            assert body == (static_dir / "assets" / "app-1a2b.js").read_bytes()
+            status, _, _ = await asyncio.to_thread(_http, edge.port, "GET", "/assets/../../etc/passwd")
+            assert status == 404
+
+    _run(scenario)
+
+
+def test_admin_is_on_loopback_with_prometheus_stats_and_stop_ends_envoy(
+    real_server: ServeProcess, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with _edge(real_server.port, tmp_path) as edge, _channel(edge) as channel:
+            assert edge.admin_url.startswith("http://127.0.0.1:")
+            await _first_instrument(channel)
+            stats = await edge.prometheus_stats()
+            assert 'envoy_cluster_upstream_rq_total{envoy_cluster_name="mbostream_grpc"}' in stats
+            pid = edge.pid
+            assert pid is not None
+            await edge.stop()
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+    _run(scenario)
+
+
+# --- Envoy's health checking, against a server that turns NOT_SERVING on demand ------------------
+
+
+def test_envoy_health_checks_the_server_with_grpc_health(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        server = grpc.aio.server()
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+            async with _edge(port, tmp_path) as edge:
+                await edge.wait_upstream_healthy(timeout=RPC_TIMEOUT_SECONDS)
+                await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+                async with asyncio.timeout(RPC_TIMEOUT_SECONDS):
+                    while await edge.upstream_healthy():
+                        await asyncio.sleep(0.1)
+                await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+                await edge.wait_upstream_healthy(timeout=RPC_TIMEOUT_SECONDS)
+        finally:
+            await server.stop(grace=None)
+
+    _run(scenario)
