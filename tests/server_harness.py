@@ -41,7 +41,14 @@ def run(coro: Awaitable[T], timeout: float = 60) -> T:
 
 def settings(**overrides: Any) -> Settings:
     base = load_settings({}, environ={})
-    values = {"host": "127.0.0.1", "port": 0, "metrics_port": -1, "control_token": TOKEN, "log_level": "warning"}
+    values = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "metrics_port": -1,
+        "control_token": TOKEN,
+        "log_level": "warning",
+        "store": False,  # storage has its own tests; these servers need no spool
+    }
     values.update(overrides)
     return replace(base, **values)
 
@@ -119,7 +126,7 @@ class ServeProcess:
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            env={**os.environ, "MBOSTREAM_CONTROL_TOKEN": self.token, **self.env},
+            env={**os.environ, "MBOSTREAM_CONTROL_TOKEN": self.token, "MBOSTREAM_STORE": "false", **self.env},
         )
         log.close()
         lines: queue.Queue[str | None] = queue.Queue()

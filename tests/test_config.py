@@ -60,7 +60,7 @@ def test_env_example_documents_every_setting() -> None:
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.M))
     expected = {env for _, env in SOURCES.values()} | {"MBOSTREAM_FILES", "MBOSTREAM_CONTROL_TOKEN", "MBOSTREAM_CONTROL_TOKEN_FILE"}
     assert expected <= documented, sorted(expected - documented)
-    assert set(Settings.__dataclass_fields__) - {"files", "control_token"} == set(SOURCES)
+    assert set(Settings.__dataclass_fields__) - {"files", "control_token", "storage"} == set(SOURCES)
 
 
 def test_serve_rejects_bad_settings_with_a_clear_error() -> None:

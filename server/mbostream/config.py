@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from mbostream.errors import ConfigError
+from mbostream.storage.settings import StorageSettings
 
 PACING_MODES: Final = ("rate", "speed", "max")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
@@ -56,6 +57,10 @@ class Settings:
     sample_records: int = 2_000_000
     sample_instruments: int = 4
     sample_seed: int = 1
+    #: Persist the feed (InfluxDB when ``INFLUX_URL`` is set, else the on-disk spool only).
+    store: bool = True
+    #: Storage settings (``INFLUX_*``, ``MBOSTREAM_SPOOL_DIR``, ``MBOSTREAM_STORE_MBO``, …).
+    storage: StorageSettings = field(default_factory=StorageSettings)
 
     @property
     def control_enabled(self) -> bool:
@@ -66,7 +71,7 @@ class Settings:
 SOURCES: Final[dict[str, tuple[str, str]]] = {
     name: (f"--{name.replace('_', '-')}", f"MBOSTREAM_{name.upper()}")
     for name in Settings.__dataclass_fields__
-    if name not in ("files", "control_token")
+    if name not in ("files", "control_token", "storage")
 }
 
 
@@ -117,7 +122,7 @@ def load_settings(
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
     for name, f in Settings.__dataclass_fields__.items():
-        if name in ("files", "control_token"):
+        if name in ("files", "control_token", "storage"):
             continue
         kind = type(f.default)
         raw = flags.get(name)
@@ -128,6 +133,7 @@ def load_settings(
     files = flags.get("files") or tuple(p for p in env.get("MBOSTREAM_FILES", "").split(",") if p)
     values["files"] = tuple(str(p) for p in files)  # type: ignore[union-attr]
     values["control_token"] = _read_token(env, flags.get("control_token"))  # type: ignore[arg-type]
+    values["storage"] = StorageSettings.from_env(env)
     settings = Settings(**values)  # type: ignore[arg-type]
     validate(settings)
     return settings

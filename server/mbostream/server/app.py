@@ -98,6 +98,8 @@ class App:
             book_interval=s.book_interval_ms / 1000.0,
         )
         self.hub = hub
+        if s.store:
+            self.extra_sinks.append(self._storage_sink())
         self.hub.sinks.extend(self.extra_sinks)
         self.replayer = Replayer(
             files,
@@ -143,6 +145,20 @@ class App:
             extra={"grpc": f"{s.host}:{self.port}", "metrics_port": self.metrics_port, "files": files},
         )
 
+    def _storage_sink(self) -> Any:
+        from mbostream.storage.prometheus import register_storage_metrics
+        from mbostream.storage.sink import StorageSink
+
+        levels = self.settings.storage.depth_levels
+        market = self.market
+        sink = StorageSink(
+            self.settings.storage,
+            depth_source=lambda: [market.view(key, depth=levels) for key in market.books()],
+            symbols=market.symbol,
+        )
+        self._unregister_storage_metrics = register_storage_metrics(sink.metrics)
+        return sink
+
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled() and task.exception() is not None and not self._stopping:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
@@ -175,6 +191,8 @@ class App:
         for sink in self.extra_sinks:
             if hasattr(sink, "stop"):
                 await sink.stop(s.grace_seconds)
+        if hasattr(self, "_unregister_storage_metrics"):
+            self._unregister_storage_metrics()
         if hasattr(self, "_httpd"):
             self._httpd.shutdown()
             self._httpd.server_close()

@@ -28,6 +28,7 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
         "book_interval_ms": args.book_interval_ms,
         "grace_seconds": args.grace_seconds,
         "batch_records": args.batch_records,
+        "store": False if args.no_store else None,
         "edge_port": getattr(args, "edge_port", None),
         "allowed_origins": ",".join(getattr(args, "allowed_origin", None) or []) or None,
     }
@@ -76,6 +77,7 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-records", type=int, default=None, help="records per replay step at most (default 4096)")
     p.add_argument("--grace-seconds", type=float, default=None, help="shutdown grace period (default 5)")
     p.add_argument("--control-token-file", default=None, help="file holding the ReplayService token")
+    p.add_argument("--no-store", action="store_true", help="do not persist the feed (no InfluxDB writes, no spool)")
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:

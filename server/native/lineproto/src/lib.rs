@@ -1,1 +1,22 @@
-//! mbostream-lineproto: InfluxDB line protocol from raw MBO records and event rows.
+//! mbostream-lineproto: InfluxDB line protocol from raw MBO records and event rows, column-wise.
+//!
+//! The storage sink writes one point per MBO record (`mbo`), per trade (`trades`) and per F_LAST
+//! that moved the top of book (`bbo`). Formatting them is the hot path of persistence, so it reads
+//! the 56-byte DBN records and the engine's 80-byte event rows straight from their buffers and
+//! appends bytes to one output vector: no object per point, no allocation per point.
+//!
+//! The schema (measurements, tags, fields, timestamps) is documented in `docs/storage.md`; this
+//! crate is its only writer for the three high-volume measurements.
+pub mod clock;
+pub mod escape;
+pub mod event;
+pub mod format;
+pub mod number;
+
+pub use clock::{SeriesClock, MAX_POINT_TIME, REWIND_WINDOW_NS};
+pub use escape::push_tag_value;
+pub use event::{EventRow, EVENT_ROW_SIZE};
+pub use format::{Formatter, MissingSymbols};
+
+#[cfg(test)]
+mod tests;

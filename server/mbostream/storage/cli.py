@@ -1,0 +1,87 @@
+"""Storage command room: ``mbostream storage drain`` and ``mbostream storage bench``.
+
+:func:`register_cli` adds the ``storage`` group to the ``mbostream`` command; :func:`main` runs
+the group alone (``python -m mbostream.storage.cli drain ...``). Each command sets ``func``, a
+callable taking the parsed arguments and returning the exit status. Credentials never come from
+flags: the token is read from ``INFLUX_TOKEN`` or ``INFLUX_TOKEN_FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Final
+
+from mbostream.errors import ConfigError
+from mbostream.storage.drain import DEFAULT_STALL_TIMEOUT_SECONDS, drain_spool
+from mbostream.storage.errors import SpoolError
+from mbostream.storage.settings import StorageSettings
+
+EXIT_INCOMPLETE: Final = 1
+EXIT_USAGE: Final = 2
+
+
+def register_cli(subparsers: Any) -> None:
+    """Adds the ``storage`` command group to an ``argparse`` subparsers object."""
+    storage = subparsers.add_parser("storage", help="persistence to InfluxDB: drain a spool, benchmark the write path")
+    commands = storage.add_subparsers(dest="storage_command", metavar="COMMAND", required=True)
+
+    drain = commands.add_parser(
+        "drain",
+        help="push a spool into InfluxDB (token from INFLUX_TOKEN or INFLUX_TOKEN_FILE)",
+        description="Writes every point of a spool directory to an InfluxDB 2.x bucket, in order, "
+        "then empties the spool. The token comes from INFLUX_TOKEN or INFLUX_TOKEN_FILE.",
+    )
+    drain.add_argument("--url", required=True, help="InfluxDB URL, e.g. http://localhost:8086")
+    drain.add_argument("--org", required=True, help="InfluxDB organization")
+    drain.add_argument("--bucket", required=True, help="InfluxDB bucket")
+    drain.add_argument("--spool-dir", help="spool directory (default: MBOSTREAM_SPOOL_DIR or var/spool)")
+    drain.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=DEFAULT_STALL_TIMEOUT_SECONDS,
+        help="give up after this many seconds without progress (default: %(default)s)",
+    )
+    drain.set_defaults(func=_drain)
+
+    from mbostream.storage import bench
+
+    bench.register(commands)
+
+
+def _drain(args: argparse.Namespace) -> int:
+    env = dict(os.environ, INFLUX_URL=args.url, INFLUX_ORG=args.org, INFLUX_BUCKET=args.bucket)
+    if args.spool_dir:
+        env["MBOSTREAM_SPOOL_DIR"] = args.spool_dir
+    try:
+        settings = StorageSettings.from_env(env)
+        report = drain_spool(settings, stall_timeout=args.stall_timeout)
+    except (ConfigError, SpoolError) as exc:
+        print(f"mbostream storage drain: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    rate = report.points_written / report.seconds if report.seconds > 0 else 0.0
+    summary = (
+        f"{report.points_written} points written ({report.points_rejected} refused, set aside in "
+        f"{settings.spool_dir / 'rejected.lp'}) in {report.seconds:.1f}s, {rate:,.0f} points/s"
+    )
+    if report.complete:
+        print(f"drained {settings.spool_dir}: {summary}")
+        return 0
+    print(f"stopped with {report.bytes_left} bytes left in {settings.spool_dir}: {summary}")
+    return EXIT_INCOMPLETE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``storage`` commands on their own: ``python -m mbostream.storage.cli drain ...``."""
+    from mbostream.logs import configure
+
+    parser = argparse.ArgumentParser(prog="mbostream", description="mbostream storage commands")
+    register_cli(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(["storage", *(sys.argv[1:] if argv is None else argv)])
+    configure(level=os.environ.get("MBOSTREAM_LOG_LEVEL", "info"), fmt="text")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

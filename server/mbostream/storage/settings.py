@@ -1,0 +1,241 @@
+"""Storage settings room: the one frozen configuration of persistence, from the environment.
+
+Every knob of the storage sink lives in :class:`StorageSettings`. It is built once at start-up,
+validated there, and never changed; a bad value raises :class:`~mbostream.errors.ConfigError`
+naming the setting (the field when built directly, the environment variable from
+:meth:`StorageSettings.from_env`). No credential has a default: without ``INFLUX_URL`` the sink
+writes the spool only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+from mbostream.errors import ConfigError
+
+MIB: Final = 1 << 20
+DEFAULT_SPOOL_DIR: Final = Path("var/spool")
+MAX_DEPTH_LEVELS: Final = 50
+
+#: field name → environment variable.
+ENV_VARIABLES: Final[Mapping[str, str]] = {
+    "url": "INFLUX_URL",
+    "org": "INFLUX_ORG",
+    "bucket": "INFLUX_BUCKET",
+    "token": "INFLUX_TOKEN",
+    "spool_dir": "MBOSTREAM_SPOOL_DIR",
+    "store_mbo": "MBOSTREAM_STORE_MBO",
+    "depth_interval": "MBOSTREAM_DEPTH_INTERVAL",
+    "depth_levels": "MBOSTREAM_DEPTH_LEVELS",
+    "batch_points": "MBOSTREAM_STORAGE_BATCH_POINTS",
+    "flush_interval": "MBOSTREAM_STORAGE_FLUSH_INTERVAL",
+    "max_pending_bytes": "MBOSTREAM_STORAGE_MAX_PENDING_BYTES",
+    "segment_bytes": "MBOSTREAM_SPOOL_SEGMENT_BYTES",
+    "write_timeout": "MBOSTREAM_STORAGE_TIMEOUT",
+    "write_concurrency": "MBOSTREAM_STORAGE_WRITE_CONCURRENCY",
+    "max_retries": "MBOSTREAM_STORAGE_MAX_RETRIES",
+    "retry_initial": "MBOSTREAM_STORAGE_RETRY_INITIAL",
+    "retry_max": "MBOSTREAM_STORAGE_RETRY_MAX",
+    "gzip_level": "MBOSTREAM_STORAGE_GZIP_LEVEL",
+}
+TOKEN_FILE_VARIABLE: Final = "INFLUX_TOKEN_FILE"
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+_SIZE_SUFFIXES: Final = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageSettings:
+    """How and where the storage sink persists the feed.
+
+    Attributes
+    ----------
+    url, org, bucket, token
+        The InfluxDB 2.x write target (``/api/v2/write``). All four together, or none: without a
+        URL the sink writes the spool only, for ``mbostream storage drain`` to push later.
+    spool_dir
+        Directory of the on-disk spool (created if missing); one process uses it at a time.
+    store_mbo
+        Also write every raw MBO record to the ``mbo`` measurement (off by default).
+    depth_interval
+        Seconds of feed time between ``depth`` samples of every book; 0 turns depth off.
+    depth_levels
+        Levels per side in a ``depth`` sample (1 to 50).
+    batch_points
+        Points per write request (the size a batch is cut at).
+    flush_interval
+        Seconds after which a partial batch is written anyway.
+    max_pending_bytes
+        Line protocol held in memory for the database; beyond it, batches go to the spool.
+    segment_bytes
+        Size at which the spool starts a new segment file.
+    write_timeout
+        Seconds for one write request.
+    write_concurrency
+        Write requests in flight at once (1 to 16).
+    max_retries
+        Retries of one batch on 429/5xx/connection errors before it goes to the spool.
+    retry_initial, retry_max
+        Backoff before the first retry, and its cap (seconds); each retry doubles it, with jitter.
+    gzip_level
+        gzip level of request bodies, 1 (fastest, the default) to 9; 0 sends them uncompressed.
+        With ISA-L (the ``isal`` package) levels above 3 act as 3.
+    """
+
+    url: str | None = None
+    org: str | None = None
+    bucket: str | None = None
+    token: str | None = field(default=None, repr=False)
+    spool_dir: Path = DEFAULT_SPOOL_DIR
+    store_mbo: bool = False
+    depth_interval: float = 1.0
+    depth_levels: int = 10
+    batch_points: int = 10_000
+    flush_interval: float = 1.0
+    max_pending_bytes: int = 64 * MIB
+    segment_bytes: int = 64 * MIB
+    write_timeout: float = 10.0
+    write_concurrency: int = 3
+    max_retries: int = 3
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+    gzip_level: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spool_dir", Path(self.spool_dir))
+        if self.url is not None:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError("url", f"{self.url!r} is not an http(s) URL")
+            for name in ("org", "bucket", "token"):
+                if not getattr(self, name):
+                    raise ConfigError(name, "required when a database URL is set")
+        else:
+            for name in ("org", "bucket", "token"):
+                if getattr(self, name):
+                    raise ConfigError("url", f"{name} is set but the database URL is not")
+        _positive_finite("depth_interval", self.depth_interval, allow_zero=True)
+        _in_range("depth_levels", self.depth_levels, 1, MAX_DEPTH_LEVELS)
+        _in_range("batch_points", self.batch_points, 1, 1_000_000)
+        _positive_finite("flush_interval", self.flush_interval)
+        _in_range("max_pending_bytes", self.max_pending_bytes, MIB, 1 << 40)
+        _in_range("segment_bytes", self.segment_bytes, 64 << 10, 1 << 40)
+        _positive_finite("write_timeout", self.write_timeout)
+        _in_range("write_concurrency", self.write_concurrency, 1, 16)
+        _in_range("max_retries", self.max_retries, 0, 100)
+        _positive_finite("retry_initial", self.retry_initial)
+        _positive_finite("retry_max", self.retry_max)
+        if self.retry_max < self.retry_initial:
+            raise ConfigError("retry_max", f"{self.retry_max} is below retry_initial {self.retry_initial}")
+        _in_range("gzip_level", self.gzip_level, 0, 9)
+
+    @property
+    def database_configured(self) -> bool:
+        """True when a database is set; otherwise the sink writes the spool only."""
+        return self.url is not None
+
+    @property
+    def depth_interval_ns(self) -> int:
+        """The depth sampling interval in nanoseconds of feed time (0: off)."""
+        return round(self.depth_interval * 1e9)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StorageSettings:
+        """Builds the settings from environment variables (blank values count as unset).
+
+        ``INFLUX_TOKEN`` or ``INFLUX_TOKEN_FILE`` (a file holding the token, e.g. a mounted
+        secret) supplies the token; setting both is an error.
+
+        Raises
+        ------
+        ConfigError
+            Naming the environment variable whose value is invalid.
+        """
+        env = os.environ if environ is None else environ
+        raw = {name: env.get(var, "").strip() for name, var in ENV_VARIABLES.items()}
+        values: dict[str, object] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, text in raw.items():
+            if not text:
+                continue
+            try:
+                values[name] = _parse(name, types[name], text)
+            except ValueError as exc:
+                raise ConfigError(ENV_VARIABLES[name], str(exc)) from None
+        token_file = env.get(TOKEN_FILE_VARIABLE, "").strip()
+        if token_file:
+            if raw["token"]:
+                raise ConfigError(TOKEN_FILE_VARIABLE, "set only one of INFLUX_TOKEN and INFLUX_TOKEN_FILE")
+            values["token"] = _read_token(token_file)
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ConfigError as exc:
+            variable = ENV_VARIABLES.get(exc.setting, exc.setting)
+            if exc.setting == "token" and token_file:
+                variable = TOKEN_FILE_VARIABLE
+            raise ConfigError(variable, exc.reason) from None
+
+
+def _parse(name: str, annotation: object, text: str) -> object:
+    kind = str(annotation)
+    if kind == "bool":
+        lowered = text.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"{text!r} is not a boolean (use true/false, 1/0, yes/no, on/off)")
+    if kind == "int":
+        if name.endswith("_bytes"):
+            return _parse_size(text)
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number of seconds") from None
+    if kind == "Path":
+        return Path(text)
+    return text
+
+
+def _parse_size(text: str) -> int:
+    """Parses ``65536``, ``64k``, ``64M`` or ``1G`` (binary multiples) into bytes."""
+    lowered = text.lower().removesuffix("ib").removesuffix("b")
+    multiplier = _SIZE_SUFFIXES.get(lowered[-1:], 1)
+    digits = lowered[:-1] if multiplier > 1 else lowered
+    try:
+        return int(digits) * multiplier
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (bytes, or with a k/M/G suffix)") from None
+
+
+def _read_token(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(TOKEN_FILE_VARIABLE, f"cannot read {path}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(TOKEN_FILE_VARIABLE, f"{path} is empty")
+    return token
+
+
+def _positive_finite(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(name, f"{value} is not a {'non-negative' if allow_zero else 'positive'} number")
+
+
+def _in_range(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(name, f"{value!r} is not an integer from {low} to {high}")

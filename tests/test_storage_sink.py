@@ -1,0 +1,136 @@
+"""The storage sink without a database, or with one that never answers: the feed never waits."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from influx.points import parse
+from influx.replay import Replay, async_test
+from mbostream.dbn import FileInfo
+from mbostream.market import STATE_TOP_CHANGED, BookView
+from mbostream.storage import SpoolLockedError, StorageSettings, StorageSink
+from mbostream.storage.metrics import COUNTERS
+
+pytest_plugins = ["influx.fixtures"]  # the real InfluxDB stack and the CLX5 sample
+
+STOP_TIMEOUT = 30.0
+
+
+def spooled_points(spool_dir: Path) -> Counter[str]:
+    return Counter(p.measurement for segment in sorted(spool_dir.glob("segment-*.lp")) for p in parse(segment.read_bytes()))
+
+
+@async_test
+async def test_without_a_database_everything_goes_to_the_spool(clx5: tuple[FileInfo, np.ndarray], tmp_path: Path) -> None:
+    info, records = clx5
+    replay = Replay(info, records)
+    spool_dir = tmp_path / "spool"
+    sink = StorageSink(StorageSettings(spool_dir=spool_dir, store_mbo=True), depth_source=replay.depth_source, symbols=replay.symbols)
+    await sink.start()
+    replay.run(sink.offer, 2048)
+    await sink.stop(STOP_TIMEOUT)
+    events = replay.all_events
+    assert spooled_points(spool_dir) == {
+        "mbo": len(records),
+        "trades": int((records["action"] == b"T").sum()),
+        "bbo": int(((events["state"] & STATE_TOP_CHANGED) != 0).sum()),
+        "depth": len(replay.sampled),
+    }
+    snapshot = sink.metrics.snapshot()
+    assert snapshot["points_spooled_total"] == snapshot["points_formatted_total"] == sum(spooled_points(spool_dir).values())
+    assert snapshot["points_written_total"] == 0
+
+
+@async_test
+async def test_offer_never_raises(clx5: tuple[FileInfo, np.ndarray], tmp_path: Path) -> None:
+    info, records = clx5
+    replay = Replay(info, records[:5000])
+
+    def broken_depth() -> list[BookView]:
+        raise RuntimeError("book views unavailable")
+
+    sink = StorageSink(StorageSettings(spool_dir=tmp_path / "spool"), depth_source=broken_depth, symbols=replay.symbols)
+    await sink.start()
+    replay.run(sink.offer, 500)
+    await sink.stop(STOP_TIMEOUT)
+    assert spooled_points(tmp_path / "spool")["trades"] == int((replay.records["action"] == b"T").sum())
+    replay.run(sink.offer, 500)  # after stop: counted and logged, not raised
+    assert sink.metrics.get("batches_dropped_total") == 10
+
+
+@async_test
+async def test_one_sink_per_spool(tmp_path: Path) -> None:
+    settings = StorageSettings(spool_dir=tmp_path / "spool")
+    first = StorageSink(settings, depth_source=list, symbols=str)
+    await first.start()
+    try:
+        with pytest.raises(SpoolLockedError):
+            await StorageSink(settings, depth_source=list, symbols=str).start()
+    finally:
+        await first.stop(STOP_TIMEOUT)
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """An HTTP endpoint that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+@async_test
+async def test_a_database_that_never_answers_does_not_hold_up_the_feed(
+    black_hole: str, clx5: tuple[FileInfo, np.ndarray], tmp_path: Path
+) -> None:
+    info, records = clx5
+    replay = Replay(info, records)
+    settings = StorageSettings(
+        url=black_hole, org="desk", bucket="feed", token="t", spool_dir=tmp_path / "spool", store_mbo=True,
+        batch_points=2000, flush_interval=0.05, write_timeout=2.0, max_retries=0,
+    )
+    sink = StorageSink(settings, depth_source=replay.depth_source, symbols=replay.symbols)
+    await sink.start()
+    for chunk in replay.chunks(1024):
+        replay.step(sink.offer, chunk)
+        await asyncio.sleep(0)
+    assert sink.metrics.get("points_written_total") == 0, "the whole feed was offered while no write had returned"
+    await sink.stop(timeout=0.5)
+    snapshot = sink.metrics.snapshot()
+    assert snapshot["points_written_total"] == 0
+    assert snapshot["points_spooled_total"] == snapshot["points_formatted_total"] == sum(spooled_points(tmp_path / "spool").values())
+    assert spooled_points(tmp_path / "spool")["mbo"] == len(records)
+
+
+@async_test
+async def test_metrics_cover_the_write_path(tmp_path: Path) -> None:
+    sink = StorageSink(StorageSettings(spool_dir=tmp_path / "spool"), depth_source=list, symbols=str)
+    await sink.start()
+    snapshot = sink.metrics.snapshot()
+    await sink.stop(STOP_TIMEOUT)
+    for name in (*COUNTERS, "write_latency_seconds_count", "write_latency_seconds_sum", "spool_bytes", "spool_oldest_age_seconds"):
+        assert name in snapshot
+    assert {"points_written_total", "batches_written_total", "write_retries_total", "write_errors_total"} <= set(snapshot)
