@@ -249,7 +249,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--batch-records", type=int, default=0, help="records per replay batch (default: per benchmark)")
     parser.add_argument("--rounds", type=int, default=3, help="repetitions; the best (format) or median is kept")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
