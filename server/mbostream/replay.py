@@ -246,7 +246,12 @@ class Replayer:
     async def _one_pass(self) -> bool:
         """One pass over the files; False when interrupted by restart or stop."""
         carry: np.ndarray | None = None
-        for chunk in self._chunks():
+        chunks = self._chunks()
+        while True:
+            # Reading and decompressing happen off the event loop (both release the GIL).
+            chunk = await asyncio.to_thread(next, chunks, None)
+            if chunk is None:
+                break
             if carry is not None and len(carry):
                 chunk = np.concatenate([carry, chunk])
             carry = None
@@ -326,7 +331,8 @@ class Replayer:
                 # per-message overhead downstream than the records themselves.
                 quantum = max(1, min(self.batch_records, int(self.rate * _STEP_SECONDS)))
                 if allowed >= quantum:
-                    return min(allowed, self.batch_records)
+                    # Catching up goes in steps of at most two quanta, so no step blocks the loop long.
+                    return min(allowed, self.batch_records, 2 * quantum)
                 await asyncio.sleep(min(_MAX_SLEEP, (quantum - allowed) / self.rate))
                 if self._restart.is_set() or not self._resume.is_set() or self._stopping:
                     return 0

@@ -1,0 +1,59 @@
+"""mbostream-client: async Python client of the mbostream gRPC API, with a local L3 book replica.
+
+The public API is what this module exports; the underscored modules are private.
+"""
+
+from mbostream_client._backoff import Backoff
+from mbostream_client._channel import DEFAULT_TARGET
+from mbostream_client._decode import F_LAST, F_SNAPSHOT, EventBatch, decode_events
+from mbostream_client._exceptions import (
+    AuthenticationError,
+    ClientError,
+    DeadlineExceededError,
+    InstrumentNotFoundError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    PreconditionFailedError,
+    ReplicaGapError,
+    ResumeOutOfRangeError,
+    RpcError,
+    ServerUnavailableError,
+    SlowConsumerError,
+    StreamLimitError,
+)
+from mbostream_client._latency import LatencyConfig, measure
+from mbostream_client._market_data import Instrument, MarketDataClient
+from mbostream_client._render import book_json, levels
+from mbostream_client._replay import ReplayClient
+from mbostream_client._replica import BookReplica, ReplicaStats
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "F_LAST",
+    "F_SNAPSHOT",
+    "AuthenticationError",
+    "Backoff",
+    "BookReplica",
+    "ClientError",
+    "DeadlineExceededError",
+    "EventBatch",
+    "Instrument",
+    "InstrumentNotFoundError",
+    "InvalidRequestError",
+    "LatencyConfig",
+    "MarketDataClient",
+    "PermissionDeniedError",
+    "PreconditionFailedError",
+    "ReplayClient",
+    "ReplicaGapError",
+    "ReplicaStats",
+    "ResumeOutOfRangeError",
+    "RpcError",
+    "ServerUnavailableError",
+    "SlowConsumerError",
+    "StreamLimitError",
+    "book_json",
+    "decode_events",
+    "levels",
+    "measure",
+]

@@ -1,0 +1,416 @@
+"""End-to-end benchmark room: ``mbostream bench e2e`` — a real server and real clients, two processes.
+
+Two scenarios, each against a fresh ``mbostream serve --loop`` subprocess (the generated sample by
+default) measured by a separate ``mbostream-client latency`` process:
+
+* **max** — the replay runs at ``--max``; one StreamEvents client reads every record. Reported:
+  records/s delivered to that client over the window, the rate the replay produced, and whether
+  the client kept up (a reader that falls behind is cut off with RESOURCE_EXHAUSTED; the client
+  counts that and resumes with ``start_after_sequence``).
+* **rate** — the replay runs at ``--rate`` (500,000 records/s by default) with K StreamBook streams
+  (100) and E StreamEvents streams (1). Reported: p50/p99/p99.9 publish→receive latency of the book
+  updates (``time.time_ns() - ts_out``, one clock), and that the events stream stayed lossless
+  (contiguous ``replay_sequence``, no RESOURCE_EXHAUSTED).
+
+With two or more CPUs the server is pinned to the first and the client to the second, so each
+gets one core and neither steals the other's. The bench process itself only waits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+from mbostream.errors import BenchError, MbostreamError
+
+#: The project's targets: the floor must hold, the aim is where we want to be.
+FLOOR_RECORDS_PER_SECOND: Final = 500_000
+AIM_RECORDS_PER_SECOND: Final = 1_000_000
+FLOOR_P99_MS: Final = 10.0
+AIM_P99_MS: Final = 2.0
+
+#: Generating the default sample on a cold cache takes a while; serving a cached one, seconds.
+_SERVER_START_TIMEOUT: Final = 900.0
+_STOP_TIMEOUT: Final = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class E2eConfig:
+    """What ``mbostream bench e2e`` runs (see the module docstring)."""
+
+    files: tuple[str, ...] = ()
+    scenarios: tuple[str, ...] = ("max", "rate")
+    seconds: float = 10.0
+    warmup: float = 2.0
+    rate: float = 500_000.0
+    book_streams: int = 100
+    events_streams: int = 1
+    depth: int = 10
+    max_updates_per_second: float = 0.0
+    connections: int = 0
+    #: Each book stream watches one instrument (round-robin) instead of every book.
+    spread: bool = False
+    pin: bool = True
+    #: Extra ``mbostream serve`` flags, e.g. ``("--book-interval-ms", "20")``.
+    server_args: tuple[str, ...] = ()
+
+
+def _cpu_sets(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """CPUs for (server, client): one each when pinning and two are available."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not pin or len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, {cpus[1]}
+
+
+def _pin(pid: int, cpus: set[int] | None) -> None:
+    """Pins a just-started child process to ``cpus`` (None: leaves it alone).
+
+    Popen returns once the child has exec'd, long before the new interpreter starts any thread,
+    so every thread it starts later inherits the CPU set.
+    """
+    if cpus is not None:
+        os.sched_setaffinity(pid, cpus)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its threads, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_seconds() -> tuple[float, float]:
+    """CPU seconds all CPUs spent in processes, and in interrupts, since boot (from /proc/stat).
+
+    Interrupt time (loopback TCP runs largely in softirq) is charged to no process, so it is kept
+    apart from the process time used to see who else was running.
+    """
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + steal) / tick, (irq + softirq) / tick
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _Server:
+    """A ``mbostream serve`` subprocess on a free port, stopped with SIGTERM."""
+
+    def __init__(self, cfg: E2eConfig, pacing: Sequence[str], cpus: set[int] | None) -> None:
+        self.token = secrets.token_urlsafe(18)
+        # A private spool: the server's storage sink (on by default) must not share one with a
+        # server already running here, and the bench leaves nothing behind.
+        self._spool = tempfile.TemporaryDirectory(prefix="mbostream-e2e-spool-")
+        env = {**os.environ, "MBOSTREAM_CONTROL_TOKEN": self.token, "MBOSTREAM_SPOOL_DIR": self._spool.name}
+        cmd = [
+            sys.executable, "-m", "mbostream.cli", "--log-level", "warning", "serve", *cfg.files,
+            "--port", "0", "--metrics-port", "-1", "--loop", *pacing, *cfg.server_args,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        _pin(self.proc.pid, cpus)
+        self.target = self._read_ready_line()
+
+    def _read_ready_line(self) -> str:
+        import selectors
+
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(_SERVER_START_TIMEOUT):
+                self.stop()
+                raise BenchError(f"server printed no ready line within {_SERVER_START_TIMEOUT:.0f} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise BenchError(f"server exited with {self.proc.wait()} before listening: {err.strip()[-2000:]}")
+        return str(json.loads(line)["listening"])
+
+    def status(self) -> Any:
+        """The replay status over ReplayService (bearer token of this server)."""
+        import grpc
+
+        from mbostream.v1 import replay_pb2, replay_pb2_grpc
+
+        with grpc.insecure_channel(self.target) as channel:
+            stub = replay_pb2_grpc.ReplayServiceStub(channel)
+            metadata = (("authorization", f"Bearer {self.token}"),)
+            return stub.GetStatus(replay_pb2.GetStatusRequest(), metadata=metadata, timeout=10).status
+
+    def wait_replaying(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.status().replay_sequence == 0:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the replay did not start within {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (SIGKILL after the timeout)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        self._spool.cleanup()
+        return code
+
+
+def _run_client(
+    cfg: E2eConfig, target: str, streams: int, events_streams: int, cpus: set[int] | None
+) -> dict[str, Any]:
+    """Runs ``mbostream-client latency --json`` in its own process and returns its result."""
+    cmd = [
+        sys.executable, "-m", "mbostream_client", "--target", target, "latency",
+        "--streams", str(streams), "--events-streams", str(events_streams),
+        "--seconds", str(cfg.seconds), "--warmup", str(cfg.warmup), "--depth", str(cfg.depth),
+        "--max-updates-per-second", str(cfg.max_updates_per_second), "--connections", str(cfg.connections), "--json",
+        *(["--spread"] if cfg.spread else []),
+    ]  # fmt: skip
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        _pin(proc.pid, cpus)
+        try:
+            stdout, stderr = proc.communicate(timeout=cfg.warmup + cfg.seconds + 120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise BenchError("mbostream-client latency did not finish in time") from None
+    if proc.returncode != 0:
+        if "No module named mbostream_client" in stderr:
+            raise BenchError("the client is not installed: pip install -e clients/python")
+        raise BenchError(f"mbostream-client latency exited with {proc.returncode}: {stderr.strip()[-2000:]}")
+    return dict(json.loads(stdout))
+
+
+def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
+    server_cpus, client_cpus = _cpu_sets(cfg.pin)
+    if name == "max":
+        pacing, streams, events_streams = ["--max"], 0, 1
+    else:
+        pacing, streams, events_streams = ["--rate", f"{cfg.rate:g}"], cfg.book_streams, cfg.events_streams
+    server = _Server(cfg, pacing, server_cpus)
+    try:
+        server.wait_replaying()
+        before, t0, cpu0 = server.status(), time.monotonic(), _cpu_seconds(server.proc.pid)
+        busy0, client0 = _machine_busy_seconds(), _children_cpu_seconds()
+        client = _run_client(cfg, server.target, streams, events_streams, client_cpus)
+        busy1, client1 = _machine_busy_seconds(), _children_cpu_seconds()
+        after, t1, cpu1 = server.status(), time.monotonic(), _cpu_seconds(server.proc.pid)
+    finally:
+        exit_code = server.stop()
+    elapsed = t1 - t0
+    # Whatever else kept the CPUs busy meanwhile (other test suites, builds) skews the numbers.
+    others = (busy1[0] - busy0[0]) - (cpu1 - cpu0) - (client1 - client0)
+    return {
+        "other_processes_cpu_percent": round(100 * max(0.0, others) / elapsed, 1),
+        "interrupts_cpu_percent": round(100 * (busy1[1] - busy0[1]) / elapsed, 1),
+        "scenario": name,
+        "pacing": " ".join(pacing),
+        "server": {
+            "replayed_records_per_second": round((after.replay_sequence - before.replay_sequence) / elapsed),
+            "cpu_percent": round(100 * (cpu1 - cpu0) / elapsed, 1),
+            "cpus": sorted(server_cpus) if server_cpus else None,
+            "exit_code": exit_code,
+        },
+        "client_cpus": sorted(client_cpus) if client_cpus else None,
+        "client": client,
+    }
+
+
+def _verdict(value: float | None, floor: float, aim: float, higher_is_better: bool) -> str:
+    if value is None:
+        return "no data"
+
+    def good(target: float) -> bool:
+        return value >= target if higher_is_better else value < target
+
+    return "meets aim" if good(aim) else "meets floor" if good(floor) else "BELOW FLOOR"
+
+
+def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
+    """Runs the chosen scenarios in turn (never in parallel); returns the result document."""
+    results: dict[str, Any] = {"config": asdict(cfg), "scenarios": {}}
+    checks: dict[str, Any] = {}
+    for name in cfg.scenarios:
+        result = _scenario(cfg, name)
+        results["scenarios"][name] = result
+        events = result["client"]["events"]
+        if name == "max":
+            rps = events["records_per_second"]
+            checks["max_events_records_per_second"] = {
+                "value": rps,
+                "floor": FLOOR_RECORDS_PER_SECOND,
+                "aim": AIM_RECORDS_PER_SECOND,
+                "verdict": _verdict(rps, FLOOR_RECORDS_PER_SECOND, AIM_RECORDS_PER_SECOND, True),
+            }
+        else:
+            p99 = result["client"]["book"]["latency_ms"]["p99"]
+            checks["rate_book_p99_ms"] = {
+                "value": p99,
+                "floor": FLOOR_P99_MS,
+                "aim": AIM_P99_MS,
+                "verdict": _verdict(p99, FLOOR_P99_MS, AIM_P99_MS, False),
+            }
+            checks["rate_events_lossless"] = {
+                "value": events["lossless"] if cfg.events_streams else None,
+                "verdict": "no data" if not cfg.events_streams else "ok" if events["lossless"] else "LOSSY",
+            }
+    results["checks"] = checks
+    results["passed"] = all(c["verdict"] not in ("BELOW FLOOR", "LOSSY") for c in checks.values())
+    return results
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """The readable report of :func:`run_e2e`."""
+    cfg = results["config"]
+    lines = [f"mbostream bench e2e: {cfg['seconds']:g} s windows after {cfg['warmup']:g} s warm-up, data: "
+             f"{', '.join(cfg['files']) or 'generated sample'} {' '.join(cfg['server_args'])}".rstrip()]  # fmt: skip
+    for name, r in results["scenarios"].items():
+        srv, cl = r["server"], r["client"]
+        book, events = cl["book"], cl["events"]
+        lines.append(
+            f"\n[{name}] server {r['pacing']} --loop on CPU {srv['cpus']}, client on CPU {r['client_cpus']}: "
+            f"replayed {srv['replayed_records_per_second']:,} records/s, server CPU {srv['cpu_percent']}%, "
+            f"client CPU {cl['client_cpu_percent']}%, interrupts {r['interrupts_cpu_percent']}%, "
+            f"server exit {srv['exit_code']}"
+        )
+        if r["other_processes_cpu_percent"] > 10:
+            lines.append(
+                f"  WARNING: other processes used {r['other_processes_cpu_percent']}% CPU during this run; "
+                "numbers are skewed — rerun on a quiet machine"
+            )
+        if book["streams"]:
+            lat = book["latency_ms"]
+            lines.append(
+                f"  StreamBook x{book['streams']}: {book['messages_per_second']:,.0f} msg/s, publish→client "
+                f"p50 {lat['p50']} ms  p99 {lat['p99']} ms  p99.9 {lat['p99.9']} ms  max {lat['max']} ms "
+                f"({lat['samples']:,} samples, {book['conflated']:,} states conflated)"
+            )
+            lines.append(f"    worst latency in each second (ms): {book['worst_ms_each_second']}")
+        if events["streams"]:
+            lat = events["latency_ms"]
+            lines.append(
+                f"  StreamEvents x{events['streams']}: {events['records_per_second']:,.0f} records/s delivered, "
+                f"batch latency p50 {lat['p50']} ms p99 {lat['p99']} ms; "
+                f"{'lossless' if events['lossless'] else 'NOT lossless'} (gaps {events['gaps']}, "
+                f"RESOURCE_EXHAUSTED {events['resource_exhausted']}, OUT_OF_RANGE {events['out_of_range']})"
+            )
+        errors = {**book["errors"], **events["errors"]}
+        if errors:
+            lines.append(f"  client errors: {errors}")
+    lines.append("")
+    for check, c in results["checks"].items():
+        target = f" (floor {c['floor']}, aim {c['aim']})" if "floor" in c else ""
+        lines.append(f"{check}: {c['value']}{target} → {c['verdict']}")
+    return "\n".join(lines)
+
+
+def _cmd_e2e(args: argparse.Namespace) -> int:
+    cfg = E2eConfig(
+        files=tuple(args.file),
+        scenarios=("max", "rate") if args.scenario == "both" else (args.scenario,),
+        seconds=args.seconds,
+        warmup=args.warmup,
+        rate=args.rate,
+        book_streams=args.book_streams,
+        events_streams=args.events_streams,
+        depth=args.depth,
+        max_updates_per_second=args.max_updates_per_second,
+        connections=args.connections,
+        spread=args.spread,
+        pin=not args.no_pin,
+        server_args=tuple(arg for option in args.server_arg for arg in option.split()),
+    )
+    results = run_e2e(cfg)
+    print(json.dumps(results, indent=2) if args.json else format_summary(results))
+    return 1 if args.strict and not results["passed"] else 0
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``mbostream bench e2e``."""
+    p.add_argument("file", nargs="*", help="DBN MBO files to serve (default: the generated sample)")
+    p.add_argument("--scenario", choices=("max", "rate", "both"), default="both", help="what to run (default both)")
+    p.add_argument("--seconds", type=_positive_float, default=10.0, help="measured window per scenario (default 10)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds streamed before each window (default 2)")
+    p.add_argument("--rate", type=_positive_float, default=500_000.0, help="records/s of the rate scenario")
+    p.add_argument("--book-streams", type=_non_negative_int, default=100, help="StreamBook clients (default 100)")
+    p.add_argument("--events-streams", type=_non_negative_int, default=1, help="StreamEvents clients (default 1)")
+    p.add_argument("--depth", type=_non_negative_int, default=10, help="book stream depth (default 10)")
+    p.add_argument("--max-updates-per-second", type=float, default=0.0, help="per-book limit asked by book streams")
+    p.add_argument(
+        "--connections", type=_non_negative_int, default=0, help="client TCP connections (0: one per stream)"
+    )
+    p.add_argument(
+        "--spread", action="store_true", help="each book stream watches one instrument (round-robin), not every book"
+    )
+    p.add_argument("--no-pin", action="store_true", help="do not pin server and client to separate CPUs")
+    p.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="extra flag for mbostream serve, repeatable (e.g. --server-arg=--no-store)",
+    )
+    p.add_argument("--strict", action="store_true", help="exit 1 when a floor is missed")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(func=_cmd_e2e)
+
+
+def register_bench(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds ``e2e`` to ``mbostream bench``."""
+    add_arguments(bench.add_parser("e2e", help="real server + client processes: records/s at --max, latency at a rate"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mbostream.e2e_bench``: the same command on its own."""
+    parser = argparse.ArgumentParser(prog="python -m mbostream.e2e_bench", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MbostreamError as exc:
+        print(f"mbostream bench e2e: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
