@@ -17,11 +17,11 @@ install:
 
 ## generate: regenerate all code generated from proto/ (Go, TypeScript, Python)
 generate:
-	PYTHON=$${PYTHON:-$$(test -x .venv/bin/python && echo .venv/bin/python || echo python3)} scripts/generate
+	PYTHON=$${PYTHON:-$$(test -x .venv/bin/python && echo $(CURDIR)/.venv/bin/python || echo python3)} scripts/generate
 
 ## check-generated: fail with a diff if the generated code is stale
 check-generated:
-	PYTHON=$${PYTHON:-$$(test -x .venv/bin/python && echo .venv/bin/python || echo python3)} scripts/check-generated
+	PYTHON=$${PYTHON:-$$(test -x .venv/bin/python && echo $(CURDIR)/.venv/bin/python || echo python3)} scripts/check-generated
 
 ## lock: re-resolve requirements/requirements.in into the hashed lock file
 lock:

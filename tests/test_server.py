@@ -414,3 +414,36 @@ def test_health_and_graceful_shutdown_with_open_streams(generated_small, tmp_pat
 async def _serving(health) -> bool:
     resp = await health.Check(health_pb2.HealthCheckRequest(service="mbostream.v1.MarketDataService"), timeout=2)
     return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_combined_book_stream_carries_every_changed_book_in_one_message(generated_small) -> None:
+    info, records = read_records(generated_small)
+
+    async def body() -> list:
+        s = settings(files=(str(generated_small),), rate=20_000, batch_records=128, book_interval_ms=5)
+        async with in_process(s) as (app, channel):
+            market, _ = stubs(channel)
+            request = md.StreamBookRequest(depth=5, combine_books=True)
+            messages = []
+            async for msg in market.StreamBook(request):
+                messages.append(msg)
+                if len(messages) >= 30:
+                    break
+            return messages
+
+    messages = run(body(), timeout=90)
+    firsts = [m for m in messages if m.is_snapshot]
+    assert {m.book.symbol for m in firsts} == set(info.symbols.values())
+    assert all(not m.books for m in firsts)
+    combined = [m for m in messages if not m.is_snapshot]
+    assert combined and all(m.books and not m.HasField("book") for m in combined)
+    assert any(len(m.books) > 1 for m in combined)
+    for msg in combined:
+        assert msg.ts_out > 0
+        assert len({b.instrument_id for b in msg.books}) == len(msg.books)
+        for book in msg.books:
+            offline = Market(info.symbols)
+            offline.apply(records[: book.replay_sequence], complete_events=False)
+            view = offline.view(offline.resolve(book.instrument_id), depth=5)
+            assert [(l.price, l.size, l.count) for l in view.bids] == [(l.price, l.size, l.count) for l in book.bids]
+            assert [(l.price, l.size, l.count) for l in view.asks] == [(l.price, l.size, l.count) for l in book.asks]

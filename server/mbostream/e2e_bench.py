@@ -61,6 +61,8 @@ class E2eConfig:
     connections: int = 0
     #: Each book stream watches one instrument (round-robin) instead of every book.
     spread: bool = False
+    #: Book streams ask for combine_books (one message per refresh with every changed book).
+    combine: bool = False
     pin: bool = True
     #: Extra ``mbostream serve`` flags, e.g. ``("--book-interval-ms", "20")``.
     server_args: tuple[str, ...] = ()
@@ -190,6 +192,7 @@ def _run_client(
         "--seconds", str(cfg.seconds), "--warmup", str(cfg.warmup), "--depth", str(cfg.depth),
         "--max-updates-per-second", str(cfg.max_updates_per_second), "--connections", str(cfg.connections), "--json",
         *(["--spread"] if cfg.spread else []),
+        *(["--combine"] if cfg.combine else []),
     ]  # fmt: skip
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         _pin(proc.pid, cpus)
@@ -341,6 +344,7 @@ def _cmd_e2e(args: argparse.Namespace) -> int:
         max_updates_per_second=args.max_updates_per_second,
         connections=args.connections,
         spread=args.spread,
+        combine=args.combine,
         pin=not args.no_pin,
         server_args=tuple(arg for option in args.server_arg for arg in option.split()),
     )
@@ -380,6 +384,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--spread", action="store_true", help="each book stream watches one instrument (round-robin), not every book"
     )
+    p.add_argument("--combine", action="store_true", help="book streams ask for combine_books (one message per refresh)")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and client to separate CPUs")
     p.add_argument(
         "--server-arg",

@@ -145,7 +145,12 @@ class BookChannel:
     key: BookKey
     depth: int
     orders: bool
+    #: ``StreamBookResponse{book, ts_out}`` serialized: a whole message on its own.
     payload: bytes = b""
+    #: ``StreamBookResponse{books: [book]}`` serialized: concatenated with others into one message.
+    payload_multi: bytes = b""
+    #: When the payload was built (ns since the epoch).
+    ts_out: int = 0
     version: int = 0
     subscribers: set[BookSubscriber] = field(default_factory=set)
 
@@ -153,12 +158,15 @@ class BookChannel:
 class BookSubscriber:
     """One StreamBook client: which channels changed since it last looked, and how often."""
 
-    def __init__(self, hub: Hub, selection: Selection, depth: int, orders: bool, min_interval: float) -> None:
+    def __init__(
+        self, hub: Hub, selection: Selection, depth: int, orders: bool, min_interval: float, combine: bool = False
+    ) -> None:
         self.hub = hub
         self.selection = selection
         self.depth = depth
         self.orders = orders
         self.min_interval = min_interval
+        self.combine = combine
         self.channels: dict[BookKey, BookChannel] = {}
         self.pending: dict[BookKey, int] = {}  # key -> conflated count since last taken
         self.seen_versions: dict[BookKey, int] = {}
@@ -172,12 +180,16 @@ class BookSubscriber:
             self.pending[channel.key] = 0
         self.wakeup.set()
 
-    async def updates(self) -> AsyncIterator[tuple[BookChannel, bool, int]]:
-        """Yields ``(channel, is_first, conflated)``: every watched book first, then changes."""
+    async def updates(self) -> AsyncIterator[tuple[list[BookChannel], bool, int]]:
+        """Yields ``(channels, is_first, conflated)``: every watched book first, then changes.
+
+        A book's first message is always on its own; later ones are one per book, or — with
+        ``combine`` — every changed book in one message.
+        """
         for key, channel in list(self.channels.items()):
             self.pending.pop(key, None)
             self.seen_versions[key] = channel.version
-            yield channel, True, 0
+            yield [channel], True, 0
         last_sent = 0.0
         while True:
             if self.hub.closed:
@@ -191,11 +203,19 @@ class BookSubscriber:
                 if wait > 0:
                     await asyncio.sleep(wait)
             pending, self.pending = self.pending, {}
+            combined: list[BookChannel] = []
+            conflated_total = 0
             for key, conflated in pending.items():
                 channel = self.channels[key]
                 first = key not in self.seen_versions
                 self.seen_versions[key] = channel.version
-                yield channel, first, conflated
+                if self.combine and not first:
+                    combined.append(channel)
+                    conflated_total += conflated
+                else:
+                    yield [channel], first, conflated
+            if combined:
+                yield combined, False, conflated_total
             last_sent = time.monotonic()
 
 
@@ -206,7 +226,7 @@ class Hub:
         self,
         market: Market,
         *,
-        book_payload: Callable[[Market, BookKey, int, bool], bytes],
+        book_payload: Callable[[Market, BookKey, int, bool], tuple[bytes, bytes, int]],
         replay_buffer_records: int,
         subscriber_buffer_batches: int,
         max_streams: int,
@@ -280,7 +300,7 @@ class Hub:
         dirty, self.dirty = self.dirty, set()
         for (key, depth, orders), channel in self.channels.items():
             if key in dirty and channel.subscribers:
-                channel.payload = self.book_payload(self.market, key, depth, orders)
+                channel.payload, channel.payload_multi, channel.ts_out = self.book_payload(self.market, key, depth, orders)
                 channel.version += 1
                 for sub in channel.subscribers:
                     sub.notify(channel)
@@ -343,10 +363,12 @@ class Hub:
         self.event_subscribers.discard(sub)
         METRICS.subscribers.labels("events").set(len(self.event_subscribers))
 
-    def subscribe_books(self, selection: Selection, *, depth: int, orders: bool, max_rate: float) -> BookSubscriber:
+    def subscribe_books(
+        self, selection: Selection, *, depth: int, orders: bool, max_rate: float, combine: bool = False
+    ) -> BookSubscriber:
         """Registers a StreamBook client on the channels of every matching book."""
         self._check_capacity()
-        sub = BookSubscriber(self, selection, depth, orders, 1.0 / max_rate if max_rate > 0 else 0.0)
+        sub = BookSubscriber(self, selection, depth, orders, 1.0 / max_rate if max_rate > 0 else 0.0, combine)
         for key in self.market.books():
             if selection.matches(key):
                 self._attach(sub, key)
@@ -361,7 +383,9 @@ class Hub:
             channel = BookChannel(key, sub.depth, sub.orders)
             self.channels[ckey] = channel
         if not channel.subscribers or key in self.dirty or not channel.payload:
-            channel.payload = self.book_payload(self.market, key, sub.depth, sub.orders)
+            channel.payload, channel.payload_multi, channel.ts_out = self.book_payload(
+                self.market, key, sub.depth, sub.orders
+            )
             channel.version += 1
         channel.subscribers.add(sub)
         sub.channels[key] = channel

@@ -331,8 +331,7 @@ class Replayer:
                 # per-message overhead downstream than the records themselves.
                 quantum = max(1, min(self.batch_records, int(self.rate * _STEP_SECONDS)))
                 if allowed >= quantum:
-                    # Catching up goes in steps of at most two quanta, so no step blocks the loop long.
-                    return min(allowed, self.batch_records, 2 * quantum)
+                    return min(allowed, self.batch_records)
                 await asyncio.sleep(min(_MAX_SLEEP, (quantum - allowed) / self.rate))
                 if self._restart.is_set() or not self._resume.is_set() or self._stopping:
                     return 0

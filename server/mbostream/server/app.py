@@ -85,7 +85,7 @@ class App:
         self.market = Market(symbols)
         hub: Hub | None = None
 
-        def book_payload(market: Market, key: Any, depth: int, orders: bool) -> bytes:
+        def book_payload(market: Market, key: Any, depth: int, orders: bool) -> tuple[bytes, bytes, int]:
             assert hub is not None
             return book_update_payload(market, key, depth, orders, position=hub.position, ts_out=time.time_ns())
 

@@ -60,18 +60,27 @@ def book_snapshot(view: BookView, replay_sequence: int) -> book_pb2.BookSnapshot
     return msg
 
 
-def book_update_payload(market: Market, key: BookKey, depth: int, orders: bool, *, position: int, ts_out: int) -> bytes:
-    """The shared part of a ``StreamBookResponse`` (book + ts_out), serialized once for everyone.
+def book_update_payload(
+    market: Market, key: BookKey, depth: int, orders: bool, *, position: int, ts_out: int
+) -> tuple[bytes, bytes, int]:
+    """The shared parts of ``StreamBookResponse`` messages, serialized once for every client.
 
-    Per-client fields (``is_snapshot``, ``conflated``) are appended as a second serialized message:
-    protobuf merges concatenated messages, so the client parses one ``StreamBookResponse``.
+    Returns ``(single, multi, ts_out)``: ``single`` is ``{book, ts_out}``; ``multi`` is
+    ``{books: [book]}``, made to be concatenated with other books' into one combined message.
+    Per-client fields (``is_snapshot``, ``conflated``, a combined message's ``ts_out``) are appended
+    as one more serialized message: protobuf merges concatenated messages (scalars: last wins;
+    repeated fields: appended), so the client parses one ``StreamBookResponse``.
     """
-    view = market.view(key, depth=depth, orders=orders)
-    return market_data_pb2.StreamBookResponse(book=book_snapshot(view, position), ts_out=ts_out).SerializeToString()
+    snapshot = book_snapshot(market.view(key, depth=depth, orders=orders), position)
+    single = market_data_pb2.StreamBookResponse(book=snapshot, ts_out=ts_out).SerializeToString()
+    multi = market_data_pb2.StreamBookResponse(books=[snapshot]).SerializeToString()
+    return single, multi, ts_out
 
 
-def per_client_suffix(is_snapshot: bool, conflated: int) -> bytes:
-    return market_data_pb2.StreamBookResponse(is_snapshot=is_snapshot, conflated=conflated).SerializeToString()
+def per_client_suffix(is_snapshot: bool, conflated: int, ts_out: int = 0) -> bytes:
+    return market_data_pb2.StreamBookResponse(
+        is_snapshot=is_snapshot, conflated=conflated, ts_out=ts_out
+    ).SerializeToString()
 
 
 def instrument_info(market: Market, key: BookKey, dataset: str) -> market_data_pb2.InstrumentInfo:

@@ -78,10 +78,15 @@ class MarketDataService:
             depth=_depth(request.depth),
             orders=request.include_orders,
             max_rate=request.max_updates_per_second,
+            combine=request.combine_books,
         )
         try:
-            async for channel, first, conflated in sub.updates():
-                yield channel.payload + per_client_suffix(first, conflated)
+            async for channels, first, conflated in sub.updates():
+                if len(channels) == 1 and not sub.combine or first:
+                    yield channels[0].payload + per_client_suffix(first, conflated)
+                else:
+                    oldest = min(c.ts_out for c in channels)
+                    yield b"".join(c.payload_multi for c in channels) + per_client_suffix(False, conflated, oldest)
         finally:
             self.hub.unsubscribe_books(sub)
 

@@ -244,15 +244,23 @@ class StreamBookRequest(_message.Message):
     DEPTH_FIELD_NUMBER: _builtins.int
     MAX_UPDATES_PER_SECOND_FIELD_NUMBER: _builtins.int
     INCLUDE_ORDERS_FIELD_NUMBER: _builtins.int
+    COMBINE_BOOKS_FIELD_NUMBER: _builtins.int
     depth: _builtins.int
     """Maximum number of levels per side; 0 sends full books."""
     max_updates_per_second: _builtins.float
-    """Upper bound on messages per second for each book; 0 sends an update at
-    every F_LAST boundary that changed the book (conflating only when the
-    client reads too slowly).
+    """Upper bound on messages per second for each book; 0 sends the latest
+    consistent book at every server refresh (every book_interval_ms, at an
+    F_LAST boundary) in which it changed, conflating whatever the client had
+    no time to take.
     """
     include_orders: _builtins.bool
     """When true, each level lists its orders in queue-priority order."""
+    combine_books: _builtins.bool
+    """When true, after the first message of each book (is_snapshot, in `book`),
+    each message carries every book that changed since the previous message in
+    `books`: one message per refresh instead of one per book, for clients that
+    watch many books.
+    """
     @_builtins.property
     def instruments(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstrumentSelector]:
         """Books to stream; empty streams every book, including ones first seen
@@ -266,10 +274,11 @@ class StreamBookRequest(_message.Message):
         depth: _builtins.int = ...,
         max_updates_per_second: _builtins.float = ...,
         include_orders: _builtins.bool = ...,
+        combine_books: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["depth", b"depth", "include_orders", b"include_orders", "instruments", b"instruments", "max_updates_per_second", b"max_updates_per_second"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["combine_books", b"combine_books", "depth", b"depth", "include_orders", b"include_orders", "instruments", b"instruments", "max_updates_per_second", b"max_updates_per_second"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -285,17 +294,26 @@ class StreamBookResponse(_message.Message):
     IS_SNAPSHOT_FIELD_NUMBER: _builtins.int
     TS_OUT_FIELD_NUMBER: _builtins.int
     CONFLATED_FIELD_NUMBER: _builtins.int
+    BOOKS_FIELD_NUMBER: _builtins.int
     is_snapshot: _builtins.bool
     """True for the first message of each book on this stream."""
     ts_out: _builtins.int
     """Server wall-clock time when this message was published, ns since the UNIX epoch."""
     conflated: _builtins.int
     """Number of book states skipped for this client since the previous message
-    for the same book (0 when none was skipped).
+    for the same book (0 when none was skipped); with combine_books, the sum
+    over the books of this message.
     """
     @_builtins.property
     def book(self) -> _book_pb2.BookSnapshot:
         """The book, cut to the requested depth."""
+
+    @_builtins.property
+    def books(self) -> _containers.RepeatedCompositeFieldContainer[_book_pb2.BookSnapshot]:
+        """With combine_books: the books that changed since the previous message,
+        each a full consistent book cut to the requested depth. ts_out is then the
+        publish time of the oldest of them.
+        """
 
     def __init__(
         self,
@@ -304,10 +322,11 @@ class StreamBookResponse(_message.Message):
         is_snapshot: _builtins.bool = ...,
         ts_out: _builtins.int = ...,
         conflated: _builtins.int = ...,
+        books: _abc.Iterable[_book_pb2.BookSnapshot] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["book", b"book"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["book", b"book", "conflated", b"conflated", "is_snapshot", b"is_snapshot", "ts_out", b"ts_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["book", b"book", "books", b"books", "conflated", b"conflated", "is_snapshot", b"is_snapshot", "ts_out", b"ts_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -52,6 +52,8 @@ class LatencyConfig:
         Each StreamBook stream selects ONE instrument, round-robin over ``instruments`` (or over
         every instrument the server lists): like a screen per instrument, instead of every
         stream watching every book.
+    combine
+        Ask for ``combine_books``: one message per refresh with every changed book.
     """
 
     target: str = DEFAULT_TARGET
@@ -64,6 +66,7 @@ class LatencyConfig:
     connections: int = 0
     instruments: tuple[str | int, ...] = ()
     spread: bool = False
+    combine: bool = False
 
     def __post_init__(self) -> None:
         if self.streams < 0 or self.events_streams < 0 or self.streams + self.events_streams == 0:
@@ -116,7 +119,10 @@ async def _book_stream(
 ) -> None:
     try:
         async for update in client.stream_book(
-            instruments, depth=cfg.depth, max_updates_per_second=cfg.max_updates_per_second
+            instruments,
+            depth=cfg.depth,
+            max_updates_per_second=cfg.max_updates_per_second,
+            combine_books=cfg.combine,
         ):
             now = time.time_ns()
             if update.is_snapshot or not window.contains(now):

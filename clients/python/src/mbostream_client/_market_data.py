@@ -127,6 +127,7 @@ class MarketDataClient:
         depth: int = 10,
         include_orders: bool = False,
         max_updates_per_second: float = 0.0,
+        combine_books: bool = False,
     ) -> AsyncGenerator[market_data_pb2.StreamBookResponse, None]:
         """Conflated top-N book updates: a snapshot per book first, then the latest at each change.
 
@@ -140,12 +141,16 @@ class MarketDataClient:
             List each level's orders.
         max_updates_per_second
             Upper bound on messages per second per book (0: every change the server publishes).
+        combine_books
+            After each book's first message (``book``), receive every changed book of a refresh
+            in one message (``books``).
         """
         request = market_data_pb2.StreamBookRequest(
             instruments=[instrument_selector(i) for i in instruments],
             depth=depth,
             include_orders=include_orders,
             max_updates_per_second=max_updates_per_second,
+            combine_books=combine_books,
         )
         call = self._stub.StreamBook(request)
         try:

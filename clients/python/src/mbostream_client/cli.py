@@ -166,6 +166,7 @@ async def _latency(args: argparse.Namespace) -> int:
         connections=args.connections,
         instruments=tuple(_instrument(i) for i in args.instrument),
         spread=args.spread,
+        combine=args.combine,
     )
     result = await measure(cfg)
     result["event_loop"] = "uvloop" if args.uvloop else "asyncio"
@@ -250,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--spread", action="store_true", help="each book stream watches one instrument, round-robin (a screen each)"
     )
+    p.add_argument("--combine", action="store_true", help="one message per refresh with every changed book")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop instead of the asyncio loop")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(func=_latency)

@@ -523,12 +523,18 @@ type StreamBookRequest struct {
 	Instruments []*InstrumentSelector `protobuf:"bytes,1,rep,name=instruments,proto3" json:"instruments,omitempty"`
 	// Maximum number of levels per side; 0 sends full books.
 	Depth uint32 `protobuf:"varint,2,opt,name=depth,proto3" json:"depth,omitempty"`
-	// Upper bound on messages per second for each book; 0 sends an update at
-	// every F_LAST boundary that changed the book (conflating only when the
-	// client reads too slowly).
+	// Upper bound on messages per second for each book; 0 sends the latest
+	// consistent book at every server refresh (every book_interval_ms, at an
+	// F_LAST boundary) in which it changed, conflating whatever the client had
+	// no time to take.
 	MaxUpdatesPerSecond float64 `protobuf:"fixed64,3,opt,name=max_updates_per_second,json=maxUpdatesPerSecond,proto3" json:"max_updates_per_second,omitempty"`
 	// When true, each level lists its orders in queue-priority order.
 	IncludeOrders bool `protobuf:"varint,4,opt,name=include_orders,json=includeOrders,proto3" json:"include_orders,omitempty"`
+	// When true, after the first message of each book (is_snapshot, in `book`),
+	// each message carries every book that changed since the previous message in
+	// `books`: one message per refresh instead of one per book, for clients that
+	// watch many books.
+	CombineBooks  bool `protobuf:"varint,5,opt,name=combine_books,json=combineBooks,proto3" json:"combine_books,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -591,6 +597,13 @@ func (x *StreamBookRequest) GetIncludeOrders() bool {
 	return false
 }
 
+func (x *StreamBookRequest) GetCombineBooks() bool {
+	if x != nil {
+		return x.CombineBooks
+	}
+	return false
+}
+
 // One book update: the whole top-N book at an F_LAST boundary.
 type StreamBookResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -601,8 +614,13 @@ type StreamBookResponse struct {
 	// Server wall-clock time when this message was published, ns since the UNIX epoch.
 	TsOut uint64 `protobuf:"varint,3,opt,name=ts_out,json=tsOut,proto3" json:"ts_out,omitempty"`
 	// Number of book states skipped for this client since the previous message
-	// for the same book (0 when none was skipped).
-	Conflated     uint64 `protobuf:"varint,4,opt,name=conflated,proto3" json:"conflated,omitempty"`
+	// for the same book (0 when none was skipped); with combine_books, the sum
+	// over the books of this message.
+	Conflated uint64 `protobuf:"varint,4,opt,name=conflated,proto3" json:"conflated,omitempty"`
+	// With combine_books: the books that changed since the previous message,
+	// each a full consistent book cut to the requested depth. ts_out is then the
+	// publish time of the oldest of them.
+	Books         []*BookSnapshot `protobuf:"bytes,5,rep,name=books,proto3" json:"books,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -663,6 +681,13 @@ func (x *StreamBookResponse) GetConflated() uint64 {
 		return x.Conflated
 	}
 	return 0
+}
+
+func (x *StreamBookResponse) GetBooks() []*BookSnapshot {
+	if x != nil {
+		return x.Books
+	}
+	return nil
 }
 
 // Request for the raw MBO event stream.
@@ -969,18 +994,20 @@ const file_mbostream_v1_market_data_proto_rawDesc = "" +
 	"\n" +
 	"instrument\"A\n" +
 	"\x0fGetBookResponse\x12.\n" +
-	"\x04book\x18\x01 \x01(\v2\x1a.mbostream.v1.BookSnapshotR\x04book\"\xc9\x01\n" +
+	"\x04book\x18\x01 \x01(\v2\x1a.mbostream.v1.BookSnapshotR\x04book\"\xee\x01\n" +
 	"\x11StreamBookRequest\x12B\n" +
 	"\vinstruments\x18\x01 \x03(\v2 .mbostream.v1.InstrumentSelectorR\vinstruments\x12\x14\n" +
 	"\x05depth\x18\x02 \x01(\rR\x05depth\x123\n" +
 	"\x16max_updates_per_second\x18\x03 \x01(\x01R\x13maxUpdatesPerSecond\x12%\n" +
-	"\x0einclude_orders\x18\x04 \x01(\bR\rincludeOrders\"\x9a\x01\n" +
+	"\x0einclude_orders\x18\x04 \x01(\bR\rincludeOrders\x12#\n" +
+	"\rcombine_books\x18\x05 \x01(\bR\fcombineBooks\"\xcc\x01\n" +
 	"\x12StreamBookResponse\x12.\n" +
 	"\x04book\x18\x01 \x01(\v2\x1a.mbostream.v1.BookSnapshotR\x04book\x12\x1f\n" +
 	"\vis_snapshot\x18\x02 \x01(\bR\n" +
 	"isSnapshot\x12\x15\n" +
 	"\x06ts_out\x18\x03 \x01(\x04R\x05tsOut\x12\x1c\n" +
-	"\tconflated\x18\x04 \x01(\x04R\tconflated\"\xfa\x01\n" +
+	"\tconflated\x18\x04 \x01(\x04R\tconflated\x120\n" +
+	"\x05books\x18\x05 \x03(\v2\x1a.mbostream.v1.BookSnapshotR\x05books\"\xfa\x01\n" +
 	"\x13StreamEventsRequest\x12B\n" +
 	"\vinstruments\x18\x01 \x03(\v2 .mbostream.v1.InstrumentSelectorR\vinstruments\x12#\n" +
 	"\rwith_snapshot\x18\x02 \x01(\bR\fwithSnapshot\x125\n" +
@@ -1042,20 +1069,21 @@ var file_mbostream_v1_market_data_proto_depIdxs = []int32{
 	10, // 1: mbostream.v1.GetBookResponse.book:type_name -> mbostream.v1.BookSnapshot
 	0,  // 2: mbostream.v1.StreamBookRequest.instruments:type_name -> mbostream.v1.InstrumentSelector
 	10, // 3: mbostream.v1.StreamBookResponse.book:type_name -> mbostream.v1.BookSnapshot
-	0,  // 4: mbostream.v1.StreamEventsRequest.instruments:type_name -> mbostream.v1.InstrumentSelector
-	2,  // 5: mbostream.v1.MarketDataService.ListInstruments:input_type -> mbostream.v1.ListInstrumentsRequest
-	4,  // 6: mbostream.v1.MarketDataService.GetBook:input_type -> mbostream.v1.GetBookRequest
-	6,  // 7: mbostream.v1.MarketDataService.StreamBook:input_type -> mbostream.v1.StreamBookRequest
-	8,  // 8: mbostream.v1.MarketDataService.StreamEvents:input_type -> mbostream.v1.StreamEventsRequest
-	3,  // 9: mbostream.v1.MarketDataService.ListInstruments:output_type -> mbostream.v1.ListInstrumentsResponse
-	5,  // 10: mbostream.v1.MarketDataService.GetBook:output_type -> mbostream.v1.GetBookResponse
-	7,  // 11: mbostream.v1.MarketDataService.StreamBook:output_type -> mbostream.v1.StreamBookResponse
-	9,  // 12: mbostream.v1.MarketDataService.StreamEvents:output_type -> mbostream.v1.StreamEventsResponse
-	9,  // [9:13] is the sub-list for method output_type
-	5,  // [5:9] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	10, // 4: mbostream.v1.StreamBookResponse.books:type_name -> mbostream.v1.BookSnapshot
+	0,  // 5: mbostream.v1.StreamEventsRequest.instruments:type_name -> mbostream.v1.InstrumentSelector
+	2,  // 6: mbostream.v1.MarketDataService.ListInstruments:input_type -> mbostream.v1.ListInstrumentsRequest
+	4,  // 7: mbostream.v1.MarketDataService.GetBook:input_type -> mbostream.v1.GetBookRequest
+	6,  // 8: mbostream.v1.MarketDataService.StreamBook:input_type -> mbostream.v1.StreamBookRequest
+	8,  // 9: mbostream.v1.MarketDataService.StreamEvents:input_type -> mbostream.v1.StreamEventsRequest
+	3,  // 10: mbostream.v1.MarketDataService.ListInstruments:output_type -> mbostream.v1.ListInstrumentsResponse
+	5,  // 11: mbostream.v1.MarketDataService.GetBook:output_type -> mbostream.v1.GetBookResponse
+	7,  // 12: mbostream.v1.MarketDataService.StreamBook:output_type -> mbostream.v1.StreamBookResponse
+	9,  // 13: mbostream.v1.MarketDataService.StreamEvents:output_type -> mbostream.v1.StreamEventsResponse
+	10, // [10:14] is the sub-list for method output_type
+	6,  // [6:10] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_mbostream_v1_market_data_proto_init() }

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mbostream/v1/market_data.proto.
  */
 export const file_mbostream_v1_market_data: GenFile = /*@__PURE__*/
-  fileDesc("Ch5tYm9zdHJlYW0vdjEvbWFya2V0X2RhdGEucHJvdG8SDG1ib3N0cmVhbS52MSJhChJJbnN0cnVtZW50U2VsZWN0b3ISFwoNaW5zdHJ1bWVudF9pZBgBIAEoDUgAEhAKBnN5bWJvbBgCIAEoCUgAEhQKDHB1Ymxpc2hlcl9pZBgDIAEoDUIKCghzZWxlY3RvciL/AQoOSW5zdHJ1bWVudEluZm8SFQoNaW5zdHJ1bWVudF9pZBgBIAEoDRIUCgxwdWJsaXNoZXJfaWQYAiABKA0SDgoGc3ltYm9sGAMgASgJEg8KB2RhdGFzZXQYBCABKAkSFAoMcmVjb3JkX2NvdW50GAUgASgEEhAKCHNlcXVlbmNlGAYgASgNEg8KB3RzX3JlY3YYByABKAQSDwoHY3Jvc3NlZBgIIAEoCBIOCgZsb2NrZWQYCSABKAgSEwoLb3JkZXJfY291bnQYCiABKAQSFwoPYmlkX2xldmVsX2NvdW50GAsgASgNEhcKD2Fza19sZXZlbF9jb3VudBgMIAEoDSIYChZMaXN0SW5zdHJ1bWVudHNSZXF1ZXN0IkwKF0xpc3RJbnN0cnVtZW50c1Jlc3BvbnNlEjEKC2luc3RydW1lbnRzGAEgAygLMhwubWJvc3RyZWFtLnYxLkluc3RydW1lbnRJbmZvIoYBCg5HZXRCb29rUmVxdWVzdBIXCg1pbnN0cnVtZW50X2lkGAEgASgNSAASEAoGc3ltYm9sGAIgASgJSAASFAoMcHVibGlzaGVyX2lkGAMgASgNEg0KBWRlcHRoGAQgASgNEhYKDmluY2x1ZGVfb3JkZXJzGAUgASgIQgwKCmluc3RydW1lbnQiOwoPR2V0Qm9va1Jlc3BvbnNlEigKBGJvb2sYASABKAsyGi5tYm9zdHJlYW0udjEuQm9va1NuYXBzaG90IpEBChFTdHJlYW1Cb29rUmVxdWVzdBI1CgtpbnN0cnVtZW50cxgBIAMoCzIgLm1ib3N0cmVhbS52MS5JbnN0cnVtZW50U2VsZWN0b3ISDQoFZGVwdGgYAiABKA0SHgoWbWF4X3VwZGF0ZXNfcGVyX3NlY29uZBgDIAEoARIWCg5pbmNsdWRlX29yZGVycxgEIAEoCCJ2ChJTdHJlYW1Cb29rUmVzcG9uc2USKAoEYm9vaxgBIAEoCzIaLm1ib3N0cmVhbS52MS5Cb29rU25hcHNob3QSEwoLaXNfc25hcHNob3QYAiABKAgSDgoGdHNfb3V0GAMgASgEEhEKCWNvbmZsYXRlZBgEIAEoBCK6AQoTU3RyZWFtRXZlbnRzUmVxdWVzdBI1CgtpbnN0cnVtZW50cxgBIAMoCzIgLm1ib3N0cmVhbS52MS5JbnN0cnVtZW50U2VsZWN0b3ISFQoNd2l0aF9zbmFwc2hvdBgCIAEoCBIhChRzdGFydF9hZnRlcl9zZXF1ZW5jZRgDIAEoBEgAiAEBEhkKEW1heF9iYXRjaF9yZWNvcmRzGAQgASgNQhcKFV9zdGFydF9hZnRlcl9zZXF1ZW5jZSKnAgoUU3RyZWFtRXZlbnRzUmVzcG9uc2USFgoOYmF0Y2hfc2VxdWVuY2UYASABKAQSEAoIc25hcHNob3QYAiABKAgSDgoGdHNfb3V0GAMgASgEEhcKD3JlcGxheV9zZXF1ZW5jZRgEIAMoBBIQCgh0c19ldmVudBgFIAMoBBIPCgd0c19yZWN2GAYgAygEEhAKCG9yZGVyX2lkGAcgAygEEg0KBXByaWNlGAggAygSEgwKBHNpemUYCSADKA0SDgoGYWN0aW9uGAogASgMEgwKBHNpZGUYCyABKAwSDQoFZmxhZ3MYDCABKAwSEAoIc2VxdWVuY2UYDSADKA0SFQoNaW5zdHJ1bWVudF9pZBgOIAMoDRIUCgxwdWJsaXNoZXJfaWQYDyADKA0y5wIKEU1hcmtldERhdGFTZXJ2aWNlEl4KD0xpc3RJbnN0cnVtZW50cxIkLm1ib3N0cmVhbS52MS5MaXN0SW5zdHJ1bWVudHNSZXF1ZXN0GiUubWJvc3RyZWFtLnYxLkxpc3RJbnN0cnVtZW50c1Jlc3BvbnNlEkYKB0dldEJvb2sSHC5tYm9zdHJlYW0udjEuR2V0Qm9va1JlcXVlc3QaHS5tYm9zdHJlYW0udjEuR2V0Qm9va1Jlc3BvbnNlElEKClN0cmVhbUJvb2sSHy5tYm9zdHJlYW0udjEuU3RyZWFtQm9va1JlcXVlc3QaIC5tYm9zdHJlYW0udjEuU3RyZWFtQm9va1Jlc3BvbnNlMAESVwoMU3RyZWFtRXZlbnRzEiEubWJvc3RyZWFtLnYxLlN0cmVhbUV2ZW50c1JlcXVlc3QaIi5tYm9zdHJlYW0udjEuU3RyZWFtRXZlbnRzUmVzcG9uc2UwAUJIWkZnaXRodWIuY29tL21ib3N0cmVhbS9tYm9zdHJlYW0vY2xpZW50cy9nby9nZW4vbWJvc3RyZWFtL3YxO21ib3N0cmVhbXYxYgZwcm90bzM", [file_mbostream_v1_book]);
+  fileDesc("Ch5tYm9zdHJlYW0vdjEvbWFya2V0X2RhdGEucHJvdG8SDG1ib3N0cmVhbS52MSJhChJJbnN0cnVtZW50U2VsZWN0b3ISFwoNaW5zdHJ1bWVudF9pZBgBIAEoDUgAEhAKBnN5bWJvbBgCIAEoCUgAEhQKDHB1Ymxpc2hlcl9pZBgDIAEoDUIKCghzZWxlY3RvciL/AQoOSW5zdHJ1bWVudEluZm8SFQoNaW5zdHJ1bWVudF9pZBgBIAEoDRIUCgxwdWJsaXNoZXJfaWQYAiABKA0SDgoGc3ltYm9sGAMgASgJEg8KB2RhdGFzZXQYBCABKAkSFAoMcmVjb3JkX2NvdW50GAUgASgEEhAKCHNlcXVlbmNlGAYgASgNEg8KB3RzX3JlY3YYByABKAQSDwoHY3Jvc3NlZBgIIAEoCBIOCgZsb2NrZWQYCSABKAgSEwoLb3JkZXJfY291bnQYCiABKAQSFwoPYmlkX2xldmVsX2NvdW50GAsgASgNEhcKD2Fza19sZXZlbF9jb3VudBgMIAEoDSIYChZMaXN0SW5zdHJ1bWVudHNSZXF1ZXN0IkwKF0xpc3RJbnN0cnVtZW50c1Jlc3BvbnNlEjEKC2luc3RydW1lbnRzGAEgAygLMhwubWJvc3RyZWFtLnYxLkluc3RydW1lbnRJbmZvIoYBCg5HZXRCb29rUmVxdWVzdBIXCg1pbnN0cnVtZW50X2lkGAEgASgNSAASEAoGc3ltYm9sGAIgASgJSAASFAoMcHVibGlzaGVyX2lkGAMgASgNEg0KBWRlcHRoGAQgASgNEhYKDmluY2x1ZGVfb3JkZXJzGAUgASgIQgwKCmluc3RydW1lbnQiOwoPR2V0Qm9va1Jlc3BvbnNlEigKBGJvb2sYASABKAsyGi5tYm9zdHJlYW0udjEuQm9va1NuYXBzaG90IqgBChFTdHJlYW1Cb29rUmVxdWVzdBI1CgtpbnN0cnVtZW50cxgBIAMoCzIgLm1ib3N0cmVhbS52MS5JbnN0cnVtZW50U2VsZWN0b3ISDQoFZGVwdGgYAiABKA0SHgoWbWF4X3VwZGF0ZXNfcGVyX3NlY29uZBgDIAEoARIWCg5pbmNsdWRlX29yZGVycxgEIAEoCBIVCg1jb21iaW5lX2Jvb2tzGAUgASgIIqEBChJTdHJlYW1Cb29rUmVzcG9uc2USKAoEYm9vaxgBIAEoCzIaLm1ib3N0cmVhbS52MS5Cb29rU25hcHNob3QSEwoLaXNfc25hcHNob3QYAiABKAgSDgoGdHNfb3V0GAMgASgEEhEKCWNvbmZsYXRlZBgEIAEoBBIpCgVib29rcxgFIAMoCzIaLm1ib3N0cmVhbS52MS5Cb29rU25hcHNob3QiugEKE1N0cmVhbUV2ZW50c1JlcXVlc3QSNQoLaW5zdHJ1bWVudHMYASADKAsyIC5tYm9zdHJlYW0udjEuSW5zdHJ1bWVudFNlbGVjdG9yEhUKDXdpdGhfc25hcHNob3QYAiABKAgSIQoUc3RhcnRfYWZ0ZXJfc2VxdWVuY2UYAyABKARIAIgBARIZChFtYXhfYmF0Y2hfcmVjb3JkcxgEIAEoDUIXChVfc3RhcnRfYWZ0ZXJfc2VxdWVuY2UipwIKFFN0cmVhbUV2ZW50c1Jlc3BvbnNlEhYKDmJhdGNoX3NlcXVlbmNlGAEgASgEEhAKCHNuYXBzaG90GAIgASgIEg4KBnRzX291dBgDIAEoBBIXCg9yZXBsYXlfc2VxdWVuY2UYBCADKAQSEAoIdHNfZXZlbnQYBSADKAQSDwoHdHNfcmVjdhgGIAMoBBIQCghvcmRlcl9pZBgHIAMoBBINCgVwcmljZRgIIAMoEhIMCgRzaXplGAkgAygNEg4KBmFjdGlvbhgKIAEoDBIMCgRzaWRlGAsgASgMEg0KBWZsYWdzGAwgASgMEhAKCHNlcXVlbmNlGA0gAygNEhUKDWluc3RydW1lbnRfaWQYDiADKA0SFAoMcHVibGlzaGVyX2lkGA8gAygNMucCChFNYXJrZXREYXRhU2VydmljZRJeCg9MaXN0SW5zdHJ1bWVudHMSJC5tYm9zdHJlYW0udjEuTGlzdEluc3RydW1lbnRzUmVxdWVzdBolLm1ib3N0cmVhbS52MS5MaXN0SW5zdHJ1bWVudHNSZXNwb25zZRJGCgdHZXRCb29rEhwubWJvc3RyZWFtLnYxLkdldEJvb2tSZXF1ZXN0Gh0ubWJvc3RyZWFtLnYxLkdldEJvb2tSZXNwb25zZRJRCgpTdHJlYW1Cb29rEh8ubWJvc3RyZWFtLnYxLlN0cmVhbUJvb2tSZXF1ZXN0GiAubWJvc3RyZWFtLnYxLlN0cmVhbUJvb2tSZXNwb25zZTABElcKDFN0cmVhbUV2ZW50cxIhLm1ib3N0cmVhbS52MS5TdHJlYW1FdmVudHNSZXF1ZXN0GiIubWJvc3RyZWFtLnYxLlN0cmVhbUV2ZW50c1Jlc3BvbnNlMAFCSFpGZ2l0aHViLmNvbS9tYm9zdHJlYW0vbWJvc3RyZWFtL2NsaWVudHMvZ28vZ2VuL21ib3N0cmVhbS92MTttYm9zdHJlYW12MWIGcHJvdG8z", [file_mbostream_v1_book]);
 
 /**
  * Chooses one instrument, by numeric id or by raw symbol.
@@ -303,9 +303,10 @@ export type StreamBookRequest = Message<"mbostream.v1.StreamBookRequest"> & {
   depth: number;
 
   /**
-   * Upper bound on messages per second for each book; 0 sends an update at
-   * every F_LAST boundary that changed the book (conflating only when the
-   * client reads too slowly).
+   * Upper bound on messages per second for each book; 0 sends the latest
+   * consistent book at every server refresh (every book_interval_ms, at an
+   * F_LAST boundary) in which it changed, conflating whatever the client had
+   * no time to take.
    *
    * @generated from field: double max_updates_per_second = 3;
    */
@@ -317,6 +318,16 @@ export type StreamBookRequest = Message<"mbostream.v1.StreamBookRequest"> & {
    * @generated from field: bool include_orders = 4;
    */
   includeOrders: boolean;
+
+  /**
+   * When true, after the first message of each book (is_snapshot, in `book`),
+   * each message carries every book that changed since the previous message in
+   * `books`: one message per refresh instead of one per book, for clients that
+   * watch many books.
+   *
+   * @generated from field: bool combine_books = 5;
+   */
+  combineBooks: boolean;
 };
 
 /**
@@ -355,11 +366,21 @@ export type StreamBookResponse = Message<"mbostream.v1.StreamBookResponse"> & {
 
   /**
    * Number of book states skipped for this client since the previous message
-   * for the same book (0 when none was skipped).
+   * for the same book (0 when none was skipped); with combine_books, the sum
+   * over the books of this message.
    *
    * @generated from field: uint64 conflated = 4;
    */
   conflated: bigint;
+
+  /**
+   * With combine_books: the books that changed since the previous message,
+   * each a full consistent book cut to the requested depth. ts_out is then the
+   * publish time of the oldest of them.
+   *
+   * @generated from field: repeated mbostream.v1.BookSnapshot books = 5;
+   */
+  books: BookSnapshot[];
 };
 
 /**
