@@ -97,13 +97,19 @@ class UnknownInstrumentError(MbostreamError):
 class ReplayPositionError(MbostreamError):
     """The requested resume position is older than the replay buffer holds."""
 
-    def __init__(self, requested: int, oldest: int) -> None:
+    def __init__(self, requested: int, oldest: int, newest: int | None = None) -> None:
+        where = (
+            f"is ahead of the replay (position {newest}; a restarted server starts over)"
+            if newest is not None and requested > newest
+            else "is no longer buffered"
+        )
         super().__init__(
-            f"replay position {requested} is no longer buffered; oldest resumable position is "
-            f"{oldest} (or resubscribe with with_snapshot)"
+            f"replay position {requested} {where}; oldest resumable position is {oldest} "
+            "(or resubscribe with with_snapshot)"
         )
         self.requested = requested
         self.oldest = oldest
+        self.newest = newest
 
 
 class SlowConsumerError(MbostreamError):

@@ -327,7 +327,7 @@ class Hub:
         if start_after is not None:
             oldest = self.buffer[0].first_replay_seq - 1 if self.buffer else self.position
             if start_after < oldest or start_after > self.position:
-                raise ReplayPositionError(start_after, oldest)
+                raise ReplayPositionError(start_after, oldest, self.position)
             sub = EventSubscriber(self, selection, capacity, max_records, start_after)
             backlog: list[tuple[int, bytes]] = []
             for batch in self.buffer:
