@@ -204,7 +204,6 @@ class _Auditor:
                     )
 
     def _judge_fills(self, key: BookKey, fills: np.ndarray) -> None:
-        f = self.report.fills
         by_side: dict[str, list[tuple[int, int]]] = {}
         for r in fills:
             side = r["side"].decode()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import grpc
 from grpc import aio as grpc_aio
 
-from mbostream.errors import InvalidArgumentError, UnknownInstrumentError
+from mbostream.errors import InvalidArgumentError
 from mbostream.hub import Hub, Selection
 from mbostream.market import BookKey, Market
 from mbostream.server.convert import book_snapshot, instrument_info, per_client_suffix
