@@ -5,7 +5,7 @@
 ## run: install what is missing, then serve the generated sample: UI + API on http://127.0.0.1:8080 (gRPC also on :50051)
 run:
 	scripts/bootstrap
-	.venv/bin/mbostream run --loop
+	MBOSTREAM_SPOOL_MAX_BYTES=$${MBOSTREAM_SPOOL_MAX_BYTES:-1G} .venv/bin/mbostream run --loop
 
 ## test: install what is missing, then run every test (what CI runs)
 test:

@@ -49,6 +49,27 @@ async def test_without_a_database_everything_goes_to_the_spool(clx5: tuple[FileI
 
 
 @async_test
+async def test_a_full_spool_drops_visibly_instead_of_filling_the_disk(
+    clx5: tuple[FileInfo, np.ndarray], tmp_path: Path
+) -> None:
+    info, records = clx5
+    replay = Replay(info, records)
+    spool_dir = tmp_path / "spool"
+    cap = 1 << 20  # the file's mbo + derived points are ~10 MiB of line protocol
+    settings = StorageSettings(spool_dir=spool_dir, store_mbo=True, spool_max_bytes=cap, batch_points=2000)
+    sink = StorageSink(settings, depth_source=replay.depth_source, symbols=replay.symbols)
+    await sink.start()
+    replay.run(sink.offer, 2048)
+    await sink.stop(STOP_TIMEOUT)
+    on_disk = sum(f.stat().st_size for f in spool_dir.glob("segment-*.lp"))
+    assert 0 < on_disk <= cap
+    snapshot = sink.metrics.snapshot()
+    assert snapshot["points_dropped_spool_full_total"] > 0
+    assert snapshot["points_spooled_total"] + snapshot["points_dropped_spool_full_total"] == snapshot["points_formatted_total"]
+    assert sum(spooled_points(spool_dir).values()) == snapshot["points_spooled_total"]
+
+
+@async_test
 async def test_offer_never_raises(clx5: tuple[FileInfo, np.ndarray], tmp_path: Path) -> None:
     info, records = clx5
     replay = Replay(info, records[:5000])

@@ -114,8 +114,11 @@ class Delivery:
         read_bytes: int,
         concurrency: int,
         metrics: StorageMetrics,
+        max_spool_bytes: int = 0,
     ) -> None:
         self._spool = spool
+        self._max_spool_bytes = max_spool_bytes
+        self._last_full_log = 0.0
         self._writer = writer
         self._max_pending_bytes = max_pending_bytes
         self._read_bytes = read_bytes
@@ -185,6 +188,18 @@ class Delivery:
 
     # -- under the lock ---------------------------------------------------------------------------
     def _append(self, chunks: list[Chunk]) -> None:
+        size = sum(len(c.payload) for c in chunks)
+        if self._max_spool_bytes and self._spool.pending_bytes() + size > self._max_spool_bytes:
+            dropped = sum(c.points for c in chunks)
+            self._metrics.add("points_dropped_spool_full_total", dropped)
+            now = time.monotonic()
+            if now - self._last_full_log >= FAILURE_LOG_INTERVAL_SECONDS:
+                self._last_full_log = now
+                log.error(
+                    "spool full: points dropped (raise MBOSTREAM_SPOOL_MAX_BYTES, or drain the spool)",
+                    extra={"dropped_points": dropped, "spool_max_bytes": self._max_spool_bytes},
+                )
+            return
         self._spool.append([c.payload for c in chunks])
         self._metrics.add("points_spooled_total", sum(c.points for c in chunks))
 
@@ -334,4 +349,5 @@ def delivery_for(settings: StorageSettings, spool: Spool, metrics: StorageMetric
         read_bytes=settings.batch_points * SPOOL_READ_BYTES_PER_POINT,
         concurrency=settings.write_concurrency,
         metrics=metrics,
+        max_spool_bytes=settings.spool_max_bytes,
     )

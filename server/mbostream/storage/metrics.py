@@ -26,6 +26,7 @@ COUNTERS: Final[tuple[str, ...]] = (
     "write_errors_total",  # failed write requests, whatever the cause
     "points_rejected_total",  # points refused as bad data, set aside in rejected.lp
     "points_spooled_total",  # points written to the on-disk spool
+    "points_dropped_spool_full_total",  # points dropped because the spool reached MBOSTREAM_SPOOL_MAX_BYTES
     "spool_drains_total",  # times the spool emptied and live writing resumed
     "format_errors_total",  # batches that could not be formatted (logged with their range)
 )

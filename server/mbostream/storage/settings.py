@@ -37,6 +37,7 @@ ENV_VARIABLES: Final[Mapping[str, str]] = {
     "flush_interval": "MBOSTREAM_STORAGE_FLUSH_INTERVAL",
     "max_pending_bytes": "MBOSTREAM_STORAGE_MAX_PENDING_BYTES",
     "segment_bytes": "MBOSTREAM_SPOOL_SEGMENT_BYTES",
+    "spool_max_bytes": "MBOSTREAM_SPOOL_MAX_BYTES",
     "write_timeout": "MBOSTREAM_STORAGE_TIMEOUT",
     "write_concurrency": "MBOSTREAM_STORAGE_WRITE_CONCURRENCY",
     "max_retries": "MBOSTREAM_STORAGE_MAX_RETRIES",
@@ -76,6 +77,10 @@ class StorageSettings:
         Line protocol held in memory for the database; beyond it, batches go to the spool.
     segment_bytes
         Size at which the spool starts a new segment file.
+    spool_max_bytes
+        Most unsent line protocol the spool may hold (0: no limit). Beyond it new points are
+        dropped — counted in ``points_dropped_spool_full_total`` and logged — instead of filling the
+        disk: a deliberate, visible loss, for spool-only runs that nobody drains.
     write_timeout
         Seconds for one write request.
     write_concurrency
@@ -101,6 +106,7 @@ class StorageSettings:
     flush_interval: float = 1.0
     max_pending_bytes: int = 64 * MIB
     segment_bytes: int = 64 * MIB
+    spool_max_bytes: int = 0
     write_timeout: float = 10.0
     write_concurrency: int = 3
     max_retries: int = 3
@@ -127,6 +133,8 @@ class StorageSettings:
         _positive_finite("flush_interval", self.flush_interval)
         _in_range("max_pending_bytes", self.max_pending_bytes, MIB, 1 << 40)
         _in_range("segment_bytes", self.segment_bytes, 64 << 10, 1 << 40)
+        if self.spool_max_bytes:
+            _in_range("spool_max_bytes", self.spool_max_bytes, MIB, 1 << 50)
         _positive_finite("write_timeout", self.write_timeout)
         _in_range("write_concurrency", self.write_concurrency, 1, 16)
         _in_range("max_retries", self.max_retries, 0, 100)
