@@ -280,10 +280,12 @@ class Hub:
             except Exception:  # a sink must never stop the replay
                 log.exception("sink failed to accept a batch")
         if len(batch.events):
-            changed = {
-                BookKey(int(i), int(p))
-                for i, p in set(zip(batch.events["instrument_id"].tolist(), batch.events["publisher_id"].tolist()))
-            }
+            # A batch has thousands of events but a handful of books: deduplicate in numpy.
+            keys = np.unique(
+                (batch.events["instrument_id"].astype(np.uint64) << np.uint64(16))
+                | batch.events["publisher_id"].astype(np.uint64)
+            )
+            changed = {BookKey(k >> 16, k & 0xFFFF) for k in keys.tolist()}
             new = changed - self.known_books
             if new:
                 self.known_books |= new
