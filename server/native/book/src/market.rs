@@ -2,7 +2,7 @@
 //! raw DBN records, emitting one BBO row per F_LAST (the only moments a book may be read).
 use crate::book::{AnomalyLog, Bbo, Book};
 use crate::hash::IdMap;
-use crate::record::{Mbo, F_LAST, MBO_RECORD_SIZE, UNDEF_PRICE};
+use crate::record::{u32_at, u64_at, Mbo, F_LAST, MBO_RECORD_SIZE, UNDEF_PRICE};
 
 /// Default bound of the anomaly log between two drains.
 pub const DEFAULT_ANOMALY_LOG_CAPACITY: usize = 100_000;
@@ -44,6 +44,27 @@ pub struct EventRow {
 }
 
 impl EventRow {
+    /// Decodes one row from the first [`EVENT_ROW_SIZE`] bytes of `b` (the inverse of the encoding).
+    #[inline]
+    pub fn decode(b: &[u8]) -> EventRow {
+        let b = &b[..EVENT_ROW_SIZE];
+        EventRow {
+            index: u64_at(b, 0),
+            ts_event: u64_at(b, 8),
+            ts_recv: u64_at(b, 16),
+            bid_price: u64_at(b, 24) as i64,
+            ask_price: u64_at(b, 32) as i64,
+            bid_size: u64_at(b, 40),
+            ask_size: u64_at(b, 48),
+            instrument_id: u32_at(b, 56),
+            publisher_id: u32_at(b, 60),
+            bid_count: u32_at(b, 64),
+            ask_count: u32_at(b, 68),
+            sequence: u32_at(b, 72),
+            state: u32_at(b, 76),
+        }
+    }
+
     fn encode_into(&self, out: &mut Vec<u8>) {
         for v in [self.index, self.ts_event, self.ts_recv] {
             out.extend_from_slice(&v.to_le_bytes());
@@ -243,5 +264,33 @@ fn event_row(index: u64, m: &Mbo, bbo: &Bbo, previous: &Bbo) -> EventRow {
         ask_count,
         sequence: m.sequence,
         state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_row_round_trip() {
+        let row = EventRow {
+            index: 7,
+            ts_event: 1,
+            ts_recv: 2,
+            bid_price: 64_830_000_000,
+            ask_price: UNDEF_PRICE,
+            bid_size: 5,
+            ask_size: 0,
+            instrument_id: 432669,
+            publisher_id: 1,
+            bid_count: 3,
+            ask_count: 0,
+            sequence: 94_225_061,
+            state: STATE_TOP_CHANGED,
+        };
+        let mut out = Vec::new();
+        row.encode_into(&mut out);
+        assert_eq!(out.len(), EVENT_ROW_SIZE);
+        assert_eq!(EventRow::decode(&out), row);
     }
 }
