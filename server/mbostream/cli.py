@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mbostream import logs
+from mbostream.argtypes import non_negative_int, positive_int
 from mbostream.errors import MbostreamError
 
 log = logging.getLogger(__name__)
@@ -64,20 +65,6 @@ def _cmd_bench_book(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full ``mbostream`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -90,10 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("book", help="print the final book of a DBN MBO file (or the book at a sequence)")
     p.add_argument("file", help="DBN MBO file (.dbn or .dbn.zst)")
-    p.add_argument("--depth", type=_non_negative, default=0, help="levels per side (0: all)")
+    p.add_argument("--depth", type=non_negative_int, default=0, help="levels per side (0: all)")
     p.add_argument("--orders", action="store_true", help="include each level's L3 queue")
     p.add_argument("--instrument", action="append", default=[], metavar="ID_OR_SYMBOL", help="only these (repeatable)")
-    p.add_argument("--at-sequence", type=_non_negative, default=None, metavar="N", help="book at the last F_LAST <= N")
+    p.add_argument("--at-sequence", type=non_negative_int, default=None, metavar="N", help="book at the last F_LAST <= N")
     p.add_argument("--format", choices=("json", "table"), default="json")
     p.add_argument("--indent", type=int, default=2, help="JSON indent (0: compact)")
     p.set_defaults(func=_cmd_book)
@@ -106,16 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write deterministic synthetic CME-style MBO data as DBN")
     p.add_argument("--out", required=True, help="output path (.dbn, or .dbn.zst to compress)")
-    p.add_argument("--records", type=_positive, default=1_000_000)
-    p.add_argument("--instruments", type=_positive, default=4)
-    p.add_argument("--seed", type=_non_negative, default=1)
+    p.add_argument("--records", type=positive_int, default=1_000_000)
+    p.add_argument("--instruments", type=positive_int, default=4)
+    p.add_argument("--seed", type=non_negative_int, default=1)
     p.set_defaults(func=_cmd_generate)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True, metavar="BENCH")
     p = bench.add_parser("book", help="decode + apply + BBO at every F_LAST: records/s, latency, memory")
     p.add_argument("file", nargs="?", help="DBN MBO file (default: a generated 5M-record file, cached)")
-    p.add_argument("--records", type=_positive, default=5_000_000, help="records of the generated file")
-    p.add_argument("--seed", type=_non_negative, default=1)
+    p.add_argument("--records", type=positive_int, default=5_000_000, help="records of the generated file")
+    p.add_argument("--seed", type=non_negative_int, default=1)
     p.add_argument("--no-latency", action="store_true", help="skip the per-event latency pass")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_book)

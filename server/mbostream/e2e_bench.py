@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+from mbostream.argtypes import non_negative_int, positive_float
 from mbostream.errors import BenchError, MbostreamError
 
 #: The project's targets: the floor must hold, the aim is where we want to be.
@@ -353,33 +354,19 @@ def _cmd_e2e(args: argparse.Namespace) -> int:
     return 1 if args.strict and not results["passed"] else 0
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``mbostream bench e2e``."""
     p.add_argument("file", nargs="*", help="DBN MBO files to serve (default: the generated sample)")
     p.add_argument("--scenario", choices=("max", "rate", "both"), default="both", help="what to run (default both)")
-    p.add_argument("--seconds", type=_positive_float, default=10.0, help="measured window per scenario (default 10)")
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="measured window per scenario (default 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds streamed before each window (default 2)")
-    p.add_argument("--rate", type=_positive_float, default=500_000.0, help="records/s of the rate scenario")
-    p.add_argument("--book-streams", type=_non_negative_int, default=100, help="StreamBook clients (default 100)")
-    p.add_argument("--events-streams", type=_non_negative_int, default=1, help="StreamEvents clients (default 1)")
-    p.add_argument("--depth", type=_non_negative_int, default=10, help="book stream depth (default 10)")
+    p.add_argument("--rate", type=positive_float, default=500_000.0, help="records/s of the rate scenario")
+    p.add_argument("--book-streams", type=non_negative_int, default=100, help="StreamBook clients (default 100)")
+    p.add_argument("--events-streams", type=non_negative_int, default=1, help="StreamEvents clients (default 1)")
+    p.add_argument("--depth", type=non_negative_int, default=10, help="book stream depth (default 10)")
     p.add_argument("--max-updates-per-second", type=float, default=0.0, help="per-book limit asked by book streams")
     p.add_argument(
-        "--connections", type=_non_negative_int, default=0, help="client TCP connections (0: one per stream)"
+        "--connections", type=non_negative_int, default=0, help="client TCP connections (0: one per stream)"
     )
     p.add_argument(
         "--spread", action="store_true", help="each book stream watches one instrument (round-robin), not every book"

@@ -10,6 +10,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, Final, TextIO
 
+from mbostream.argtypes import non_negative_float, non_negative_int, positive_float
 from mbostream.prices import format_price
 
 from mbostream_client._channel import DEFAULT_TARGET
@@ -182,27 +183,6 @@ async def _bench_decode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full ``mbostream-client`` argument parser."""
     parser = argparse.ArgumentParser(prog="mbostream-client", description="Client of an mbostream gRPC server.")
@@ -211,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("book", help="live ladder of one book, redrawn in place (Ctrl-C to quit)")
     p.add_argument("symbol", metavar="SYMBOL", help="raw symbol or instrument id")
-    p.add_argument("--depth", type=_non_negative, default=10, help="levels per side (default 10; 0: all)")
+    p.add_argument("--depth", type=non_negative_int, default=10, help="levels per side (default 10; 0: all)")
     p.add_argument(
-        "--max-updates-per-second", type=_non_negative_float, default=20.0, help="redraw rate limit (default 20)"
+        "--max-updates-per-second", type=non_negative_float, default=20.0, help="redraw rate limit (default 20)"
     )
     p.set_defaults(func=_book)
 
@@ -221,29 +201,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instrument", action="append", default=[], metavar="ID_OR_SYMBOL", help="only these (repeatable)")
     p.add_argument("--with-snapshot", action="store_true", help="start with each book's snapshot records")
     p.add_argument(
-        "--start-after", type=_non_negative, default=None, metavar="N", help="resume after replay position N"
+        "--start-after", type=non_negative_int, default=None, metavar="N", help="resume after replay position N"
     )
-    p.add_argument("--limit", type=_non_negative, default=0, metavar="N", help="stop after N records (0: never)")
+    p.add_argument("--limit", type=non_negative_int, default=0, metavar="N", help="stop after N records (0: never)")
     p.add_argument("--json", action="store_true", help="one JSON object per line (prices as decimal strings)")
     p.set_defaults(func=_events)
 
     p = sub.add_parser("get-book", help="print books once (JSON with --json)")
     p.add_argument("symbol", nargs="+", metavar="SYMBOL", help="raw symbol or instrument id")
     p.add_argument("--json", action="store_true", help="the `mbostream book` JSON document")
-    p.add_argument("--depth", type=_non_negative, default=0, help="levels per side (0: all)")
+    p.add_argument("--depth", type=non_negative_int, default=0, help="levels per side (0: all)")
     p.add_argument("--orders", action="store_true", help="include each level's L3 queue")
-    p.add_argument("--indent", type=_non_negative, default=2, help="JSON indent (0: compact)")
+    p.add_argument("--indent", type=non_negative_int, default=2, help="JSON indent (0: compact)")
     p.set_defaults(func=_get_book)
 
     p = sub.add_parser("latency", help="publish→receive latency and throughput of K book (+E event) streams")
-    p.add_argument("--streams", type=_non_negative, default=10, metavar="K", help="StreamBook streams (default 10)")
-    p.add_argument("--events-streams", type=_non_negative, default=0, metavar="E", help="StreamEvents streams")
-    p.add_argument("--seconds", type=_positive_float, default=10.0, help="measured window (default 10)")
-    p.add_argument("--warmup", type=_non_negative_float, default=1.0, help="seconds before the window (default 1)")
-    p.add_argument("--depth", type=_non_negative, default=10, help="book levels per side (default 10)")
-    p.add_argument("--max-updates-per-second", type=_non_negative_float, default=0.0, help="per-book limit (0: none)")
+    p.add_argument("--streams", type=non_negative_int, default=10, metavar="K", help="StreamBook streams (default 10)")
+    p.add_argument("--events-streams", type=non_negative_int, default=0, metavar="E", help="StreamEvents streams")
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="measured window (default 10)")
+    p.add_argument("--warmup", type=non_negative_float, default=1.0, help="seconds before the window (default 1)")
+    p.add_argument("--depth", type=non_negative_int, default=10, help="book levels per side (default 10)")
+    p.add_argument("--max-updates-per-second", type=non_negative_float, default=0.0, help="per-book limit (0: none)")
     p.add_argument(
-        "--connections", type=_non_negative, default=0, help="TCP connections to spread streams over (0: one each)"
+        "--connections", type=non_negative_int, default=0, help="TCP connections to spread streams over (0: one each)"
     )
     p.add_argument(
         "--instrument", action="append", default=[], metavar="ID_OR_SYMBOL", help="books per StreamBook stream"
@@ -257,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_latency)
 
     p = sub.add_parser("bench-decode", help="time the ways to decode StreamEvents batches (no server needed)")
-    p.add_argument("--records", type=_non_negative, default=200_000, help="generated records (default 200,000)")
-    p.add_argument("--batch-records", type=_non_negative, default=4096, help="records per batch (default 4096)")
+    p.add_argument("--records", type=non_negative_int, default=200_000, help="generated records (default 200,000)")
+    p.add_argument("--batch-records", type=non_negative_int, default=4096, help="records per batch (default 4096)")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(func=_bench_decode)
     return parser
