@@ -117,7 +117,7 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class _Server:
+class BenchServer:
     """A ``mbostream serve`` subprocess on a free port, stopped with SIGTERM."""
 
     def __init__(self, cfg: E2eConfig, pacing: Sequence[str], cpus: set[int] | None) -> None:
@@ -215,7 +215,7 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
         pacing, streams, events_streams = ["--max"], 0, 1
     else:
         pacing, streams, events_streams = ["--rate", f"{cfg.rate:g}"], cfg.book_streams, cfg.events_streams
-    server = _Server(cfg, pacing, server_cpus)
+    server = BenchServer(cfg, pacing, server_cpus)
     try:
         server.wait_replaying()
         before, t0, cpu0 = server.status(), time.monotonic(), _cpu_seconds(server.proc.pid)
