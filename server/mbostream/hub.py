@@ -302,10 +302,16 @@ class Hub:
         dirty, self.dirty = self.dirty, set()
         for (key, depth, orders), channel in self.channels.items():
             if key in dirty and channel.subscribers:
-                channel.payload, channel.payload_multi, channel.ts_out = self.book_payload(self.market, key, depth, orders)
-                channel.version += 1
+                self._rebuild(channel)
                 for sub in channel.subscribers:
                     sub.notify(channel)
+
+    def _rebuild(self, channel: BookChannel) -> None:
+        """Serializes the channel's book as it is now (a new version)."""
+        channel.payload, channel.payload_multi, channel.ts_out = self.book_payload(
+            self.market, channel.key, channel.depth, channel.orders
+        )
+        channel.version += 1
 
     async def run_ticker(self) -> None:
         """Refreshes book channels every ``book_interval`` seconds until closed."""
@@ -385,10 +391,7 @@ class Hub:
             channel = BookChannel(key, sub.depth, sub.orders)
             self.channels[ckey] = channel
         if not channel.subscribers or key in self.dirty or not channel.payload:
-            channel.payload, channel.payload_multi, channel.ts_out = self.book_payload(
-                self.market, key, sub.depth, sub.orders
-            )
-            channel.version += 1
+            self._rebuild(channel)
         channel.subscribers.add(sub)
         sub.channels[key] = channel
 

@@ -248,32 +248,30 @@ class Market:
     def symbol(self, instrument_id: int) -> str:
         return self.symbols.get(instrument_id, str(instrument_id))
 
+    def _candidates(self, instrument: int | str) -> tuple[list[int], str]:
+        """Instrument ids a symbol or id may mean, and the selector text for errors."""
+        if isinstance(instrument, str) and not instrument.isdigit():
+            return [i for i, s in self.symbols.items() if s == instrument], f"symbol={instrument!r}"
+        return [int(instrument)], f"instrument_id={instrument}"
+
     def instrument_id(self, instrument: int | str) -> int:
         """The id of an instrument known from the metadata or from the feed (symbol or id).
 
         Raises UnknownInstrumentError for anything else.
         """
-        if isinstance(instrument, str) and not instrument.isdigit():
-            for iid, symbol in self.symbols.items():
-                if symbol == instrument:
-                    return iid
-            raise UnknownInstrumentError(f"symbol={instrument!r}")
-        iid = int(instrument)
-        if iid in self.symbols or any(k.instrument_id == iid for k in self.books()):
-            return iid
-        raise UnknownInstrumentError(f"instrument_id={iid}")
+        ids, selector = self._candidates(instrument)
+        seen = {k.instrument_id for k in self.books()}
+        for iid in ids:
+            if iid in self.symbols or iid in seen:
+                return iid
+        raise UnknownInstrumentError(selector)
 
     def resolve(self, instrument: int | str, publisher_id: int = 0) -> BookKey:
         """Finds the book for an instrument id or symbol (publisher 0: the first publisher seen).
 
         Raises UnknownInstrumentError when there is no such book.
         """
-        if isinstance(instrument, str) and not instrument.isdigit():
-            ids = {i for i, s in self.symbols.items() if s == instrument}
-            selector = f"symbol={instrument!r}"
-        else:
-            ids = {int(instrument)}
-            selector = f"instrument_id={instrument}"
+        ids, selector = self._candidates(instrument)
         for key in self.books():
             if key.instrument_id in ids and publisher_id in (0, key.publisher_id):
                 return key
