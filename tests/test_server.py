@@ -14,23 +14,16 @@ from conftest import shared_file
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_harness import AUTH, ServeProcess, in_process, run, settings, stubs, wait_for
 
-from mbostream.dbn import MBO_DTYPE, read_records
+from mbostream.dbn import read_records
 from mbostream.market import Market
 from mbostream.v1 import market_data_pb2 as md
 from mbostream.v1 import replay_pb2 as rp
+from mbostream_client import decode_events
 
 
 def batch_records(msg: md.StreamEventsResponse) -> np.ndarray:
-    """A StreamEvents batch as engine records (the layout the server encoded from)."""
-    n = len(msg.replay_sequence)
-    out = np.zeros(n, dtype=MBO_DTYPE)
-    out["length"], out["rtype"] = 14, 0xA0
-    for name in ("ts_event", "ts_recv", "order_id", "price", "size", "sequence", "instrument_id", "publisher_id"):
-        out[name] = np.array(getattr(msg, name), dtype=out[name].dtype)
-    out["action"] = np.frombuffer(msg.action, dtype="S1")
-    out["side"] = np.frombuffer(msg.side, dtype="S1")
-    out["flags"] = np.frombuffer(msg.flags, dtype=np.uint8)
-    return out
+    """A StreamEvents batch as engine records (the client's decoder: one decoder for the wire)."""
+    return decode_events(msg).records
 
 
 def levels(book) -> list:
