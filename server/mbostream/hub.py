@@ -226,7 +226,7 @@ class Hub:
         self,
         market: Market,
         *,
-        book_payload: Callable[[Market, BookKey, int, bool], tuple[bytes, bytes, int]],
+        book_payload: Callable[[Market, BookKey, int, bool, int], tuple[bytes, bytes, int]],
         replay_buffer_records: int,
         subscriber_buffer_batches: int,
         max_streams: int,
@@ -309,7 +309,7 @@ class Hub:
     def _rebuild(self, channel: BookChannel) -> None:
         """Serializes the channel's book as it is now (a new version)."""
         channel.payload, channel.payload_multi, channel.ts_out = self.book_payload(
-            self.market, channel.key, channel.depth, channel.orders
+            self.market, channel.key, channel.depth, channel.orders, self.position
         )
         channel.version += 1
 

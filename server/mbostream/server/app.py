@@ -81,11 +81,8 @@ class App:
                 symbols.update(reader.info.symbols)
                 datasets.append(reader.info.dataset)
         self.market = Market(symbols)
-        hub: Hub | None = None
-
-        def book_payload(market: Market, key: Any, depth: int, orders: bool) -> tuple[bytes, bytes, int]:
-            assert hub is not None
-            return book_update_payload(market, key, depth, orders, position=hub.position, ts_out=time.time_ns())
+        def book_payload(market: Market, key: Any, depth: int, orders: bool, position: int) -> tuple[bytes, bytes, int]:
+            return book_update_payload(market, key, depth, orders, position=position, ts_out=time.time_ns())
 
         hub = Hub(
             self.market,
