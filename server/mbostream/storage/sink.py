@@ -9,7 +9,7 @@
 
 :meth:`StorageSink.offer` runs on the replay's event loop and does two cheap things: at each depth
 interval of feed time it takes the book views (they are only consistent between replay steps, on
-the loop; at most 0.5% of the loop's time goes to them), and it queues the batch. Everything else (formatting, HTTP, fsync) runs on threads, so
+the loop; at most 2% of the loop's time goes to them), and it queues the batch. Everything else (formatting, HTTP, fsync) runs on threads, so
 a slow or dead database never slows the replay. :meth:`StorageSink.stop` follows the shutdown order
 stop accepting → format what is queued → write what is held within the timeout → spool the rest.
 """
@@ -34,7 +34,7 @@ from mbostream.storage.spool import Spool
 log = logging.getLogger(__name__)
 
 #: Largest share of the event loop's time spent building depth views.
-DEPTH_LOOP_SHARE: Final = 0.005
+DEPTH_LOOP_SHARE: Final = 0.02
 #: Log a failing depth source or offer at most this often (seconds).
 ERROR_LOG_INTERVAL_SECONDS: Final = 10.0
 
