@@ -13,12 +13,13 @@ applied and published, so every replica downstream clears too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +114,27 @@ def count_records(path: str) -> int | None:
             return None
         header = reader.header_size
     return (os.path.getsize(path) - header) // MBO_DTYPE.itemsize
+
+
+async def _read_ahead(chunks: Iterator[np.ndarray]) -> AsyncIterator[np.ndarray]:
+    """The chunks, each read on a thread while the one before it is applied.
+
+    Reading and decompressing happen off the event loop (both release the GIL), one chunk ahead,
+    so the replay does not stop to wait for the disk between chunks.
+    """
+    pending = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+    try:
+        while (chunk := await pending) is not None:
+            pending = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+            yield chunk
+    finally:
+        # Closed early (restart, stop): the read in flight ends before the files are closed. A
+        # failure of that read is of no interest any more (its chunk would not be used).
+        await asyncio.wait([pending])
+        if not pending.cancelled():
+            pending.exception()
+        if isinstance(chunks, Generator):
+            chunks.close()
 
 
 class Replayer:
@@ -237,7 +259,7 @@ class Replayer:
             self.state = ReplayState.RUNNING
             self._reset_clock()
 
-    def _chunks(self) -> Iterator[np.ndarray]:
+    def _chunks(self) -> Generator[np.ndarray, None, None]:
         for path in self.files:
             with DbnReader(path) as reader:
                 self.market.symbols.update(reader.info.symbols)
@@ -246,41 +268,37 @@ class Replayer:
     async def _one_pass(self) -> bool:
         """One pass over the files; False when interrupted by restart or stop."""
         carry: np.ndarray | None = None
-        chunks = self._chunks()
-        while True:
-            # Reading and decompressing happen off the event loop (both release the GIL).
-            chunk = await asyncio.to_thread(next, chunks, None)
-            if chunk is None:
-                break
-            if carry is not None and len(carry):
-                chunk = np.concatenate([carry, chunk])
-            carry = None
-            pos = 0
-            while pos < len(chunk):
-                if self.market.consistent:
-                    # Yield points are only ever between complete events.
-                    if not await self._gate():
-                        return False
-                    n = await self._budget(chunk, pos)
-                    if n == 0:
-                        continue  # paused, restarted or stopped while waiting: back to the gate
-                else:
-                    n = self.batch_records
-                started = time.perf_counter()
-                result = self.market.apply(chunk, pos, min(len(chunk), pos + n), complete_events=True)
-                METRICS.apply_seconds.observe(time.perf_counter() - started)
-                if result.end == pos:
-                    break
-                events = result.events
-                if pos and len(events):
-                    events = events.copy()
-                    events["index"] -= pos
-                self._emit(chunk[pos : result.end], events)
-                pos = result.end
-                if not result.consistent and pos == len(chunk):
-                    break
-            if pos < len(chunk):
-                carry = chunk[pos:]
+        async with contextlib.aclosing(_read_ahead(self._chunks())) as chunks:
+            async for chunk in chunks:
+                if carry is not None and len(carry):
+                    chunk = np.concatenate([carry, chunk])
+                carry = None
+                pos = 0
+                while pos < len(chunk):
+                    if self.market.consistent:
+                        # Yield points are only ever between complete events.
+                        if not await self._gate():
+                            return False
+                        n = await self._budget(chunk, pos)
+                        if n == 0:
+                            continue  # paused, restarted or stopped while waiting: back to the gate
+                    else:
+                        n = self.batch_records
+                    started = time.perf_counter()
+                    result = self.market.apply(chunk, pos, min(len(chunk), pos + n), complete_events=True)
+                    METRICS.apply_seconds.observe(time.perf_counter() - started)
+                    if result.end == pos:
+                        break
+                    events = result.events
+                    if pos and len(events):
+                        events = events.copy()
+                        events["index"] -= pos
+                    self._emit(chunk[pos : result.end], events)
+                    pos = result.end
+                    if not result.consistent and pos == len(chunk):
+                        break
+                if pos < len(chunk):
+                    carry = chunk[pos:]
         self.loaded.set()
         return True
 
