@@ -252,7 +252,7 @@ async def test_shutdown_with_a_full_queue_loses_nothing(influx: InfluxStack, clx
     left = first.metrics.snapshot()
     assert left["points_spooled_total"] > 0
     assert left["points_formatted_total"] <= left["points_written_total"] + left["points_spooled_total"]
-    assert list((tmp_path / "spool").glob("segment-*.lp"))
+    assert list((tmp_path / "spool").glob("segment-*.lp.gz"))
     # The next run drains what this one left, in the background.
     second = sink_for(settings, Replay(info, records[:0]))
     await asyncio.wait_for(second.start(), 10)
@@ -320,4 +320,4 @@ async def test_spool_only_then_drain_command(influx: InfluxStack, clx5: tuple[Fi
     assert done.returncode == 0, done.stderr
     assert "drained" in done.stdout
     assert_database_holds(influx, info, replay)
-    assert not list(spool_dir.glob("segment-*.lp"))
+    assert not list(spool_dir.glob("segment-*.lp.gz"))

@@ -1,20 +1,35 @@
-"""The on-disk spool: ordered reads, checkpoints, rotation, crash recovery, one user at a time."""
+"""The on-disk spool: ordered reads, checkpoints, rotation, crash recovery, one user at a time,
+and the conversion of a spool of plain line protocol left by an older version."""
 
 from __future__ import annotations
 
+import gzip
 import json
-from collections.abc import Iterator
+import logging
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from mbostream.storage import blocks
 from mbostream.storage.errors import SpoolError, SpoolLockedError
-from mbostream.storage.spool import CHECKPOINT_NAME, REJECTED_NAME, Spool, SpoolPosition
+from mbostream.storage.spool import (
+    CHECKPOINT_NAME,
+    LEGACY_BLOCK_LINES,
+    REJECTED_NAME,
+    Spool,
+    SpoolPosition,
+)
 
-SEGMENT_BYTES = 64 << 10
+SEGMENT_BYTES = 4 << 10
 
 
 def lines(start: int, count: int) -> bytes:
     return b"".join(b"m,t=a v=%di %d\n" % (i, 1_700_000_000_000_000_000 + i) for i in range(start, start + count))
+
+
+def block(start: int, count: int) -> bytes:
+    return blocks.encode_block(lines(start, count))
 
 
 @pytest.fixture
@@ -25,50 +40,72 @@ def spool(tmp_path: Path) -> Iterator[Spool]:
     s.close()
 
 
-def drain(spool: Spool, max_bytes: int = 10_000) -> bytes:
+def drain(spool: Spool, max_bytes: int = 2_000) -> bytes:
+    """Every pending line, read and acknowledged stretch by stretch; checks each read is whole blocks."""
     out = b""
     while (read := spool.read(spool.checkpoint, max_bytes)) is not None:
         assert read.start == spool.checkpoint
-        assert read.data.endswith(b"\n")
-        assert read.lines == read.data.count(b"\n")
-        out += read.data
+        walked = list(blocks.iter_blocks(read.data))
+        assert walked and sum(header.size for _, header in walked) == len(read.data)
+        assert len(read.data) <= max_bytes or len(walked) == 1
+        text = blocks.decode(read.data)
+        assert read.lines == sum(header.lines for _, header in walked) == text.count(b"\n")
+        out += text
         spool.ack(read.end)
     return out
 
 
-def segments(spool: Spool) -> list[Path]:
-    return sorted(spool.directory.glob("segment-*.lp"))
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("segment-*"))
 
 
-def test_reads_come_back_in_order_and_whole_lines(spool: Spool) -> None:
-    data = [lines(0, 10), lines(10, 500), lines(510, 3)]
+def test_reads_come_back_in_order_and_whole_blocks(spool: Spool) -> None:
+    data = [block(0, 10), block(10, 500), block(510, 3), block(513, 40)]
     assert spool.append(data) == sum(map(len, data))
     assert spool.pending_bytes() == sum(map(len, data))
-    assert drain(spool, max_bytes=777) == b"".join(data)
+    # The 500-line block alone is larger than a read: it comes back whole, on its own.
+    assert len(data[1]) > 777 > len(data[2]) + len(data[3])
+    first = spool.read(spool.checkpoint, 777)
+    assert first is not None and first.data == data[0] and first.lines == 10
+    assert drain(spool, max_bytes=777) == lines(0, 553)
     assert spool.pending_bytes() == 0
     assert spool.read(spool.checkpoint, 100) is None
 
 
+def test_reads_gather_small_blocks_up_to_max_bytes(spool: Spool) -> None:
+    data = [block(i, 1) for i in range(20)]
+    spool.append(data)
+    read = spool.read(spool.checkpoint, 5 * len(data[0]) + 10)
+    assert read is not None and read.data == b"".join(data[:5]) and read.lines == 5
+
+
 def test_rotates_segments_and_deletes_drained_ones(spool: Spool) -> None:
     for i in range(40):
-        spool.append([lines(i * 100, 100)])
-    assert len(segments(spool)) >= 3
+        spool.append([block(i * 100, 100)])
+    assert len(segments(spool.directory)) >= 3
+    assert all(path.name.endswith(".lp.gz") for path in segments(spool.directory))
     assert spool.oldest_age() >= 0
-    expected = b"".join(lines(i * 100, 100) for i in range(40))
-    assert drain(spool) == expected
-    assert segments(spool) == []
+    assert drain(spool) == lines(0, 4000)
+    assert segments(spool.directory) == []
     assert spool.oldest_age() == 0.0
-    spool.append([lines(0, 1)])
+    spool.append([block(0, 1)])
     assert drain(spool) == lines(0, 1)
+
+
+def test_a_segment_is_a_gzip_file_of_line_protocol(spool: Spool) -> None:
+    spool.append([block(0, 100), block(100, 5)])
+    spool.sync()
+    (segment,) = segments(spool.directory)
+    assert gzip.decompress(segment.read_bytes()) == lines(0, 105)
 
 
 def test_checkpoint_survives_a_restart(tmp_path: Path) -> None:
     directory = tmp_path / "spool"
     first = Spool(directory, segment_bytes=SEGMENT_BYTES)
     first.open()
-    first.append([lines(0, 100), lines(100, 100)])
-    read = first.read(first.checkpoint, len(lines(0, 100)))
-    assert read is not None and read.data == lines(0, 100)
+    first.append([block(0, 100), block(100, 100)])
+    read = first.read(first.checkpoint, len(block(0, 100)))
+    assert read is not None and read.data == block(0, 100) and read.lines == 100
     first.ack(read.end)
     first.close()
     second = Spool(directory, segment_bytes=SEGMENT_BYTES)
@@ -76,36 +113,82 @@ def test_checkpoint_survives_a_restart(tmp_path: Path) -> None:
     try:
         assert json.loads((directory / CHECKPOINT_NAME).read_text()) == {"segment": read.end.segment, "offset": read.end.offset}
         assert drain(second) == lines(100, 100)
-        second.append([lines(200, 5)])
+        second.append([block(200, 5)])
         assert drain(second) == lines(200, 5)
     finally:
         second.close()
 
 
-def test_a_torn_tail_is_cut_back_to_the_last_whole_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "tail",
+    [
+        lambda b: b[: len(b) // 2],  # a crash in the middle of an append
+        lambda b: b[:10],  # ... in the middle of its header
+        lambda b: b[:-4] + b"\0\0\0\0",  # its trailer never reached the disk
+        lambda b: b[:40] + b"\0" * (len(b) - 40),  # its pages never reached the disk
+        lambda b: b"\0" * 100,  # the file grew, nothing was written
+    ],
+)
+def test_a_torn_tail_is_cut_after_the_last_whole_block(tmp_path: Path, tail: Callable[[bytes], bytes]) -> None:
     directory = tmp_path / "spool"
     first = Spool(directory, segment_bytes=SEGMENT_BYTES)
     first.open()
-    first.append([lines(0, 10)])
+    first.append([block(0, 10), block(10, 10)])
     first.close()
-    (segment,) = segments(first)
+    (segment,) = segments(directory)
+    size = segment.stat().st_size
     with open(segment, "ab") as f:
-        f.write(b"m,t=a v=99i 17000")  # a crash in the middle of an append
+        f.write(tail(block(20, 50)))
     second = Spool(directory, segment_bytes=SEGMENT_BYTES)
     second.open()
     try:
-        assert drain(second) == lines(0, 10)
+        assert segment.stat().st_size == size
+        assert drain(second) == lines(0, 20)
+        second.append([block(20, 5)])
+        assert drain(second) == lines(20, 5)
     finally:
         second.close()
+
+
+def test_a_segment_of_nothing_but_a_torn_block_is_deleted(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    (directory / "segment-000000000003-1700000000000.lp.gz").write_bytes(block(0, 10)[:-1])
+    spool = Spool(directory)
+    spool.open()
+    try:
+        assert segments(directory) == [] and spool.pending_bytes() == 0
+    finally:
+        spool.close()
+
+
+def test_a_checkpoint_between_blocks_is_kept_and_one_inside_a_block_resends_its_segment(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    first = Spool(directory, segment_bytes=SEGMENT_BYTES)
+    first.open()
+    first.append([block(0, 10), block(10, 10), block(20, 10)])
+    first.close()
+    segment_id = first.checkpoint.segment
+    boundary = len(block(0, 10))
+    for offset, expected in ((boundary, lines(10, 20)), (boundary + 3, lines(0, 30))):
+        (directory / CHECKPOINT_NAME).write_text(json.dumps({"segment": segment_id, "offset": offset}))
+        spool = Spool(directory, segment_bytes=SEGMENT_BYTES)
+        spool.open()
+        try:
+            assert spool.checkpoint.offset in (boundary, 0)
+            read = spool.read(spool.checkpoint, 1 << 20)
+            assert read is not None and blocks.decode(read.data) == expected
+        finally:
+            spool.close()
 
 
 def test_an_unreadable_checkpoint_resends_everything(tmp_path: Path) -> None:
     directory = tmp_path / "spool"
     first = Spool(directory, segment_bytes=SEGMENT_BYTES)
     first.open()
-    first.append([lines(0, 10), lines(10, 10)])
-    read = first.read(first.checkpoint, len(lines(0, 10)))
-    assert read is not None
+    first.append([block(0, 10), block(10, 10)])
+    read = first.read(first.checkpoint, len(block(0, 10)))
+    assert read is not None and read.lines == 10
     first.ack(read.end)
     first.close()
     (directory / CHECKPOINT_NAME).write_text("{not json")
@@ -128,12 +211,22 @@ def test_a_closed_spool_refuses_appends(tmp_path: Path) -> None:
     s.open()
     s.close()
     with pytest.raises(SpoolError, match="closed"):
-        s.append([lines(0, 1)])
+        s.append([block(0, 1)])
 
 
-def test_payloads_must_be_whole_lines(spool: Spool) -> None:
-    with pytest.raises(ValueError, match="whole lines"):
-        spool.append([b"m v=1i 1"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        lines(0, 3),  # plain line protocol
+        gzip.compress(lines(0, 3)),  # gzip, but not a block
+        block(0, 3)[:-1],  # a block cut short
+        block(0, 3) + block(3, 1),  # two blocks in one payload
+    ],
+)
+def test_payloads_must_be_one_whole_block_each(spool: Spool, payload: bytes) -> None:
+    with pytest.raises(ValueError, match="whole blocks"):
+        spool.append([block(0, 1), payload])
+    assert spool.pending_bytes() == 0  # nothing of the call was appended
 
 
 def test_an_unusable_directory_is_a_spool_error(tmp_path: Path) -> None:
@@ -152,9 +245,123 @@ def test_rejected_points_are_set_aside_with_their_reason(spool: Spool) -> None:
 
 
 def test_acks_never_move_the_checkpoint_back(spool: Spool) -> None:
-    spool.append([lines(0, 10)])
+    spool.append([block(0, 10)])
     read = spool.read(spool.checkpoint, 10_000)
     assert read is not None
     spool.ack(read.end)
     spool.ack(SpoolPosition(read.start.segment, 0))
     assert spool.checkpoint >= read.end
+
+
+# -- a spool of plain line protocol, as the previous version left it -------------------------------
+def legacy_spool(directory: Path, segment_lines: list[tuple[int, int]], checkpoint: tuple[int, int] | None) -> list[Path]:
+    """Writes ``segment-<id>-<ms>.lp`` files of plain lines (ids from 7) and a checkpoint, as the old spool did."""
+    directory.mkdir(parents=True)
+    paths = []
+    for i, (start, count) in enumerate(segment_lines):
+        path = directory / f"segment-{7 + i:012d}-{1_700_000_000_000 + i}.lp"
+        path.write_bytes(lines(start, count))
+        paths.append(path)
+    if checkpoint is not None:
+        (directory / CHECKPOINT_NAME).write_text(json.dumps({"segment": checkpoint[0], "offset": checkpoint[1]}))
+    return paths
+
+
+def test_a_legacy_spool_is_converted_with_nothing_lost_or_reordered(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    directory = tmp_path / "spool"
+    acked = len(lines(0, 1000))  # the old checkpoint: 1000 lines of segment 7 were written
+    legacy_spool(directory, [(0, 25_000), (25_000, 3), (25_003, 12_345)], (7, acked))
+    spool = Spool(directory, segment_bytes=SEGMENT_BYTES)
+    with caplog.at_level(logging.INFO, logger="mbostream.storage.spool"):
+        spool.open()
+    try:
+        converted = [r for r in caplog.records if "converted" in r.getMessage()]
+        assert len(converted) == 3 and all(r.levelno == logging.INFO for r in converted)
+        names = [path.name for path in segments(directory)]
+        assert names == [f"segment-{7 + i:012d}-{1_700_000_000_000 + i}.lp.gz" for i in range(3)]
+        assert spool.checkpoint == SpoolPosition(7, 0)
+        assert json.loads((directory / CHECKPOINT_NAME).read_text()) == {"segment": 7, "offset": 0}
+        first = segments(directory)[0].read_bytes()
+        assert [header.lines for _, header in blocks.iter_blocks(first)] == [LEGACY_BLOCK_LINES, LEGACY_BLOCK_LINES, 4000]
+        assert drain(spool, max_bytes=64 << 10) == lines(1000, 36_348)
+    finally:
+        spool.close()
+
+
+def test_a_legacy_checkpoint_past_the_segments_start_is_kept_where_nothing_is_pending(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    legacy_spool(directory, [(0, 100), (100, 50)], (7, len(lines(0, 100))))
+    spool = Spool(directory)
+    spool.open()
+    try:
+        assert [path.name[:25] for path in segments(directory)] == ["segment-000000000008-1700"]
+        assert drain(spool) == lines(100, 50)
+    finally:
+        spool.close()
+
+
+def test_legacy_segments_before_the_checkpoint_are_deleted_and_a_torn_tail_is_cut(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    paths = legacy_spool(directory, [(0, 10), (10, 10)], (8, 0))
+    with open(paths[1], "ab") as f:
+        f.write(b"m,t=a v=99i 17000")  # a crash in the middle of an old append
+    spool = Spool(directory)
+    spool.open()
+    try:
+        assert drain(spool) == lines(10, 10)
+        spool.append([block(20, 1)])
+        assert drain(spool) == lines(20, 1)
+    finally:
+        spool.close()
+
+
+@pytest.mark.parametrize("offset", [5, 10**9])
+def test_a_legacy_checkpoint_off_a_line_boundary_resends_the_segment(tmp_path: Path, offset: int) -> None:
+    directory = tmp_path / "spool"
+    legacy_spool(directory, [(0, 10)], (7, offset))
+    spool = Spool(directory)
+    spool.open()
+    try:
+        assert drain(spool) == lines(0, 10)  # re-sending is safe: the same points overwrite themselves
+    finally:
+        spool.close()
+
+
+def test_an_interrupted_conversion_is_done_again_from_the_plain_segment(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    (plain,) = legacy_spool(directory, [(0, 30)], (7, len(lines(0, 10))))
+    gz = plain.with_name(plain.name + ".gz")
+    gz.write_bytes(blocks.encode_block(lines(500, 1)))  # renamed, but the .lp not yet deleted
+    gz.with_name(gz.name + ".tmp").write_bytes(b"half written")
+    spool = Spool(directory)
+    spool.open()
+    try:
+        assert [path.name for path in segments(directory)] == [gz.name]
+        assert drain(spool) == lines(10, 20)
+    finally:
+        spool.close()
+
+
+def test_a_converted_spool_is_plain_to_zcat_and_new_appends_follow_it(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    legacy_spool(directory, [(0, 100)], None)
+    spool = Spool(directory)
+    spool.open()
+    try:
+        spool.append([block(100, 10)])
+        spool.sync()
+        assert b"".join(gzip.decompress(path.read_bytes()) for path in segments(directory)) == lines(0, 110)
+        assert drain(spool) == lines(0, 110)
+    finally:
+        spool.close()
+    assert not os.listdir(directory) or set(os.listdir(directory)) <= {"spool.lock", CHECKPOINT_NAME}
+
+
+def test_bytes_changed_under_an_open_spool_are_a_spool_error(spool: Spool) -> None:
+    spool.append([block(0, 10), block(10, 10)])
+    spool.sync()
+    (segment,) = segments(spool.directory)
+    with open(segment, "r+b") as f:
+        f.write(b"\0" * 16)
+    with pytest.raises(SpoolError, match="no block header"):
+        spool.read(spool.checkpoint, 1 << 20)

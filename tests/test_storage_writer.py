@@ -10,12 +10,16 @@ import gzip
 import json
 import logging
 import threading
+import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from mbostream.storage import blocks
 from mbostream.storage.errors import DatabaseRefusedError, DatabaseUnavailableError
 from mbostream.storage.metrics import StorageMetrics
 from mbostream.storage.writer import InfluxWriter
@@ -25,10 +29,14 @@ Answer = tuple[int, dict[str, str], bytes]
 
 @dataclass
 class ScriptedInflux:
-    """Answers each ``/api/v2/write`` with ``answer(body)``; records every request."""
+    """Answers each ``/api/v2/write`` with ``answer(body)`` (the body inflated); records every request.
+
+    ``raw`` keeps each body as it came over the wire.
+    """
 
     answer: Callable[[bytes], Answer]
     requests: list[tuple[dict[str, list[str]], dict[str, str], bytes]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
     url: str = ""
 
 
@@ -39,9 +47,16 @@ def scripted() -> Iterator[ScriptedInflux]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers["Content-Length"]))
-            body = gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
+            state.raw.append(raw)
+            try:
+                body = gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
+            except (OSError, EOFError, zlib.error) as exc:  # as InfluxDB answers a body it cannot inflate
+                self.answer(400, {}, json.dumps({"error": f"gzip: {exc}"}).encode())
+                return
             state.requests.append((parse_qs(urlsplit(self.path).query), dict(self.headers), body))
-            status, headers, payload = state.answer(body)
+            self.answer(*state.answer(body))
+
+        def answer(self, status: int, headers: dict[str, str], payload: bytes) -> None:
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
@@ -74,27 +89,40 @@ def writer_for(url: str, metrics: StorageMetrics, set_aside: list[tuple[bytes, s
 
 
 LINES = b"".join(b"m,t=a v=%di %d\n" % (i, 1_700_000_000_000_000_000 + i) for i in range(8))
+PAYLOAD = blocks.encode_block(LINES)
 
 
-def test_writes_gzip_line_protocol_to_the_v2_endpoint(scripted: ScriptedInflux) -> None:
+def test_writes_blocks_as_they_are_to_the_v2_endpoint(scripted: ScriptedInflux) -> None:
     metrics = StorageMetrics()
-    report = writer_for(scripted.url, metrics).write(LINES, 8)
+    report = writer_for(scripted.url, metrics).write(PAYLOAD, 8)
     assert (report.written, report.rejected) == (8, 0)
     ((query, headers, body),) = scripted.requests
     assert query == {"org": ["desk"], "bucket": ["feed"], "precision": ["ns"]}
     assert headers["Content-Encoding"] == "gzip" and headers["Authorization"] == "Token t0ken"
+    assert scripted.raw == [PAYLOAD]  # not compressed again
     assert body == LINES
     snapshot = metrics.snapshot()
     assert snapshot["points_written_total"] == 8 and snapshot["batches_written_total"] == 1
+    assert snapshot["bytes_written_total"] == len(LINES)  # line protocol, as before blocks
     assert snapshot["write_latency_seconds_count"] == 1
+
+
+@pytest.mark.parametrize("gzip_level", [0, 1, 3])
+def test_several_blocks_go_as_one_multi_member_body(scripted: ScriptedInflux, gzip_level: int) -> None:
+    more = b"".join(b"m,t=b v=%di %d\n" % (i, i) for i in range(1000))
+    payload = blocks.encode_block(LINES, gzip_level) + blocks.encode_block(more, gzip_level)
+    report = writer_for(scripted.url, StorageMetrics(), gzip_level=gzip_level).write(payload, 1008)
+    assert (report.written, report.rejected) == (1008, 0)
+    assert scripted.raw == [payload]
+    assert scripted.requests[0][2] == LINES + more
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
 def test_transient_errors_are_retried(scripted: ScriptedInflux, status: int) -> None:
-    answers = iter([(status, {}, b'{"message":"busy"}')] * 2)
+    answers: Iterator[Answer] = iter([(status, {}, b'{"message":"busy"}')] * 2)
     scripted.answer = lambda body: next(answers, (204, {}, b""))
     metrics = StorageMetrics()
-    assert writer_for(scripted.url, metrics).write(LINES, 8).written == 8
+    assert writer_for(scripted.url, metrics).write(PAYLOAD, 8).written == 8
     assert len(scripted.requests) == 3
     assert metrics.get("write_retries_total") == 2 and metrics.get("write_errors_total") == 2
 
@@ -103,7 +131,7 @@ def test_retries_are_bounded(scripted: ScriptedInflux) -> None:
     scripted.answer = lambda body: (503, {}, b'{"message":"down"}')
     metrics = StorageMetrics()
     with pytest.raises(DatabaseUnavailableError) as caught:
-        writer_for(scripted.url, metrics, max_retries=2).write(LINES, 8)
+        writer_for(scripted.url, metrics, max_retries=2).write(PAYLOAD, 8)
     assert caught.value.status == 503 and caught.value.message == "down"
     assert len(scripted.requests) == 3
     assert metrics.get("points_written_total") == 0
@@ -113,7 +141,7 @@ def test_no_connection_is_unavailable() -> None:
     from influx.harness import free_port
 
     with pytest.raises(DatabaseUnavailableError) as caught:
-        writer_for(f"http://127.0.0.1:{free_port()}", StorageMetrics(), max_retries=1).write(LINES, 8)
+        writer_for(f"http://127.0.0.1:{free_port()}", StorageMetrics(), max_retries=1).write(PAYLOAD, 8)
     assert caught.value.status is None
 
 
@@ -121,7 +149,7 @@ def test_no_connection_is_unavailable() -> None:
 def test_refusals_are_not_retried(scripted: ScriptedInflux, status: int) -> None:
     scripted.answer = lambda body: (status, {}, b'{"code":"unauthorized","message":"no such token"}')
     with pytest.raises(DatabaseRefusedError, match="no such token"):
-        writer_for(scripted.url, StorageMetrics()).write(LINES, 8)
+        writer_for(scripted.url, StorageMetrics()).write(PAYLOAD, 8)
     assert len(scripted.requests) == 1
 
 
@@ -152,8 +180,9 @@ def test_refused_points_are_narrowed_down_logged_and_set_aside(scripted: Scripte
     aside: list[tuple[bytes, str]] = []
     metrics = StorageMetrics()
     with caplog.at_level(logging.ERROR, logger="mbostream.storage.writer"):
-        report = writer_for(scripted.url, metrics, aside).write(payload, 8)
+        report = writer_for(scripted.url, metrics, aside).write(blocks.encode_block(payload), 8)
     assert (report.written, report.rejected) == (7, 1)
+    assert all(blocks.decode(raw) for raw in scripted.raw)  # the halves are sent as new blocks
     assert aside == [(bad, 'HTTP 400: partial write: field type conflict: input field "v" is type string dropped=1')]
     assert set(stored) == set(payload.splitlines(keepends=True)) - {bad}
     assert len(scripted.requests) <= 1 + 2 * 3
@@ -168,7 +197,70 @@ def test_a_batch_refused_line_by_line_is_set_aside_within_a_request_budget(scrip
     scripted.answer = lambda body: (422, {}, b'{"message":"schema rejected"}')
     payload = b"".join(b"m v=%di %d\n" % (i, i) for i in range(1000))
     aside: list[tuple[bytes, str]] = []
-    report = writer_for(scripted.url, StorageMetrics(), aside).write(payload, 1000)
+    # Refused lines are found across the blocks of one payload, as a drain request sends them.
+    cut = payload.index(b"\n", len(payload) // 3) + 1
+    report = writer_for(scripted.url, StorageMetrics(), aside).write(blocks.encode_block(payload[:cut]) + blocks.encode_block(payload[cut:]), 1000)
     assert (report.written, report.rejected) == (0, 1000)
     assert b"".join(sorted(line for line, _ in aside)) == b"".join(sorted(payload.splitlines(keepends=True)))
     assert len(scripted.requests) <= 1 + MAX_ISOLATION_REQUESTS + 1
+
+
+def test_a_refused_payload_that_does_not_inflate_is_counted_lost_not_retried_forever(
+    scripted: ScriptedInflux, caplog: pytest.LogCaptureFixture
+) -> None:
+    corrupt = PAYLOAD[:-8] + bytes(8)  # CRC and ISIZE lost: the database cannot read it either
+    metrics = StorageMetrics()
+    aside: list[tuple[bytes, str]] = []
+    with caplog.at_level(logging.ERROR, logger="mbostream.storage.writer"):
+        report = writer_for(scripted.url, metrics, aside).write(corrupt, 8)
+    assert (report.written, report.rejected) == (0, 8)
+    assert aside == [] and len(scripted.raw) == 1
+    (record,) = caplog.records
+    assert "8 points" in record.getMessage() and "lost" in record.getMessage() and "ISIZE" in record.getMessage()
+    assert metrics.get("points_rejected_total") == 8
+
+
+def test_a_refused_payload_of_empty_blocks_ends_at_once(scripted: ScriptedInflux) -> None:
+    scripted.answer = lambda body: (400, {}, b'{"error":"no points"}')
+    report = writer_for(scripted.url, StorageMetrics()).write(blocks.encode_block(b"") * 2, 0)
+    assert (report.written, report.rejected) == (0, 0)
+    assert len(scripted.raw) == 1
+
+
+def test_waiting_blocks_go_together_up_to_a_request_size(scripted: ScriptedInflux, tmp_path: Path) -> None:
+    from mbostream.storage.delivery import Delivery
+    from mbostream.storage.spool import Spool
+
+    arrived, release = threading.Event(), threading.Event()
+
+    def answer(body: bytes) -> Answer:
+        arrived.set()
+        return (204, {}, b"") if release.wait(10) else (503, {}, b"")
+
+    scripted.answer = answer
+    parts = [b"".join(b"m,t=a v=%di %d\n" % (i, k * 100 + i) for i in range(50)) for k in range(12)]
+    chunks = [blocks.encode_block(part) for part in parts]
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    metrics = StorageMetrics()
+    delivery = Delivery(
+        spool, writer_for(scripted.url, metrics), max_pending_bytes=1 << 20, read_bytes=5 * len(chunks[0]) + 10,
+        concurrency=1, metrics=metrics,
+    )
+    delivery.start()
+    try:
+        delivery.submit(chunks[0], 50)
+        assert arrived.wait(10)  # the first is in flight, held by the server; the rest wait
+        for chunk in chunks[1:]:
+            delivery.submit(chunk, 50)
+        release.set()
+        deadline = time.monotonic() + 10
+        while not delivery.idle() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert delivery.idle()
+    finally:
+        delivery.close(timeout=5)
+        spool.close()
+    assert [len(list(blocks.iter_blocks(raw))) for raw in scripted.raw] == [1, 5, 5, 1]
+    assert b"".join(body for _, _, body in scripted.requests) == b"".join(parts)
+    assert metrics.get("points_written_total") == 600

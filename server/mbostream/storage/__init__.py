@@ -9,6 +9,7 @@ error tree of :mod:`mbostream.storage.errors`, and :func:`drain_spool` behind
 
 from mbostream.storage.drain import DrainReport, drain_spool
 from mbostream.storage.errors import (
+    BlockError,
     DatabaseRefusedError,
     DatabaseUnavailableError,
     PointsRejectedError,
@@ -22,6 +23,7 @@ from mbostream.storage.settings import StorageSettings
 from mbostream.storage.sink import StorageSink
 
 __all__ = [
+    "BlockError",
     "DatabaseRefusedError",
     "DatabaseUnavailableError",
     "DrainReport",

@@ -23,6 +23,7 @@ from typing import Final
 
 from mbostream.feed import Batch
 from mbostream.market import BookView
+from mbostream.storage import blocks
 from mbostream.storage.errors import SpoolError
 from mbostream.storage.lineproto import LineFormatter
 from mbostream.storage.metrics import StorageMetrics
@@ -60,13 +61,15 @@ class Batcher:
     formatter
         Owned by this thread from :meth:`start` on.
     hand_on
-        Receives each chunk as ``(line_protocol, points)`` (the delivery's ``submit``).
+        Receives each chunk as ``(block, points)`` (the delivery's ``submit``).
     on_idle
         Called when no work arrived for a while (the spool's due fsync).
     batch_points, flush_interval
         Chunk size target and age limit (seconds).
     metrics
         Where formatted points and errors are counted.
+    gzip_level
+        Compression level of the blocks (:func:`~mbostream.storage.blocks.encode_block`).
     """
 
     def __init__(
@@ -78,8 +81,10 @@ class Batcher:
         batch_points: int,
         flush_interval: float,
         metrics: StorageMetrics,
+        gzip_level: int = blocks.DEFAULT_LEVEL,
     ) -> None:
         self._formatter = formatter
+        self._gzip_level = gzip_level
         self._hand_on = hand_on
         self._on_idle = on_idle
         self._batch_points = batch_points
@@ -191,7 +196,7 @@ class Batcher:
     def _flush(self) -> None:
         if not self._parts:
             return
-        payload = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        payload = blocks.encode_block(self._parts[0] if len(self._parts) == 1 else b"".join(self._parts), self._gzip_level)
         points = self._points
         self._parts, self._points = [], 0
         attempt = 0

@@ -1,8 +1,10 @@
 """Drain room: push a spool left on disk into InfluxDB (``mbostream storage drain``).
 
 It runs the sink's own delivery over the spool, with no feed: the same ordered, checkpointed,
-concurrent drain that a starting server performs. It stops when the spool is empty, or when no
-stretch could be written for ``stall_timeout`` seconds (database unreachable or refusing).
+concurrent drain that a starting server performs, sending the stored blocks as they are (nothing
+is compressed again). It stops when the spool is empty, or when no stretch could be written for
+``stall_timeout`` seconds (database unreachable or refusing). A spool left by a version that
+stored plain line protocol is converted to blocks when it is opened (see :mod:`~mbostream.storage.spool`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@
     └── StorageError                    persistence cannot proceed as asked
         ├── SpoolError                  the spool directory cannot be used (carries ``path``)
         │   └── SpoolLockedError        another process holds the spool's lock
+        ├── BlockError                  bytes that should be blocks are not (carries ``offset``)
         └── WriteError                  the database did not take a write (carries ``status``)
             ├── DatabaseUnavailableError  429, 5xx, timeout or no connection: retry later
             ├── DatabaseRefusedError      401, 403, 404: token, org or bucket wrong: keep data, retry later
@@ -13,7 +14,8 @@
 
 Only :class:`SpoolError` leaves the storage package (from ``StorageSink.start`` and the drain
 command); the write errors are handled inside the write path, which retries, spools, or logs and
-sets aside the offending line.
+sets aside the offending line, and a :class:`BlockError` (a corrupt block, found when a refused
+request is narrowed down) is logged there with the points it loses.
 """
 
 from __future__ import annotations
@@ -36,6 +38,23 @@ class SpoolError(StorageError):
 
 class SpoolLockedError(SpoolError):
     """Another process (a running server or a drain) holds the spool."""
+
+
+class BlockError(StorageError):
+    """Bytes that should be whole blocks (:mod:`mbostream.storage.blocks`) are not.
+
+    Attributes
+    ----------
+    offset
+        Where in the bytes given the problem starts.
+    reason
+        What is wrong there.
+    """
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"not a valid block at byte {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
 
 
 class WriteError(StorageError):

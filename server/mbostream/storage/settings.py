@@ -74,11 +74,12 @@ class StorageSettings:
     flush_interval
         Seconds after which a partial batch is written anyway.
     max_pending_bytes
-        Line protocol held in memory for the database; beyond it, batches go to the spool.
+        Bytes of blocks (compressed line protocol) held in memory for the database; beyond it,
+        batches go to the spool.
     segment_bytes
         Size at which the spool starts a new segment file.
     spool_max_bytes
-        Most unsent line protocol the spool may hold (0: no limit). Beyond it new points are
+        Most bytes of unsent blocks the spool may hold on disk (0: no limit). Beyond it new points are
         dropped — counted in ``points_dropped_spool_full_total`` and logged — instead of filling the
         disk: a deliberate, visible loss, for spool-only runs that nobody drains.
     write_timeout
@@ -90,8 +91,9 @@ class StorageSettings:
     retry_initial, retry_max
         Backoff before the first retry, and its cap (seconds); each retry doubles it, with jitter.
     gzip_level
-        gzip level of request bodies, 1 (fastest, the default) to 9; 0 sends them uncompressed.
-        With ISA-L (the ``isal`` package) levels above 3 act as 3.
+        Compression level of the blocks (:mod:`mbostream.storage.blocks`: gzip members made once,
+        then spooled and sent as they are), 0 (the fastest) to 9, default 1. With ISA-L (the
+        ``isal`` package) levels above 3 act as 3; with zlib, 0 stores the lines uncompressed.
     """
 
     url: str | None = None

@@ -1,15 +1,20 @@
-"""Spool room: a durable, append-only queue of line protocol on disk, with a checkpoint.
+"""Spool room: a durable, append-only queue of line protocol blocks on disk, with a checkpoint.
 
 Layout of the spool directory::
 
     spool.lock                          flock'ed by the one process using the spool
-    segment-000000000007-<ms>.lp        line protocol, appended whole lines at a time, fsync'ed
-    segment-000000000008-<ms>.lp        (<ms>: creation time, UNIX milliseconds)
+    segment-000000000007-<ms>.lp.gz     whole blocks (gzip members of line protocol, see
+    segment-000000000008-<ms>.lp.gz     :mod:`~mbostream.storage.blocks`), appended and fsync'ed
+                                        (<ms>: creation time, UNIX milliseconds)
     checkpoint.json                     {"segment": 7, "offset": 1048576}: all before is in the database
     rejected.lp                         points the database refused as bad data, each after a
-                                        ``#`` comment with the reason (importable once fixed)
+                                        ``#`` comment with the reason (plain text, importable once fixed)
 
-Segments are plain line protocol, so one can also be imported by hand (``influx write -f``).
+A segment is a multi-member gzip file of line protocol, stored as it will be sent: it can also be
+imported by hand (``influx write --file segment-….lp.gz``, the CLI inflates ``.gz`` files; or
+``zcat segment-….lp.gz | influx write``). Checkpoint offsets are byte offsets in the compressed
+segment, always at a block boundary, and :meth:`Spool.read` returns whole blocks only.
+
 Appends reach the page cache at once (a crash of the process loses nothing appended) and are
 fsync'ed as a group commit: at most ``sync_interval`` seconds apart, when a segment is full, on
 :meth:`Spool.sync` and on close; so an fsync costs the feed nothing and a machine crash loses at
@@ -17,13 +22,23 @@ most that interval. The checkpoint moves only after the database acknowledged ev
 it, and is replaced atomically (write, fsync, rename); at worst a restart re-sends points the
 database already has, which rewrites identical points (see the schema's timestamp rule).
 
-On open, a torn tail (a crash in the middle of an append) is cut back to its last newline, and
-segments wholly before the checkpoint are deleted. A fully drained spool keeps no segment.
+On open, each segment's block headers are walked from its start and a torn tail (a crash in the
+middle of an append) is cut after the last whole, valid block (the last block is also inflated
+and its CRC checked); segments wholly before the checkpoint are deleted. A fully drained spool
+keeps no segment.
+
+A spool left by a version that stored plain line protocol (``segment-…-….lp``) is converted on
+open: the pending lines of each such segment (from the checkpoint when it is inside) are encoded
+as blocks of :data:`LEGACY_BLOCK_LINES` lines into a ``.lp.gz`` segment with the same id and
+creation time (written under a temporary name, fsync'ed, renamed), a checkpoint inside it moves
+to its start, and only then is the ``.lp`` deleted. Until then the ``.lp`` is the truth: a
+``.lp.gz`` found beside it is an unfinished conversion and is made again.
 """
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -35,16 +50,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from mbostream.storage.errors import SpoolError, SpoolLockedError
+from mbostream.storage import blocks
+from mbostream.storage.errors import BlockError, SpoolError, SpoolLockedError
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME: Final = "spool.lock"
 CHECKPOINT_NAME: Final = "checkpoint.json"
 REJECTED_NAME: Final = "rejected.lp"
-_SEGMENT_RE: Final = re.compile(r"^segment-(\d{12})-(\d+)\.lp$")
-_TAIL_SCAN_BYTES: Final = 1 << 20
+SEGMENT_SUFFIX: Final = ".lp.gz"
+_SEGMENT_RE: Final = re.compile(r"^segment-(\d{12})-(\d+)\.lp\.gz$")
+_LEGACY_SEGMENT_RE: Final = re.compile(r"^segment-(\d{12})-(\d+)\.lp$")
+_PARTIAL_SUFFIX: Final = ".tmp"
 DEFAULT_SYNC_INTERVAL_SECONDS: Final = 0.2
+#: Lines per block when a plain line protocol segment of an older version is converted.
+LEGACY_BLOCK_LINES: Final = 10_000
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -57,9 +77,10 @@ class SpoolPosition:
 
 @dataclass(frozen=True, slots=True)
 class SpoolRead:
-    """Whole lines read from the spool, ``start`` (inclusive) to ``end`` (exclusive)."""
+    """Whole blocks read from the spool, ``start`` (inclusive) to ``end`` (exclusive)."""
 
     data: bytes
+    #: Lines (points) in those blocks, from their headers.
     lines: int
     start: SpoolPosition
     end: SpoolPosition
@@ -86,6 +107,10 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _segment_path(directory: Path, segment_id: int, created_ms: int) -> Path:
+    return directory / f"segment-{segment_id:012d}-{created_ms}{SEGMENT_SUFFIX}"
 
 
 class Spool:
@@ -171,22 +196,49 @@ class Spool:
             raise SpoolError(str(self.directory), "the spool is closed")
 
     def _recover(self) -> None:
-        segments: list[_Segment] = []
+        current: dict[int, _Segment] = {}
+        legacy: dict[int, _Segment] = {}
         for entry in self.directory.iterdir():
-            match = _SEGMENT_RE.match(entry.name)
-            if match:
-                segments.append(_Segment(int(match[1]), entry, entry.stat().st_size, int(match[2])))
-        segments.sort(key=lambda s: s.id)
-        checkpoint = self._read_checkpoint(segments)
+            if entry.name.startswith("segment-") and entry.name.endswith(SEGMENT_SUFFIX + _PARTIAL_SUFFIX):
+                entry.unlink()  # a conversion cut short; its .lp is still there
+                continue
+            for pattern, found in ((_SEGMENT_RE, current), (_LEGACY_SEGMENT_RE, legacy)):
+                match = pattern.match(entry.name)
+                if match:
+                    found[int(match[1])] = _Segment(int(match[1]), entry, entry.stat().st_size, int(match[2]))
+        for segment_id in sorted(current.keys() & legacy.keys()):
+            # The conversion stopped before deleting the .lp, which is still the truth: do it again.
+            log.warning("spool segment %d was being converted; converting it again", segment_id)
+            current.pop(segment_id).path.unlink()
+        ids = sorted(current.keys() | legacy.keys())
+        checkpoint = self._read_checkpoint(ids[0] if ids else 1)
         kept: list[_Segment] = []
-        for segment in segments:
-            if segment.id < checkpoint.segment:
+        head_ends: list[int] = []
+        for segment_id in ids:
+            segment = current.get(segment_id) or legacy[segment_id]
+            if segment_id < checkpoint.segment:
                 segment.path.unlink()
                 continue
-            segment.size = self._cut_torn_tail(segment)
+            if segment_id in legacy:
+                start = checkpoint.offset if segment_id == checkpoint.segment else 0
+                converted = self._convert_legacy(segment, start)
+                if converted is not None and segment_id == checkpoint.segment and checkpoint.offset:
+                    # Before the .lp goes: an offset in it means nothing in the .lp.gz.
+                    checkpoint = SpoolPosition(segment_id, 0)
+                    self._write_checkpoint(checkpoint)
+                segment.path.unlink()
+                if converted is None:
+                    continue
+                segment = converted
+                ends = [segment.size]
+            else:
+                ends = self._cut_after_last_block(segment)
+                segment.size = ends[-1] if ends else 0
             if segment.size == 0:
                 segment.path.unlink()
                 continue
+            if segment_id == checkpoint.segment:
+                head_ends = ends
             kept.append(segment)
         self._segments = kept
         self._checkpoint = checkpoint
@@ -199,6 +251,9 @@ class Spool:
         elif checkpoint.offset > head.size:
             log.warning("spool checkpoint is past the end of its segment; re-sending that segment", extra={"segment": head.id})
             self._checkpoint = SpoolPosition(head.id, 0)
+        elif checkpoint.offset and checkpoint.offset not in head_ends:
+            log.warning("spool checkpoint is not at a block boundary; re-sending that segment", extra={"segment": head.id})
+            self._checkpoint = SpoolPosition(head.id, 0)
         _fsync_dir(self.directory)
         if self.pending_bytes():
             log.info(
@@ -206,9 +261,9 @@ class Spool:
                 extra={"spool_dir": str(self.directory), "pending_bytes": self.pending_bytes(), "segments": len(kept)},
             )
 
-    def _read_checkpoint(self, segments: list[_Segment]) -> SpoolPosition:
+    def _read_checkpoint(self, first_segment: int) -> SpoolPosition:
         path = self.directory / CHECKPOINT_NAME
-        first = SpoolPosition(segments[0].id if segments else 1, 0)
+        first = SpoolPosition(first_segment, 0)
         try:
             raw = json.loads(path.read_text())
             return SpoolPosition(int(raw["segment"]), int(raw["offset"]))
@@ -220,26 +275,78 @@ class Spool:
             return first
 
     @staticmethod
-    def _cut_torn_tail(segment: _Segment) -> int:
-        """Truncates a segment after its last newline; returns the new size."""
-        size = segment.size
+    def _cut_after_last_block(segment: _Segment) -> list[int]:
+        """Truncates a segment after its last whole, valid block; returns where each block ends.
+
+        The headers are walked from the start: a block is kept when its header is one, it fits in
+        the file, and its trailer's ISIZE matches its RSIZE. The last one kept is also inflated and
+        its CRC checked (the unsynced end of a segment is where a machine crash leaves garbage).
+        """
+        ends: list[int] = []
         with open(segment.path, "r+b") as f:
-            end = size
-            while end > 0:
-                start = max(0, end - _TAIL_SCAN_BYTES)
-                f.seek(start)
-                newline = f.read(end - start).rfind(b"\n")
-                if newline >= 0:
-                    keep = start + newline + 1
+            fd = f.fileno()
+            offset = 0
+            while True:
+                header = blocks.parse_header(os.pread(fd, blocks.HEADER_SIZE, offset))
+                if header is None or offset + header.size > segment.size:
                     break
-                end = start
-            else:
-                keep = 0
-            if keep != size:
-                log.warning("spool segment had a torn tail; cut it", extra={"segment": segment.id, "cut_bytes": size - keep})
+                isize = int.from_bytes(os.pread(fd, 4, offset + header.size - 4), "little")
+                if isize != header.raw_size:
+                    break
+                offset += header.size
+                ends.append(offset)
+            while ends:
+                start = ends[-2] if len(ends) > 1 else 0
+                try:
+                    blocks.decode(os.pread(fd, ends[-1] - start, start))
+                    break
+                except BlockError:
+                    ends.pop()
+            keep = ends[-1] if ends else 0
+            if keep != segment.size:
+                log.warning("spool segment had a torn tail; cut it", extra={"segment": segment.id, "cut_bytes": segment.size - keep})
                 f.truncate(keep)
-                os.fsync(f.fileno())
-        return keep
+                os.fsync(fd)
+        return ends
+
+    def _convert_legacy(self, segment: _Segment, start: int) -> _Segment | None:
+        """Re-encodes a plain line protocol segment from ``start`` as blocks; None if nothing is left.
+
+        The new segment keeps the id and creation time, and is complete on disk (fsync'ed, renamed,
+        directory fsync'ed) when this returns; deleting the old one is the caller's.
+        """
+        with open(segment.path, "rb") as source:
+            if start > segment.size:
+                log.warning("spool checkpoint is past the end of its segment; re-sending that segment", extra={"segment": segment.id})
+                start = 0
+            elif start and os.pread(source.fileno(), 1, start - 1) != b"\n":
+                log.warning("spool checkpoint is not at a line boundary; re-sending that segment", extra={"segment": segment.id})
+                start = 0
+            source.seek(start)
+            target = _segment_path(self.directory, segment.id, segment.created_ms)
+            partial = target.with_name(target.name + _PARTIAL_SUFFIX)
+            points = 0
+            with open(partial, "wb") as out:
+                while lines := list(itertools.islice(source, LEGACY_BLOCK_LINES)):
+                    if not lines[-1].endswith(b"\n"):
+                        log.warning("spool segment had a torn tail; cut it", extra={"segment": segment.id, "cut_bytes": len(lines[-1])})
+                        lines.pop()
+                    if lines:
+                        out.write(blocks.encode_block(b"".join(lines)))
+                        points += len(lines)
+                out.flush()
+                os.fsync(out.fileno())
+                size = out.tell()
+        if not size:
+            partial.unlink()
+            return None
+        os.replace(partial, target)
+        _fsync_dir(self.directory)
+        log.info(
+            "converted a plain line protocol spool segment to blocks",
+            extra={"segment": segment.id, "points": points, "from_offset": start, "plain_bytes": segment.size - start, "bytes": size},
+        )
+        return _Segment(segment.id, target, size, segment.created_ms)
 
     # -- state ------------------------------------------------------------------------------------
     def _segment(self, segment_id: int) -> _Segment | None:
@@ -279,13 +386,20 @@ class Spool:
 
     # -- writing ----------------------------------------------------------------------------------
     def append(self, payloads: Sequence[bytes]) -> int:
-        """Appends whole lines (each payload ends with a newline); returns the bytes.
+        """Appends blocks, each payload one whole block; returns the bytes.
 
         Raises
         ------
+        ValueError
+            A payload is not one whole block (no block header, or a size other than its own);
+            nothing is appended then.
         SpoolError
             The spool is closed or the disk refused the write.
         """
+        for payload in payloads:
+            header = blocks.parse_header(payload)
+            if header is None or header.size != len(payload):
+                raise ValueError("spool payloads must be whole blocks, one block each")
         total = sum(len(p) for p in payloads)
         if not total:
             return 0
@@ -297,8 +411,6 @@ class Spool:
                     active = self._start_segment()
                 assert self._append_fd is not None
                 for payload in payloads:
-                    if not payload.endswith(b"\n"):
-                        raise ValueError("spool payloads must be whole lines")
                     _write_all(self._append_fd, payload)
                 active.size += total
                 self._unsynced = True
@@ -330,7 +442,7 @@ class Spool:
             self._append_fd = None
         segment_id = self._next_id()
         created_ms = time.time_ns() // 1_000_000
-        path = self.directory / f"segment-{segment_id:012d}-{created_ms}.lp"
+        path = _segment_path(self.directory, segment_id, created_ms)
         self._append_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
         _fsync_dir(self.directory)
         segment = _Segment(segment_id, path, 0, created_ms)
@@ -350,9 +462,15 @@ class Spool:
 
     # -- reading ----------------------------------------------------------------------------------
     def read(self, start: SpoolPosition, max_bytes: int) -> SpoolRead | None:
-        """Reads whole lines from ``start``: up to ``max_bytes`` (more only for one longer line).
+        """Reads whole blocks from ``start``: up to ``max_bytes`` (more only for one larger block).
 
         Returns None when nothing is pending at or after ``start``.
+
+        Raises
+        ------
+        SpoolError
+            The bytes at ``start`` are not whole blocks (the segment changed on disk since it was
+            opened, or ``start`` is not a block boundary).
         """
         with self._lock:
             self._require_open()
@@ -362,29 +480,35 @@ class Spool:
                 offset = start.offset if segment.id == start.segment else 0
                 if offset >= segment.size:
                     continue
-                data = self._read_lines(segment, offset, max_bytes)
+                try:
+                    data, lines = self._read_blocks(segment, offset, max_bytes)
+                except BlockError as exc:
+                    raise SpoolError(str(segment.path), f"byte {offset + exc.offset}: {exc.reason}") from None
                 return SpoolRead(
                     data=data,
-                    lines=data.count(b"\n"),
+                    lines=lines,
                     start=SpoolPosition(segment.id, offset),
                     end=SpoolPosition(segment.id, offset + len(data)),
                 )
             return None
 
-    def _read_lines(self, segment: _Segment, offset: int, max_bytes: int) -> bytes:
+    def _read_blocks(self, segment: _Segment, offset: int, max_bytes: int) -> tuple[bytes, int]:
+        """The whole blocks from ``offset`` that fit in ``max_bytes`` (at least one), and their lines."""
         fd = self._read_fds.get(segment.id)
         if fd is None:
             fd = self._read_fds[segment.id] = os.open(segment.path, os.O_RDONLY)
-        want = max(1, max_bytes)
-        while True:
-            length = min(want, segment.size - offset)
-            data = os.pread(fd, length, offset)
-            if offset + len(data) >= segment.size:
-                return data
-            cut = data.rfind(b"\n")
-            if cut >= 0:
-                return data[: cut + 1]
-            want *= 2
+        data = os.pread(fd, min(max(max_bytes, blocks.HEADER_SIZE), segment.size - offset), offset)
+        end = lines = 0
+        for block_offset, header in blocks.iter_blocks(data):
+            end = block_offset + header.size
+            lines += header.lines
+        if end:
+            return (data if end == len(data) else data[:end]), lines
+        # The first block alone is larger than max_bytes: read the rest of it.
+        first = blocks.parse_header(data)
+        if first is None or first.size > segment.size - offset:
+            raise BlockError(0, "no whole block here")
+        return data + os.pread(fd, first.size - len(data), offset + len(data)), first.lines
 
     def ack(self, end: SpoolPosition) -> None:
         """Moves the checkpoint to ``end`` (all before it is in the database); deletes drained segments."""

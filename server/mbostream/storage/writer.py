@@ -1,4 +1,4 @@
-"""Writer room: one batch of line protocol into InfluxDB through ``influxdb-client``.
+"""Writer room: blocks of line protocol into InfluxDB through ``influxdb-client``.
 
 Requests go through the client's generated ``WriteService`` (``POST /api/v2/write``,
 ``precision=ns``) on a client built with the settings' timeout and no urllib3 retries, because
@@ -9,17 +9,19 @@ this module owns the retry policy:
   then :class:`DatabaseUnavailableError` tells the caller to spool the batch.
 * 401, 403, 404 and the other 4xx but 429 (token, org, bucket or URL wrong) raise
   :class:`DatabaseRefusedError` at once: retrying will not help, and the caller keeps the data.
-* 400, 413 and 422 mean the points themselves were refused. The batch is split in halves and
-  re-sent until every refused line stands alone (a bounded number of requests); each one is logged
-  with the database's reason and set aside in the spool's ``rejected.lp``, the others are written.
-  Re-sending the good half is harmless: InfluxDB 1.x has already stored it (a partial write), and
-  the same point written again replaces itself with identical values.
+* 400, 413 and 422 mean the points themselves were refused. The batch is inflated to its lines,
+  split in halves and re-sent (each half as a new block) until every refused line stands alone (a
+  bounded number of requests); each one is logged with the database's reason and set aside in the
+  spool's ``rejected.lp``, the others are written. Re-sending the good half is harmless: InfluxDB
+  1.x has already stored it (a partial write), and the same point written again replaces itself
+  with identical values. A block that does not even inflate (corrupted on disk) cannot be narrowed
+  down: its points are logged as lost and counted as rejected, so the spool is not stuck behind it.
 
-Bodies are gzip'ed here rather than with the client's ``enable_gzip``: that option compresses at
-level 9 with zlib (~35 MB/s here), which at 200k points/s would take more than a core. ISA-L
-(``isal``) level 1 compresses the same lines at ~1.1 GB/s to a smaller body than zlib level 1
-(~285 MB/s); zlib stays the fallback where ``isal`` has no wheel. Both release the GIL. The client
-is thread-safe, so several threads may call :meth:`InfluxWriter.write`.
+A payload is one or more blocks (:mod:`mbostream.storage.blocks`): gzip members compressed once,
+when the lines were made. Their concatenation is a multi-member gzip body, POSTed as it is with
+``Content-Encoding: gzip``: nothing is compressed here, neither live nor when the spool drains
+(the client's own ``enable_gzip`` stays off: zlib level 9, ~35 MB/s). The client is thread-safe,
+so several threads may call :meth:`InfluxWriter.write`.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ import logging
 import random
 import threading
 import time
-import types
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -38,18 +38,12 @@ from typing import Final
 import urllib3
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.domain.write_precision import WritePrecision
-
-_deflate: types.ModuleType
-try:
-    from isal import isal_zlib
-
-    _deflate = isal_zlib
-except ImportError:  # no isal wheel for this platform: the standard zlib, ~4x slower
-    _deflate = zlib
 from influxdb_client.rest import ApiException
 from influxdb_client.service.write_service import WriteService
 
+from mbostream.storage import blocks
 from mbostream.storage.errors import (
+    BlockError,
     DatabaseRefusedError,
     DatabaseUnavailableError,
     PointsRejectedError,
@@ -65,9 +59,6 @@ REJECTED_STATUS: Final = frozenset({400, 413, 422})
 MAX_ISOLATION_REQUESTS: Final = 64
 #: Longest excerpt of a refused line put in a log record.
 LOG_LINE_CHARS: Final = 1000
-_GZIP_WBITS: Final = 31
-#: Highest level the compressor knows (ISA-L: 3, zlib: 9); higher settings are capped.
-_MAX_LEVEL: Final = 3 if _deflate is not zlib else 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +72,7 @@ class WriteReport:
 
 
 class InfluxWriter:
-    """Writes line protocol to one InfluxDB bucket, with the retry policy of this module.
+    """Writes blocks of line protocol to one InfluxDB bucket, with the retry policy of this module.
 
     Parameters
     ----------
@@ -90,7 +81,8 @@ class InfluxWriter:
     timeout
         Seconds for one request.
     gzip_level
-        1–9, or 0 for uncompressed bodies.
+        Compression level of the blocks (see :func:`~mbostream.storage.blocks.encode_block`): the
+        level of the new blocks this writer makes when it narrows down a refused batch.
     max_retries, retry_initial, retry_max
         Retries of transient failures and their backoff (seconds).
     metrics
@@ -135,16 +127,16 @@ class InfluxWriter:
 
     # -- one request ------------------------------------------------------------------------------
     def _post(self, body: bytes) -> None:
-        """One request; raises the :class:`WriteError` subclass that matches the outcome."""
-        kwargs: dict[str, object] = {"content_type": "text/plain; charset=utf-8"}
-        if self._gzip_level:
-            compressor = _deflate.compressobj(min(self._gzip_level, _MAX_LEVEL), zlib.DEFLATED, _GZIP_WBITS)
-            body = compressor.compress(body) + compressor.flush()
-            kwargs["content_encoding"] = "gzip"
+        """One request with blocks as its body; raises the :class:`WriteError` that matches the outcome."""
         started = time.perf_counter()
         try:
             self._service.post_write(  # type: ignore[no-untyped-call]
-                org=self.org, bucket=self.bucket, body=body, precision=WritePrecision.NS, **kwargs
+                org=self.org,
+                bucket=self.bucket,
+                body=body,
+                precision=WritePrecision.NS,
+                content_type="text/plain; charset=utf-8",
+                content_encoding="gzip",
             )
         except ApiException as exc:
             self._metrics.add("write_errors_total")
@@ -185,7 +177,9 @@ class InfluxWriter:
 
     # -- one batch --------------------------------------------------------------------------------
     def write(self, payload: bytes, lines: int, *, retries: int | None = None) -> WriteReport:
-        """Writes whole lines; refused lines are narrowed down, logged and set aside.
+        """Writes blocks (``payload``: one or more, ``lines`` points in all) as they are.
+
+        Refused lines are narrowed down, logged and set aside.
 
         Raises
         ------
@@ -198,22 +192,28 @@ class InfluxWriter:
         try:
             self._post_with_retries(payload, budget)
         except PointsRejectedError as exc:
-            report = self._isolate(payload, exc, budget)
+            report = self._isolate(payload, lines, exc, budget)
         else:
             report = WriteReport(written=lines, rejected=0)
         self._metrics.add("batches_written_total")
         self._metrics.add("points_written_total", report.written)
-        self._metrics.add("bytes_written_total", len(payload))
+        self._metrics.add("bytes_written_total", _raw_size(payload))
         return report
 
-    def _isolate(self, payload: bytes, first: PointsRejectedError, retries: int) -> WriteReport:
+    def _isolate(self, payload: bytes, points: int, first: PointsRejectedError, retries: int) -> WriteReport:
         """Bisects a refused payload until each refused line stands alone."""
+        try:
+            text = blocks.decode(payload)
+        except BlockError as exc:
+            self._lose(points, first, exc)
+            return WriteReport(written=0, rejected=points)
         written = rejected = 0
         requests = 0
-        pending: list[tuple[bytes, PointsRejectedError]] = [(payload, first)]
+        pending: list[tuple[list[bytes], PointsRejectedError]] = [(text.splitlines(keepends=True), first)]
         while pending:
-            part, error = pending.pop()
-            lines = part.splitlines(keepends=True)
+            lines, error = pending.pop()
+            if not lines:  # blocks without lines: nothing to write or set aside
+                continue
             if len(lines) == 1:
                 self._refuse(lines, error, narrowed=True)
                 rejected += 1
@@ -224,15 +224,27 @@ class InfluxWriter:
                 continue
             middle = len(lines) // 2
             # The second half is pushed first, so the first half is written first.
-            for half in (b"".join(lines[middle:]), b"".join(lines[:middle])):
+            for half in (lines[middle:], lines[:middle]):
                 requests += 1
                 try:
-                    self._post_with_retries(half, retries)
+                    self._post_with_retries(blocks.encode_block(b"".join(half), self._gzip_level), retries)
                 except PointsRejectedError as exc:
                     pending.append((half, exc))
                 else:
-                    written += half.count(b"\n")
+                    written += len(half)
         return WriteReport(written=written, rejected=rejected)
+
+    def _lose(self, points: int, error: PointsRejectedError, corrupt: BlockError) -> None:
+        """Counts and logs the points of a refused payload that does not inflate (so cannot be narrowed)."""
+        self._metrics.add("points_rejected_total", points)
+        log.error(
+            "InfluxDB refused %d points (HTTP %s: %s) that cannot be narrowed down: %s; they are lost",
+            points,
+            error.status,
+            error.message,
+            corrupt,
+            extra={"status": error.status, "reason": error.message, "points": points},
+        )
 
     def _refuse(self, lines: list[bytes], error: PointsRejectedError, *, narrowed: bool) -> None:
         """Sets refused lines aside and logs them (one record per narrowed line, else one in all)."""
@@ -252,6 +264,14 @@ class InfluxWriter:
             text,
             extra={"status": error.status, "reason": error.message, "line": text, "points": len(lines), "set_aside": str(where)},
         )
+
+
+def _raw_size(payload: bytes) -> int:
+    """Bytes of line protocol in ``payload``, from its block headers (0 if it is not blocks)."""
+    try:
+        return sum(header.raw_size for _, header in blocks.iter_blocks(payload))
+    except BlockError:
+        return 0
 
 
 def _error_message(exc: ApiException) -> str:
