@@ -115,20 +115,20 @@ def expected_bbo(info: FileInfo, events: np.ndarray) -> dict[int, dict[str, Any]
 def expected_depth(info: FileInfo, replay: Replay, levels: int) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     last: dict[tuple[int, int], tuple[int, int, int]] = {}
-    for views in replay.sampled:
-        for v in views:
-            state = (v.sequence, v.ts_event, v.record_count)
-            if last.get((v.instrument_id, v.publisher_id)) == state:
+    for rows in replay.sampled:
+        for iid, pid, sequence, ts_event, ts_recv, record_count, bid_levels, ask_levels, bids, asks in rows:
+            state = (sequence, ts_event, record_count)
+            if last.get((iid, pid)) == state:
                 continue
-            last[(v.instrument_id, v.publisher_id)] = state
+            last[(iid, pid)] = state
             row: dict[str, Any] = {
-                **book_tags(info, v.instrument_id, v.publisher_id), "bid_levels": v.bid_levels, "ask_levels": v.ask_levels,
-                "sequence": v.sequence, "ts_event": v.ts_event, "ts_recv": v.ts_recv,
+                **book_tags(info, iid, pid), "bid_levels": bid_levels, "ask_levels": ask_levels,
+                "sequence": sequence, "ts_event": ts_event, "ts_recv": ts_recv,
             }
-            for side, side_levels in (("bid", v.bids), ("ask", v.asks)):
-                for i, level in enumerate(side_levels[:levels]):
-                    row |= {f"{side}_px_{i:02d}": level.price, f"{side}_sz_{i:02d}": level.size, f"{side}_ct_{i:02d}": level.count}
-            out[v.ts_event] = row
+            for side, side_levels in (("bid", bids), ("ask", asks)):
+                for i, (price, size, count) in enumerate(side_levels[:levels]):
+                    row |= {f"{side}_px_{i:02d}": price, f"{side}_sz_{i:02d}": size, f"{side}_ct_{i:02d}": count}
+            out[ts_event] = row
     return out
 
 

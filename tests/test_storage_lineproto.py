@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from influx.points import Point, parse
 from influx.replay import Replay, expected_times
+from mbostream import _engine
 from mbostream.dbn import MBO_DTYPE, FileInfo
 from mbostream.feed import Batch
-from mbostream.market import STATE_TOP_CHANGED, BookView, Level
+from mbostream.market import STATE_TOP_CHANGED
 from mbostream.prices import UNDEF_PRICE
 from mbostream.storage.lineproto import REWIND_WINDOW_NS, LineFormatter
 
@@ -165,20 +166,17 @@ def test_snapshot_batches_are_not_stored() -> None:
     assert list(LineFormatter(str, mbo=True, depth_levels=1).batch(batch, 100)) == []
 
 
-def view(sequence: int, ts_event: int, bids: tuple[Level, ...], asks: tuple[Level, ...]) -> BookView:
-    return BookView(
-        instrument_id=7, publisher_id=1, symbol="X", sequence=sequence, ts_event=ts_event, ts_recv=ts_event + 5,
-        bids=bids, asks=asks, crossed=False, locked=False, crossed_since=0, last_trade=None, volume=0,
-        trade_count=0, record_count=sequence, order_count=0, bid_levels=len(bids), ask_levels=len(asks),
-        anomalies={}, unattributed_fills=0, fills_over_displayed=0,
-    )
+def table(sequence: int, ts_event: int, bids: list[tuple[int, int, int]], asks: list[tuple[int, int, int]]) -> _engine.DepthTable:
+    """A depth sample of book (7, 1), as ``Market.depth_table`` would give it; levels ``(price, size, count)``."""
+    row = (7, 1, sequence, ts_event, ts_event + 5, sequence, len(bids), len(asks), bids, asks)
+    return _engine.DepthTable([row])
 
 
 def test_depth_points_carry_top_levels_and_skip_unchanged_books() -> None:
     formatter = LineFormatter({7: "X"}.get, mbo=False, depth_levels=2)
-    bids = (Level(100, 5, 1), Level(99, 7, 2), Level(98, 1, 1))
-    first = view(1, T0, bids, (Level(101, 3, 1),))
-    text, n = formatter.depth([first])
+    bids = [(100, 5, 1), (99, 7, 2), (98, 1, 1)]
+    first = table(1, T0, bids, [(101, 3, 1)])
+    text, n = formatter.depth(first)
     (point,) = parse(text)
     assert n == 1 and point.measurement == "depth" and point.time == T0
     assert point.tags == book_tags("X", 7, 1)
@@ -187,7 +185,7 @@ def test_depth_points_carry_top_levels_and_skip_unchanged_books() -> None:
         "ask_px_00": 101, "ask_sz_00": 3, "ask_ct_00": 1,
         "bid_levels": 3, "ask_levels": 1, "sequence": 1, "ts_event": T0, "ts_recv": T0 + 5,
     }
-    assert formatter.depth([first]) == (b"", 0)
-    changed_same_time = view(2, T0, bids[:1], ())
-    (point,) = parse(formatter.depth([changed_same_time])[0])
+    assert formatter.depth(first) == (b"", 0)
+    changed_same_time = table(2, T0, bids[:1], [])
+    (point,) = parse(formatter.depth(changed_same_time)[0])
     assert point.time == T0 + 1 and point.fields["ts_event"] == T0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import threading
 from collections import Counter
@@ -14,7 +15,8 @@ import pytest
 from influx.points import parse
 from influx.replay import Replay, async_test
 from mbostream.dbn import FileInfo
-from mbostream.market import STATE_TOP_CHANGED, BookView
+from mbostream import _engine
+from mbostream.market import STATE_TOP_CHANGED
 from mbostream.storage import SpoolLockedError, StorageSettings, StorageSink
 from mbostream.storage.metrics import COUNTERS
 
@@ -24,7 +26,8 @@ STOP_TIMEOUT = 30.0
 
 
 def spooled_points(spool_dir: Path) -> Counter[str]:
-    return Counter(p.measurement for segment in sorted(spool_dir.glob("segment-*.lp")) for p in parse(segment.read_bytes()))
+    """Points per measurement in the spool's segments (concatenated gzip blocks)."""
+    return Counter(p.measurement for segment in sorted(spool_dir.glob("segment-*.lp.gz")) for p in parse(gzip.decompress(segment.read_bytes())))
 
 
 @async_test
@@ -61,7 +64,7 @@ async def test_a_full_spool_drops_visibly_instead_of_filling_the_disk(
     await sink.start()
     replay.run(sink.offer, 2048)
     await sink.stop(STOP_TIMEOUT)
-    on_disk = sum(f.stat().st_size for f in spool_dir.glob("segment-*.lp"))
+    on_disk = sum(f.stat().st_size for f in spool_dir.glob("segment-*.lp.gz"))
     assert 0 < on_disk <= cap
     snapshot = sink.metrics.snapshot()
     assert snapshot["points_dropped_spool_full_total"] > 0
@@ -74,7 +77,7 @@ async def test_offer_never_raises(clx5: tuple[FileInfo, np.ndarray], tmp_path: P
     info, records = clx5
     replay = Replay(info, records[:5000])
 
-    def broken_depth() -> list[BookView]:
+    def broken_depth() -> _engine.DepthTable:
         raise RuntimeError("book views unavailable")
 
     sink = StorageSink(StorageSettings(spool_dir=tmp_path / "spool"), depth_source=broken_depth, symbols=replay.symbols)
@@ -86,14 +89,18 @@ async def test_offer_never_raises(clx5: tuple[FileInfo, np.ndarray], tmp_path: P
     assert sink.metrics.get("batches_dropped_total") == 10
 
 
+def no_depth() -> _engine.DepthTable:
+    return _engine.DepthTable([])
+
+
 @async_test
 async def test_one_sink_per_spool(tmp_path: Path) -> None:
     settings = StorageSettings(spool_dir=tmp_path / "spool")
-    first = StorageSink(settings, depth_source=list, symbols=str)
+    first = StorageSink(settings, depth_source=no_depth, symbols=str)
     await first.start()
     try:
         with pytest.raises(SpoolLockedError):
-            await StorageSink(settings, depth_source=list, symbols=str).start()
+            await StorageSink(settings, depth_source=no_depth, symbols=str).start()
     finally:
         await first.stop(STOP_TIMEOUT)
 
@@ -148,7 +155,7 @@ async def test_a_database_that_never_answers_does_not_hold_up_the_feed(
 
 @async_test
 async def test_metrics_cover_the_write_path(tmp_path: Path) -> None:
-    sink = StorageSink(StorageSettings(spool_dir=tmp_path / "spool"), depth_source=list, symbols=str)
+    sink = StorageSink(StorageSettings(spool_dir=tmp_path / "spool"), depth_source=no_depth, symbols=str)
     await sink.start()
     snapshot = sink.metrics.snapshot()
     await sink.stop(STOP_TIMEOUT)

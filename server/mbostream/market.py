@@ -288,6 +288,10 @@ class Market:
         bids, asks = self._engine.depth(key.instrument_id, key.publisher_id, depth)
         return tuple(map(_level, bids)), tuple(map(_level, asks))
 
+    def depth_table(self, depth: int) -> _engine.DepthTable:
+        """The top ``depth`` levels a side of every book, in one native object (a storage sample)."""
+        return self._engine.depth_table(depth)
+
     def level_queue(self, key: BookKey, side: str, price: int) -> list[tuple[int, int]] | None:
         """The L3 queue of one level, ``side`` ``"B"`` or ``"A"``; None when the level is absent."""
         return self._engine.level_queue(key.instrument_id, key.publisher_id, side == "B", price)

@@ -2,6 +2,7 @@
 //!
 //! Thin by design: conversion and delegation only. The rules live in `mbostream-book`.
 mod lineproto;
+mod pipeline;
 mod synth;
 mod wire;
 
@@ -122,6 +123,32 @@ impl PyMarket {
     fn bbo(&self, instrument_id: u32, publisher_id: u16) -> PyResult<(Option<LevelTuple>, Option<LevelTuple>)> {
         let b = self.book(instrument_id, publisher_id)?.bbo();
         Ok((b.bid.map(|l| (l.price, l.size, l.count)), b.ask.map(|l| (l.price, l.size, l.count))))
+    }
+
+    /// The top `depth` levels a side of every book, with what tells samples apart: one `depth`
+    /// sample of the storage sink. Read it between replay steps (every book consistent).
+    fn depth_table(&self, depth: usize) -> lineproto::PyDepthTable {
+        let books = self
+            .inner
+            .books()
+            .iter()
+            .map(|b| {
+                let s = &b.stats;
+                mbostream_lineproto::BookDepth {
+                    instrument_id: b.instrument_id,
+                    publisher_id: b.publisher_id,
+                    sequence: s.consistent_sequence,
+                    ts_event: s.consistent_ts_event,
+                    ts_recv: s.consistent_ts_recv,
+                    record_count: s.record_count,
+                    bid_levels: b.bids.len() as u32,
+                    ask_levels: b.asks.len() as u32,
+                    bids: levels(b, true, depth.max(1)),
+                    asks: levels(b, false, depth.max(1)),
+                }
+            })
+            .collect();
+        lineproto::PyDepthTable::new(books)
     }
 
     /// Aggregated levels `(price, size, count)`, best first, `depth` per side (0: all).
@@ -287,6 +314,8 @@ fn compact_mbo<'py>(py: Python<'py>, buf: PyBuffer<u8>) -> PyResult<(Bound<'py, 
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMarket>()?;
+    m.add_class::<pipeline::PyPipeline>()?;
+    m.add("STORAGE_NICE", pipeline::STORAGE_NICE)?;
     m.add_function(wrap_pyfunction!(anomaly_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(compact_mbo, m)?)?;
     lineproto::register(m)?;

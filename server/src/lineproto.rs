@@ -9,7 +9,9 @@ use pyo3::types::PyBytes;
 
 use mbostream_book::record::MBO_RECORD_SIZE;
 use mbostream_book::EVENT_ROW_SIZE;
-use mbostream_lineproto::{Formatter, MissingSymbols, MAX_POINT_TIME, REWIND_WINDOW_NS};
+use std::sync::Arc;
+
+use mbostream_lineproto::{encode_block, BookDepth, Formatter, MissingSymbols, BLOCK_HEADER_SIZE, MAX_POINT_TIME, REWIND_WINDOW_NS};
 
 use crate::bytes_of;
 
@@ -149,6 +151,14 @@ impl PyLineFormatter {
         Ok((PyBytes::new(py, &out), n))
     }
 
+    /// One `depth` point per book of a depth sample that changed since its previous sample
+    /// (at most `levels` levels a side): `(line_protocol, points)`.
+    fn depth<'py>(&mut self, py: Python<'py>, table: &PyDepthTable, levels: usize) -> PyResult<(Bound<'py, PyBytes>, usize)> {
+        let mut out = Vec::new();
+        let n = self.inner.depth(&table.books, levels, &mut out).map_err(missing)?;
+        Ok((PyBytes::new(py, &out), n))
+    }
+
     /// Records and rows skipped so far because neither timestamp was a usable point time.
     #[getter]
     fn skipped(&self) -> u64 {
@@ -156,9 +166,78 @@ impl PyLineFormatter {
     }
 }
 
+/// The top levels of every book at one moment (`Market.depth_table`): what a `depth` sample holds.
+#[pyclass(module = "mbostream._engine", name = "DepthTable", frozen)]
+pub struct PyDepthTable {
+    pub(crate) books: Arc<Vec<BookDepth>>,
+}
+
+impl PyDepthTable {
+    pub(crate) fn new(books: Vec<BookDepth>) -> Self {
+        PyDepthTable { books: Arc::new(books) }
+    }
+}
+
+type DepthRow = (u32, u16, u32, u64, u64, u64, u32, u32, Vec<(i64, u64, u32)>, Vec<(i64, u64, u32)>);
+
+#[pymethods]
+impl PyDepthTable {
+    /// A table from rows as `rows()` returns them (for tests and tools; the sink takes
+    /// `Market.depth_table`).
+    #[new]
+    fn from_rows(rows: Vec<DepthRow>) -> Self {
+        let books = rows
+            .into_iter()
+            .map(|(instrument_id, publisher_id, sequence, ts_event, ts_recv, record_count, bid_levels, ask_levels, bids, asks)| BookDepth {
+                instrument_id,
+                publisher_id,
+                sequence,
+                ts_event,
+                ts_recv,
+                record_count,
+                bid_levels,
+                ask_levels,
+                bids,
+                asks,
+            })
+            .collect();
+        PyDepthTable::new(books)
+    }
+
+    fn __len__(&self) -> usize {
+        self.books.len()
+    }
+
+    /// Every book as `(instrument_id, publisher_id, sequence, ts_event, ts_recv, record_count,
+    /// bid_levels, ask_levels, bids, asks)`, levels as `(price, size, count)` best first.
+    fn rows(&self) -> Vec<DepthRow> {
+        self.books
+            .iter()
+            .map(|b| {
+                (b.instrument_id, b.publisher_id, b.sequence, b.ts_event, b.ts_recv, b.record_count, b.bid_levels, b.ask_levels, b.bids.clone(), b.asks.clone())
+            })
+            .collect()
+    }
+}
+
+/// One gzip block (see `mbostream.storage.blocks`) of `lines` whole lines, at `level` 0–9.
+#[pyfunction]
+fn encode_lines_block<'py>(py: Python<'py>, raw: PyBuffer<u8>, lines: u32, level: u32) -> PyResult<Bound<'py, PyBytes>> {
+    let data = bytes_of(&raw)?;
+    if level > 9 {
+        return Err(PyValueError::new_err("level must be 0..=9"));
+    }
+    let mut out = Vec::new();
+    py.detach(|| encode_block(data, lines, level, &mut out));
+    Ok(PyBytes::new(py, &out))
+}
+
 /// Adds this module's classes to `mbostream._engine`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyLineFormatter>()?;
+    m.add_class::<PyDepthTable>()?;
+    m.add_function(wrap_pyfunction!(encode_lines_block, m)?)?;
+    m.add("BLOCK_HEADER_SIZE", BLOCK_HEADER_SIZE)?;
     m.add("LINEPROTO_REWIND_WINDOW_NS", REWIND_WINDOW_NS)?;
     m.add("LINEPROTO_MAX_POINT_TIME", MAX_POINT_TIME)?;
     Ok(())

@@ -11,9 +11,12 @@ from typing import Any, Final
 import numpy as np
 from mbostream.dbn import FileInfo
 from mbostream.feed import Batch
-from mbostream.market import BookView, Market
+from mbostream.market import Market
 
 WAIT_TIMEOUT_SECONDS: Final = 60.0
+#: ``(instrument_id, publisher_id, sequence, ts_event, ts_recv, record_count, bid_levels,
+#: ask_levels, bids, asks)``, levels as ``(price, size, count)``: a row of ``DepthTable.rows()``.
+DepthRow = tuple[int, int, int, int, int, int, int, int, list[tuple[int, int, int]], list[tuple[int, int, int]]]
 TEST_TIMEOUT_SECONDS: Final = 240.0
 
 
@@ -37,15 +40,16 @@ class Replay:
         self.market = Market(info.symbols)
         self.records = records
         self.depth = depth
-        self.sampled: list[tuple[BookView, ...]] = []
+        #: Every depth sample taken, as ``DepthTable.rows()``.
+        self.sampled: list[list[DepthRow]] = []
         self.events: list[np.ndarray] = []
         self.next_seq = 1
 
-    def depth_source(self) -> list[BookView]:
-        """What the server would pass as ``depth_source``; remembers what it returned."""
-        views = tuple(self.market.view(key, self.depth) for key in self.market.books())
-        self.sampled.append(views)
-        return list(views)
+    def depth_source(self) -> Any:
+        """What the server passes as ``depth_source`` (a ``DepthTable``); remembers its rows."""
+        table = self.market.depth_table(self.depth)
+        self.sampled.append(table.rows())
+        return table
 
     def symbols(self, instrument_id: int) -> str:
         return self.market.symbol(instrument_id)

@@ -148,7 +148,7 @@ class App:
         market = self.market
         sink = StorageSink(
             self.settings.storage,
-            depth_source=lambda: [market.view(key, depth=levels) for key in market.books()],
+            depth_source=lambda: market.depth_table(levels),
             symbols=market.symbol,
         )
         self._unregister_storage_metrics = register_storage_metrics(sink.metrics)

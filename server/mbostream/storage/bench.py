@@ -129,9 +129,8 @@ def replay_loop(info: FileInfo, records: np.ndarray, batch_records: int, offer: 
 
 
 def make_sink(settings: StorageSettings, market_ref: list[Market], info: FileInfo) -> StorageSink:
-    def depth_source() -> list[Any]:
-        market = market_ref[0]
-        return [market.view(key, settings.depth_levels) for key in market.books()]
+    def depth_source() -> Any:
+        return market_ref[0].depth_table(settings.depth_levels)
 
     return StorageSink(settings, depth_source=depth_source, symbols=lambda iid: info.symbols.get(iid, str(iid)))
 

@@ -47,6 +47,7 @@ from mbostream.storage.errors import (
     WriteError,
 )
 from mbostream.storage.metrics import StorageMetrics
+from mbostream.storage.pipeline import lower_priority
 from mbostream.storage.settings import StorageSettings
 from mbostream.storage.spool import Spool, SpoolPosition
 from mbostream.storage.writer import InfluxWriter
@@ -298,6 +299,7 @@ class Delivery:
     # -- workers ----------------------------------------------------------------------------------
     def _work(self) -> None:
         assert self._writer is not None
+        lower_priority()  # the replay comes first when both want a core
         while True:
             with self._cond:
                 work = self._take()

@@ -1,16 +1,18 @@
 """Line protocol room: replay batches and book views as InfluxDB line protocol.
 
-The high-volume measurements (``mbo``, ``trades``, ``bbo``) are formatted by the native
-``LineFormatter`` straight from the batch's record and event buffers, with the GIL released: no
-Python object per point. This wrapper resolves instrument symbols on first sight, groups small
-batches into one native call and cuts large ones into windows of at most ``max_points`` records,
-and formats the low-rate ``depth`` samples (one point per book per interval) in Python. :mod:`mbostream.storage.schema` documents the points.
+Every measurement is formatted by the native ``LineFormatter`` straight from the batch's record
+and event buffers (``mbo``, ``trades``, ``bbo``) or from a ``Market.depth_table`` (``depth``), with
+the GIL released: no Python object per point. The sink runs the same formatter on the native
+pipeline's thread (:mod:`mbostream.storage.pipeline`); this wrapper is the synchronous way in,
+for the benchmarks and tests: it resolves instrument symbols on first sight and cuts large
+batches into windows of at most ``max_points`` records. :mod:`mbostream.storage.schema`
+documents the points.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 import numpy as np
@@ -18,13 +20,11 @@ import numpy as np
 from mbostream import _engine
 from mbostream.dbn import MBO_RECORD_SIZE
 from mbostream.feed import Batch
-from mbostream.market import BookView
 
 log = logging.getLogger(__name__)
 
 REWIND_WINDOW_NS: Final[int] = _engine.LINEPROTO_REWIND_WINDOW_NS
 _NO_ROWS: Final = np.empty(0, dtype=np.uint8)
-MAX_POINT_TIME: Final[int] = _engine.LINEPROTO_MAX_POINT_TIME
 
 
 class LineFormatter:
@@ -48,8 +48,6 @@ class LineFormatter:
         self._symbols = symbols
         self._mbo = mbo
         self._depth_levels = depth_levels
-        self._depth_clock: dict[tuple[int, int], int] = {}
-        self._depth_state: dict[tuple[int, int], tuple[int, int, int]] = {}
 
     @property
     def skipped(self) -> int:
@@ -71,33 +69,6 @@ class LineFormatter:
         except KeyError as missing:
             self._resolve(missing.args[0])
             return method(*args)  # type: ignore[no-any-return]
-
-    def batches(self, batches: Sequence[Batch], max_points: int) -> Iterator[tuple[bytes, int]]:
-        """Yields ``(line_protocol, points)`` for many batches, in order.
-
-        Consecutive small batches (up to ``max_points`` records together) are formatted in one
-        native call, so the GIL is taken and released once per group rather than per batch.
-        """
-        group: list[tuple[np.ndarray, np.ndarray]] = []
-        size = 0
-        for batch in batches:
-            if batch.snapshot or not len(batch.records):
-                continue
-            if group and size + len(batch.records) > max_points:
-                yield from self._format_group(group)
-                group, size = [], 0
-            if len(batch.records) > max_points:
-                yield from self.batch(batch, max_points)
-                continue
-            group.append(_buffers(batch))
-            size += len(batch.records)
-        yield from self._format_group(group)
-
-    def _format_group(self, group: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[bytes, int]]:
-        if group:
-            text, points = self._native_call(self._native.batches, group, self._mbo)
-            if points:
-                yield text, points
 
     def batch(self, batch: Batch, max_points: int) -> Iterator[tuple[bytes, int]]:
         """Yields ``(line_protocol, points)`` per window of at most ``max_points`` records.
@@ -124,38 +95,9 @@ class LineFormatter:
             if points:
                 yield text, points
 
-    def depth(self, views: Iterable[BookView]) -> tuple[bytes, int]:
-        """One ``depth`` point per book that changed since its last sample: ``(line_protocol, points)``."""
-        lines: list[bytes] = []
-        for view in views:
-            key = (view.instrument_id, view.publisher_id)
-            state = (view.sequence, view.ts_event, view.record_count)
-            if self._depth_state.get(key) == state or not 0 < view.ts_event <= MAX_POINT_TIME - REWIND_WINDOW_NS:
-                continue
-            self._depth_state[key] = state
-            time = self._stamp_depth(key, view.ts_event)
-            try:
-                tags = self._native.book_tags(view.instrument_id, view.publisher_id)
-            except KeyError as missing:
-                self._resolve(missing.args[0])
-                tags = self._native.book_tags(view.instrument_id, view.publisher_id)
-            fields: list[str] = []
-            for side, levels in (("bid", view.bids), ("ask", view.asks)):
-                for i, level in enumerate(levels[: self._depth_levels]):
-                    fields.append(f"{side}_px_{i:02d}={level.price}i,{side}_sz_{i:02d}={level.size}i,{side}_ct_{i:02d}={level.count}i")
-            fields.append(
-                f"bid_levels={view.bid_levels}i,ask_levels={view.ask_levels}i,sequence={view.sequence}i,"
-                f"ts_event={view.ts_event}i,ts_recv={view.ts_recv}i"
-            )
-            lines.append(b"depth" + tags + b" " + ",".join(fields).encode() + f" {time}\n".encode())
-        return b"".join(lines), len(lines)
-
-    def _stamp_depth(self, key: tuple[int, int], ts: int) -> int:
-        """The native clock's rule for ``depth``: strictly increasing per book, unless rewound far."""
-        last = self._depth_clock.get(key)
-        time = last + 1 if last is not None and ts <= last and last - ts <= REWIND_WINDOW_NS else ts
-        self._depth_clock[key] = time
-        return time
+    def depth(self, table: _engine.DepthTable) -> tuple[bytes, int]:
+        """One ``depth`` point per book of a sample that changed since its last one: ``(line_protocol, points)``."""
+        return self._native_call(self._native.depth, table, self._depth_levels)
 
 
 def _buffers(batch: Batch) -> tuple[np.ndarray, np.ndarray]:

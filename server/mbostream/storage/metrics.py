@@ -61,7 +61,10 @@ class StorageMetrics:
         self._gauges[name] = read
 
     def get(self, name: str) -> int:
-        """The current value of one counter."""
+        """The current value of one counter (or of a gauge registered under a counter's name)."""
+        read = self._gauges.get(name)
+        if read is not None:
+            return int(read())
         with self._lock:
             return self._counters[name]
 

@@ -38,6 +38,7 @@ ENV_VARIABLES: Final[Mapping[str, str]] = {
     "max_pending_bytes": "MBOSTREAM_STORAGE_MAX_PENDING_BYTES",
     "segment_bytes": "MBOSTREAM_SPOOL_SEGMENT_BYTES",
     "spool_max_bytes": "MBOSTREAM_SPOOL_MAX_BYTES",
+    "spool_sync_interval": "MBOSTREAM_SPOOL_SYNC_INTERVAL",
     "write_timeout": "MBOSTREAM_STORAGE_TIMEOUT",
     "write_concurrency": "MBOSTREAM_STORAGE_WRITE_CONCURRENCY",
     "max_retries": "MBOSTREAM_STORAGE_MAX_RETRIES",
@@ -92,8 +93,12 @@ class StorageSettings:
         Backoff before the first retry, and its cap (seconds); each retry doubles it, with jitter.
     gzip_level
         Compression level of the blocks (:mod:`mbostream.storage.blocks`: gzip members made once,
-        then spooled and sent as they are), 0 (the fastest) to 9, default 1. With ISA-L (the
-        ``isal`` package) levels above 3 act as 3; with zlib, 0 stores the lines uncompressed.
+        then spooled and sent as they are), 0 (stored, no compression) to 9, default 1.
+    spool_sync_interval
+        Longest time spooled data waits for its fsync (seconds; 0: fsync every append). A crash of
+        the process loses nothing spooled (the data is in the page cache); a crash of the machine
+        loses at most this interval. Default 1, like Redis's ``appendfsync everysec``: at full
+        replay speed, fsync'ing five times a second cost the replay ~3%.
     """
 
     url: str | None = None
@@ -109,6 +114,7 @@ class StorageSettings:
     max_pending_bytes: int = 64 * MIB
     segment_bytes: int = 64 * MIB
     spool_max_bytes: int = 0
+    spool_sync_interval: float = 1.0
     write_timeout: float = 10.0
     write_concurrency: int = 3
     max_retries: int = 3
@@ -137,6 +143,7 @@ class StorageSettings:
         _in_range("segment_bytes", self.segment_bytes, 64 << 10, 1 << 40)
         if self.spool_max_bytes:
             _in_range("spool_max_bytes", self.spool_max_bytes, MIB, 1 << 50)
+        _positive_finite("spool_sync_interval", self.spool_sync_interval, allow_zero=True)
         _positive_finite("write_timeout", self.write_timeout)
         _in_range("write_concurrency", self.write_concurrency, 1, 16)
         _in_range("max_retries", self.max_retries, 0, 100)

@@ -2,15 +2,16 @@
 
 ::
 
-    replay loop ──offer(batch)──▶ format thread ──chunks──▶ delivery ──▶ InfluxDB /api/v2/write
-     (asyncio)    (queue put,      (native line                  │  └─▶ spool (when down / behind,
-                   depth views)     protocol, GIL released)      │       or no database)
-                                                                 └── write threads drain the spool
+    replay loop ──offer(batch)──▶ pipeline (native thread) ──blocks──▶ delivery ──▶ InfluxDB /api/v2/write
+     (asyncio)    (references,   format, cut, gzip; no GIL              │  └─▶ spool (when down / behind,
+                   depth table)                                        │       or no database)
+                                                                       └── write threads drain the spool
 
 :meth:`StorageSink.offer` runs on the replay's event loop and does two cheap things: at each depth
-interval of feed time it takes the book views (they are only consistent between replay steps, on
-the loop; at most 2% of the loop's time goes to them), and it queues the batch. Everything else (formatting, HTTP, fsync) runs on threads, so
-a slow or dead database never slows the replay. :meth:`StorageSink.stop` follows the shutdown order
+interval of feed time it takes a depth table of every book (books are only consistent between
+replay steps, on the loop; a native call, and at most 2% of the loop's time goes to them), and it
+queues the step's buffers (:mod:`mbostream.storage.pipeline`). Everything else (formatting,
+compression, HTTP, fsync) runs on threads, so a slow or dead database never slows the replay. :meth:`StorageSink.stop` follows the shutdown order
 stop accepting → format what is queued → write what is held within the timeout → spool the rest.
 """
 
@@ -19,15 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final
 
+from mbostream import _engine
 from mbostream.feed import Batch
-from mbostream.market import BookView
-from mbostream.storage.batcher import Batcher, DepthSample
 from mbostream.storage.delivery import Delivery, delivery_for
-from mbostream.storage.lineproto import LineFormatter
 from mbostream.storage.metrics import StorageMetrics
+from mbostream.storage.pipeline import Pipeline
 from mbostream.storage.settings import StorageSettings
 from mbostream.storage.spool import Spool
 
@@ -47,8 +47,8 @@ class StorageSink:
     settings
         What to store and where.
     depth_source
-        Returns a view of every book (with at least ``settings.depth_levels`` levels); called on
-        the event loop, once per depth interval of feed time.
+        Returns the depth table of every book (``Market.depth_table(settings.depth_levels)``);
+        called on the event loop, once per depth interval of feed time.
     symbols
         instrument_id → symbol, for the ``instrument`` tag; called from the formatting thread the
         first time an instrument is seen, so it must be thread-safe (a dict lookup is).
@@ -58,7 +58,7 @@ class StorageSink:
         self,
         settings: StorageSettings,
         *,
-        depth_source: Callable[[], Iterable[BookView]],
+        depth_source: Callable[[], _engine.DepthTable],
         symbols: Callable[[int], str],
     ) -> None:
         self.settings = settings
@@ -67,17 +67,9 @@ class StorageSink:
         self._depth_interval_ns = settings.depth_interval_ns
         self._depth_bucket: int | None = None
         self._depth_not_before = 0.0
-        self._spool = Spool(settings.spool_dir, segment_bytes=settings.segment_bytes)
+        self._spool = Spool(settings.spool_dir, segment_bytes=settings.segment_bytes, sync_interval=settings.spool_sync_interval)
         self._delivery: Delivery | None = None
-        formatter = LineFormatter(symbols, mbo=settings.store_mbo, depth_levels=settings.depth_levels)
-        self._batcher = Batcher(
-            formatter,
-            self._hand_on,
-            self._on_idle,
-            batch_points=settings.batch_points,
-            flush_interval=settings.flush_interval,
-            metrics=self.metrics,
-        )
+        self._pipeline = Pipeline(settings, symbols, self._hand_on, self._on_idle, self.metrics)
         self._started = False
         self._stopped = False
         self._offered = 0
@@ -85,7 +77,6 @@ class StorageSink:
         self.metrics.watch("batches_offered_total", lambda: self._offered)
         self.metrics.watch("spool_bytes", self._spool_bytes)
         self.metrics.watch("spool_oldest_age_seconds", self._spool_age)
-        self.metrics.watch("format_queue_batches", self._batcher.backlog)
 
     # -- life cycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -104,7 +95,7 @@ class StorageSink:
         s = self.settings
         self._delivery = delivery_for(s, self._spool, self.metrics)
         self._delivery.start()
-        self._batcher.start()
+        self._pipeline.start()
         self._started = True
         log.info(
             "storage sink started",
@@ -132,14 +123,14 @@ class StorageSink:
             self._offered += 1
             if self._depth_interval_ns and time.perf_counter() >= self._depth_not_before and len(batch.events) and not batch.snapshot:
                 self._sample_depth(int(batch.events["ts_event"][-1]))
-            self._batcher.put(batch)
+            self._pipeline.put(batch)
         except Exception:  # noqa: BLE001 - offer never raises into the replay loop; logged
             self._log_error("storage sink could not take a batch", exc_info=True)
 
     def _sample_depth(self, ts_event: int) -> None:
-        """Queues views of every book when ``ts_event`` entered a new depth interval.
+        """Queues the depth table of every book when ``ts_event`` entered a new depth interval.
 
-        Views are built on the loop, so their cost is bounded: after a sample that took ``t``
+        Tables are taken on the loop, so their cost is bounded: after a sample that took ``t``
         seconds, the next waits at least ``t / DEPTH_LOOP_SHARE``. A replay at real-time speed
         never notices; one many times faster gets fewer samples rather than a slower feed.
         """
@@ -149,13 +140,13 @@ class StorageSink:
         now = time.perf_counter()
         self._depth_bucket = bucket
         try:
-            views = tuple(self._depth_source())
+            table = self._depth_source()
         except Exception:  # noqa: BLE001 - a failing depth source costs one sample, not the feed
             self._log_error("depth source failed; this depth sample is skipped", exc_info=True)
             return
         finally:
             self._depth_not_before = now + (time.perf_counter() - now) / DEPTH_LOOP_SHARE
-        self._batcher.put(DepthSample(views))
+        self._pipeline.put_depth(table)
 
     async def stop(self, timeout: float) -> None:
         """Stops taking batches, stores what is queued, and spools what the database did not take.
@@ -169,10 +160,10 @@ class StorageSink:
         deadline = time.monotonic() + timeout
         if not self._started:
             await self.start()
-        finished = await asyncio.to_thread(self._batcher.close, max(timeout, 1.0))
+        finished = await asyncio.to_thread(self._pipeline.close, max(timeout, 1.0))
         while not finished:
             log.warning("storage is still formatting queued batches at shutdown; waiting")
-            finished = await asyncio.to_thread(self._batcher.close, max(timeout, 1.0))
+            finished = await asyncio.to_thread(self._pipeline.close, max(timeout, 1.0))
         assert self._delivery is not None
         await asyncio.to_thread(self._delivery.close, max(0.0, deadline - time.monotonic()))
         self._spool.close()

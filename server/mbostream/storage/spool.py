@@ -62,7 +62,7 @@ SEGMENT_SUFFIX: Final = ".lp.gz"
 _SEGMENT_RE: Final = re.compile(r"^segment-(\d{12})-(\d+)\.lp\.gz$")
 _LEGACY_SEGMENT_RE: Final = re.compile(r"^segment-(\d{12})-(\d+)\.lp$")
 _PARTIAL_SUFFIX: Final = ".tmp"
-DEFAULT_SYNC_INTERVAL_SECONDS: Final = 0.2
+DEFAULT_SYNC_INTERVAL_SECONDS: Final = 1.0
 #: Lines per block when a plain line protocol segment of an older version is converted.
 LEGACY_BLOCK_LINES: Final = 10_000
 

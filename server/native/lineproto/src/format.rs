@@ -16,6 +16,7 @@ use mbostream_book::market::{book_key, STATE_CROSSED, STATE_LOCKED, STATE_TOP_CH
 use mbostream_book::record::{Mbo, ACTION_TRADE, MBO_RECORD_SIZE, UNDEF_PRICE};
 
 use crate::clock::{time_base, SeriesClock};
+use crate::depth::DepthState;
 use crate::escape::{push_code, push_tag_value};
 use crate::event::{decode_event_row, EVENT_ROW_SIZE};
 use crate::number::{push_int_field, push_u64};
@@ -38,18 +39,21 @@ fn u32_at(b: &[u8], o: usize) -> u32 {
 #[derive(Default, Debug)]
 pub struct Formatter {
     /// instrument_id → escaped symbol.
-    symbols: IdMap<u32, Vec<u8>>,
+    pub(crate) symbols: IdMap<u32, Vec<u8>>,
     /// book key → `,instrument=…,instrument_id=…,publisher_id=…` (the book's tags, escaped).
-    book_tags: IdMap<u64, Vec<u8>>,
+    pub(crate) book_tags: IdMap<u64, Vec<u8>>,
     mbo_clock: SeriesClock,
     trade_clock: SeriesClock,
     bbo_clock: SeriesClock,
+    pub(crate) depth_clock: SeriesClock,
+    /// book key → what its last `depth` point showed (see [`crate::depth`]).
+    pub(crate) depth_state: IdMap<u64, DepthState>,
     /// Records and rows skipped because neither `ts_event` nor `ts_recv` is a usable time.
     pub skipped: u64,
 }
 
 /// Returns the cached tag set of a book, rendering it on first use.
-fn tags_of<'a>(
+pub(crate) fn tags_of<'a>(
     cache: &'a mut IdMap<u64, Vec<u8>>,
     symbols: &IdMap<u32, Vec<u8>>,
     instrument_id: u32,
@@ -114,7 +118,7 @@ impl Formatter {
         ))
     }
 
-    fn check_ids(&self, ids: impl Iterator<Item = u32>) -> Result<(), MissingSymbols> {
+    pub(crate) fn check_ids(&self, ids: impl Iterator<Item = u32>) -> Result<(), MissingSymbols> {
         let mut missing = Vec::new();
         let mut last = None;
         for id in ids {

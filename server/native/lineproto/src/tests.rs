@@ -279,3 +279,68 @@ fn integers_match_std_formatting_across_every_digit_count() {
         v = v.saturating_mul(10);
     }
 }
+
+fn depth_of(sequence: u32, ts_event: u64, bids: Vec<(i64, u64, u32)>, asks: Vec<(i64, u64, u32)>) -> crate::BookDepth {
+    crate::BookDepth {
+        instrument_id: 432669,
+        publisher_id: 1,
+        sequence,
+        ts_event,
+        ts_recv: ts_event + 5,
+        record_count: sequence as u64,
+        bid_levels: bids.len() as u32,
+        ask_levels: asks.len() as u32,
+        bids,
+        asks,
+    }
+}
+
+#[test]
+fn depth_lines_carry_the_top_levels_and_skip_unchanged_books() {
+    let mut f = formatter();
+    let bids: Vec<_> = (0..12).map(|i| (100 - i as i64, 10 + i as u64, 1 + i as u32)).collect();
+    let first = depth_of(1, T0, bids.clone(), vec![(101, 3, 1)]);
+    let mut out = Vec::new();
+    assert_eq!(f.depth(std::slice::from_ref(&first), 11, &mut out), Ok(1));
+    let line = &text(&out)[0];
+    assert!(line.starts_with("depth,instrument=CLX5,instrument_id=432669,publisher_id=1 bid_px_00=100i,bid_sz_00=10i,bid_ct_00=1i,"));
+    assert!(line.contains(",bid_px_10=90i,bid_sz_10=20i,bid_ct_10=11i,ask_px_00=101i,"), "{line}");
+    assert!(!line.contains("bid_px_11"), "at most 11 levels: {line}");
+    assert!(line.ends_with(&format!(",bid_levels=12i,ask_levels=1i,sequence=1i,ts_event={T0}i,ts_recv={}i {T0}", T0 + 5)), "{line}");
+    out.clear();
+    assert_eq!(f.depth(std::slice::from_ref(&first), 11, &mut out), Ok(0), "an unchanged book is not written again");
+    let changed = depth_of(2, T0, vec![], vec![]);
+    assert_eq!(f.depth(&[changed], 11, &mut out), Ok(1));
+    assert_eq!(text(&out)[0], format!("depth,instrument=CLX5,instrument_id=432669,publisher_id=1 bid_levels=0i,ask_levels=0i,sequence=2i,ts_event={T0}i,ts_recv={}i {}", T0 + 5, T0 + 1));
+    let unknown = crate::BookDepth { instrument_id: 9, ..depth_of(3, T0, vec![], vec![]) };
+    assert_eq!(f.depth(&[unknown], 1, &mut out), Err(MissingSymbols(vec![9])));
+}
+
+#[test]
+fn blocks_are_self_describing_gzip_members() {
+    use std::io::Read;
+    let raw: Vec<u8> = (0..5000).flat_map(|i| format!("m,k=v f={i}i {i}\n").into_bytes()).collect();
+    for level in [0, 1, 6, 9] {
+        let mut out = vec![0xAA]; // appends after what is already there
+        crate::encode_block(&raw, 5000, level, &mut out);
+        let block = &out[1..];
+        let u32_at = |o: usize| u32::from_le_bytes(block[o..o + 4].try_into().unwrap());
+        assert_eq!(&block[..16], &[0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 16, 0, b'M', b'B', 12, 0]);
+        assert_eq!((u32_at(16) as usize, u32_at(20), u32_at(24) as usize), (block.len(), 5000, raw.len()));
+        assert_eq!(u32_at(block.len() - 4) as usize, raw.len());
+        let mut two = block.to_vec();
+        two.extend_from_slice(block);
+        let mut inflated = Vec::new();
+        flate2::read::MultiGzDecoder::new(&two[..]).read_to_end(&mut inflated).unwrap();
+        assert_eq!(inflated.len(), 2 * raw.len());
+        assert!(inflated[..raw.len()] == raw[..] && inflated[raw.len()..] == raw[..], "level {level}");
+        if level > 0 {
+            assert!(block.len() < raw.len() / 2, "level {level} compresses: {} of {}", block.len(), raw.len());
+        }
+    }
+    let mut empty = Vec::new();
+    crate::encode_block(b"", 0, 1, &mut empty);
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(&empty[..]).read_to_end(&mut inflated).unwrap();
+    assert!(inflated.is_empty());
+}
