@@ -162,3 +162,20 @@ async def test_metrics_cover_the_write_path(tmp_path: Path) -> None:
     for name in (*COUNTERS, "write_latency_seconds_count", "write_latency_seconds_sum", "spool_bytes", "spool_oldest_age_seconds"):
         assert name in snapshot
     assert {"points_written_total", "batches_written_total", "write_retries_total", "write_errors_total"} <= set(snapshot)
+
+
+@async_test
+async def test_a_sink_reports_behind_while_its_backlog_exceeds_the_limit(clx5: tuple[FileInfo, np.ndarray], tmp_path: Path) -> None:
+    info, records = clx5
+    replay = Replay(info, records)
+    settings = StorageSettings(spool_dir=tmp_path / "spool", store_mbo=True, max_backlog_bytes=1 << 20)
+    sink = StorageSink(settings, depth_source=replay.depth_source, symbols=replay.symbols)
+    await sink.start()
+    seen = []
+    for chunk in replay.chunks(4096):  # offered far faster than one thread formats them
+        replay.step(sink.offer, chunk)
+        seen.append(sink.behind())
+    assert any(seen), "offering the whole file at once never put the sink behind a 1 MiB backlog"
+    await sink.stop(STOP_TIMEOUT)
+    assert not sink.behind()
+    assert spooled_points(tmp_path / "spool")["mbo"] == len(records), "being behind lost points"

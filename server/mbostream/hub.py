@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    """A batch consumer that must never block the replay (e.g. the storage sink)."""
+    """A batch consumer that must never block the replay (e.g. the storage sink).
+
+    A sink may also have ``behind() -> bool``: true while it holds more than it should, and the
+    replay then waits for it (:meth:`Hub.sinks_behind`).
+    """
 
     def offer(self, batch: Batch) -> None: ...
 
@@ -254,6 +258,14 @@ class Hub:
     # -- publishing -------------------------------------------------------------------------------
     def next_position(self) -> int:
         return self.position + 1
+
+    def sinks_behind(self) -> bool:
+        """True while a sink (the storage) cannot keep up and asks the replay to wait."""
+        for sink in self.sinks:
+            behind = getattr(sink, "behind", None)
+            if behind is not None and behind():
+                return True
+        return False
 
     def publish(self, batch: Batch) -> None:
         """Hands one applied batch to every subscriber; returns at once."""

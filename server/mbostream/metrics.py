@@ -14,6 +14,7 @@ class Metrics:
     records_ingested: Counter
     replay_rate: Gauge
     replay_target_rate: Gauge
+    replay_sink_wait_seconds: Counter
     apply_seconds: Histogram
     publish_seconds: Histogram
     subscribers: Gauge
@@ -29,6 +30,9 @@ METRICS = Metrics(
     records_ingested=Counter("mbostream_records_ingested", "MBO records applied to the books"),
     replay_rate=Gauge("mbostream_replay_rate_records_per_second", "Achieved replay rate over the last seconds"),
     replay_target_rate=Gauge("mbostream_replay_target_rate_records_per_second", "Target replay rate (0: max/speed)"),
+    replay_sink_wait_seconds=Counter(
+        "mbostream_replay_sink_wait_seconds", "Time the replay waited for storage that could not keep up (MBOSTREAM_STORAGE_MAX_BACKLOG_BYTES)"
+    ),
     apply_seconds=Histogram("mbostream_apply_seconds", "Time to apply one replay batch to the books", buckets=_FAST),
     publish_seconds=Histogram("mbostream_publish_seconds", "Time to publish one batch to every subscriber", buckets=_FAST),
     subscribers=Gauge("mbostream_subscribers", "Open streams by type", ["stream"]),

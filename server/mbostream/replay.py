@@ -34,6 +34,9 @@ from mbostream.prices import UNDEF_PRICE
 log = logging.getLogger(__name__)
 
 _F_LAST = 0x80
+#: Poll period while a sink (storage) is behind, and how often that wait is logged.
+_SINK_WAIT_SECONDS = 0.002
+_SINK_WAIT_LOG_SECONDS = 60.0
 #: Longest single sleep, so pause/rate changes take effect promptly even in slow ``speed`` replays.
 _MAX_SLEEP = 0.25
 #: Pacing granularity: records due within this period are released together.
@@ -171,6 +174,7 @@ class Replayer:
         self._restart = asyncio.Event()
         self._stopping = False
         self._meter = _RateMeter()
+        self._last_sink_wait_log = -_SINK_WAIT_LOG_SECONDS
         self._reset_clock()
         totals = [count_records(p) for p in self.files]
         self.records_total = None if None in totals else sum(t for t in totals if t is not None)
@@ -329,12 +333,27 @@ class Replayer:
             await self._resume.wait()
         return not (self._restart.is_set() or self._stopping)
 
+    async def _wait_for_sinks(self) -> None:
+        """Waits while a sink (storage) is behind: only a replay faster than it can store gets here."""
+        started = time.monotonic()
+        if started - self._last_sink_wait_log >= _SINK_WAIT_LOG_SECONDS:
+            self._last_sink_wait_log = started
+            log.warning("storage is behind the replay; the replay waits for it (see MBOSTREAM_STORAGE_MAX_BACKLOG_BYTES)")
+        while self.hub.sinks_behind() and not (self._restart.is_set() or self._stopping or not self._resume.is_set()):
+            await asyncio.sleep(_SINK_WAIT_SECONDS)
+        METRICS.replay_sink_wait_seconds.inc(time.monotonic() - started)
+        if self.mode == "rate":
+            self._reset_clock()  # the wait is not credit for a burst afterwards
+
     async def _budget(self, chunk: np.ndarray, pos: int) -> int:
         """How many records to release now, sleeping first when ahead of the pacing target."""
         # Every step yields to the loop at least once, so subscribers drain between batches.
         await asyncio.sleep(0)
         if self._restart.is_set() or not self._resume.is_set() or self._stopping:
             return 0
+        if self.hub.sinks_behind():
+            await self._wait_for_sinks()
+            return 0  # back to the gate: the state may have changed meanwhile
         if self.mode == "max":
             return self.batch_records
         if self.mode == "rate":

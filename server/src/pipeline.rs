@@ -28,7 +28,7 @@ use pyo3::types::PyBytes;
 
 use mbostream_book::record::MBO_RECORD_SIZE;
 use mbostream_book::EVENT_ROW_SIZE;
-use mbostream_lineproto::{encode_block, BookDepth, Formatter, MissingSymbols};
+use mbostream_lineproto::{BlockEncoder, BookDepth, Formatter, MissingSymbols};
 
 use crate::lineproto::PyDepthTable;
 
@@ -83,6 +83,16 @@ enum Item {
     Stop,
 }
 
+impl Item {
+    /// Bytes of Python buffers this item keeps alive.
+    fn held_bytes(&self) -> u64 {
+        match self {
+            Item::Step { records, rows } => (records.len + rows.len) as u64,
+            _ => 0,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Out {
     blocks: VecDeque<(Vec<u8>, u32)>,
@@ -96,6 +106,9 @@ struct Shared {
     ready: Condvar,
     /// Items offered and not yet formatted.
     queued: AtomicU64,
+    /// Bytes of the steps offered and not yet formatted (the memory they hold), plus those of the
+    /// blocks made and not yet taken.
+    queued_bytes: AtomicU64,
     /// Lines formatted so far (also those still waiting in an unfinished block).
     formatted: AtomicU64,
     skipped: AtomicU64,
@@ -113,7 +126,6 @@ struct Config {
     depth_levels: usize,
     batch_points: usize,
     flush_interval: Duration,
-    level: u32,
 }
 
 /// What the thread keeps between items.
@@ -121,6 +133,7 @@ struct Worker {
     cfg: Config,
     shared: Arc<Shared>,
     fmt: Formatter,
+    encoder: BlockEncoder,
     /// Lines of the block being filled.
     pending: Vec<u8>,
     pending_lines: usize,
@@ -218,6 +231,7 @@ impl Worker {
         match result {
             Ok(lines) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                self.shared.queued_bytes.fetch_sub(item.held_bytes(), Ordering::Relaxed);
                 self.add(lines);
                 Outcome::Done
             }
@@ -271,7 +285,7 @@ impl Worker {
                 (lines_left, rest.len())
             };
             let mut block = Vec::new();
-            encode_block(&rest[..cut], take as u32, self.cfg.level, &mut block);
+            self.encoder.encode(&rest[..cut], take as u32, &mut block);
             blocks.push((block, take as u32));
             rest = &rest[cut..];
             lines_left -= take;
@@ -279,6 +293,8 @@ impl Worker {
         self.pending.clear();
         self.pending_lines = 0;
         self.oldest = None;
+        let bytes: usize = blocks.iter().map(|(b, _)| b.len()).sum();
+        self.shared.queued_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.shared.out().blocks.extend(blocks);
         self.shared.ready.notify_all();
     }
@@ -330,9 +346,12 @@ impl PyPipeline {
         if self.closed.load(Ordering::Acquire) {
             return Err(PyRuntimeError::new_err("the storage pipeline is closed"));
         }
+        let bytes = item.held_bytes();
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        self.shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.tx.send(item).map_err(|_| {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             PyRuntimeError::new_err("the storage pipeline thread has exited")
         })
     }
@@ -346,13 +365,14 @@ impl PyPipeline {
         if batch_points == 0 || !(flush_interval > 0.0 && flush_interval.is_finite()) || level > 9 {
             return Err(PyValueError::new_err("batch_points > 0, flush_interval > 0 and level 0..=9 are required"));
         }
-        let cfg = Config { mbo, depth_levels, batch_points, flush_interval: Duration::from_secs_f64(flush_interval), level };
+        let cfg = Config { mbo, depth_levels, batch_points, flush_interval: Duration::from_secs_f64(flush_interval) };
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel();
         let worker = Worker {
             cfg,
             shared: shared.clone(),
             fmt: Formatter::new(),
+            encoder: BlockEncoder::new(level),
             pending: Vec::new(),
             pending_lines: 0,
             oldest: None,
@@ -417,7 +437,10 @@ impl PyPipeline {
                 }
                 out = shared.ready.wait_timeout(out, left).unwrap_or_else(|p| p.into_inner()).0;
             }
-            (std::mem::take(&mut out.blocks), std::mem::take(&mut out.missing), out.finished)
+            let blocks = std::mem::take(&mut out.blocks);
+            let bytes: usize = blocks.iter().map(|(b, _)| b.len()).sum();
+            shared.queued_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+            (blocks, std::mem::take(&mut out.missing), out.finished)
         });
         let blocks = blocks.into_iter().map(|(data, lines)| (PyBytes::new(py, &data), lines)).collect();
         (blocks, missing, finished)
@@ -427,6 +450,13 @@ impl PyPipeline {
     #[getter]
     fn backlog(&self) -> u64 {
         self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the record and event buffers queued and not yet formatted, and of the blocks
+    /// made and not yet taken: what storage holds in memory.
+    #[getter]
+    fn backlog_bytes(&self) -> u64 {
+        self.shared.queued_bytes.load(Ordering::Relaxed)
     }
 
     /// Lines formatted so far.

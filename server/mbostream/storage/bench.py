@@ -243,7 +243,7 @@ def register(commands: Any) -> None:
     """Adds ``bench`` to the ``storage`` command group."""
     parser = commands.add_parser("bench", help="benchmark the storage hot paths (format, e2e, replay)")
     parser.add_argument("which", choices=("format", "e2e", "replay", "server"), help="which benchmark")
-    parser.add_argument("--file", default=DEFAULT_FILE, help="DBN MBO file (default: %(default)s)")
+    parser.add_argument("--file", default=None, help=f"DBN MBO file (default: {DEFAULT_FILE}; for server: the generated sample)")
     parser.add_argument("--copies", type=int, default=0, help="times the file is tiled (default: per benchmark)")
     parser.add_argument("--batch-records", type=int, default=0, help="records per replay batch (default: per benchmark)")
     parser.add_argument("--rounds", type=int, default=3, help="repetitions; the best (format) or median is kept")
@@ -256,13 +256,13 @@ def run(args: argparse.Namespace) -> int:
     if args.which == "server":
         from mbostream.storage import server_bench
 
-        file = args.file if args.file != DEFAULT_FILE else None
-        result = server_bench.run(file, rounds=args.rounds, warmup=3.0, seconds=10.0)
+        result = server_bench.run(args.file, rounds=args.rounds, warmup=3.0, seconds=10.0)
         print(json.dumps(result, indent=2))
         return 0
     defaults = {"format": (30, 10_000), "e2e": (30, 4096), "replay": (10, 1024)}[args.which]
     copies = args.copies or defaults[0]
     batch_records = args.batch_records or defaults[1]
+    args.file = args.file or DEFAULT_FILE
     info, records = load(args.file, copies)
     with tempfile.TemporaryDirectory(prefix="mbostream-bench-") as tmp:
         if args.which == "format":

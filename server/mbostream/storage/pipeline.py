@@ -98,6 +98,7 @@ class Pipeline:
         self._stopping = False
         metrics.watch("points_formatted_total", lambda: self._native.formatted)
         metrics.watch("format_queue_batches", self.backlog)
+        metrics.watch("format_queue_bytes", self.backlog_bytes)
         metrics.watch("points_skipped_total", lambda: self._native.skipped)
 
     # -- the event loop's side --------------------------------------------------------------------
@@ -120,6 +121,10 @@ class Pipeline:
     def backlog(self) -> int:
         """Steps and samples queued and not yet formatted."""
         return int(self._native.backlog)
+
+    def backlog_bytes(self) -> int:
+        """Bytes of the record and event buffers queued and not yet formatted."""
+        return int(self._native.backlog_bytes)
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:

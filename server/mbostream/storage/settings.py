@@ -36,6 +36,7 @@ ENV_VARIABLES: Final[Mapping[str, str]] = {
     "batch_points": "MBOSTREAM_STORAGE_BATCH_POINTS",
     "flush_interval": "MBOSTREAM_STORAGE_FLUSH_INTERVAL",
     "max_pending_bytes": "MBOSTREAM_STORAGE_MAX_PENDING_BYTES",
+    "max_backlog_bytes": "MBOSTREAM_STORAGE_MAX_BACKLOG_BYTES",
     "segment_bytes": "MBOSTREAM_SPOOL_SEGMENT_BYTES",
     "spool_max_bytes": "MBOSTREAM_SPOOL_MAX_BYTES",
     "spool_sync_interval": "MBOSTREAM_SPOOL_SYNC_INTERVAL",
@@ -77,6 +78,11 @@ class StorageSettings:
     max_pending_bytes
         Bytes of blocks (compressed line protocol) held in memory for the database; beyond it,
         batches go to the spool.
+    max_backlog_bytes
+        Replay steps (their record and event buffers) waiting to be formatted, at most. Formatting
+        and compression run on one thread; when it cannot keep up (a ``--max`` replay of a feed
+        with many top-of-book changes, on a small machine) the replay waits for it rather than
+        holding ever more memory or dropping points. At paced rates it is never reached.
     segment_bytes
         Size at which the spool starts a new segment file.
     spool_max_bytes
@@ -112,6 +118,7 @@ class StorageSettings:
     batch_points: int = 10_000
     flush_interval: float = 1.0
     max_pending_bytes: int = 64 * MIB
+    max_backlog_bytes: int = 256 * MIB
     segment_bytes: int = 64 * MIB
     spool_max_bytes: int = 0
     spool_sync_interval: float = 1.0
@@ -140,6 +147,7 @@ class StorageSettings:
         _in_range("batch_points", self.batch_points, 1, 1_000_000)
         _positive_finite("flush_interval", self.flush_interval)
         _in_range("max_pending_bytes", self.max_pending_bytes, MIB, 1 << 40)
+        _in_range("max_backlog_bytes", self.max_backlog_bytes, MIB, 1 << 40)
         _in_range("segment_bytes", self.segment_bytes, 64 << 10, 1 << 40)
         if self.spool_max_bytes:
             _in_range("spool_max_bytes", self.spool_max_bytes, MIB, 1 << 50)

@@ -70,6 +70,7 @@ class StorageSink:
         self._spool = Spool(settings.spool_dir, segment_bytes=settings.segment_bytes, sync_interval=settings.spool_sync_interval)
         self._delivery: Delivery | None = None
         self._pipeline = Pipeline(settings, symbols, self._hand_on, self._on_idle, self.metrics)
+        self._max_backlog_bytes = settings.max_backlog_bytes
         self._started = False
         self._stopped = False
         self._offered = 0
@@ -126,6 +127,14 @@ class StorageSink:
             self._pipeline.put(batch)
         except Exception:  # noqa: BLE001 - offer never raises into the replay loop; logged
             self._log_error("storage sink could not take a batch", exc_info=True)
+
+    def behind(self) -> bool:
+        """True while more than ``max_backlog_bytes`` of replay steps wait to be formatted.
+
+        The replay then waits (see :meth:`mbostream.hub.Hub.sinks_behind`): storage that cannot
+        keep up with a ``--max`` replay holds it back rather than growing memory or dropping points.
+        """
+        return self._pipeline.backlog_bytes() > self._max_backlog_bytes
 
     def _sample_depth(self, ts_event: int) -> None:
         """Queues the depth table of every book when ``ts_event`` entered a new depth interval.

@@ -19,43 +19,52 @@
 //! ```
 //! All integers little-endian. `mbostream.storage.blocks` is the Python reader (and writer) of the
 //! same format.
-use flate2::{Compress, Compression, Crc, FlushCompress, Status};
+use libdeflater::{crc32, CompressionLvl, Compressor};
 
 /// Bytes before the deflate stream.
 pub const BLOCK_HEADER_SIZE: usize = 28;
-/// Bytes after it (CRC32 and ISIZE).
-const TRAILER_SIZE: usize = 8;
 /// Largest uncompressed block: RSIZE is a u32, and InfluxDB reads a body in memory.
 pub const MAX_BLOCK_RAW_BYTES: usize = 1 << 30;
 
-/// Appends one block of `raw` (whole lines, `lines` of them) compressed at `level` (0–9) to `out`.
-///
-/// # Panics
-/// When `raw` is larger than [`MAX_BLOCK_RAW_BYTES`] (callers cut blocks far smaller).
-pub fn encode_block(raw: &[u8], lines: u32, level: u32, out: &mut Vec<u8>) {
-    assert!(raw.len() <= MAX_BLOCK_RAW_BYTES, "a block holds at most 1 GiB");
-    let start = out.len();
-    out.extend_from_slice(&[0x1f, 0x8b, 0x08, 0x04, 0, 0, 0, 0, 0x00, 0xff, 16, 0, b'M', b'B', 12, 0]);
-    out.extend_from_slice(&[0; 12]); // BSIZE, LINES, RSIZE: filled in below
-    let mut deflate = Compress::new(Compression::new(level.min(9)), false);
-    // Worst case of deflate: stored blocks, 5 bytes per 64 KiB, plus a little.
-    out.reserve(raw.len() + raw.len() / 16_000 * 5 + 64 + TRAILER_SIZE);
-    loop {
-        let consumed = deflate.total_in() as usize;
-        let status = deflate
-            .compress_vec(&raw[consumed..], out, FlushCompress::Finish)
-            .expect("deflate into a vector cannot fail");
-        match status {
-            Status::StreamEnd => break,
-            Status::Ok | Status::BufError => out.reserve(64 * 1024),
-        }
+/// Compresses blocks; keeps the compressor's state (a few hundred KB) between blocks.
+pub struct BlockEncoder {
+    compressor: Compressor,
+}
+
+impl BlockEncoder {
+    /// An encoder at `level` 0 (stored) to 9 (higher levels act as 9).
+    pub fn new(level: u32) -> Self {
+        let level = CompressionLvl::new(level.min(9) as i32).expect("0..=9 is a libdeflate level");
+        BlockEncoder { compressor: Compressor::new(level) }
     }
-    let mut crc = Crc::new();
-    crc.update(raw);
-    out.extend_from_slice(&crc.sum().to_le_bytes());
-    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-    let size = (out.len() - start) as u32;
-    out[start + 16..start + 20].copy_from_slice(&size.to_le_bytes());
-    out[start + 20..start + 24].copy_from_slice(&lines.to_le_bytes());
-    out[start + 24..start + 28].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+
+    /// Appends one block of `raw` (whole lines, `lines` of them) to `out`.
+    ///
+    /// # Panics
+    /// When `raw` is larger than [`MAX_BLOCK_RAW_BYTES`] (callers cut blocks far smaller).
+    pub fn encode(&mut self, raw: &[u8], lines: u32, out: &mut Vec<u8>) {
+        assert!(raw.len() <= MAX_BLOCK_RAW_BYTES, "a block holds at most 1 GiB");
+        let start = out.len();
+        out.extend_from_slice(&[0x1f, 0x8b, 0x08, 0x04, 0, 0, 0, 0, 0x00, 0xff, 16, 0, b'M', b'B', 12, 0]);
+        out.extend_from_slice(&[0; 12]); // BSIZE, LINES, RSIZE: filled in below
+        let data = out.len();
+        let bound = self.compressor.deflate_compress_bound(raw.len());
+        out.resize(data + bound, 0);
+        let written = self
+            .compressor
+            .deflate_compress(raw, &mut out[data..])
+            .expect("the output holds the compressor's bound");
+        out.truncate(data + written);
+        out.extend_from_slice(&crc32(raw).to_le_bytes());
+        out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        let size = (out.len() - start) as u32;
+        out[start + 16..start + 20].copy_from_slice(&size.to_le_bytes());
+        out[start + 20..start + 24].copy_from_slice(&lines.to_le_bytes());
+        out[start + 24..start + 28].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+    }
+}
+
+/// Appends one block of `raw` (whole lines, `lines` of them) compressed at `level` (0–9) to `out`.
+pub fn encode_block(raw: &[u8], lines: u32, level: u32, out: &mut Vec<u8>) {
+    BlockEncoder::new(level).encode(raw, lines, out);
 }

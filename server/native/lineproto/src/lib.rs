@@ -16,7 +16,7 @@ pub mod event;
 pub mod format;
 pub mod number;
 
-pub use block::{encode_block, BLOCK_HEADER_SIZE};
+pub use block::{encode_block, BlockEncoder, BLOCK_HEADER_SIZE};
 pub use clock::{SeriesClock, MAX_POINT_TIME, REWIND_WINDOW_NS};
 pub use depth::BookDepth;
 pub use escape::push_tag_value;
