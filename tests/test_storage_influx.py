@@ -7,6 +7,7 @@ back with InfluxQL and compares values exactly: nanosecond times, int64 fields, 
 from __future__ import annotations
 
 import asyncio
+import re
 import logging
 import os
 import subprocess
@@ -163,17 +164,23 @@ def assert_database_holds(stack: InfluxStack, info: FileInfo, replay: Replay, *,
     return sum(len(rows) for rows in expected.values())
 
 
+async def store_all(stack: InfluxStack, info: FileInfo, records: np.ndarray, spool_dir: Path) -> tuple[Replay, StorageSink]:
+    """Replays ``records`` through a sink writing to ``stack``, then stops it (everything stored)."""
+    replay = Replay(info, records)
+    sink = sink_for(settings_for(stack, spool_dir), replay)
+    await asyncio.wait_for(sink.start(), 10)
+    replay.run(sink.offer, 4096)
+    await asyncio.wait_for(sink.stop(STOP_TIMEOUT), STOP_TIMEOUT + 10)
+    return replay, sink
+
+
 # -- tests ------------------------------------------------------------------------------------------
 @async_test
 async def test_every_measurement_matches_what_the_engine_stored(
     influx: InfluxStack, clx5: tuple[FileInfo, np.ndarray], tmp_path: Path
 ) -> None:
     info, records = clx5
-    replay = Replay(info, records)
-    sink = sink_for(settings_for(influx, tmp_path / "spool"), replay)
-    await asyncio.wait_for(sink.start(), 10)
-    replay.run(sink.offer, 4096)
-    await asyncio.wait_for(sink.stop(STOP_TIMEOUT), STOP_TIMEOUT + 10)
+    replay, sink = await store_all(influx, info, records, tmp_path / "spool")
     total = assert_database_holds(influx, info, replay)
     metrics = sink.metrics.snapshot()
     # No collisions: every point written is a distinct point in the engine.
@@ -321,3 +328,29 @@ async def test_spool_only_then_drain_command(influx: InfluxStack, clx5: tuple[Fi
     assert "drained" in done.stdout
     assert_database_holds(influx, info, replay)
     assert not list(spool_dir.glob("segment-*.lp.gz"))
+
+
+def documented_influxql() -> list[str]:
+    """Every InfluxQL statement of the storage docs' examples (a statement starts with SELECT)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "storage.md").read_text()
+    statements: list[str] = []
+    for block in re.findall(r"```sql\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            if line.startswith("SELECT"):
+                statements.append(line)
+            elif line.strip():
+                statements[-1] += " " + line.strip()
+    return statements
+
+
+@async_test
+async def test_the_documented_influxql_examples_run_on_the_stored_feed(
+    influx: InfluxStack, clx5: tuple[FileInfo, np.ndarray], tmp_path: Path
+) -> None:
+    info, records = clx5
+    await store_all(influx, info, records, tmp_path / "spool")
+    statements = documented_influxql()
+    assert len(statements) >= 5, "the storage docs lost their InfluxQL examples"
+    for statement in statements:
+        rows = influx.rows(statement)
+        assert rows, f"no rows from the documented query: {statement}"

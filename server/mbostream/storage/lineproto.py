@@ -55,13 +55,8 @@ class LineFormatter:
         return int(self._native.skipped)
 
     def _resolve(self, instrument_ids: Iterable[int]) -> None:
-        for iid in instrument_ids:
-            try:
-                symbol = self._symbols(iid)
-            except Exception:  # a failing lookup must not stop persistence
-                log.warning("symbol lookup failed; tagging instrument %d by its id", iid, exc_info=True)
-                symbol = ""
-            self._native.set_symbol(iid, symbol or str(iid))
+        for iid, symbol in instrument_tags(self._symbols, instrument_ids):
+            self._native.set_symbol(iid, symbol)
 
     def _native_call(self, method: Callable[..., Any], *args: Any) -> tuple[bytes, int]:
         try:
@@ -98,6 +93,20 @@ class LineFormatter:
     def depth(self, table: _engine.DepthTable) -> tuple[bytes, int]:
         """One ``depth`` point per book of a sample that changed since its last one: ``(line_protocol, points)``."""
         return self._native_call(self._native.depth, table, self._depth_levels)
+
+
+def instrument_tags(symbols: Callable[[int], str], instrument_ids: Iterable[int]) -> list[tuple[int, str]]:
+    """``(instrument_id, instrument tag)`` pairs: the symbol, or the id's digits when the lookup
+    is empty or fails (logged: a failing lookup must not stop persistence)."""
+    pairs = []
+    for iid in instrument_ids:
+        try:
+            symbol = symbols(iid)
+        except Exception:
+            log.warning("symbol lookup failed; tagging instrument %d by its id", iid, exc_info=True)
+            symbol = ""
+        pairs.append((iid, symbol or str(iid)))
+    return pairs
 
 
 def _buffers(batch: Batch) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,7 @@ import numpy as np
 from mbostream import _engine
 from mbostream.feed import Batch
 from mbostream.storage.errors import SpoolError
+from mbostream.storage.lineproto import instrument_tags
 from mbostream.storage.metrics import StorageMetrics
 from mbostream.storage.settings import StorageSettings
 
@@ -158,15 +159,7 @@ class Pipeline:
         self._native.join()
 
     def _resolve(self, instrument_ids: Iterable[int]) -> None:
-        pairs = []
-        for iid in instrument_ids:
-            try:
-                symbol = self._symbols(iid)
-            except Exception:  # a failing lookup must not stop persistence
-                log.warning("symbol lookup failed; tagging instrument %d by its id", iid, exc_info=True)
-                symbol = ""
-            pairs.append((iid, symbol or str(iid)))
-        self._native.set_symbols(pairs)
+        self._native.set_symbols(instrument_tags(self._symbols, instrument_ids))
 
     def _idle(self) -> None:
         try:
