@@ -28,7 +28,6 @@ COUNTERS: Final[tuple[str, ...]] = (
     "points_spooled_total",  # points written to the on-disk spool
     "points_dropped_spool_full_total",  # points dropped because the spool reached MBOSTREAM_SPOOL_MAX_BYTES
     "spool_drains_total",  # times the spool emptied and live writing resumed
-    "format_errors_total",  # batches that could not be formatted (logged with their range)
 )
 
 
