@@ -1,4 +1,4 @@
-"""The Flux example queries in docs/storage.md parse, with Flux's own parser.
+"""The Flux example queries in README.md and docs/storage.md parse, with Flux's own parser.
 
 No InfluxDB 2.x server can be installed here, so the Flux examples cannot be run; the InfluxQL ones
 are run against InfluxDB 1.6 by the storage tests. This checks syntax (``tests/fluxcheck``, Flux's
@@ -34,9 +34,9 @@ def flux_blocks(markdown: str) -> list[str]:
     return re.findall(r"```flux\n(.*?)```", markdown, re.S)
 
 
-def test_every_flux_example_in_the_storage_docs_parses(fluxcheck: Path, tmp_path: Path) -> None:
-    blocks = flux_blocks((ROOT / "docs" / "storage.md").read_text())
-    assert len(blocks) >= 4, "the storage docs lost their Flux examples"
+def test_every_flux_example_in_the_readme_and_the_storage_docs_parses(fluxcheck: Path, tmp_path: Path) -> None:
+    blocks = flux_blocks((ROOT / "README.md").read_text() + (ROOT / "docs" / "storage.md").read_text())
+    assert len(blocks) >= 5, "the README or the storage docs lost their Flux examples"
     files = []
     for i, block in enumerate(blocks):
         path = tmp_path / f"example-{i}.flux"

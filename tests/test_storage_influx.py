@@ -331,8 +331,9 @@ async def test_spool_only_then_drain_command(influx: InfluxStack, clx5: tuple[Fi
 
 
 def documented_influxql() -> list[str]:
-    """Every InfluxQL statement of the storage docs' examples (a statement starts with SELECT)."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "storage.md").read_text()
+    """Every InfluxQL statement of the README's and the storage docs' examples (each starts with SELECT)."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text() + (root / "docs" / "storage.md").read_text()
     statements: list[str] = []
     for block in re.findall(r"```sql\n(.*?)```", text, re.S):
         for line in block.splitlines():
@@ -350,7 +351,7 @@ async def test_the_documented_influxql_examples_run_on_the_stored_feed(
     info, records = clx5
     await store_all(influx, info, records, tmp_path / "spool")
     statements = documented_influxql()
-    assert len(statements) >= 5, "the storage docs lost their InfluxQL examples"
+    assert len(statements) >= 6, "the README or the storage docs lost their InfluxQL examples"
     for statement in statements:
         rows = influx.rows(statement)
         assert rows, f"no rows from the documented query: {statement}"
