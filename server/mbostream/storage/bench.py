@@ -3,6 +3,8 @@
 ``format``
     Line protocol formatting of raw ``mbo`` points, native (as the sink does it), next to a
     per-point Python f-string baseline for scale.
+``compress``
+    Gzip blocks (libdeflate, as the native pipeline makes them) of those lines, at levels 0, 1 and 6.
 ``e2e``
     End to end into a real InfluxDB with ``mbo`` on: a replay loop at full speed (``Market.apply``
     then ``StorageSink.offer`` per batch) until the database acknowledged every point. Needs
@@ -36,6 +38,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from mbostream import _engine
 from mbostream.dbn import FileInfo, read_records
 from mbostream.feed import Batch
 from mbostream.market import Market
@@ -111,6 +114,24 @@ def bench_format(info: FileInfo, records: np.ndarray, batch_records: int, rounds
         "bytes_per_point": size / points,
         "python_points_per_s": python_rate,
     }
+
+
+def bench_compress(info: FileInfo, records: np.ndarray, batch_records: int, rounds: int) -> dict[str, Any]:
+    """Block compression (the native pipeline's encoder) of formatted ``mbo`` + ``trades`` lines."""
+    batch = Batch(1, records, np.empty(0, dtype=Market().apply(records[:0]).events.dtype), 0)
+    formatter = LineFormatter(lambda iid: info.symbols.get(iid, str(iid)), mbo=True, depth_levels=10)
+    chunks = list(formatter.batch(batch, batch_records))
+    raw = sum(len(text) for text, _ in chunks)
+    out: dict[str, Any] = {"benchmark": "compress", "raw_bytes": raw, "block_points": batch_records}
+    for level in (0, 1, 6):
+        rates, size = [], 0
+        for _ in range(rounds):
+            started = time.perf_counter()
+            size = sum(len(_engine.encode_lines_block(text, points, level)) for text, points in chunks)
+            rates.append(raw / (time.perf_counter() - started))
+        out[f"level_{level}_mb_per_s"] = max(rates) / 1e6
+        out[f"level_{level}_ratio"] = raw / size
+    return out
 
 
 # -- the replay loop --------------------------------------------------------------------------------
@@ -242,7 +263,7 @@ def bench_replay(info: FileInfo, records: np.ndarray, batch_records: int, rounds
 def register(commands: Any) -> None:
     """Adds ``bench`` to the ``storage`` command group."""
     parser = commands.add_parser("bench", help="benchmark the storage hot paths (format, e2e, replay)")
-    parser.add_argument("which", choices=("format", "e2e", "replay", "server"), help="which benchmark")
+    parser.add_argument("which", choices=("format", "compress", "e2e", "replay", "server"), help="which benchmark")
     parser.add_argument("--file", default=None, help=f"DBN MBO file (default: {DEFAULT_FILE}; for server: the generated sample)")
     parser.add_argument("--copies", type=int, default=0, help="times the file is tiled (default: per benchmark)")
     parser.add_argument("--batch-records", type=int, default=0, help="records per replay batch (default: per benchmark)")
@@ -259,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         result = server_bench.run(args.file, rounds=args.rounds, warmup=3.0, seconds=10.0)
         print(json.dumps(result, indent=2))
         return 0
-    defaults = {"format": (30, 10_000), "e2e": (30, 4096), "replay": (10, 1024)}[args.which]
+    defaults = {"format": (30, 10_000), "compress": (30, 10_000), "e2e": (30, 4096), "replay": (10, 1024)}[args.which]
     copies = args.copies or defaults[0]
     batch_records = args.batch_records or defaults[1]
     args.file = args.file or DEFAULT_FILE
@@ -267,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="mbostream-bench-") as tmp:
         if args.which == "format":
             result = bench_format(info, records, batch_records, args.rounds)
+        elif args.which == "compress":
+            result = bench_compress(info, records, batch_records, args.rounds)
         elif args.which == "e2e":
             result = asyncio.run(bench_e2e(info, records, batch_records, Path(tmp) / "spool"))
         else:
