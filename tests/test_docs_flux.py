@@ -7,15 +7,14 @@ pure-Go parser), not whether each function exists or the results are right.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import documented_code
 
-ROOT = Path(__file__).resolve().parents[1]
-FLUXCHECK = ROOT / "tests" / "fluxcheck"
+FLUXCHECK = Path(__file__).resolve().parent / "fluxcheck"
 BUILD_TIMEOUT_SECONDS = 600
 
 
@@ -30,12 +29,8 @@ def fluxcheck(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return binary
 
 
-def flux_blocks(markdown: str) -> list[str]:
-    return re.findall(r"```flux\n(.*?)```", markdown, re.S)
-
-
 def test_every_flux_example_in_the_readme_and_the_storage_docs_parses(fluxcheck: Path, tmp_path: Path) -> None:
-    blocks = flux_blocks((ROOT / "README.md").read_text() + (ROOT / "docs" / "storage.md").read_text())
+    blocks = documented_code("flux")
     assert len(blocks) >= 5, "the README or the storage docs lost their Flux examples"
     files = []
     for i, block in enumerate(blocks):

@@ -7,7 +7,6 @@ back with InfluxQL and compares values exactly: nanosecond times, int64 fields, 
 from __future__ import annotations
 
 import asyncio
-import re
 import logging
 import os
 import subprocess
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import documented_code
 from influx.harness import InfluxStack
 from influx.points import parse
 from influx.replay import Replay, async_test, expected_times, wait_for
@@ -332,10 +332,8 @@ async def test_spool_only_then_drain_command(influx: InfluxStack, clx5: tuple[Fi
 
 def documented_influxql() -> list[str]:
     """Every InfluxQL statement of the README's and the storage docs' examples (each starts with SELECT)."""
-    root = Path(__file__).resolve().parents[1]
-    text = (root / "README.md").read_text() + (root / "docs" / "storage.md").read_text()
     statements: list[str] = []
-    for block in re.findall(r"```sql\n(.*?)```", text, re.S):
+    for block in documented_code("sql"):
         for line in block.splitlines():
             if line.startswith("SELECT"):
                 statements.append(line)

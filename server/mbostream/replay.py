@@ -333,13 +333,17 @@ class Replayer:
             await self._resume.wait()
         return not (self._restart.is_set() or self._stopping)
 
+    def _interrupted(self) -> bool:
+        """True when a pause, restart or stop asks the current step to go back to the gate."""
+        return self._restart.is_set() or not self._resume.is_set() or self._stopping
+
     async def _wait_for_sinks(self) -> None:
         """Waits while a sink (storage) is behind: only a replay faster than it can store gets here."""
         started = time.monotonic()
         if started - self._last_sink_wait_log >= _SINK_WAIT_LOG_SECONDS:
             self._last_sink_wait_log = started
             log.warning("storage is behind the replay; the replay waits for it (see MBOSTREAM_STORAGE_MAX_BACKLOG_BYTES)")
-        while self.hub.sinks_behind() and not (self._restart.is_set() or self._stopping or not self._resume.is_set()):
+        while self.hub.sinks_behind() and not self._interrupted():
             await asyncio.sleep(_SINK_WAIT_SECONDS)
         METRICS.replay_sink_wait_seconds.inc(time.monotonic() - started)
         if self.mode == "rate":
@@ -349,7 +353,7 @@ class Replayer:
         """How many records to release now, sleeping first when ahead of the pacing target."""
         # Every step yields to the loop at least once, so subscribers drain between batches.
         await asyncio.sleep(0)
-        if self._restart.is_set() or not self._resume.is_set() or self._stopping:
+        if self._interrupted():
             return 0
         if self.hub.sinks_behind():
             await self._wait_for_sinks()
@@ -370,7 +374,7 @@ class Replayer:
                 if allowed >= quantum:
                     return min(allowed, self.batch_records)
                 await asyncio.sleep(min(_MAX_SLEEP, (quantum - allowed) / self.rate))
-                if self._restart.is_set() or not self._resume.is_set() or self._stopping:
+                if self._interrupted():
                     return 0
         ts_recv = chunk["ts_recv"]
         if self._ts0 is None:

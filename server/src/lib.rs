@@ -315,7 +315,7 @@ fn compact_mbo<'py>(py: Python<'py>, buf: PyBuffer<u8>) -> PyResult<(Bound<'py, 
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMarket>()?;
     m.add_class::<pipeline::PyPipeline>()?;
-    m.add("STORAGE_NICE", pipeline::STORAGE_NICE)?;
+    m.add_function(wrap_pyfunction!(pipeline::lower_priority, m)?)?;
     m.add_function(wrap_pyfunction!(anomaly_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(compact_mbo, m)?)?;
     lineproto::register(m)?;

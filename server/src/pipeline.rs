@@ -306,7 +306,10 @@ pub const STORAGE_NICE: i32 = 10;
 
 /// Lowers the calling thread's priority by [`STORAGE_NICE`] (on Linux the nice value is a
 /// per-thread attribute); best effort: a failure leaves the thread at the process's priority.
-fn lower_priority() {
+/// The pipeline thread calls it at start; Python storage threads call it through the binding.
+#[pyfunction]
+#[pyo3(name = "lower_thread_priority")]
+pub fn lower_priority() {
     // SAFETY: plain system calls on the calling thread.
     unsafe {
         let current = libc::getpriority(libc::PRIO_PROCESS, 0);

@@ -91,11 +91,20 @@ def python_mbo_lines(records: np.ndarray, symbol: str) -> bytes:
     return "".join(out).encode()
 
 
+def records_batch(records: np.ndarray) -> Batch:
+    """All of ``records`` as one batch without event rows (``mbo`` and ``trades`` points only)."""
+    return Batch(1, records, np.empty(0, dtype=Market().apply(records[:0]).events.dtype), 0)
+
+
+def mbo_formatter(info: FileInfo) -> LineFormatter:
+    return LineFormatter(lambda iid: info.symbols.get(iid, str(iid)), mbo=True, depth_levels=10)
+
+
 def bench_format(info: FileInfo, records: np.ndarray, batch_records: int, rounds: int) -> dict[str, Any]:
-    batch = Batch(1, records, np.empty(0, dtype=Market().apply(records[:0]).events.dtype), 0)
+    batch = records_batch(records)
     rates, size, points = [], 0, 0
     for _ in range(rounds):
-        formatter = LineFormatter(lambda iid: info.symbols.get(iid, str(iid)), mbo=True, depth_levels=10)
+        formatter = mbo_formatter(info)
         started = time.perf_counter()
         points = size = 0
         for text, n in formatter.batch(batch, batch_records):
@@ -118,9 +127,7 @@ def bench_format(info: FileInfo, records: np.ndarray, batch_records: int, rounds
 
 def bench_compress(info: FileInfo, records: np.ndarray, batch_records: int, rounds: int) -> dict[str, Any]:
     """Block compression (the native pipeline's encoder) of formatted ``mbo`` + ``trades`` lines."""
-    batch = Batch(1, records, np.empty(0, dtype=Market().apply(records[:0]).events.dtype), 0)
-    formatter = LineFormatter(lambda iid: info.symbols.get(iid, str(iid)), mbo=True, depth_levels=10)
-    chunks = list(formatter.batch(batch, batch_records))
+    chunks = list(mbo_formatter(info).batch(records_batch(records), batch_records))
     raw = sum(len(text) for text, _ in chunks)
     out: dict[str, Any] = {"benchmark": "compress", "raw_bytes": raw, "block_points": batch_records}
     for level in (0, 1, 6):

@@ -51,7 +51,7 @@ def drain_spool(settings: StorageSettings, *, stall_timeout: float = DEFAULT_STA
     SpoolError
         The spool directory cannot be used.
     """
-    if settings.url is None or settings.org is None or settings.bucket is None or settings.token is None:
+    if not settings.database_configured:
         raise ConfigError("INFLUX_URL", "a database is needed to drain the spool")
     started = time.monotonic()
     metrics = StorageMetrics()

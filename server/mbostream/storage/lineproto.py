@@ -72,7 +72,7 @@ class LineFormatter:
         """
         if batch.snapshot or not len(batch.records):
             return
-        records, rows = _buffers(batch)
+        records, rows = buffers(batch)
         total = len(batch.records)
         row_count = len(batch.events)
         if total <= max_points:
@@ -109,7 +109,7 @@ def instrument_tags(symbols: Callable[[int], str], instrument_ids: Iterable[int]
     return pairs
 
 
-def _buffers(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+def buffers(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     """The batch's records and event rows as contiguous byte arrays (views when they already are)."""
     records = batch.records if batch.records.flags.c_contiguous else np.ascontiguousarray(batch.records)
     if not len(batch.events):

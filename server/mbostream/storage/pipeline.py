@@ -20,18 +20,15 @@ hand-offs per second rather than work per step.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
-import numpy as np
-
 from mbostream import _engine
 from mbostream.feed import Batch
 from mbostream.storage.errors import SpoolError
-from mbostream.storage.lineproto import instrument_tags
+from mbostream.storage.lineproto import buffers, instrument_tags
 from mbostream.storage.metrics import StorageMetrics
 from mbostream.storage.settings import StorageSettings
 
@@ -43,20 +40,15 @@ TAKE_SECONDS: Final = 0.1
 HANDOFF_RETRY_SECONDS: Final = 1.0
 #: Attempts to hand on a block once stopping, before it is given up (and logged as lost).
 HANDOFF_ATTEMPTS_WHEN_STOPPING: Final = 3
-_NO_ROWS: Final = np.empty(0, dtype=np.uint8)
 
 
 def lower_priority() -> None:
-    """Lowers the calling thread's priority by ``STORAGE_NICE`` (Linux: nice is per thread).
+    """Lowers the calling thread's priority by the native ``STORAGE_NICE`` (Linux: nice is per thread).
 
     Storage threads yield a core to the replay when both want one, and catch up from their queue;
-    the native pipeline thread does the same. Best effort: elsewhere, or when refused, nothing changes.
+    the native pipeline thread does the same, with the same function. Best effort.
     """
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + _engine.STORAGE_NICE))
-    except (AttributeError, OSError):
-        pass
+    _engine.lower_thread_priority()
 
 
 class Pipeline:
@@ -107,13 +99,7 @@ class Pipeline:
         """Queues one replay step; never blocks. Synthetic snapshot steps are not stored."""
         if batch.snapshot or not len(batch.records):
             return
-        records = batch.records if batch.records.flags.c_contiguous else np.ascontiguousarray(batch.records)
-        events = batch.events
-        if not len(events):
-            events = _NO_ROWS
-        elif not events.flags.c_contiguous:
-            events = np.ascontiguousarray(events)
-        self._native.offer(records, events)
+        self._native.offer(*buffers(batch))
 
     def put_depth(self, table: _engine.DepthTable) -> None:
         """Queues one depth sample (a ``Market.depth_table``); never blocks."""
@@ -124,7 +110,7 @@ class Pipeline:
         return int(self._native.backlog)
 
     def backlog_bytes(self) -> int:
-        """Bytes of the record and event buffers queued and not yet formatted."""
+        """Bytes held in memory: record and event buffers not yet formatted, blocks not yet taken."""
         return int(self._native.backlog_bytes)
 
     # -- life cycle -------------------------------------------------------------------------------
