@@ -103,8 +103,7 @@ class StorageSettings:
     spool_sync_interval
         Longest time spooled data waits for its fsync (seconds; 0: fsync every append). A crash of
         the process loses nothing spooled (the data is in the page cache); a crash of the machine
-        loses at most this interval. Default 1, like Redis's ``appendfsync everysec``: at full
-        replay speed, fsync'ing five times a second cost the replay ~3%.
+        loses at most this interval. Default 1, like Redis's ``appendfsync everysec``.
     """
 
     url: str | None = None
