@@ -20,18 +20,26 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Final, TypeVar
 
 import grpc
+import numpy as np
 from grpc import aio as grpc_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mbostream.config import Settings, load_settings
+from mbostream.replay import _STEP_SECONDS as PACING_STEP_SECONDS
 from mbostream.server.app import App
 from mbostream.v1 import market_data_pb2_grpc, replay_pb2_grpc
 
 T = TypeVar("T")
 TOKEN = "test-control-token"
+#: Upper bound of one RPC or one stream read in these tests.
+RPC_TIMEOUT: Final = 10.0
+_F_LAST: Final = 0x80
+#: Pacing steps a rate-paced release may be stamped late: the OS may preempt the server between
+#: its pacing decision and the publish (``ts_out``) on two cores shared with other jobs.
+LATE_STEPS: Final = 5
 
 
 def run(coro: Awaitable[T], timeout: float = 60) -> T:
@@ -64,7 +72,7 @@ async def in_process(s: Settings, wait_loaded: bool = True):
     try:
         yield app, channel
     finally:
-        await channel.close()
+        await asyncio.wait_for(channel.close(), RPC_TIMEOUT)
         await asyncio.wait_for(app.shutdown(), 30)
 
 
@@ -189,13 +197,40 @@ def _drain(stream: IO[str], lines: queue.Queue[str | None]) -> None:
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 20, every: float = 0.05) -> None:
-    """Polls an async predicate until it holds (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(every)
-    raise TimeoutError("condition not met in time")
+    """Polls an async predicate until it holds; TimeoutError after ``timeout`` s, even mid-call."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not await predicate():
+                await asyncio.sleep(every)
+    except TimeoutError:
+        raise TimeoutError(f"condition not met within {timeout} s") from None
+
+
+def last_event_records(flags: bytes | np.ndarray) -> int:
+    """Records in the last event of a batch (from its last-but-one F_LAST, or the whole batch).
+
+    A paced release completes the event it stops in, so this bounds how far one release can run
+    ahead of its budget.
+    """
+    marks = np.flatnonzero(np.frombuffer(bytes(flags), dtype=np.uint8)[:-1] & _F_LAST)
+    return len(flags) - (int(marks[-1]) + 1 if len(marks) else 0)
+
+
+def longest_event_records(flags: np.ndarray) -> int:
+    """The most records of one event (up to and including its F_LAST record) in a file's flags."""
+    marks = np.flatnonzero(flags & _F_LAST)
+    return int(np.diff(marks, prepend=-1).max()) if len(marks) else len(flags)
+
+
+def paced_records_slack(rate: float, overshoot: int) -> float:
+    """How far the records a rate-paced replay publishes over an interval may be from rate × interval.
+
+    Measured between two releases by their ``ts_out``: a release brings the released total to
+    ``rate × elapsed`` (rounded down) plus the records that complete its last event (``overshoot``,
+    over both ends), and its stamp may come up to :data:`LATE_STEPS` pacing steps after the pacing
+    decision, at each end. One record more for the rounding at each end.
+    """
+    return overshoot + 2 * rate * LATE_STEPS * PACING_STEP_SECONDS + 2
 
 
 def repo() -> Path:

@@ -21,8 +21,9 @@ from typing import Any, Final, TypeVar
 
 import grpc
 import pytest
-from server_harness import ServeProcess
 from conftest import shared_file
+from server_harness import ServeProcess, longest_event_records, paced_records_slack
+from mbostream.dbn import read_records
 from mbostream.prices import format_price
 from mbostream.v1 import market_data_pb2, market_data_pb2_grpc, replay_pb2
 
@@ -101,12 +102,11 @@ async def paused_position(replay: ReplayClient) -> int:
     """
     await within(replay.pause())
     last = -1
-    while True:
-        position = (await within(replay.status())).replay_sequence
-        if position == last:
-            return position
-        last = position
-        await asyncio.sleep(0.2)
+    async with asyncio.timeout(STEP):
+        while (position := (await replay.status()).replay_sequence) != last:
+            last = position
+            await asyncio.sleep(0.2)
+    return position
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, seconds: float = STEP) -> None:
@@ -433,10 +433,11 @@ def test_get_book_cli_json_schema(small_server: Server) -> None:
         assert level["size"] == sum(o["size"] for o in level["orders"])
 
 
-def test_latency_cli_gives_sane_numbers(small_server: Server) -> None:
+def test_latency_cli_gives_sane_numbers(small_server: Server, generated_small: Path) -> None:
+    rate, seconds = 20_000, 2.0  # the small server's pacing; the CLI's window
     out = cli(
         "--target", small_server.address, "latency", "--streams", "5", "--events-streams", "1",
-        "--seconds", "2", "--warmup", "0.5", "--json",
+        "--seconds", str(seconds), "--warmup", "0.5", "--json",
     ).stdout  # fmt: skip
     result = json.loads(out)
     book, events = result["book"], result["events"]
@@ -444,6 +445,15 @@ def test_latency_cli_gives_sane_numbers(small_server: Server) -> None:
     assert book["messages"] > 0 and book["messages_per_second"] > 0
     assert 0 < lat["p50"] <= lat["p99"] <= lat["p99.9"] <= lat["max"] < 5_000
     assert lat["samples"] == book["messages"]
-    assert events["records_per_second"] > 1_000  # the replay runs at 20,000 records/s
     assert events["lossless"] and events["gaps"] == 0
+    # The CLI counts the records that arrive in its window; each was published by a replay paced
+    # at `rate` at most the worst latency the CLI measured before. At most one pass of the looping
+    # file (60,000 records, 3 s) starts in the window: it clears each book with one R record, and
+    # its first release may run ahead by one event.
+    info, records = read_records(generated_small)
+    longest = longest_event_records(records["flags"])
+    worst_seconds = events["latency_ms"]["max"] / 1000
+    slack = paced_records_slack(rate, 2 * longest) + longest + len(info.symbols) + rate * worst_seconds
+    assert abs(events["records"] - rate * seconds) <= slack, (events["records"], slack)
+    assert events["records_per_second"] == round(events["records"] / seconds, 1)
     assert not book["errors"] and not events["errors"] and result["streams_ended_early"] == 0

@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import importlib.util
 import os
+import select
 import shutil
 import signal
 import socket
@@ -311,6 +312,8 @@ def test_envoy_dies_with_a_launcher_killed_without_stopping_it() -> None:
     )
     try:
         assert launcher.stdout is not None
+        ready, _, _ = select.select([launcher.stdout], [], [], SERVER_START_TIMEOUT_SECONDS)
+        assert ready, "the launcher printed no Envoy pid"
         envoy_pid = int(launcher.stdout.readline())
         os.kill(envoy_pid, 0)
     finally:

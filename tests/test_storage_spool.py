@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -80,11 +81,17 @@ def test_reads_gather_small_blocks_up_to_max_bytes(spool: Spool) -> None:
 
 
 def test_rotates_segments_and_deletes_drained_ones(spool: Spool) -> None:
+    before = time.time()
     for i in range(40):
         spool.append([block(i * 100, 100)])
+    after = time.time()
     assert len(segments(spool.directory)) >= 3
     assert all(path.name.endswith(".lp.gz") for path in segments(spool.directory))
-    assert spool.oldest_age() >= 0
+    # The oldest pending data is in the first segment, made during the first append (its name
+    # keeps the creation time in whole milliseconds).
+    asked = time.time()
+    age = spool.oldest_age()
+    assert asked - after <= age <= time.time() - before + 0.001
     assert drain(spool) == lines(0, 4000)
     assert segments(spool.directory) == []
     assert spool.oldest_age() == 0.0
@@ -170,16 +177,45 @@ def test_a_checkpoint_between_blocks_is_kept_and_one_inside_a_block_resends_its_
     first.close()
     segment_id = first.checkpoint.segment
     boundary = len(block(0, 10))
-    for offset, expected in ((boundary, lines(10, 20)), (boundary + 3, lines(0, 30))):
+    cases = ((boundary, boundary, lines(10, 20)), (boundary + 3, 0, lines(0, 30)))
+    for offset, kept_offset, expected in cases:
         (directory / CHECKPOINT_NAME).write_text(json.dumps({"segment": segment_id, "offset": offset}))
         spool = Spool(directory, segment_bytes=SEGMENT_BYTES)
         spool.open()
         try:
-            assert spool.checkpoint.offset in (boundary, 0)
+            assert spool.checkpoint == SpoolPosition(segment_id, kept_offset)
             read = spool.read(spool.checkpoint, 1 << 20)
             assert read is not None and blocks.decode(read.data) == expected
         finally:
             spool.close()
+
+
+def test_oldest_age_is_that_of_the_segment_holding_the_oldest_pending_data(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    now_ms = int(time.time() * 1000)
+    # Segments left by an earlier run, made two hours and one minute ago (the name keeps the time).
+    created_ms = {3: now_ms - 7_200_000, 4: now_ms - 60_000}
+    for segment_id, ms in created_ms.items():
+        (directory / f"segment-{segment_id:012d}-{ms}.lp.gz").write_bytes(block(segment_id * 10, 10))
+    spool = Spool(directory)
+    spool.open()
+    try:
+
+        def assert_age_since(ms: int) -> None:
+            asked = time.time()
+            age = spool.oldest_age()
+            assert asked - ms / 1000 <= age <= time.time() - ms / 1000
+
+        assert_age_since(created_ms[3])
+        read = spool.read(spool.checkpoint, len(block(30, 10)))
+        assert read is not None and read.lines == 10 and read.end.segment == 3
+        spool.ack(read.end)
+        assert_age_since(created_ms[4])
+        assert drain(spool) == lines(40, 10)
+        assert spool.oldest_age() == 0.0
+    finally:
+        spool.close()
 
 
 def test_an_unreadable_checkpoint_resends_everything(tmp_path: Path) -> None:
