@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 import pytest
 from server_harness import repo
 
-from mbostream.config import SOURCES, Settings, load_settings
+from mbostream.config import RANGES, SOURCES, Settings, load_settings
 from mbostream.errors import ConfigError
 
 
@@ -71,4 +72,86 @@ def test_serve_rejects_bad_settings_with_a_clear_error() -> None:
         [sys.executable, "-m", "mbostream.cli", "serve", "--port", "99999"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2
-    assert "--port / MBOSTREAM_PORT" in proc.stderr and "Traceback" not in proc.stderr
+    assert "--port" in proc.stderr and RANGES["port"].describe() in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbostream.cli", "serve"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "MBOSTREAM_RATE": "inf"},
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--rate / MBOSTREAM_RATE" in proc.stderr and "Traceback" not in proc.stderr
+
+
+#: Numbers that parse but must never reach the server: non-finite, tiny, huge, or just outside.
+BAD_NUMBERS = {
+    "rate": ["inf", "-inf", "nan", "0", "1e-300", "1e300"],
+    "speed": ["inf", "nan", "0", "1e-300", "1e300"],
+    "book_interval_ms": ["nan", "inf", "0.0001", "-1", "1e9"],
+    "grace_seconds": ["nan", "inf", "-1", "1e9"],
+    "batch_records": ["0", "1000000000"],
+    "max_streams": ["0", "1000000000"],
+    "subscriber_buffer_batches": ["0"],
+    "replay_buffer_records": ["0"],
+    "metrics_port": ["-2", "65536"],
+    "port": ["-1", "65536"],
+    "edge_port": ["-1", "65536"],
+    "sample_records": ["0"],
+    "sample_instruments": ["0", "1025"],
+    "sample_seed": ["-1", str(2**64)],
+}
+
+
+#: Numeric settings without a command-line flag.
+VARIABLE_ONLY = {"subscriber_buffer_batches", "replay_buffer_records", "sample_records", "sample_instruments", "sample_seed"}
+
+
+def test_every_numeric_setting_has_one_documented_range() -> None:
+    numeric = {name for name, f in Settings.__dataclass_fields__.items() if f.type in ("int", "float")}
+    assert numeric == set(RANGES)
+    assert set(BAD_NUMBERS) == set(RANGES)
+    env_example = (repo() / ".env.example").read_text()
+    for name, allowed in RANGES.items():
+        # Each variable's comment (the comment lines just above it) quotes its range.
+        variable = SOURCES[name][1]
+        above = env_example.split(f"\n{variable}=")[0].splitlines()
+        comment = []
+        while above and above[-1].startswith("#"):
+            comment.insert(0, above.pop().lstrip("# "))
+        assert allowed.describe() in " ".join(comment), (variable, allowed.describe())
+
+
+@pytest.mark.parametrize(("name", "text"), [(n, t) for n, texts in BAD_NUMBERS.items() for t in texts])
+def test_numbers_outside_their_range_are_refused_from_variables_and_flags(name: str, text: str, capsys) -> None:
+    variable = SOURCES[name][1]
+    with pytest.raises(ConfigError) as err:
+        load_settings({}, environ={variable: text})
+    assert variable in str(err.value) and RANGES[name].describe() in str(err.value)
+
+    from mbostream.cli import build_parser
+
+    flag = SOURCES[name][0]
+    if name in VARIABLE_ONLY:
+        return
+    args = ["run" if name == "edge_port" else "serve", f"{flag}={text}"]
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(args)
+    assert exit_.value.code == 2
+    stderr = capsys.readouterr().err
+    assert f"argument {flag}" in stderr and RANGES[name].describe() in stderr
+
+
+@pytest.mark.parametrize("name", sorted(RANGES))
+def test_both_ends_of_every_range_are_accepted(name: str) -> None:
+    allowed = RANGES[name]
+    for value in (allowed.low, allowed.high):
+        text = str(int(value)) if allowed.integer else repr(float(value))
+        assert getattr(load_settings({}, environ={SOURCES[name][1]: text}), name) == value
+
+
+def test_help_states_the_ranges(capsys) -> None:
+    from mbostream.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("rate", "speed", "book_interval_ms", "grace_seconds", "batch_records", "max_streams"):
+        assert RANGES[name].describe() in text, name

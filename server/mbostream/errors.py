@@ -15,6 +15,7 @@
     ├── SlowConsumerError               a subscriber fell behind its buffer (carries ``resume_after``)
     ├── TooManyStreamsError             the server's stream limit is reached
     ├── PreconditionError               valid call, wrong state (e.g. resuming a stopped replay)
+    │   └── EpochMismatchError          a resume point from another server run (carries ``epoch``)
     ├── ShuttingDownError               the server is stopping; streams end with this (UNAVAILABLE)
     ├── StorageError                    (mbostream.storage.errors) persistence cannot proceed
     │   ├── SpoolError                  the spool directory cannot be used (carries ``path``)
@@ -138,6 +139,18 @@ class PermissionDeniedError(AuthError):
 
 class PreconditionError(MbostreamError):
     """The call is valid but not in the current state."""
+
+
+class EpochMismatchError(PreconditionError):
+    """A resume position that belongs to another server run (epoch): the client must re-snapshot."""
+
+    def __init__(self, requested: str, current: str) -> None:
+        super().__init__(
+            f"resume_epoch {requested[:64]!r} is not this server run's epoch {current!r}: replay positions "
+            "of another run mean nothing here; resubscribe with with_snapshot and rebuild the books"
+        )
+        self.requested = requested
+        self.epoch = current
 
 
 class ShuttingDownError(MbostreamError):

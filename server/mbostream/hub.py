@@ -26,7 +26,13 @@ from typing import Protocol
 import numpy as np
 
 from mbostream import _engine
-from mbostream.errors import ReplayPositionError, ShuttingDownError, SlowConsumerError, TooManyStreamsError
+from mbostream.errors import (
+    EpochMismatchError,
+    ReplayPositionError,
+    ShuttingDownError,
+    SlowConsumerError,
+    TooManyStreamsError,
+)
 from mbostream.feed import Batch
 from mbostream.market import BookKey, Market
 from mbostream.metrics import METRICS
@@ -69,8 +75,9 @@ class Selection:
         return mask
 
 
-def encode_batch(batch: Batch, selection: Selection, max_records: int = 0) -> list[tuple[int, bytes]]:
-    """Serialized ``StreamEventsResponse`` payloads ``(last_replay_seq, bytes)`` for a selection."""
+def encode_batch(batch: Batch, selection: Selection, max_records: int = 0, epoch: str = "") -> list[tuple[int, bytes]]:
+    """Serialized ``StreamEventsResponse`` payloads ``(last_replay_seq, bytes)`` for a selection,
+    each stamped with the server run's ``epoch``."""
     records = batch.records
     seqs = np.arange(batch.first_replay_seq, batch.first_replay_seq + len(records), dtype=np.uint64)
     if batch.snapshot:
@@ -91,6 +98,7 @@ def encode_batch(batch: Batch, selection: Selection, max_records: int = 0) -> li
             batch_sequence=last,
             snapshot=batch.snapshot,
             ts_out=batch.ts_out,
+            epoch=epoch,
         )
         out.append((last, payload))
     return out
@@ -235,8 +243,11 @@ class Hub:
         subscriber_buffer_batches: int,
         max_streams: int,
         book_interval: float,
+        epoch: str = "",
     ) -> None:
         self.market = market
+        #: Identity of the run whose replay positions this hub publishes (stamped on every batch).
+        self.epoch = epoch
         self.book_payload = book_payload
         self.replay_buffer_records = replay_buffer_records
         self.subscriber_buffer_batches = subscriber_buffer_batches
@@ -282,7 +293,7 @@ class Hub:
                 variant = (sub.selection, sub.max_records)
                 payloads = encoded.get(variant)
                 if payloads is None:
-                    payloads = encoded[variant] = encode_batch(batch, sub.selection, sub.max_records)
+                    payloads = encoded[variant] = encode_batch(batch, sub.selection, sub.max_records, self.epoch)
                 if payloads:
                     sub.push(payloads)
             METRICS.events_queue_depth.set(max((len(s.queue) for s in self.event_subscribers), default=0))
@@ -339,11 +350,23 @@ class Hub:
             raise TooManyStreamsError(f"stream limit reached ({self.max_streams} concurrent streams)")
 
     def subscribe_events(
-        self, selection: Selection, *, with_snapshot: bool, start_after: int | None, max_records: int
+        self,
+        selection: Selection,
+        *,
+        with_snapshot: bool,
+        start_after: int | None,
+        max_records: int,
+        resume_epoch: str = "",
     ) -> EventSubscriber:
-        """Registers a StreamEvents client; snapshot or backlog is queued before live batches."""
+        """Registers a StreamEvents client; snapshot or backlog is queued before live batches.
+
+        A resume (``start_after``) that names another run's ``resume_epoch`` is refused: its
+        position means nothing in this run, and the client's books must be rebuilt.
+        """
         self._check_capacity()
         capacity = self.subscriber_buffer_batches
+        if start_after is not None and resume_epoch and resume_epoch != self.epoch:
+            raise EpochMismatchError(resume_epoch, self.epoch)
         if start_after is not None:
             oldest = self.buffer[0].first_replay_seq - 1 if self.buffer else self.position
             if start_after < oldest or start_after > self.position:
@@ -356,7 +379,7 @@ class Hub:
                 skip = max(0, start_after - batch.first_replay_seq + 1)
                 if skip:
                     batch = Batch(batch.first_replay_seq + skip, batch.records[skip:], batch.events, batch.ts_out)
-                backlog.extend(encode_batch(batch, selection, max_records))
+                backlog.extend(encode_batch(batch, selection, max_records, self.epoch))
             # A resume may need more than the live buffer holds: give the backlog its own room.
             sub.capacity = capacity + len(backlog)
             if backlog:
@@ -370,7 +393,9 @@ class Hub:
                     if selection.matches(key):
                         snap = self.market.snapshot(key, ts_recv=now)
                         payloads.extend(
-                            encode_batch(Batch(self.position, snap, snap[:0], now, snapshot=True), Selection())
+                            encode_batch(
+                                Batch(self.position, snap, snap[:0], now, snapshot=True), Selection(), epoch=self.epoch
+                            )
                         )
                 sub.capacity = capacity + len(payloads)
                 if payloads:

@@ -175,6 +175,7 @@ class Replayer:
         self._stopping = False
         self._meter = _RateMeter()
         self._last_sink_wait_log = -_SINK_WAIT_LOG_SECONDS
+        self._clock_generation = 0
         self._reset_clock()
         totals = [count_records(p) for p in self.files]
         self.records_total = None if None in totals else sum(t for t in totals if t is not None)
@@ -236,9 +237,15 @@ class Replayer:
         self._restart.set()
 
     def _reset_clock(self) -> None:
+        """Starts pacing afresh from now (a speed replay re-anchors at its next record).
+
+        Control calls land while :meth:`_budget` sleeps; the new clock generation tells it that its
+        pacing arithmetic is stale, so it goes back to the gate instead of mixing two clocks.
+        """
         self._t0 = time.monotonic()
         self._released = 0
         self._ts0: int | None = None
+        self._clock_generation += 1
 
     # -- the loop ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -360,6 +367,7 @@ class Replayer:
             return 0  # back to the gate: the state may have changed meanwhile
         if self.mode == "max":
             return self.batch_records
+        generation = self._clock_generation
         if self.mode == "rate":
             while True:
                 allowed = int(self.rate * (time.monotonic() - self._t0)) - self._released
@@ -374,7 +382,7 @@ class Replayer:
                 if allowed >= quantum:
                     return min(allowed, self.batch_records)
                 await asyncio.sleep(min(_MAX_SLEEP, (quantum - allowed) / self.rate))
-                if self._interrupted():
+                if self._interrupted() or generation != self._clock_generation:
                     return 0
         ts_recv = chunk["ts_recv"]
         if self._ts0 is None:
@@ -388,5 +396,5 @@ class Replayer:
             # Sleep to the next record, but at least one step, so bursts go out together.
             wait = (int(ts_recv[pos]) - horizon) / 1e9 / self.speed
             await asyncio.sleep(min(_MAX_SLEEP, max(wait, _STEP_SECONDS)))
-            if self._restart.is_set() or not self._resume.is_set():
-                return 1
+            if self._interrupted() or generation != self._clock_generation:
+                return 0

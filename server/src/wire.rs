@@ -59,9 +59,10 @@ fn zigzag(v: i64) -> u64 {
 }
 
 /// Encodes records (56-byte MBO layout, `stride` apart) and their replay positions as a serialized
-/// `StreamEventsResponse`.
+/// `StreamEventsResponse`, stamped with the server run's `epoch` (field 16; omitted when empty).
 #[pyfunction]
-#[pyo3(signature = (records, replay_sequence, *, batch_sequence, snapshot, ts_out, stride=MBO_RECORD_SIZE))]
+#[pyo3(signature = (records, replay_sequence, *, batch_sequence, snapshot, ts_out, epoch="", stride=MBO_RECORD_SIZE))]
+#[allow(clippy::too_many_arguments)]
 pub fn encode_event_batch<'py>(
     py: Python<'py>,
     records: PyBuffer<u8>,
@@ -69,6 +70,7 @@ pub fn encode_event_batch<'py>(
     batch_sequence: u64,
     snapshot: bool,
     ts_out: u64,
+    epoch: &str,
     stride: usize,
 ) -> PyResult<Bound<'py, PyBytes>> {
     if stride < MBO_RECORD_SIZE {
@@ -82,7 +84,7 @@ pub fn encode_event_batch<'py>(
     }
     let out = py.detach(|| {
         let recs: Vec<Mbo> = (0..n).map(|i| Mbo::decode(&data[i * stride..])).collect();
-        let mut out = Vec::with_capacity(32 + n * 48);
+        let mut out = Vec::with_capacity(32 + epoch.len() + n * 48);
         let mut scratch = Vec::with_capacity(n * 10);
         if batch_sequence != 0 {
             tag(&mut out, 1, WIRE_VARINT);
@@ -109,6 +111,11 @@ pub fn encode_event_batch<'py>(
         packed(&mut out, 13, recs.iter().map(|r| r.sequence as u64), &mut scratch);
         packed(&mut out, 14, recs.iter().map(|r| r.instrument_id as u64), &mut scratch);
         packed(&mut out, 15, recs.iter().map(|r| r.publisher_id as u64), &mut scratch);
+        if !epoch.is_empty() {
+            tag(&mut out, 16, WIRE_LEN);
+            varint(&mut out, epoch.len() as u64);
+            out.extend_from_slice(epoch.as_bytes());
+        }
         out
     });
     Ok(PyBytes::new(py, &out))

@@ -4,7 +4,9 @@ Start-up: resolve the data (the generated sample when no file is given), build t
 replayer, start gRPC (health NOT_SERVING), start the replay, and flip health to SERVING once the
 first data is applied. Shutdown, on the first SIGTERM/SIGINT: health NOT_SERVING → stop the
 replay → end every stream gracefully → ``server.stop(grace)`` (stop accepting, let RPCs finish
-within the grace period) → stop sinks → exit 0. A second signal exits at once.
+within the grace period) → stop sinks → exit 0. A second signal exits at once. A background task
+that fails (the replay, the book ticker) takes the same shutdown path, and the process exits 2 for
+an mbostream error (a data file found bad mid-replay) or 1 for anything else, never 0.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from grpc import aio as grpc_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,6 +28,7 @@ from prometheus_client import start_http_server
 
 from mbostream.config import Settings
 from mbostream.dbn import DbnReader
+from mbostream.errors import MbostreamError
 from mbostream.hub import Hub
 from mbostream.market import Market
 from mbostream.replay import Replayer
@@ -36,6 +39,11 @@ from mbostream.synth import ensure_sample
 from mbostream.v1 import market_data_pb2, replay_pb2
 
 log = logging.getLogger(__name__)
+
+#: Exit codes of a server that stopped (the command line's convention: 2 is bad input or settings).
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_BAD_INPUT: Final = 2
 
 SERVICE_NAMES = (
     market_data_pb2.DESCRIPTOR.services_by_name["MarketDataService"].full_name,
@@ -62,6 +70,8 @@ class App:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
         self._stopping = False
+        #: What the process should exit with once stopped: 0 unless a background task failed.
+        self.exit_code = EXIT_OK
 
     def _data_files(self) -> list[str]:
         s = self.settings
@@ -155,9 +165,26 @@ class App:
         return sink
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None and not self._stopping:
-            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
-            asyncio.get_running_loop().create_task(self.shutdown())
+        """A background task that fails stops the server, which then exits non-zero (see serve).
+
+        One error line says which task and why: an mbostream error (a data file that turns out bad
+        mid-replay) is a message for the operator, exit 2; anything else is a bug, exit 1, and the
+        line carries its traceback.
+        """
+        if task.cancelled() or self._stopping or task.exception() is None:
+            return
+        exc = task.exception()
+        expected = isinstance(exc, MbostreamError)
+        self.exit_code = EXIT_BAD_INPUT if expected else EXIT_FAILED
+        log.error(
+            "%s failed: %s; the server stops (exit %d)",
+            task.get_name(),
+            exc if expected else repr(exc),
+            self.exit_code,
+            exc_info=None if expected else exc,
+            extra={"task": task.get_name(), "exit_code": self.exit_code},
+        )
+        asyncio.get_running_loop().create_task(self.shutdown())
 
     async def _set_health(self, status: int) -> None:
         for name in ("", *SERVICE_NAMES):
@@ -251,4 +278,4 @@ async def serve(
     await app.wait_stopped()
     if edge is not None:
         await edge.stop()
-    return 0
+    return app.exit_code

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mbostream import logs
-from mbostream.config import load_settings
+from mbostream.config import RANGES, load_settings
 
 
 def _settings_from_args(args: argparse.Namespace) -> Any:
@@ -61,21 +61,53 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings, with_edge=True, static_dir=Path(args.static_dir)))
 
 
+def _range(setting: str) -> str:
+    return RANGES[setting].describe()
+
+
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags shared by ``serve`` and ``run``; every one also has an ``MBOSTREAM_*`` variable."""
+    """Flags shared by ``serve`` and ``run``; every one also has an ``MBOSTREAM_*`` variable.
+
+    Numbers are parsed by their setting's :data:`~mbostream.config.RANGES` entry, so a flag and its
+    variable accept exactly the same values.
+    """
     p.add_argument("file", nargs="*", help="DBN MBO files to replay (default: the generated sample)")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, default=None, metavar="MSGS_PER_S", help="fixed records per second")
-    pace.add_argument("--speed", type=float, default=None, metavar="X", help="recorded ts_recv gaps divided by X")
+    pace.add_argument(
+        "--rate", type=RANGES["rate"].argtype, default=None, metavar="MSGS_PER_S",
+        help=f"fixed records per second ({_range('rate')}; default 100000)",
+    )  # fmt: skip
+    pace.add_argument(
+        "--speed", type=RANGES["speed"].argtype, default=None, metavar="X",
+        help=f"recorded ts_recv gaps divided by X ({_range('speed')})",
+    )  # fmt: skip
     pace.add_argument("--max", action="store_true", help="as fast as the pipeline allows")
     p.add_argument("--loop", action="store_true", help="start over at the end (books cleared with R records)")
     p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="gRPC port (default 50051; 0 picks a free one)")
-    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (default 9464; 0 free; -1 off)")
-    p.add_argument("--max-streams", type=int, default=None, help="concurrent streams allowed (default 1000)")
-    p.add_argument("--book-interval-ms", type=float, default=None, help="book stream refresh period (default 5)")
-    p.add_argument("--batch-records", type=int, default=None, help="records per replay step at most (default 4096)")
-    p.add_argument("--grace-seconds", type=float, default=None, help="shutdown grace period (default 5)")
+    p.add_argument(
+        "--port", type=RANGES["port"].argtype, default=None,
+        help="gRPC port (default 50051; 0 picks a free one); an occupied port is an error",
+    )  # fmt: skip
+    p.add_argument(
+        "--metrics-port", type=RANGES["metrics_port"].argtype, default=None,
+        help="Prometheus port (default 9464; 0 free; -1 off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-streams", type=RANGES["max_streams"].argtype, default=None,
+        help=f"concurrent streams allowed ({_range('max_streams')}; default 1000)",
+    )  # fmt: skip
+    p.add_argument(
+        "--book-interval-ms", type=RANGES["book_interval_ms"].argtype, default=None,
+        help=f"book stream refresh period ({_range('book_interval_ms')}; default 5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch-records", type=RANGES["batch_records"].argtype, default=None,
+        help=f"records per replay step at most ({_range('batch_records')}; default 4096)",
+    )  # fmt: skip
+    p.add_argument(
+        "--grace-seconds", type=RANGES["grace_seconds"].argtype, default=None,
+        help=f"shutdown grace period ({_range('grace_seconds')}; default 5)",
+    )  # fmt: skip
     p.add_argument("--control-token-file", default=None, help="file holding the ReplayService token")
     p.add_argument("--no-store", action="store_true", help="do not persist the feed (no InfluxDB writes, no spool)")
 
@@ -88,7 +120,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("run", help="serve, with Envoy in front: the web UI, gRPC-Web and gRPC on one URL")
     add_server_arguments(p)
-    p.add_argument("--edge-port", type=int, default=None, help="the one port of UI and API (default 8080)")
+    p.add_argument(
+        "--edge-port", type=RANGES["edge_port"].argtype, default=None, help="the one port of UI and API (default 8080)"
+    )
     p.add_argument("--allowed-origin", action="append", default=[], help="extra CORS origin (repeatable)")
     p.add_argument("--static-dir", default=str(DEFAULT_STATIC_DIR), help="the built web UI (default web/dist)")
     p.set_defaults(func=_cmd_run)

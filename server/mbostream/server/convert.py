@@ -77,9 +77,10 @@ def book_update_payload(
     return single, multi, ts_out
 
 
-def per_client_suffix(is_snapshot: bool, conflated: int, ts_out: int = 0) -> bytes:
+def per_client_suffix(is_snapshot: bool, conflated: int, ts_out: int = 0, epoch: str = "") -> bytes:
+    """The per-message fields of a ``StreamBookResponse``, appended to the shared book bytes."""
     return market_data_pb2.StreamBookResponse(
-        is_snapshot=is_snapshot, conflated=conflated, ts_out=ts_out
+        is_snapshot=is_snapshot, conflated=conflated, ts_out=ts_out, epoch=epoch
     ).SerializeToString()
 
 
@@ -101,8 +102,9 @@ def instrument_info(market: Market, key: BookKey, dataset: str) -> market_data_p
     )
 
 
-def replay_status(status: ReplayStatus) -> replay_pb2.ReplayStatus:
+def replay_status(status: ReplayStatus, epoch: str = "") -> replay_pb2.ReplayStatus:
     return replay_pb2.ReplayStatus(
+        epoch=epoch,
         files=list(status.files),
         state=_STATES[status.state],
         mode=_MODES[status.mode],

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc import aio as grpc_aio
 
+from mbostream.config import MAX_UPDATES_PER_SECOND
 from mbostream.errors import InvalidArgumentError
 from mbostream.hub import Hub, Selection
 from mbostream.market import BookKey, Market
@@ -69,8 +70,10 @@ class MarketDataService:
 
     async def StreamBook(self, request: pb.StreamBookRequest, context: grpc_aio.ServicerContext) -> AsyncIterator[bytes]:
         """A full snapshot per book first, then the latest consistent book at each refresh."""
-        if request.max_updates_per_second < 0:
-            raise InvalidArgumentError("max_updates_per_second", "must be >= 0")
+        try:
+            MAX_UPDATES_PER_SECOND.check(request.max_updates_per_second)
+        except ValueError as exc:
+            raise InvalidArgumentError("max_updates_per_second", str(exc)) from None
         selection = _selection(self.market, list(request.instruments), "instruments")
         sub = self.hub.subscribe_books(
             selection,

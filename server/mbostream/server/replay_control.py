@@ -5,11 +5,20 @@ from __future__ import annotations
 import grpc
 from grpc import aio as grpc_aio
 
+from mbostream.config import RANGES
 from mbostream.errors import InvalidArgumentError, PreconditionError
 from mbostream.replay import Replayer, ReplayState
 from mbostream.server.convert import replay_status
 from mbostream.server.interceptors import check_bearer
 from mbostream.v1 import replay_pb2 as pb
+
+
+def _checked(field: str, value: float, setting: str) -> float:
+    """``value`` when inside the range of the setting it changes (the same as its flag's)."""
+    try:
+        return RANGES[setting].check(value)
+    except ValueError as exc:
+        raise InvalidArgumentError(field, str(exc)) from None
 
 
 class ReplayControlService:
@@ -51,13 +60,9 @@ class ReplayControlService:
         self._authorize(context)
         which = request.WhichOneof("pacing")
         if which == "records_per_second":
-            if not request.records_per_second > 0:
-                raise InvalidArgumentError("records_per_second", "must be > 0")
-            self.replayer.set_pacing("rate", rate=request.records_per_second)
+            self.replayer.set_pacing("rate", rate=_checked("records_per_second", request.records_per_second, "rate"))
         elif which == "speed":
-            if not request.speed > 0:
-                raise InvalidArgumentError("speed", "must be > 0")
-            self.replayer.set_pacing("speed", speed=request.speed)
+            self.replayer.set_pacing("speed", speed=_checked("speed", request.speed, "speed"))
         elif which == "max":
             if not request.max:
                 raise InvalidArgumentError("max", "must be true when set")

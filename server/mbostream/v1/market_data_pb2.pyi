@@ -217,6 +217,11 @@ class GetBookResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BOOK_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.str
+    """The server run the book's replay_sequence belongs to (see
+    StreamEventsResponse.epoch).
+    """
     @_builtins.property
     def book(self) -> _book_pb2.BookSnapshot:
         """The book as of the most recent F_LAST boundary."""
@@ -225,10 +230,11 @@ class GetBookResponse(_message.Message):
         self,
         *,
         book: _book_pb2.BookSnapshot | None = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["book", b"book"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["book", b"book"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["book", b"book", "epoch", b"epoch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,6 +301,7 @@ class StreamBookResponse(_message.Message):
     TS_OUT_FIELD_NUMBER: _builtins.int
     CONFLATED_FIELD_NUMBER: _builtins.int
     BOOKS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     is_snapshot: _builtins.bool
     """True for the first message of each book on this stream."""
     ts_out: _builtins.int
@@ -303,6 +310,10 @@ class StreamBookResponse(_message.Message):
     """Number of book states skipped for this client since the previous message
     for the same book (0 when none was skipped); with combine_books, the sum
     over the books of this message.
+    """
+    epoch: _builtins.str
+    """The server run the books' replay_sequence belongs to (see
+    StreamEventsResponse.epoch).
     """
     @_builtins.property
     def book(self) -> _book_pb2.BookSnapshot:
@@ -323,10 +334,11 @@ class StreamBookResponse(_message.Message):
         ts_out: _builtins.int = ...,
         conflated: _builtins.int = ...,
         books: _abc.Iterable[_book_pb2.BookSnapshot] | None = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["book", b"book"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["book", b"book", "books", b"books", "conflated", b"conflated", "is_snapshot", b"is_snapshot", "ts_out", b"ts_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["book", b"book", "books", b"books", "conflated", b"conflated", "epoch", b"epoch", "is_snapshot", b"is_snapshot", "ts_out", b"ts_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -342,6 +354,7 @@ class StreamEventsRequest(_message.Message):
     WITH_SNAPSHOT_FIELD_NUMBER: _builtins.int
     START_AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     MAX_BATCH_RECORDS_FIELD_NUMBER: _builtins.int
+    RESUME_EPOCH_FIELD_NUMBER: _builtins.int
     with_snapshot: _builtins.bool
     """When true, the stream starts with snapshot batches (snapshot true) that
     rebuild each selected book, then continues with live records. Cannot be
@@ -353,6 +366,12 @@ class StreamEventsRequest(_message.Message):
     """
     max_batch_records: _builtins.int
     """Upper bound on records per batch; 0 lets the server choose."""
+    resume_epoch: _builtins.str
+    """The epoch of the stream start_after_sequence was taken from. When set
+    and not the server's current epoch, the call fails with
+    FAILED_PRECONDITION: the position belongs to another server run. Empty
+    skips the check (clients that predate epochs).
+    """
     @_builtins.property
     def instruments(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstrumentSelector]:
         """Instruments to stream; empty streams every instrument."""
@@ -364,10 +383,11 @@ class StreamEventsRequest(_message.Message):
         with_snapshot: _builtins.bool = ...,
         start_after_sequence: _builtins.int | None = ...,
         max_batch_records: _builtins.int = ...,
+        resume_epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_start_after_sequence", b"_start_after_sequence", "start_after_sequence", b"start_after_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_after_sequence", b"_start_after_sequence", "instruments", b"instruments", "max_batch_records", b"max_batch_records", "start_after_sequence", b"start_after_sequence", "with_snapshot", b"with_snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_after_sequence", b"_start_after_sequence", "instruments", b"instruments", "max_batch_records", b"max_batch_records", "resume_epoch", b"resume_epoch", "start_after_sequence", b"start_after_sequence", "with_snapshot", b"with_snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__start_after_sequence: _TypeAlias = _typing.Literal["start_after_sequence"]  # noqa: Y015
     _WhichOneofArgType__start_after_sequence: _TypeAlias = _typing.Literal["_start_after_sequence", b"_start_after_sequence"]  # noqa: Y015
@@ -409,6 +429,7 @@ class StreamEventsResponse(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     INSTRUMENT_ID_FIELD_NUMBER: _builtins.int
     PUBLISHER_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     batch_sequence: _builtins.int
     """Server replay position of the last record in this batch; pass it as
     start_after_sequence to resume after the batch.
@@ -426,6 +447,11 @@ class StreamEventsResponse(_message.Message):
     flags: _builtins.bytes
     """One byte per record of DBN flags: F_LAST 128, F_TOB 64, F_SNAPSHOT 32,
     F_MBP 16, F_BAD_TS_RECV 8, F_MAYBE_BAD_BOOK 4.
+    """
+    epoch: _builtins.str
+    """Identity of the server run (replayer) whose replay positions these are:
+    a random id chosen at start-up. Replay positions of different epochs are
+    unrelated; a client that sees the epoch change must rebuild its books.
     """
     @_builtins.property
     def replay_sequence(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -486,10 +512,11 @@ class StreamEventsResponse(_message.Message):
         sequence: _abc.Iterable[_builtins.int] | None = ...,
         instrument_id: _abc.Iterable[_builtins.int] | None = ...,
         publisher_id: _abc.Iterable[_builtins.int] | None = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "batch_sequence", b"batch_sequence", "flags", b"flags", "instrument_id", b"instrument_id", "order_id", b"order_id", "price", b"price", "publisher_id", b"publisher_id", "replay_sequence", b"replay_sequence", "sequence", b"sequence", "side", b"side", "size", b"size", "snapshot", b"snapshot", "ts_event", b"ts_event", "ts_out", b"ts_out", "ts_recv", b"ts_recv"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "batch_sequence", b"batch_sequence", "epoch", b"epoch", "flags", b"flags", "instrument_id", b"instrument_id", "order_id", b"order_id", "price", b"price", "publisher_id", b"publisher_id", "replay_sequence", b"replay_sequence", "sequence", b"sequence", "side", b"side", "size", b"size", "snapshot", b"snapshot", "ts_event", b"ts_event", "ts_out", b"ts_out", "ts_recv", b"ts_recv"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

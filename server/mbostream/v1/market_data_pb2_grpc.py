@@ -102,7 +102,10 @@ class MarketDataServiceServicer:
         server buffers is disconnected with RESOURCE_EXHAUSTED and may reconnect
         with start_after_sequence set to the last replay_sequence it applied.
         A start_after_sequence older than the server retains fails with
-        OUT_OF_RANGE; reconnect with with_snapshot instead.
+        OUT_OF_RANGE; reconnect with with_snapshot instead. Replay positions
+        belong to one server run (its epoch): a resume_epoch other than the
+        server's fails with FAILED_PRECONDITION, since the client's books came
+        from another run and must be rebuilt from a snapshot.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -66,7 +66,10 @@ class MarketDataServiceStub:
     server buffers is disconnected with RESOURCE_EXHAUSTED and may reconnect
     with start_after_sequence set to the last replay_sequence it applied.
     A start_after_sequence older than the server retains fails with
-    OUT_OF_RANGE; reconnect with with_snapshot instead.
+    OUT_OF_RANGE; reconnect with with_snapshot instead. Replay positions
+    belong to one server run (its epoch): a resume_epoch other than the
+    server's fails with FAILED_PRECONDITION, since the client's books came
+    from another run and must be rebuilt from a snapshot.
     """
 
 @_typing.type_check_only
@@ -101,7 +104,10 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     server buffers is disconnected with RESOURCE_EXHAUSTED and may reconnect
     with start_after_sequence set to the last replay_sequence it applied.
     A start_after_sequence older than the server retains fails with
-    OUT_OF_RANGE; reconnect with with_snapshot instead.
+    OUT_OF_RANGE; reconnect with with_snapshot instead. Replay positions
+    belong to one server run (its epoch): a resume_epoch other than the
+    server's fails with FAILED_PRECONDITION, since the client's books came
+    from another run and must be rebuilt from a snapshot.
     """
 
 class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -157,7 +163,10 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         server buffers is disconnected with RESOURCE_EXHAUSTED and may reconnect
         with start_after_sequence set to the last replay_sequence it applied.
         A start_after_sequence older than the server retains fails with
-        OUT_OF_RANGE; reconnect with with_snapshot instead.
+        OUT_OF_RANGE; reconnect with with_snapshot instead. Replay positions
+        belong to one server run (its epoch): a resume_epoch other than the
+        server's fails with FAILED_PRECONDITION, since the client's books came
+        from another run and must be rebuilt from a snapshot.
         """
 
 def add_MarketDataServiceServicer_to_server(servicer: MarketDataServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

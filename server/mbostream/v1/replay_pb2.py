@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mbostream/v1/replay.proto\x12\x0cmbostream.v1\"\xc4\x02\n\x0cReplayStatus\x12\r\n\x05\x66iles\x18\x01 \x03(\t\x12\x14\n\x0crecords_done\x18\x02 \x01(\x04\x12\x15\n\rrecords_total\x18\x03 \x01(\x04\x12\x17\n\x0freplay_sequence\x18\x04 \x01(\x04\x12\x0f\n\x07ts_recv\x18\x05 \x01(\x04\x12(\n\x05state\x18\x06 \x01(\x0e\x32\x19.mbostream.v1.ReplayState\x12&\n\x04mode\x18\x07 \x01(\x0e\x32\x18.mbostream.v1.ReplayMode\x12!\n\x19target_records_per_second\x18\x08 \x01(\x01\x12\r\n\x05speed\x18\t \x01(\x01\x12#\n\x1b\x61\x63hieved_records_per_second\x18\n \x01(\x01\x12\x0c\n\x04loop\x18\x0b \x01(\x08\x12\x17\n\x0floops_completed\x18\x0c \x01(\x04\"\x12\n\x10GetStatusRequest\"?\n\x11GetStatusResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.mbostream.v1.ReplayStatus\"\x0e\n\x0cPauseRequest\";\n\rPauseResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.mbostream.v1.ReplayStatus\"\x0f\n\rResumeRequest\"<\n\x0eResumeResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.mbostream.v1.ReplayStatus\"X\n\x0eSetRateRequest\x12\x1c\n\x12records_per_second\x18\x01 \x01(\x01H\x00\x12\x0f\n\x05speed\x18\x02 \x01(\x01H\x00\x12\r\n\x03max\x18\x03 \x01(\x08H\x00\x42\x08\n\x06pacing\"=\n\x0fSetRateResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.mbostream.v1.ReplayStatus\"\x10\n\x0eRestartRequest\"=\n\x0fRestartResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.mbostream.v1.ReplayStatus*k\n\nReplayMode\x12\x1b\n\x17REPLAY_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10REPLAY_MODE_RATE\x10\x01\x12\x15\n\x11REPLAY_MODE_SPEED\x10\x02\x12\x13\n\x0fREPLAY_MODE_MAX\x10\x03*\x93\x01\n\x0bReplayState\x12\x1c\n\x18REPLAY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14REPLAY_STATE_RUNNING\x10\x01\x12\x17\n\x13REPLAY_STATE_PAUSED\x10\x02\x12\x19\n\x15REPLAY_STATE_FINISHED\x10\x03\x12\x18\n\x14REPLAY_STATE_STOPPED\x10\x04\x32\xf4\x02\n\rReplayService\x12L\n\tGetStatus\x12\x1e.mbostream.v1.GetStatusRequest\x1a\x1f.mbostream.v1.GetStatusResponse\x12@\n\x05Pause\x12\x1a.mbostream.v1.PauseRequest\x1a\x1b.mbostream.v1.PauseResponse\x12\x43\n\x06Resume\x12\x1b.mbostream.v1.ResumeRequest\x1a\x1c.mbostream.v1.ResumeResponse\x12\x46\n\x07SetRate\x12\x1c.mbostream.v1.SetRateRequest\x1a\x1d.mbostream.v1.SetRateResponse\x12\x46\n\x07Restart\x12\x1c.mbostream.v1.RestartRequest\x1a\x1d.mbostream.v1.RestartResponseBHZFgithub.com/mbostream/mbostream/clients/go/gen/mbostream/v1;mbostreamv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mbostream/v1/replay.proto\x12\x0cmbostream.v1\"\xd3\x02\n\x0cReplayStatus\x12\r\n\x05\x66iles\x18\x01 \x03(\t\x12\x14\n\x0crecords_done\x18\x02 \x01(\x04\x12\x15\n\rrecords_total\x18\x03 \x01(\x04\x12\x17\n\x0freplay_sequence\x18\x04 \x01(\x04\x12\x0f\n\x07ts_recv\x18\x05 \x01(\x04\x12(\n\x05state\x18\x06 \x01(\x0e\x32\x19.mbostream.v1.ReplayState\x12&\n\x04mode\x18\x07 \x01(\x0e\x32\x18.mbostream.v1.ReplayMode\x12!\n\x19target_records_per_second\x18\x08 \x01(\x01\x12\r\n\x05speed\x18\t \x01(\x01\x12#\n\x1b\x61\x63hieved_records_per_second\x18\n \x01(\x01\x12\x0c\n\x04loop\x18\x0b \x01(\x08\x12\x17\n\x0floops_completed\x18\x0c \x01(\x04\x12\r\n\x05\x65poch\x18\r \x01(\t\"\x12\n\x10GetStatusRequest\"?\n\x11GetStatusResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.mbostream.v1.ReplayStatus\"\x0e\n\x0cPauseRequest\";\n\rPauseResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.mbostream.v1.ReplayStatus\"\x0f\n\rResumeRequest\"<\n\x0eResumeResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.mbostream.v1.ReplayStatus\"X\n\x0eSetRateRequest\x12\x1c\n\x12records_per_second\x18\x01 \x01(\x01H\x00\x12\x0f\n\x05speed\x18\x02 \x01(\x01H\x00\x12\r\n\x03max\x18\x03 \x01(\x08H\x00\x42\x08\n\x06pacing\"=\n\x0fSetRateResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.mbostream.v1.ReplayStatus\"\x10\n\x0eRestartRequest\"=\n\x0fRestartResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.mbostream.v1.ReplayStatus*k\n\nReplayMode\x12\x1b\n\x17REPLAY_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10REPLAY_MODE_RATE\x10\x01\x12\x15\n\x11REPLAY_MODE_SPEED\x10\x02\x12\x13\n\x0fREPLAY_MODE_MAX\x10\x03*\x93\x01\n\x0bReplayState\x12\x1c\n\x18REPLAY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14REPLAY_STATE_RUNNING\x10\x01\x12\x17\n\x13REPLAY_STATE_PAUSED\x10\x02\x12\x19\n\x15REPLAY_STATE_FINISHED\x10\x03\x12\x18\n\x14REPLAY_STATE_STOPPED\x10\x04\x32\xf4\x02\n\rReplayService\x12L\n\tGetStatus\x12\x1e.mbostream.v1.GetStatusRequest\x1a\x1f.mbostream.v1.GetStatusResponse\x12@\n\x05Pause\x12\x1a.mbostream.v1.PauseRequest\x1a\x1b.mbostream.v1.PauseResponse\x12\x43\n\x06Resume\x12\x1b.mbostream.v1.ResumeRequest\x1a\x1c.mbostream.v1.ResumeResponse\x12\x46\n\x07SetRate\x12\x1c.mbostream.v1.SetRateRequest\x1a\x1d.mbostream.v1.SetRateResponse\x12\x46\n\x07Restart\x12\x1c.mbostream.v1.RestartRequest\x1a\x1d.mbostream.v1.RestartResponseBHZFgithub.com/mbostream/mbostream/clients/go/gen/mbostream/v1;mbostreamv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,32 +32,32 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mbostream.v1.replay_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZFgithub.com/mbostream/mbostream/clients/go/gen/mbostream/v1;mbostreamv1'
-  _globals['_REPLAYMODE']._serialized_start=845
-  _globals['_REPLAYMODE']._serialized_end=952
-  _globals['_REPLAYSTATE']._serialized_start=955
-  _globals['_REPLAYSTATE']._serialized_end=1102
+  _globals['_REPLAYMODE']._serialized_start=860
+  _globals['_REPLAYMODE']._serialized_end=967
+  _globals['_REPLAYSTATE']._serialized_start=970
+  _globals['_REPLAYSTATE']._serialized_end=1117
   _globals['_REPLAYSTATUS']._serialized_start=44
-  _globals['_REPLAYSTATUS']._serialized_end=368
-  _globals['_GETSTATUSREQUEST']._serialized_start=370
-  _globals['_GETSTATUSREQUEST']._serialized_end=388
-  _globals['_GETSTATUSRESPONSE']._serialized_start=390
-  _globals['_GETSTATUSRESPONSE']._serialized_end=453
-  _globals['_PAUSEREQUEST']._serialized_start=455
-  _globals['_PAUSEREQUEST']._serialized_end=469
-  _globals['_PAUSERESPONSE']._serialized_start=471
-  _globals['_PAUSERESPONSE']._serialized_end=530
-  _globals['_RESUMEREQUEST']._serialized_start=532
-  _globals['_RESUMEREQUEST']._serialized_end=547
-  _globals['_RESUMERESPONSE']._serialized_start=549
-  _globals['_RESUMERESPONSE']._serialized_end=609
-  _globals['_SETRATEREQUEST']._serialized_start=611
-  _globals['_SETRATEREQUEST']._serialized_end=699
-  _globals['_SETRATERESPONSE']._serialized_start=701
-  _globals['_SETRATERESPONSE']._serialized_end=762
-  _globals['_RESTARTREQUEST']._serialized_start=764
-  _globals['_RESTARTREQUEST']._serialized_end=780
-  _globals['_RESTARTRESPONSE']._serialized_start=782
-  _globals['_RESTARTRESPONSE']._serialized_end=843
-  _globals['_REPLAYSERVICE']._serialized_start=1105
-  _globals['_REPLAYSERVICE']._serialized_end=1477
+  _globals['_REPLAYSTATUS']._serialized_end=383
+  _globals['_GETSTATUSREQUEST']._serialized_start=385
+  _globals['_GETSTATUSREQUEST']._serialized_end=403
+  _globals['_GETSTATUSRESPONSE']._serialized_start=405
+  _globals['_GETSTATUSRESPONSE']._serialized_end=468
+  _globals['_PAUSEREQUEST']._serialized_start=470
+  _globals['_PAUSEREQUEST']._serialized_end=484
+  _globals['_PAUSERESPONSE']._serialized_start=486
+  _globals['_PAUSERESPONSE']._serialized_end=545
+  _globals['_RESUMEREQUEST']._serialized_start=547
+  _globals['_RESUMEREQUEST']._serialized_end=562
+  _globals['_RESUMERESPONSE']._serialized_start=564
+  _globals['_RESUMERESPONSE']._serialized_end=624
+  _globals['_SETRATEREQUEST']._serialized_start=626
+  _globals['_SETRATEREQUEST']._serialized_end=714
+  _globals['_SETRATERESPONSE']._serialized_start=716
+  _globals['_SETRATERESPONSE']._serialized_end=777
+  _globals['_RESTARTREQUEST']._serialized_start=779
+  _globals['_RESTARTREQUEST']._serialized_end=795
+  _globals['_RESTARTRESPONSE']._serialized_start=797
+  _globals['_RESTARTRESPONSE']._serialized_end=858
+  _globals['_REPLAYSERVICE']._serialized_start=1120
+  _globals['_REPLAYSERVICE']._serialized_end=1492
 # @@protoc_insertion_point(module_scope)

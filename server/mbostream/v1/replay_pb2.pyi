@@ -101,6 +101,7 @@ class ReplayStatus(_message.Message):
     ACHIEVED_RECORDS_PER_SECOND_FIELD_NUMBER: _builtins.int
     LOOP_FIELD_NUMBER: _builtins.int
     LOOPS_COMPLETED_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     records_done: _builtins.int
     """Records published in the current pass over the files."""
     records_total: _builtins.int
@@ -127,6 +128,8 @@ class ReplayStatus(_message.Message):
     """True when the replay starts over from the first file after the last one."""
     loops_completed: _builtins.int
     """Number of complete passes over the files since start-up or the last Restart."""
+    epoch: _builtins.str
+    """Identity of this server run; see StreamEventsResponse.epoch."""
     @_builtins.property
     def files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Input file paths, in replay order."""
@@ -146,10 +149,11 @@ class ReplayStatus(_message.Message):
         achieved_records_per_second: _builtins.float = ...,
         loop: _builtins.bool = ...,
         loops_completed: _builtins.int = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["achieved_records_per_second", b"achieved_records_per_second", "files", b"files", "loop", b"loop", "loops_completed", b"loops_completed", "mode", b"mode", "records_done", b"records_done", "records_total", b"records_total", "replay_sequence", b"replay_sequence", "speed", b"speed", "state", b"state", "target_records_per_second", b"target_records_per_second", "ts_recv", b"ts_recv"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["achieved_records_per_second", b"achieved_records_per_second", "epoch", b"epoch", "files", b"files", "loop", b"loop", "loops_completed", b"loops_completed", "mode", b"mode", "records_done", b"records_done", "records_total", b"records_total", "replay_sequence", b"replay_sequence", "speed", b"speed", "state", b"state", "target_records_per_second", b"target_records_per_second", "ts_recv", b"ts_recv"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

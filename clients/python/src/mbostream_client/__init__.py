@@ -10,6 +10,7 @@ from mbostream_client._exceptions import (
     AuthenticationError,
     ClientError,
     DeadlineExceededError,
+    EpochChangedError,
     InstrumentNotFoundError,
     InvalidRequestError,
     PermissionDeniedError,
@@ -25,7 +26,8 @@ from mbostream_client._latency import LatencyConfig, measure
 from mbostream_client._market_data import Instrument, MarketDataClient
 from mbostream_client._render import book_json, levels
 from mbostream_client._replay import ReplayClient
-from mbostream_client._replica import BookReplica, ReplicaStats
+from mbostream_client._follow import EventFollower, StreamStats
+from mbostream_client._replica import BookReplica
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -36,6 +38,8 @@ __all__ = [
     "BookReplica",
     "ClientError",
     "DeadlineExceededError",
+    "EpochChangedError",
+    "EventFollower",
     "EventBatch",
     "Instrument",
     "InstrumentNotFoundError",
@@ -46,12 +50,12 @@ __all__ = [
     "PreconditionFailedError",
     "ReplayClient",
     "ReplicaGapError",
-    "ReplicaStats",
     "ResumeOutOfRangeError",
     "RpcError",
     "ServerUnavailableError",
     "SlowConsumerError",
     "StreamLimitError",
+    "StreamStats",
     "book_json",
     "decode_events",
     "levels",

@@ -43,6 +43,8 @@ class EventBatch:
         True for the book-snapshot batches sent first on a ``with_snapshot`` stream.
     ts_out
         Server publication time, ns since the UNIX epoch.
+    epoch
+        The server run the replay positions belong to ("" from servers that predate epochs).
     """
 
     records: np.ndarray
@@ -50,6 +52,7 @@ class EventBatch:
     batch_sequence: int
     snapshot: bool
     ts_out: int
+    epoch: str = ""
 
     def __len__(self) -> int:
         return len(self.records)
@@ -84,6 +87,7 @@ def decode_events(message: market_data_pb2.StreamEventsResponse) -> EventBatch:
         batch_sequence=message.batch_sequence,
         snapshot=message.snapshot,
         ts_out=message.ts_out,
+        epoch=message.epoch,
     )
 
 

@@ -14,6 +14,8 @@
     │   ├── AuthenticationError         UNAUTHENTICATED: missing or wrong operator token
     │   ├── PermissionDeniedError       PERMISSION_DENIED: replay control is disabled
     │   ├── PreconditionFailedError     FAILED_PRECONDITION: valid call, wrong replay state
+    │   │   └── EpochChangedError       a resume into another server run: its positions are not
+    │   │                               ours, so the books must be rebuilt from a snapshot
     │   ├── ServerUnavailableError      UNAVAILABLE: cannot connect, or the connection dropped
     │   └── DeadlineExceededError       DEADLINE_EXCEEDED: the call's timeout passed
     └── ReplicaGapError                 a live record's replay_sequence skipped ahead
@@ -94,6 +96,14 @@ class PermissionDeniedError(RpcError):
 
 class PreconditionFailedError(RpcError):
     """FAILED_PRECONDITION: the call is valid but not in the replay's current state."""
+
+
+class EpochChangedError(PreconditionFailedError):
+    """The server runs another epoch than the one a resume position came from.
+
+    Raised for FAILED_PRECONDITION on a StreamEvents resume with ``resume_epoch``, and when a
+    resumed stream's batches carry another epoch than the one asked for.
+    """
 
 
 class ServerUnavailableError(RpcError):

@@ -12,7 +12,7 @@ from mbostream.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc
 
 from mbostream_client._channel import DEFAULT_TARGET, open_channel
 from mbostream_client._decode import EventBatch, decode_events
-from mbostream_client._exceptions import error_from_rpc
+from mbostream_client._exceptions import EpochChangedError, PreconditionFailedError, error_from_rpc
 
 #: An instrument as callers name it: a raw symbol (``"CLX5"``) or a numeric instrument id.
 Instrument = str | int
@@ -167,6 +167,7 @@ class MarketDataClient:
         *,
         with_snapshot: bool = False,
         start_after_sequence: int | None = None,
+        resume_epoch: str = "",
         max_batch_records: int = 0,
     ) -> AsyncGenerator[EventBatch, None]:
         """The raw MBO records in replay order, as decoded :class:`EventBatch` es.
@@ -179,6 +180,9 @@ class MarketDataClient:
             Start with snapshot batches that rebuild each selected book.
         start_after_sequence
             Resume after this replay position (from the server's replay buffer).
+        resume_epoch
+            The epoch of the batch ``start_after_sequence`` came from; the server refuses a resume
+            into another run with FAILED_PRECONDITION (:class:`EpochChangedError`).
         max_batch_records
             Upper bound on records per batch; 0 lets the server choose.
 
@@ -188,19 +192,34 @@ class MarketDataClient:
             The reader fell behind the server's buffer; resume with ``start_after_sequence``.
         ResumeOutOfRangeError
             ``start_after_sequence`` is no longer buffered; resubscribe with ``with_snapshot``.
+        EpochChangedError
+            The server runs another epoch than ``resume_epoch`` (it restarted): resubscribe with
+            ``with_snapshot`` and rebuild.
         """
         request = market_data_pb2.StreamEventsRequest(
             instruments=[instrument_selector(i) for i in instruments],
             with_snapshot=with_snapshot,
             max_batch_records=max_batch_records,
+            resume_epoch=resume_epoch,
         )
         if start_after_sequence is not None:
             request.start_after_sequence = start_after_sequence
         call = self._stub.StreamEvents(request)
         try:
             async for message in call:
-                yield decode_events(message)
+                batch = decode_events(message)
+                if resume_epoch and batch.epoch and batch.epoch != resume_epoch:
+                    call.cancel()
+                    raise EpochChangedError(
+                        "StreamEvents",
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"resumed into epoch {batch.epoch!r}, asked for {resume_epoch!r}",
+                    )
+                yield batch
         except grpc.RpcError as exc:
-            raise error_from_rpc("StreamEvents", exc) from exc
+            error = error_from_rpc("StreamEvents", exc)
+            if resume_epoch and type(error) is PreconditionFailedError:
+                raise EpochChangedError("StreamEvents", error.code, error.details) from exc
+            raise error from exc
         finally:
             call.cancel()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import time
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from typing import Any, Final, TextIO
 
 from mbostream.argtypes import non_negative_float, non_negative_int, positive_float
@@ -16,6 +18,7 @@ from mbostream.prices import format_price
 from mbostream_client._channel import DEFAULT_TARGET
 from mbostream_client._decode import EventBatch
 from mbostream_client._exceptions import ClientError
+from mbostream_client._follow import EventFollower
 from mbostream_client._latency import LatencyConfig, format_summary, measure
 from mbostream_client._market_data import Instrument, MarketDataClient
 from mbostream_client._render import book_json, ladder
@@ -117,22 +120,21 @@ async def _events(args: argparse.Namespace) -> int:
             f"{'order_id':>20} {'flg':>3} {'sequence':>12}"
         )
     async with MarketDataClient(args.target) as client:
-        async for batch in client.stream_events(
+        follower = EventFollower(
+            client,
             [_instrument(i) for i in args.instrument],
             with_snapshot=args.with_snapshot,
-            start_after_sequence=args.start_after,
-        ):
+            start_after=args.start_after,
+            reconnect=not args.no_reconnect,
+        )
+        async for batch, _ in follower.follow():
             if args.limit and printed + len(batch) > args.limit:
-                batch = EventBatch(
-                    batch.records[: args.limit - printed],
-                    batch.replay_sequence[: args.limit - printed],
-                    batch.batch_sequence,
-                    batch.snapshot,
-                    batch.ts_out,
-                )
+                keep = args.limit - printed
+                batch = replace(batch, records=batch.records[:keep], replay_sequence=batch.replay_sequence[:keep])
             lines = _record_lines(batch, args.json)
             if lines:
                 sys.stdout.write("\n".join(lines) + "\n")
+                sys.stdout.flush()
             printed += len(lines)
             if args.limit and printed >= args.limit:
                 break
@@ -205,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=non_negative_int, default=0, metavar="N", help="stop after N records (0: never)")
     p.add_argument("--json", action="store_true", help="one JSON object per line (prices as decimal strings)")
+    p.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="end on the first error instead of reconnecting (by default a broken stream resumes where it "
+        "stopped, or starts over from a snapshot, printed as such, when it cannot)",
+    )
     p.set_defaults(func=_events)
 
     p = sub.add_parser("get-book", help="print books once (JSON with --json)")
@@ -256,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mbostream-client`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Reconnects, resumes and rebuilds are reported on stderr; the records stay alone on stdout.
+    logging.basicConfig(level=logging.WARNING, format=f"mbostream-client {args.command}: %(message)s")
     if args.command == "latency" and args.streams + args.events_streams == 0:
         parser.error("latency needs --streams or --events-streams above 0")
     try:

@@ -473,7 +473,10 @@ func (*GetBookRequest_Symbol) isGetBookRequest_Instrument() {}
 type GetBookResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The book as of the most recent F_LAST boundary.
-	Book          *BookSnapshot `protobuf:"bytes,1,opt,name=book,proto3" json:"book,omitempty"`
+	Book *BookSnapshot `protobuf:"bytes,1,opt,name=book,proto3" json:"book,omitempty"`
+	// The server run the book's replay_sequence belongs to (see
+	// StreamEventsResponse.epoch).
+	Epoch         string `protobuf:"bytes,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -513,6 +516,13 @@ func (x *GetBookResponse) GetBook() *BookSnapshot {
 		return x.Book
 	}
 	return nil
+}
+
+func (x *GetBookResponse) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
 }
 
 // Request for a stream of conflated book updates.
@@ -620,7 +630,10 @@ type StreamBookResponse struct {
 	// With combine_books: the books that changed since the previous message,
 	// each a full consistent book cut to the requested depth. ts_out is then the
 	// publish time of the oldest of them.
-	Books         []*BookSnapshot `protobuf:"bytes,5,rep,name=books,proto3" json:"books,omitempty"`
+	Books []*BookSnapshot `protobuf:"bytes,5,rep,name=books,proto3" json:"books,omitempty"`
+	// The server run the books' replay_sequence belongs to (see
+	// StreamEventsResponse.epoch).
+	Epoch         string `protobuf:"bytes,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -690,6 +703,13 @@ func (x *StreamBookResponse) GetBooks() []*BookSnapshot {
 	return nil
 }
 
+func (x *StreamBookResponse) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
+}
+
 // Request for the raw MBO event stream.
 type StreamEventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -704,8 +724,13 @@ type StreamEventsRequest struct {
 	StartAfterSequence *uint64 `protobuf:"varint,3,opt,name=start_after_sequence,json=startAfterSequence,proto3,oneof" json:"start_after_sequence,omitempty"`
 	// Upper bound on records per batch; 0 lets the server choose.
 	MaxBatchRecords uint32 `protobuf:"varint,4,opt,name=max_batch_records,json=maxBatchRecords,proto3" json:"max_batch_records,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The epoch of the stream start_after_sequence was taken from. When set
+	// and not the server's current epoch, the call fails with
+	// FAILED_PRECONDITION: the position belongs to another server run. Empty
+	// skips the check (clients that predate epochs).
+	ResumeEpoch   string `protobuf:"bytes,5,opt,name=resume_epoch,json=resumeEpoch,proto3" json:"resume_epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StreamEventsRequest) Reset() {
@@ -766,6 +791,13 @@ func (x *StreamEventsRequest) GetMaxBatchRecords() uint32 {
 	return 0
 }
 
+func (x *StreamEventsRequest) GetResumeEpoch() string {
+	if x != nil {
+		return x.ResumeEpoch
+	}
+	return ""
+}
+
 // A batch of MBO records, column-wise.
 //
 // Every repeated column holds one entry per record, in replay order, and all
@@ -816,7 +848,11 @@ type StreamEventsResponse struct {
 	// Numeric instrument id.
 	InstrumentId []uint32 `protobuf:"varint,14,rep,packed,name=instrument_id,json=instrumentId,proto3" json:"instrument_id,omitempty"`
 	// Databento publisher id.
-	PublisherId   []uint32 `protobuf:"varint,15,rep,packed,name=publisher_id,json=publisherId,proto3" json:"publisher_id,omitempty"`
+	PublisherId []uint32 `protobuf:"varint,15,rep,packed,name=publisher_id,json=publisherId,proto3" json:"publisher_id,omitempty"`
+	// Identity of the server run (replayer) whose replay positions these are:
+	// a random id chosen at start-up. Replay positions of different epochs are
+	// unrelated; a client that sees the epoch change must rebuild its books.
+	Epoch         string `protobuf:"bytes,16,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -956,6 +992,13 @@ func (x *StreamEventsResponse) GetPublisherId() []uint32 {
 	return nil
 }
 
+func (x *StreamEventsResponse) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
+}
+
 var File_mbostream_v1_market_data_proto protoreflect.FileDescriptor
 
 const file_mbostream_v1_market_data_proto_rawDesc = "" +
@@ -992,28 +1035,31 @@ const file_mbostream_v1_market_data_proto_rawDesc = "" +
 	"\x05depth\x18\x04 \x01(\rR\x05depth\x12%\n" +
 	"\x0einclude_orders\x18\x05 \x01(\bR\rincludeOrdersB\f\n" +
 	"\n" +
-	"instrument\"A\n" +
+	"instrument\"W\n" +
 	"\x0fGetBookResponse\x12.\n" +
-	"\x04book\x18\x01 \x01(\v2\x1a.mbostream.v1.BookSnapshotR\x04book\"\xee\x01\n" +
+	"\x04book\x18\x01 \x01(\v2\x1a.mbostream.v1.BookSnapshotR\x04book\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\tR\x05epoch\"\xee\x01\n" +
 	"\x11StreamBookRequest\x12B\n" +
 	"\vinstruments\x18\x01 \x03(\v2 .mbostream.v1.InstrumentSelectorR\vinstruments\x12\x14\n" +
 	"\x05depth\x18\x02 \x01(\rR\x05depth\x123\n" +
 	"\x16max_updates_per_second\x18\x03 \x01(\x01R\x13maxUpdatesPerSecond\x12%\n" +
 	"\x0einclude_orders\x18\x04 \x01(\bR\rincludeOrders\x12#\n" +
-	"\rcombine_books\x18\x05 \x01(\bR\fcombineBooks\"\xcc\x01\n" +
+	"\rcombine_books\x18\x05 \x01(\bR\fcombineBooks\"\xe2\x01\n" +
 	"\x12StreamBookResponse\x12.\n" +
 	"\x04book\x18\x01 \x01(\v2\x1a.mbostream.v1.BookSnapshotR\x04book\x12\x1f\n" +
 	"\vis_snapshot\x18\x02 \x01(\bR\n" +
 	"isSnapshot\x12\x15\n" +
 	"\x06ts_out\x18\x03 \x01(\x04R\x05tsOut\x12\x1c\n" +
 	"\tconflated\x18\x04 \x01(\x04R\tconflated\x120\n" +
-	"\x05books\x18\x05 \x03(\v2\x1a.mbostream.v1.BookSnapshotR\x05books\"\xfa\x01\n" +
+	"\x05books\x18\x05 \x03(\v2\x1a.mbostream.v1.BookSnapshotR\x05books\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\tR\x05epoch\"\x9d\x02\n" +
 	"\x13StreamEventsRequest\x12B\n" +
 	"\vinstruments\x18\x01 \x03(\v2 .mbostream.v1.InstrumentSelectorR\vinstruments\x12#\n" +
 	"\rwith_snapshot\x18\x02 \x01(\bR\fwithSnapshot\x125\n" +
 	"\x14start_after_sequence\x18\x03 \x01(\x04H\x00R\x12startAfterSequence\x88\x01\x01\x12*\n" +
-	"\x11max_batch_records\x18\x04 \x01(\rR\x0fmaxBatchRecordsB\x17\n" +
-	"\x15_start_after_sequence\"\xb8\x03\n" +
+	"\x11max_batch_records\x18\x04 \x01(\rR\x0fmaxBatchRecords\x12!\n" +
+	"\fresume_epoch\x18\x05 \x01(\tR\vresumeEpochB\x17\n" +
+	"\x15_start_after_sequence\"\xce\x03\n" +
 	"\x14StreamEventsResponse\x12%\n" +
 	"\x0ebatch_sequence\x18\x01 \x01(\x04R\rbatchSequence\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x12\x15\n" +
@@ -1030,7 +1076,8 @@ const file_mbostream_v1_market_data_proto_rawDesc = "" +
 	"\x05flags\x18\f \x01(\fR\x05flags\x12\x1a\n" +
 	"\bsequence\x18\r \x03(\rR\bsequence\x12#\n" +
 	"\rinstrument_id\x18\x0e \x03(\rR\finstrumentId\x12!\n" +
-	"\fpublisher_id\x18\x0f \x03(\rR\vpublisherId2\xe7\x02\n" +
+	"\fpublisher_id\x18\x0f \x03(\rR\vpublisherId\x12\x14\n" +
+	"\x05epoch\x18\x10 \x01(\tR\x05epoch2\xe7\x02\n" +
 	"\x11MarketDataService\x12^\n" +
 	"\x0fListInstruments\x12$.mbostream.v1.ListInstrumentsRequest\x1a%.mbostream.v1.ListInstrumentsResponse\x12F\n" +
 	"\aGetBook\x12\x1c.mbostream.v1.GetBookRequest\x1a\x1d.mbostream.v1.GetBookResponse\x12Q\n" +

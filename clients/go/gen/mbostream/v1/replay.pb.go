@@ -171,8 +171,10 @@ type ReplayStatus struct {
 	Loop bool `protobuf:"varint,11,opt,name=loop,proto3" json:"loop,omitempty"`
 	// Number of complete passes over the files since start-up or the last Restart.
 	LoopsCompleted uint64 `protobuf:"varint,12,opt,name=loops_completed,json=loopsCompleted,proto3" json:"loops_completed,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Identity of this server run; see StreamEventsResponse.epoch.
+	Epoch         string `protobuf:"bytes,13,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReplayStatus) Reset() {
@@ -287,6 +289,13 @@ func (x *ReplayStatus) GetLoopsCompleted() uint64 {
 		return x.LoopsCompleted
 	}
 	return 0
+}
+
+func (x *ReplayStatus) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
 }
 
 // Request for GetStatus; it has no parameters.
@@ -775,7 +784,7 @@ var File_mbostream_v1_replay_proto protoreflect.FileDescriptor
 
 const file_mbostream_v1_replay_proto_rawDesc = "" +
 	"\n" +
-	"\x19mbostream/v1/replay.proto\x12\fmbostream.v1\"\xda\x03\n" +
+	"\x19mbostream/v1/replay.proto\x12\fmbostream.v1\"\xf0\x03\n" +
 	"\fReplayStatus\x12\x14\n" +
 	"\x05files\x18\x01 \x03(\tR\x05files\x12!\n" +
 	"\frecords_done\x18\x02 \x01(\x04R\vrecordsDone\x12#\n" +
@@ -789,7 +798,8 @@ const file_mbostream_v1_replay_proto_rawDesc = "" +
 	"\x1bachieved_records_per_second\x18\n" +
 	" \x01(\x01R\x18achievedRecordsPerSecond\x12\x12\n" +
 	"\x04loop\x18\v \x01(\bR\x04loop\x12'\n" +
-	"\x0floops_completed\x18\f \x01(\x04R\x0eloopsCompleted\"\x12\n" +
+	"\x0floops_completed\x18\f \x01(\x04R\x0eloopsCompleted\x12\x14\n" +
+	"\x05epoch\x18\r \x01(\tR\x05epoch\"\x12\n" +
 	"\x10GetStatusRequest\"G\n" +
 	"\x11GetStatusResponse\x122\n" +
 	"\x06status\x18\x01 \x01(\v2\x1a.mbostream.v1.ReplayStatusR\x06status\"\x0e\n" +

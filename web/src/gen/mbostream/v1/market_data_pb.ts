@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mbostream/v1/market_data.proto.
  */
 export const file_mbostream_v1_market_data: GenFile = /*@__PURE__*/
-  fileDesc("Ch5tYm9zdHJlYW0vdjEvbWFya2V0X2RhdGEucHJvdG8SDG1ib3N0cmVhbS52MSJhChJJbnN0cnVtZW50U2VsZWN0b3ISFwoNaW5zdHJ1bWVudF9pZBgBIAEoDUgAEhAKBnN5bWJvbBgCIAEoCUgAEhQKDHB1Ymxpc2hlcl9pZBgDIAEoDUIKCghzZWxlY3RvciL/AQoOSW5zdHJ1bWVudEluZm8SFQoNaW5zdHJ1bWVudF9pZBgBIAEoDRIUCgxwdWJsaXNoZXJfaWQYAiABKA0SDgoGc3ltYm9sGAMgASgJEg8KB2RhdGFzZXQYBCABKAkSFAoMcmVjb3JkX2NvdW50GAUgASgEEhAKCHNlcXVlbmNlGAYgASgNEg8KB3RzX3JlY3YYByABKAQSDwoHY3Jvc3NlZBgIIAEoCBIOCgZsb2NrZWQYCSABKAgSEwoLb3JkZXJfY291bnQYCiABKAQSFwoPYmlkX2xldmVsX2NvdW50GAsgASgNEhcKD2Fza19sZXZlbF9jb3VudBgMIAEoDSIYChZMaXN0SW5zdHJ1bWVudHNSZXF1ZXN0IkwKF0xpc3RJbnN0cnVtZW50c1Jlc3BvbnNlEjEKC2luc3RydW1lbnRzGAEgAygLMhwubWJvc3RyZWFtLnYxLkluc3RydW1lbnRJbmZvIoYBCg5HZXRCb29rUmVxdWVzdBIXCg1pbnN0cnVtZW50X2lkGAEgASgNSAASEAoGc3ltYm9sGAIgASgJSAASFAoMcHVibGlzaGVyX2lkGAMgASgNEg0KBWRlcHRoGAQgASgNEhYKDmluY2x1ZGVfb3JkZXJzGAUgASgIQgwKCmluc3RydW1lbnQiOwoPR2V0Qm9va1Jlc3BvbnNlEigKBGJvb2sYASABKAsyGi5tYm9zdHJlYW0udjEuQm9va1NuYXBzaG90IqgBChFTdHJlYW1Cb29rUmVxdWVzdBI1CgtpbnN0cnVtZW50cxgBIAMoCzIgLm1ib3N0cmVhbS52MS5JbnN0cnVtZW50U2VsZWN0b3ISDQoFZGVwdGgYAiABKA0SHgoWbWF4X3VwZGF0ZXNfcGVyX3NlY29uZBgDIAEoARIWCg5pbmNsdWRlX29yZGVycxgEIAEoCBIVCg1jb21iaW5lX2Jvb2tzGAUgASgIIqEBChJTdHJlYW1Cb29rUmVzcG9uc2USKAoEYm9vaxgBIAEoCzIaLm1ib3N0cmVhbS52MS5Cb29rU25hcHNob3QSEwoLaXNfc25hcHNob3QYAiABKAgSDgoGdHNfb3V0GAMgASgEEhEKCWNvbmZsYXRlZBgEIAEoBBIpCgVib29rcxgFIAMoCzIaLm1ib3N0cmVhbS52MS5Cb29rU25hcHNob3QiugEKE1N0cmVhbUV2ZW50c1JlcXVlc3QSNQoLaW5zdHJ1bWVudHMYASADKAsyIC5tYm9zdHJlYW0udjEuSW5zdHJ1bWVudFNlbGVjdG9yEhUKDXdpdGhfc25hcHNob3QYAiABKAgSIQoUc3RhcnRfYWZ0ZXJfc2VxdWVuY2UYAyABKARIAIgBARIZChFtYXhfYmF0Y2hfcmVjb3JkcxgEIAEoDUIXChVfc3RhcnRfYWZ0ZXJfc2VxdWVuY2UipwIKFFN0cmVhbUV2ZW50c1Jlc3BvbnNlEhYKDmJhdGNoX3NlcXVlbmNlGAEgASgEEhAKCHNuYXBzaG90GAIgASgIEg4KBnRzX291dBgDIAEoBBIXCg9yZXBsYXlfc2VxdWVuY2UYBCADKAQSEAoIdHNfZXZlbnQYBSADKAQSDwoHdHNfcmVjdhgGIAMoBBIQCghvcmRlcl9pZBgHIAMoBBINCgVwcmljZRgIIAMoEhIMCgRzaXplGAkgAygNEg4KBmFjdGlvbhgKIAEoDBIMCgRzaWRlGAsgASgMEg0KBWZsYWdzGAwgASgMEhAKCHNlcXVlbmNlGA0gAygNEhUKDWluc3RydW1lbnRfaWQYDiADKA0SFAoMcHVibGlzaGVyX2lkGA8gAygNMucCChFNYXJrZXREYXRhU2VydmljZRJeCg9MaXN0SW5zdHJ1bWVudHMSJC5tYm9zdHJlYW0udjEuTGlzdEluc3RydW1lbnRzUmVxdWVzdBolLm1ib3N0cmVhbS52MS5MaXN0SW5zdHJ1bWVudHNSZXNwb25zZRJGCgdHZXRCb29rEhwubWJvc3RyZWFtLnYxLkdldEJvb2tSZXF1ZXN0Gh0ubWJvc3RyZWFtLnYxLkdldEJvb2tSZXNwb25zZRJRCgpTdHJlYW1Cb29rEh8ubWJvc3RyZWFtLnYxLlN0cmVhbUJvb2tSZXF1ZXN0GiAubWJvc3RyZWFtLnYxLlN0cmVhbUJvb2tSZXNwb25zZTABElcKDFN0cmVhbUV2ZW50cxIhLm1ib3N0cmVhbS52MS5TdHJlYW1FdmVudHNSZXF1ZXN0GiIubWJvc3RyZWFtLnYxLlN0cmVhbUV2ZW50c1Jlc3BvbnNlMAFCSFpGZ2l0aHViLmNvbS9tYm9zdHJlYW0vbWJvc3RyZWFtL2NsaWVudHMvZ28vZ2VuL21ib3N0cmVhbS92MTttYm9zdHJlYW12MWIGcHJvdG8z", [file_mbostream_v1_book]);
+  fileDesc("Ch5tYm9zdHJlYW0vdjEvbWFya2V0X2RhdGEucHJvdG8SDG1ib3N0cmVhbS52MSJhChJJbnN0cnVtZW50U2VsZWN0b3ISFwoNaW5zdHJ1bWVudF9pZBgBIAEoDUgAEhAKBnN5bWJvbBgCIAEoCUgAEhQKDHB1Ymxpc2hlcl9pZBgDIAEoDUIKCghzZWxlY3RvciL/AQoOSW5zdHJ1bWVudEluZm8SFQoNaW5zdHJ1bWVudF9pZBgBIAEoDRIUCgxwdWJsaXNoZXJfaWQYAiABKA0SDgoGc3ltYm9sGAMgASgJEg8KB2RhdGFzZXQYBCABKAkSFAoMcmVjb3JkX2NvdW50GAUgASgEEhAKCHNlcXVlbmNlGAYgASgNEg8KB3RzX3JlY3YYByABKAQSDwoHY3Jvc3NlZBgIIAEoCBIOCgZsb2NrZWQYCSABKAgSEwoLb3JkZXJfY291bnQYCiABKAQSFwoPYmlkX2xldmVsX2NvdW50GAsgASgNEhcKD2Fza19sZXZlbF9jb3VudBgMIAEoDSIYChZMaXN0SW5zdHJ1bWVudHNSZXF1ZXN0IkwKF0xpc3RJbnN0cnVtZW50c1Jlc3BvbnNlEjEKC2luc3RydW1lbnRzGAEgAygLMhwubWJvc3RyZWFtLnYxLkluc3RydW1lbnRJbmZvIoYBCg5HZXRCb29rUmVxdWVzdBIXCg1pbnN0cnVtZW50X2lkGAEgASgNSAASEAoGc3ltYm9sGAIgASgJSAASFAoMcHVibGlzaGVyX2lkGAMgASgNEg0KBWRlcHRoGAQgASgNEhYKDmluY2x1ZGVfb3JkZXJzGAUgASgIQgwKCmluc3RydW1lbnQiSgoPR2V0Qm9va1Jlc3BvbnNlEigKBGJvb2sYASABKAsyGi5tYm9zdHJlYW0udjEuQm9va1NuYXBzaG90Eg0KBWVwb2NoGAIgASgJIqgBChFTdHJlYW1Cb29rUmVxdWVzdBI1CgtpbnN0cnVtZW50cxgBIAMoCzIgLm1ib3N0cmVhbS52MS5JbnN0cnVtZW50U2VsZWN0b3ISDQoFZGVwdGgYAiABKA0SHgoWbWF4X3VwZGF0ZXNfcGVyX3NlY29uZBgDIAEoARIWCg5pbmNsdWRlX29yZGVycxgEIAEoCBIVCg1jb21iaW5lX2Jvb2tzGAUgASgIIrABChJTdHJlYW1Cb29rUmVzcG9uc2USKAoEYm9vaxgBIAEoCzIaLm1ib3N0cmVhbS52MS5Cb29rU25hcHNob3QSEwoLaXNfc25hcHNob3QYAiABKAgSDgoGdHNfb3V0GAMgASgEEhEKCWNvbmZsYXRlZBgEIAEoBBIpCgVib29rcxgFIAMoCzIaLm1ib3N0cmVhbS52MS5Cb29rU25hcHNob3QSDQoFZXBvY2gYBiABKAki0AEKE1N0cmVhbUV2ZW50c1JlcXVlc3QSNQoLaW5zdHJ1bWVudHMYASADKAsyIC5tYm9zdHJlYW0udjEuSW5zdHJ1bWVudFNlbGVjdG9yEhUKDXdpdGhfc25hcHNob3QYAiABKAgSIQoUc3RhcnRfYWZ0ZXJfc2VxdWVuY2UYAyABKARIAIgBARIZChFtYXhfYmF0Y2hfcmVjb3JkcxgEIAEoDRIUCgxyZXN1bWVfZXBvY2gYBSABKAlCFwoVX3N0YXJ0X2FmdGVyX3NlcXVlbmNlIrYCChRTdHJlYW1FdmVudHNSZXNwb25zZRIWCg5iYXRjaF9zZXF1ZW5jZRgBIAEoBBIQCghzbmFwc2hvdBgCIAEoCBIOCgZ0c19vdXQYAyABKAQSFwoPcmVwbGF5X3NlcXVlbmNlGAQgAygEEhAKCHRzX2V2ZW50GAUgAygEEg8KB3RzX3JlY3YYBiADKAQSEAoIb3JkZXJfaWQYByADKAQSDQoFcHJpY2UYCCADKBISDAoEc2l6ZRgJIAMoDRIOCgZhY3Rpb24YCiABKAwSDAoEc2lkZRgLIAEoDBINCgVmbGFncxgMIAEoDBIQCghzZXF1ZW5jZRgNIAMoDRIVCg1pbnN0cnVtZW50X2lkGA4gAygNEhQKDHB1Ymxpc2hlcl9pZBgPIAMoDRINCgVlcG9jaBgQIAEoCTLnAgoRTWFya2V0RGF0YVNlcnZpY2USXgoPTGlzdEluc3RydW1lbnRzEiQubWJvc3RyZWFtLnYxLkxpc3RJbnN0cnVtZW50c1JlcXVlc3QaJS5tYm9zdHJlYW0udjEuTGlzdEluc3RydW1lbnRzUmVzcG9uc2USRgoHR2V0Qm9vaxIcLm1ib3N0cmVhbS52MS5HZXRCb29rUmVxdWVzdBodLm1ib3N0cmVhbS52MS5HZXRCb29rUmVzcG9uc2USUQoKU3RyZWFtQm9vaxIfLm1ib3N0cmVhbS52MS5TdHJlYW1Cb29rUmVxdWVzdBogLm1ib3N0cmVhbS52MS5TdHJlYW1Cb29rUmVzcG9uc2UwARJXCgxTdHJlYW1FdmVudHMSIS5tYm9zdHJlYW0udjEuU3RyZWFtRXZlbnRzUmVxdWVzdBoiLm1ib3N0cmVhbS52MS5TdHJlYW1FdmVudHNSZXNwb25zZTABQkhaRmdpdGh1Yi5jb20vbWJvc3RyZWFtL21ib3N0cmVhbS9jbGllbnRzL2dvL2dlbi9tYm9zdHJlYW0vdjE7bWJvc3RyZWFtdjFiBnByb3RvMw", [file_mbostream_v1_book]);
 
 /**
  * Chooses one instrument, by numeric id or by raw symbol.
@@ -272,6 +272,14 @@ export type GetBookResponse = Message<"mbostream.v1.GetBookResponse"> & {
    * @generated from field: mbostream.v1.BookSnapshot book = 1;
    */
   book?: BookSnapshot | undefined;
+
+  /**
+   * The server run the book's replay_sequence belongs to (see
+   * StreamEventsResponse.epoch).
+   *
+   * @generated from field: string epoch = 2;
+   */
+  epoch: string;
 };
 
 /**
@@ -381,6 +389,14 @@ export type StreamBookResponse = Message<"mbostream.v1.StreamBookResponse"> & {
    * @generated from field: repeated mbostream.v1.BookSnapshot books = 5;
    */
   books: BookSnapshot[];
+
+  /**
+   * The server run the books' replay_sequence belongs to (see
+   * StreamEventsResponse.epoch).
+   *
+   * @generated from field: string epoch = 6;
+   */
+  epoch: string;
 };
 
 /**
@@ -426,6 +442,16 @@ export type StreamEventsRequest = Message<"mbostream.v1.StreamEventsRequest"> & 
    * @generated from field: uint32 max_batch_records = 4;
    */
   maxBatchRecords: number;
+
+  /**
+   * The epoch of the stream start_after_sequence was taken from. When set
+   * and not the server's current epoch, the call fails with
+   * FAILED_PRECONDITION: the position belongs to another server run. Empty
+   * skips the check (clients that predate epochs).
+   *
+   * @generated from field: string resume_epoch = 5;
+   */
+  resumeEpoch: string;
 };
 
 /**
@@ -563,6 +589,15 @@ export type StreamEventsResponse = Message<"mbostream.v1.StreamEventsResponse"> 
    * @generated from field: repeated uint32 publisher_id = 15;
    */
   publisherId: number[];
+
+  /**
+   * Identity of the server run (replayer) whose replay positions these are:
+   * a random id chosen at start-up. Replay positions of different epochs are
+   * unrelated; a client that sees the epoch change must rebuild its books.
+   *
+   * @generated from field: string epoch = 16;
+   */
+  epoch: string;
 };
 
 /**
@@ -626,7 +661,10 @@ export const MarketDataService: GenService<{
    * server buffers is disconnected with RESOURCE_EXHAUSTED and may reconnect
    * with start_after_sequence set to the last replay_sequence it applied.
    * A start_after_sequence older than the server retains fails with
-   * OUT_OF_RANGE; reconnect with with_snapshot instead.
+   * OUT_OF_RANGE; reconnect with with_snapshot instead. Replay positions
+   * belong to one server run (its epoch): a resume_epoch other than the
+   * server's fails with FAILED_PRECONDITION, since the client's books came
+   * from another run and must be rebuilt from a snapshot.
    *
    * @generated from rpc mbostream.v1.MarketDataService.StreamEvents
    */
