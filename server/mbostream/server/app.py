@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -101,6 +102,7 @@ class App:
             subscriber_buffer_batches=s.subscriber_buffer_batches,
             max_streams=s.max_streams,
             book_interval=s.book_interval_ms / 1000.0,
+            epoch=secrets.token_hex(8),  # this run's identity: replay positions restart with it
         )
         self.hub = hub
         if s.store:
@@ -120,7 +122,7 @@ class App:
         self.server.add_generic_rpc_handlers(
             (
                 market_data.handler(market_data.MarketDataService(self.market, hub, datasets[0])),
-                replay_control.handler(replay_control.ReplayControlService(self.replayer, s.control_token)),
+                replay_control.handler(replay_control.ReplayControlService(self.replayer, s.control_token, hub.epoch)),
             )
         )
         self.health = HealthServicer()

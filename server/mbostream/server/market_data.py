@@ -66,7 +66,7 @@ class MarketDataService:
             raise InvalidArgumentError("symbol", "must not be empty")
         key = self.market.resolve(target, request.publisher_id)
         view = self.market.view(key, depth=_depth(request.depth), orders=request.include_orders)
-        return pb.GetBookResponse(book=book_snapshot(view, self.hub.position))
+        return pb.GetBookResponse(book=book_snapshot(view, self.hub.position), epoch=self.hub.epoch)
 
     async def StreamBook(self, request: pb.StreamBookRequest, context: grpc_aio.ServicerContext) -> AsyncIterator[bytes]:
         """A full snapshot per book first, then the latest consistent book at each refresh."""
@@ -82,13 +82,14 @@ class MarketDataService:
             max_rate=request.max_updates_per_second,
             combine=request.combine_books,
         )
+        epoch = self.hub.epoch
         try:
             async for channels, first, conflated in sub.updates():
                 if len(channels) == 1 and not sub.combine or first:
-                    yield channels[0].payload + per_client_suffix(first, conflated)
+                    yield channels[0].payload + per_client_suffix(first, conflated, epoch=epoch)
                 else:
                     oldest = min(c.ts_out for c in channels)
-                    yield b"".join(c.payload_multi for c in channels) + per_client_suffix(False, conflated, oldest)
+                    yield b"".join(c.payload_multi for c in channels) + per_client_suffix(False, conflated, oldest, epoch)
         finally:
             self.hub.unsubscribe_books(sub)
 
@@ -103,6 +104,7 @@ class MarketDataService:
             with_snapshot=request.with_snapshot,
             start_after=start_after,
             max_records=request.max_batch_records,
+            resume_epoch=request.resume_epoch,
         )
         try:
             async for payload in sub.payloads():

@@ -24,15 +24,16 @@ def _checked(field: str, value: float, setting: str) -> float:
 class ReplayControlService:
     """Implements ``mbostream.v1.ReplayService``."""
 
-    def __init__(self, replayer: Replayer, token: str | None) -> None:
+    def __init__(self, replayer: Replayer, token: str | None, epoch: str = "") -> None:
         self.replayer = replayer
         self.token = token
+        self.epoch = epoch
 
     def _authorize(self, context: grpc_aio.ServicerContext) -> None:
         check_bearer(context.invocation_metadata(), self.token)
 
     def _status(self) -> pb.ReplayStatus:
-        return replay_status(self.replayer.status())
+        return replay_status(self.replayer.status(), self.epoch)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: grpc_aio.ServicerContext) -> pb.GetStatusResponse:
         """Files, position, pacing, achieved rate and state."""
