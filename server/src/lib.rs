@@ -1,6 +1,7 @@
 //! Python bindings for the native core: the `mbostream._engine` module.
 //!
 //! Thin by design: conversion and delegation only. The rules live in `mbostream-book`.
+mod dbn;
 mod lineproto;
 mod pipeline;
 mod synth;
@@ -11,7 +12,7 @@ use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use mbostream_book::record::{MBO_RECORD_SIZE, RTYPE_MBO};
+use mbostream_book::record::MBO_RECORD_SIZE;
 use mbostream_book::{Book, Market, ANOMALY_KIND_COUNT, EVENT_ROW_SIZE};
 
 type LevelTuple = (i64, u64, u32);
@@ -278,46 +279,13 @@ fn anomaly_kinds() -> Vec<&'static str> {
     mbostream_book::AnomalyKind::ALL.iter().map(|k| k.name()).collect()
 }
 
-/// Copies the MBO records out of a buffer of mixed DBN records (walking each header's length).
-///
-/// Returns `(mbo_bytes, other_record_counts_by_rtype, consumed)`; `consumed` stops before a
-/// trailing partial record, which the caller must carry into the next chunk.
-#[pyfunction]
-fn compact_mbo<'py>(py: Python<'py>, buf: PyBuffer<u8>) -> PyResult<(Bound<'py, PyBytes>, Vec<(u8, u64)>, usize)> {
-    let data = bytes_of(&buf)?;
-    let mut out = Vec::with_capacity(data.len());
-    let mut others = [0u64; 256];
-    let mut pos = 0;
-    while pos + 2 <= data.len() {
-        let len = data[pos] as usize * 4;
-        if len == 0 {
-            return Err(PyValueError::new_err(format!("corrupt DBN record header at byte {pos}: length 0")));
-        }
-        if pos + len > data.len() {
-            break;
-        }
-        let rtype = data[pos + 1];
-        if rtype == RTYPE_MBO {
-            if len < MBO_RECORD_SIZE {
-                return Err(PyValueError::new_err(format!("MBO record at byte {pos} is only {len} bytes")));
-            }
-            out.extend_from_slice(&data[pos..pos + MBO_RECORD_SIZE]);
-        } else {
-            others[rtype as usize] += 1;
-        }
-        pos += len;
-    }
-    let counts = others.iter().enumerate().filter(|(_, &c)| c > 0).map(|(r, &c)| (r as u8, c)).collect();
-    Ok((PyBytes::new(py, &out), counts, pos))
-}
-
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMarket>()?;
     m.add_class::<pipeline::PyPipeline>()?;
     m.add_function(wrap_pyfunction!(pipeline::lower_priority, m)?)?;
     m.add_function(wrap_pyfunction!(anomaly_kinds, m)?)?;
-    m.add_function(wrap_pyfunction!(compact_mbo, m)?)?;
+    dbn::register(m)?;
     lineproto::register(m)?;
     synth::register(m)?;
     wire::register(m)?;

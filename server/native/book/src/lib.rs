@@ -6,6 +6,7 @@
 //! only after a record with `F_LAST`.
 pub mod anomaly;
 pub mod book;
+pub mod dbn;
 pub mod hash;
 pub mod ladder;
 pub mod level;
@@ -14,6 +15,7 @@ pub mod record;
 
 pub use anomaly::{Anomaly, AnomalyKind, ANOMALY_KIND_COUNT};
 pub use book::{AnomalyLog, Bbo, Book, BookStats, Order};
+pub use dbn::{compact_mbo, Compacted, DbnError};
 pub use ladder::Ladder;
 pub use level::{Level, LevelView};
 pub use market::{book_key, EventRow, IntegrityViolation, Market, SliceEnd, EVENT_ROW_SIZE};
