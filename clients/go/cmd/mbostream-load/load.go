@@ -1,0 +1,271 @@
+package main
+
+// Measurement room: N StreamBook and M StreamEvents streams over K connections, each stream its
+// own goroutine with its own histogram, merged once the window closes.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/mbostream/mbostream/clients/go/mbostream"
+)
+
+// Latencies are recorded in microseconds, 1 µs to 10 minutes, to 3 significant digits.
+const (
+	histogramLowest  = 1
+	histogramHighest = int64(10 * time.Minute / time.Microsecond)
+	histogramDigits  = 3
+)
+
+// window is the measured interval [opens, closes), in ns since the UNIX epoch.
+type window struct{ opens, closes int64 }
+
+func (w window) contains(t int64) bool { return w.opens <= t && t < w.closes }
+
+// latencies is one stream's latency record: a histogram, the exact maximum, and the worst
+// latency received in each second of the window.
+type latencies struct {
+	hist  *hdrhistogram.Histogram
+	max   int64
+	worst []int64 // ns, per second of the window
+}
+
+func newLatencies(w window) *latencies {
+	seconds := (w.closes - w.opens + int64(time.Second) - 1) / int64(time.Second)
+	return &latencies{
+		hist:  hdrhistogram.New(histogramLowest, histogramHighest, histogramDigits),
+		worst: make([]int64, max(seconds, 1)),
+	}
+}
+
+// record adds one publish→receive latency observed at now (inside the window).
+func (l *latencies) record(w window, now int64, tsOut uint64) {
+	latency := max(now-int64(tsOut), 0) // one machine, one clock: never negative but by rounding
+	_ = l.hist.RecordValue(min(max(latency/int64(time.Microsecond), histogramLowest), histogramHighest))
+	l.max = max(l.max, latency)
+	second := min(int((now-w.opens)/int64(time.Second)), len(l.worst)-1)
+	l.worst[second] = max(l.worst[second], latency)
+}
+
+func (l *latencies) merge(other *latencies) {
+	l.hist.Merge(other.hist)
+	l.max = max(l.max, other.max)
+	for i, v := range other.worst {
+		l.worst[i] = max(l.worst[i], v)
+	}
+}
+
+// bookCounters is what one StreamBook stream saw in the window.
+type bookCounters struct {
+	lat        *latencies
+	messages   uint64
+	conflated  uint64
+	reconnects int
+	err        error
+}
+
+// eventCounters is what one StreamEvents stream saw: records and latencies in the window, and its
+// own continuity check over the whole run, beside the client library's.
+type eventCounters struct {
+	lat               *latencies
+	records           uint64
+	batches           uint64
+	gaps              int
+	duplicates        int
+	recordsMissed     uint64
+	resourceExhausted int
+	outOfRange        int
+	epochChanges      int
+	err               error
+}
+
+// measurement is the raw outcome of a run, before it is summarised.
+type measurement struct {
+	cfg         config
+	window      window
+	book        []*bookCounters
+	events      []*eventCounters
+	endedEarly  int
+	cpuSeconds  float64
+	wallSeconds float64
+	instruments []string
+}
+
+// run dials the connections, runs every stream until the window closes, and collects counters.
+func run(cfg config, logger *slog.Logger) (*measurement, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	total := cfg.bookStreams + cfg.eventsStreams
+	connections := total
+	if cfg.connections > 0 {
+		connections = min(cfg.connections, total)
+	}
+	clients := make([]*mbostream.Client, connections)
+	for i := range clients {
+		dialCtx, dialCancel := context.WithTimeout(ctx, 10*time.Second)
+		client, err := mbostream.Dial(dialCtx, cfg.target, mbostream.WithLogger(logger))
+		dialCancel()
+		if err != nil {
+			return nil, err
+		}
+		defer client.Close()
+		clients[i] = client
+	}
+	m := &measurement{cfg: cfg}
+	selections, err := bookSelections(ctx, cfg, clients[0])
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range selections {
+		if len(s) == 1 {
+			m.instruments = append(m.instruments, s[0].String())
+		}
+	}
+
+	cpu0 := cpuSeconds()
+	start := time.Now()
+	m.window = window{
+		opens:  start.Add(cfg.warmup).UnixNano(),
+		closes: start.Add(cfg.warmup + cfg.seconds).UnixNano(),
+	}
+	var wg sync.WaitGroup
+	ended := make(chan struct{}, total)
+	for i := range cfg.bookStreams {
+		c := &bookCounters{lat: newLatencies(m.window)}
+		m.book = append(m.book, c)
+		wg.Go(func() {
+			readBooks(ctx, clients[i%connections], cfg, selections[i], m.window, c)
+			ended <- struct{}{}
+		})
+	}
+	for i := range cfg.eventsStreams {
+		c := &eventCounters{lat: newLatencies(m.window)}
+		m.events = append(m.events, c)
+		wg.Go(func() {
+			readEvents(ctx, clients[(cfg.bookStreams+i)%connections], m.window, c)
+			ended <- struct{}{}
+		})
+	}
+	time.Sleep(time.Until(time.Unix(0, m.window.closes)))
+	m.cpuSeconds = cpuSeconds() - cpu0
+	m.wallSeconds = time.Since(start).Seconds()
+	m.endedEarly = len(ended)
+	cancel()
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		return nil, errors.New("streams did not stop within 30 s of the window's end")
+	}
+	return m, nil
+}
+
+// bookSelections is what each book stream watches: every book, or with --spread one instrument
+// each, round-robin over the instruments the server lists.
+func bookSelections(ctx context.Context, cfg config, client *mbostream.Client) ([][]mbostream.Instrument, error) {
+	selections := make([][]mbostream.Instrument, cfg.bookStreams)
+	if !cfg.spread || cfg.bookStreams == 0 {
+		return selections, nil
+	}
+	infos, err := client.ListInstruments(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(infos) == 0 {
+		return nil, errors.New("--spread: the server lists no instrument yet")
+	}
+	for i := range selections {
+		info := infos[i%len(infos)]
+		selections[i] = []mbostream.Instrument{mbostream.ID(info.GetInstrumentId()).OnPublisher(info.GetPublisherId())}
+	}
+	return selections, nil
+}
+
+func readBooks(ctx context.Context, client *mbostream.Client, cfg config, instruments []mbostream.Instrument, w window, c *bookCounters) {
+	s := client.StreamBook(ctx, mbostream.BookStreamRequest{
+		Instruments:         instruments,
+		Depth:               uint32(cfg.depth),
+		MaxUpdatesPerSecond: cfg.maxUpdatesPerSecond,
+		CombineBooks:        cfg.combine,
+	})
+	for s.Next() {
+		now := time.Now().UnixNano()
+		u := s.Update()
+		if u.Snapshot || !w.contains(now) {
+			continue
+		}
+		c.messages++
+		c.conflated += u.Conflated
+		c.lat.record(w, now, u.TsOut)
+	}
+	c.reconnects = s.Stats().Connections - 1
+	c.err = streamError(s.Err())
+}
+
+func readEvents(ctx context.Context, client *mbostream.Client, w window, c *eventCounters) {
+	s := client.StreamEvents(ctx, mbostream.EventsRequest{})
+	var last uint64
+	known := false
+	for s.Next() {
+		now := time.Now().UnixNano()
+		b := s.Batch()
+		if b.NewSnapshot {
+			known = false // the stream started over (and says why in its stats)
+		}
+		if b.Snapshot {
+			continue
+		}
+		// The tool's own check, independent of the library's: live positions follow each other.
+		for _, seq := range b.ReplaySequence {
+			switch {
+			case !known || seq == last+1:
+			case seq > last+1:
+				c.gaps++
+				c.recordsMissed += seq - last - 1
+			default:
+				c.duplicates++
+			}
+			last, known = seq, true
+		}
+		if w.contains(now) {
+			c.records += uint64(b.Len())
+			c.batches++
+			c.lat.record(w, now, b.TsOut)
+		}
+	}
+	st := s.Stats()
+	c.gaps += st.Gaps
+	c.duplicates += st.Duplicates
+	c.resourceExhausted = st.SlowConsumerCutoffs
+	c.outOfRange = st.OutOfRange
+	c.epochChanges = st.EpochChanges
+	c.err = streamError(s.Err())
+}
+
+// streamError is nil for a stream ended by the run's own cancellation.
+func streamError(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// cpuSeconds is the user + system CPU time of this process so far.
+func cpuSeconds() float64 {
+	var usage syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &usage); err != nil {
+		panic(fmt.Sprintf("getrusage: %v", err))
+	}
+	return time.Duration(usage.Utime.Nano() + usage.Stime.Nano()).Seconds()
+}

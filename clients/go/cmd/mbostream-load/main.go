@@ -1,0 +1,118 @@
+// Command mbostream-load measures an mbostream server from a Go client: N StreamBook streams and
+// M StreamEvents streams spread over K HTTP/2 connections, for a warm-up and then a measured
+// window.
+//
+// Book latency is the client's receive time minus the message's ts_out (server publish time; one
+// machine, one clock), in an HDR histogram: p50, p99, p99.9, max, and the worst in each second.
+// Event streams report records per second, batch latency, and the continuity of replay_sequence:
+// gaps, duplicates, RESOURCE_EXHAUSTED cut-offs (each resumed) and OUT_OF_RANGE (re-snapshotted).
+//
+//	mbostream-load --target 127.0.0.1:50051 --book-streams 100 --events-streams 1 --combine --json
+//
+// `mbostream bench e2e` runs it as its client. The JSON document:
+//
+//	{"book": {"messages", "messages_per_second", "p50_ms", "p99_ms", "p999_ms", "max_ms", …},
+//	 "events": {"records", "records_per_second", "lossless", "gaps", "duplicates",
+//	            "resource_exhausted", …},
+//	 "client_cpu_percent"}
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+)
+
+// config is the validated command line.
+type config struct {
+	target              string
+	bookStreams         int
+	eventsStreams       int
+	combine             bool
+	spread              bool
+	depth               int
+	maxUpdatesPerSecond float64
+	connections         int
+	seconds             time.Duration
+	warmup              time.Duration
+	json                bool
+}
+
+func main() {
+	os.Exit(mainWith(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func mainWith(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		if err != flag.ErrHelp {
+			fmt.Fprintln(stderr, "mbostream-load:", err)
+		}
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m, err := run(cfg, logger)
+	if err != nil {
+		fmt.Fprintln(stderr, "mbostream-load:", err)
+		return 1
+	}
+	result := summarise(m)
+	if cfg.json {
+		err = writeJSON(stdout, result)
+	} else {
+		_, err = io.WriteString(stdout, formatSummary(result))
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "mbostream-load:", err)
+		return 1
+	}
+	return 0
+}
+
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	var cfg config
+	var seconds, warmup float64
+	fs := flag.NewFlagSet("mbostream-load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.target, "target", "127.0.0.1:50051", "HOST:PORT of the server")
+	fs.IntVar(&cfg.bookStreams, "book-streams", 1, "concurrent StreamBook streams")
+	fs.IntVar(&cfg.eventsStreams, "events-streams", 0, "concurrent StreamEvents streams (every instrument each)")
+	fs.BoolVar(&cfg.combine, "combine", false, "book streams ask for combine_books (one message per refresh)")
+	fs.BoolVar(&cfg.spread, "spread", false, "each book stream watches one instrument (round-robin), not every book")
+	fs.IntVar(&cfg.depth, "depth", 10, "levels per side of the book streams (0: full books)")
+	fs.Float64Var(&cfg.maxUpdatesPerSecond, "max-updates-per-second", 0, "per-book limit asked by the book streams (0: none)")
+	fs.IntVar(&cfg.connections, "connections", 0, "HTTP/2 connections the streams are spread over (0: one per stream)")
+	fs.Float64Var(&seconds, "seconds", 10, "length of the measured window, seconds")
+	fs.Float64Var(&warmup, "warmup", 1, "seconds streamed before the window opens")
+	fs.BoolVar(&cfg.json, "json", false, "print one JSON object")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	switch {
+	case cfg.bookStreams < 0:
+		return cfg, fmt.Errorf("--book-streams must be >= 0, got %d", cfg.bookStreams)
+	case cfg.eventsStreams < 0:
+		return cfg, fmt.Errorf("--events-streams must be >= 0, got %d", cfg.eventsStreams)
+	case cfg.bookStreams+cfg.eventsStreams == 0:
+		return cfg, fmt.Errorf("--book-streams and --events-streams are both 0: nothing to measure")
+	case cfg.depth < 0 || cfg.depth > 1<<31:
+		return cfg, fmt.Errorf("--depth must be >= 0, got %d", cfg.depth)
+	case !(cfg.maxUpdatesPerSecond >= 0):
+		return cfg, fmt.Errorf("--max-updates-per-second must be >= 0, got %g", cfg.maxUpdatesPerSecond)
+	case cfg.connections < 0:
+		return cfg, fmt.Errorf("--connections must be >= 0, got %d", cfg.connections)
+	case !(seconds > 0):
+		return cfg, fmt.Errorf("--seconds must be > 0, got %g", seconds)
+	case !(warmup >= 0):
+		return cfg, fmt.Errorf("--warmup must be >= 0, got %g", warmup)
+	}
+	cfg.seconds = time.Duration(seconds * float64(time.Second))
+	cfg.warmup = time.Duration(warmup * float64(time.Second))
+	return cfg, nil
+}

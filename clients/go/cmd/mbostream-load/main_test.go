@@ -1,0 +1,78 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/mbostream/mbostream/clients/go/internal/testserver"
+)
+
+func TestMain(m *testing.M) { testserver.Main(m) }
+
+func TestBadFlagsNameTheFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"--book-streams", "0"}, "--events-streams"},
+		{[]string{"--book-streams", "-1"}, "--book-streams"},
+		{[]string{"--events-streams", "-2"}, "--events-streams"},
+		{[]string{"--depth", "-1"}, "--depth"},
+		{[]string{"--max-updates-per-second", "-1"}, "--max-updates-per-second"},
+		{[]string{"--max-updates-per-second", "NaN"}, "--max-updates-per-second"},
+		{[]string{"--connections", "-1"}, "--connections"},
+		{[]string{"--seconds", "0"}, "--seconds"},
+		{[]string{"--warmup", "-1"}, "--warmup"},
+		{[]string{"--no-such-flag"}, "no-such-flag"},
+		{[]string{"stray"}, "stray"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := mainWith(tc.args, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), tc.flag) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 naming %s", tc.args, code, stderr.String(), tc.flag)
+		}
+	}
+}
+
+// TestMeasuresARealServer runs the tool against a real server (the sample at 20,000 records/s) and
+// checks the document's shape and its internal consistency; no figure depends on timing.
+func TestMeasuresARealServer(t *testing.T) {
+	srv := testserver.Start(t, testserver.Options{Args: []string{"--rate", "20000", "--loop"}})
+	for _, extra := range [][]string{{"--combine", "--spread", "--connections", "2"}, {}} {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"--target", srv.Address, "--book-streams", "4", "--events-streams", "1",
+			"--seconds", "1.5", "--warmup", "0.5", "--json"}, extra...)
+		if code := mainWith(args, &stdout, &stderr); code != 0 {
+			t.Fatalf("%v: exit %d: %s", extra, code, stderr.String())
+		}
+		var r result
+		if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+			t.Fatalf("%v: not one JSON document: %v\n%s", extra, err, stdout.String())
+		}
+		book, events := r.Book, r.Events
+		if book.Streams != 4 || book.Messages == 0 || book.Samples != int64(book.Messages) || book.P50Ms == nil {
+			t.Fatalf("%v: book %+v", extra, book)
+		}
+		if !(0 <= *book.P50Ms && *book.P50Ms <= *book.P99Ms && *book.P99Ms <= *book.P999Ms && *book.P999Ms <= *book.MaxMs) {
+			t.Errorf("%v: percentiles out of order: %v %v %v %v", extra, *book.P50Ms, *book.P99Ms, *book.P999Ms, *book.MaxMs)
+		}
+		if book.MessagesPerSecond != round(float64(book.Messages)/1.5, 1) || len(book.WorstMsEachSecond) != 2 {
+			t.Errorf("%v: %v msg/s from %d messages in 1.5 s; worst per second %v", extra, book.MessagesPerSecond, book.Messages, book.WorstMsEachSecond)
+		}
+		if math.Abs(slices.Max(book.WorstMsEachSecond)-*book.MaxMs) > 0.01 {
+			t.Errorf("%v: worst of each second %v, max %v", extra, book.WorstMsEachSecond, *book.MaxMs)
+		}
+		if events.Streams != 1 || events.Records == 0 || !events.Lossless || events.Gaps+events.Duplicates != 0 {
+			t.Errorf("%v: events %+v", extra, events)
+		}
+		if len(book.Errors)+len(events.Errors) != 0 || r.StreamsEndedEarly != 0 || r.ClientCPUPercent <= 0 {
+			t.Errorf("%v: errors %v %v, ended early %d, cpu %v", extra, book.Errors, events.Errors, r.StreamsEndedEarly, r.ClientCPUPercent)
+		}
+		if spread := len(extra) > 0; spread != (len(r.Config.SpreadInstruments) == 4) {
+			t.Errorf("%v: spread over %v", extra, r.Config.SpreadInstruments)
+		}
+	}
+}

@@ -1,0 +1,203 @@
+package main
+
+// Report room: the result document (JSON) and its readable summary.
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strings"
+	"time"
+)
+
+type result struct {
+	Config            configDoc `json:"config"`
+	Book              bookDoc   `json:"book"`
+	Events            eventsDoc `json:"events"`
+	StreamsEndedEarly int       `json:"streams_ended_early"`
+	ClientCPUPercent  float64   `json:"client_cpu_percent"`
+}
+
+type configDoc struct {
+	Target              string   `json:"target"`
+	BookStreams         int      `json:"book_streams"`
+	EventsStreams       int      `json:"events_streams"`
+	Combine             bool     `json:"combine"`
+	Spread              bool     `json:"spread"`
+	Depth               int      `json:"depth"`
+	MaxUpdatesPerSecond float64  `json:"max_updates_per_second"`
+	Connections         int      `json:"connections"`
+	Seconds             float64  `json:"seconds"`
+	Warmup              float64  `json:"warmup"`
+	SpreadInstruments   []string `json:"spread_instruments,omitempty"`
+}
+
+type bookDoc struct {
+	Streams           int            `json:"streams"`
+	Messages          uint64         `json:"messages"`
+	MessagesPerSecond float64        `json:"messages_per_second"`
+	Conflated         uint64         `json:"conflated"`
+	Samples           int64          `json:"samples"`
+	P50Ms             *float64       `json:"p50_ms"`
+	P99Ms             *float64       `json:"p99_ms"`
+	P999Ms            *float64       `json:"p999_ms"`
+	MaxMs             *float64       `json:"max_ms"`
+	WorstMsEachSecond []float64      `json:"worst_ms_each_second"`
+	Reconnects        int            `json:"reconnects"`
+	Errors            map[string]int `json:"errors"`
+}
+
+type eventsDoc struct {
+	Streams           int            `json:"streams"`
+	Records           uint64         `json:"records"`
+	RecordsPerSecond  float64        `json:"records_per_second"`
+	Batches           uint64         `json:"batches"`
+	Lossless          bool           `json:"lossless"`
+	Gaps              int            `json:"gaps"`
+	Duplicates        int            `json:"duplicates"`
+	RecordsMissed     uint64         `json:"records_missed"`
+	ResourceExhausted int            `json:"resource_exhausted"`
+	OutOfRange        int            `json:"out_of_range"`
+	EpochChanges      int            `json:"epoch_changes"`
+	BatchP50Ms        *float64       `json:"batch_p50_ms"`
+	BatchP99Ms        *float64       `json:"batch_p99_ms"`
+	BatchMaxMs        *float64       `json:"batch_max_ms"`
+	Errors            map[string]int `json:"errors"`
+}
+
+func summarise(m *measurement) result {
+	seconds := m.cfg.seconds.Seconds()
+	r := result{
+		Config: configDoc{
+			Target: m.cfg.target, BookStreams: m.cfg.bookStreams, EventsStreams: m.cfg.eventsStreams,
+			Combine: m.cfg.combine, Spread: m.cfg.spread, Depth: m.cfg.depth,
+			MaxUpdatesPerSecond: m.cfg.maxUpdatesPerSecond, Connections: m.cfg.connections,
+			Seconds: seconds, Warmup: m.cfg.warmup.Seconds(), SpreadInstruments: m.instruments,
+		},
+		StreamsEndedEarly: m.endedEarly,
+		ClientCPUPercent:  round(100*m.cpuSeconds/m.wallSeconds, 1),
+	}
+
+	bookLat := newLatencies(m.window)
+	r.Book = bookDoc{Streams: len(m.book), Errors: map[string]int{}}
+	for _, c := range m.book {
+		bookLat.merge(c.lat)
+		r.Book.Messages += c.messages
+		r.Book.Conflated += c.conflated
+		r.Book.Reconnects += c.reconnects
+		countError(r.Book.Errors, c.err)
+	}
+	r.Book.MessagesPerSecond = round(float64(r.Book.Messages)/seconds, 1)
+	r.Book.Samples = bookLat.hist.TotalCount()
+	if r.Book.Samples > 0 {
+		r.Book.P50Ms, r.Book.P99Ms, r.Book.P999Ms = quantileMs(bookLat, 50), quantileMs(bookLat, 99), quantileMs(bookLat, 99.9)
+		r.Book.MaxMs = ms(bookLat.max)
+		for _, worst := range bookLat.worst {
+			r.Book.WorstMsEachSecond = append(r.Book.WorstMsEachSecond, round(float64(worst)/1e6, 2))
+		}
+	}
+
+	eventLat := newLatencies(m.window)
+	r.Events = eventsDoc{Streams: len(m.events), Errors: map[string]int{}}
+	for _, c := range m.events {
+		eventLat.merge(c.lat)
+		r.Events.Records += c.records
+		r.Events.Batches += c.batches
+		r.Events.Gaps += c.gaps
+		r.Events.Duplicates += c.duplicates
+		r.Events.RecordsMissed += c.recordsMissed
+		r.Events.ResourceExhausted += c.resourceExhausted
+		r.Events.OutOfRange += c.outOfRange
+		r.Events.EpochChanges += c.epochChanges
+		countError(r.Events.Errors, c.err)
+	}
+	r.Events.RecordsPerSecond = round(float64(r.Events.Records)/seconds, 1)
+	r.Events.Lossless = r.Events.Gaps == 0 && r.Events.Duplicates == 0 && r.Events.ResourceExhausted == 0 &&
+		r.Events.OutOfRange == 0 && r.Events.EpochChanges == 0 && len(r.Events.Errors) == 0
+	if eventLat.hist.TotalCount() > 0 {
+		r.Events.BatchP50Ms, r.Events.BatchP99Ms = quantileMs(eventLat, 50), quantileMs(eventLat, 99)
+		r.Events.BatchMaxMs = ms(eventLat.max)
+	}
+	return r
+}
+
+func countError(errs map[string]int, err error) {
+	if err != nil {
+		errs[err.Error()]++
+	}
+}
+
+// quantileMs is the histogram's value at quantile q (0–100), in ms.
+func quantileMs(l *latencies, q float64) *float64 {
+	return ms(l.hist.ValueAtQuantile(q) * int64(time.Microsecond))
+}
+
+func ms(ns int64) *float64 {
+	v := round(float64(ns)/1e6, 3)
+	return &v
+}
+
+func round(v float64, decimals int) float64 {
+	scale := math.Pow(10, float64(decimals))
+	return math.Round(v*scale) / scale
+}
+
+func writeJSON(w io.Writer, r result) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// formatSummary is a few readable lines of a result.
+func formatSummary(r result) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "target %s: %g s measured after %g s warm-up, %s\n", r.Config.Target, r.Config.Seconds, r.Config.Warmup,
+		connectionsText(r.Config))
+	if r.Book.Streams > 0 {
+		fmt.Fprintf(&b, "StreamBook   x%-4d %12.0f msg/s   publish→receive p50 %s ms  p99 %s ms  p99.9 %s ms  max %s ms  (conflated %d, reconnects %d)\n",
+			r.Book.Streams, r.Book.MessagesPerSecond, text(r.Book.P50Ms), text(r.Book.P99Ms), text(r.Book.P999Ms),
+			text(r.Book.MaxMs), r.Book.Conflated, r.Book.Reconnects)
+		fmt.Fprintf(&b, "             worst latency in each second (ms): %v\n", r.Book.WorstMsEachSecond)
+	}
+	if r.Events.Streams > 0 {
+		verdict := "lossless"
+		if !r.Events.Lossless {
+			verdict = "LOSSY"
+		}
+		fmt.Fprintf(&b, "StreamEvents x%-4d %12.0f records/s  batch latency p50 %s ms  p99 %s ms   %s (gaps %d, duplicates %d, resource_exhausted %d, out_of_range %d, epoch changes %d)\n",
+			r.Events.Streams, r.Events.RecordsPerSecond, text(r.Events.BatchP50Ms), text(r.Events.BatchP99Ms), verdict,
+			r.Events.Gaps, r.Events.Duplicates, r.Events.ResourceExhausted, r.Events.OutOfRange, r.Events.EpochChanges)
+	}
+	if errs := mergedErrors(r); len(errs) > 0 || r.StreamsEndedEarly > 0 {
+		fmt.Fprintf(&b, "errors: %s  streams ended early: %d\n", strings.Join(errs, "; "), r.StreamsEndedEarly)
+	}
+	fmt.Fprintf(&b, "client CPU %g%% of one core\n", r.ClientCPUPercent)
+	return b.String()
+}
+
+func connectionsText(c configDoc) string {
+	if c.Connections == 0 {
+		return "one connection per stream"
+	}
+	return fmt.Sprintf("%d connections", c.Connections)
+}
+
+func mergedErrors(r result) []string {
+	var out []string
+	for _, errs := range []map[string]int{r.Book.Errors, r.Events.Errors} {
+		for msg, n := range errs {
+			out = append(out, fmt.Sprintf("%d× %s", n, msg))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func text(v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%g", *v)
+}
