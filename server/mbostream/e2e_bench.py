@@ -1,7 +1,9 @@
 """End-to-end benchmark room: ``mbostream bench e2e`` — a real server and real clients, two processes.
 
 Two scenarios, each against a fresh ``mbostream serve --loop`` subprocess (the generated sample by
-default) measured by a separate ``mbostream-client latency`` process:
+default) measured by a separate client process: ``mbostream-load`` (the Go client's load tool,
+``clients/go/cmd/mbostream-load``, built with ``go build`` into the cache directory on first use)
+when Go is available, else — or with ``--client python`` — ``mbostream-client latency``:
 
 * **max** — the replay runs at ``--max``; one StreamEvents client reads every record. Reported:
   records/s delivered to that client over the window, the rate the replay produced, and whether
@@ -19,10 +21,12 @@ gets one core and neither steals the other's. The bench process itself only wait
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from mbostream.argtypes import non_negative_int, positive_float
@@ -44,6 +49,10 @@ AIM_P99_MS: Final = 2.0
 #: Generating the default sample on a cold cache takes a while; serving a cached one, seconds.
 _SERVER_START_TIMEOUT: Final = 900.0
 _STOP_TIMEOUT: Final = 30.0
+#: The Go client module (absent from an installed wheel: the bench then uses the Python client).
+_GO_MODULE: Final = Path(__file__).resolve().parents[2] / "clients" / "go"
+#: A first build downloads the Go modules.
+_GO_BUILD_TIMEOUT: Final = 900.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +76,8 @@ class E2eConfig:
     pin: bool = True
     #: Extra ``mbostream serve`` flags, e.g. ``("--book-interval-ms", "20")``.
     server_args: tuple[str, ...] = ()
+    #: The measuring client: "go" (mbostream-load) or "python" (mbostream-client latency).
+    client: str = "go"
 
 
 def _cpu_sets(pin: bool) -> tuple[set[int] | None, set[int] | None]:
@@ -186,7 +197,9 @@ class BenchServer:
 def _run_client(
     cfg: E2eConfig, target: str, streams: int, events_streams: int, cpus: set[int] | None
 ) -> dict[str, Any]:
-    """Runs ``mbostream-client latency --json`` in its own process and returns its result."""
+    """Runs the client in its own process and returns its result (in the Python client's shape)."""
+    if cfg.client == "go":
+        return _run_go_client(cfg, target, streams, events_streams, cpus)
     cmd = [
         sys.executable, "-m", "mbostream_client", "--target", target, "latency",
         "--streams", str(streams), "--events-streams", str(events_streams),
@@ -207,6 +220,99 @@ def _run_client(
             raise BenchError("the client is not installed: pip install -e clients/python")
         raise BenchError(f"mbostream-client latency exited with {proc.returncode}: {stderr.strip()[-2000:]}")
     return dict(json.loads(stdout))
+
+
+def go_available() -> bool:
+    """True when the Go load client can be built here (a Go toolchain and the clients/go module)."""
+    return shutil.which("go") is not None and (_GO_MODULE / "go.mod").is_file()
+
+
+def _go_load_binary() -> Path:
+    """``mbostream-load`` built from clients/go into the cache directory, once per source version."""
+    from mbostream.synth import cache_dir
+
+    sources = sorted(
+        p for p in _GO_MODULE.rglob("*") if p.is_file() and (p.suffix == ".go" or p.name in ("go.mod", "go.sum"))
+    )
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(str(path.relative_to(_GO_MODULE)).encode() + b"\0" + path.read_bytes())
+    binary = cache_dir() / "bin" / f"mbostream-load-{digest.hexdigest()[:16]}"
+    if binary.exists():
+        return binary
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    partial = binary.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        build = subprocess.run(
+            ["go", "build", "-o", str(partial), "./cmd/mbostream-load"],
+            cwd=_GO_MODULE, capture_output=True, text=True, timeout=_GO_BUILD_TIMEOUT,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BenchError(f"go build of mbostream-load failed: {exc}") from None
+    if build.returncode != 0:
+        raise BenchError(f"go build of mbostream-load failed: {build.stderr.strip()[-2000:]}")
+    partial.replace(binary)
+    return binary
+
+
+def _run_go_client(
+    cfg: E2eConfig, target: str, streams: int, events_streams: int, cpus: set[int] | None
+) -> dict[str, Any]:
+    """Runs ``mbostream-load --json`` in its own process (as many Go threads as pinned CPUs)."""
+    cmd = [
+        str(_go_load_binary()), "--target", target, "--book-streams", str(streams),
+        "--events-streams", str(events_streams), "--seconds", str(cfg.seconds), "--warmup", str(cfg.warmup),
+        "--depth", str(cfg.depth), "--max-updates-per-second", str(cfg.max_updates_per_second),
+        "--connections", str(cfg.connections), "--json",
+        *(["--spread"] if cfg.spread else []),
+        *(["--combine"] if cfg.combine else []),
+    ]  # fmt: skip
+    env = {**os.environ, **({"GOMAXPROCS": str(len(cpus))} if cpus else {})}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        _pin(proc.pid, cpus)
+        try:
+            stdout, stderr = proc.communicate(timeout=cfg.warmup + cfg.seconds + 120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise BenchError("mbostream-load did not finish in time") from None
+    if proc.returncode != 0:
+        raise BenchError(f"mbostream-load exited with {proc.returncode}: {stderr.strip()[-2000:]}")
+    return _from_go_result(json.loads(stdout))
+
+
+def _from_go_result(doc: dict[str, Any]) -> dict[str, Any]:
+    """``mbostream-load``'s document in the shape of ``mbostream-client latency``'s."""
+    book, events = doc["book"], doc["events"]
+    return {
+        "book": {
+            "streams": book["streams"],
+            "messages": book["messages"],
+            "messages_per_second": book["messages_per_second"],
+            "conflated": book["conflated"],
+            "latency_ms": {"samples": book["samples"], "p50": book["p50_ms"], "p99": book["p99_ms"],
+                           "p99.9": book["p999_ms"], "max": book["max_ms"]},  # fmt: skip
+            "worst_ms_each_second": book["worst_ms_each_second"] or [],
+            "errors": book["errors"],
+        },
+        "events": {
+            "streams": events["streams"],
+            "records": events["records"],
+            "records_per_second": events["records_per_second"],
+            "batches": events["batches"],
+            "gaps": events["gaps"],
+            "duplicates": events["duplicates"],
+            "records_missed": events["records_missed"],
+            "resource_exhausted": events["resource_exhausted"],
+            "out_of_range": events["out_of_range"],
+            "lossless": events["lossless"],
+            "latency_ms": {"samples": events["batches"], "p50": events["batch_p50_ms"], "p99": events["batch_p99_ms"],
+                           "p99.9": None, "max": events["batch_max_ms"]},  # fmt: skip
+            "errors": events["errors"],
+        },
+        "streams_ended_early": doc["streams_ended_early"],
+        "client_cpu_percent": doc["client_cpu_percent"],
+        "go": doc,
+    }
 
 
 def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
@@ -291,7 +397,8 @@ def format_summary(results: dict[str, Any]) -> str:
     """The readable report of :func:`run_e2e`."""
     cfg = results["config"]
     lines = [f"mbostream bench e2e: {cfg['seconds']:g} s windows after {cfg['warmup']:g} s warm-up, data: "
-             f"{', '.join(cfg['files']) or 'generated sample'} {' '.join(cfg['server_args'])}".rstrip()]  # fmt: skip
+             f"{', '.join(cfg['files']) or 'generated sample'} {' '.join(cfg['server_args'])}".rstrip()
+             + f", {cfg['client']} client"]  # fmt: skip
     for name, r in results["scenarios"].items():
         srv, cl = r["server"], r["client"]
         book, events = cl["book"], cl["events"]
@@ -348,6 +455,7 @@ def _cmd_e2e(args: argparse.Namespace) -> int:
         combine=args.combine,
         pin=not args.no_pin,
         server_args=tuple(arg for option in args.server_arg for arg in option.split()),
+        client=args.client or ("go" if go_available() else "python"),
     )
     results = run_e2e(cfg)
     print(json.dumps(results, indent=2) if args.json else format_summary(results))
@@ -379,6 +487,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="FLAG",
         help="extra flag for mbostream serve, repeatable (e.g. --server-arg=--no-store)",
+    )
+    p.add_argument(
+        "--client",
+        choices=("go", "python"),
+        help="the measuring client: go (mbostream-load, built on first use; the default when Go is installed) "
+        "or python (mbostream-client latency)",
     )
     p.add_argument("--strict", action="store_true", help="exit 1 when a floor is missed")
     p.add_argument("--json", action="store_true", help="machine-readable result")
