@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register_cli in _hooks(("mbostream.server.cli", "mbostream.storage.cli"), "register_cli"):
         register_cli(sub)
-    for register_bench in _hooks(("mbostream.e2e_bench",), "register_bench"):
+    for register_bench in _hooks(("mbostream.e2e_bench", "mbostream.web_bench"), "register_bench"):
         register_bench(bench)
     return parser
 

@@ -98,7 +98,7 @@ def _pin(pid: int, cpus: set[int] | None) -> None:
         os.sched_setaffinity(pid, cpus)
 
 
-def _cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and all its threads, from /proc."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -108,7 +108,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _machine_busy_seconds() -> tuple[float, float]:
+def machine_busy_seconds() -> tuple[float, float]:
     """CPU seconds all CPUs spent in processes, and in interrupts, since boot (from /proc/stat).
 
     Interrupt time (loopback TCP runs largely in softirq) is charged to no process, so it is kept
@@ -324,11 +324,11 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
     server = BenchServer(cfg, pacing, server_cpus)
     try:
         server.wait_replaying()
-        before, t0, cpu0 = server.status(), time.monotonic(), _cpu_seconds(server.proc.pid)
-        busy0, client0 = _machine_busy_seconds(), _children_cpu_seconds()
+        before, t0, cpu0 = server.status(), time.monotonic(), process_cpu_seconds(server.proc.pid)
+        busy0, client0 = machine_busy_seconds(), _children_cpu_seconds()
         client = _run_client(cfg, server.target, streams, events_streams, client_cpus)
-        busy1, client1 = _machine_busy_seconds(), _children_cpu_seconds()
-        after, t1, cpu1 = server.status(), time.monotonic(), _cpu_seconds(server.proc.pid)
+        busy1, client1 = machine_busy_seconds(), _children_cpu_seconds()
+        after, t1, cpu1 = server.status(), time.monotonic(), process_cpu_seconds(server.proc.pid)
     finally:
         exit_code = server.stop()
     elapsed = t1 - t0
@@ -363,6 +363,8 @@ def _verdict(value: float | None, floor: float, aim: float, higher_is_better: bo
 def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
     """Runs the chosen scenarios in turn (never in parallel); returns the result document."""
     results: dict[str, Any] = {"config": asdict(cfg), "scenarios": {}}
+    if cfg.client == "go":
+        _go_load_binary()  # built before any server runs, not inside a measured interval
     checks: dict[str, Any] = {}
     for name in cfg.scenarios:
         result = _scenario(cfg, name)

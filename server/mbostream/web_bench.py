@@ -1,0 +1,264 @@
+"""Web benchmark room: ``mbostream bench web`` — the web UI's frame times in a real browser at a given rate.
+
+Starts ``mbostream serve --rate R --loop`` (the e2e bench's server process), the Envoy edge in
+front of it serving the built UI, and headless Chromium on the page (``web/e2e/driver.mjs``, the
+browser test's driver, scenario ``bench``). The page opens the best bid's L3 queue, warms up,
+then measures ``requestAnimationFrame`` intervals and long tasks for the window. Over the same
+window (the driver announces its start and end) this process measures the CPU time of the server,
+of Envoy, of the browser (the driver and all its descendants) and of everything else on the
+machine, and the rate the replay achieved. Nothing here is a pass/fail check: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from mbostream.argtypes import positive_float, positive_int
+from mbostream.browser import DIST_DIR, Driver, ensure_ui_built, missing_requirement
+from mbostream.e2e_bench import BenchServer, E2eConfig, machine_busy_seconds, process_cpu_seconds
+from mbostream.edge import Edge
+from mbostream.errors import BenchError, MbostreamError
+
+#: Other processes' CPU share above which the summary says the figures are skewed.
+_BUSY_WARNING_PERCENT: Final = 10.0
+#: The page header's statistics (by their test id) as the summary names them.
+_HEADER_NAMES: Final = {
+    "feed": "feed",
+    "received": "book updates received",
+    "shown": "shown",
+    "events": "trade tape",
+    "p50": "latency p50",
+    "p99": "latency p99",
+    "render": "render p99",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebBenchConfig:
+    """What ``mbostream bench web`` runs (see the module docstring)."""
+
+    files: tuple[str, ...] = ()
+    rate: float = 500_000.0
+    seconds: float = 10.0
+    warmup: float = 3.0
+    #: Ladder levels per side (the page's ``?depth=``; 15 is the page's default).
+    depth: int = 15
+    #: Extra ``mbostream serve`` flags, e.g. ``("--no-store",)``.
+    server_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """CPU seconds of each party and the replay position, at one instant."""
+
+    at: float
+    replay_sequence: int
+    server: float
+    envoy: float
+    browser: float
+    bench: float
+    machine: float
+    interrupts: float
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU time of a process and all its living descendants, from /proc."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    total, pending = 0.0, [root]
+    while pending:
+        pid = pending.pop()
+        total += cpu.get(pid, 0.0)
+        pending.extend(children.get(pid, ()))
+    return total
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _measure(cfg: WebBenchConfig, server: BenchServer, log_path: Path) -> dict[str, Any]:
+    port = int(server.target.rsplit(":", 1)[1])
+    async with Edge(listen_port=0, upstream_port=port, static_dir=DIST_DIR) as edge:
+        driver = Driver(
+            "--url", f"{edge.url}/?depth={cfg.depth}", "--scenario", "bench", "--depth", str(cfg.depth),
+            "--warmup-seconds", f"{cfg.warmup:g}", "--frame-seconds", f"{cfg.seconds:g}",
+            log_path=log_path,
+        )  # fmt: skip
+        samples: dict[str, _Sample] = {}
+
+        async def sample() -> _Sample:
+            status = await asyncio.to_thread(server.status)
+            assert driver.pid is not None and edge.pid is not None
+            machine, interrupts = machine_busy_seconds()
+            return _Sample(
+                at=time.monotonic(),
+                replay_sequence=status.replay_sequence,
+                server=process_cpu_seconds(server.proc.pid),
+                envoy=process_cpu_seconds(edge.pid),
+                browser=await asyncio.to_thread(tree_cpu_seconds, driver.pid),
+                bench=_own_cpu_seconds(),
+                machine=machine,
+                interrupts=interrupts,
+            )
+
+        async def on_event(event: dict[str, Any]) -> dict[str, Any]:
+            if event["name"] != "window":
+                return {"ok": False, "error": f"unknown event {event['name']}"}
+            samples[event["phase"]] = await sample()
+            return {"ok": True}
+
+        report = await driver.run(on_event)
+    failed = {name: step for name, step in report["steps"].items() if not step["ok"]}
+    if failed or not report["ok"] or set(samples) != {"start", "end"}:
+        raise BenchError(f"the browser run failed: {json.dumps(failed or report, indent=2)[-4000:]}")
+    start, end = samples["start"], samples["end"]
+    elapsed = end.at - start.at
+
+    def percent(seconds: float) -> float:
+        return round(100 * seconds / elapsed, 1)
+
+    measured = {name: getattr(end, name) - getattr(start, name) for name in ("server", "envoy", "browser", "bench")}
+    others = (end.machine - start.machine) - sum(measured.values())
+    frames = report["steps"]["frames"]["value"]
+    return {
+        "config": asdict(cfg),
+        "window_seconds": round(elapsed, 2),
+        "page": frames["frames"],
+        "header": {key.removeprefix("stat-"): value for key, value in frames["stats"].items()},
+        "server": {
+            "replayed_records_per_second": round((end.replay_sequence - start.replay_sequence) / elapsed),
+            "cpu_percent": percent(measured["server"]),
+        },
+        "envoy": {"cpu_percent": percent(measured["envoy"])},
+        "browser": {"cpu_percent": percent(measured["browser"])},
+        "other_processes_cpu_percent": percent(max(0.0, others)),
+        "interrupts_cpu_percent": percent(end.interrupts - start.interrupts),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    }
+
+
+def run_web_bench(cfg: WebBenchConfig) -> dict[str, Any]:
+    """Runs the benchmark once; returns the result document (BenchError when a part fails)."""
+    missing = missing_requirement()
+    if missing is not None:
+        raise BenchError(missing)
+    ensure_ui_built()
+    server = BenchServer(E2eConfig(files=cfg.files, server_args=cfg.server_args), ("--rate", f"{cfg.rate:g}"), None)
+    try:
+        server.wait_replaying()
+        with tempfile.TemporaryDirectory(prefix="mbostream-web-bench-") as scratch:
+            results = asyncio.run(_measure(cfg, server, Path(scratch) / "driver.log"))
+    finally:
+        exit_code = server.stop()
+    results["server"]["exit_code"] = exit_code
+    return results
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """The readable report of :func:`run_web_bench`."""
+    cfg, page, server = results["config"], results["page"], results["server"]
+    data = ", ".join(cfg["files"]) or "the generated sample"
+    lines = [
+        f"mbostream bench web: {data} replayed at {cfg['rate']:,.0f} records/s (--loop"
+        f"{' ' + ' '.join(cfg['server_args']) if cfg['server_args'] else ''}), headless Chromium at 1440x900 "
+        f"(software rendering), ladder depth {cfg['depth']}, a queue open; {results['window_seconds']:g} s window "
+        f"after {cfg['warmup']:g} s warm-up; {results['cpus']} CPUs",
+        f"page: {page['fps']} fps; frame time p50 {page['p50Ms']} ms, p95 {page['p95Ms']} ms, "
+        f"p99 {page['p99Ms']} ms, max {page['maxMs']} ms; {page['over50Ms']} frames over 50 ms; "
+        f"{page['longTasks']} long tasks ({page['longTaskMs']} ms)",
+        "header: " + ", ".join(f"{_HEADER_NAMES.get(key, key)} {value}" for key, value in results["header"].items()),
+        f"CPU (100% = one core): server {server['cpu_percent']}% (replayed "
+        f"{server['replayed_records_per_second']:,} records/s), Envoy {results['envoy']['cpu_percent']}%, "
+        f"browser {results['browser']['cpu_percent']}% (all its processes), other processes "
+        f"{results['other_processes_cpu_percent']}%, interrupts {results['interrupts_cpu_percent']}%; "
+        f"server exit {server['exit_code']}",
+    ]
+    if results["other_processes_cpu_percent"] > _BUSY_WARNING_PERCENT:
+        lines.append(
+            f"WARNING: other processes used {results['other_processes_cpu_percent']}% CPU during the window; "
+            "the figures are skewed — rerun on a quiet machine"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_web(args: argparse.Namespace) -> int:
+    cfg = WebBenchConfig(
+        files=tuple(args.file),
+        rate=args.rate,
+        seconds=args.seconds,
+        warmup=args.warmup,
+        depth=args.depth,
+        server_args=tuple(arg for option in args.server_arg for arg in option.split()),
+    )
+    results = run_web_bench(cfg)
+    print(json.dumps(results, indent=2) if args.json else format_summary(results))
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``mbostream bench web``."""
+    p.add_argument("file", nargs="*", help="DBN MBO files to serve (default: the generated sample)")
+    p.add_argument("--rate", type=positive_float, default=500_000.0, help="records/s of the replay (default 500000)")
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="measured window (default 10)")
+    p.add_argument("--warmup", type=positive_float, default=3.0, help="seconds on the page before the window (default 3)")
+    p.add_argument("--depth", type=positive_int, default=15, help="ladder levels per side (default 15)")
+    p.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="extra flag for mbostream serve, repeatable (e.g. --server-arg=--no-store)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(func=_cmd_web)
+
+
+def register_bench(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds ``web`` to ``mbostream bench``."""
+    add_arguments(bench.add_parser("web", help="the web UI in headless Chromium at a rate: fps, frame times, CPU"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mbostream.web_bench``: the same command on its own."""
+    parser = argparse.ArgumentParser(prog="python -m mbostream.web_bench", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MbostreamError as exc:
+        print(f"mbostream bench web: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
