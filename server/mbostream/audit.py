@@ -22,6 +22,7 @@ from typing import Any, Final
 import numpy as np
 
 from mbostream.dbn import DbnReader
+from mbostream.errors import UnknownInstrumentError
 from mbostream.market import BookKey, Market
 from mbostream.prices import format_price
 
@@ -165,8 +166,8 @@ class _Auditor:
             key = BookKey(iid, pid)
             try:
                 self.market.resolve(iid, pid)
-            except LookupError:
-                continue
+            except UnknownInstrumentError:
+                continue  # trades naming a book that no F_LAST has shown yet: nothing to judge against
             mine = run[(run["instrument_id"] == iid) & (run["publisher_id"] == pid)]
             self._judge_prints(key, mine[mine["action"] == b"T"])
             self._judge_fills(key, mine[mine["action"] == b"F"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,9 +22,11 @@ import zstandard
 
 from mbostream import _engine
 from mbostream.errors import (
+    CorruptFileError,
     DataFileNotFoundError,
     NotDbnError,
     TruncatedFileError,
+    UnreadableFileError,
     WrongSchemaError,
 )
 
@@ -34,6 +38,10 @@ MBO_LENGTH_WORDS: Final = MBO_RECORD_SIZE // 4
 DEFAULT_CHUNK_RECORDS: Final = 1 << 16
 
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+#: Skippable zstd frames have magic numbers 0x184D2A50..0x184D2A5F (RFC 8878 §3.1.2).
+_ZSTD_SKIPPABLE: Final = range(0x184D2A50, 0x184D2A60)
+_ZSTD_BLOCK_RESERVED: Final = 3
+_ZSTD_BLOCK_RLE: Final = 1
 _DBN_MAGIC: Final = b"DBN"
 _PREFIX: Final = struct.Struct("<3sBI")
 
@@ -70,12 +78,32 @@ def _symbols_from(metadata: databento_dbn.Metadata) -> dict[int, str]:
     return symbols
 
 
+def _open_raw(path: str) -> BinaryIO:
+    """The file opened for reading, or the DataFileError that says why it cannot be."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataFileNotFoundError(path, "no such file") from None
+    except OSError as exc:
+        raise UnreadableFileError(path, f"cannot read it: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise DataFileNotFoundError(path, "is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise DataFileNotFoundError(path, "is not a regular file")
+    try:
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    except OSError as exc:
+        raise UnreadableFileError(path, f"cannot read it: {exc.strerror}") from None
+
+
 def _open_stream(path: str) -> tuple[BinaryIO, bool]:
-    if not os.path.isfile(path):
-        raise DataFileNotFoundError(path, "no such file")
-    raw = open(path, "rb")  # noqa: SIM115 - closed by DbnReader
-    head = raw.read(4)
-    raw.seek(0)
+    raw = _open_raw(path)
+    try:
+        head = raw.read(4)
+        raw.seek(0)
+    except OSError as exc:
+        raw.close()
+        raise UnreadableFileError(path, f"cannot read it: {exc.strerror}") from None
     if head == _ZSTD_MAGIC:
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
         return io.BufferedReader(reader, buffer_size=1 << 20), True  # type: ignore[arg-type]
@@ -87,6 +115,8 @@ def _read_exactly(stream: BinaryIO, n: int, path: str, what: str) -> bytes:
         data = stream.read(n)
     except zstandard.ZstdError as exc:
         raise TruncatedFileError(path, f"compressed stream is corrupt or truncated ({exc})") from exc
+    except OSError as exc:
+        raise UnreadableFileError(path, f"cannot read it: {exc.strerror}") from exc
     if len(data) != n:
         raise TruncatedFileError(path, f"file ends inside the {what} ({len(data)} of {n} bytes)")
     return data
@@ -115,6 +145,8 @@ class DbnReader:
             prefix = self._stream.read(_PREFIX.size)
         except zstandard.ZstdError as exc:
             raise NotDbnError(self.path, f"not a DBN file (corrupt zstd stream: {exc})") from exc
+        except OSError as exc:
+            raise UnreadableFileError(self.path, f"cannot read it: {exc.strerror}") from exc
         if len(prefix) < _PREFIX.size or prefix[:3] != _DBN_MAGIC:
             if 0 < len(prefix) < _PREFIX.size and prefix[:3] == _DBN_MAGIC[: len(prefix)]:
                 raise TruncatedFileError(self.path, "file ends inside the DBN prefix")
@@ -152,15 +184,23 @@ class DbnReader:
         stride = MBO_RECORD_SIZE + (8 if self.info.ts_out else 0)
         want = chunk_records * stride
         carry = b""
+        #: Offset of ``buf[0]`` in the (decompressed) DBN stream, for error messages.
+        offset = self.header_size
         while True:
             try:
                 data = self._stream.read(want - len(carry))
             except zstandard.ZstdError as exc:
                 raise TruncatedFileError(self.path, f"compressed stream is corrupt or truncated ({exc})") from exc
+            except OSError as exc:
+                raise UnreadableFileError(self.path, f"cannot read it: {exc.strerror}") from exc
             if not data:
                 break
             buf = carry + data if carry else data
-            records, carry = self._records_of(buf, stride)
+            try:
+                records, carry = self._records_of(buf, stride)
+            except ValueError as exc:  # the native framing walk: a record length that cannot be
+                raise CorruptFileError(self.path, _at_file_offset(str(exc), offset)) from None
+            offset += len(buf) - len(carry)
             if len(records):
                 yield records
         if carry:
@@ -190,6 +230,71 @@ class DbnReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _at_file_offset(message: str, offset: int) -> str:
+    """The framing walk's message with its buffer-relative ``at byte N`` made a file offset."""
+    moved = re.sub(r"at byte (\d+)", lambda m: f"at byte {offset + int(m[1])}", message, count=1)
+    return moved if moved != message else f"{message} (in the records from byte {offset})"
+
+
+def verify_framing(path: str | os.PathLike[str]) -> None:
+    """Checks that a whole file can be read, without applying it; raises the DataFileError that a
+    replay would meet.
+
+    Plain files: every record header is walked (the decoder's own path, ~1 GB/s), so a file cut
+    inside a record or with a broken record length is found. Compressed files: the zstd frame and
+    block headers are walked without decompressing (a seek per block), so a file cut short (a
+    half download) is found; damage inside a compressed block only shows when it is decompressed.
+    """
+    with DbnReader(path) as reader:
+        if not reader.info.compressed:
+            for _ in reader.chunks():
+                pass
+            return
+    _walk_zstd_frames(os.fspath(path))
+
+
+def _walk_zstd_frames(path: str) -> None:
+    """Walks the frame and block headers of a zstd file (RFC 8878); raises on a cut or bad one."""
+    with _open_raw(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        pos = 0
+
+        def read(at: int, n: int, what: str) -> bytes:
+            f.seek(at)
+            data = f.read(n)
+            if len(data) < n:
+                raise TruncatedFileError(path, f"compressed stream is truncated (it ends inside a {what} at byte {at})")
+            return data
+
+        while pos < size:
+            magic = int.from_bytes(read(pos, 4, "frame header"), "little")
+            if magic in _ZSTD_SKIPPABLE:
+                pos += 8 + int.from_bytes(read(pos + 4, 4, "skippable frame"), "little")
+                if pos > size:
+                    raise TruncatedFileError(path, "compressed stream is truncated (inside a skippable frame)")
+                continue
+            if magic != int.from_bytes(_ZSTD_MAGIC, "little"):
+                raise CorruptFileError(path, f"compressed stream is corrupt (no zstd frame at byte {pos})")
+            descriptor = read(pos + 4, 1, "frame header")[0]
+            fcs_flag, single_segment = descriptor >> 6, (descriptor >> 5) & 1
+            checksum, dictionary_flag = (descriptor >> 2) & 1, descriptor & 3
+            fcs_size = (single_segment, 2, 4, 8)[fcs_flag]
+            pos += 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dictionary_flag] + fcs_size
+            while True:
+                header = int.from_bytes(read(pos, 3, "block header"), "little")
+                last, kind, block_size = header & 1, (header >> 1) & 3, header >> 3
+                if kind == _ZSTD_BLOCK_RESERVED:
+                    raise CorruptFileError(path, f"compressed stream is corrupt (reserved block type at byte {pos})")
+                pos += 3 + (1 if kind == _ZSTD_BLOCK_RLE else block_size)
+                if pos > size:
+                    raise TruncatedFileError(path, "compressed stream is truncated (it ends inside a block)")
+                if last:
+                    break
+            pos += 4 * checksum
+            if pos > size:
+                raise TruncatedFileError(path, "compressed stream is truncated (it ends inside a frame checksum)")
 
 
 def read_records(path: str | os.PathLike[str]) -> tuple[FileInfo, np.ndarray]:

@@ -5,8 +5,10 @@
     MbostreamError                      base of everything below
     ├── DataFileError                   a data file cannot be used (carries ``path``)
     │   ├── DataFileNotFoundError       the path does not exist or is not a file
+    │   ├── UnreadableFileError         the file exists but cannot be read (permissions, I/O)
     │   ├── NotDbnError                 the bytes are not DBN (nor zstd-compressed DBN)
     │   ├── TruncatedFileError          the file ends inside its metadata or inside a record
+    │   ├── CorruptFileError            the records' framing is broken (a bad record length)
     │   └── WrongSchemaError            a DBN file of another schema (e.g. MBP-10 given for MBO)
     ├── ConfigError                     a setting is invalid (carries ``setting``)
     ├── InvalidArgumentError            a request argument is invalid (carries ``field``)
@@ -29,15 +31,31 @@
     └── AuthError                       missing or wrong operator credentials
         └── PermissionDeniedError       credentials present but not accepted
 
-The gRPC edge maps each class to one status code (see ``mbostream.api.errors``); nothing else in
-the code base chooses status codes.
+The gRPC edge maps each class to one status code (see ``mbostream.server.interceptors``); nothing
+else in the code base chooses status codes.
+
+Messages echo what the user gave (a symbol, a path, a value); :class:`MbostreamError` caps every
+message at :data:`MAX_MESSAGE_CHARS`, so a 3 MB symbol comes back as its start and its length, in
+a status' details and on a command line alike.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
+#: Longest message an error shows (gRPC status details, one stderr line).
+MAX_MESSAGE_CHARS: Final = 1000
+
 
 class MbostreamError(Exception):
     """Base class of every deliberate mbostream error."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if len(text) <= MAX_MESSAGE_CHARS:
+            return text
+        tail = f"… [{len(text):,} characters in all]"
+        return text[: MAX_MESSAGE_CHARS - len(tail)] + tail
 
 
 class DataFileError(MbostreamError):
@@ -51,6 +69,14 @@ class DataFileError(MbostreamError):
 
 class DataFileNotFoundError(DataFileError):
     """The path does not exist or is not a regular file."""
+
+
+class UnreadableFileError(DataFileError):
+    """The file exists but the process cannot read it (permissions, an I/O error)."""
+
+
+class CorruptFileError(DataFileError):
+    """The records' framing is broken: a record length that cannot be (e.g. 0, or too short)."""
 
 
 class NotDbnError(DataFileError):

@@ -28,14 +28,14 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from mbostream.config import Settings
-from mbostream.dbn import DbnReader
+from mbostream.dbn import DbnReader, verify_framing
 from mbostream.errors import MbostreamError
 from mbostream.hub import Hub
 from mbostream.market import Market
 from mbostream.replay import Replayer
 from mbostream.server import market_data, replay_control
 from mbostream.server.convert import book_update_payload
-from mbostream.server.interceptors import ErrorMappingInterceptor
+from mbostream.server.interceptors import ErrorMappingInterceptor, quiet_client_disconnects
 from mbostream.synth import ensure_sample
 from mbostream.v1 import market_data_pb2, replay_pb2
 
@@ -60,6 +60,23 @@ _GRPC_OPTIONS = [
 ]
 
 
+def _checked_files(files: list[str]) -> tuple[dict[int, str], list[str]]:
+    """Every file's symbols and dataset, once each file was checked as far as can be before serving.
+
+    Metadata, schema and readability always; the record framing of plain files and the zstd
+    framing of compressed ones (:func:`~mbostream.dbn.verify_framing`). Raises the DataFileError of
+    the first bad file.
+    """
+    symbols: dict[int, str] = {}
+    datasets = []
+    for path in files:
+        with DbnReader(path) as reader:
+            symbols.update(reader.info.symbols)
+            datasets.append(reader.info.dataset)
+        verify_framing(path)
+    return symbols, datasets
+
+
 class App:
     """One running mbostream server."""
 
@@ -69,6 +86,8 @@ class App:
         self.port = 0
         self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
+        self.server: grpc_aio.Server | None = None
+        self._started_sinks: list[Any] = []
         self._stopped = asyncio.Event()
         self._stopping = False
         #: What the process should exit with once stopped: 0 unless a background task failed.
@@ -85,12 +104,7 @@ class App:
     async def start(self) -> None:
         s = self.settings
         files = await asyncio.to_thread(self._data_files)
-        symbols: dict[int, str] = {}
-        datasets = []
-        for path in files:
-            with DbnReader(path) as reader:  # validates every file before serving anything
-                symbols.update(reader.info.symbols)
-                datasets.append(reader.info.dataset)
+        symbols, datasets = await asyncio.to_thread(_checked_files, files)
         self.market = Market(symbols)
         def book_payload(market: Market, key: Any, depth: int, orders: bool, position: int) -> tuple[bytes, bytes, int]:
             return book_update_payload(market, key, depth, orders, position=position, ts_out=time.time_ns())
@@ -118,10 +132,31 @@ class App:
             loop=s.loop,
             batch_records=s.batch_records,
         )
+        try:
+            await self._listen(datasets[0])
+        except BaseException:
+            await self._abandon_start()
+            raise
+        self._tasks = [
+            asyncio.create_task(self.replayer.run(), name="replay"),
+            asyncio.create_task(hub.run_ticker(), name="book-ticker"),
+            asyncio.create_task(self._serving_when_loaded(), name="health"),
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+        log.info(
+            "mbostream listening",
+            extra={"grpc": f"{s.host}:{self.port}", "metrics_port": self.metrics_port, "files": files},
+        )
+
+    async def _listen(self, dataset: str) -> None:
+        """gRPC (health NOT_SERVING), then metrics, then the sinks (the storage opens its spool)."""
+        s, hub = self.settings, self.hub
+        quiet_client_disconnects()
         self.server = grpc_aio.server(interceptors=[ErrorMappingInterceptor()], options=_GRPC_OPTIONS)
         self.server.add_generic_rpc_handlers(
             (
-                market_data.handler(market_data.MarketDataService(self.market, hub, datasets[0])),
+                market_data.handler(market_data.MarketDataService(self.market, hub, dataset)),
                 replay_control.handler(replay_control.ReplayControlService(self.replayer, s.control_token, hub.epoch)),
             )
         )
@@ -140,17 +175,21 @@ class App:
         for sink in self.extra_sinks:
             if hasattr(sink, "start"):
                 await sink.start()
-        self._tasks = [
-            asyncio.create_task(self.replayer.run(), name="replay"),
-            asyncio.create_task(hub.run_ticker(), name="book-ticker"),
-            asyncio.create_task(self._serving_when_loaded(), name="health"),
-        ]
-        for task in self._tasks:
-            task.add_done_callback(self._task_done)
-        log.info(
-            "mbostream listening",
-            extra={"grpc": f"{s.host}:{self.port}", "metrics_port": self.metrics_port, "files": files},
-        )
+                self._started_sinks.append(sink)
+
+    async def _abandon_start(self) -> None:
+        """Undoes a start that failed half-way (a port taken, the spool locked): nothing is left
+        listening, running or registered, and no gRPC server is left for the garbage collector to
+        stop after the event loop is closed."""
+        if self.server is not None:
+            await self.server.stop(None)
+        if hasattr(self, "_httpd"):
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        for sink in self._started_sinks:
+            await sink.stop(0)
+        if hasattr(self, "_unregister_storage_metrics"):
+            self._unregister_storage_metrics()
 
     def _storage_sink(self) -> Any:
         from mbostream.storage.prometheus import register_storage_metrics

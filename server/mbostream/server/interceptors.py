@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
@@ -105,6 +106,36 @@ class ErrorMappingInterceptor(AsyncExceptionToStatusInterceptor):
             name = "CANCELLED"
         METRICS.rpcs.labels(short, name).inc()
         METRICS.rpc_seconds.labels(short).observe(time.perf_counter() - started)
+
+
+class _ClientGoneFilter(logging.Filter):
+    """grpc's own report of a stream write that failed because the call was already over.
+
+    When a client cancels or disconnects while the server's next write waits on flow control, grpc
+    fails that write with ``ExecuteBatchError`` and logs it at ERROR with a traceback (unless it
+    noticed the cancellation first, a race). A client going away is normal: the record becomes one
+    DEBUG line naming the method, and is dropped when DEBUG is off.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if type(exc).__name__ != "ExecuteBatchError":
+            return True
+        if not log.isEnabledFor(logging.DEBUG):
+            return False
+        method = re.search(r"\[(/[^\]]+)\]", record.getMessage())
+        record.msg, record.args = "client went away mid-stream: %s", (method[1] if method else "a stream",)
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info = record.exc_text = None
+        return True
+
+
+_CLIENT_GONE = _ClientGoneFilter()
+
+
+def quiet_client_disconnects() -> None:
+    """Logs clients that go away mid-stream at DEBUG instead of grpc's ERROR traceback (idempotent)."""
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_CLIENT_GONE)
 
 
 def check_bearer(metadata: tuple[tuple[str, str | bytes], ...] | None, token: str | None) -> None:
