@@ -11,6 +11,7 @@
     │   ├── CorruptFileError            the records' framing is broken (a bad record length)
     │   └── WrongSchemaError            a DBN file of another schema (e.g. MBP-10 given for MBO)
     ├── ConfigError                     a setting is invalid (carries ``setting``)
+    │   └── AddressInUseError           a port to listen on is taken (carries ``port``)
     ├── InvalidArgumentError            a request argument is invalid (carries ``field``)
     ├── UnknownInstrumentError          no book for the requested instrument (carries ``selector``)
     ├── ReplayPositionError             a resume point is no longer buffered (carries ``oldest``)
@@ -103,6 +104,15 @@ class ConfigError(MbostreamError):
         super().__init__(f"{setting}: {reason}")
         self.setting = setting
         self.reason = reason
+
+
+class AddressInUseError(ConfigError):
+    """Another process already listens on a port this server must bind (it is never shared)."""
+
+    def __init__(self, setting: str, host: str, port: int) -> None:
+        super().__init__(setting, f"{host}:{port} is already in use by another process; choose another port")
+        self.host = host
+        self.port = port
 
 
 class InvalidArgumentError(MbostreamError):

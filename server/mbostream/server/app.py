@@ -12,11 +12,13 @@ an mbostream error (a data file found bad mid-replay) or 1 for anything else, ne
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
 import secrets
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -27,9 +29,9 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from mbostream.config import Settings
+from mbostream.config import SOURCES, Settings
 from mbostream.dbn import DbnReader, verify_framing
-from mbostream.errors import MbostreamError
+from mbostream.errors import AddressInUseError, ConfigError, MbostreamError
 from mbostream.hub import Hub
 from mbostream.market import Market
 from mbostream.replay import Replayer
@@ -57,6 +59,9 @@ _GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Exclusive: with SO_REUSEPORT a second server on the same port would start "fine" and the
+    # kernel would spread new clients between two different replays.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -75,6 +80,32 @@ def _checked_files(files: list[str]) -> tuple[dict[int, str], list[str]]:
             datasets.append(reader.info.dataset)
         verify_framing(path)
     return symbols, datasets
+
+
+def _setting_names(setting: str) -> str:
+    return " / ".join(SOURCES[setting])
+
+
+def _check_port_free(setting: str, host: str, port: int) -> None:
+    """Raises AddressInUseError when another process listens on ``host:port`` (0: any free port).
+
+    A probe bind with the listeners' own options (SO_REUSEADDR, never SO_REUSEPORT) says so
+    before gRPC tries: gRPC's own bind failure is a generic error and a line of C logging.
+    """
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # gRPC reports an unresolvable host itself
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise AddressInUseError(_setting_names(setting), host, port) from None
 
 
 class App:
@@ -164,12 +195,21 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), self.server)
-        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
-        if self.port == 0:
-            raise OSError(f"could not bind {s.host}:{s.port}")
+        _check_port_free("port", s.host, s.port)
+        try:
+            self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        except RuntimeError as exc:  # grpc's "Failed to bind": the port was taken since, or a bad host
+            raise ConfigError(_setting_names("port"), f"cannot listen on {s.host}:{s.port} ({exc})") from None
         await self.server.start()
         if s.metrics_port >= 0:
-            httpd, _ = start_http_server(s.metrics_port, addr=s.host)
+            _check_port_free("metrics_port", s.host, s.metrics_port)
+            try:
+                httpd, _ = start_http_server(s.metrics_port, addr=s.host)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise AddressInUseError(_setting_names("metrics_port"), s.host, s.metrics_port) from None
+                reason = f"cannot listen on {s.host}:{s.metrics_port} ({exc.strerror})"
+                raise ConfigError(_setting_names("metrics_port"), reason) from None
             self.metrics_port = httpd.server_port
             self._httpd = httpd
         for sink in self.extra_sinks:

@@ -1,0 +1,84 @@
+"""Ports are bound exclusively: a second server on a taken port fails at start, naming the port.
+
+Before, gRPC's SO_REUSEPORT let a second ``mbostream serve`` share the first one's port, and the
+kernel spread new clients between two different replays.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from conftest import shared_file
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server_harness import RPC_TIMEOUT, ServeProcess, free_port
+
+from mbostream.v1 import replay_pb2_grpc
+from mbostream.v1 import replay_pb2 as rp
+
+
+def second_server(command: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mbostream.cli", "--log-format", "text", command, "--host", "127.0.0.1", *flags,
+         str(shared_file("CLX5_mbo.dbn"))],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env={**os.environ, "MBOSTREAM_STORE": "false"},
+    )  # fmt: skip
+
+
+def assert_refused(proc: subprocess.CompletedProcess[str], command: str, setting: str, port: int) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[0].startswith(f"mbostream {command}: error: {setting}"), lines[0]
+    assert f"127.0.0.1:{port} is already in use" in lines[0]
+    assert "listening" not in proc.stdout
+
+
+def test_a_second_server_on_a_taken_grpc_port_fails_and_the_first_keeps_every_client(tmp_path: Path) -> None:
+    port = free_port()
+    first = ServeProcess("--rate", "1000", str(shared_file("CLX5_mbo.dbn")), port=port, log_path=tmp_path / "first.log")
+    first.start()
+    try:
+        proc = second_server("serve", "--port", str(port), "--metrics-port", "-1")
+        assert_refused(proc, "serve", "--port / MBOSTREAM_PORT", port)
+        # `run` binds gRPC before it starts its edge, so it fails the same way (no Envoy needed).
+        proc = second_server("run", "--port", str(port), "--metrics-port", "-1", "--edge-port", "0")
+        assert_refused(proc, "run", "--port / MBOSTREAM_PORT", port)
+        # Every new connection still reaches the one replay there is (one run identity).
+        epochs = set()
+        for _ in range(20):
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT)
+                assert health.status == health_pb2.HealthCheckResponse.SERVING
+                status = replay_pb2_grpc.ReplayServiceStub(channel).GetStatus(
+                    rp.GetStatusRequest(), metadata=(("authorization", f"Bearer {first.token}"),), timeout=RPC_TIMEOUT
+                )
+                epochs.add(status.status.epoch)
+        assert len(epochs) == 1
+    finally:
+        assert first.stop() == 0
+
+
+def test_a_taken_metrics_port_fails_naming_it() -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = second_server("serve", "--port", "0", "--metrics-port", str(port))
+    assert_refused(proc, "serve", "--metrics-port / MBOSTREAM_METRICS_PORT", port)
+
+
+def test_a_port_shared_by_a_reuseport_listener_is_still_refused() -> None:
+    """Another process that opted into SO_REUSEPORT does not make our bind shared: we never opt in."""
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = second_server("serve", "--port", str(port), "--metrics-port", "-1")
+    assert_refused(proc, "serve", "--port / MBOSTREAM_PORT", port)
