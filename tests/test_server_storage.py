@@ -11,7 +11,7 @@ import urllib.request
 from conftest import shared_file
 from server_harness import ServeProcess
 
-pytest_plugins = ["influx.fixtures"]  # the real InfluxDB 1.6 stack behind the v2 write shim
+pytest_plugins = ["influx.fixtures"]  # the real InfluxDB 1.8, written to through its 2.x API
 
 
 def test_serve_spools_without_a_database_and_drain_delivers_exactly_once(tmp_path, influx) -> None:

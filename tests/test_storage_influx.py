@@ -1,4 +1,4 @@
-"""The storage sink against a real InfluxDB engine (1.6, behind the Envoy v2 write shim).
+"""The storage sink against a real InfluxDB engine (1.8, written to through its 2.x API).
 
 Every test replays real data through the real sink as the replay loop does, then reads the engine
 back with InfluxQL and compares values exactly: nanosecond times, int64 fields, tag strings.
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import documented_code
-from influx.harness import InfluxStack
+from influx.harness import INSTALL_SCRIPT, TEST_USER, InfluxdNotFoundError, InfluxStack, influx_stack
 from influx.points import parse
 from influx.replay import Replay, async_test, expected_times, wait_for
 from mbostream.dbn import MBO_DTYPE, FileInfo
@@ -268,6 +268,43 @@ async def test_shutdown_with_a_full_queue_loses_nothing(influx: InfluxStack, clx
     assert_database_holds(influx, info, replay)
 
 
+@async_test
+async def test_a_wrong_token_is_refused_and_its_points_are_delivered_once_it_is_fixed(
+    influx: InfluxStack, clx5: tuple[FileInfo, np.ndarray], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    info, records = clx5
+    replay = Replay(info, records[:5000])
+    spool_dir = tmp_path / "spool"
+    wrong = sink_for(settings_for(influx, spool_dir, token=f"{TEST_USER}:wrong-password"), replay)
+    await asyncio.wait_for(wrong.start(), 10)
+    with caplog.at_level(logging.ERROR, logger="mbostream.storage"):
+        replay.run(wrong.offer, 1000)
+        await wait_for(lambda: wrong.metrics.get("write_retries_total") > 0, "the refusal")
+        await asyncio.wait_for(wrong.stop(timeout=0), STOP_TIMEOUT)
+    assert wrong.metrics.get("points_written_total") == 0 and influx.count("trades") == 0
+    assert any("HTTP 401: authorization failed" in r.getMessage() for r in caplog.records), caplog.text
+    fixed = sink_for(settings_for(influx, spool_dir), Replay(info, records[:0]))
+    await asyncio.wait_for(fixed.start(), 10)
+    await wait_for(lambda: fixed.metrics.snapshot()["spool_bytes"] == 0, "the spool to drain")
+    await asyncio.wait_for(fixed.stop(STOP_TIMEOUT), STOP_TIMEOUT + 10)
+    assert_database_holds(influx, info, replay)
+
+
+def test_a_missing_influxd_is_an_error_naming_the_install_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An influxd on PATH (Debian's 1.6) must not be taken for the 1.8 the tests need.
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "influxd").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "bin" / "influxd").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("MBOSTREAM_INFLUXD", raising=False)
+    with pytest.raises(InfluxdNotFoundError, match=INSTALL_SCRIPT), influx_stack(tmp_path / "influx"):
+        pass
+    monkeypatch.setenv("MBOSTREAM_INFLUXD", str(tmp_path / "nowhere" / "influxd"))
+    with pytest.raises(InfluxdNotFoundError, match="MBOSTREAM_INFLUXD=.*" + INSTALL_SCRIPT), influx_stack(tmp_path / "influx"):
+        pass
+
+
 def book_records(rows: list[tuple[str, str, int, int, int]]) -> np.ndarray:
     """Records ``(action, side, order_id, price, ts_event)`` of one book, each an event (F_LAST)."""
     r = np.zeros(len(rows), dtype=MBO_DTYPE)
@@ -342,14 +379,9 @@ def documented_influxql() -> list[str]:
     return statements
 
 
-@async_test
-async def test_the_documented_influxql_examples_run_on_the_stored_feed(
-    influx: InfluxStack, clx5: tuple[FileInfo, np.ndarray], tmp_path: Path
-) -> None:
-    info, records = clx5
-    await store_all(influx, info, records, tmp_path / "spool")
+def test_the_documented_influxql_examples_run_on_the_stored_feed(influx_with_clx5: InfluxStack) -> None:
     statements = documented_influxql()
     assert len(statements) >= 6, "the README or the storage docs lost their InfluxQL examples"
     for statement in statements:
-        rows = influx.rows(statement)
+        rows = influx_with_clx5.rows(statement)
         assert rows, f"no rows from the documented query: {statement}"

@@ -1,1 +1,1 @@
-"""Test-only InfluxDB stack: a real InfluxDB 1.6 engine behind an Envoy v2→v1 write shim."""
+"""Test-only InfluxDB: a real InfluxDB 1.8 engine, written to through its 2.x API."""

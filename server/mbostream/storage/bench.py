@@ -183,9 +183,12 @@ async def run_with_sink(info: FileInfo, records: np.ndarray, batch_records: int,
 
 
 # -- (b) end to end ---------------------------------------------------------------------------------
-def count_points(influxql_url: str, bucket: str, measurement: str) -> int:
+def count_points(influxql_url: str, bucket: str, measurement: str, token: str | None) -> int:
     query = urllib.parse.urlencode({"db": bucket, "q": f'SELECT count("sequence") FROM "{measurement}"'})
-    with urllib.request.urlopen(f"{influxql_url}/query?{query}", timeout=60) as response:
+    # InfluxDB 1.8 with authentication on reads the 2.x token (USER:PASSWORD) on InfluxQL too.
+    headers = {"Authorization": f"Token {token}"} if token else {}
+    request = urllib.request.Request(f"{influxql_url}/query?{query}", headers=headers)
+    with urllib.request.urlopen(request, timeout=60) as response:
         result = json.load(response)
     series = result["results"][0].get("series")
     return int(series[0]["values"][0][1]) if series else 0
@@ -234,7 +237,7 @@ async def bench_e2e(info: FileInfo, records: np.ndarray, batch_records: int, spo
     }
     influxql = os.environ.get("MBOSTREAM_INFLUXQL_URL")
     if influxql and settings.bucket:
-        stored = {name: count_points(influxql, settings.bucket, name) for name in ("mbo", "trades", "bbo", "depth")}
+        stored = {name: count_points(influxql, settings.bucket, name, settings.token) for name in ("mbo", "trades", "bbo", "depth")}
         out["stored"] = stored
         out["stored_total"] = sum(stored.values())
         # Distinct points in the database per second (a re-sent point counts once).
