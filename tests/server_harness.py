@@ -92,11 +92,13 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """A real ``mbostream serve`` subprocess on 127.0.0.1, stopped by PID by whoever started it.
+    """A real ``mbostream serve`` (or ``run``) subprocess on 127.0.0.1, stopped by PID by whoever started it.
 
     The port comes from the server's JSON ready line (``{"listening": "127.0.0.1:P", ...}``).
     Its log goes to ``log_path``; its stdout is drained so it can never block on a full pipe.
-    ``start`` returns once the server answers health checks with SERVING.
+    ``start`` returns once the server answers health checks with SERVING. With ``command="run"``
+    the ready line also has the edge's ``url``, and the line after it says which URL to open
+    (``page_url``). ``token=None`` starts it with no control token configured at all.
     """
 
     def __init__(
@@ -104,16 +106,22 @@ class ServeProcess:
         *args: str,
         port: int = 0,
         log_path: Path,
-        token: str = TOKEN,
+        token: str | None = TOKEN,
         env: dict[str, str] | None = None,
+        command: str = "serve",
+        cwd: Path | None = None,
     ) -> None:
         self.args = args
         self.requested_port = port
         self.log_path = log_path
         self.token = token
         self.env = env or {}
+        self.command = command
+        self.cwd = cwd
         self.port = 0
         self.metrics_port = -1
+        self.url = ""
+        self.page_url = ""
         self.process: subprocess.Popen[str] | None = None
 
     @property
@@ -124,9 +132,12 @@ class ServeProcess:
         """Starts the server and waits (at most ``timeout`` s) until it listens and is SERVING."""
         command = [
             sys.executable, "-m", "mbostream.cli", "--log-level", "warning", "--log-format", "text",
-            "serve", "--host", "127.0.0.1", "--port", str(self.requested_port), "--metrics-port", "-1",
+            self.command, "--host", "127.0.0.1", "--port", str(self.requested_port), "--metrics-port", "-1",
             *self.args,
         ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MBOSTREAM_CONTROL_TOKEN")}
+        if self.token is not None:
+            env["MBOSTREAM_CONTROL_TOKEN"] = self.token
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
             command,
@@ -134,26 +145,33 @@ class ServeProcess:
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            env={**os.environ, "MBOSTREAM_CONTROL_TOKEN": self.token, "MBOSTREAM_STORE": "false", **self.env},
+            env={**env, "MBOSTREAM_STORE": "false", **self.env},
+            cwd=self.cwd,
         )
         log.close()
         lines: queue.Queue[str | None] = queue.Queue()
         assert self.process.stdout is not None
         threading.Thread(target=_drain, args=(self.process.stdout, lines), daemon=True).start()
         deadline = time.monotonic() + timeout
-        while True:
+
+        def next_line() -> str:
             try:
                 line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 line = None
             if line is None:
                 self.stop()
-                raise RuntimeError(f"mbostream serve did not start:\n{self.log_path.read_text()[-4000:]}")
-            if line.startswith("{") and "listening" in line:
-                ready = json.loads(line)
-                self.port = int(ready["listening"].rsplit(":", 1)[1])
-                self.metrics_port = int(ready["metrics_port"])
-                break
+                raise RuntimeError(f"mbostream {self.command} did not start:\n{self.log_path.read_text()[-4000:]}")
+            return line
+
+        while not ((line := next_line()).startswith("{") and "listening" in line):
+            pass
+        ready = json.loads(line)
+        self.port = int(ready["listening"].rsplit(":", 1)[1])
+        self.metrics_port = int(ready["metrics_port"])
+        if "url" in ready:
+            self.url = ready["url"]
+            self.page_url = next_line().split("open ", 1)[1].split()[0]
         self._wait_serving(deadline)
         return self
 
@@ -166,7 +184,7 @@ class ServeProcess:
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 time.sleep(0.1)
-        raise TimeoutError("mbostream serve never reported SERVING")
+        raise TimeoutError(f"mbostream {self.command} never reported SERVING")
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -17,6 +17,7 @@ import select
 import shutil
 import signal
 import socket
+import string
 import struct
 import subprocess
 import sys
@@ -561,3 +562,73 @@ def test_envoy_health_checks_the_server_with_grpc_health(tmp_path: Path) -> None
             await server.stop(grace=None)
 
     _run(scenario)
+
+
+# --- `mbostream run`: the server and the edge as one command ----------------------------------------
+
+
+def _files_holding(root: Path, secret: bytes) -> list[Path]:
+    """Every file under ``root`` whose bytes contain ``secret``."""
+    found = []
+    for path in root.rglob("*"):
+        with contextlib.suppress(OSError):  # a file removed while we look, or a socket
+            if path.is_file() and secret in path.read_bytes():
+                found.append(path)
+    return found
+
+
+def _replay_state(edge_url: str, metadata: tuple[tuple[str, str], ...]) -> replay_pb2.ReplayState.ValueType:
+    """GetStatus through the edge, with ``metadata``."""
+    with grpc.insecure_channel(edge_url.removeprefix("http://")) as channel:
+        stub = replay_pb2_grpc.ReplayServiceStub(channel)
+        return stub.GetStatus(replay_pb2.GetStatusRequest(), metadata=metadata, timeout=RPC_TIMEOUT_SECONDS).status.state
+
+
+def test_run_without_a_token_makes_one_prints_it_in_the_page_url_and_writes_it_nowhere(
+    tmp_path: Path, generated_small: Path
+) -> None:
+    envoy_or_skip()
+    server_or_skip()
+    work, temp = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir()
+    temp.mkdir()
+    # Storage on, with its spool in the run's folder: one more place a token must not reach.
+    env = {"TMPDIR": str(temp), "MBOSTREAM_STORE": "true", "MBOSTREAM_SPOOL_DIR": str(work / "spool")}
+    run = ServeProcess(
+        str(generated_small), "--rate", "5000", "--loop", "--edge-port", "0",
+        command="run", token=None, cwd=work, env=env, log_path=tmp_path / "run.log",
+    ).start(timeout=SERVER_START_TIMEOUT_SECONDS)  # fmt: skip
+    try:
+        assert run.url.startswith("http://127.0.0.1:")
+        prefix = f"{run.url}/#token="
+        assert run.page_url.startswith(prefix), run.page_url
+        token = run.page_url.removeprefix(prefix)
+        assert len(token) >= 43 and set(token) <= set(string.ascii_letters + string.digits + "-_")  # token_urlsafe(32)
+        assert _replay_state(run.url, (("authorization", f"Bearer {token}"),)) == replay_pb2.REPLAY_STATE_RUNNING
+        with pytest.raises(grpc.RpcError) as denied:
+            _replay_state(run.url, ())
+        assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # While it runs: Envoy's rendered config lives in a folder under TMPDIR, the spool in the
+        # working directory, the log beside them.
+        assert list(temp.glob("mbostream-edge-*/envoy.yaml"))
+        deadline = time.monotonic() + RPC_TIMEOUT_SECONDS
+        while not list((work / "spool").glob("segment-*")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list((work / "spool").glob("segment-*")), "the spool was never written"
+        assert _files_holding(tmp_path, token.encode()) == []
+    finally:
+        assert run.stop(SERVER_STOP_GRACE_SECONDS) == 0
+    assert _files_holding(tmp_path, token.encode()) == []
+
+
+def test_run_with_a_configured_token_prints_the_plain_url(tmp_path: Path, generated_small: Path) -> None:
+    envoy_or_skip()
+    server_or_skip()
+    run = ServeProcess(
+        str(generated_small), "--rate", "5000", "--edge-port", "0", command="run", log_path=tmp_path / "run.log",
+    ).start(timeout=SERVER_START_TIMEOUT_SECONDS)  # fmt: skip
+    try:
+        assert run.page_url == run.url
+        assert _replay_state(run.url, AUTH) == replay_pb2.REPLAY_STATE_RUNNING
+    finally:
+        assert run.stop(SERVER_STOP_GRACE_SECONDS) == 0

@@ -204,3 +204,29 @@ def test_web_ui_flags_the_crossed_end_of_the_real_clx5_file(tmp_path: Path) -> N
     assert ladder["state"] == "crossed"
     assert ladder["flagged"] and not ladder["separated"]
 
+
+def test_the_page_takes_the_token_mbostream_run_prints_and_controls_the_replay(
+    tmp_path: Path, generated_small: Path
+) -> None:
+    _requirements_or_skip()
+    ensure_ui_built()
+    # No token configured: `mbostream run` makes one and prints the page's URL carrying it.
+    run = ServeProcess(
+        str(generated_small), "--rate", BASE_RATE, "--loop", "--edge-port", "0",
+        command="run", token=None, log_path=tmp_path / "run.log",
+    ).start()  # fmt: skip
+    try:
+        token = run.page_url.removeprefix(f"{run.url}/#token=")
+        assert token and token != run.page_url
+        driver = Driver("--url", run.page_url, "--scenario", "launch-token", log_path=tmp_path / "driver.stderr")
+        report = asyncio.run(driver.run())
+    finally:
+        run.stop()
+    steps = report["steps"]
+    failed = {name: step for name, step in steps.items() if not step["ok"]}
+    assert not failed, f"browser steps failed: {json.dumps(failed, indent=2)}"
+    assert report["ok"], f"page errors: {report['pageErrors']}"
+    href = steps["token-leaves-the-address-bar"]["value"]["href"]
+    assert href.startswith(f"{run.url}/") and token not in href
+    assert steps["pause-with-launch-token"]["value"]["message"] == "Pause: done."
+    assert steps["resume-with-launch-token"]["value"]["message"] == "Resume: done."

@@ -333,6 +333,14 @@ class Edge:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
+    def page_url(self, token: str) -> str:
+        """The UI's URL handing it an operator token in the fragment (``…/#token=…``), as Jupyter does.
+
+        A fragment is never sent to a server, so the token stays out of Envoy's and any proxy's
+        logs; the page takes it into memory and drops it from the address bar.
+        """
+        return f"{self.url}/#token={urllib.parse.quote(token, safe='')}"
+
     @property
     def admin_url(self) -> str:
         """Envoy's admin interface (loopback only); Prometheus stats are at ``/stats/prometheus``."""

@@ -4,6 +4,7 @@
 //
 //   node e2e/driver.mjs --url http://127.0.0.1:8080 --token T --screenshot out.png [--controlled]
 //   node e2e/driver.mjs --url … --scenario ladder        # only: load, read the ladder, screenshot
+//   node e2e/driver.mjs --url …/#token=T --scenario launch-token   # the token handed over in the URL
 //   node e2e/driver.mjs --url … --scenario bench          # frame times (for `mbostream bench web`)
 //
 // The trader scenario walks through what a trader does (pick, read the ladder,
@@ -260,7 +261,8 @@ async function operate(page, testid, expect) {
  */
 async function screenshot(page, path) {
   await sleep(1500);
-  for (const toast of await page.locator('[data-testid="toast"]').all()) await toast.click();
+  // In one go inside the page: a toast may expire between being listed and being clicked.
+  await page.evaluate(() => document.querySelectorAll('[data-testid="toast"]').forEach((toast) => /** @type {HTMLElement} */ (toast).click()));
   await page.screenshot({ path, fullPage: false });
   return { path };
 }
@@ -330,6 +332,7 @@ async function run(context) {
     if (args.screenshot) await step("screenshot", () => screenshot(page, args.screenshot ?? ""));
     return;
   }
+  if (args.scenario === "launch-token") return launchToken(page);
   if (args.scenario === "bench") return bench(page);
 
   await step("updates-arrive", async () => {
@@ -444,6 +447,46 @@ async function run(context) {
       return { states, before: before.replaySequence, after: after.replaySequence, toasts };
     });
   }
+}
+
+/**
+ * The token `mbostream run` hands over in the URL's fragment: the page takes it, drops it from the
+ * address bar and keeps it in memory only, and the operator panel works without typing it.
+ * @param {import("playwright-core").Page} page
+ */
+async function launchToken(page) {
+  const token = new URL(args.url ?? "").hash.match(/^#token=(.+)$/)?.[1];
+  if (!token) throw new Error("--url carries no #token=…");
+  await step("token-leaves-the-address-bar", async () => {
+    const href = await page.evaluate(() => window.location.href);
+    if (href.includes(token) || href.includes("token=")) throw new Error(`the token is still in the address bar: ${href}`);
+    const stored = await page.evaluate(
+      (t) => ({
+        local: Object.values({ ...window.localStorage }).some((v) => v.includes(t)),
+        session: Object.values({ ...window.sessionStorage }).some((v) => v.includes(t)),
+        cookie: document.cookie.includes(t),
+        dom: document.documentElement.outerHTML.includes(t),
+      }),
+      token,
+    );
+    if (Object.values(stored).some(Boolean)) throw new Error(`the token was kept outside memory: ${JSON.stringify(stored)}`);
+    return { href };
+  });
+  await step("pause-with-launch-token", async () => {
+    const outcome = await operate(page, "op-pause", "Pause: done");
+    await page.waitForSelector('[data-testid="op-state"][data-state="paused"]');
+    return outcome;
+  });
+  await step("resume-with-launch-token", async () => {
+    const before = (await scrapeLadder(page)).replaySequence;
+    const outcome = await operate(page, "op-resume", "Resume: done");
+    await page.waitForSelector('[data-testid="op-state"][data-state="running"]');
+    await page.waitForFunction(
+      (seq) => (/** @type {HTMLElement | null} */ (document.querySelector(".ladder-wrap"))?.dataset.replaySequence ?? seq) !== seq,
+      before,
+    );
+    return outcome;
+  });
 }
 
 /**

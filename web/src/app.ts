@@ -14,6 +14,7 @@ import {
 } from "./gen/mbostream/v1/market_data_pb";
 import type { ReplayStatus } from "./gen/mbostream/v1/replay_pb";
 import { type Api, Code, describeError, errorCode, isCancel, isConnectionLoss, withToken } from "./api";
+import { takeLaunchToken } from "./launch-token";
 import { formatClock, formatDate, formatMs, formatRate } from "./model/format";
 import { buildLadder, buildQueue, findLevel, type Ladder } from "./model/ladder";
 import { formatPrice, formatQuantity } from "./model/price";
@@ -148,14 +149,27 @@ export class App {
     );
   }
 
-  /** Starts polling the instrument list; the first instrument (or the one in the URL) is selected. */
+  /**
+   * Takes the operator token `mbostream run` put in the URL, if any, and starts polling the
+   * instrument list; the first instrument (or the one in the URL) is selected.
+   */
   start(): void {
+    this.takeTokenFromUrl();
     void this.pollInstruments();
     window.setInterval(() => void this.pollInstruments(), INSTRUMENTS_POLL_MS);
     // The header's clocks (rates, reconnect countdown) move even when no data does.
     window.setInterval(() => this.requestFrame(), HEADER_REFRESH_MS);
-    window.addEventListener("hashchange", () => this.selectFromHash());
+    window.addEventListener("hashchange", () => {
+      this.takeTokenFromUrl();
+      this.selectFromHash();
+    });
     this.requestFrame();
+  }
+
+  /** The operator token handed over in the URL (`#token=…`): out of the address bar, into memory. */
+  private takeTokenFromUrl(): void {
+    const token = takeLaunchToken(window.location, window.history);
+    if (token) this.setToken(token, "Token taken from the launch URL.");
   }
 
   private async pollInstruments(): Promise<void> {
@@ -290,14 +304,14 @@ export class App {
     });
   }
 
-  private setToken(token: string): void {
+  private setToken(token: string, message = token ? "Token set." : "Token forgotten."): void {
     const operator = this.operator;
     operator.token = token;
     window.clearInterval(operator.poll);
     operator.poll = undefined;
     operator.status = undefined;
     operator.failed = false;
-    operator.message = token ? "Token set." : "Token forgotten.";
+    operator.message = message;
     if (token) {
       void this.pollStatus();
       operator.poll = window.setInterval(() => void this.pollStatus(), STATUS_POLL_MS);

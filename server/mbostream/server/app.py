@@ -313,8 +313,13 @@ async def serve(
     ready_line: bool = True,
     static_dir: Path | None = None,
     with_edge: bool = False,
+    page_token: str | None = None,
 ) -> int:
-    """Runs a server (and, ``with_edge``, Envoy in front of it) until SIGTERM/SIGINT."""
+    """Runs a server (and, ``with_edge``, Envoy in front of it) until SIGTERM/SIGINT.
+
+    ``page_token``: the operator token to hand to the web UI in the URL printed for it (a token
+    this run made up; a configured one is never printed).
+    """
     app = App(settings, sinks=sinks)
     loop = asyncio.get_running_loop()
     signals = 0
@@ -355,7 +360,8 @@ async def serve(
         # One machine-readable line on stdout: tests and launchers read the bound ports from it.
         print(json.dumps(ready), flush=True)
     if edge is not None:
-        print(f"mbostream is up: open {edge.url} (UI, gRPC-Web and gRPC on one origin); Ctrl-C stops", flush=True)
+        page = edge.url if page_token is None else edge.page_url(page_token)
+        print(f"mbostream is up: open {page} (UI, gRPC-Web and gRPC on one origin); Ctrl-C stops", flush=True)
     await app.wait_stopped()
     if edge is not None:
         await edge.stop()

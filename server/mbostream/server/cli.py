@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings_from_args(args)
     logs.configure(settings.log_level, settings.log_format)
-    return asyncio.run(serve(settings, with_edge=True, static_dir=Path(args.static_dir)))
+    page_token = None
+    if settings.control_token is None:
+        # No token configured: this run makes one, kept in memory only, and prints the UI's URL
+        # carrying it (in the fragment, as Jupyter does), so the operator panel works out of the box.
+        page_token = secrets.token_urlsafe(32)
+        settings = dataclasses.replace(settings, control_token=page_token)
+    return asyncio.run(serve(settings, with_edge=True, static_dir=Path(args.static_dir), page_token=page_token))
 
 
 def _range(setting: str) -> str:
