@@ -2,7 +2,8 @@
 //!
 //! The storage sink writes one point per MBO record (`mbo`), per trade (`trades`), per F_LAST
 //! that moved the top of book (`bbo`) and per book and depth interval (`depth`), and stores them
-//! as gzip blocks (`block`). Formatting them is the hot path of persistence, so it reads
+//! as gzip blocks (`block`), made on a thread of their own (`pipeline`). Formatting them is the
+//! hot path of persistence, so it reads
 //! the 56-byte DBN records and the engine's 80-byte event rows straight from their buffers and
 //! appends bytes to one output vector: no object per point, no allocation per point.
 //!
@@ -15,6 +16,8 @@ pub mod escape;
 pub mod event;
 pub mod format;
 pub mod number;
+pub mod pipeline;
+pub mod priority;
 
 pub use block::{encode_block, BlockEncoder, BLOCK_HEADER_SIZE};
 pub use clock::{SeriesClock, MAX_POINT_TIME, REWIND_WINDOW_NS};
@@ -22,6 +25,8 @@ pub use depth::BookDepth;
 pub use escape::push_tag_value;
 pub use event::{EventRow, EVENT_ROW_SIZE};
 pub use format::{Formatter, MissingSymbols};
+pub use pipeline::{Block, Pipeline, PipelineConfig, PipelineError, Taken};
+pub use priority::{lower_thread_priority, STORAGE_NICE};
 
 #[cfg(test)]
 mod tests;
