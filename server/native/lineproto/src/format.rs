@@ -14,11 +14,11 @@
 use mbostream_book::hash::IdMap;
 use mbostream_book::market::{book_key, STATE_CROSSED, STATE_LOCKED, STATE_TOP_CHANGED};
 use mbostream_book::record::{Mbo, ACTION_TRADE, MBO_RECORD_SIZE, UNDEF_PRICE};
+use mbostream_book::{EventRow, EVENT_ROW_SIZE};
 
 use crate::clock::{time_base, SeriesClock};
 use crate::depth::DepthState;
 use crate::escape::{push_code, push_tag_value};
-use crate::event::{decode_event_row, EVENT_ROW_SIZE};
 use crate::number::{push_int_field, push_u64};
 
 /// Bytes reserved per `mbo` line before formatting (a typical line is about 225).
@@ -296,7 +296,7 @@ impl Formatter {
         out.reserve(changed.len() * BBO_LINE_RESERVE);
         let mut n = 0;
         for i in changed {
-            let e = decode_event_row(row(i));
+            let e = EventRow::decode(row(i));
             let Some(base) = time_base(e.ts_event, e.ts_recv) else {
                 self.skipped += 1;
                 continue;

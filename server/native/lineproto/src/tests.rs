@@ -1,16 +1,14 @@
 //! Table tests of the line formats, escaping, number formatting and the point clock.
 
-use mbostream_book::market::{Market, STATE_TOP_CHANGED};
+use mbostream_book::market::{EventRow, Market, EVENT_ROW_SIZE, STATE_TOP_CHANGED};
 use mbostream_book::record::{
     Mbo, ACTION_ADD, ACTION_CANCEL, ACTION_TRADE, F_LAST, MBO_RECORD_SIZE, SIDE_ASK, SIDE_BID,
 };
 
 use crate::clock::{SeriesClock, REWIND_WINDOW_NS};
 use crate::escape::{push_code, push_tag_value};
-use crate::event::decode_event_row;
 use crate::format::{Formatter, MissingSymbols};
 use crate::number::{push_i64, push_u64};
-use crate::EVENT_ROW_SIZE;
 
 const T0: u64 = 1_758_742_200_000_000_000;
 
@@ -207,11 +205,11 @@ fn bbo_follows_the_engine_rows_and_omits_absent_sides() {
     market.apply_slice(&buf, MBO_RECORD_SIZE, 0, 3, true, 0, &mut rows, None);
     assert_eq!(rows.len(), 3 * EVENT_ROW_SIZE);
     assert_eq!(
-        decode_event_row(&rows[EVENT_ROW_SIZE..]).ask_price,
+        EventRow::decode(&rows[EVENT_ROW_SIZE..]).ask_price,
         64_850_000_000
     );
     let changed = (0..3)
-        .filter(|&i| decode_event_row(&rows[i * EVENT_ROW_SIZE..]).state & STATE_TOP_CHANGED != 0)
+        .filter(|&i| EventRow::decode(&rows[i * EVENT_ROW_SIZE..]).state & STATE_TOP_CHANGED != 0)
         .count();
     let mut out = Vec::new();
     let n = formatter().bbo(&rows, 0, 3, &mut out).unwrap();
