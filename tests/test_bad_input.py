@@ -35,7 +35,9 @@ from mbostream.v1 import market_data_pb2 as md
 SERVE_FLAGS = ("--port", "0", "--metrics-port", "-1", "--no-store")
 
 
-def mbostream(*args: str, env: dict[str, str] | None = None, user: int | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def mbostream(
+    *args: str, env: dict[str, str] | None = None, user: int | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """The real command; ``user``: run it as that uid (and gid) with no privileges."""
     command = [sys.executable, "-m", "mbostream.cli", "--log-format", "text", *args]
     if user is not None:

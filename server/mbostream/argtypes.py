@@ -84,7 +84,8 @@ def _at_least(text: str, low: float, *, integer: bool, strict: bool = False) -> 
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a {'whole ' if integer else ''}number, got {text!r}") from None
     if not math.isfinite(value) or value < low or (strict and value == low):
-        raise argparse.ArgumentTypeError(f"must be a finite number {'>' if strict else '>='} {_number(low)}, got {text}")
+        bound = f"{'>' if strict else '>='} {_number(low)}"
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
     return value
 
 

@@ -130,8 +130,15 @@ def _hooks(modules: tuple[str, ...], name: str) -> list[Callable[[argparse._SubP
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mbostream`` command."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return execute(build_parser().parse_args(argv))
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Runs a parsed command; returns its exit code.
+
+    A deliberate error (:class:`~mbostream.errors.MbostreamError`: bad input, a bad setting) is one
+    line on stderr, ``mbostream COMMAND: error: …``, and exit code 2; never a traceback.
+    """
     default_level = "info" if args.command in ("serve", "run") else "error"
     logs.configure(args.log_level or default_level, args.log_format)
     try:

@@ -147,6 +147,8 @@ class DbnReader:
             raise NotDbnError(self.path, f"not a DBN file (corrupt zstd stream: {exc})") from exc
         except OSError as exc:
             raise UnreadableFileError(self.path, f"cannot read it: {exc.strerror}") from exc
+        if not prefix and compressed:
+            raise NotDbnError(self.path, "not a DBN file (the zstd stream yields no data: it is truncated or corrupt)")
         if len(prefix) < _PREFIX.size or prefix[:3] != _DBN_MAGIC:
             if 0 < len(prefix) < _PREFIX.size and prefix[:3] == _DBN_MAGIC[: len(prefix)]:
                 raise TruncatedFileError(self.path, "file ends inside the DBN prefix")
