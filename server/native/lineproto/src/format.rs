@@ -30,6 +30,15 @@ const BBO_LINE_RESERVE: usize = 320;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MissingSymbols(pub Vec<u32>);
 
+/// The measurements with one point per MBO record it takes.
+#[derive(Clone, Copy)]
+enum RecordMeasurement {
+    /// Every record.
+    Mbo,
+    /// `T` records only.
+    Trades,
+}
+
 #[inline(always)]
 fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
@@ -137,16 +146,6 @@ impl Formatter {
         }
     }
 
-    fn check_records(
-        &self,
-        buf: &[u8],
-        stride: usize,
-        start: usize,
-        stop: usize,
-    ) -> Result<(), MissingSymbols> {
-        self.check_ids((start..stop).map(|i| u32_at(buf, i * stride + 4)))
-    }
-
     /// Appends one `mbo` point per record `start..stop`; returns the number of points.
     ///
     /// Checks every instrument first: on `Err` nothing was appended and no clock moved.
@@ -158,28 +157,7 @@ impl Formatter {
         stop: usize,
         out: &mut Vec<u8>,
     ) -> Result<usize, MissingSymbols> {
-        debug_assert!(stride >= MBO_RECORD_SIZE && stop * stride <= buf.len());
-        self.check_records(buf, stride, start, stop)?;
-        out.reserve((stop - start) * MBO_LINE_RESERVE);
-        let mut n = 0;
-        for i in start..stop {
-            let m = Mbo::decode(&buf[i * stride..]);
-            let Some(base) = time_base(m.ts_event, m.ts_recv) else {
-                self.skipped += 1;
-                continue;
-            };
-            let key = book_key(m.instrument_id, m.publisher_id);
-            let time = self.mbo_clock.stamp(key, base);
-            out.extend_from_slice(b"mbo,action=");
-            push_code(out, m.action);
-            out.extend_from_slice(tags_of(
-                &mut self.book_tags,
-                &self.symbols,
-                m.instrument_id,
-                m.publisher_id,
-            ));
-            out.extend_from_slice(b",side=");
-            push_code(out, m.side);
+        self.record_points(RecordMeasurement::Mbo, buf, stride, (start, stop), out, |out, m| {
             push_field(out, b" order_id=", m.order_id as i64);
             push_field(out, b",price=", m.price);
             push_field(out, b",size=", m.size as i64);
@@ -187,10 +165,7 @@ impl Formatter {
             push_field(out, b",sequence=", m.sequence as i64);
             push_field(out, b",ts_event=", m.ts_event as i64);
             push_field(out, b",ts_recv=", m.ts_recv as i64);
-            push_time(out, time);
-            n += 1;
-        }
-        Ok(n)
+        })
     }
 
     /// Appends one `trades` point per `T` record among `start..stop`; returns the number of points.
@@ -202,38 +177,65 @@ impl Formatter {
         stop: usize,
         out: &mut Vec<u8>,
     ) -> Result<usize, MissingSymbols> {
-        debug_assert!(stride >= MBO_RECORD_SIZE && stop * stride <= buf.len());
-        let is_trade = |i: usize| buf[i * stride + 38] == ACTION_TRADE;
-        self.check_ids(
-            (start..stop)
-                .filter(|&i| is_trade(i))
-                .map(|i| u32_at(buf, i * stride + 4)),
-        )?;
-        let mut n = 0;
-        for i in (start..stop).filter(|&i| is_trade(i)) {
-            let m = Mbo::decode(&buf[i * stride..]);
-            let Some(base) = time_base(m.ts_event, m.ts_recv) else {
-                self.skipped += 1;
-                continue;
-            };
-            let time = self
-                .trade_clock
-                .stamp(book_key(m.instrument_id, m.publisher_id), base);
-            out.extend_from_slice(b"trades");
-            out.extend_from_slice(tags_of(
-                &mut self.book_tags,
-                &self.symbols,
-                m.instrument_id,
-                m.publisher_id,
-            ));
-            out.extend_from_slice(b",side=");
-            push_code(out, m.side);
+        self.record_points(RecordMeasurement::Trades, buf, stride, (start, stop), out, |out, m| {
             push_field(out, b" price=", m.price);
             push_field(out, b",size=", m.size as i64);
             push_field(out, b",order_id=", m.order_id as i64);
             push_field(out, b",sequence=", m.sequence as i64);
             push_field(out, b",ts_event=", m.ts_event as i64);
             push_field(out, b",ts_recv=", m.ts_recv as i64);
+        })
+    }
+
+    /// What `mbo` and `trades` share: appends one point of `measurement` per record of
+    /// `records.0..records.1` that it takes, with the symbol check, time base, point clock and tag
+    /// set of both; `fields` writes the measurement's field set (from its leading space).
+    ///
+    /// Checks every instrument first: on `Err` nothing was appended and no clock moved.
+    #[inline(always)]
+    fn record_points(
+        &mut self,
+        measurement: RecordMeasurement,
+        buf: &[u8],
+        stride: usize,
+        records: (usize, usize),
+        out: &mut Vec<u8>,
+        fields: impl Fn(&mut Vec<u8>, &Mbo),
+    ) -> Result<usize, MissingSymbols> {
+        let (start, stop) = records;
+        debug_assert!(stride >= MBO_RECORD_SIZE && stop * stride <= buf.len());
+        let takes = |i: usize| match measurement {
+            RecordMeasurement::Mbo => true,
+            RecordMeasurement::Trades => buf[i * stride + 38] == ACTION_TRADE,
+        };
+        self.check_ids((start..stop).filter(|&i| takes(i)).map(|i| u32_at(buf, i * stride + 4)))?;
+        let clock = match measurement {
+            RecordMeasurement::Mbo => {
+                out.reserve((stop - start) * MBO_LINE_RESERVE);
+                &mut self.mbo_clock
+            }
+            RecordMeasurement::Trades => &mut self.trade_clock,
+        };
+        let mut n = 0;
+        for i in (start..stop).filter(|&i| takes(i)) {
+            let m = Mbo::decode(&buf[i * stride..]);
+            let Some(base) = time_base(m.ts_event, m.ts_recv) else {
+                self.skipped += 1;
+                continue;
+            };
+            let time = clock.stamp(book_key(m.instrument_id, m.publisher_id), base);
+            // Tags sorted by key: `action` (mbo only), the book's, then `side`.
+            match measurement {
+                RecordMeasurement::Mbo => {
+                    out.extend_from_slice(b"mbo,action=");
+                    push_code(out, m.action);
+                }
+                RecordMeasurement::Trades => out.extend_from_slice(b"trades"),
+            }
+            out.extend_from_slice(tags_of(&mut self.book_tags, &self.symbols, m.instrument_id, m.publisher_id));
+            out.extend_from_slice(b",side=");
+            push_code(out, m.side);
+            fields(out, &m);
             push_time(out, time);
             n += 1;
         }
