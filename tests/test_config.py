@@ -155,3 +155,18 @@ def test_help_states_the_ranges(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     for name in ("rate", "speed", "book_interval_ms", "grace_seconds", "batch_records", "max_streams"):
         assert RANGES[name].describe() in text, name
+
+
+def test_storage_numbers_use_the_same_ranges() -> None:
+    """The storage variables go through the same Range checks: every number finite and bounded."""
+    from mbostream.storage.settings import ENV_VARIABLES, RANGES as STORAGE_RANGES
+    from mbostream.storage.settings import StorageSettings
+
+    numeric = {f.name for f in dataclasses.fields(StorageSettings) if f.type in ("int", "float")}
+    assert numeric == set(STORAGE_RANGES)
+    for name, allowed in STORAGE_RANGES.items():
+        bad = ["nan", "inf", "1e300", "-1"] if not allowed.integer else ["-1", str(2**60)]
+        for text in bad:
+            with pytest.raises(ConfigError) as err:
+                StorageSettings.from_env({ENV_VARIABLES[name]: text})
+            assert err.value.setting == ENV_VARIABLES[name], (name, text)

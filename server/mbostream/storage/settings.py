@@ -9,7 +9,6 @@ writes the spool only.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -17,11 +16,32 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from mbostream.argtypes import Range
 from mbostream.errors import ConfigError
 
 MIB: Final = 1 << 20
 DEFAULT_SPOOL_DIR: Final = Path("var/spool")
 MAX_DEPTH_LEVELS: Final = 50
+
+#: The range of every numeric storage setting (the same :class:`~mbostream.argtypes.Range` checks
+#: as the server's settings and flags: finite, both ends given).
+RANGES: Final[Mapping[str, Range]] = {
+    "depth_interval": Range(low=0.001, high=86_400, zero="no depth samples", unit="s"),
+    "depth_levels": Range(low=1, high=MAX_DEPTH_LEVELS, integer=True),
+    "batch_points": Range(low=1, high=1_000_000, integer=True),
+    "flush_interval": Range(low=0.001, high=3600, unit="s"),
+    "max_pending_bytes": Range(low=MIB, high=1 << 40, integer=True, unit="bytes"),
+    "max_backlog_bytes": Range(low=MIB, high=1 << 40, integer=True, unit="bytes"),
+    "segment_bytes": Range(low=64 << 10, high=1 << 40, integer=True, unit="bytes"),
+    "spool_max_bytes": Range(low=MIB, high=1 << 50, zero="no limit", integer=True, unit="bytes"),
+    "spool_sync_interval": Range(low=0, high=3600, unit="s"),
+    "write_timeout": Range(low=0.001, high=3600, unit="s"),
+    "write_concurrency": Range(low=1, high=16, integer=True),
+    "max_retries": Range(low=0, high=100, integer=True),
+    "retry_initial": Range(low=0.001, high=3600, unit="s"),
+    "retry_max": Range(low=0.001, high=86_400, unit="s"),
+    "gzip_level": Range(low=0, high=9, integer=True),
+}
 
 #: field name → environment variable.
 ENV_VARIABLES: Final[Mapping[str, str]] = {
@@ -141,24 +161,13 @@ class StorageSettings:
             for name in ("org", "bucket", "token"):
                 if getattr(self, name):
                     raise ConfigError("url", f"{name} is set but the database URL is not")
-        _positive_finite("depth_interval", self.depth_interval, allow_zero=True)
-        _in_range("depth_levels", self.depth_levels, 1, MAX_DEPTH_LEVELS)
-        _in_range("batch_points", self.batch_points, 1, 1_000_000)
-        _positive_finite("flush_interval", self.flush_interval)
-        _in_range("max_pending_bytes", self.max_pending_bytes, MIB, 1 << 40)
-        _in_range("max_backlog_bytes", self.max_backlog_bytes, MIB, 1 << 40)
-        _in_range("segment_bytes", self.segment_bytes, 64 << 10, 1 << 40)
-        if self.spool_max_bytes:
-            _in_range("spool_max_bytes", self.spool_max_bytes, MIB, 1 << 50)
-        _positive_finite("spool_sync_interval", self.spool_sync_interval, allow_zero=True)
-        _positive_finite("write_timeout", self.write_timeout)
-        _in_range("write_concurrency", self.write_concurrency, 1, 16)
-        _in_range("max_retries", self.max_retries, 0, 100)
-        _positive_finite("retry_initial", self.retry_initial)
-        _positive_finite("retry_max", self.retry_max)
+        for name, allowed in RANGES.items():
+            try:
+                allowed.check(getattr(self, name))
+            except ValueError as exc:
+                raise ConfigError(name, str(exc)) from None
         if self.retry_max < self.retry_initial:
             raise ConfigError("retry_max", f"{self.retry_max} is below retry_initial {self.retry_initial}")
-        _in_range("gzip_level", self.gzip_level, 0, 9)
 
     @property
     def database_configured(self) -> bool:
@@ -253,13 +262,3 @@ def _read_token(path: str) -> str:
     if not token:
         raise ConfigError(TOKEN_FILE_VARIABLE, f"{path} is empty")
     return token
-
-
-def _positive_finite(name: str, value: float, *, allow_zero: bool = False) -> None:
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(name, f"{value} is not a {'non-negative' if allow_zero else 'positive'} number")
-
-
-def _in_range(name: str, value: int, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(name, f"{value!r} is not an integer from {low} to {high}")
