@@ -2,6 +2,7 @@
 //!
 //! Thin by design: conversion and delegation only. The rules live in `mbostream-book`.
 mod dbn;
+mod layout;
 mod lineproto;
 mod pipeline;
 mod synth;
@@ -286,11 +287,10 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pipeline::lower_priority, m)?)?;
     m.add_function(wrap_pyfunction!(anomaly_kinds, m)?)?;
     dbn::register(m)?;
+    layout::register(m)?;
     lineproto::register(m)?;
     synth::register(m)?;
     wire::register(m)?;
-    m.add("EVENT_ROW_SIZE", EVENT_ROW_SIZE)?;
-    m.add("MBO_RECORD_SIZE", MBO_RECORD_SIZE)?;
     m.add("ANOMALY_KIND_COUNT", ANOMALY_KIND_COUNT)?;
     Ok(())
 }

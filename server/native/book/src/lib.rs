@@ -9,6 +9,7 @@ pub mod book;
 pub mod dbn;
 pub mod hash;
 pub mod ladder;
+pub mod layout;
 pub mod level;
 pub mod market;
 pub mod record;
