@@ -5,6 +5,7 @@ mod dbn;
 mod layout;
 mod lineproto;
 mod pipeline;
+mod stats;
 mod synth;
 mod wire;
 
@@ -222,6 +223,11 @@ impl PyMarket {
         Ok(d)
     }
 
+    /// Statistics of one book as a typed, immutable `BookStats` (the fields of `stats`).
+    fn stats_typed(&self, instrument_id: u32, publisher_id: u16) -> PyResult<stats::PyBookStats> {
+        Ok(stats::PyBookStats::of(self.book(instrument_id, publisher_id)?))
+    }
+
     /// Anomaly counts of one book by kind name (every kind, zeros included).
     fn anomaly_counts(&self, instrument_id: u32, publisher_id: u16) -> PyResult<Vec<(&'static str, u64)>> {
         let b = self.book(instrument_id, publisher_id)?;
@@ -283,6 +289,7 @@ fn anomaly_kinds() -> Vec<&'static str> {
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMarket>()?;
+    m.add_class::<stats::PyBookStats>()?;
     m.add_class::<pipeline::PyPipeline>()?;
     m.add_function(wrap_pyfunction!(pipeline::lower_priority, m)?)?;
     m.add_function(wrap_pyfunction!(anomaly_kinds, m)?)?;
