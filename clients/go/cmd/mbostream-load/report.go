@@ -129,9 +129,10 @@ func countError(errs map[string]int, err error) {
 	}
 }
 
-// quantileMs is the histogram's value at quantile q (0–100), in ms.
+// quantileMs is the histogram's value at quantile q (0–100), in ms: the highest value of its
+// bucket, but never above the exact maximum.
 func quantileMs(l *latencies, q float64) *float64 {
-	return ms(l.hist.ValueAtQuantile(q) * int64(time.Microsecond))
+	return ms(min(l.hist.ValueAtQuantile(q)*int64(time.Microsecond), l.max))
 }
 
 func ms(ns int64) *float64 {
