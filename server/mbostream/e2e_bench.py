@@ -365,8 +365,6 @@ def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"config": asdict(cfg), "scenarios": {}}
     if cfg.client == "go":
         _go_load_binary()  # built before any server runs, not inside a measured interval
-    if cfg.client == "go":
-        _go_load_binary()  # built before any server runs, not inside a measured interval
     checks: dict[str, Any] = {}
     for name in cfg.scenarios:
         result = _scenario(cfg, name)
