@@ -69,7 +69,7 @@ fn py_err(e: PipelineError) -> PyErr {
 /// runs at that priority, and Python storage threads call this.
 #[pyfunction]
 #[pyo3(name = "lower_thread_priority")]
-pub fn lower_priority() {
+fn lower_priority() {
     mbostream_lineproto::lower_thread_priority();
 }
 
@@ -79,7 +79,7 @@ pub fn lower_priority() {
 /// lines)`, the instruments that need a symbol, and whether the pipeline has finished (after
 /// `close`, once everything offered before it is in a block returned by this or an earlier take).
 #[pyclass(module = "mbostream._engine", name = "Pipeline", frozen)]
-pub struct PyPipeline {
+struct PyPipeline {
     inner: Pipeline<Held>,
 }
 
@@ -154,4 +154,11 @@ impl PyPipeline {
     fn join(&self, py: Python<'_>) {
         py.detach(|| self.inner.join());
     }
+}
+
+/// Adds `Pipeline` and `lower_thread_priority` to `mbostream._engine`.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyPipeline>()?;
+    m.add_function(wrap_pyfunction!(lower_priority, m)?)?;
+    Ok(())
 }

@@ -1,0 +1,279 @@
+//! Python bindings for the book engine: `Market` (every book of a feed) and the anomaly kinds.
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyKeyError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use mbostream_book::record::MBO_RECORD_SIZE;
+use mbostream_book::{Book, Market, ANOMALY_KIND_COUNT, EVENT_ROW_SIZE};
+
+use crate::{bytes_of, lineproto, stats};
+
+type LevelTuple = (i64, u64, u32);
+type OrderTuple = (u64, u32);
+type LevelWithOrders = (i64, u64, u32, Vec<OrderTuple>);
+
+/// All books of a feed, fed with raw DBN MBO records.
+#[pyclass(module = "mbostream._engine", name = "Market")]
+struct PyMarket {
+    inner: Market,
+}
+
+impl PyMarket {
+    fn book(&self, instrument_id: u32, publisher_id: u16) -> PyResult<&Book> {
+        self.inner.book(instrument_id, publisher_id).ok_or_else(|| {
+            PyKeyError::new_err(format!("no book for instrument_id={instrument_id} publisher_id={publisher_id}"))
+        })
+    }
+}
+
+fn levels(book: &Book, is_bid: bool, depth: usize) -> Vec<LevelTuple> {
+    let n = if depth == 0 { usize::MAX } else { depth };
+    book.ladder(is_bid).iter_best_first().take(n).map(|l| (l.price, l.size, l.count)).collect()
+}
+
+fn levels_with_orders(book: &Book, is_bid: bool, depth: usize) -> Vec<LevelWithOrders> {
+    let n = if depth == 0 { usize::MAX } else { depth };
+    book.ladder(is_bid)
+        .iter_best_first()
+        .take(n)
+        .map(|l| (l.price, l.size, l.count, book.queue(l).map(|o| (o.order_id, o.size)).collect()))
+        .collect()
+}
+
+#[pymethods]
+impl PyMarket {
+    #[new]
+    fn new() -> Self {
+        PyMarket { inner: Market::new() }
+    }
+
+    /// Applies records `start..stop` of a buffer of DBN MBO records of `stride` bytes.
+    ///
+    /// Returns `(end, consistent, events, violations)`: where it stopped, whether every book is
+    /// outside an event, the 80-byte event rows (one per F_LAST), and — with `audit` — every
+    /// integrity violation found after an F_LAST as `(index, instrument_id, publisher_id, sequence,
+    /// message)`. The GIL is released while applying.
+    #[pyo3(signature = (buf, stride=MBO_RECORD_SIZE, start=0, stop=None, complete_events=true, max_extra=1<<20, audit=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn apply<'py>(
+        &mut self,
+        py: Python<'py>,
+        buf: PyBuffer<u8>,
+        stride: usize,
+        start: usize,
+        stop: Option<usize>,
+        complete_events: bool,
+        max_extra: usize,
+        audit: bool,
+    ) -> PyResult<(usize, bool, Bound<'py, PyBytes>, Vec<(u64, u32, u16, u32, String)>)> {
+        if stride < MBO_RECORD_SIZE {
+            return Err(PyValueError::new_err(format!("stride {stride} is below the MBO record size")));
+        }
+        let data = bytes_of(&buf)?;
+        let total = data.len() / stride;
+        let stop = stop.unwrap_or(total);
+        let market = &mut self.inner;
+        let (end, events, violations) = py.detach(|| {
+            let mut events = Vec::with_capacity(stop.saturating_sub(start).min(1 << 16) * EVENT_ROW_SIZE);
+            let mut violations = Vec::new();
+            let sink = if audit { Some(&mut violations) } else { None };
+            let end = market.apply_slice(data, stride, start, stop, complete_events, max_extra, &mut events, sink);
+            (end, events, violations)
+        });
+        let violations = violations
+            .into_iter()
+            .map(|v| (v.index, v.instrument_id, v.publisher_id, v.sequence, v.message))
+            .collect();
+        Ok((end.end, end.consistent, PyBytes::new(py, &events), violations))
+    }
+
+    /// Records applied so far.
+    #[getter]
+    fn records_applied(&self) -> u64 {
+        self.inner.records_applied
+    }
+
+    /// True when no book is inside an event.
+    #[getter]
+    fn consistent(&self) -> bool {
+        self.inner.is_consistent()
+    }
+
+    /// `(instrument_id, publisher_id)` of every book, in order of first appearance.
+    fn books(&self) -> Vec<(u32, u16)> {
+        self.inner.books().iter().map(|b| (b.instrument_id, b.publisher_id)).collect()
+    }
+
+    /// Best bid and offer as `((price, size, count) | None, (price, size, count) | None)`.
+    fn bbo(&self, instrument_id: u32, publisher_id: u16) -> PyResult<(Option<LevelTuple>, Option<LevelTuple>)> {
+        let b = self.book(instrument_id, publisher_id)?.bbo();
+        Ok((b.bid.map(|l| (l.price, l.size, l.count)), b.ask.map(|l| (l.price, l.size, l.count))))
+    }
+
+    /// The top `depth` levels a side of every book, with what tells samples apart: one `depth`
+    /// sample of the storage sink. Read it between replay steps (every book consistent).
+    fn depth_table(&self, depth: usize) -> lineproto::PyDepthTable {
+        let books = self
+            .inner
+            .books()
+            .iter()
+            .map(|b| {
+                let s = &b.stats;
+                mbostream_lineproto::BookDepth {
+                    instrument_id: b.instrument_id,
+                    publisher_id: b.publisher_id,
+                    sequence: s.consistent_sequence,
+                    ts_event: s.consistent_ts_event,
+                    ts_recv: s.consistent_ts_recv,
+                    record_count: s.record_count,
+                    bid_levels: b.bids.len() as u32,
+                    ask_levels: b.asks.len() as u32,
+                    bids: levels(b, true, depth.max(1)),
+                    asks: levels(b, false, depth.max(1)),
+                }
+            })
+            .collect();
+        lineproto::PyDepthTable::new(books)
+    }
+
+    /// Aggregated levels `(price, size, count)`, best first, `depth` per side (0: all).
+    #[pyo3(signature = (instrument_id, publisher_id, depth=0))]
+    fn depth(&self, instrument_id: u32, publisher_id: u16, depth: usize) -> PyResult<(Vec<LevelTuple>, Vec<LevelTuple>)> {
+        let b = self.book(instrument_id, publisher_id)?;
+        Ok((levels(b, true, depth), levels(b, false, depth)))
+    }
+
+    /// Levels with their L3 queues `(price, size, count, [(order_id, size), ...])`, best first.
+    #[pyo3(signature = (instrument_id, publisher_id, depth=0))]
+    fn depth_with_orders(
+        &self,
+        instrument_id: u32,
+        publisher_id: u16,
+        depth: usize,
+    ) -> PyResult<(Vec<LevelWithOrders>, Vec<LevelWithOrders>)> {
+        let b = self.book(instrument_id, publisher_id)?;
+        Ok((levels_with_orders(b, true, depth), levels_with_orders(b, false, depth)))
+    }
+
+    /// The queue `[(order_id, size), ...]` of one level in priority order, or None without that level.
+    fn level_queue(&self, instrument_id: u32, publisher_id: u16, is_bid: bool, price: i64) -> PyResult<Option<Vec<OrderTuple>>> {
+        let b = self.book(instrument_id, publisher_id)?;
+        Ok(b.ladder(is_bid).get(price).map(|l| b.queue(l).map(|o| (o.order_id, o.size)).collect()))
+    }
+
+    /// A resting order as `(price, size, is_bid, priority)`, or None.
+    fn order(&self, instrument_id: u32, publisher_id: u16, order_id: u64) -> PyResult<Option<(i64, u32, bool, u64)>> {
+        let b = self.book(instrument_id, publisher_id)?;
+        Ok(b.order(order_id).map(|o| (o.price, o.size, o.is_bid, o.priority)))
+    }
+
+    /// Statistics of one book as a dict of ints and bools.
+    fn stats<'py>(&self, py: Python<'py>, instrument_id: u32, publisher_id: u16) -> PyResult<Bound<'py, PyDict>> {
+        let b = self.book(instrument_id, publisher_id)?;
+        let s = &b.stats;
+        let d = PyDict::new(py);
+        d.set_item("record_count", s.record_count)?;
+        d.set_item("event_count", s.event_count)?;
+        d.set_item("last_sequence", s.last_sequence)?;
+        d.set_item("last_ts_event", s.last_ts_event)?;
+        d.set_item("last_ts_recv", s.last_ts_recv)?;
+        d.set_item("sequence", s.consistent_sequence)?;
+        d.set_item("ts_event", s.consistent_ts_event)?;
+        d.set_item("ts_recv", s.consistent_ts_recv)?;
+        d.set_item("last_trade_price", s.last_trade_price)?;
+        d.set_item("last_trade_size", s.last_trade_size)?;
+        d.set_item("last_trade_side", (s.last_trade_side as char).to_string())?;
+        d.set_item("last_trade_ts", s.last_trade_ts)?;
+        d.set_item("volume", s.volume)?;
+        d.set_item("trade_count", s.trade_count)?;
+        d.set_item("fill_count", s.fill_count)?;
+        d.set_item("unattributed_fills", s.unattributed_fills)?;
+        d.set_item("fills_over_displayed", s.fills_over_displayed)?;
+        d.set_item("clear_count", s.clear_count)?;
+        d.set_item("crossed", s.crossed)?;
+        d.set_item("locked", s.locked)?;
+        d.set_item("crossed_since", s.crossed_since)?;
+        d.set_item("locked_since", s.locked_since)?;
+        d.set_item("crossed_intervals", s.crossed_intervals)?;
+        d.set_item("locked_intervals", s.locked_intervals)?;
+        d.set_item("crossed_ns", s.crossed_ns)?;
+        d.set_item("locked_ns", s.locked_ns)?;
+        d.set_item("order_count", b.order_count())?;
+        d.set_item("bid_levels", b.bids.len())?;
+        d.set_item("ask_levels", b.asks.len())?;
+        d.set_item("in_event", b.in_event)?;
+        Ok(d)
+    }
+
+    /// Statistics of one book as a typed, immutable `BookStats` (the fields of `stats`).
+    fn stats_typed(&self, instrument_id: u32, publisher_id: u16) -> PyResult<stats::PyBookStats> {
+        Ok(stats::PyBookStats::of(self.book(instrument_id, publisher_id)?))
+    }
+
+    /// Anomaly counts of one book by kind name (every kind, zeros included).
+    fn anomaly_counts(&self, instrument_id: u32, publisher_id: u16) -> PyResult<Vec<(&'static str, u64)>> {
+        let b = self.book(instrument_id, publisher_id)?;
+        Ok(mbostream_book::AnomalyKind::ALL.iter().map(|k| (k.name(), b.anomalies[*k as usize])).collect())
+    }
+
+    /// Takes the anomalies logged since the last call:
+    /// `([(kind, record_index, instrument_id, publisher_id, order_id, sequence, ts_event, action, side)], dropped)`.
+    #[allow(clippy::type_complexity)]
+    fn take_anomalies(&mut self) -> (Vec<(&'static str, u64, u32, u16, u64, u32, u64, String, String)>, u64) {
+        let log = &mut self.inner.log;
+        let entries = std::mem::take(&mut log.entries)
+            .into_iter()
+            .map(|a| {
+                (
+                    a.kind.name(),
+                    a.record_index,
+                    a.instrument_id,
+                    a.publisher_id,
+                    a.order_id,
+                    a.sequence,
+                    a.ts_event,
+                    (a.action as char).to_string(),
+                    (a.side as char).to_string(),
+                )
+            })
+            .collect();
+        let dropped = std::mem::take(&mut log.dropped);
+        (entries, dropped)
+    }
+
+    /// The book as MBO snapshot records (DBN bytes): `R` then `A` per order, F_SNAPSHOT, last F_LAST.
+    fn snapshot<'py>(&self, py: Python<'py>, instrument_id: u32, publisher_id: u16, ts_recv: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let records = self.book(instrument_id, publisher_id)?.snapshot(ts_recv);
+        let mut out = Vec::with_capacity(records.len() * MBO_RECORD_SIZE);
+        for r in &records {
+            r.encode_into(&mut out);
+        }
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Structural invariant violations of one book (empty when sound).
+    fn check_integrity(&self, instrument_id: u32, publisher_id: u16) -> PyResult<Vec<String>> {
+        Ok(self.book(instrument_id, publisher_id)?.check_integrity())
+    }
+
+    /// True while the book is inside an event (a record without F_LAST was its last).
+    fn in_event(&self, instrument_id: u32, publisher_id: u16) -> PyResult<bool> {
+        Ok(self.book(instrument_id, publisher_id)?.in_event)
+    }
+}
+
+/// Names of every anomaly kind, in a stable order.
+#[pyfunction]
+fn anomaly_kinds() -> Vec<&'static str> {
+    mbostream_book::AnomalyKind::ALL.iter().map(|k| k.name()).collect()
+}
+
+/// Adds `Market`, `BookStats` and the anomaly kinds to `mbostream._engine`.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyMarket>()?;
+    m.add_class::<stats::PyBookStats>()?;
+    m.add_function(wrap_pyfunction!(anomaly_kinds, m)?)?;
+    m.add("ANOMALY_KIND_COUNT", ANOMALY_KIND_COUNT)?;
+    Ok(())
+}
