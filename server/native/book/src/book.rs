@@ -80,6 +80,22 @@ pub struct BookStats {
     pub locked_ns: u64,
 }
 
+/// Times one condition of the book seen at each F_LAST (crossed, or locked): an interval opens at
+/// the `ts_event` where it becomes true and its length is added to `total_ns` where it ends.
+fn track_interval(now: bool, ts_event: u64, active: &mut bool, since: &mut u64, intervals: &mut u64, total_ns: &mut u64) {
+    if now == *active {
+        return;
+    }
+    if now {
+        *since = ts_event;
+        *intervals += 1;
+    } else {
+        *total_ns += ts_event.saturating_sub(*since);
+        *since = 0;
+    }
+    *active = now;
+}
+
 /// A full-depth book. All mutation goes through [`Book::apply`].
 #[derive(Clone, Debug)]
 pub struct Book {
@@ -186,26 +202,8 @@ impl Book {
         s.consistent_ts_event = m.ts_event;
         s.consistent_ts_recv = m.ts_recv;
         let (crossed, locked) = bbo.crossed_locked();
-        if crossed != s.crossed {
-            if crossed {
-                s.crossed_since = m.ts_event;
-                s.crossed_intervals += 1;
-            } else {
-                s.crossed_ns += m.ts_event.saturating_sub(s.crossed_since);
-                s.crossed_since = 0;
-            }
-            s.crossed = crossed;
-        }
-        if locked != s.locked {
-            if locked {
-                s.locked_since = m.ts_event;
-                s.locked_intervals += 1;
-            } else {
-                s.locked_ns += m.ts_event.saturating_sub(s.locked_since);
-                s.locked_since = 0;
-            }
-            s.locked = locked;
-        }
+        track_interval(crossed, m.ts_event, &mut s.crossed, &mut s.crossed_since, &mut s.crossed_intervals, &mut s.crossed_ns);
+        track_interval(locked, m.ts_event, &mut s.locked, &mut s.locked_since, &mut s.locked_intervals, &mut s.locked_ns);
     }
 
     fn report(&mut self, kind: AnomalyKind, m: &Mbo, stamp: u64, log: &mut AnomalyLog) {
