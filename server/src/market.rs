@@ -12,6 +12,10 @@ use crate::{bytes_of, lineproto, stats};
 type LevelTuple = (i64, u64, u32);
 type OrderTuple = (u64, u32);
 type LevelWithOrders = (i64, u64, u32, Vec<OrderTuple>);
+/// An integrity violation: `(index, instrument_id, publisher_id, sequence, message)`.
+type ViolationTuple = (u64, u32, u16, u32, String);
+/// What `apply` returns: `(end, consistent, event_rows, violations)`.
+type Applied<'py> = (usize, bool, Bound<'py, PyBytes>, Vec<ViolationTuple>);
 
 /// All books of a feed, fed with raw DBN MBO records.
 #[pyclass(module = "mbostream._engine", name = "Market")]
@@ -66,7 +70,7 @@ impl PyMarket {
         complete_events: bool,
         max_extra: usize,
         audit: bool,
-    ) -> PyResult<(usize, bool, Bound<'py, PyBytes>, Vec<(u64, u32, u16, u32, String)>)> {
+    ) -> PyResult<Applied<'py>> {
         if stride < MBO_RECORD_SIZE {
             return Err(PyValueError::new_err(format!("stride {stride} is below the MBO record size")));
         }

@@ -56,6 +56,9 @@ impl AsRef<[u8]> for Held {
     }
 }
 
+/// What `take` returns: `([(block, lines)], missing_symbols, finished)`.
+type TakeResult<'py> = (Vec<(Bound<'py, PyBytes>, u32)>, Vec<u32>, bool);
+
 fn py_err(e: PipelineError) -> PyErr {
     match e {
         PipelineError::InvalidConfig | PipelineError::PartialRecords | PipelineError::PartialRows => {
@@ -118,7 +121,7 @@ impl PyPipeline {
     }
 
     /// Waits up to `timeout` seconds for output: `(blocks, missing_symbols, finished)`.
-    fn take<'py>(&self, py: Python<'py>, timeout: f64) -> (Vec<(Bound<'py, PyBytes>, u32)>, Vec<u32>, bool) {
+    fn take<'py>(&self, py: Python<'py>, timeout: f64) -> TakeResult<'py> {
         let wait = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
         let taken = py.detach(|| self.inner.take(wait));
         let blocks = taken.blocks.into_iter().map(|b| (PyBytes::new(py, &b.bytes), b.lines)).collect();

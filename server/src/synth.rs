@@ -5,6 +5,9 @@ use pyo3::types::PyBytes;
 
 use mbostream_synth::{generate_into, SynthConfig, MAX_INSTRUMENTS};
 
+/// One generated instrument: `(instrument_id, publisher_id, symbol, tick, start_price)`.
+type InstrumentTuple = (u32, u16, String, i64, i64);
+
 /// Generates synthetic MBO records, calling `sink(bytes)` with chunks of whole 56-byte records.
 ///
 /// Returns the instruments as `[(instrument_id, publisher_id, symbol, tick, start_price), ...]`.
@@ -18,7 +21,7 @@ fn generate(
     instruments: u32,
     start_ts: u64,
     chunk_records: usize,
-) -> PyResult<Vec<(u32, u16, String, i64, i64)>> {
+) -> PyResult<Vec<InstrumentTuple>> {
     if instruments == 0 || instruments > MAX_INSTRUMENTS {
         return Err(PyValueError::new_err(format!("instruments must be 1..={MAX_INSTRUMENTS}, got {instruments}")));
     }
