@@ -150,6 +150,12 @@ class FailingSink:
             raise RuntimeError("the sink broke")
         return False
 
+    async def start(self) -> None:
+        return None
+
+    async def stop(self, grace: float) -> None:
+        return None
+
 
 def test_a_dying_background_task_stops_the_server_with_a_failing_exit_code(caplog) -> None:
     """serve() returns non-zero (a supervisor sees the failure) and says why in one error line."""

@@ -1,13 +1,17 @@
-"""Feed room: what the replay publishes to its subscribers (book streams, event streams, storage).
+"""Feed room: what the replay publishes (:class:`Batch`), and to what (:class:`Publisher`).
 
 A :class:`Batch` is one step of the replay: the records applied together, the F_LAST event rows
 they produced (with each book's BBO at that moment), and the replay positions they occupy. It is
 immutable and shared by every subscriber; nobody copies or mutates it.
+
+The replay owns the replay positions and hands each batch to a :class:`Publisher` (the fan-out hub
+today, a message bus next); it knows nothing of who consumes them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -46,3 +50,16 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+class Publisher(Protocol):
+    """Where the replay hands its batches; implemented by the hub."""
+
+    def publish(self, batch: Batch) -> None:
+        """Takes one applied batch; returns at once."""
+
+    def backlogged(self) -> bool:
+        """True while a consumer that must not lose anything (the storage) is behind."""
+
+    async def wait_ready(self) -> None:
+        """Returns once the publisher is no longer backlogged (backpressure for a fast replay)."""

@@ -1,16 +1,19 @@
 """Fan-out room: one replay, many subscribers, and the replay never waits for any of them.
 
 * **Event subscribers** (StreamEvents) get every batch, encoded once per distinct instrument
-  filter and shared as bytes. Each has a bounded queue; one that falls further behind than its
+  filter by the API layer's :class:`EventEncoder` and shared as the same payload object. Each has a bounded queue; one that falls further behind than its
   queue is cut off with :class:`~mbostream.errors.SlowConsumerError`, which says where to resume.
   A bounded replay buffer of recent batches serves resumption by replay position.
 * **Book subscribers** (StreamBook) watch *book channels*, one per (book, depth, include_orders).
-  A channel holds only the latest serialized book; a subscriber that has not taken it before the
+  A channel holds only the latest book payload (made once by the API layer's :class:`BookEncoder`); a subscriber that has not taken it before the
   next one arrives counts a conflation. Channels are refreshed on a timer (``book_interval_ms``)
   from the books that changed, so the cost grows with books, not with subscribers.
-* **Sinks** (storage) get every batch through a non-blocking ``offer``.
+* **Sinks** (storage) get every batch through a non-blocking ``offer``; a sink that is behind
+  makes the hub not ready, and the feed waits for :meth:`Hub.wait_ready` (backpressure).
 
-Everything here runs on the server's event loop thread; nothing blocks.
+The hub is the feed's :class:`~mbostream.feed.Publisher`. It deals in batches and book states and
+never knows the wire: what a payload is, is the encoders' business (the gRPC layer's). Everything
+here runs on the server's event loop thread; nothing blocks.
 """
 
 from __future__ import annotations
@@ -19,13 +22,12 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol, TypeAlias
 
 import numpy as np
 
-from mbostream import _engine
 from mbostream.errors import (
     EpochMismatchError,
     ReplayPositionError,
@@ -39,15 +41,55 @@ from mbostream.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
+#: How often a feed waiting for a sink that is behind looks again (sinks drain on their own threads).
+SINK_POLL_SECONDS: Final = 0.002
+
 
 class Sink(Protocol):
-    """A batch consumer that must never block the replay (e.g. the storage sink).
+    """A batch consumer that must never block the replay (e.g. the storage sink)."""
 
-    A sink may also have ``behind() -> bool``: true while it holds more than it should, and the
-    replay then waits for it (:meth:`Hub.sinks_behind`).
-    """
+    def offer(self, batch: Batch) -> None:
+        """Takes one batch without blocking."""
 
-    def offer(self, batch: Batch) -> None: ...
+    def behind(self) -> bool:
+        """True while the sink holds more than it should; the feed then waits (backpressure)."""
+
+    async def start(self) -> None:
+        """Opens what the sink needs before the first batch."""
+
+    async def stop(self, grace: float) -> None:
+        """Delivers or keeps what it holds, within ``grace`` seconds."""
+
+
+#: What an encoder made of a batch or a book, handed to subscribers as it is (opaque to the hub).
+Payload: TypeAlias = object
+
+
+class EventEncoder(Protocol):
+    """Turns a batch into a subscriber's stream messages; the hub calls it once per distinct
+    (selection, max_records) and gives the same payloads to every subscriber of that variant."""
+
+    def encode(self, batch: Batch, selection: Selection, max_records: int) -> list[tuple[int, Payload]]:
+        """``(replay position of the last record, payload)`` per message; [] when none is selected."""
+        ...
+
+
+class BookEncoder(Protocol):
+    """Turns one book, as it is now, into a channel's payloads (made once for every subscriber)."""
+
+    def encode(self, market: Market, key: BookKey, depth: int, orders: bool, position: int) -> BookPayload:
+        """The book cut to ``depth`` (with its queues when ``orders``) at replay ``position``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BookPayload:
+    """A channel's book as the API layer sends it: on its own, or combined with other books."""
+
+    single: Payload
+    multi: Payload
+    #: When the book was taken (ns since the UNIX epoch).
+    ts_out: int
 
 
 @dataclass(frozen=True)
@@ -75,35 +117,6 @@ class Selection:
         return mask
 
 
-def encode_batch(batch: Batch, selection: Selection, max_records: int = 0, epoch: str = "") -> list[tuple[int, bytes]]:
-    """Serialized ``StreamEventsResponse`` payloads ``(last_replay_seq, bytes)`` for a selection,
-    each stamped with the server run's ``epoch``."""
-    records = batch.records
-    seqs = np.arange(batch.first_replay_seq, batch.first_replay_seq + len(records), dtype=np.uint64)
-    if batch.snapshot:
-        seqs[:] = batch.first_replay_seq
-    mask = selection.mask(records)
-    if mask is not None:
-        records, seqs = records[mask], seqs[mask]
-    if not len(records):
-        return []
-    step = max_records if max_records > 0 else len(records)
-    out = []
-    for start in range(0, len(records), step):
-        part, part_seqs = np.ascontiguousarray(records[start : start + step]), seqs[start : start + step]
-        last = int(part_seqs[-1])
-        payload = _engine.encode_event_batch(
-            part.view(np.uint8),
-            np.ascontiguousarray(part_seqs).view(np.uint8),
-            batch_sequence=last,
-            snapshot=batch.snapshot,
-            ts_out=batch.ts_out,
-            epoch=epoch,
-        )
-        out.append((last, payload))
-    return out
-
-
 class EventSubscriber:
     """One StreamEvents client: a bounded queue of shared payloads."""
 
@@ -112,13 +125,13 @@ class EventSubscriber:
         self.selection = selection
         self.capacity = capacity
         self.max_records = max_records
-        self.queue: deque[tuple[int, bytes]] = deque()
+        self.queue: deque[tuple[int, Payload]] = deque()
         self.wakeup = asyncio.Event()
         self.error: Exception | None = None
         #: Replay position of the last record handed to the client (the resume point).
         self.last_sent = resume_after
 
-    def push(self, payloads: list[tuple[int, bytes]]) -> None:
+    def push(self, payloads: list[tuple[int, Payload]]) -> None:
         if self.error is not None:
             return
         if len(self.queue) + len(payloads) > self.capacity:
@@ -133,7 +146,7 @@ class EventSubscriber:
             self.queue.extend(payloads)
         self.wakeup.set()
 
-    async def payloads(self) -> AsyncIterator[bytes]:
+    async def payloads(self) -> AsyncIterator[Payload]:
         """Yields payloads until the hub closes or the subscriber falls behind (raises then)."""
         while True:
             while self.queue:
@@ -152,17 +165,13 @@ class EventSubscriber:
 
 @dataclass
 class BookChannel:
-    """The latest serialized book for one (book, depth, include_orders)."""
+    """The latest book payload for one (book, depth, include_orders)."""
 
     key: BookKey
     depth: int
     orders: bool
-    #: ``StreamBookResponse{book, ts_out}`` serialized: a whole message on its own.
-    payload: bytes = b""
-    #: ``StreamBookResponse{books: [book]}`` serialized: concatenated with others into one message.
-    payload_multi: bytes = b""
-    #: When the payload was built (ns since the epoch).
-    ts_out: int = 0
+    #: The book as of the last refresh that changed it (None until the first).
+    book: BookPayload | None = None
     version: int = 0
     subscribers: set[BookSubscriber] = field(default_factory=set)
 
@@ -238,7 +247,8 @@ class Hub:
         self,
         market: Market,
         *,
-        book_payload: Callable[[Market, BookKey, int, bool, int], tuple[bytes, bytes, int]],
+        event_encoder: EventEncoder,
+        book_encoder: BookEncoder,
         replay_buffer_records: int,
         subscriber_buffer_batches: int,
         max_streams: int,
@@ -246,9 +256,10 @@ class Hub:
         epoch: str = "",
     ) -> None:
         self.market = market
-        #: Identity of the run whose replay positions this hub publishes (stamped on every batch).
+        #: Identity of the run whose replay positions this hub publishes.
         self.epoch = epoch
-        self.book_payload = book_payload
+        self.event_encoder = event_encoder
+        self.book_encoder = book_encoder
         self.replay_buffer_records = replay_buffer_records
         self.subscriber_buffer_batches = subscriber_buffer_batches
         self.max_streams = max_streams
@@ -267,16 +278,14 @@ class Hub:
         self._ticker: asyncio.Task[None] | None = None
 
     # -- publishing -------------------------------------------------------------------------------
-    def next_position(self) -> int:
-        return self.position + 1
+    def backlogged(self) -> bool:
+        """True while a sink (the storage) cannot keep up and asks the feed to wait."""
+        return any(sink.behind() for sink in self.sinks)
 
-    def sinks_behind(self) -> bool:
-        """True while a sink (the storage) cannot keep up and asks the replay to wait."""
-        for sink in self.sinks:
-            behind = getattr(sink, "behind", None)
-            if behind is not None and behind():
-                return True
-        return False
+    async def wait_ready(self) -> None:
+        """Returns once no sink is behind (sinks drain on their own threads: polled)."""
+        while self.backlogged() and not self.closed:
+            await asyncio.sleep(SINK_POLL_SECONDS)
 
     def publish(self, batch: Batch) -> None:
         """Hands one applied batch to every subscriber; returns at once."""
@@ -288,12 +297,12 @@ class Hub:
             while self.buffered_records - len(self.buffer[0]) >= self.replay_buffer_records:
                 self.buffered_records -= len(self.buffer.popleft())
         if self.event_subscribers:
-            encoded: dict[tuple[Selection, int], list[tuple[int, bytes]]] = {}
+            encoded: dict[tuple[Selection, int], list[tuple[int, Payload]]] = {}
             for sub in list(self.event_subscribers):
                 variant = (sub.selection, sub.max_records)
                 payloads = encoded.get(variant)
                 if payloads is None:
-                    payloads = encoded[variant] = encode_batch(batch, sub.selection, sub.max_records, self.epoch)
+                    payloads = encoded[variant] = self.event_encoder.encode(batch, sub.selection, sub.max_records)
                 if payloads:
                     sub.push(payloads)
             METRICS.events_queue_depth.set(max((len(s.queue) for s in self.event_subscribers), default=0))
@@ -310,10 +319,11 @@ class Hub:
             )
             changed = {BookKey(k >> 16, k & 0xFFFF) for k in keys.tolist()}
             new = changed - self.known_books
+            built: set[BookKey] = set()
             if new:
                 self.known_books |= new
-                self._attach_new_books(new)
-            self.dirty |= changed
+                built = self._attach_new_books(new)
+            self.dirty |= changed - built
             if self.book_interval == 0:
                 self.refresh_books()
         METRICS.publish_seconds.observe(time.perf_counter() - started)
@@ -330,10 +340,8 @@ class Hub:
                     sub.notify(channel)
 
     def _rebuild(self, channel: BookChannel) -> None:
-        """Serializes the channel's book as it is now (a new version)."""
-        channel.payload, channel.payload_multi, channel.ts_out = self.book_payload(
-            self.market, channel.key, channel.depth, channel.orders, self.position
-        )
+        """Takes the channel's book as it is now (a new version), encoded once for everyone."""
+        channel.book = self.book_encoder.encode(self.market, channel.key, channel.depth, channel.orders, self.position)
         channel.version += 1
 
     async def run_ticker(self) -> None:
@@ -372,14 +380,14 @@ class Hub:
             if start_after < oldest or start_after > self.position:
                 raise ReplayPositionError(start_after, oldest, self.position)
             sub = EventSubscriber(self, selection, capacity, max_records, start_after)
-            backlog: list[tuple[int, bytes]] = []
+            backlog: list[tuple[int, Payload]] = []
             for batch in self.buffer:
                 if batch.last_replay_seq <= start_after:
                     continue
                 skip = max(0, start_after - batch.first_replay_seq + 1)
                 if skip:
                     batch = Batch(batch.first_replay_seq + skip, batch.records[skip:], batch.events, batch.ts_out)
-                backlog.extend(encode_batch(batch, selection, max_records, self.epoch))
+                backlog.extend(self.event_encoder.encode(batch, selection, max_records))
             # A resume may need more than the live buffer holds: give the backlog its own room.
             sub.capacity = capacity + len(backlog)
             if backlog:
@@ -387,15 +395,13 @@ class Hub:
         else:
             sub = EventSubscriber(self, selection, capacity, max_records, self.position)
             if with_snapshot:
-                payloads: list[tuple[int, bytes]] = []
+                payloads: list[tuple[int, Payload]] = []
                 now = time.time_ns()
                 for key in self.market.books():
                     if selection.matches(key):
                         snap = self.market.snapshot(key, ts_recv=now)
                         payloads.extend(
-                            encode_batch(
-                                Batch(self.position, snap, snap[:0], now, snapshot=True), Selection(), epoch=self.epoch
-                            )
+                            self.event_encoder.encode(Batch(self.position, snap, snap[:0], now, snapshot=True), Selection(), 0)
                         )
                 sub.capacity = capacity + len(payloads)
                 if payloads:
@@ -421,23 +427,31 @@ class Hub:
         METRICS.subscribers.labels("book").set(len(self.book_subscribers))
         return sub
 
-    def _attach(self, sub: BookSubscriber, key: BookKey) -> None:
+    def _attach(self, sub: BookSubscriber, key: BookKey) -> bool:
+        """Adds ``sub`` to the book's channel; True when that built the channel's book now."""
         ckey = (key, sub.depth, sub.orders)
         channel = self.channels.get(ckey)
         if channel is None:
             channel = BookChannel(key, sub.depth, sub.orders)
             self.channels[ckey] = channel
-        if not channel.subscribers or key in self.dirty or not channel.payload:
+        rebuilt = not channel.subscribers or key in self.dirty or channel.book is None
+        if rebuilt:
             self._rebuild(channel)
         channel.subscribers.add(sub)
         sub.channels[key] = channel
+        return rebuilt
 
-    def _attach_new_books(self, keys: Iterable[BookKey]) -> None:
+    def _attach_new_books(self, keys: Iterable[BookKey]) -> set[BookKey]:
+        """Attaches books seen for the first time to the subscribers that want them; returns the
+        books whose channels this built (as they are now: no refresh needed for this batch)."""
+        built: set[BookKey] = set()
         for sub in self.book_subscribers:
             for key in keys:
                 if sub.selection.matches(key) and key not in sub.channels:
-                    self._attach(sub, key)
+                    if self._attach(sub, key):
+                        built.add(key)
                     sub.notify(sub.channels[key])
+        return built
 
     def unsubscribe_books(self, sub: BookSubscriber) -> None:
         self.book_subscribers.discard(sub)

@@ -1,4 +1,4 @@
-"""Replay room: reads DBN files and feeds them to the market and the hub as a paced live feed.
+"""Replay room: reads DBN files and feeds them to the market and a publisher as a paced live feed.
 
 Pacing modes: ``rate`` (a fixed number of records per second, token-bucket style, so the achieved
 rate over any few seconds is the target), ``speed`` (the recorded ``ts_recv`` gaps divided by a
@@ -25,8 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mbostream.dbn import MBO_DTYPE, DbnReader
-from mbostream.feed import Batch
-from mbostream.hub import Hub
+from mbostream.feed import Batch, Publisher
 from mbostream.market import Market
 from mbostream.metrics import METRICS
 from mbostream.prices import UNDEF_PRICE
@@ -35,7 +34,8 @@ log = logging.getLogger(__name__)
 
 _F_LAST = 0x80
 #: Poll period while a sink (storage) is behind, and how often that wait is logged.
-_SINK_WAIT_SECONDS = 0.002
+#: While waiting for storage, how often the replay looks for a pause, restart or stop.
+_INTERRUPT_CHECK_SECONDS = 0.05
 _SINK_WAIT_LOG_SECONDS = 60.0
 #: Longest single sleep, so pause/rate changes take effect promptly even in slow ``speed`` replays.
 _MAX_SLEEP = 0.25
@@ -147,7 +147,7 @@ class Replayer:
         self,
         files: list[str],
         market: Market,
-        hub: Hub,
+        publisher: Publisher,
         *,
         mode: str,
         rate: float,
@@ -157,7 +157,10 @@ class Replayer:
     ) -> None:
         self.files = tuple(files)
         self.market = market
-        self.hub = hub
+        self.publisher = publisher
+        #: Replay position of the last record published (0 before the first). Positions go on
+        #: across loops and restarts, for the life of the process.
+        self.position = 0
         self.mode = mode
         self.rate = rate
         self.speed = speed
@@ -193,7 +196,7 @@ class Replayer:
             records_total=self.records_total,
             loop=self.loop,
             loops_completed=self.loops_completed,
-            position=self.hub.position,
+            position=self.position,
             ts_recv=self.last_ts_recv,
         )
 
@@ -202,7 +205,7 @@ class Replayer:
         if self.state is ReplayState.RUNNING:
             self.state = ReplayState.PAUSED
             self._resume.clear()
-            log.info("replay paused", extra={"position": self.hub.position})
+            log.info("replay paused", extra={"position": self.position})
 
     def resume(self) -> None:
         """Resumes a paused replay; a no-op otherwise."""
@@ -210,7 +213,7 @@ class Replayer:
             self.state = ReplayState.RUNNING
             self._reset_clock()
             self._resume.set()
-            log.info("replay resumed", extra={"position": self.hub.position})
+            log.info("replay resumed", extra={"position": self.position})
 
     def set_pacing(self, mode: str, *, rate: float | None = None, speed: float | None = None) -> None:
         """Switches pacing; takes effect at the next batch."""
@@ -261,7 +264,7 @@ class Replayer:
                 self.loops_completed += 1
             if completed and not self.loop and not self._restart.is_set():
                 self.state = ReplayState.FINISHED
-                log.info("replay finished; serving the final books", extra={"position": self.hub.position})
+                log.info("replay finished; serving the final books", extra={"position": self.position})
                 await self._restart.wait()
                 if self._stopping:
                     break
@@ -314,8 +317,9 @@ class Replayer:
         return True
 
     def _emit(self, records: np.ndarray, events: np.ndarray) -> None:
-        batch = Batch(self.hub.next_position(), records, events, time.time_ns())
-        self.hub.publish(batch)
+        batch = Batch(self.position + 1, records, events, time.time_ns())
+        self.position = batch.last_replay_seq
+        self.publisher.publish(batch)
         n = len(records)
         self.last_ts_recv = int(records["ts_recv"][-1])
         self.records_done += n
@@ -350,8 +354,12 @@ class Replayer:
         if started - self._last_sink_wait_log >= _SINK_WAIT_LOG_SECONDS:
             self._last_sink_wait_log = started
             log.warning("storage is behind the replay; the replay waits for it (see MBOSTREAM_STORAGE_MAX_BACKLOG_BYTES)")
-        while self.hub.sinks_behind() and not self._interrupted():
-            await asyncio.sleep(_SINK_WAIT_SECONDS)
+        ready = asyncio.ensure_future(self.publisher.wait_ready())
+        try:
+            while not ready.done() and not self._interrupted():
+                await asyncio.wait({ready}, timeout=_INTERRUPT_CHECK_SECONDS)
+        finally:
+            ready.cancel()
         METRICS.replay_sink_wait_seconds.inc(time.monotonic() - started)
         if self.mode == "rate":
             self._reset_clock()  # the wait is not credit for a burst afterwards
@@ -362,7 +370,7 @@ class Replayer:
         await asyncio.sleep(0)
         if self._interrupted():
             return 0
-        if self.hub.sinks_behind():
+        if self.publisher.backlogged():
             await self._wait_for_sinks()
             return 0  # back to the gate: the state may have changed meanwhile
         if self.mode == "max":

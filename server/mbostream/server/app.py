@@ -19,7 +19,6 @@ import os
 import secrets
 import signal
 import socket
-import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,11 +31,11 @@ from prometheus_client import start_http_server
 from mbostream.config import SOURCES, Settings
 from mbostream.dbn import DbnReader, verify_framing
 from mbostream.errors import AddressInUseError, ConfigError, MbostreamError
-from mbostream.hub import Hub
+from mbostream.hub import Hub, Sink
 from mbostream.market import Market
 from mbostream.replay import Replayer
 from mbostream.server import market_data, replay_control
-from mbostream.server.convert import book_update_payload
+from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
 from mbostream.server.interceptors import ErrorMappingInterceptor, quiet_client_disconnects
 from mbostream.synth import ensure_sample
 from mbostream.v1 import market_data_pb2, replay_pb2
@@ -111,14 +110,14 @@ def _check_port_free(setting: str, host: str, port: int) -> None:
 class App:
     """One running mbostream server."""
 
-    def __init__(self, settings: Settings, *, sinks: list[Any] | None = None) -> None:
+    def __init__(self, settings: Settings, *, sinks: list[Sink] | None = None) -> None:
         self.settings = settings
         self.extra_sinks = sinks or []
         self.port = 0
         self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self.server: grpc_aio.Server | None = None
-        self._started_sinks: list[Any] = []
+        self._started_sinks: list[Sink] = []
         self._stopped = asyncio.Event()
         self._stopping = False
         #: What the process should exit with once stopped: 0 unless a background task failed.
@@ -137,17 +136,16 @@ class App:
         files = await asyncio.to_thread(self._data_files)
         symbols, datasets = await asyncio.to_thread(_checked_files, files)
         self.market = Market(symbols)
-        def book_payload(market: Market, key: Any, depth: int, orders: bool, position: int) -> tuple[bytes, bytes, int]:
-            return book_update_payload(market, key, depth, orders, position=position, ts_out=time.time_ns())
-
+        epoch = secrets.token_hex(8)  # this run's identity: replay positions restart with it
         hub = Hub(
             self.market,
-            book_payload=book_payload,
+            event_encoder=ProtobufEventEncoder(epoch),
+            book_encoder=ProtobufBookEncoder(),
             replay_buffer_records=s.replay_buffer_records,
             subscriber_buffer_batches=s.subscriber_buffer_batches,
             max_streams=s.max_streams,
             book_interval=s.book_interval_ms / 1000.0,
-            epoch=secrets.token_hex(8),  # this run's identity: replay positions restart with it
+            epoch=epoch,
         )
         self.hub = hub
         if s.store:
@@ -213,9 +211,8 @@ class App:
             self.metrics_port = httpd.server_port
             self._httpd = httpd
         for sink in self.extra_sinks:
-            if hasattr(sink, "start"):
-                await sink.start()
-                self._started_sinks.append(sink)
+            await sink.start()
+            self._started_sinks.append(sink)
 
     async def _abandon_start(self) -> None:
         """Undoes a start that failed half-way (a port taken, the spool locked): nothing is left
@@ -292,8 +289,7 @@ class App:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for sink in self.extra_sinks:
-            if hasattr(sink, "stop"):
-                await sink.stop(s.grace_seconds)
+            await sink.stop(s.grace_seconds)
         if hasattr(self, "_unregister_storage_metrics"):
             self._unregister_storage_metrics()
         if hasattr(self, "_httpd"):
@@ -309,7 +305,7 @@ class App:
 async def serve(
     settings: Settings,
     *,
-    sinks: list[Any] | None = None,
+    sinks: list[Sink] | None = None,
     ready_line: bool = True,
     static_dir: Path | None = None,
     with_edge: bool = False,

@@ -85,11 +85,12 @@ class MarketDataService:
         epoch = self.hub.epoch
         try:
             async for channels, first, conflated in sub.updates():
-                if len(channels) == 1 and not sub.combine or first:
-                    yield channels[0].payload + per_client_suffix(first, conflated, epoch=epoch)
+                books = [c.book for c in channels if c.book is not None]
+                if len(books) == 1 and not sub.combine or first:
+                    yield books[0].single + per_client_suffix(first, conflated, epoch=epoch)
                 else:
-                    oldest = min(c.ts_out for c in channels)
-                    yield b"".join(c.payload_multi for c in channels) + per_client_suffix(False, conflated, oldest, epoch)
+                    oldest = min(b.ts_out for b in books)
+                    yield b"".join(b.multi for b in books) + per_client_suffix(False, conflated, oldest, epoch)
         finally:
             self.hub.unsubscribe_books(sub)
 

@@ -1,6 +1,6 @@
 """Benchmark room: ``mbostream-client bench-decode`` — the ways to turn a batch into numpy, timed.
 
-Batches are made by the server's own encoder (``mbostream.hub.encode_batch``) from generated
+Batches are made by the server's own encoder (the engine's ``encode_event_batch``) from generated
 records, so the bytes are exactly what ``StreamEvents`` sends, and no server is needed. Timed per
 batch, best of ``repeat`` passes: parsing the protobuf, converting the nine numeric columns with
 ``np.asarray`` (upb containers implement ``__array__``), with ``np.fromiter`` and with
@@ -17,8 +17,7 @@ from typing import Any, Final
 
 import numpy as np
 from mbostream.dbn import DbnReader
-from mbostream.feed import Batch
-from mbostream.hub import Selection, encode_batch
+from mbostream import _engine
 from mbostream.synth import generate_file
 from mbostream.v1 import market_data_pb2
 
@@ -43,8 +42,17 @@ def _payloads(records: int, batch_records: int) -> list[bytes]:
         generate_file(path, records=records, instruments=4, seed=1)
         with DbnReader(path) as reader:
             data = reader.read_all()
-    batch = Batch(1, data, data[:0], time.time_ns())
-    return [payload for _, payload in encode_batch(batch, Selection(), batch_records)]
+    ts_out = time.time_ns()
+    payloads = []
+    for start in range(0, len(data), batch_records):
+        part = np.ascontiguousarray(data[start : start + batch_records])
+        seqs = np.arange(start + 1, start + 1 + len(part), dtype=np.uint64)
+        payloads.append(
+            _engine.encode_event_batch(
+                part.view(np.uint8), seqs.view(np.uint8), batch_sequence=int(seqs[-1]), snapshot=False, ts_out=ts_out
+            )
+        )
+    return payloads
 
 
 def _time(fn: Callable[[Any], object], items: list[Any], repeat: int) -> float:
