@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbostream.dbn import MBO_DTYPE
+from mbostream_core.dbn import MBO_DTYPE
 
 F_LAST = 0x80
 F_TOB = 0x40
@@ -56,6 +56,6 @@ def records(recs: Iterable[Rec]) -> np.ndarray:
 
 def px(value: float | str) -> int:
     """A decimal price as 1e-9 fixed point (exact for test values)."""
-    from mbostream.prices import parse_price
+    from mbostream_core.prices import parse_price
 
     return parse_price(str(value))

@@ -30,13 +30,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mbostream.config import Settings, load_settings
 from mbostream.replay import _STEP_SECONDS as PACING_STEP_SECONDS
 from mbostream.server.app import App
-from mbostream.v1 import market_data_pb2_grpc, replay_pb2_grpc
+from mbostream_core.v1 import market_data_pb2_grpc, replay_pb2_grpc
+from mbostream_core.records import F_LAST
 
 T = TypeVar("T")
 TOKEN = "test-control-token"
 #: Upper bound of one RPC or one stream read in these tests.
 RPC_TIMEOUT: Final = 10.0
-_F_LAST: Final = 0x80
 #: Pacing steps a rate-paced release may be stamped late: the OS may preempt the server between
 #: its pacing decision and the publish (``ts_out``) on two cores shared with other jobs.
 LATE_STEPS: Final = 5
@@ -230,13 +230,13 @@ def last_event_records(flags: bytes | np.ndarray) -> int:
     A paced release completes the event it stops in, so this bounds how far one release can run
     ahead of its budget.
     """
-    marks = np.flatnonzero(np.frombuffer(bytes(flags), dtype=np.uint8)[:-1] & _F_LAST)
+    marks = np.flatnonzero(np.frombuffer(bytes(flags), dtype=np.uint8)[:-1] & F_LAST)
     return len(flags) - (int(marks[-1]) + 1 if len(marks) else 0)
 
 
 def longest_event_records(flags: np.ndarray) -> int:
     """The most records of one event (up to and including its F_LAST record) in a file's flags."""
-    marks = np.flatnonzero(flags & _F_LAST)
+    marks = np.flatnonzero(flags & F_LAST)
     return int(np.diff(marks, prepend=-1).max()) if len(marks) else len(flags)
 
 

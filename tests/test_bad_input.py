@@ -27,10 +27,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mbo_records import Rec, px, records
 from server_harness import RPC_TIMEOUT, ServeProcess, in_process, run, settings, stubs
 
-from mbostream.dbn import DbnReader
+from mbostream_core.dbn import DbnReader
 from mbostream.errors import MAX_MESSAGE_CHARS
 from mbostream.synth import generate_file
-from mbostream.v1 import market_data_pb2 as md
+from mbostream_core.v1 import market_data_pb2 as md
 
 SERVE_FLAGS = ("--port", "0", "--metrics-port", "-1", "--no-store")
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from mbo_records import F_LAST, F_TOB, UNDEF_PRICE, Rec, records
 
-from mbostream.market import BookKey, Market
+from mbostream_core.market import BookKey, Market
 
 KEY = BookKey(7, 1)
 PRICES = [100, 101, 102, 103, 104]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import shared_file
 
-from mbostream.dbn import read_records
+from mbostream_core.dbn import read_records
 
 
 def mbostream(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -78,7 +78,7 @@ def test_book_at_sequence_matches_a_truncated_replay() -> None:
         cut += 1
     seq = int(records["sequence"][cut])
     at = json.loads(mbostream("book", str(path), "--at-sequence", str(seq), "--orders").stdout)
-    from mbostream.market import Market
+    from mbostream_core.market import Market
 
     market = Market({432669: "CLX5"})
     market.apply(records[: cut + 1])

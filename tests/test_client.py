@@ -23,9 +23,9 @@ import grpc
 import pytest
 from conftest import shared_file
 from server_harness import ServeProcess, longest_event_records, paced_records_slack
-from mbostream.dbn import read_records
-from mbostream.prices import format_price
-from mbostream.v1 import market_data_pb2, market_data_pb2_grpc, replay_pb2
+from mbostream_core.dbn import read_records
+from mbostream_core.prices import format_price
+from mbostream_core.v1 import market_data_pb2, market_data_pb2_grpc, replay_pb2
 
 client_pkg = pytest.importorskip(
     "mbostream_client", reason="the Python client is not installed: pip install -e clients/python"

@@ -49,7 +49,7 @@ from mbostream.edge import (  # noqa: E402
 )
 from mbostream.errors import ConfigError  # noqa: E402
 from server_harness import ServeProcess  # noqa: E402
-from mbostream.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc, replay_pb2, replay_pb2_grpc  # noqa: E402
+from mbostream_core.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc, replay_pb2, replay_pb2_grpc  # noqa: E402
 
 from server_harness import TOKEN  # noqa: E402
 AUTH: Final = (("authorization", f"Bearer {TOKEN}"),)

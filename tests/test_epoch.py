@@ -9,8 +9,8 @@ import grpc
 import pytest
 from server_harness import RPC_TIMEOUT, in_process, is_rpc_error, run, settings, stubs
 
-from mbostream.v1 import market_data_pb2 as md
-from mbostream.v1 import replay_pb2
+from mbostream_core.v1 import market_data_pb2 as md
+from mbostream_core.v1 import replay_pb2
 
 
 async def _epoch_of_run(path) -> tuple[str, str, str, str]:

@@ -31,7 +31,7 @@ from conftest import SHARED_DATA
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mbostream.cli import build_parser, execute
-from mbostream.dbn import DbnReader
+from mbostream_core.dbn import DbnReader
 from mbostream.synth import generate_file
 
 SEED = 20_251_002

@@ -10,12 +10,12 @@ import time
 import numpy as np
 from server_harness import run
 
-from mbostream.dbn import read_records
+from mbostream_core.dbn import read_records
 from mbostream.feed import Batch
 from mbostream.hub import BookPayload, Hub, Selection
-from mbostream.market import BookKey, Market
+from mbostream_core.market import BookKey, Market
 from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
-from mbostream.v1 import market_data_pb2 as md
+from mbostream_core.v1 import market_data_pb2 as md
 
 
 class CountingEventEncoder(ProtobufEventEncoder):

@@ -19,8 +19,8 @@ from server_harness import AUTH, RPC_TIMEOUT, in_process, run, settings, stubs, 
 from mbostream.config import MAX_UPDATES_PER_SECOND, RANGES
 from mbostream.feed import Batch
 from mbostream.server.app import serve
-from mbostream.v1 import market_data_pb2 as md
-from mbostream.v1 import replay_pb2 as rp
+from mbostream_core.v1 import market_data_pb2 as md
+from mbostream_core.v1 import replay_pb2 as rp
 
 
 def clx5(**kw):

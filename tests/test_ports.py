@@ -17,8 +17,8 @@ from conftest import shared_file
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_harness import RPC_TIMEOUT, ServeProcess, free_port
 
-from mbostream.v1 import replay_pb2_grpc
-from mbostream.v1 import replay_pb2 as rp
+from mbostream_core.v1 import replay_pb2_grpc
+from mbostream_core.v1 import replay_pb2 as rp
 
 
 def second_server(command: str, *flags: str) -> subprocess.CompletedProcess[str]:

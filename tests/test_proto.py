@@ -61,7 +61,7 @@ def test_generated_code_is_up_to_date() -> None:
 
 
 def _generated(name: str) -> ModuleType:
-    return importlib.import_module(f"mbostream.v1.{name}")
+    return importlib.import_module(f"mbostream_core.v1.{name}")
 
 
 def _message_classes() -> Iterator[type[Message]]:

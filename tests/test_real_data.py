@@ -7,9 +7,9 @@ import pytest
 from conftest import shared_file
 
 from mbostream.audit import audit_file
-from mbostream.dbn import read_records
+from mbostream_core.dbn import read_records
 from mbostream.loading import load_market
-from mbostream.market import BookKey, Market
+from mbostream_core.market import BookKey, Market
 
 CLX5 = "CLX5_mbo.dbn"
 ESH4_SNAPSHOT = "glbx-mdp3-esh4-20231224.mbo.dbn.zst"

@@ -26,10 +26,10 @@ from server_harness import (
     wait_for,
 )
 
-from mbostream.dbn import read_records
-from mbostream.market import Market
-from mbostream.v1 import market_data_pb2 as md
-from mbostream.v1 import replay_pb2 as rp
+from mbostream_core.dbn import read_records
+from mbostream_core.market import Market
+from mbostream_core.v1 import market_data_pb2 as md
+from mbostream_core.v1 import replay_pb2 as rp
 from mbostream_client import decode_events
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from influx.points import Point, parse
 from influx.replay import Replay, expected_times
-from mbostream import _engine
-from mbostream.dbn import MBO_DTYPE, FileInfo
+from mbostream_core import _engine
+from mbostream_core.dbn import MBO_DTYPE, FileInfo
 from mbostream.feed import Batch
-from mbostream.market import STATE_TOP_CHANGED
-from mbostream.prices import UNDEF_PRICE
+from mbostream_core.market import STATE_TOP_CHANGED
+from mbostream_core.prices import UNDEF_PRICE
 from mbostream.storage.lineproto import REWIND_WINDOW_NS, LineFormatter
 
 pytest_plugins = ["influx.fixtures"]  # the real InfluxDB stack and the CLX5 sample
@@ -134,7 +134,7 @@ def records_of(instrument_id: int) -> np.ndarray:
 
 
 def batch_of(records: np.ndarray) -> Batch:
-    from mbostream.market import Market
+    from mbostream_core.market import Market
 
     result = Market().apply(records)
     return Batch(1, records, result.events, time.time_ns())

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from influx.points import parse
 from influx.replay import Replay, async_test
-from mbostream.dbn import FileInfo
-from mbostream import _engine
-from mbostream.market import STATE_TOP_CHANGED
+from mbostream_core.dbn import FileInfo
+from mbostream_core import _engine
+from mbostream_core.market import STATE_TOP_CHANGED
 from mbostream.storage import SpoolLockedError, StorageSettings, StorageSink
 from mbostream.storage.metrics import COUNTERS
 

@@ -21,10 +21,10 @@ from typing import Any, Final
 
 import numpy as np
 
-from mbostream.dbn import DbnReader
+from mbostream_core.dbn import DbnReader
 from mbostream.errors import UnknownInstrumentError
-from mbostream.market import BookKey, Market
-from mbostream.prices import format_price
+from mbostream_core.market import BookKey, Market
+from mbostream_core.prices import format_price
 
 MAX_EXAMPLES: Final = 10
 _T: Final = ord("T")

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from mbostream.dbn import DbnReader
-from mbostream.market import STATE_TOP_CHANGED, Market
+from mbostream_core.dbn import DbnReader
+from mbostream_core.market import STATE_TOP_CHANGED, Market
+from mbostream_core.records import F_LAST
 from mbostream.synth import ensure_sample
 
-_F_LAST = 0x80
 
 
 def _rss_mib() -> float:
@@ -64,7 +64,7 @@ def _latency(path: str) -> dict[str, Any]:
         clock = time.perf_counter_ns
         for chunk in reader.chunks():
             buf = chunk.view(np.uint8)
-            ends = np.flatnonzero(chunk["flags"] & _F_LAST) + 1
+            ends = np.flatnonzero(chunk["flags"] & F_LAST) + 1
             times = np.empty(len(ends), dtype=np.int64)
             begin = 0
             for i, end in enumerate(ends.tolist()):

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mbostream import logs
-from mbostream.argtypes import non_negative_int, positive_int
+from mbostream_core.argtypes import non_negative_int, positive_int
 from mbostream.errors import MbostreamError
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ EXIT_ERROR = 2
 
 def _cmd_book(args: argparse.Namespace) -> int:
     from mbostream.loading import load_market
-    from mbostream.render import book_json, book_table
+    from mbostream_core.render import book_json, book_table
 
     _, market = load_market(args.file, at_sequence=args.at_sequence)
     keys = [market.resolve(sel) for sel in args.instrument] if args.instrument else market.books()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from mbostream.argtypes import Range
+from mbostream_core.argtypes import Range
 from mbostream.errors import ConfigError
 from mbostream.storage.settings import StorageSettings
 

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from mbostream.argtypes import non_negative_int, positive_float
+from mbostream_core.argtypes import non_negative_int, positive_float
 from mbostream.errors import BenchError, MbostreamError
 
 #: The project's targets: the floor must hold, the aim is where we want to be.
@@ -164,7 +164,7 @@ class BenchServer:
         """The replay status over ReplayService (bearer token of this server)."""
         import grpc
 
-        from mbostream.v1 import replay_pb2, replay_pb2_grpc
+        from mbostream_core.v1 import replay_pb2, replay_pb2_grpc
 
         with grpc.insecure_channel(self.target) as channel:
             stub = replay_pb2_grpc.ReplayServiceStub(channel)

@@ -32,7 +32,10 @@
     └── AuthError                       missing or wrong operator credentials
         └── PermissionDeniedError       credentials present but not accepted
 
-The gRPC edge maps each class to one status code (see ``mbostream.server.interceptors``); nothing
+The classes down to ``UnknownInstrumentError``'s level that reading data and books can raise live
+in the core package (``mbostream_core.errors``), so a client can use the core alone; this module
+re-exports them, and the tree above is the whole of it. The gRPC edge maps each class to one status
+code (see ``mbostream.server.interceptors``); nothing
 else in the code base chooses status codes.
 
 Messages echo what the user gave (a symbol, a path, a value); :class:`MbostreamError` caps every
@@ -42,59 +45,43 @@ a status' details and on a command line alike.
 
 from __future__ import annotations
 
-from typing import Final
+from mbostream_core.errors import (
+    MAX_MESSAGE_CHARS,
+    CorruptFileError,
+    DataFileError,
+    DataFileNotFoundError,
+    MbostreamError,
+    NotDbnError,
+    TruncatedFileError,
+    UnknownInstrumentError,
+    UnreadableFileError,
+    WrongSchemaError,
+)
 
-#: Longest message an error shows (gRPC status details, one stderr line).
-MAX_MESSAGE_CHARS: Final = 1000
-
-
-class MbostreamError(Exception):
-    """Base class of every deliberate mbostream error."""
-
-    def __str__(self) -> str:
-        text = super().__str__()
-        if len(text) <= MAX_MESSAGE_CHARS:
-            return text
-        tail = f"… [{len(text):,} characters in all]"
-        return text[: MAX_MESSAGE_CHARS - len(tail)] + tail
-
-
-class DataFileError(MbostreamError):
-    """A data file cannot be used."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-
-class DataFileNotFoundError(DataFileError):
-    """The path does not exist or is not a regular file."""
-
-
-class UnreadableFileError(DataFileError):
-    """The file exists but the process cannot read it (permissions, an I/O error)."""
-
-
-class CorruptFileError(DataFileError):
-    """The records' framing is broken: a record length that cannot be (e.g. 0, or too short)."""
-
-
-class NotDbnError(DataFileError):
-    """The file is neither DBN nor zstd-compressed DBN."""
-
-
-class TruncatedFileError(DataFileError):
-    """The file ends inside its metadata or inside a record."""
-
-
-class WrongSchemaError(DataFileError):
-    """The DBN file holds another schema than the one required."""
-
-    def __init__(self, path: str, schema: str, expected: str = "mbo") -> None:
-        super().__init__(path, f"schema is {schema!r}, expected {expected!r}")
-        self.schema = schema
-        self.expected = expected
+__all__ = [
+    "MAX_MESSAGE_CHARS",
+    "AddressInUseError",
+    "AuthError",
+    "BenchError",
+    "ConfigError",
+    "CorruptFileError",
+    "DataFileError",
+    "DataFileNotFoundError",
+    "EpochMismatchError",
+    "InvalidArgumentError",
+    "MbostreamError",
+    "NotDbnError",
+    "PermissionDeniedError",
+    "PreconditionError",
+    "ReplayPositionError",
+    "ShuttingDownError",
+    "SlowConsumerError",
+    "TooManyStreamsError",
+    "TruncatedFileError",
+    "UnknownInstrumentError",
+    "UnreadableFileError",
+    "WrongSchemaError",
+]
 
 
 class ConfigError(MbostreamError):
@@ -122,14 +109,6 @@ class InvalidArgumentError(MbostreamError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
-
-
-class UnknownInstrumentError(MbostreamError):
-    """No book exists for the requested instrument."""
-
-    def __init__(self, selector: str) -> None:
-        super().__init__(f"unknown instrument {selector}")
-        self.selector = selector
 
 
 class ReplayPositionError(MbostreamError):

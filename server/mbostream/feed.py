@@ -26,9 +26,9 @@ class Batch:
         Replay position of ``records[0]``. Positions start at 1 and increase by one per record for
         the life of the server (across loops and restarts), so they are resume points.
     records
-        The MBO records (:data:`mbostream.dbn.MBO_DTYPE`), read-only.
+        The MBO records (:data:`mbostream_core.records.MBO_DTYPE`), read-only.
     events
-        One :data:`mbostream.market.EVENT_DTYPE` row per F_LAST among ``records`` (``index`` is
+        One :data:`mbostream_core.records.EVENT_DTYPE` row per F_LAST among ``records`` (``index`` is
         relative to ``records``), carrying the book's BBO right after that record.
     ts_out
         Publication time, ns since the UNIX epoch.

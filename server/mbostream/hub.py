@@ -36,7 +36,7 @@ from mbostream.errors import (
     TooManyStreamsError,
 )
 from mbostream.feed import Batch
-from mbostream.market import BookKey, Market
+from mbostream_core.market import BookKey, Market
 from mbostream.metrics import METRICS
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Loading room: DBN files into a :class:`~mbostream.market.Market`, whole or up to a sequence."""
+"""Loading room: DBN files into a :class:`~mbostream_core.market.Market`, whole or up to a sequence."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 
-from mbostream.dbn import DbnReader, FileInfo
-from mbostream.market import Market
+from mbostream_core.dbn import DbnReader, FileInfo
+from mbostream_core.market import Market
+from mbostream_core.records import F_LAST
 
-_F_LAST = 0x80
 
 
 def _cut_at_sequence(records: np.ndarray, at_sequence: int) -> np.ndarray:
@@ -22,7 +22,7 @@ def _cut_at_sequence(records: np.ndarray, at_sequence: int) -> np.ndarray:
     beyond = np.flatnonzero(records["sequence"].astype(np.int64) > at_sequence)
     prefix = records[: beyond[0]] if len(beyond) else records
     keys = (prefix["instrument_id"].astype(np.uint64) << np.uint64(16)) | prefix["publisher_id"].astype(np.uint64)
-    is_last = (prefix["flags"] & _F_LAST) != 0
+    is_last = (prefix["flags"] & F_LAST) != 0
     keep = np.zeros(len(prefix), dtype=bool)
     for key in np.unique(keys):
         mine = keys == key

@@ -24,15 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbostream.dbn import MBO_DTYPE, DbnReader
+from mbostream_core.dbn import MBO_DTYPE, DbnReader
 from mbostream.feed import Batch, Publisher
-from mbostream.market import Market
+from mbostream_core.market import Market
 from mbostream.metrics import METRICS
-from mbostream.prices import UNDEF_PRICE
+from mbostream_core.prices import UNDEF_PRICE
+from mbostream_core.records import F_LAST, MBO_LENGTH_WORDS, RTYPE_MBO
 
 log = logging.getLogger(__name__)
 
-_F_LAST = 0x80
 #: Poll period while a sink (storage) is behind, and how often that wait is logged.
 #: While waiting for storage, how often the replay looks for a pause, restart or stop.
 _INTERRUPT_CHECK_SECONDS = 0.05
@@ -100,12 +100,12 @@ def _clear_records(market: Market) -> np.ndarray:
     out = np.zeros(len(keys), dtype=MBO_DTYPE)
     for row, key in zip(out, keys):
         stats = market.stats(key)
-        row["length"], row["rtype"] = 14, 0xA0
+        row["length"], row["rtype"] = MBO_LENGTH_WORDS, RTYPE_MBO
         row["publisher_id"], row["instrument_id"] = key.publisher_id, key.instrument_id
         row["ts_event"] = stats["last_ts_event"]
         row["ts_recv"] = stats["last_ts_recv"]
         row["price"] = UNDEF_PRICE
-        row["flags"] = _F_LAST
+        row["flags"] = F_LAST
         row["action"], row["side"] = b"R", b"N"
     return out
 

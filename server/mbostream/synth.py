@@ -16,7 +16,7 @@ from typing import Any, Final
 import databento_dbn
 import zstandard
 
-from mbostream import _engine
+from mbostream_core import _engine
 
 #: First record's timestamp: 2026-01-05 14:30:00 UTC (a Monday, US cash open). Fixed for determinism.
 SYNTH_START_TS: Final = 1_767_623_400_000_000_000

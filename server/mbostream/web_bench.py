@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from mbostream.argtypes import positive_float, positive_int
+from mbostream_core.argtypes import positive_float, positive_int
 from mbostream.browser import DIST_DIR, Driver, ensure_ui_built, missing_requirement
 from mbostream.e2e_bench import BenchServer, E2eConfig, machine_busy_seconds, process_cpu_seconds
 from mbostream.edge import Edge

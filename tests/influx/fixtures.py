@@ -15,7 +15,7 @@ from typing import Final
 
 import numpy as np
 import pytest
-from mbostream.dbn import FileInfo, read_records
+from mbostream_core.dbn import FileInfo, read_records
 from mbostream.storage import StorageSettings, StorageSink
 
 from influx.harness import InfluxStack, influx_stack

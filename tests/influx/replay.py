@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final
 
 import numpy as np
-from mbostream.dbn import FileInfo
+from mbostream_core.dbn import FileInfo
 from mbostream.feed import Batch
-from mbostream.market import Market
+from mbostream_core.market import Market
 
 WAIT_TIMEOUT_SECONDS: Final = 60.0
 #: ``(instrument_id, publisher_id, sequence, ts_event, ts_recv, record_count, bid_levels,

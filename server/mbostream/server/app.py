@@ -29,16 +29,16 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from mbostream.config import SOURCES, Settings
-from mbostream.dbn import DbnReader, verify_framing
+from mbostream_core.dbn import DbnReader, verify_framing
 from mbostream.errors import AddressInUseError, ConfigError, MbostreamError
 from mbostream.hub import Hub, Sink
-from mbostream.market import Market
+from mbostream_core.market import Market
 from mbostream.replay import Replayer
 from mbostream.server import market_data, replay_control
 from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
 from mbostream.server.interceptors import ErrorMappingInterceptor, quiet_client_disconnects
 from mbostream.synth import ensure_sample
-from mbostream.v1 import market_data_pb2, replay_pb2
+from mbostream_core.v1 import market_data_pb2, replay_pb2
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _checked_files(files: list[str]) -> tuple[dict[int, str], list[str]]:
     """Every file's symbols and dataset, once each file was checked as far as can be before serving.
 
     Metadata, schema and readability always; the record framing of plain files and the zstd
-    framing of compressed ones (:func:`~mbostream.dbn.verify_framing`). Raises the DataFileError of
+    framing of compressed ones (:func:`~mbostream_core.dbn.verify_framing`). Raises the DataFileError of
     the first bad file.
     """
     symbols: dict[int, str] = {}

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mbostream.market import BookKey, BookView, Market
+from mbostream_core.market import BookKey, BookView, Market
 from mbostream.replay import ReplayState, ReplayStatus
-from mbostream.v1 import book_pb2, market_data_pb2, replay_pb2
+from mbostream_core.v1 import book_pb2, market_data_pb2, replay_pb2
 
 _SIDES = {"B": book_pb2.SIDE_BID, "A": book_pb2.SIDE_ASK, "N": book_pb2.SIDE_NONE}
 _STATES = {

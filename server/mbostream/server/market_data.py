@@ -10,9 +10,9 @@ from grpc import aio as grpc_aio
 from mbostream.config import MAX_UPDATES_PER_SECOND
 from mbostream.errors import InvalidArgumentError
 from mbostream.hub import Hub, Selection
-from mbostream.market import BookKey, Market
+from mbostream_core.market import BookKey, Market
 from mbostream.server.convert import book_snapshot, instrument_info, per_client_suffix
-from mbostream.v1 import market_data_pb2 as pb
+from mbostream_core.v1 import market_data_pb2 as pb
 
 #: Largest depth a request may ask for (a guard against absurd values, far above any real book).
 MAX_DEPTH = 100_000

@@ -10,7 +10,7 @@ from mbostream.errors import InvalidArgumentError, PreconditionError
 from mbostream.replay import Replayer, ReplayState
 from mbostream.server.convert import replay_status
 from mbostream.server.interceptors import check_bearer
-from mbostream.v1 import replay_pb2 as pb
+from mbostream_core.v1 import replay_pb2 as pb
 
 
 def _checked(field: str, value: float, setting: str) -> float:

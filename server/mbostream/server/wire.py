@@ -12,10 +12,10 @@ import time
 
 import numpy as np
 
-from mbostream import _engine
+from mbostream_core import _engine
 from mbostream.feed import Batch
 from mbostream.hub import BookPayload, Selection
-from mbostream.market import BookKey, Market
+from mbostream_core.market import BookKey, Market
 from mbostream.server.convert import book_update_payload
 
 

@@ -38,10 +38,10 @@ from typing import Any, Final
 
 import numpy as np
 
-from mbostream import _engine
-from mbostream.dbn import FileInfo, read_records
+from mbostream_core import _engine
+from mbostream_core.dbn import FileInfo, read_records
 from mbostream.feed import Batch
-from mbostream.market import Market
+from mbostream_core.market import Market
 from mbostream.storage.lineproto import LineFormatter
 from mbostream.storage.settings import StorageSettings
 from mbostream.storage.sink import StorageSink
@@ -283,7 +283,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.getLogger("mbostream.market").setLevel(logging.ERROR)
+    logging.getLogger("mbostream_core.market").setLevel(logging.ERROR)
     if args.which == "server":
         from mbostream.storage import server_bench
 

@@ -7,7 +7,7 @@
                                                       gzip (no GIL)              symbols, spool sync)
 
 :meth:`Pipeline.put` runs on the replay's event loop and only moves references to the step's
-record and event buffers into the native pipeline (``mbostream._engine.Pipeline``). Its thread
+record and event buffers into the native pipeline (``mbostream_core._engine.Pipeline``). Its thread
 formats every measurement (:mod:`mbostream.storage.schema`), cuts blocks of about
 ``batch_points`` lines (or older than ``flush_interval`` seconds) and compresses each into a
 self-describing gzip member (:mod:`mbostream.storage.blocks`), without the GIL. This module's
@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from mbostream import _engine
+from mbostream_core import _engine
 from mbostream.feed import Batch
 from mbostream.storage.errors import SpoolError
 from mbostream.storage.lineproto import buffers, instrument_tags

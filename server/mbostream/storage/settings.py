@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from mbostream.argtypes import Range
+from mbostream_core.argtypes import Range
 from mbostream.errors import ConfigError
 
 MIB: Final = 1 << 20
 DEFAULT_SPOOL_DIR: Final = Path("var/spool")
 MAX_DEPTH_LEVELS: Final = 50
 
-#: The range of every numeric storage setting (the same :class:`~mbostream.argtypes.Range` checks
+#: The range of every numeric storage setting (the same :class:`~mbostream_core.argtypes.Range` checks
 #: as the server's settings and flags: finite, both ends given).
 RANGES: Final[Mapping[str, Range]] = {
     "depth_interval": Range(low=0.001, high=86_400, zero="no depth samples", unit="s"),

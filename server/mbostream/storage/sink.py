@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from mbostream import _engine
+from mbostream_core import _engine
 from mbostream.feed import Batch
 from mbostream.storage.delivery import Delivery, delivery_for
 from mbostream.storage.metrics import StorageMetrics

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-from mbostream.dbn import DbnReader
-from mbostream import _engine
+from mbostream_core.dbn import DbnReader
+from mbostream_core import _engine
 from mbostream.synth import generate_file
-from mbostream.v1 import market_data_pb2
+from mbostream_core.v1 import market_data_pb2
 
 from mbostream_client._decode import decode_events
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from mbostream.dbn import MBO_DTYPE, MBO_LENGTH_WORDS, RTYPE_MBO
-from mbostream.v1 import market_data_pb2
+from mbostream_core.dbn import MBO_DTYPE, MBO_LENGTH_WORDS, RTYPE_MBO
+from mbostream_core.v1 import market_data_pb2
 
 #: DBN flag bits as carried in the ``flags`` column.
 F_LAST: Final = 0x80

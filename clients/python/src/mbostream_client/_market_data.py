@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from mbostream.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc
+from mbostream_core.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc
 
 from mbostream_client._channel import DEFAULT_TARGET, open_channel
 from mbostream_client._decode import EventBatch, decode_events

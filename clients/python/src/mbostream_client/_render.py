@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
-from mbostream.market import Level
-from mbostream.prices import format_price
-from mbostream.render import level_json
-from mbostream.v1 import book_pb2
+from mbostream_core.market import Level
+from mbostream_core.prices import format_price
+from mbostream_core.render import level_json
+from mbostream_core.v1 import book_pb2
 
 _SIDE_LETTER: Final = {book_pb2.SIDE_BID: "B", book_pb2.SIDE_ASK: "A", book_pb2.SIDE_NONE: "N"}
 

@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-from mbostream.v1 import replay_pb2, replay_pb2_grpc
+from mbostream_core.v1 import replay_pb2, replay_pb2_grpc
 
 from mbostream_client._channel import DEFAULT_TARGET, open_channel
 from mbostream_client._exceptions import error_from_rpc

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from mbostream.market import BookKey, BookView, Market
+from mbostream_core.market import BookKey, BookView, Market
 
 from mbostream_client._backoff import Backoff
 from mbostream_client._decode import EventBatch

@@ -12,8 +12,8 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, Final, TextIO
 
-from mbostream.argtypes import non_negative_float, non_negative_int, positive_float
-from mbostream.prices import format_price
+from mbostream_core.argtypes import non_negative_float, non_negative_int, positive_float
+from mbostream_core.prices import format_price
 
 from mbostream_client._channel import DEFAULT_TARGET
 from mbostream_client._decode import EventBatch

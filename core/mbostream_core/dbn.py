@@ -20,8 +20,9 @@ import databento_dbn
 import numpy as np
 import zstandard
 
-from mbostream import _engine
-from mbostream.errors import (
+from mbostream_core import _engine
+from mbostream_core.records import MBO_DTYPE, MBO_LENGTH_WORDS, MBO_RECORD_SIZE, RTYPE_MBO
+from mbostream_core.errors import (
     CorruptFileError,
     DataFileNotFoundError,
     NotDbnError,
@@ -30,11 +31,6 @@ from mbostream.errors import (
     WrongSchemaError,
 )
 
-#: numpy layout of one DBN MBO record (56 bytes; identical in DBN v1, v2 and v3).
-MBO_DTYPE: Final = np.dtype(databento_dbn.MBOMsg._dtypes)
-MBO_RECORD_SIZE: Final = MBO_DTYPE.itemsize
-RTYPE_MBO: Final = 0xA0
-MBO_LENGTH_WORDS: Final = MBO_RECORD_SIZE // 4
 DEFAULT_CHUNK_RECORDS: Final = 1 << 16
 
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
@@ -45,7 +41,6 @@ _ZSTD_BLOCK_RLE: Final = 1
 _DBN_MAGIC: Final = b"DBN"
 _PREFIX: Final = struct.Struct("<3sBI")
 
-assert MBO_RECORD_SIZE == _engine.MBO_RECORD_SIZE
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Domain room: the market of L3 books, as Python sees it.
 
-A thin, typed layer over the native engine (``mbostream._engine``): it applies chunks of raw MBO
+A thin, typed layer over the native engine (``mbostream_core._engine``): it applies chunks of raw MBO
 records, turns the engine's per-F_LAST event rows into a numpy table, drains and logs anomalies with
 their context, and returns immutable views. No I/O, asyncio, gRPC or metrics here.
 """
@@ -15,38 +15,12 @@ from typing import Final
 
 import numpy as np
 
-from mbostream import _engine
-from mbostream.dbn import MBO_DTYPE
-from mbostream.errors import UnknownInstrumentError
-from mbostream.prices import UNDEF_PRICE
+from mbostream_core import _engine
+from mbostream_core.errors import UnknownInstrumentError
+from mbostream_core.records import EVENT_DTYPE, MBO_DTYPE, STATE_CROSSED, STATE_LOCKED, STATE_TOP_CHANGED, UNDEF_PRICE
 
 log = logging.getLogger(__name__)
 
-#: One row per F_LAST, as written by the engine (see ``EventRow`` in the native book crate).
-EVENT_DTYPE: Final = np.dtype(
-    [
-        ("index", "<u8"),
-        ("ts_event", "<u8"),
-        ("ts_recv", "<u8"),
-        ("bid_price", "<i8"),
-        ("ask_price", "<i8"),
-        ("bid_size", "<u8"),
-        ("ask_size", "<u8"),
-        ("instrument_id", "<u4"),
-        ("publisher_id", "<u4"),
-        ("bid_count", "<u4"),
-        ("ask_count", "<u4"),
-        ("sequence", "<u4"),
-        ("state", "<u4"),
-    ]
-)
-assert EVENT_DTYPE.itemsize == _engine.EVENT_ROW_SIZE
-
-STATE_CROSSED: Final = 1
-STATE_LOCKED: Final = 2
-STATE_TOP_CHANGED: Final = 4
-
-ANOMALY_KINDS: Final[tuple[str, ...]] = tuple(_engine.anomaly_kinds())
 #: Anomalies of one kind and book logged at WARNING before the rest go to DEBUG.
 WARN_FIRST_N: Final = 5
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Final
 
+from mbostream_core.records import UNDEF_PRICE
+
 PRICE_SCALE: Final = 1_000_000_000
 PRICE_DECIMALS: Final = 9
-UNDEF_PRICE: Final = (1 << 63) - 1
 
 
 def format_price(price: int) -> str | None:

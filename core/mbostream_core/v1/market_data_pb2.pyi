@@ -13,7 +13,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
-from mbostream.v1 import book_pb2 as _book_pb2
+from mbostream_core.v1 import book_pb2 as _book_pb2
 import builtins as _builtins
 import sys
 import typing as _typing

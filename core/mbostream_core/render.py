@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mbostream.market import BookView, Level
-from mbostream.prices import format_price
+from mbostream_core.market import BookView, Level
+from mbostream_core.prices import format_price
 
 
 def level_json(level: Level) -> dict[str, Any]:

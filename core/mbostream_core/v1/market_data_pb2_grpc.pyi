@@ -11,7 +11,7 @@ book.proto.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from mbostream.v1 import market_data_pb2 as _market_data_pb2
+from mbostream_core.v1 import market_data_pb2 as _market_data_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

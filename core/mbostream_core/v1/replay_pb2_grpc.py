@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from mbostream.v1 import replay_pb2 as mbostream_dot_v1_dot_replay__pb2
+from mbostream_core.v1 import replay_pb2 as mbostream_dot_v1_dot_replay__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -5,7 +5,7 @@ Operator control of the replay: status, pause/resume, pacing and restart."""
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from mbostream.v1 import replay_pb2 as _replay_pb2
+from mbostream_core.v1 import replay_pb2 as _replay_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
