@@ -27,7 +27,7 @@ def shared_file(name: str) -> Path:
 @pytest.fixture(scope="session")
 def generated_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 60,000-record generated file (3 instruments), made once per test session."""
-    from mbostream.synth import generate_file
+    from mbostream_core.synth import generate_file
 
     path = tmp_path_factory.mktemp("synth") / "small.mbo.dbn"
     generate_file(path, records=60_000, instruments=3, seed=11)

@@ -29,7 +29,7 @@ from server_harness import RPC_TIMEOUT, ServeProcess, in_process, run, settings,
 
 from mbostream_core.dbn import DbnReader
 from mbostream.errors import MAX_MESSAGE_CHARS
-from mbostream.synth import generate_file
+from mbostream_core.synth import generate_file
 from mbostream_core.v1 import market_data_pb2 as md
 
 SERVE_FLAGS = ("--port", "0", "--metrics-port", "-1", "--no-store")

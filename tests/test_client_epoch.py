@@ -30,7 +30,7 @@ from test_client import (  # noqa: F401 (servers is a fixture)
     within,
 )
 
-from mbostream.synth import generate_file
+from mbostream_core.synth import generate_file
 from mbostream_client import Backoff, BookReplica, MarketDataClient, ReplayClient
 
 #: Where the replica stands when the first server stops.

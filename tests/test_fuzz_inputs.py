@@ -32,7 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mbostream.cli import build_parser, execute
 from mbostream_core.dbn import DbnReader
-from mbostream.synth import generate_file
+from mbostream_core.synth import generate_file
 
 SEED = 20_251_002
 #: Mutants made, each run through book and audit.

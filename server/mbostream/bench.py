@@ -24,7 +24,7 @@ import numpy as np
 from mbostream_core.dbn import DbnReader
 from mbostream_core.market import STATE_TOP_CHANGED, Market
 from mbostream_core.records import F_LAST
-from mbostream.synth import ensure_sample
+from mbostream_core.synth import ensure_sample
 
 
 

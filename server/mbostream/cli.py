@@ -50,7 +50,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from mbostream.synth import generate_file
+    from mbostream_core.synth import generate_file
 
     summary = generate_file(args.out, records=args.records, instruments=args.instruments, seed=args.seed)
     print(json.dumps(summary))

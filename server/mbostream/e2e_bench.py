@@ -229,7 +229,7 @@ def go_available() -> bool:
 
 def _go_load_binary() -> Path:
     """``mbostream-load`` built from clients/go into the cache directory, once per source version."""
-    from mbostream.synth import cache_dir
+    from mbostream_core.synth import cache_dir
 
     sources = sorted(
         p for p in _GO_MODULE.rglob("*") if p.is_file() and (p.suffix == ".go" or p.name in ("go.mod", "go.sum"))

@@ -37,7 +37,7 @@ from mbostream.replay import Replayer
 from mbostream.server import market_data, replay_control
 from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
 from mbostream.server.interceptors import ErrorMappingInterceptor, quiet_client_disconnects
-from mbostream.synth import ensure_sample
+from mbostream_core.synth import ensure_sample
 from mbostream_core.v1 import market_data_pb2, replay_pb2
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any, Final
 import numpy as np
 from mbostream_core.dbn import DbnReader
 from mbostream_core import _engine
-from mbostream.synth import generate_file
+from mbostream_core.synth import generate_file
 from mbostream_core.v1 import market_data_pb2
 
 from mbostream_client._decode import decode_events
