@@ -18,6 +18,7 @@ import { takeLaunchToken } from "./launch-token";
 import { formatClock, formatDate, formatMs, formatRate } from "./model/format";
 import { buildLadder, buildQueue, findLevel, type Ladder } from "./model/ladder";
 import { formatPrice, formatQuantity } from "./model/price";
+import { EpochWatch } from "./model/epoch";
 import { PriceSeries } from "./model/series";
 import { latencyMs, nowNs, Percentiles, RateMeter } from "./model/stats";
 import { Tape } from "./model/trades";
@@ -100,6 +101,7 @@ export class App {
   private readonly latency = new Percentiles();
   private readonly renderCost = new Percentiles(600);
   private lastReplaySequence: bigint | undefined;
+  private readonly epoch = new EpochWatch();
 
   private frameRequested = false;
   private lastHeaderMs = 0;
@@ -216,6 +218,7 @@ export class App {
     this.seriesChanged = true;
     this.instrumentsChanged = true;
     this.lastReplaySequence = undefined;
+    this.epoch.reset();
     for (const meter of [this.bookReceived, this.bookShown, this.feedRate, this.eventsReceived]) meter.reset();
     this.latency.reset();
     history.replaceState(null, "", `#${encodeURIComponent(info.symbol || key)}`);
@@ -255,6 +258,14 @@ export class App {
     const nowMs = performance.now();
     this.latency.record(latencyMs(reply.tsOut, nowNs()));
     this.bookReceived.add(1, nowMs);
+    if (this.epoch.changed(reply.epoch)) {
+      // The server restarted: its replay positions and trades are another run's. Start over.
+      this.tape.clear();
+      this.tapeChanged = true;
+      this.series.clear();
+      this.lastReplaySequence = undefined;
+      this.toasts.show("info", "The server restarted (a new run): the chart and the trade tape start over.");
+    }
     if (reply.isSnapshot) this.lastReplaySequence = undefined;
     if (this.lastReplaySequence !== undefined && book.replaySequence > this.lastReplaySequence) {
       // replay_sequence numbers every record the server replays: its pace is the feed's.
