@@ -114,8 +114,9 @@ func summarise(m *measurement) result {
 		countError(r.Events.Errors, c.err)
 	}
 	r.Events.RecordsPerSecond = round(float64(r.Events.Records)/seconds, 1)
-	r.Events.Lossless = r.Events.Gaps == 0 && r.Events.Duplicates == 0 && r.Events.ResourceExhausted == 0 &&
-		r.Events.OutOfRange == 0 && r.Events.EpochChanges == 0 && len(r.Events.Errors) == 0
+	// Lossless needs evidence: records delivered, and none of the ways of losing one.
+	r.Events.Lossless = r.Events.Records > 0 && r.Events.Gaps == 0 && r.Events.Duplicates == 0 &&
+		r.Events.ResourceExhausted == 0 && r.Events.OutOfRange == 0 && r.Events.EpochChanges == 0 && len(r.Events.Errors) == 0
 	if eventLat.hist.TotalCount() > 0 {
 		r.Events.BatchP50Ms, r.Events.BatchP99Ms = quantileMs(eventLat, 50), quantileMs(eventLat, 99)
 		r.Events.BatchMaxMs = ms(eventLat.max)
