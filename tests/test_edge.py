@@ -21,6 +21,7 @@ import string
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -37,16 +38,11 @@ if str(SERVER_DIR) not in sys.path:
 import grpc  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
 
-from mbostream.edge import (  # noqa: E402
-    Edge,
-    EdgeConfig,
-    EdgeError,
-    EdgeStartError,
-    EnvoyNotFoundError,
-    find_envoy,
-    render_config,
-    validate_config,
-)
+from mbostream.edge.binary import find_envoy, validate_config  # noqa: E402
+from mbostream.edge.config import EdgeConfig  # noqa: E402
+from mbostream.edge.errors import EdgeError, EdgeStartError, EnvoyNotFoundError  # noqa: E402
+from mbostream.edge.render import render_config  # noqa: E402
+from mbostream.edge.supervisor import Edge  # noqa: E402
 from mbostream.errors import ConfigError  # noqa: E402
 from server_harness import ServeProcess  # noqa: E402
 from mbostream_core.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc, replay_pb2, replay_pb2_grpc  # noqa: E402
@@ -54,6 +50,7 @@ from mbostream_core.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc, r
 from server_harness import TOKEN  # noqa: E402
 AUTH: Final = (("authorization", f"Bearer {TOKEN}"),)
 ALLOWED_ORIGIN: Final = "http://localhost:5173"
+FOREIGN_ORIGIN: Final = "http://evil.example"
 SCENARIO_TIMEOUT_SECONDS: Final = 60
 RPC_TIMEOUT_SECONDS: Final = 10
 HTTP_TIMEOUT_SECONDS: Final = 10
@@ -65,6 +62,8 @@ GRPC_STATUS_OK: Final = 0
 GRPC_STATUS_UNAUTHENTICATED: Final = 16
 GRPC_WEB_TRAILER_FLAG: Final = 0x80
 BOOK_DEPTH: Final = 5
+RUNTIME_FOLDERS: Final = "mbostream-edge-*"
+UPSTREAM_REQUESTS: Final = 'envoy_cluster_upstream_rq_total{envoy_cluster_name="mbostream_grpc"}'
 
 
 def envoy_or_skip() -> Path:
@@ -214,6 +213,43 @@ def _http(
         connection.close()
 
 
+def _preflight(port: int, origin: str) -> tuple[int, dict[str, str]]:
+    """A browser's CORS preflight for a gRPC-Web call from ``origin``: status and headers."""
+    status, headers, _ = _http(
+        port,
+        "OPTIONS",
+        "/mbostream.v1.MarketDataService/StreamBook",
+        {
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type,x-grpc-web,authorization",
+        },
+    )
+    return status, headers
+
+
+def _upstream_requests(prometheus_stats: str) -> int:
+    """How many requests Envoy has sent to the gRPC server, from its Prometheus stats."""
+    for line in prometheus_stats.splitlines():
+        if line.startswith(UPSTREAM_REQUESTS + " "):
+            return int(line.split()[-1])
+    raise AssertionError(f"no {UPSTREAM_REQUESTS} in Envoy's stats")
+
+
+def _runtime_folders(temp_dir: Path) -> list[Path]:
+    """The edge's ``mbostream-edge-*`` folders under ``temp_dir``."""
+    return sorted(temp_dir.glob(RUNTIME_FOLDERS))
+
+
+@pytest.fixture
+def temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh system temp dir for this test (``tempfile.gettempdir()``), to see what the edge leaves there."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    return temp
+
+
 def _assert_sane_book(book: book_pb2.BookSnapshot) -> None:
     assert book.bids or book.asks
     if book.bids and book.asks and not (book.crossed or book.locked):
@@ -291,7 +327,7 @@ def test_a_taken_port_fails_start_with_envoys_reason_and_leaves_nothing_running(
     _run(scenario)
 
 
-def test_envoy_dies_with_a_launcher_killed_without_stopping_it() -> None:
+def test_envoy_dies_with_a_launcher_killed_without_stopping_it_and_leaves_no_folder(tmp_path: Path) -> None:
     envoy_or_skip()
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
@@ -299,7 +335,7 @@ def test_envoy_dies_with_a_launcher_killed_without_stopping_it() -> None:
         [
             sys.executable,
             "-c",
-            "import asyncio, mbostream.edge as e\n"
+            "import asyncio, mbostream.edge.supervisor as e\n"
             "async def main():\n"
             "    edge = e.Edge(listen_port=0, upstream_port=50051, static_dir=None)\n"
             "    await edge.start()\n"
@@ -310,6 +346,7 @@ def test_envoy_dies_with_a_launcher_killed_without_stopping_it() -> None:
         stdout=subprocess.PIPE,
         text=True,
         cwd=SERVER_DIR,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     try:
         assert launcher.stdout is not None
@@ -325,10 +362,13 @@ def test_envoy_dies_with_a_launcher_killed_without_stopping_it() -> None:
         try:
             os.kill(envoy_pid, 0)
         except ProcessLookupError:
-            return
+            break
         time.sleep(0.05)
-    os.kill(envoy_pid, signal.SIGKILL)
-    pytest.fail("Envoy outlived its killed launcher")
+    else:
+        os.kill(envoy_pid, signal.SIGKILL)
+        pytest.fail("Envoy outlived its killed launcher")
+    # Nothing removes a folder after a SIGKILL: the edge must not need one once Envoy is ready.
+    assert _runtime_folders(tmp_path) == []
 
 
 def test_a_missing_envoy_binary_fails_start_clearly(tmp_path: Path) -> None:
@@ -336,6 +376,41 @@ def test_a_missing_envoy_binary_fails_start_clearly(tmp_path: Path) -> None:
         edge = Edge(listen_port=0, upstream_port=50051, static_dir=None, envoy=tmp_path / "no-envoy")
         with pytest.raises(EdgeStartError, match="cannot run"):
             await edge.start()
+
+    _run(scenario)
+
+
+def test_a_running_or_stopped_edge_leaves_no_folder_in_the_temp_dir(temp_dir: Path) -> None:
+    envoy = envoy_or_skip()
+
+    async def scenario() -> None:
+        async with Edge(listen_port=0, upstream_port=50051, static_dir=None, envoy=envoy) as edge:
+            assert edge.pid is not None
+            # Envoy has read its config and written its admin address: the folder is gone already.
+            assert _runtime_folders(temp_dir) == []
+        assert _runtime_folders(temp_dir) == []
+
+    _run(scenario)
+
+
+def test_a_failed_start_leaves_no_folder_in_the_temp_dir(temp_dir: Path, tmp_path: Path) -> None:
+    envoy = envoy_or_skip()
+    unfilled = tmp_path / "unfilled.template.yaml"
+    unfilled.write_text("admin: {address: {socket_address: {address: 127.0.0.1, port_value: ${no_such_setting}}}}\n")
+
+    async def scenario() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            edge = Edge(listen_port=taken.getsockname()[1], upstream_port=50051, static_dir=None, envoy=envoy)
+            with pytest.raises(EdgeStartError):
+                await edge.start()
+        assert _runtime_folders(temp_dir) == []
+        edge = Edge(listen_port=0, upstream_port=50051, static_dir=None, envoy=envoy, template=unfilled)
+        with pytest.raises(KeyError, match="no_such_setting"):
+            await edge.start()
+        assert _runtime_folders(temp_dir) == []
+        assert edge.pid is None
 
     _run(scenario)
 
@@ -476,26 +551,29 @@ def test_health_and_reflection_reach_the_server_through_envoy(real_server: Serve
 def test_cors_preflight_allows_configured_origins_only(real_server: ServeProcess, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with _edge(real_server.port, tmp_path) as edge:
-
-            def preflight(origin: str) -> dict[str, str]:
-                _, headers, _ = _http(
-                    edge.port,
-                    "OPTIONS",
-                    "/mbostream.v1.MarketDataService/StreamBook",
-                    {
-                        "origin": origin,
-                        "access-control-request-method": "POST",
-                        "access-control-request-headers": "content-type,x-grpc-web,authorization",
-                    },
-                )
-                return headers
-
-            allowed = await asyncio.to_thread(preflight, ALLOWED_ORIGIN)
+            _, allowed = await asyncio.to_thread(_preflight, edge.port, ALLOWED_ORIGIN)
             assert allowed["access-control-allow-origin"] == ALLOWED_ORIGIN
             assert "authorization" in allowed["access-control-allow-headers"]
             assert "x-grpc-web" in allowed["access-control-allow-headers"]
-            refused = await asyncio.to_thread(preflight, "http://evil.example")
+            _, refused = await asyncio.to_thread(_preflight, edge.port, FOREIGN_ORIGIN)
             assert "access-control-allow-origin" not in refused
+
+    _run(scenario)
+
+
+def test_a_foreign_origins_preflight_is_refused_by_envoy_and_never_reaches_the_server(
+    real_server: ServeProcess, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with _edge(real_server.port, tmp_path) as edge:
+            before = _upstream_requests(await edge.prometheus_stats())
+            status, headers = await asyncio.to_thread(_preflight, edge.port, FOREIGN_ORIGIN)
+            assert "access-control-allow-origin" not in headers, "a browser would let the foreign page call"
+            # Forwarded, the bare OPTIONS came back from the gRPC server as grpc-status 13.
+            assert "grpc-status" not in headers, f"the preflight reached the server: {headers}"
+            assert not headers.get("content-type", "").startswith("application/grpc")
+            assert status < 500
+            assert _upstream_requests(await edge.prometheus_stats()) == before
 
     _run(scenario)
 
@@ -509,6 +587,7 @@ def test_ui_files_are_served_on_the_same_origin(real_server: ServeProcess, tmp_p
             assert headers["content-type"].startswith("text/html")
             assert body == (static_dir / "index.html").read_bytes()
             assert "default-src 'self'" in headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in headers["content-security-policy"]
             status, headers, body = await asyncio.to_thread(_http, edge.port, "GET", "/assets/app-1a2b.js")
             assert status == 200
             assert headers["content-type"].startswith("text/javascript")
@@ -516,6 +595,28 @@ def test_ui_files_are_served_on_the_same_origin(real_server: ServeProcess, tmp_p
             assert body == (static_dir / "assets" / "app-1a2b.js").read_bytes()
             status, _, _ = await asyncio.to_thread(_http, edge.port, "GET", "/assets/../../etc/passwd")
             assert status == 404
+
+    _run(scenario)
+
+
+def test_ui_responses_forbid_framing_and_send_no_referrer(real_server: ServeProcess, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with _edge(real_server.port, tmp_path) as edge:
+            for path in ("/", "/index.html", "/assets/app-1a2b.js"):
+                status, headers, _ = await asyncio.to_thread(_http, edge.port, "GET", path)
+                assert status == 200, path
+                assert headers.get("x-frame-options") == "DENY", path
+                assert headers.get("referrer-policy") == "no-referrer", path
+            _, headers, _ = await asyncio.to_thread(_http, edge.port, "GET", "/")
+            assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        # The page that says how to build a missing UI too.
+        async with Edge(
+            listen_port=0, upstream_port=real_server.port, static_dir=None, envoy=envoy_or_skip()
+        ) as unbuilt:
+            status, headers, _ = await asyncio.to_thread(_http, unbuilt.port, "GET", "/")
+            assert status == 503
+            assert headers.get("x-frame-options") == "DENY"
+            assert headers.get("referrer-policy") == "no-referrer"
 
     _run(scenario)
 
@@ -608,9 +709,9 @@ def test_run_without_a_token_makes_one_prints_it_in_the_page_url_and_writes_it_n
         with pytest.raises(grpc.RpcError) as denied:
             _replay_state(run.url, ())
         assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        # While it runs: Envoy's rendered config lives in a folder under TMPDIR, the spool in the
-        # working directory, the log beside them.
-        assert list(temp.glob("mbostream-edge-*/envoy.yaml"))
+        # While it runs: the spool is in the working directory, the log beside it; Envoy's
+        # rendered config left TMPDIR once Envoy had read it.
+        assert _runtime_folders(temp) == []
         deadline = time.monotonic() + RPC_TIMEOUT_SECONDS
         while not list((work / "spool").glob("segment-*")) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -619,6 +720,7 @@ def test_run_without_a_token_makes_one_prints_it_in_the_page_url_and_writes_it_n
     finally:
         assert run.stop(SERVER_STOP_GRACE_SECONDS) == 0
     assert _files_holding(tmp_path, token.encode()) == []
+    assert _runtime_folders(temp) == []
 
 
 def test_run_with_a_configured_token_prints_the_plain_url(tmp_path: Path, generated_small: Path) -> None:

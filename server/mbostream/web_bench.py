@@ -27,7 +27,7 @@ from typing import Any, Final
 from mbostream_core.argtypes import positive_float, positive_int
 from mbostream.browser import DIST_DIR, Driver, ensure_ui_built, missing_requirement
 from mbostream.e2e_bench import BenchServer, E2eConfig, machine_busy_seconds, process_cpu_seconds
-from mbostream.edge import Edge
+from mbostream.edge.supervisor import Edge
 from mbostream.errors import BenchError, MbostreamError
 
 #: Other processes' CPU share above which the summary says the figures are skewed.

@@ -335,7 +335,7 @@ async def serve(
     edge = None
     ready: dict[str, Any] = {"listening": f"{settings.host}:{app.port}", "metrics_port": app.metrics_port}
     if with_edge:
-        from mbostream.edge import Edge
+        from mbostream.edge.supervisor import Edge
 
         origins = tuple(o.strip() for o in settings.allowed_origins.split(",") if o.strip())
         edge = Edge(

@@ -1,0 +1,7 @@
+"""Edge entry room: ``python -m mbostream.edge`` runs :func:`mbostream.edge.cli.main`."""
+
+import sys
+
+from mbostream.edge.cli import main
+
+sys.exit(main())

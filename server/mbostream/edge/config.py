@@ -1,0 +1,51 @@
+"""Edge config room: the frozen settings the Envoy config is rendered from, checked on construction."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from mbostream.errors import ConfigError
+
+REPO_ROOT: Final = Path(__file__).resolve().parents[3]
+DEFAULT_TEMPLATE: Final = REPO_ROOT / "envoy" / "envoy.template.yaml"
+MAX_CONNECTIONS: Final = 1024
+_ORIGIN: Final = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgeConfig:
+    """Everything the Envoy config is rendered from; validated on construction.
+
+    Ports may be 0 (Envoy picks a free one; :class:`~mbostream.edge.supervisor.Edge` reads the
+    bound port back), except ``upstream_port``. ``static_dir`` is the built UI (``web/dist``);
+    None, or a folder without ``index.html``, serves a page that says how to build it.
+    ``allowed_origins`` are the CORS origins other than the edge's own (e.g.
+    ``http://localhost:5173`` for the Vite dev server); ``"*"`` allows any.
+    """
+
+    listen_port: int
+    upstream_port: int
+    static_dir: Path | None
+    admin_port: int = 0
+    allowed_origins: tuple[str, ...] = ()
+    listen_host: str = "127.0.0.1"
+    upstream_host: str = "127.0.0.1"
+    template: Path = DEFAULT_TEMPLATE
+    max_connections: int = MAX_CONNECTIONS
+
+    def __post_init__(self) -> None:
+        for name in ("listen_port", "admin_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(name, f"{getattr(self, name)} is not a port number (0-65535, 0 picks a free one)")
+        if not 1 <= self.upstream_port <= 65535:
+            raise ConfigError("upstream_port", f"{self.upstream_port} is not a port number (1-65535)")
+        for origin in self.allowed_origins:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ConfigError("allowed_origins", f"{origin!r} is not an origin like http://host:port (no path)")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections", "must be at least 1")
+        if not self.template.is_file():
+            raise ConfigError("template", f"{self.template} is not a file")

@@ -1,0 +1,123 @@
+"""Edge render room: the Envoy template filled in with the config and one route per file of the UI."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import urllib.parse
+from collections.abc import Sequence
+from pathlib import Path
+from string import Template
+from typing import Any, Final
+
+from mbostream.edge.config import EdgeConfig
+
+# Names the template gives its listener and its upstream cluster; the supervisor looks them up.
+LISTENER_NAME: Final = "mbostream_edge"
+UPSTREAM_CLUSTER: Final = "mbostream_grpc"
+# Envoy's default; a larger UI file raises the limit to the file's size.
+_MIN_DIRECT_RESPONSE_BYTES: Final = 4096
+_CONTENT_TYPES: Final = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".txt": "text/plain; charset=utf-8",
+    ".woff2": "font/woff2",
+}
+# Vite puts content-hashed files under assets/: they never change, so browsers may keep them.
+_IMMUTABLE_DIR: Final = "assets"
+_CACHE_IMMUTABLE: Final = "public, max-age=31536000, immutable"
+_CACHE_REVALIDATE: Final = "no-cache"
+# frame-ancestors (and X-Frame-Options for browsers without CSP 2) keep the UI, whose buttons
+# control the replay, out of other sites' frames; no-referrer keeps its URL out of other sites' logs.
+_CONTENT_SECURITY_POLICY: Final = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; object-src 'none'; frame-ancestors 'none'"
+)
+_UI_HEADERS: Final = (("x-frame-options", "DENY"), ("referrer-policy", "no-referrer"))
+_UI_NOT_BUILT: Final = "The mbostream web UI is not built: run `npm --prefix web ci && npm --prefix web run build`.\n"
+_ROUTE_INDENT: Final = " " * 24
+
+
+def _header(key: str, value: str) -> dict[str, Any]:
+    return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+def _ui_headers() -> list[dict[str, Any]]:
+    return [_header(key, value) for key, value in _UI_HEADERS]
+
+
+def _file_route(url_path: str, file: Path, relative: str) -> dict[str, Any]:
+    content_type = _CONTENT_TYPES.get(file.suffix) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+    immutable = relative.startswith(_IMMUTABLE_DIR + "/")
+    headers = [
+        _header("content-type", content_type),
+        _header("cache-control", _CACHE_IMMUTABLE if immutable else _CACHE_REVALIDATE),
+        _header("x-content-type-options", "nosniff"),
+        *_ui_headers(),
+    ]
+    if file.suffix == ".html":
+        headers.append(_header("content-security-policy", _CONTENT_SECURITY_POLICY))
+    return {
+        "match": {"path": url_path},
+        "direct_response": {"status": 200, "body": {"filename": str(file)}},
+        "response_headers_to_add": headers,
+    }
+
+
+def static_routes(static_dir: Path | None) -> tuple[list[dict[str, Any]], int]:
+    """One direct_response route per file of the built UI, and the largest file's size.
+
+    Envoy reads the files when it loads the config: rebuilding the UI needs an edge restart.
+    """
+    index = static_dir / "index.html" if static_dir is not None else None
+    if index is None or not index.is_file():
+        not_built = {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 503, "body": {"inline_string": _UI_NOT_BUILT}},
+            "response_headers_to_add": [_header("content-type", "text/plain; charset=utf-8"), *_ui_headers()],
+        }
+        return [not_built], _MIN_DIRECT_RESPONSE_BYTES
+    assert static_dir is not None
+    root = static_dir.resolve()
+    routes = [_file_route("/", root / "index.html", "index.html")]
+    largest = _MIN_DIRECT_RESPONSE_BYTES
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = file.relative_to(root).as_posix()
+        routes.append(_file_route("/" + urllib.parse.quote(relative), file, relative))
+        largest = max(largest, file.stat().st_size)
+    return routes, largest
+
+
+def _cors_origins(config: EdgeConfig, own_origins: Sequence[str]) -> list[dict[str, Any]]:
+    if "*" in config.allowed_origins:
+        return [{"safe_regex": {"regex": ".*"}}]
+    origins = dict.fromkeys([*own_origins, *config.allowed_origins])
+    return [{"exact": origin} for origin in origins]
+
+
+def render_config(config: EdgeConfig) -> str:
+    """The Envoy v3 bootstrap YAML for ``config``: the template with every placeholder filled."""
+    routes, largest = static_routes(config.static_dir)
+    own_origins = (
+        [f"http://127.0.0.1:{config.listen_port}", f"http://localhost:{config.listen_port}"]
+        if config.listen_port
+        else []
+    )
+    values = {
+        "listen_host": config.listen_host,
+        "listen_port": config.listen_port,
+        "admin_port": config.admin_port,
+        "upstream_host": config.upstream_host,
+        "upstream_port": config.upstream_port,
+        "max_connections": config.max_connections,
+        "max_static_bytes": largest,
+        "cors_origins": json.dumps(_cors_origins(config, own_origins)),
+        "static_routes": "\n".join(f"{_ROUTE_INDENT}- {json.dumps(route)}" for route in routes),
+    }
+    return Template(config.template.read_text()).substitute(values)
