@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import shared_file
 
-from mbostream.audit import audit_file
+from mbostream.tools.audit import audit_file
 from mbostream_core.dbn import read_records
 from mbostream.loading import load_market
 from mbostream_core.market import BookKey, Market

@@ -1,7 +1,7 @@
 """Web UI end to end: the real server, the real Envoy edge, the built UI and Debian's Chromium.
 
 The browser is driven by ``web/e2e/driver.mjs`` (playwright-core, headless) through
-:mod:`mbostream.browser`, the machinery ``mbostream bench web`` uses too. This test starts the
+:mod:`mbostream.tools.browser`, the machinery ``mbostream bench web`` uses too. This test starts the
 server and the edge, runs the driver, and answers its requests on stdin: when the driver has
 paused the replay it compares the rendered ladder and L3 queue with ``GetBook`` at the same
 sequence, and when asked it restarts the server on the same port so the page must reconnect.
@@ -32,7 +32,7 @@ import grpc  # noqa: E402
 from server_harness import TOKEN, ServeProcess, free_port  # noqa: E402
 from test_edge import envoy_or_skip, server_or_skip  # noqa: E402
 
-from mbostream.browser import DIST_DIR, Driver, ensure_ui_built, missing_requirement  # noqa: E402
+from mbostream.tools.browser import DIST_DIR, Driver, ensure_ui_built, missing_requirement  # noqa: E402
 from mbostream.edge.supervisor import Edge  # noqa: E402
 from mbostream_core.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc  # noqa: E402
 

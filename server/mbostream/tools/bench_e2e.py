@@ -50,7 +50,7 @@ AIM_P99_MS: Final = 2.0
 _SERVER_START_TIMEOUT: Final = 900.0
 _STOP_TIMEOUT: Final = 30.0
 #: The Go client module (absent from an installed wheel: the bench then uses the Python client).
-_GO_MODULE: Final = Path(__file__).resolve().parents[2] / "clients" / "go"
+_GO_MODULE: Final = Path(__file__).resolve().parents[3] / "clients" / "go"
 #: A first build downloads the Go modules.
 _GO_BUILD_TIMEOUT: Final = 900.0
 
@@ -507,8 +507,8 @@ def register_bench(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mbostream.e2e_bench``: the same command on its own."""
-    parser = argparse.ArgumentParser(prog="python -m mbostream.e2e_bench", description=__doc__.split("\n")[0])
+    """``python -m mbostream.tools.bench_e2e``: the same command on its own."""
+    parser = argparse.ArgumentParser(prog="python -m mbostream.tools.bench_e2e", description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from mbostream_core.argtypes import positive_float, positive_int
-from mbostream.browser import DIST_DIR, Driver, ensure_ui_built, missing_requirement
-from mbostream.e2e_bench import BenchServer, E2eConfig, machine_busy_seconds, process_cpu_seconds
+from mbostream.tools.browser import DIST_DIR, Driver, ensure_ui_built, missing_requirement
+from mbostream.tools.bench_e2e import BenchServer, E2eConfig, machine_busy_seconds, process_cpu_seconds
 from mbostream.edge.supervisor import Edge
 from mbostream.errors import BenchError, MbostreamError
 
@@ -247,8 +247,8 @@ def register_bench(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mbostream.web_bench``: the same command on its own."""
-    parser = argparse.ArgumentParser(prog="python -m mbostream.web_bench", description=__doc__.split("\n")[0])
+    """``python -m mbostream.tools.bench_web``: the same command on its own."""
+    parser = argparse.ArgumentParser(prog="python -m mbostream.tools.bench_web", description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from mbostream.errors import MbostreamError
 
-WEB_DIR: Final = Path(__file__).resolve().parents[2] / "web"
+WEB_DIR: Final = Path(__file__).resolve().parents[3] / "web"
 DIST_DIR: Final = WEB_DIR / "dist"
 DEFAULT_CHROMIUM: Final = "/usr/bin/chromium"
 #: What ``npm run build`` reads: ``web/dist`` older than any of these is rebuilt.

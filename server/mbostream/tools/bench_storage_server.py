@@ -1,6 +1,6 @@
-"""``mbostream storage bench server``: the server's replay rate with storage on versus off.
+"""Storage server benchmark room: ``mbostream storage bench server``, the replay rate with storage on vs off.
 
-Starts ``mbostream serve --max --loop`` (the e2e bench's :class:`~mbostream.e2e_bench.BenchServer`,
+Starts ``mbostream serve --max --loop`` (the e2e bench's :class:`~mbostream.tools.bench_e2e.BenchServer`,
 which gives each server a private spool) twice on the same data, once with ``--no-store`` and once
 with the storage sink on (derived measurements: trades, bbo, depth; spool only unless ``INFLUX_*``
 is set), and reads the replay position over the same window. The ratio on/off is the figure the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mbostream.e2e_bench import BenchServer, E2eConfig
+from mbostream.tools.bench_e2e import BenchServer, E2eConfig
 
 
 def measure(file: str | None, *, store: bool, warmup: float, seconds: float) -> int:
