@@ -256,14 +256,6 @@ fn replays_with_zero_anomalies_and_realistic_shape() {
     assert_realistic(&specs, &bytes);
 }
 
-/// The default benchmark size: run with `cargo test --release -- --ignored`.
-#[test]
-#[ignore]
-fn fifty_million_records_stay_realistic() {
-    let (specs, bytes) = generate(&config(1, 50_000_000, 4));
-    assert_realistic(&specs, &bytes);
-}
-
 #[test]
 fn snapshot_levels_look_like_a_deep_book() {
     let (specs, bytes) = generate(&config(11, 100_000, 2));
