@@ -16,7 +16,7 @@ from mbostream.errors import ConfigError
 def test_defaults_and_frozen() -> None:
     s = load_settings({}, environ={})
     assert (s.host, s.port, s.pacing, s.rate, s.loop) == ("127.0.0.1", 50051, "rate", 100_000.0, False)
-    assert s.control_token is None and not s.control_enabled
+    assert s.control_token is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.port = 1  # type: ignore[misc]
 

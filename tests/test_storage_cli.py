@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mbostream.storage.blocks import decode, encode_block
+from mbostream.storage.blocks import encode_block
 from mbostream.storage.cli import register_cli
 from mbostream.storage.spool import Spool
 
@@ -70,17 +70,3 @@ def test_drain_gives_up_when_the_database_is_unreachable(tmp_path: Path) -> None
     )
     assert done.returncode == 1, done.stderr
     assert "bytes left" in done.stdout
-
-
-def test_drain_converts_a_spool_of_plain_line_protocol_left_by_an_older_version(tmp_path: Path) -> None:
-    spool_dir = tmp_path / "spool"
-    spool_dir.mkdir()
-    (spool_dir / "segment-000000000001-1700000000000.lp").write_bytes(b"m v=1i 1\nm v=2i 2\n")
-    done = run_cli(
-        "drain", "--url", "http://127.0.0.1:9", "--org", "o", "--bucket", "b", "--spool-dir", str(spool_dir),
-        "--stall-timeout", "1", env={"INFLUX_TOKEN": "t", "MBOSTREAM_STORAGE_RETRY_INITIAL": "0.05", "MBOSTREAM_STORAGE_RETRY_MAX": "0.2"},
-    )
-    assert done.returncode == 1, done.stderr
-    (segment,) = spool_dir.glob("segment-*")
-    assert segment.name == "segment-000000000001-1700000000000.lp.gz"
-    assert decode(segment.read_bytes()) == b"m v=1i 1\nm v=2i 2\n"

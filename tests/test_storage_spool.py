@@ -1,12 +1,9 @@
-"""The on-disk spool: ordered reads, checkpoints, rotation, crash recovery, one user at a time,
-and the conversion of a spool of plain line protocol left by an older version."""
+"""The on-disk spool: ordered reads, checkpoints, rotation, crash recovery, one user at a time."""
 
 from __future__ import annotations
 
 import gzip
 import json
-import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +13,6 @@ from mbostream.storage import blocks
 from mbostream.storage.errors import SpoolError, SpoolLockedError
 from mbostream.storage.spool import (
     CHECKPOINT_NAME,
-    LEGACY_BLOCK_LINES,
     REJECTED_NAME,
     Spool,
     SpoolPosition,
@@ -287,110 +283,6 @@ def test_acks_never_move_the_checkpoint_back(spool: Spool) -> None:
     spool.ack(read.end)
     spool.ack(SpoolPosition(read.start.segment, 0))
     assert spool.checkpoint >= read.end
-
-
-# -- a spool of plain line protocol, as the previous version left it -------------------------------
-def legacy_spool(directory: Path, segment_lines: list[tuple[int, int]], checkpoint: tuple[int, int] | None) -> list[Path]:
-    """Writes ``segment-<id>-<ms>.lp`` files of plain lines (ids from 7) and a checkpoint, as the old spool did."""
-    directory.mkdir(parents=True)
-    paths = []
-    for i, (start, count) in enumerate(segment_lines):
-        path = directory / f"segment-{7 + i:012d}-{1_700_000_000_000 + i}.lp"
-        path.write_bytes(lines(start, count))
-        paths.append(path)
-    if checkpoint is not None:
-        (directory / CHECKPOINT_NAME).write_text(json.dumps({"segment": checkpoint[0], "offset": checkpoint[1]}))
-    return paths
-
-
-def test_a_legacy_spool_is_converted_with_nothing_lost_or_reordered(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    directory = tmp_path / "spool"
-    acked = len(lines(0, 1000))  # the old checkpoint: 1000 lines of segment 7 were written
-    legacy_spool(directory, [(0, 25_000), (25_000, 3), (25_003, 12_345)], (7, acked))
-    spool = Spool(directory, segment_bytes=SEGMENT_BYTES)
-    with caplog.at_level(logging.INFO, logger="mbostream.storage.spool"):
-        spool.open()
-    try:
-        converted = [r for r in caplog.records if "converted" in r.getMessage()]
-        assert len(converted) == 3 and all(r.levelno == logging.INFO for r in converted)
-        names = [path.name for path in segments(directory)]
-        assert names == [f"segment-{7 + i:012d}-{1_700_000_000_000 + i}.lp.gz" for i in range(3)]
-        assert spool.checkpoint == SpoolPosition(7, 0)
-        assert json.loads((directory / CHECKPOINT_NAME).read_text()) == {"segment": 7, "offset": 0}
-        first = segments(directory)[0].read_bytes()
-        assert [header.lines for _, header in blocks.iter_blocks(first)] == [LEGACY_BLOCK_LINES, LEGACY_BLOCK_LINES, 4000]
-        assert drain(spool, max_bytes=64 << 10) == lines(1000, 36_348)
-    finally:
-        spool.close()
-
-
-def test_a_legacy_checkpoint_past_the_segments_start_is_kept_where_nothing_is_pending(tmp_path: Path) -> None:
-    directory = tmp_path / "spool"
-    legacy_spool(directory, [(0, 100), (100, 50)], (7, len(lines(0, 100))))
-    spool = Spool(directory)
-    spool.open()
-    try:
-        assert [path.name[:25] for path in segments(directory)] == ["segment-000000000008-1700"]
-        assert drain(spool) == lines(100, 50)
-    finally:
-        spool.close()
-
-
-def test_legacy_segments_before_the_checkpoint_are_deleted_and_a_torn_tail_is_cut(tmp_path: Path) -> None:
-    directory = tmp_path / "spool"
-    paths = legacy_spool(directory, [(0, 10), (10, 10)], (8, 0))
-    with open(paths[1], "ab") as f:
-        f.write(b"m,t=a v=99i 17000")  # a crash in the middle of an old append
-    spool = Spool(directory)
-    spool.open()
-    try:
-        assert drain(spool) == lines(10, 10)
-        spool.append([block(20, 1)])
-        assert drain(spool) == lines(20, 1)
-    finally:
-        spool.close()
-
-
-@pytest.mark.parametrize("offset", [5, 10**9])
-def test_a_legacy_checkpoint_off_a_line_boundary_resends_the_segment(tmp_path: Path, offset: int) -> None:
-    directory = tmp_path / "spool"
-    legacy_spool(directory, [(0, 10)], (7, offset))
-    spool = Spool(directory)
-    spool.open()
-    try:
-        assert drain(spool) == lines(0, 10)  # re-sending is safe: the same points overwrite themselves
-    finally:
-        spool.close()
-
-
-def test_an_interrupted_conversion_is_done_again_from_the_plain_segment(tmp_path: Path) -> None:
-    directory = tmp_path / "spool"
-    (plain,) = legacy_spool(directory, [(0, 30)], (7, len(lines(0, 10))))
-    gz = plain.with_name(plain.name + ".gz")
-    gz.write_bytes(blocks.encode_block(lines(500, 1)))  # renamed, but the .lp not yet deleted
-    gz.with_name(gz.name + ".tmp").write_bytes(b"half written")
-    spool = Spool(directory)
-    spool.open()
-    try:
-        assert [path.name for path in segments(directory)] == [gz.name]
-        assert drain(spool) == lines(10, 20)
-    finally:
-        spool.close()
-
-
-def test_a_converted_spool_is_plain_to_zcat_and_new_appends_follow_it(tmp_path: Path) -> None:
-    directory = tmp_path / "spool"
-    legacy_spool(directory, [(0, 100)], None)
-    spool = Spool(directory)
-    spool.open()
-    try:
-        spool.append([block(100, 10)])
-        spool.sync()
-        assert b"".join(gzip.decompress(path.read_bytes()) for path in segments(directory)) == lines(0, 110)
-        assert drain(spool) == lines(0, 110)
-    finally:
-        spool.close()
-    assert not os.listdir(directory) or set(os.listdir(directory)) <= {"spool.lock", CHECKPOINT_NAME}
 
 
 def test_bytes_changed_under_an_open_spool_are_a_spool_error(spool: Spool) -> None:

@@ -89,10 +89,6 @@ class Settings:
     #: Storage settings (``INFLUX_*``, ``MBOSTREAM_SPOOL_DIR``, ``MBOSTREAM_STORE_MBO``, …).
     storage: StorageSettings = field(default_factory=StorageSettings)
 
-    @property
-    def control_enabled(self) -> bool:
-        return self.control_token is not None
-
 
 #: setting name → (flag, environment variable)
 SOURCES: Final[dict[str, tuple[str, str]]] = {

@@ -275,7 +275,6 @@ class Hub:
         self.dirty: set[BookKey] = set()
         self.known_books: set[BookKey] = set()
         self.closed = False
-        self._ticker: asyncio.Task[None] | None = None
 
     # -- publishing -------------------------------------------------------------------------------
     def backlogged(self) -> bool:

@@ -35,22 +35,3 @@ event), so they get consecutive nanoseconds; ``ts_event`` itself stays exact in 
 distinct events of a book therefore never share a point, ordering by time replays the feed, and
 the same event always maps to the same point, so a retried or re-drained write is idempotent.
 """
-
-from __future__ import annotations
-
-from typing import Final
-
-TRADES: Final = "trades"
-BBO: Final = "bbo"
-DEPTH: Final = "depth"
-MBO: Final = "mbo"
-MEASUREMENTS: Final = (TRADES, BBO, DEPTH, MBO)
-
-#: Tags of every measurement; ``trades`` adds ``side``, ``mbo`` adds ``action`` and ``side``.
-BOOK_TAGS: Final = ("instrument", "instrument_id", "publisher_id")
-TAGS: Final = {
-    TRADES: (*BOOK_TAGS, "side"),
-    BBO: BOOK_TAGS,
-    DEPTH: BOOK_TAGS,
-    MBO: ("action", *BOOK_TAGS, "side"),
-}

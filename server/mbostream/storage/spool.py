@@ -26,19 +26,11 @@ On open, each segment's block headers are walked from its start and a torn tail 
 middle of an append) is cut after the last whole, valid block (the last block is also inflated
 and its CRC checked); segments wholly before the checkpoint are deleted. A fully drained spool
 keeps no segment.
-
-A spool left by a version that stored plain line protocol (``segment-…-….lp``) is converted on
-open: the pending lines of each such segment (from the checkpoint when it is inside) are encoded
-as blocks of :data:`LEGACY_BLOCK_LINES` lines into a ``.lp.gz`` segment with the same id and
-creation time (written under a temporary name, fsync'ed, renamed), a checkpoint inside it moves
-to its start, and only then is the ``.lp`` deleted. Until then the ``.lp`` is the truth: a
-``.lp.gz`` found beside it is an unfinished conversion and is made again.
 """
 
 from __future__ import annotations
 
 import fcntl
-import itertools
 import json
 import logging
 import os
@@ -60,11 +52,7 @@ CHECKPOINT_NAME: Final = "checkpoint.json"
 REJECTED_NAME: Final = "rejected.lp"
 SEGMENT_SUFFIX: Final = ".lp.gz"
 _SEGMENT_RE: Final = re.compile(r"^segment-(\d{12})-(\d+)\.lp\.gz$")
-_LEGACY_SEGMENT_RE: Final = re.compile(r"^segment-(\d{12})-(\d+)\.lp$")
-_PARTIAL_SUFFIX: Final = ".tmp"
 DEFAULT_SYNC_INTERVAL_SECONDS: Final = 1.0
-#: Lines per block when a plain line protocol segment of an older version is converted.
-LEGACY_BLOCK_LINES: Final = 10_000
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -196,44 +184,22 @@ class Spool:
             raise SpoolError(str(self.directory), "the spool is closed")
 
     def _recover(self) -> None:
-        current: dict[int, _Segment] = {}
-        legacy: dict[int, _Segment] = {}
+        found: dict[int, _Segment] = {}
         for entry in self.directory.iterdir():
-            if entry.name.startswith("segment-") and entry.name.endswith(SEGMENT_SUFFIX + _PARTIAL_SUFFIX):
-                entry.unlink()  # a conversion cut short; its .lp is still there
-                continue
-            for pattern, found in ((_SEGMENT_RE, current), (_LEGACY_SEGMENT_RE, legacy)):
-                match = pattern.match(entry.name)
-                if match:
-                    found[int(match[1])] = _Segment(int(match[1]), entry, entry.stat().st_size, int(match[2]))
-        for segment_id in sorted(current.keys() & legacy.keys()):
-            # The conversion stopped before deleting the .lp, which is still the truth: do it again.
-            log.warning("spool segment %d was being converted; converting it again", segment_id)
-            current.pop(segment_id).path.unlink()
-        ids = sorted(current.keys() | legacy.keys())
+            match = _SEGMENT_RE.match(entry.name)
+            if match:
+                found[int(match[1])] = _Segment(int(match[1]), entry, entry.stat().st_size, int(match[2]))
+        ids = sorted(found)
         checkpoint = self._read_checkpoint(ids[0] if ids else 1)
         kept: list[_Segment] = []
         head_ends: list[int] = []
         for segment_id in ids:
-            segment = current.get(segment_id) or legacy[segment_id]
+            segment = found[segment_id]
             if segment_id < checkpoint.segment:
                 segment.path.unlink()
                 continue
-            if segment_id in legacy:
-                start = checkpoint.offset if segment_id == checkpoint.segment else 0
-                converted = self._convert_legacy(segment, start)
-                if converted is not None and segment_id == checkpoint.segment and checkpoint.offset:
-                    # Before the .lp goes: an offset in it means nothing in the .lp.gz.
-                    checkpoint = SpoolPosition(segment_id, 0)
-                    self._write_checkpoint(checkpoint)
-                segment.path.unlink()
-                if converted is None:
-                    continue
-                segment = converted
-                ends = [segment.size]
-            else:
-                ends = self._cut_after_last_block(segment)
-                segment.size = ends[-1] if ends else 0
+            ends = self._cut_after_last_block(segment)
+            segment.size = ends[-1] if ends else 0
             if segment.size == 0:
                 segment.path.unlink()
                 continue
@@ -308,45 +274,6 @@ class Spool:
                 f.truncate(keep)
                 os.fsync(fd)
         return ends
-
-    def _convert_legacy(self, segment: _Segment, start: int) -> _Segment | None:
-        """Re-encodes a plain line protocol segment from ``start`` as blocks; None if nothing is left.
-
-        The new segment keeps the id and creation time, and is complete on disk (fsync'ed, renamed,
-        directory fsync'ed) when this returns; deleting the old one is the caller's.
-        """
-        with open(segment.path, "rb") as source:
-            if start > segment.size:
-                log.warning("spool checkpoint is past the end of its segment; re-sending that segment", extra={"segment": segment.id})
-                start = 0
-            elif start and os.pread(source.fileno(), 1, start - 1) != b"\n":
-                log.warning("spool checkpoint is not at a line boundary; re-sending that segment", extra={"segment": segment.id})
-                start = 0
-            source.seek(start)
-            target = _segment_path(self.directory, segment.id, segment.created_ms)
-            partial = target.with_name(target.name + _PARTIAL_SUFFIX)
-            points = 0
-            with open(partial, "wb") as out:
-                while lines := list(itertools.islice(source, LEGACY_BLOCK_LINES)):
-                    if not lines[-1].endswith(b"\n"):
-                        log.warning("spool segment had a torn tail; cut it", extra={"segment": segment.id, "cut_bytes": len(lines[-1])})
-                        lines.pop()
-                    if lines:
-                        out.write(blocks.encode_block(b"".join(lines)))
-                        points += len(lines)
-                out.flush()
-                os.fsync(out.fileno())
-                size = out.tell()
-        if not size:
-            partial.unlink()
-            return None
-        os.replace(partial, target)
-        _fsync_dir(self.directory)
-        log.info(
-            "converted a plain line protocol spool segment to blocks",
-            extra={"segment": segment.id, "points": points, "from_offset": start, "plain_bytes": segment.size - start, "bytes": size},
-        )
-        return _Segment(segment.id, target, size, segment.created_ms)
 
     # -- state ------------------------------------------------------------------------------------
     def _segment(self, segment_id: int) -> _Segment | None:
