@@ -167,6 +167,8 @@ def test_web_ui_end_to_end(tmp_path: Path) -> None:
 
     reconnect = steps["reconnects-after-server-restart"]["value"]
     assert "reconnecting" in reconnect["states"] and reconnect["states"][-1] == "live"
+    # The restarted server is another run (epoch): the page says so and starts its history over.
+    assert any("server restarted" in toast for toast in reconnect["toasts"]), reconnect["toasts"]
     unauthenticated = steps["pause-without-token-fails-visibly"]["value"]
     assert "Unauthenticated" in unauthenticated["message"]
     high = steps["usable-at-high-rate"]["value"]
