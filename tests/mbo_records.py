@@ -7,13 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbostream_core.dbn import MBO_DTYPE
-
-F_LAST = 0x80
-F_TOB = 0x40
-F_SNAPSHOT = 0x20
-F_BAD_TS_RECV = 0x08
-UNDEF_PRICE = (1 << 63) - 1
+from mbostream_core.records import (  # noqa: F401 (the flags are re-exported for the tests)
+    F_BAD_TS_RECV,
+    F_LAST,
+    F_SNAPSHOT,
+    F_TOB,
+    MBO_DTYPE,
+    RTYPE_MBO,
+    UNDEF_PRICE,
+)
 
 
 @dataclass
@@ -39,7 +41,7 @@ def records(recs: Iterable[Rec]) -> np.ndarray:
     for i, r in enumerate(recs):
         row = out[i]
         row["length"] = 14
-        row["rtype"] = 0xA0
+        row["rtype"] = RTYPE_MBO
         row["publisher_id"] = r.publisher_id
         row["instrument_id"] = r.instrument_id
         row["ts_event"] = r.ts_event or 1_000_000_000 + i

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from mbo_records import F_LAST, F_SNAPSHOT, F_TOB, UNDEF_PRICE, Rec, px, records
 
-from mbostream_core.market import STATE_CROSSED, STATE_LOCKED, STATE_TOP_CHANGED, BookKey, Level, Market
+from mbostream_core.market import BookKey, Level, Market
+from mbostream_core.records import STATE_CROSSED, STATE_LOCKED, STATE_TOP_CHANGED
 
 KEY = BookKey(1, 1)
 P1, P2, P3 = px("100.25"), px("100.50"), px("100.75")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_client import (  # noqa: F401 (servers is a fixture)
+from test_client import (  # noqa: F401 (servers is a pytest fixture, used by name)
     TOKEN,
     Server,
     assert_replica_matches_server,

@@ -21,8 +21,9 @@ from conftest import documented_code
 from influx.harness import INSTALL_SCRIPT, TEST_USER, InfluxdNotFoundError, InfluxStack, influx_stack
 from influx.points import parse
 from influx.replay import Replay, async_test, expected_times, wait_for
-from mbostream_core.dbn import MBO_DTYPE, FileInfo
-from mbostream_core.market import STATE_TOP_CHANGED
+from mbostream_core.dbn import FileInfo
+from mbostream_core.records import MBO_DTYPE
+from mbostream_core.records import STATE_TOP_CHANGED
 from mbostream_core.prices import UNDEF_PRICE
 from mbostream.storage import StorageSettings, StorageSink
 from mbostream.storage.lineproto import REWIND_WINDOW_NS

@@ -10,9 +10,10 @@ import pytest
 from influx.points import Point, parse
 from influx.replay import Replay, expected_times
 from mbostream_core import _engine
-from mbostream_core.dbn import MBO_DTYPE, FileInfo
+from mbostream_core.dbn import FileInfo
+from mbostream_core.records import MBO_DTYPE
 from mbostream.feed import Batch
-from mbostream_core.market import STATE_TOP_CHANGED
+from mbostream_core.records import STATE_TOP_CHANGED
 from mbostream_core.prices import UNDEF_PRICE
 from mbostream.storage.lineproto import REWIND_WINDOW_NS, LineFormatter
 

@@ -16,7 +16,7 @@ from influx.points import parse
 from influx.replay import Replay, async_test
 from mbostream_core.dbn import FileInfo
 from mbostream_core import _engine
-from mbostream_core.market import STATE_TOP_CHANGED
+from mbostream_core.records import STATE_TOP_CHANGED
 from mbostream.storage import SpoolLockedError, StorageSettings, StorageSink
 from mbostream.storage.metrics import COUNTERS
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from mbostream_core import _engine
 from mbostream_core.errors import UnknownInstrumentError
-from mbostream_core.records import EVENT_DTYPE, MBO_DTYPE, STATE_CROSSED, STATE_LOCKED, STATE_TOP_CHANGED, UNDEF_PRICE
+from mbostream_core.records import EVENT_DTYPE, MBO_DTYPE, UNDEF_PRICE
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbostream_core.dbn import MBO_DTYPE, DbnReader
+from mbostream_core.dbn import DbnReader
 from mbostream.feed import Batch, Publisher
 from mbostream_core.market import Market
 from mbostream.metrics import METRICS
 from mbostream_core.prices import UNDEF_PRICE
-from mbostream_core.records import F_LAST, MBO_LENGTH_WORDS, RTYPE_MBO
+from mbostream_core.records import F_LAST, MBO_DTYPE, MBO_LENGTH_WORDS, RTYPE_MBO
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, Final
 import numpy as np
 
 from mbostream_core import _engine
-from mbostream_core.dbn import MBO_RECORD_SIZE
+from mbostream_core.records import MBO_RECORD_SIZE
 from mbostream.feed import Batch
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from mbostream_core.dbn import DbnReader
-from mbostream_core.market import STATE_TOP_CHANGED, Market
+from mbostream_core.market import Market
+from mbostream_core.records import STATE_TOP_CHANGED
 from mbostream_core.records import F_LAST
 from mbostream_core.synth import ensure_sample
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mbostream_core.argtypes import non_negative_int, positive_float
-from mbostream.errors import BenchError, MbostreamError
+from mbostream.errors import BenchError
 
 #: The project's targets: the floor must hold, the aim is where we want to be.
 FLOOR_RECORDS_PER_SECOND: Final = 500_000
@@ -504,21 +504,3 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def register_bench(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds ``e2e`` to ``mbostream bench``."""
     add_arguments(bench.add_parser("e2e", help="real server + client processes: records/s at --max, latency at a rate"))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mbostream.tools.bench_e2e``: the same command on its own."""
-    parser = argparse.ArgumentParser(prog="python -m mbostream.tools.bench_e2e", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except MbostreamError as exc:
-        print(f"mbostream bench e2e: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

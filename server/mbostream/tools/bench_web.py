@@ -16,10 +16,8 @@ import asyncio
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -28,7 +26,7 @@ from mbostream_core.argtypes import positive_float, positive_int
 from mbostream.tools.browser import DIST_DIR, Driver, ensure_ui_built, missing_requirement
 from mbostream.tools.bench_e2e import BenchServer, E2eConfig, machine_busy_seconds, process_cpu_seconds
 from mbostream.edge.supervisor import Edge
-from mbostream.errors import BenchError, MbostreamError
+from mbostream.errors import BenchError
 
 #: Other processes' CPU share above which the summary says the figures are skewed.
 _BUSY_WARNING_PERCENT: Final = 10.0
@@ -244,21 +242,3 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def register_bench(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds ``web`` to ``mbostream bench``."""
     add_arguments(bench.add_parser("web", help="the web UI in headless Chromium at a rate: fps, frame times, CPU"))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mbostream.tools.bench_web``: the same command on its own."""
-    parser = argparse.ArgumentParser(prog="python -m mbostream.tools.bench_web", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except MbostreamError as exc:
-        print(f"mbostream bench web: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,9 +3,11 @@
 The public API is what this module exports; the underscored modules are private.
 """
 
+from mbostream_core.records import F_LAST, F_SNAPSHOT
+
 from mbostream_client._backoff import Backoff
 from mbostream_client._channel import DEFAULT_TARGET
-from mbostream_client._decode import F_LAST, F_SNAPSHOT, EventBatch, decode_events
+from mbostream_client._decode import EventBatch, decode_events
 from mbostream_client._exceptions import (
     AuthenticationError,
     ClientError,

@@ -13,12 +13,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from mbostream_core.dbn import MBO_DTYPE, MBO_LENGTH_WORDS, RTYPE_MBO
+from mbostream_core.records import MBO_DTYPE, MBO_LENGTH_WORDS, RTYPE_MBO
 from mbostream_core.v1 import market_data_pb2
 
-#: DBN flag bits as carried in the ``flags`` column.
-F_LAST: Final = 0x80
-F_SNAPSHOT: Final = 0x20
 
 _U64_COLUMNS: Final = ("ts_event", "ts_recv", "order_id")
 _U32_COLUMNS: Final = ("size", "sequence", "instrument_id", "publisher_id")
@@ -32,7 +29,7 @@ class EventBatch:
     Attributes
     ----------
     records
-        The records as an :data:`mbostream.dbn.MBO_DTYPE` array (``length`` 14, ``rtype`` 0xA0,
+        The records as an :data:`mbostream_core.records.MBO_DTYPE` array (``length`` 14, ``rtype`` 0xA0,
         ``channel_id`` and ``ts_in_delta`` 0: the wire does not carry them).
     replay_sequence
         The server replay position of each record (``uint64``); in a snapshot batch every entry is
