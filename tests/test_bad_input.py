@@ -35,13 +35,32 @@ from mbostream_core.v1 import market_data_pb2 as md
 SERVE_FLAGS = ("--port", "0", "--metrics-port", "-1", "--no-store")
 
 
+#: ``python -c`` program: parse the command line and import what the commands load, then drop to
+#: uid argv[1] and run the command (the interpreter's own files may be private to root, too).
+_AS_USER = """
+import os, sys
+import mbostream.cli, mbostream.loading, mbostream.server.app, mbostream.tools.audit, mbostream_core.render
+args = mbostream.cli.build_parser().parse_args(sys.argv[2:])
+user = int(sys.argv[1])
+os.setgroups([])
+os.setgid(user)
+os.setuid(user)
+sys.exit(mbostream.cli.execute(args))
+"""
+
+
 def mbostream(
     *args: str, env: dict[str, str] | None = None, user: int | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    """The real command; ``user``: run it as that uid (and gid) with no privileges."""
+    """The real command; ``user``: run it as that uid (and gid) with no privileges.
+
+    The process imports the CLI and every module its commands load as it is, then drops to
+    ``user`` before running: the checkout it imports from may be private to us (a CI clone under a
+    0700 temp folder), while the data file is what must be unreadable.
+    """
     command = [sys.executable, "-m", "mbostream.cli", "--log-format", "text", *args]
     if user is not None:
-        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+        command = [sys.executable, "-c", _AS_USER, str(user), "--log-format", "text", *args]
     return subprocess.run(
         command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         env={**os.environ, "MBOSTREAM_STORE": "false", **(env or {})},
@@ -100,13 +119,9 @@ def test_a_trade_before_any_f_last_is_audited_like_book_and_serve_handle_it(tmp_
 
 
 def _unreadable_runner(path: Path) -> int | None:
-    """A uid that cannot read ``path`` (chmod 000): nobody under setpriv when we are root."""
+    """A uid that cannot read ``path`` (chmod 000): nobody, when we are root (root reads anything)."""
     path.chmod(0)
-    if os.geteuid() != 0:
-        return None
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: cannot drop privileges to test an unreadable file")
-    return 65534
+    return 65534 if os.geteuid() == 0 else None
 
 
 @pytest.fixture
