@@ -198,7 +198,7 @@ class BookMachine(RuleBasedStateMachine):
         assert [(p, s, c, list(q)) for p, s, c, q in asks] == self.model.levels("A")
         assert self.market.anomaly_counts(KEY) == {k: v for k, v in self.model.anomalies.items() if v}
         assert self.market.check_integrity(KEY) == []
-        assert self.market.stats(KEY)["order_count"] == len(self.model.orders)
+        assert self.market.stats(KEY).order_count == len(self.model.orders)
         if self.last_row is not None:
             model_bid = self.model.levels("B")[:1]
             model_ask = self.model.levels("A")[:1]

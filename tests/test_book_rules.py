@@ -41,7 +41,7 @@ def test_partial_cancel_reduces_and_keeps_priority() -> None:
 def test_full_cancel_removes_order_and_empty_level() -> None:
     m = run(Rec("A", "A", 1, P2, 5), Rec("A", "A", 2, P3, 1), Rec("C", "A", 1, P2, 5))
     assert queues(m, "A") == {P3: [(2, 1)]}
-    assert m.stats(KEY)["order_count"] == 1
+    assert m.stats(KEY).order_count == 1
 
 
 def test_modify_price_change_moves_to_back_of_new_level() -> None:
@@ -80,13 +80,13 @@ def test_trades_feed_last_trade_and_volume_fills_do_not() -> None:
     assert (view.last_trade.price, view.last_trade.size, view.last_trade.side) == (P1, 3, "A")
     assert view.volume == 5
     assert view.trade_count == 2
-    assert m.stats(KEY)["fill_count"] == 1
+    assert m.stats(KEY).fill_count == 1
 
 
 def test_clear_empties_the_book() -> None:
     m = run(Rec("A", "A", 1, P2, 5), Rec("A", "B", 2, P1, 5), Rec("R"))
     assert m.depth(KEY) == ((), ())
-    assert m.stats(KEY)["order_count"] == 0
+    assert m.stats(KEY).order_count == 0
     assert m.check_integrity(KEY) == []
 
 
@@ -97,7 +97,7 @@ def test_tob_add_replaces_the_side_and_counts_no_orders() -> None:
         Rec("A", "B", 0, P3, 7, flags=F_LAST | F_TOB),
     )
     assert m.depth(KEY)[0] == (Level(P3, 7, 0),)
-    assert m.stats(KEY)["order_count"] == 0
+    assert m.stats(KEY).order_count == 0
     assert m.check_integrity(KEY) == []
 
 
@@ -188,13 +188,13 @@ def test_zero_size_modify_removes_and_zero_size_cancel_is_a_no_op() -> None:
 def test_side_n_fill_of_unknown_order_is_not_an_anomaly() -> None:
     m = run(Rec("F", "N", 42, P1, 1))
     assert m.anomaly_counts(KEY) == {}
-    assert m.stats(KEY)["unattributed_fills"] == 1
+    assert m.stats(KEY).unattributed_fills == 1
 
 
 def test_fill_above_displayed_size_is_a_feed_fact_not_an_anomaly() -> None:
     m = run(Rec("A", "B", 1, P1, 1), Rec("F", "B", 1, P1, 2, flags=0), Rec("M", "B", 1, P1, 3))
     assert m.anomaly_counts(KEY) == {}
-    assert m.stats(KEY)["fills_over_displayed"] == 1
+    assert m.stats(KEY).fills_over_displayed == 1
 
 
 def test_anomalies_carry_context() -> None:

@@ -351,7 +351,7 @@ def test_rate_pacing_publishes_the_target_rate_and_restart_clears_books() -> Non
             before = b.replay_sequence
             st = (await control.Restart(rp.RestartRequest(), metadata=AUTH, timeout=5)).status
             await wait_for(lambda: _records_done_below(app, before), timeout=10)
-            assert app.market.stats(app.market.resolve("CLX5"))["clear_count"] >= 1
+            assert app.market.stats(app.market.resolve("CLX5")).clear_count >= 1
             assert st.state == rp.REPLAY_STATE_RUNNING
 
     run(body())

@@ -274,8 +274,9 @@ class Market:
         """A resting order as ``(price, size, is_bid, priority)``, or None."""
         return self._engine.order(key.instrument_id, key.publisher_id, order_id)
 
-    def stats(self, key: BookKey) -> dict[str, int | bool | str]:
-        return dict(self._engine.stats(key.instrument_id, key.publisher_id))
+    def stats(self, key: BookKey) -> _engine.BookStats:
+        """The book's statistics (counts, last trade, crossed/locked intervals), typed and immutable."""
+        return self._engine.stats(key.instrument_id, key.publisher_id)
 
     def anomaly_counts(self, key: BookKey) -> dict[str, int]:
         return {k: v for k, v in self._engine.anomaly_counts(key.instrument_id, key.publisher_id) if v}
@@ -293,30 +294,30 @@ class Market:
             bids, asks = self.depth(key, depth)
         s = self._engine.stats(iid, pid)
         trade = None
-        if s["last_trade_price"] != UNDEF_PRICE:
-            trade = Trade(s["last_trade_price"], s["last_trade_size"], s["last_trade_side"], s["last_trade_ts"])
+        if s.last_trade_price != UNDEF_PRICE:
+            trade = Trade(s.last_trade_price, s.last_trade_size, s.last_trade_side, s.last_trade_ts)
         return BookView(
             instrument_id=iid,
             publisher_id=pid,
             symbol=self.symbol(iid),
-            sequence=s["sequence"],
-            ts_event=s["ts_event"],
-            ts_recv=s["ts_recv"],
+            sequence=s.sequence,
+            ts_event=s.ts_event,
+            ts_recv=s.ts_recv,
             bids=bids,
             asks=asks,
-            crossed=s["crossed"],
-            locked=s["locked"],
-            crossed_since=s["crossed_since"],
+            crossed=s.crossed,
+            locked=s.locked,
+            crossed_since=s.crossed_since,
             last_trade=trade,
-            volume=s["volume"],
-            trade_count=s["trade_count"],
-            record_count=s["record_count"],
-            order_count=s["order_count"],
-            bid_levels=s["bid_levels"],
-            ask_levels=s["ask_levels"],
+            volume=s.volume,
+            trade_count=s.trade_count,
+            record_count=s.record_count,
+            order_count=s.order_count,
+            bid_levels=s.bid_levels,
+            ask_levels=s.ask_levels,
             anomalies=self.anomaly_counts(key),
-            unattributed_fills=s["unattributed_fills"],
-            fills_over_displayed=s["fills_over_displayed"],
+            unattributed_fills=s.unattributed_fills,
+            fills_over_displayed=s.fills_over_displayed,
         )
 
     def snapshot(self, key: BookKey, ts_recv: int) -> np.ndarray:

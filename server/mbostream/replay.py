@@ -102,8 +102,8 @@ def _clear_records(market: Market) -> np.ndarray:
         stats = market.stats(key)
         row["length"], row["rtype"] = MBO_LENGTH_WORDS, RTYPE_MBO
         row["publisher_id"], row["instrument_id"] = key.publisher_id, key.instrument_id
-        row["ts_event"] = stats["last_ts_event"]
-        row["ts_recv"] = stats["last_ts_recv"]
+        row["ts_event"] = stats.last_ts_event
+        row["ts_recv"] = stats.last_ts_recv
         row["price"] = UNDEF_PRICE
         row["flags"] = F_LAST
         row["action"], row["side"] = b"R", b"N"

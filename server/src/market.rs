@@ -172,46 +172,8 @@ impl PyMarket {
         Ok(b.order(order_id).map(|o| (o.price, o.size, o.is_bid, o.priority)))
     }
 
-    /// Statistics of one book as a dict of ints and bools.
-    fn stats<'py>(&self, py: Python<'py>, instrument_id: u32, publisher_id: u16) -> PyResult<Bound<'py, PyDict>> {
-        let b = self.book(instrument_id, publisher_id)?;
-        let s = &b.stats;
-        let d = PyDict::new(py);
-        d.set_item("record_count", s.record_count)?;
-        d.set_item("event_count", s.event_count)?;
-        d.set_item("last_sequence", s.last_sequence)?;
-        d.set_item("last_ts_event", s.last_ts_event)?;
-        d.set_item("last_ts_recv", s.last_ts_recv)?;
-        d.set_item("sequence", s.consistent_sequence)?;
-        d.set_item("ts_event", s.consistent_ts_event)?;
-        d.set_item("ts_recv", s.consistent_ts_recv)?;
-        d.set_item("last_trade_price", s.last_trade_price)?;
-        d.set_item("last_trade_size", s.last_trade_size)?;
-        d.set_item("last_trade_side", (s.last_trade_side as char).to_string())?;
-        d.set_item("last_trade_ts", s.last_trade_ts)?;
-        d.set_item("volume", s.volume)?;
-        d.set_item("trade_count", s.trade_count)?;
-        d.set_item("fill_count", s.fill_count)?;
-        d.set_item("unattributed_fills", s.unattributed_fills)?;
-        d.set_item("fills_over_displayed", s.fills_over_displayed)?;
-        d.set_item("clear_count", s.clear_count)?;
-        d.set_item("crossed", s.crossed)?;
-        d.set_item("locked", s.locked)?;
-        d.set_item("crossed_since", s.crossed_since)?;
-        d.set_item("locked_since", s.locked_since)?;
-        d.set_item("crossed_intervals", s.crossed_intervals)?;
-        d.set_item("locked_intervals", s.locked_intervals)?;
-        d.set_item("crossed_ns", s.crossed_ns)?;
-        d.set_item("locked_ns", s.locked_ns)?;
-        d.set_item("order_count", b.order_count())?;
-        d.set_item("bid_levels", b.bids.len())?;
-        d.set_item("ask_levels", b.asks.len())?;
-        d.set_item("in_event", b.in_event)?;
-        Ok(d)
-    }
-
-    /// Statistics of one book as a typed, immutable `BookStats` (the fields of `stats`).
-    fn stats_typed(&self, instrument_id: u32, publisher_id: u16) -> PyResult<stats::PyBookStats> {
+    /// Statistics of one book as a typed, immutable `BookStats`.
+    fn stats(&self, instrument_id: u32, publisher_id: u16) -> PyResult<stats::PyBookStats> {
         Ok(stats::PyBookStats::of(self.book(instrument_id, publisher_id)?))
     }
 

@@ -1,13 +1,13 @@
-//! Book statistics as a typed, immutable Python object (`mbostream._engine.BookStats`).
+//! Book statistics as a typed, immutable Python object (`mbostream_core._engine.BookStats`).
 use pyo3::prelude::*;
 
 use mbostream_book::Book;
 
-/// Statistics of one book at the moment it was read (the fields of `Market.stats`, typed).
+/// Statistics of one book at the moment it was read (what `Market.stats` returns).
 ///
 /// `sequence`, `ts_event` and `ts_recv` are those of the book's last F_LAST (the moment its views
 /// describe); the `last_*` ones those of the last record applied, F_LAST or not.
-#[pyclass(module = "mbostream._engine", name = "BookStats", frozen, get_all)]
+#[pyclass(module = "mbostream_core._engine", name = "BookStats", frozen, get_all)]
 pub struct PyBookStats {
     /// Records applied to this book.
     record_count: u64,

@@ -91,14 +91,14 @@ def instrument_info(market: Market, key: BookKey, dataset: str) -> market_data_p
         publisher_id=key.publisher_id,
         symbol=market.symbol(key.instrument_id),
         dataset=dataset,
-        record_count=int(s["record_count"]),
-        sequence=int(s["sequence"]),
-        ts_recv=int(s["ts_recv"]),
-        crossed=bool(s["crossed"]),
-        locked=bool(s["locked"]),
-        order_count=int(s["order_count"]),
-        bid_level_count=int(s["bid_levels"]),
-        ask_level_count=int(s["ask_levels"]),
+        record_count=int(s.record_count),
+        sequence=int(s.sequence),
+        ts_recv=int(s.ts_recv),
+        crossed=bool(s.crossed),
+        locked=bool(s.locked),
+        order_count=int(s.order_count),
+        bid_level_count=int(s.bid_levels),
+        ask_level_count=int(s.ask_levels),
     )
 
 

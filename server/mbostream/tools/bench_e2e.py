@@ -40,6 +40,8 @@ from typing import Any, Final
 from mbostream_core.argtypes import non_negative_int, positive_float
 from mbostream.errors import BenchError
 
+#: How long the bench waits for the server to answer a status call.
+STATUS_TIMEOUT_SECONDS: Final = 30.0
 #: The project's targets: the floor must hold, the aim is where we want to be.
 FLOOR_RECORDS_PER_SECOND: Final = 500_000
 AIM_RECORDS_PER_SECOND: Final = 1_000_000
@@ -169,7 +171,14 @@ class BenchServer:
         with grpc.insecure_channel(self.target) as channel:
             stub = replay_pb2_grpc.ReplayServiceStub(channel)
             metadata = (("authorization", f"Bearer {self.token}"),)
-            return stub.GetStatus(replay_pb2.GetStatusRequest(), metadata=metadata, timeout=10).status
+            try:
+                return stub.GetStatus(replay_pb2.GetStatusRequest(), metadata=metadata, timeout=STATUS_TIMEOUT_SECONDS).status
+            except grpc.RpcError as exc:
+                # A server whose one core is saturated can answer a control call late: say so.
+                raise BenchError(
+                    f"the server did not answer ReplayService/GetStatus within {STATUS_TIMEOUT_SECONDS:.0f} s "
+                    f"({exc.code().name}): its core is saturated; this scenario has no figure"
+                ) from None
 
     def wait_replaying(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
