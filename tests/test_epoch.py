@@ -7,7 +7,7 @@ import asyncio
 
 import grpc
 import pytest
-from server_harness import RPC_TIMEOUT, in_process, is_rpc_error, run, settings, stubs
+from server_harness import AUTH, RPC_TIMEOUT, in_process, is_rpc_error, run, settings, stubs
 
 from mbostream_core.v1 import market_data_pb2 as md
 from mbostream_core.v1 import replay_pb2
@@ -25,15 +25,9 @@ async def _epoch_of_run(path) -> tuple[str, str, str, str]:
         books.cancel()
         symbol = (await market.ListInstruments(md.ListInstrumentsRequest(), timeout=RPC_TIMEOUT)).instruments[0].symbol
         get_book = await market.GetBook(md.GetBookRequest(symbol=symbol), timeout=RPC_TIMEOUT)
-        status = await replay.GetStatus(replay_pb2.GetStatusRequest(), timeout=RPC_TIMEOUT, metadata=_auth())
+        status = await replay.GetStatus(replay_pb2.GetStatusRequest(), timeout=RPC_TIMEOUT, metadata=AUTH)
         assert app.hub.epoch and first.epoch == app.hub.epoch
         return first.epoch, book_message.epoch, get_book.epoch, status.status.epoch
-
-
-def _auth() -> tuple[tuple[str, str], ...]:
-    from server_harness import AUTH
-
-    return AUTH
 
 
 def test_every_message_of_a_run_names_one_epoch_and_each_run_has_its_own(generated_small) -> None:

@@ -175,17 +175,7 @@ func (s *BookStream) Err() error { return s.err }
 // All iterates over the updates, then yields the stream's error, if any, once; breaking out of
 // the loop closes the stream.
 func (s *BookStream) All() iter.Seq2[*BookUpdate, error] {
-	return func(yield func(*BookUpdate, error) bool) {
-		defer s.Close()
-		for s.Next() {
-			if !yield(s.update, nil) {
-				return
-			}
-		}
-		if s.err != nil {
-			yield(nil, s.err)
-		}
-	}
+	return allOf(s.Next, func() *BookUpdate { return s.update }, s.Err, s.Close)
 }
 
 // Close ends the stream; a Next in progress returns false.

@@ -188,17 +188,7 @@ func (s *EventStream) Err() error { return s.err }
 // All iterates over the batches, then yields the stream's error, if any, once; breaking out of
 // the loop closes the stream.
 func (s *EventStream) All() iter.Seq2[*EventBatch, error] {
-	return func(yield func(*EventBatch, error) bool) {
-		defer s.Close()
-		for s.Next() {
-			if !yield(s.batch, nil) {
-				return
-			}
-		}
-		if s.err != nil {
-			yield(nil, s.err)
-		}
-	}
+	return allOf(s.Next, func() *EventBatch { return s.batch }, s.Err, s.Close)
 }
 
 // Close ends the stream; a Next in progress returns false.
