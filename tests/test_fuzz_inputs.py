@@ -168,9 +168,12 @@ def _serve(path: Path, what: str, book_code: int) -> str:
                         if health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING:
                             break
                     time.sleep(0.05)
-            outcome = "served" if process.poll() is None else "stopped by damage"
             process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=SERVE_SECONDS)
+        if ready:
+            # Served means it stopped cleanly on our SIGTERM. With --max the replay can reach
+            # the damage after SERVING and before the signal lands: that is a stop by damage.
+            outcome = "served" if process.returncode == 0 else "stopped by damage"
     finally:
         if process.poll() is None:
             process.kill()
