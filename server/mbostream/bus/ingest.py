@@ -1,0 +1,246 @@
+"""The gateway's side of the bus: re-apply the record stream to a local market and hub.
+
+Every record message is applied with the same engine (``Market.apply(records,
+complete_events=True)``) and handed to the hub as the same :class:`~mbostream.feed.Batch` the
+replayer published (same positions, same ``ts_out``), so resume buffers, StreamEvents positions and
+books are identical on every gateway at the same position.
+
+Cold start: when the stream still starts at position 1 it is applied from there (books and their
+statistics exact); when retention has dropped its start, from each book's latest snapshot, then the
+records after the oldest snapshot's position, skipping per book what its snapshot already reflects
+(levels and queues exact; trade statistics count from the snapshot). Health stays NOT_SERVING until
+the stream's last message at start is applied. A record at or below the applied position is a
+duplicate and dropped; a skipped position is a gap: counted, logged, and the gateway stops (exit 2)
+so that it restarts from the snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Final
+
+import numpy as np
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from mbostream.bus import codec
+from mbostream.bus.errors import BusError, BusGapError
+from mbostream.bus.streams import FIRST_SEQ, LAST_SEQ, RECORDS_STREAM, RECORDS_SUBJECT, SNAPSHOTS_STREAM
+from mbostream.errors import ReplayPositionError
+from mbostream.bus.metrics import DUPLICATES_DROPPED, GAPS
+from mbostream.feed import Batch, Publisher
+from mbostream.metrics import METRICS
+from mbostream_core.market import BookKey, Market
+from mbostream_core.records import EVENT_DTYPE
+
+log = logging.getLogger(__name__)
+
+#: Idle heartbeat of the ordered consumers (a silent server is noticed within a few of these).
+HEARTBEAT_SECONDS: Final = 1.0
+#: How long a history read waits for its next message before giving up.
+HISTORY_READ_SECONDS: Final = 10.0
+_NO_EVENTS = np.zeros(0, dtype=EVENT_DTYPE)
+
+
+async def _ordered(js: JetStreamContext, start_stream_seq: int) -> JetStreamContext.PushSubscription:
+    """An ephemeral ordered consumer of the record stream from ``start_stream_seq``."""
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start_stream_seq))
+    return await js.subscribe(
+        RECORDS_SUBJECT, stream=RECORDS_STREAM, config=config, ordered_consumer=True, idle_heartbeat=HEARTBEAT_SECONDS
+    )
+
+
+async def _header(js: JetStreamContext, stream_seq: int, name: str) -> int:
+    msg = await js.get_msg(RECORDS_STREAM, seq=stream_seq)
+    return int((msg.headers or {})[name])
+
+
+async def stream_seq_after(js: JetStreamContext, position: int) -> tuple[int, int]:
+    """``(stream sequence, last stream sequence)``: the first record message holding a record after
+    replay ``position`` (one past the last when none does yet), by bisection on the headers.
+
+    Raises ReplayPositionError when the stream no longer holds position + 1.
+    """
+    state = (await js.stream_info(RECORDS_STREAM)).state
+    low, high = state.first_seq, state.last_seq
+    if not high or high < low:
+        return max(low, 1), high
+    oldest = await _header(js, low, FIRST_SEQ) - 1
+    if position < oldest:
+        raise ReplayPositionError(position, oldest, await _header(js, high, LAST_SEQ))
+    if await _header(js, high, LAST_SEQ) <= position:
+        return high + 1, high
+    while low < high:  # the first message whose last position is after ``position``
+        middle = (low + high) // 2
+        if await _header(js, middle, LAST_SEQ) <= position:
+            low = middle + 1
+        else:
+            high = middle
+    return low, state.last_seq
+
+
+class BusFeed:
+    """A gateway's feed: the record stream applied to ``market`` and published to ``hub``."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, market: Market, hub: Publisher, *, epoch: str) -> None:
+        self.nc = nc
+        self.js = js
+        self.market = market
+        self.hub = hub
+        self.epoch = epoch
+        #: Replay position of the last record applied.
+        self.position = 0
+        #: Set once the stream's last message at start is applied (health SERVING).
+        self.loaded = asyncio.Event()
+        self._next_stream_seq = 1
+        self._target = 0
+        #: book → replay position its snapshot reflects (records up to it are skipped for that book).
+        self._skip: dict[BookKey, int] = {}
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def run(self) -> None:
+        await self._cold_start()
+        while not self._stopping:
+            reconnects = self.nc.stats["reconnects"]
+            try:
+                sub = await _ordered(self.js, self._next_stream_seq)
+            except Exception as exc:  # the bus is away: try again shortly
+                log.info("bus subscribe failed (%s); retrying", exc or type(exc).__name__)
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                await self._consume(sub, reconnects)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _consume(self, sub: JetStreamContext.PushSubscription, reconnects: int) -> None:
+        """Applies messages until the connection was re-established (then the caller resubscribes)."""
+        while not self._stopping:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                if self.nc.stats["reconnects"] != reconnects:
+                    return  # the server restarted: a fresh consumer from where we are
+                continue
+            stream_seq = msg.metadata.sequence.stream
+            if stream_seq < self._next_stream_seq:
+                continue
+            self._apply(codec.decode_record_message(msg.headers, msg.data))
+            self._next_stream_seq = stream_seq + 1
+            if stream_seq >= self._target and not self.loaded.is_set():
+                self.loaded.set()
+                log.info("gateway caught up", extra={"position": self.position, "stream_seq": stream_seq})
+
+    async def _cold_start(self) -> None:
+        state = (await self.js.stream_info(RECORDS_STREAM)).state
+        self._target = state.last_seq
+        if not state.last_seq:
+            self.loaded.set()
+            return
+        if await _header(self.js, state.first_seq, FIRST_SEQ) == 1:
+            self._next_stream_seq = state.first_seq
+            return
+        snapshots = await self._snapshots()
+        if not snapshots:
+            raise BusError("the record stream no longer starts at position 1 and no book snapshot is stored yet")
+        for key, snap in snapshots.items():
+            self.market.apply(snap.records.copy(), complete_events=True)
+            self._skip[key] = snap.position
+        self.position = min(self._skip.values())
+        self.hub.position = self.position  # type: ignore[attr-defined]
+        self._next_stream_seq, _ = await stream_seq_after(self.js, self.position)
+        log.info("gateway cold start from snapshots", extra={"books": len(snapshots), "position": self.position})
+
+    async def _snapshots(self) -> dict[BookKey, codec.SnapshotMessage]:
+        try:
+            info = await self.js.stream_info(SNAPSHOTS_STREAM, subjects_filter=">")
+        except NotFoundError:
+            return {}
+        out: dict[BookKey, codec.SnapshotMessage] = {}
+        for subject in (info.state.subjects or {}):
+            msg = await self.js.get_last_msg(SNAPSHOTS_STREAM, subject)
+            snap = codec.decode_snapshot(msg.headers, msg.data)
+            if snap.epoch == self.epoch and len(snap.records):
+                row = snap.records[0]
+                out[BookKey(int(row["instrument_id"]), int(row["publisher_id"]))] = snap
+        return out
+
+    def _apply(self, msg: codec.RecordMessage) -> None:
+        if msg.epoch != self.epoch:
+            raise BusError(f"the bus carries another run (epoch {msg.epoch}, this gateway serves {self.epoch}); restart the gateway")
+        if msg.last_seq <= self.position:
+            DUPLICATES_DROPPED.inc()
+            return
+        if msg.first_seq != self.position + 1:
+            GAPS.inc()
+            raise BusGapError(
+                f"the record stream skipped positions {self.position + 1}..{msg.first_seq - 1}; "
+                "the gateway stops to restart from the book snapshots"
+            )
+        records = msg.records
+        if self._skip:
+            events = self._apply_past_snapshots(msg)
+        else:
+            events = self.market.apply(records, complete_events=True).events
+        self.position = msg.last_seq
+        METRICS.records_ingested.inc(len(records))
+        self.hub.publish(Batch(msg.first_seq, records, events, msg.ts_out))
+
+    def _apply_past_snapshots(self, msg: codec.RecordMessage) -> np.ndarray:
+        """Applies the records no snapshot already reflects; events indexed in the whole message."""
+        records = msg.records
+        positions = np.arange(msg.first_seq, msg.last_seq + 1, dtype=np.int64)
+        keep = np.ones(len(records), dtype=bool)
+        for key, reflected in self._skip.items():
+            if reflected >= msg.first_seq:
+                book = (records["instrument_id"] == key.instrument_id) & (records["publisher_id"] == key.publisher_id)
+                keep &= ~(book & (positions <= reflected))
+        self._skip = {k: p for k, p in self._skip.items() if p > msg.last_seq}
+        applied = records[keep]
+        events = self.market.apply(applied, complete_events=True).events.copy() if len(applied) else _NO_EVENTS
+        if len(events):
+            events["index"] = np.flatnonzero(keep)[events["index"]]
+        return events
+
+
+class StreamHistory:
+    """Record batches after a replay position, read from the stream (resumes older than the hub's memory)."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+
+    async def batches(self, after: int) -> AsyncIterator[Batch]:
+        """Batches from position ``after + 1`` on (the first one cut to start there), until closed.
+
+        Raises ReplayPositionError when the stream no longer holds ``after + 1``.
+        """
+        start, _ = await stream_seq_after(self.js, after)
+        sub = await _ordered(self.js, start)
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=HISTORY_READ_SECONDS)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    raise BusError("the bus did not deliver the resume's history in time") from None
+                record = codec.decode_record_message(msg.headers, msg.data)
+                if record.last_seq <= after:
+                    continue
+                records = record.records
+                first = record.first_seq
+                if first <= after:
+                    records, first = records[after - first + 1 :], after + 1
+                after = record.last_seq
+                yield Batch(first, records, _NO_EVENTS, record.ts_out)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()

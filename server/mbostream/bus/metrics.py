@@ -1,0 +1,10 @@
+"""Bus metrics of the gateway's ingest (the other bus series are in :mod:`mbostream.metrics`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+#: Record messages skipped because their positions were already applied (a redelivery).
+DUPLICATES_DROPPED = Counter("mbostream_bus_duplicates_dropped", "Record messages a gateway dropped as already applied")
+#: Positions the record stream skipped (the gateway then stops to restart from the snapshots).
+GAPS = Counter("mbostream_bus_gaps", "Gaps in the record stream's replay positions seen by a gateway")

