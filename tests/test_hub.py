@@ -72,7 +72,17 @@ def _books_changed(batch: Batch) -> int:
     return len({(int(e["instrument_id"]), int(e["publisher_id"])) for e in batch.events})
 
 
+async def _drain(sub, stream) -> list[bytes]:
+    """Every payload ``sub`` can take now (its stream never waits: it has a queued batch)."""
+    out = []
+    while sub.queue or sub.prefix:
+        out.append(await asyncio.wait_for(stream.__anext__(), 10))
+    return out
+
+
 def test_one_encoding_per_batch_variant_shared_by_every_subscriber(generated_small) -> None:
+    """Subscribers that keep up take each batch as it comes: one encoding per batch and variant."""
+
     async def scenario() -> None:
         _, records = read_records(generated_small)
         records = records[:20_000]
@@ -83,21 +93,87 @@ def test_one_encoding_per_batch_variant_shared_by_every_subscriber(generated_sma
         first_iid = int(records["instrument_id"][0])
         one = Selection(any_publisher=frozenset({first_iid}))
         filtered = [hub.subscribe_events(one, with_snapshot=False, start_after=None, max_records=0) for _ in range(3)]
-        batches = len(_publish_all(market, hub, records))
+        streams = {sub: sub.payloads() for sub in everything + filtered}
+        received: dict[object, list[bytes]] = {sub: [] for sub in streams}
+        batches, selected, position, pos = 0, 0, 0, 0
+        while pos < len(records):  # one batch at a time, every subscriber taking it at once
+            result = market.apply(records, pos, min(len(records), pos + 500), complete_events=True)
+            if result.end == pos:
+                break
+            batch = Batch(position + 1, records[pos : result.end], result.events, time.time_ns())
+            hub.publish(batch)
+            batches, position, pos = batches + 1, batch.last_replay_seq, result.end
+            selected += bool((batch.records["instrument_id"] == first_iid).any())
+            for sub, stream in streams.items():
+                received[sub] += await _drain(sub, stream)
 
-        assert events.calls == 2 * batches  # two variants, each encoded once per batch, for 8 subscribers
+        # Two variants, each encoded once per batch it wants, for 8 subscribers (a batch without the
+        # filtered instrument is not queued for its subscribers at all).
+        assert 0 < selected < batches and events.calls == batches + selected
         for group in (everything, filtered):
-            queues = [list(sub.queue) for sub in group]
-            assert queues[0], "nothing delivered"
-            for other in queues[1:]:
-                assert len(other) == len(queues[0])
-                assert all(a[1] is b[1] for a, b in zip(queues[0], other, strict=True)), "a payload was made twice"
-        message = md.StreamEventsResponse.FromString(everything[0].queue[0][1])
+            messages = [received[sub] for sub in group]
+            assert messages[0], "nothing delivered"
+            for other in messages[1:]:
+                assert len(other) == len(messages[0])
+                assert all(a is b for a, b in zip(messages[0], other, strict=True)), "a payload was made twice"
+        assert len(received[everything[0]]) == batches and len(received[filtered[0]]) == selected
+        message = md.StreamEventsResponse.FromString(received[everything[0]][0])
         assert message.epoch == "0011223344556677" and message.replay_sequence[0] == 1
-        filtered_message = md.StreamEventsResponse.FromString(filtered[0].queue[0][1])
+        filtered_message = md.StreamEventsResponse.FromString(received[filtered[0]][0])
         assert set(filtered_message.instrument_id) == {first_iid}
 
     run(scenario())
+
+
+def test_a_reader_that_fell_behind_catches_up_in_few_messages_with_every_record(generated_small) -> None:
+    """A subscriber the loop could not serve for a while takes its whole queue in one message (up
+    to the coalescing limit): every record once, in order, and far fewer messages than batches."""
+
+    async def scenario() -> None:
+        _, records = read_records(generated_small)
+        records = records[:20_000]
+        market = Market()
+        events, books = CountingEventEncoder("0011223344556677"), CountingBookEncoder()
+        hub = _hub(market, events, books)
+        subs = [hub.subscribe_events(Selection(), with_snapshot=False, start_after=None, max_records=0) for _ in range(3)]
+        published = _publish_all(market, hub, records, step=200)
+        assert len(published) > 20
+        received = [await _drain(sub, sub.payloads()) for sub in subs]
+
+        assert len(received[0]) < len(published) / 10, "the backlog went out one small message per batch"
+        assert all(a is b for a, b in zip(received[0], received[1], strict=True)), "one range was encoded twice"
+        assert events.calls == len(received[0])
+        positions = [seq for payload in received[0] for seq in md.StreamEventsResponse.FromString(payload).replay_sequence]
+        assert positions == list(range(1, published[-1].last_replay_seq + 1))
+        # The merged message is as late as its oldest batch.
+        assert md.StreamEventsResponse.FromString(received[0][0]).ts_out == published[0].ts_out
+
+    run(scenario())
+
+
+def test_the_book_refresh_stretches_while_the_loop_is_late_and_returns_after(generated_small) -> None:
+    """Late ticks (a loop with more to send than it can) stretch the refresh up to its bound; on-time
+    ticks bring it back to the configured interval."""
+    hub = Hub(
+        Market(),
+        event_encoder=CountingEventEncoder(""),
+        book_encoder=CountingBookEncoder(),
+        replay_buffer_records=1,
+        subscriber_buffer_batches=1,
+        max_streams=1,
+        book_interval=0.005,
+        book_interval_max=0.05,
+    )
+    interval = 0.005
+    seen = [interval]
+    for _ in range(20):
+        interval = hub.adapt_interval(interval, late=0.01)
+        seen.append(interval)
+    assert seen[1] > seen[0] and max(seen) == interval == 0.05
+    assert hub.adapt_interval(interval, late=0.001) == interval  # neither late nor on time: stays
+    for _ in range(200):
+        interval = hub.adapt_interval(interval, late=0.0)
+    assert interval == 0.005
 
 
 def test_one_book_payload_per_refresh_shared_by_every_book_subscriber(generated_small) -> None:

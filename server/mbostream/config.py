@@ -38,6 +38,7 @@ RANGES: Final[Mapping[str, Range]] = {
     "batch_records": Range(low=1, high=1_048_576, integer=True),
     # Below 1 ms the ticker would spin the CPU for refreshes nobody can see.
     "book_interval_ms": Range(low=1, high=60_000, zero="refresh at every replay step", unit="ms"),
+    "book_interval_max_ms": Range(low=1, high=60_000, unit="ms"),
     "grace_seconds": Range(low=0, high=3600, unit="s"),
     "sample_records": Range(low=1, high=100_000_000, integer=True),
     "sample_instruments": Range(low=1, high=1024, integer=True),
@@ -75,6 +76,10 @@ class Settings:
     batch_records: int = 4096
     #: Book streams are refreshed at most this often (ms); updates in between are conflated.
     book_interval_ms: float = 5.0
+    #: Longest the book refresh interval stretches to while the event loop is behind (more book
+    #: streams than the core can serve): a bound on how old a streamed book can be. Below
+    #: ``book_interval_ms`` it is that (the refresh never stretches).
+    book_interval_max_ms: float = 50.0
     #: Seconds open streams get to finish on shutdown.
     grace_seconds: float = 5.0
     #: ``mbostream run`` only: the Envoy edge port (UI + gRPC-Web + gRPC on one origin).

@@ -1,13 +1,17 @@
 """Fan-out room: one replay, many subscribers, and the replay never waits for any of them.
 
-* **Event subscribers** (StreamEvents) get every batch, encoded once per distinct instrument
-  filter by the API layer's :class:`EventEncoder` and shared as the same payload object. Each has a bounded queue; one that falls further behind than its
-  queue is cut off with :class:`~mbostream.errors.SlowConsumerError`, which says where to resume.
+* **Event subscribers** (StreamEvents) get every batch, encoded by the API layer's
+  :class:`EventEncoder` when the subscriber takes it, once per distinct (instrument filter, batch
+  range) and shared as the same payload object. A subscriber that fell behind takes its whole
+  queue as one message (catch-up). Each has a bounded queue; one that falls further behind than
+  its queue is cut off with :class:`~mbostream.errors.SlowConsumerError`, which says where to resume.
   A bounded replay buffer of recent batches serves resumption by replay position.
 * **Book subscribers** (StreamBook) watch *book channels*, one per (book, depth, include_orders).
   A channel holds only the latest book payload (made once by the API layer's :class:`BookEncoder`); a subscriber that has not taken it before the
   next one arrives counts a conflation. Channels are refreshed on a timer (``book_interval_ms``)
-  from the books that changed, so the cost grows with books, not with subscribers.
+  from the books that changed, so the cost grows with books, not with subscribers; the timer
+  stretches (up to ``book_interval_max_ms``) while the event loop runs late, so book streams
+  conflate rather than queue when there are more of them than one core can serve.
 * **Sinks** (storage) get every batch through a non-blocking ``offer``; a sink that is behind
   makes the hub not ready, and the feed waits for :meth:`Hub.wait_ready` (backpressure).
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeAlias
@@ -40,6 +44,17 @@ from mbostream_core.market import BookKey, Market
 from mbostream.metrics import METRICS
 
 log = logging.getLogger(__name__)
+
+#: Most records one StreamEvents message carries when a reader that fell behind catches up (about
+#: 50 bytes a record on the wire: well under the 4 MiB clients accept by default).
+COALESCE_RECORDS: Final = 32_768
+#: Encoded event ranges kept for subscribers that take the same range a little later.
+ENCODED_CACHE_ENTRIES: Final = 32
+
+#: A book refresh that wakes up later than this (or a quarter of its interval) finds the event loop
+#: behind: the interval stretches. One that wakes up within LOOP_ON_TIME_SECONDS lets it shrink back.
+LOOP_LATE_SECONDS: Final = 0.002
+LOOP_ON_TIME_SECONDS: Final = 0.0005
 
 #: How often a feed waiting for a sink that is behind looks again (sinks drain on their own threads).
 SINK_POLL_SECONDS: Final = 0.002
@@ -118,23 +133,34 @@ class Selection:
 
 
 class EventSubscriber:
-    """One StreamEvents client: a bounded queue of shared payloads."""
+    """One StreamEvents client: a bounded queue of the batches it has yet to receive.
+
+    Batches are encoded when the client takes them, not when they are published: a client that
+    keeps up takes one batch at a time (encoded once for every subscriber of the same variant, see
+    :meth:`Hub._encode_range`), and one that fell behind takes everything queued, up to
+    :data:`COALESCE_RECORDS`, in one message. So a reader that the event loop could not serve for
+    a while catches up in a few large messages instead of one small message per replay step, and
+    is cut off only when it is truly slower than the feed.
+    """
 
     def __init__(self, hub: Hub, selection: Selection, capacity: int, max_records: int, resume_after: int) -> None:
         self.hub = hub
         self.selection = selection
         self.capacity = capacity
         self.max_records = max_records
-        self.queue: deque[tuple[int, Payload]] = deque()
+        #: Already-encoded messages sent before any batch (a snapshot): ``(position, payload)``.
+        self.prefix: deque[tuple[int, Payload]] = deque()
+        #: Live (or backlog) batches not yet taken, consecutive in replay positions.
+        self.queue: deque[Batch] = deque()
         self.wakeup = asyncio.Event()
         self.error: Exception | None = None
         #: Replay position of the last record handed to the client (the resume point).
         self.last_sent = resume_after
 
-    def push(self, payloads: list[tuple[int, Payload]]) -> None:
+    def push(self, batch: Batch) -> None:
         if self.error is not None:
             return
-        if len(self.queue) + len(payloads) > self.capacity:
+        if len(self.queue) >= self.capacity:
             self.error = SlowConsumerError(resume_after=self.last_sent, buffered=self.capacity)
             self.queue.clear()
             METRICS.slow_reader_disconnects.inc()
@@ -143,16 +169,31 @@ class EventSubscriber:
                 extra={"resume_after": self.last_sent, "buffer_batches": self.capacity},
             )
         else:
-            self.queue.extend(payloads)
+            self.queue.append(batch)
         self.wakeup.set()
+
+    def _take(self) -> list[Batch]:
+        """The queued batches one message may carry: at least one, at most COALESCE_RECORDS records."""
+        taken = [self.queue.popleft()]
+        records = len(taken[0])
+        while self.queue and records + len(self.queue[0]) <= COALESCE_RECORDS:
+            batch = self.queue.popleft()
+            records += len(batch)
+            taken.append(batch)
+        return taken
 
     async def payloads(self) -> AsyncIterator[Payload]:
         """Yields payloads until the hub closes or the subscriber falls behind (raises then)."""
         while True:
-            while self.queue:
-                last, payload = self.queue.popleft()
+            while self.prefix:
+                last, payload = self.prefix.popleft()
                 yield payload
                 self.last_sent = last
+            while self.queue:
+                taken = self._take()
+                for last, payload in self.hub._encode_range(taken, self.selection, self.max_records):
+                    yield payload
+                    self.last_sent = last
             if self.error is not None:
                 if isinstance(self.error, SlowConsumerError):
                     self.error = SlowConsumerError(resume_after=self.last_sent, buffered=self.capacity)
@@ -253,6 +294,7 @@ class Hub:
         subscriber_buffer_batches: int,
         max_streams: int,
         book_interval: float,
+        book_interval_max: float | None = None,
         epoch: str = "",
     ) -> None:
         self.market = market
@@ -264,6 +306,10 @@ class Hub:
         self.subscriber_buffer_batches = subscriber_buffer_batches
         self.max_streams = max_streams
         self.book_interval = book_interval
+        #: Longest the refresh interval stretches to while the loop runs late (a bound on book age).
+        self.book_interval_max = max(book_interval, book_interval_max if book_interval_max is not None else book_interval)
+        #: The refresh interval in force now (``book_interval`` while the loop keeps up).
+        self.effective_book_interval = book_interval
         self.buffer: deque[Batch] = deque()
         self.buffered_records = 0
         #: Replay position of the last published record (0 before the first).
@@ -275,6 +321,7 @@ class Hub:
         self.dirty: set[BookKey] = set()
         self.known_books: set[BookKey] = set()
         self.closed = False
+        self._encoded: OrderedDict[tuple[Selection, int, int, int], list[tuple[int, Payload]]] = OrderedDict()
 
     # -- publishing -------------------------------------------------------------------------------
     def backlogged(self) -> bool:
@@ -296,14 +343,14 @@ class Hub:
             while self.buffered_records - len(self.buffer[0]) >= self.replay_buffer_records:
                 self.buffered_records -= len(self.buffer.popleft())
         if self.event_subscribers:
-            encoded: dict[tuple[Selection, int], list[tuple[int, Payload]]] = {}
+            wanted: dict[Selection, bool] = {}
             for sub in list(self.event_subscribers):
-                variant = (sub.selection, sub.max_records)
-                payloads = encoded.get(variant)
-                if payloads is None:
-                    payloads = encoded[variant] = self.event_encoder.encode(batch, sub.selection, sub.max_records)
-                if payloads:
-                    sub.push(payloads)
+                selected = wanted.get(sub.selection)
+                if selected is None:
+                    mask = sub.selection.mask(batch.records)
+                    selected = wanted[sub.selection] = mask is None or bool(mask.any())
+                if selected:
+                    sub.push(batch)
             METRICS.events_queue_depth.set(max((len(s.queue) for s in self.event_subscribers), default=0))
         for sink in self.sinks:
             try:
@@ -344,12 +391,37 @@ class Hub:
         channel.version += 1
 
     async def run_ticker(self) -> None:
-        """Refreshes book channels every ``book_interval`` seconds until closed."""
+        """Refreshes book channels every ``book_interval`` seconds until closed.
+
+        The interval stretches while the event loop runs late (the ticker wakes up later than it
+        asked): the loop has more to send than it can, so every book stream gets fewer, fresher
+        books (each client's conflation count says how many it skipped) instead of a queue of
+        stale ones behind which the event streams starve. It stretches by half at a time, up to
+        ``book_interval_max``, and returns by 5% a tick once the loop is on time again.
+        """
         if self.book_interval <= 0:
             return
+        loop = asyncio.get_running_loop()
+        interval = self.book_interval
+        METRICS.book_refresh_interval_seconds.set(interval)
         while not self.closed:
-            await asyncio.sleep(self.book_interval)
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            late = loop.time() - due
             self.refresh_books()
+            adapted = self.adapt_interval(interval, late)
+            if adapted != interval:
+                interval = adapted
+                METRICS.book_refresh_interval_seconds.set(interval)
+            self.effective_book_interval = interval
+
+    def adapt_interval(self, interval: float, late: float) -> float:
+        """The next refresh interval after a tick that woke up ``late`` seconds after it was due."""
+        if late > max(LOOP_LATE_SECONDS, 0.25 * interval):
+            return min(self.book_interval_max, interval * 1.5)
+        if late < LOOP_ON_TIME_SECONDS and interval > self.book_interval:
+            return max(self.book_interval, interval * 0.95)
+        return interval
 
     # -- subscribing ------------------------------------------------------------------------------
     def _check_capacity(self) -> None:
@@ -379,18 +451,17 @@ class Hub:
             if start_after < oldest or start_after > self.position:
                 raise ReplayPositionError(start_after, oldest, self.position)
             sub = EventSubscriber(self, selection, capacity, max_records, start_after)
-            backlog: list[tuple[int, Payload]] = []
+            backlog: list[Batch] = []
             for batch in self.buffer:
                 if batch.last_replay_seq <= start_after:
                     continue
                 skip = max(0, start_after - batch.first_replay_seq + 1)
                 if skip:
                     batch = Batch(batch.first_replay_seq + skip, batch.records[skip:], batch.events, batch.ts_out)
-                backlog.extend(self.event_encoder.encode(batch, selection, max_records))
+                backlog.append(batch)
             # A resume may need more than the live buffer holds: give the backlog its own room.
             sub.capacity = capacity + len(backlog)
-            if backlog:
-                sub.push(backlog)
+            sub.queue.extend(backlog)
         else:
             sub = EventSubscriber(self, selection, capacity, max_records, self.position)
             if with_snapshot:
@@ -402,9 +473,7 @@ class Hub:
                         payloads.extend(
                             self.event_encoder.encode(Batch(self.position, snap, snap[:0], now, snapshot=True), Selection(), 0)
                         )
-                sub.capacity = capacity + len(payloads)
-                if payloads:
-                    sub.push(payloads)
+                sub.prefix.extend(payloads)
         self.event_subscribers.add(sub)
         METRICS.subscribers.labels("events").set(len(self.event_subscribers))
         return sub
@@ -459,6 +528,27 @@ class Hub:
             if not channel.subscribers:
                 self.channels.pop((channel.key, channel.depth, channel.orders), None)
         METRICS.subscribers.labels("book").set(len(self.book_subscribers))
+
+    def _encode_range(self, batches: list[Batch], selection: Selection, max_records: int) -> list[tuple[int, Payload]]:
+        """Consecutive batches as one variant's messages, encoded once for every subscriber that
+        takes the same range (subscribers that keep up take the same single batches)."""
+        first, last = batches[0], batches[-1]
+        key = (selection, max_records, first.first_replay_seq, last.last_replay_seq)
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            if len(batches) == 1:
+                merged = first
+            else:
+                records = np.concatenate([b.records for b in batches])
+                # The oldest publication time: a merged message is as late as its first record.
+                merged = Batch(first.first_replay_seq, records, records[:0], first.ts_out)
+            encoded = self.event_encoder.encode(merged, selection, max_records)
+            self._encoded[key] = encoded
+            while len(self._encoded) > ENCODED_CACHE_ENTRIES:
+                self._encoded.popitem(last=False)
+            if len(batches) > 1:
+                METRICS.events_coalesced_batches.inc(len(batches) - 1)
+        return encoded
 
     def close(self) -> None:
         """Ends every stream: each gets UNAVAILABLE (shutting down) once its queue is sent."""

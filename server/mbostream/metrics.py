@@ -19,6 +19,8 @@ class Metrics:
     publish_seconds: Histogram
     subscribers: Gauge
     events_queue_depth: Gauge
+    events_coalesced_batches: Counter
+    book_refresh_interval_seconds: Gauge
     conflations: Counter
     slow_reader_disconnects: Counter
     rpcs: Counter
@@ -37,6 +39,15 @@ METRICS = Metrics(
     publish_seconds=Histogram("mbostream_publish_seconds", "Time to publish one batch to every subscriber", buckets=_FAST),
     subscribers=Gauge("mbostream_subscribers", "Open streams by type", ["stream"]),
     events_queue_depth=Gauge("mbostream_events_queue_depth_max", "Deepest StreamEvents subscriber queue (batches)"),
+    events_coalesced_batches=Counter(
+        "mbostream_events_coalesced_batches",
+        "Replay batches a StreamEvents reader that fell behind received merged into an earlier message (catch-up)",
+    ),
+    book_refresh_interval_seconds=Gauge(
+        "mbostream_book_refresh_interval_seconds",
+        "Current book-channel refresh interval: the configured one, stretched up to MBOSTREAM_BOOK_INTERVAL_MAX_MS while "
+        "the event loop runs late (book streams then conflate instead of queueing)",
+    ),
     conflations=Counter("mbostream_book_updates_conflated", "Book updates replaced by a newer one before sending"),
     slow_reader_disconnects=Counter("mbostream_slow_reader_disconnects", "StreamEvents clients cut off for lagging"),
     rpcs=Counter("mbostream_rpcs", "Finished RPCs by method and status code", ["method", "code"]),

@@ -145,6 +145,7 @@ class App:
             subscriber_buffer_batches=s.subscriber_buffer_batches,
             max_streams=s.max_streams,
             book_interval=s.book_interval_ms / 1000.0,
+            book_interval_max=s.book_interval_max_ms / 1000.0,
             epoch=epoch,
         )
         self.hub = hub

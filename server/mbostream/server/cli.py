@@ -28,6 +28,7 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
         "log_format": args.log_format if args.log_format != "json" else None,
         "max_streams": args.max_streams,
         "book_interval_ms": args.book_interval_ms,
+        "book_interval_max_ms": args.book_interval_max_ms,
         "grace_seconds": args.grace_seconds,
         "batch_records": args.batch_records,
         "store": False if args.no_store else None,
@@ -107,6 +108,10 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--book-interval-ms", type=RANGES["book_interval_ms"].argtype, default=None,
         help=f"book stream refresh period ({_range('book_interval_ms')}; default 5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--book-interval-max-ms", type=RANGES["book_interval_max_ms"].argtype, default=None,
+        help=f"longest the refresh period stretches to while the server is behind ({_range('book_interval_max_ms')}; default 50)",
     )  # fmt: skip
     p.add_argument(
         "--batch-records", type=RANGES["batch_records"].argtype, default=None,
