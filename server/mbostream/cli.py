@@ -13,7 +13,7 @@ from mbostream_core.argtypes import non_negative_int, positive_int
 from mbostream.errors import MbostreamError
 from mbostream.server.cli import register_cli as register_server_cli
 from mbostream.storage.cli import register_cli as register_storage_cli
-from mbostream.tools import bench_e2e, bench_web
+from mbostream.tools import bench_costs, bench_e2e, bench_web
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_server_cli(sub)
     register_storage_cli(sub)
+    bench_costs.register_bench(bench)
     bench_e2e.register_bench(bench)
     bench_web.register_bench(bench)
     return parser

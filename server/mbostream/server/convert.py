@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from mbostream_core.market import BookKey, BookView, Market
 from mbostream.replay import ReplayState, ReplayStatus
 from mbostream_core.v1 import book_pb2, market_data_pb2, replay_pb2
@@ -77,8 +79,12 @@ def book_update_payload(
     return single, multi, ts_out
 
 
+@functools.lru_cache(maxsize=4096)
 def per_client_suffix(is_snapshot: bool, conflated: int, ts_out: int = 0, epoch: str = "") -> bytes:
-    """The per-message fields of a ``StreamBookResponse``, appended to the shared book bytes."""
+    """The per-message fields of a ``StreamBookResponse``, appended to the shared book bytes.
+
+    Cached: a single-book message's suffix only varies with the conflated count, and a stream
+    sends it for every book at every refresh."""
     return market_data_pb2.StreamBookResponse(
         is_snapshot=is_snapshot, conflated=conflated, ts_out=ts_out, epoch=epoch
     ).SerializeToString()
