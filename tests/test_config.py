@@ -98,7 +98,12 @@ BAD_NUMBERS = {
     "sample_records": ["0"],
     "sample_instruments": ["0", "1025"],
     "sample_seed": ["-1", str(2**64)],
+    "bus_max_age_seconds": ["nan", "inf", "59", "1e9"],
+    "bus_max_bytes": ["0", "1048575", str(2**41)],
+    "snapshot_interval_seconds": ["nan", "0", "0.01", "3601"],
 }
+#: The command whose flag a setting is, when it is not ``serve``'s.
+FLAG_COMMAND = {"edge_port": "run", "bus_max_age_seconds": "replay", "bus_max_bytes": "replay", "snapshot_interval_seconds": "replay"}
 
 
 #: Numeric settings without a command-line flag.
@@ -132,7 +137,7 @@ def test_numbers_outside_their_range_are_refused_from_variables_and_flags(name: 
     flag = SOURCES[name][0]
     if name in VARIABLE_ONLY:
         return
-    args = ["run" if name == "edge_port" else "serve", f"{flag}={text}"]
+    args = [FLAG_COMMAND.get(name, "serve"), f"{flag}={text}"]
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(args)
     assert exit_.value.code == 2

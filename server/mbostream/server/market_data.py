@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import grpc
 from grpc import aio as grpc_aio
 
 from mbostream.config import MAX_UPDATES_PER_SECOND
-from mbostream.errors import InvalidArgumentError
-from mbostream.hub import Hub, Selection
+from mbostream.errors import InvalidArgumentError, ReplayPositionError
+from mbostream.feed import Batch
+from mbostream.hub import EventSubscriber, Hub, Selection
 from mbostream_core.market import BookKey, Market
 from mbostream.server.convert import book_snapshot, instrument_info, per_client_suffix
 from mbostream_core.v1 import market_data_pb2 as pb
@@ -43,13 +45,26 @@ def _depth(value: int) -> int:
     return value
 
 
-class MarketDataService:
-    """Implements ``mbostream.v1.MarketDataService``; streaming methods yield serialized bytes."""
+class EventHistory(Protocol):
+    """Batches older than the hub's memory (a gateway reads them from the bus)."""
 
-    def __init__(self, market: Market, hub: Hub, dataset: str) -> None:
+    def batches(self, after: int) -> AsyncIterator[Batch]:
+        """Batches from replay position ``after + 1`` on; ReplayPositionError when not held."""
+        ...
+
+
+class MarketDataService:
+    """Implements ``mbostream.v1.MarketDataService``; streaming methods yield serialized bytes.
+
+    ``history``: where a resume older than the hub's replay buffer is served from (None: such a
+    resume is OUT_OF_RANGE, as in the embedded server).
+    """
+
+    def __init__(self, market: Market, hub: Hub, dataset: str, history: EventHistory | None = None) -> None:
         self.market = market
         self.hub = hub
         self.dataset = dataset
+        self.history = history
 
     async def ListInstruments(self, request: pb.ListInstrumentsRequest, context: grpc_aio.ServicerContext) -> pb.ListInstrumentsResponse:
         """Every book with its identity and live statistics."""
@@ -100,18 +115,46 @@ class MarketDataService:
         if request.with_snapshot and start_after is not None:
             raise InvalidArgumentError("start_after_sequence", "cannot be combined with with_snapshot")
         selection = _selection(self.market, list(request.instruments), "instruments")
-        sub = self.hub.subscribe_events(
-            selection,
-            with_snapshot=request.with_snapshot,
-            start_after=start_after,
-            max_records=request.max_batch_records,
-            resume_epoch=request.resume_epoch,
-        )
+        subscribed: list[EventSubscriber] = []
+        async for payload in self._older_than_memory(selection, start_after, request, subscribed):
+            yield payload
+        sub = subscribed[0]
         try:
             async for payload in sub.payloads():
                 yield payload
         finally:
             self.hub.unsubscribe_events(sub)
+
+    async def _older_than_memory(
+        self, selection: Selection, start_after: int | None, request: pb.StreamEventsRequest, subscribed: list[EventSubscriber]
+    ) -> AsyncIterator[bytes]:
+        """Subscribes (into ``subscribed``); a resume older than the hub's buffer first gets the
+        batches from the history up to where the buffer takes over, encoded as the hub would."""
+        position, older = start_after, None
+        try:
+            while True:
+                try:
+                    subscribed.append(
+                        self.hub.subscribe_events(
+                            selection,
+                            with_snapshot=request.with_snapshot,
+                            start_after=position,
+                            max_records=request.max_batch_records,
+                            resume_epoch=request.resume_epoch,
+                        )
+                    )
+                    return
+                except ReplayPositionError:
+                    if self.history is None or position is None or position >= self.hub.position:
+                        raise
+                older = older or self.history.batches(position)
+                batch = await anext(older)
+                for _, payload in self.hub.event_encoder.encode(batch, selection, request.max_batch_records):
+                    yield payload  # type: ignore[misc]
+                position = batch.last_replay_seq
+        finally:
+            if older is not None:
+                await older.aclose()  # type: ignore[attr-defined]
 
 
 def handler(service: MarketDataService) -> grpc.GenericRpcHandler:

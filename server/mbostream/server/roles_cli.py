@@ -19,7 +19,7 @@ def _add_bus_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--bus-max-bytes", type=RANGES["bus_max_bytes"].argtype, default=None,
-        help=f"record stream retention by size ({_range('bus_max_bytes')}; default 8 GiB)",
+        help=f"record stream retention by size ({_range('bus_max_bytes')}; default 1 GiB)",
     )  # fmt: skip
 
 
