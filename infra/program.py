@@ -1,0 +1,148 @@
+"""Infrastructure room: one Pulumi stack per environment (dev, staging, prod).
+
+Each stack deploys into one namespace: the Secrets made from the stack's config secrets, the NATS
+and InfluxDB Helm releases (pinned in ``k8s/helm/charts.yaml``, values per environment) with the
+NetworkPolicies of their pods (``k8s/helm/networkpolicies.yaml``), and the kustomize overlay ``k8s/overlays/<stack>``. In prod the mbostream image is pinned by digest
+(``mbostream:imageDigest``, set by the deploy workflow from the release) and a missing digest is
+an error. ``mbostream:createCluster`` (off by default) first creates an EKS cluster and deploys
+into it; without it the stack uses the current kubeconfig context.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Final
+
+import pulumi
+import pulumi_kubernetes as k8s
+import yaml
+
+REPO: Final = Path(__file__).resolve().parent.parent
+K8S: Final = REPO / "k8s"
+ENVIRONMENTS: Final = ("dev", "staging", "prod")
+#: The namespace of each environment (the overlays set the same one).
+NAMESPACES: Final = {"dev": "mbostream-dev", "staging": "mbostream-staging", "prod": "mbostream"}
+IMAGE_REPOSITORY: Final = "ghcr.io/mbostream/mbostream"
+_DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+class InfraError(Exception):
+    """A stack's configuration that cannot be deployed; the message names the setting."""
+
+
+def pin_images(repository: str, digest: str):
+    """A kustomize transformation: every container of ``repository`` runs ``repository@digest``."""
+
+    def transform(obj: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
+        spec = obj.get("spec", {}).get("template", {}).get("spec", {})
+        for container in [*spec.get("containers", []), *spec.get("initContainers", [])]:
+            if container.get("image", "").split("@")[0].split(":")[0] == repository:
+                container["image"] = f"{repository}@{digest}"
+
+    return transform
+
+
+def _helm_release(name: str, environment: str, namespace: k8s.core.v1.Namespace, opts: pulumi.ResourceOptions):
+    pins = yaml.safe_load((K8S / "helm" / "charts.yaml").read_text())[name]
+    values = K8S / "helm" / name
+    return k8s.helm.v3.Release(
+        name,
+        name=pins["release"],
+        chart=pins["chart"],
+        version=pins["version"],
+        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=pins["repository"]),
+        namespace=namespace.metadata.name,
+        value_yaml_files=[
+            pulumi.FileAsset(str(values / "values.yaml")),
+            pulumi.FileAsset(str(values / f"values-{environment}.yaml")),
+        ],
+        atomic=True,
+        opts=opts,
+    )
+
+
+def _cluster_provider(environment: str) -> k8s.Provider | None:
+    """With ``mbostream:createCluster``, an EKS cluster and a provider for it (needs pulumi-eks,
+    ``infra/requirements-cloud.in``, and AWS credentials); else None: the current kubeconfig."""
+    config = pulumi.Config("mbostream")
+    if not config.get_bool("createCluster"):
+        return None
+    import pulumi_eks as eks  # only with the flag: the cloud SDKs are not in requirements.txt
+
+    cluster = eks.Cluster(
+        f"mbostream-{environment}",
+        instance_type=config.get("nodeInstanceType") or "m6i.large",
+        desired_capacity=config.get_int("nodeCount") or 3,
+        min_size=config.get_int("nodeCount") or 3,
+        max_size=(config.get_int("nodeCount") or 3) * 2,
+    )
+    return k8s.Provider(f"mbostream-{environment}", kubeconfig=cluster.kubeconfig_json)
+
+
+def deploy() -> dict[str, Any]:
+    """Declares the stack's resources; returns the stack outputs (``edgeUrl``, ``grpcTarget``, …)."""
+    environment = pulumi.get_stack()
+    if environment not in ENVIRONMENTS:
+        raise InfraError(f"stack {environment!r}: expected one of {', '.join(ENVIRONMENTS)}")
+    config = pulumi.Config("mbostream")
+    host = config.require("host")
+    digest = config.get("imageDigest")
+    if digest is not None and not _DIGEST.fullmatch(digest):
+        raise InfraError(f"mbostream:imageDigest: {digest!r} is not sha256:<64 hex digits>")
+    if environment == "prod" and digest is None:
+        raise InfraError("mbostream:imageDigest: prod deploys only an image pinned by digest (set it from the release)")
+
+    provider = _cluster_provider(environment)
+    opts = pulumi.ResourceOptions(provider=provider)
+    namespace = k8s.core.v1.Namespace(
+        "namespace",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=NAMESPACES[environment],
+            # Pod Security Admission: every pod of ours passes `restricted`.
+            labels={"pod-security.kubernetes.io/enforce": "restricted", "app.kubernetes.io/part-of": "mbostream"},
+        ),
+        opts=opts,
+    )
+    in_namespace = pulumi.ResourceOptions(provider=provider, depends_on=[namespace])
+
+    influx_token = config.require_secret("influxToken")
+    secrets = k8s.core.v1.Secret(
+        "mbostream-secrets",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name="mbostream-secrets", namespace=namespace.metadata.name),
+        string_data={"control-token": config.require_secret("controlToken"), "influx-token": influx_token},
+        opts=in_namespace,
+    )
+    influx_admin = k8s.core.v1.Secret(
+        "mbostream-influx-admin",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name="mbostream-influx-admin", namespace=namespace.metadata.name),
+        string_data={"admin-password": config.require_secret("influxAdminPassword"), "admin-token": influx_token},
+        opts=in_namespace,
+    )
+
+    nats = _helm_release("nats", environment, namespace, in_namespace)
+    influxdb = _helm_release(
+        "influxdb2", environment, namespace, pulumi.ResourceOptions(provider=provider, depends_on=[influx_admin])
+    )
+
+    for policy in yaml.safe_load_all((K8S / "helm" / "networkpolicies.yaml").read_text()):
+        k8s.networking.v1.NetworkPolicy(
+            f"networkpolicy-{policy['metadata']['name']}",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=policy["metadata"]["name"], namespace=namespace.metadata.name),
+            spec=policy["spec"],
+            opts=in_namespace,
+        )
+
+    transformations = [pin_images(IMAGE_REPOSITORY, digest)] if digest else []
+    k8s.kustomize.Directory(
+        "mbostream",
+        directory=str(K8S / "overlays" / environment),
+        transformations=transformations,
+        opts=pulumi.ResourceOptions(provider=provider, depends_on=[secrets, nats, influxdb]),
+    )
+    return {
+        "namespace": namespace.metadata.name,
+        "edgeUrl": f"https://{host}",
+        "grpcTarget": f"grpc.{host}:443",
+        "image": f"{IMAGE_REPOSITORY}@{digest}" if digest else IMAGE_REPOSITORY,
+    }
