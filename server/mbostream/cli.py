@@ -12,6 +12,7 @@ from mbostream import logs
 from mbostream_core.argtypes import non_negative_int, positive_int
 from mbostream.errors import MbostreamError
 from mbostream.server.cli import register_cli as register_server_cli
+from mbostream.server.roles_cli import register_cli as register_roles_cli
 from mbostream.storage.cli import register_cli as register_storage_cli
 from mbostream.tools import bench_costs, bench_e2e, bench_web
 
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench_book)
 
     register_server_cli(sub)
+    register_roles_cli(sub)
     register_storage_cli(sub)
     bench_costs.register_bench(bench)
     bench_e2e.register_bench(bench)
@@ -129,7 +131,7 @@ def execute(args: argparse.Namespace) -> int:
     A deliberate error (:class:`~mbostream.errors.MbostreamError`: bad input, a bad setting) is one
     line on stderr, ``mbostream COMMAND: error: …``, and exit code 2; never a traceback.
     """
-    default_level = "info" if args.command in ("serve", "run") else "error"
+    default_level = "info" if args.command in ("serve", "run", "replay", "gateway") else "error"
     logs.configure(args.log_level or default_level, args.log_format)
     try:
         return int(args.func(args))

@@ -20,8 +20,9 @@ import secrets
 import signal
 import socket
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+import grpc
 from grpc import aio as grpc_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -31,6 +32,7 @@ from prometheus_client import start_http_server
 from mbostream.config import SOURCES, Settings
 from mbostream_core.dbn import DbnReader, verify_framing
 from mbostream.errors import AddressInUseError, ConfigError, MbostreamError
+from mbostream.feed import Publisher
 from mbostream.hub import Hub, Sink
 from mbostream_core.market import Market
 from mbostream.replay import Replayer
@@ -107,8 +109,25 @@ def _check_port_free(setting: str, host: str, port: int) -> None:
                     raise AddressInUseError(_setting_names(setting), host, port) from None
 
 
+class Feed(Protocol):
+    """What feeds the market and the hub: the files' :class:`Replayer`, or a gateway's bus ingest."""
+
+    #: Set once the first data is applied (health turns SERVING then).
+    loaded: asyncio.Event
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class App:
-    """One running mbostream server."""
+    """One running mbostream server.
+
+    ``serve`` runs it as it is: the files replayed into the local hub. The bus roles
+    (:mod:`mbostream.server.roles`) change what it is fed from and by, and where it publishes,
+    through the hooks :meth:`_open_source`, :meth:`_publisher`, :meth:`_make_feed`,
+    :meth:`_handlers`, :meth:`_background` and :meth:`_close_source`.
+    """
 
     def __init__(self, settings: Settings, *, sinks: list[Sink] | None = None) -> None:
         self.settings = settings
@@ -131,12 +150,49 @@ class App:
         log.info("serving the generated sample", extra={"file": str(path)})
         return [str(path)]
 
-    async def start(self) -> None:
-        s = self.settings
+    async def _open_source(self) -> tuple[list[str], dict[int, str], str, str]:
+        """``(files, symbols, dataset, epoch)`` of the data this server will serve."""
         files = await asyncio.to_thread(self._data_files)
         symbols, datasets = await asyncio.to_thread(_checked_files, files)
+        return files, symbols, datasets[0], secrets.token_hex(8)  # a new run: positions restart with it
+
+    def _publisher(self) -> Publisher:
+        """Where the replay publishes its batches: the local hub."""
+        return self.hub
+
+    def _make_feed(self, files: list[str]) -> Feed:
+        """The replayer of the files, publishing to :meth:`_publisher`."""
+        s = self.settings
+        self.replayer = Replayer(
+            files,
+            self.market,
+            self._publisher(),
+            mode=s.pacing,
+            rate=s.rate,
+            speed=s.speed,
+            loop=s.loop,
+            batch_records=s.batch_records,
+        )
+        return self.replayer
+
+    def _handlers(self, dataset: str) -> tuple[grpc.GenericRpcHandler, ...]:
+        """The gRPC services besides health and reflection."""
+        return (
+            market_data.handler(market_data.MarketDataService(self.market, self.hub, dataset)),
+            replay_control.handler(replay_control.ReplayControlService(self.replayer, self.settings.control_token, self.hub.epoch)),
+        )
+
+    def _background(self) -> list[tuple[str, Any]]:
+        """Extra ``(name, coroutine)`` tasks that run with the feed (a failure stops the server)."""
+        return []
+
+    async def _close_source(self) -> None:
+        """Releases what :meth:`_open_source` opened (the bus connection), after everything stopped."""
+
+    async def start(self) -> None:
+        s = self.settings
+        files, symbols, dataset, epoch = await self._open_source()
         self.market = Market(symbols)
-        epoch = secrets.token_hex(8)  # this run's identity: replay positions restart with it
         hub = Hub(
             self.market,
             event_encoder=ProtobufEventEncoder(epoch),
@@ -152,25 +208,17 @@ class App:
         if s.store:
             self.extra_sinks.append(self._storage_sink())
         self.hub.sinks.extend(self.extra_sinks)
-        self.replayer = Replayer(
-            files,
-            self.market,
-            hub,
-            mode=s.pacing,
-            rate=s.rate,
-            speed=s.speed,
-            loop=s.loop,
-            batch_records=s.batch_records,
-        )
         try:
-            await self._listen(datasets[0])
+            self.feed = self._make_feed(files)
+            await self._listen(dataset)
         except BaseException:
             await self._abandon_start()
             raise
         self._tasks = [
-            asyncio.create_task(self.replayer.run(), name="replay"),
+            asyncio.create_task(self.feed.run(), name="replay"),
             asyncio.create_task(hub.run_ticker(), name="book-ticker"),
             asyncio.create_task(self._serving_when_loaded(), name="health"),
+            *(asyncio.create_task(coro, name=name) for name, coro in self._background()),
         ]
         for task in self._tasks:
             task.add_done_callback(self._task_done)
@@ -181,15 +229,10 @@ class App:
 
     async def _listen(self, dataset: str) -> None:
         """gRPC (health NOT_SERVING), then metrics, then the sinks (the storage opens its spool)."""
-        s, hub = self.settings, self.hub
+        s = self.settings
         quiet_client_disconnects()
         self.server = grpc_aio.server(interceptors=[ErrorMappingInterceptor()], options=_GRPC_OPTIONS)
-        self.server.add_generic_rpc_handlers(
-            (
-                market_data.handler(market_data.MarketDataService(self.market, hub, dataset)),
-                replay_control.handler(replay_control.ReplayControlService(self.replayer, s.control_token, hub.epoch)),
-            )
-        )
+        self.server.add_generic_rpc_handlers(self._handlers(dataset))
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -228,6 +271,7 @@ class App:
             await sink.stop(0)
         if hasattr(self, "_unregister_storage_metrics"):
             self._unregister_storage_metrics()
+        await self._close_source()
 
     def _storage_sink(self) -> Any:
         from mbostream.storage.prometheus import register_storage_metrics
@@ -270,7 +314,7 @@ class App:
             await self.health.set(name, status)
 
     async def _serving_when_loaded(self) -> None:
-        await self.replayer.loaded.wait()
+        await self.feed.loaded.wait()
         if not self._stopping:
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("serving", extra={"position": self.hub.position})
@@ -283,7 +327,7 @@ class App:
         s = self.settings
         log.info("shutting down", extra={"grace_seconds": s.grace_seconds})
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.replayer.stop()
+        self.feed.stop()
         self.hub.close()
         await self.server.stop(s.grace_seconds)
         for task in self._tasks:
@@ -296,6 +340,7 @@ class App:
         if hasattr(self, "_httpd"):
             self._httpd.shutdown()
             self._httpd.server_close()
+        await self._close_source()
         log.info("stopped")
         self._stopped.set()
 
@@ -311,13 +356,15 @@ async def serve(
     static_dir: Path | None = None,
     with_edge: bool = False,
     page_token: str | None = None,
+    app: App | None = None,
 ) -> int:
     """Runs a server (and, ``with_edge``, Envoy in front of it) until SIGTERM/SIGINT.
 
     ``page_token``: the operator token to hand to the web UI in the URL printed for it (a token
     this run made up; a configured one is never printed).
+    ``app``: a server made by the caller (a bus role); by default the embedded replay of ``settings``.
     """
-    app = App(settings, sinks=sinks)
+    app = app or App(settings, sinks=sinks)
     loop = asyncio.get_running_loop()
     signals = 0
 
