@@ -2,9 +2,9 @@
 
 Each stack deploys into one namespace: the Secrets made from the stack's config secrets, the NATS
 and InfluxDB Helm releases (pinned in ``k8s/helm/charts.yaml``, values per environment) with the
-NetworkPolicies of their pods (``k8s/helm/networkpolicies.yaml``), and the kustomize overlay ``k8s/overlays/<stack>``. In prod the mbostream image is pinned by digest
-(``mbostream:imageDigest``, set by the deploy workflow from the release) and a missing digest is
-an error. ``mbostream:createCluster`` (off by default) first creates an EKS cluster and deploys
+NetworkPolicies of their pods (``k8s/helm/networkpolicies.yaml``), and the kustomize overlay ``k8s/overlays/<stack>``. In prod both images (the roles' and the edge's) are
+pinned by digest (``mbostream:imageDigest``, ``mbostream:edgeImageDigest``, set by the deploy
+workflow from the release) and a missing digest is an error. ``mbostream:createCluster`` (off by default) first creates an EKS cluster and deploys
 into it; without it the stack uses the current kubeconfig context.
 """
 
@@ -23,7 +23,11 @@ K8S: Final = REPO / "k8s"
 ENVIRONMENTS: Final = ("dev", "staging", "prod")
 #: The namespace of each environment (the overlays set the same one).
 NAMESPACES: Final = {"dev": "mbostream-dev", "staging": "mbostream-staging", "prod": "mbostream"}
-IMAGE_REPOSITORY: Final = "ghcr.io/mbostream/mbostream"
+#: Config key of each image's digest → the image (the Dockerfile's `runtime` and `edge` targets).
+IMAGES: Final = {
+    "imageDigest": "ghcr.io/mbostream/mbostream",
+    "edgeImageDigest": "ghcr.io/mbostream/mbostream-edge",
+}
 _DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -31,14 +35,16 @@ class InfraError(Exception):
     """A stack's configuration that cannot be deployed; the message names the setting."""
 
 
-def pin_images(repository: str, digest: str):
-    """A kustomize transformation: every container of ``repository`` runs ``repository@digest``."""
+def pin_images(digests: dict[str, str]):
+    """A kustomize transformation: a container of an image in ``digests`` (image → digest) runs
+    ``image@digest`` instead of its tag."""
 
     def transform(obj: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
         spec = obj.get("spec", {}).get("template", {}).get("spec", {})
         for container in [*spec.get("containers", []), *spec.get("initContainers", [])]:
-            if container.get("image", "").split("@")[0].split(":")[0] == repository:
-                container["image"] = f"{repository}@{digest}"
+            repository = container.get("image", "").split("@")[0].rsplit(":", 1)[0]
+            if repository in digests:
+                container["image"] = f"{repository}@{digests[repository]}"
 
     return transform
 
@@ -87,11 +93,15 @@ def deploy() -> dict[str, Any]:
         raise InfraError(f"stack {environment!r}: expected one of {', '.join(ENVIRONMENTS)}")
     config = pulumi.Config("mbostream")
     host = config.require("host")
-    digest = config.get("imageDigest")
-    if digest is not None and not _DIGEST.fullmatch(digest):
-        raise InfraError(f"mbostream:imageDigest: {digest!r} is not sha256:<64 hex digits>")
-    if environment == "prod" and digest is None:
-        raise InfraError("mbostream:imageDigest: prod deploys only an image pinned by digest (set it from the release)")
+    digests: dict[str, str] = {}
+    for key, image in IMAGES.items():
+        digest = config.get(key)
+        if digest is not None and not _DIGEST.fullmatch(digest):
+            raise InfraError(f"mbostream:{key}: {digest!r} is not sha256:<64 hex digits>")
+        if environment == "prod" and digest is None:
+            raise InfraError(f"mbostream:{key}: prod deploys only images pinned by digest (set it from the release)")
+        if digest is not None:
+            digests[image] = digest
 
     provider = _cluster_provider(environment)
     opts = pulumi.ResourceOptions(provider=provider)
@@ -133,7 +143,7 @@ def deploy() -> dict[str, Any]:
             opts=in_namespace,
         )
 
-    transformations = [pin_images(IMAGE_REPOSITORY, digest)] if digest else []
+    transformations = [pin_images(digests)] if digests else []
     k8s.kustomize.Directory(
         "mbostream",
         directory=str(K8S / "overlays" / environment),
@@ -144,5 +154,5 @@ def deploy() -> dict[str, Any]:
         "namespace": namespace.metadata.name,
         "edgeUrl": f"https://{host}",
         "grpcTarget": f"grpc.{host}:443",
-        "image": f"{IMAGE_REPOSITORY}@{digest}" if digest else IMAGE_REPOSITORY,
+        "images": {image: f"{image}@{digest}" for image, digest in digests.items()},
     }

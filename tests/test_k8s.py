@@ -115,6 +115,17 @@ def test_kube_score_flags_a_container_without_limits(tmp_path: Path) -> None:
     assert any("(store)" in line and "limit is not set" in line for line in critical), result.stdout
 
 
+def test_prometheusrule_holds_the_tested_rule_files() -> None:
+    check = subprocess.run([str(K8S / "generate-prometheusrule"), "--check"], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, f"k8s/base/prometheusrule.yaml is stale: run k8s/generate-prometheusrule\n{check.stderr}"
+    rule_files = sorted((REPO / "observability" / "prometheus" / "rules").glob("*.yml"))
+    expected = [group for path in rule_files for doc in load_yaml(path.read_text()) for group in doc["groups"]]
+    for overlay in OVERLAYS:
+        rules = [d for d in load_yaml(build(K8S / "overlays" / overlay)) if d["kind"] == "PrometheusRule"]
+        assert len(rules) == 1 and rules[0]["spec"]["groups"] == expected, f"{overlay}: PrometheusRule differs from the rule files"
+    assert sum(len(group["rules"]) for group in expected) >= 10
+
+
 # --- the overlays differ only where the README's table says ------------------------------------
 
 _HASHED = re.compile(r"^(mbostream-config)-[a-z0-9]{10}$")

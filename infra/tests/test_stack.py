@@ -31,7 +31,7 @@ SECRETS = {
     "influxToken": "influx-token-8b2d4e6f",
     "influxAdminPassword": "influx-admin-5a7c9e1b",
 }
-DIGEST = "sha256:" + "4f" * 32
+DIGESTS = {"imageDigest": "sha256:" + "4f" * 32, "edgeImageDigest": "sha256:" + "e0" * 32}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 
 
@@ -99,7 +99,7 @@ def stacks() -> dict[str, Recorded]:
     return {
         "dev": run_stack("dev"),
         "staging": run_stack("staging"),
-        "prod": run_stack("prod", {"imageDigest": DIGEST}),
+        "prod": run_stack("prod", DIGESTS),
     }
 
 
@@ -170,15 +170,15 @@ def test_no_secret_value_in_plain_text(stacks):
 
 
 def test_prod_images_are_pinned_by_digest(stacks):
-    images = [c["image"] for _, spec in _pod_specs(stacks["prod"]) for c in spec["containers"]]
-    assert images, "prod declared no containers"
-    for image in images:
-        assert image == f"{program.IMAGE_REPOSITORY}@{DIGEST}", f"prod image not pinned by digest: {image}"
+    images = {c["image"] for _, spec in _pod_specs(stacks["prod"]) for c in spec["containers"]}
+    expected = {f"{program.IMAGES[key]}@{digest}" for key, digest in DIGESTS.items()}
+    assert images == expected, f"prod images not pinned by the release's digests: {sorted(images)}"
 
 
-def test_prod_without_a_digest_is_refused():
-    with pytest.raises(program.InfraError, match="imageDigest"):
-        run_stack("prod")
+@pytest.mark.parametrize("missing", sorted(DIGESTS))
+def test_prod_without_a_digest_is_refused(missing):
+    with pytest.raises(program.InfraError, match=missing):
+        run_stack("prod", {key: value for key, value in DIGESTS.items() if key != missing})
 
 
 def test_stack_outputs_the_edge_url(stacks):
