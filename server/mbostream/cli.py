@@ -10,8 +10,10 @@ from collections.abc import Sequence
 
 from mbostream import logs
 from mbostream_core.argtypes import non_negative_int, positive_int
+from mbostream.bus.store import register_cli as register_store_cli
 from mbostream.errors import MbostreamError
 from mbostream.server.cli import register_cli as register_server_cli
+from mbostream.server.cluster_cli import register_cli as register_cluster_cli
 from mbostream.server.roles_cli import register_cli as register_roles_cli
 from mbostream.storage.cli import register_cli as register_storage_cli
 from mbostream.tools import bench_costs, bench_e2e, bench_web
@@ -112,8 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench_book)
 
     register_server_cli(sub)
+    register_cluster_cli(sub)
     register_roles_cli(sub)
     register_storage_cli(sub)
+    register_store_cli(sub)
     bench_costs.register_bench(bench)
     bench_e2e.register_bench(bench)
     bench_web.register_bench(bench)

@@ -35,6 +35,11 @@ class EdgeConfig:
     upstream_host: str = "127.0.0.1"
     template: Path = DEFAULT_TEMPLATE
     max_connections: int = MAX_CONNECTIONS
+    #: ``mbostream run --gateways N``: every gateway's port (the endpoints of the API's cluster);
+    #: empty: ``upstream_port`` alone.
+    upstream_ports: tuple[int, ...] = ()
+    #: ``mbostream run --gateways N``: the replayer's port, which ReplayService is routed to.
+    replayer_port: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("listen_port", "admin_port"):
@@ -45,6 +50,9 @@ class EdgeConfig:
         for origin in self.allowed_origins:
             if origin != "*" and not _ORIGIN.match(origin):
                 raise ConfigError("allowed_origins", f"{origin!r} is not an origin like http://host:port (no path)")
+        for port in (*self.upstream_ports, *([self.replayer_port] if self.replayer_port is not None else [])):
+            if not 1 <= port <= 65535:
+                raise ConfigError("upstream_ports", f"{port} is not a port number (1-65535)")
         if self.max_connections < 1:
             raise ConfigError("max_connections", "must be at least 1")
         if not self.template.is_file():

@@ -1,4 +1,11 @@
-"""Edge render room: the Envoy template filled in with the config and one route per file of the UI."""
+"""Edge render room: the Envoy template filled in with the config and one route per file of the UI.
+
+With ``replayer_port`` set (``mbostream run --gateways N``) the same template also gets the
+cluster's parts: a route sending ``ReplayService`` to a ``mbostream_replayer`` cluster, every
+gateway as an endpoint of ``mbostream_grpc`` (least-request, no panic routing to unhealthy hosts),
+and a retry on another gateway when a connection fails or is refused. For a single server those
+placeholders are empty and the rendered config is what it always was, byte for byte.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,23 @@ from mbostream.edge.config import EdgeConfig
 # Names the template gives its listener and its upstream cluster; the supervisor looks them up.
 LISTENER_NAME: Final = "mbostream_edge"
 UPSTREAM_CLUSTER: Final = "mbostream_grpc"
+REPLAYER_CLUSTER: Final = "mbostream_replayer"
+_REPLAY_SERVICE_PREFIX: Final = "/mbostream.v1.ReplayService/"
+# A request that found no gateway (refused, reset before a response, or UNAVAILABLE in its
+# headers: not caught up) is tried again on another one, after a short backoff.
+_GATEWAY_RETRY: Final = {
+    "retry_on": "connect-failure,refused-stream,reset,unavailable",
+    "num_retries": 3,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
+        }
+    ],
+    "host_selection_retry_max_attempts": 5,
+    "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
+}
+_ENDPOINT_INDENT: Final = " " * 14
 # Envoy's default; a larger UI file raises the limit to the file's size.
 _MIN_DIRECT_RESPONSE_BYTES: Final = 4096
 _CONTENT_TYPES: Final = {
@@ -101,6 +125,47 @@ def _cors_origins(config: EdgeConfig, own_origins: Sequence[str]) -> list[dict[s
     return [{"exact": origin} for origin in origins]
 
 
+def _endpoint(host: str, port: int) -> str:
+    return (
+        f"{_ENDPOINT_INDENT}- endpoint:\n"
+        f"{_ENDPOINT_INDENT}    address:\n"
+        f"{_ENDPOINT_INDENT}      socket_address: {{ address: {host}, port_value: {port} }}"
+    )
+
+
+def _cluster_parts(config: EdgeConfig) -> dict[str, str]:
+    """The placeholders of the scale-out parts: empty for a single server."""
+    ports = config.upstream_ports or (config.upstream_port,)
+    endpoints = "\n".join(_endpoint(config.upstream_host, port) for port in ports)
+    if config.replayer_port is None:
+        return dict.fromkeys(("replayer_route", "upstream_retry", "upstream_lb", "protocol_anchor", "health_anchor", "replayer_cluster"), "") | {
+            "upstream_endpoints": endpoints
+        }
+    replay_route = {
+        "match": {"prefix": _REPLAY_SERVICE_PREFIX},
+        "route": {"cluster": REPLAYER_CLUSTER, "timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"}},
+    }
+    replayer_endpoint = {"endpoint": {"address": {"socket_address": {"address": config.upstream_host, "port_value": config.replayer_port}}}}
+    load_assignment = {"cluster_name": REPLAYER_CLUSTER, "endpoints": [{"lb_endpoints": [replayer_endpoint]}]}
+    replayer_cluster = (
+        f"    - name: {REPLAYER_CLUSTER}\n"
+        "      type: STATIC\n"
+        "      connect_timeout: 1s\n"
+        f"      load_assignment: {json.dumps(load_assignment)}\n"
+        "      typed_extension_protocol_options: *upstream_protocol\n"
+        "      health_checks: *upstream_health_checks\n"
+    )
+    return {
+        "replayer_route": f"{_ROUTE_INDENT}- {json.dumps(replay_route)}\n",
+        "upstream_retry": f"\n{_ROUTE_INDENT}    retry_policy: {json.dumps(_GATEWAY_RETRY)}",
+        "upstream_lb": "\n      lb_policy: LEAST_REQUEST\n      common_lb_config: { healthy_panic_threshold: { value: 0 } }",
+        "upstream_endpoints": endpoints,
+        "protocol_anchor": " &upstream_protocol",
+        "health_anchor": " &upstream_health_checks",
+        "replayer_cluster": replayer_cluster,
+    }
+
+
 def render_config(config: EdgeConfig) -> str:
     """The Envoy v3 bootstrap YAML for ``config``: the template with every placeholder filled."""
     routes, largest = static_routes(config.static_dir)
@@ -119,5 +184,6 @@ def render_config(config: EdgeConfig) -> str:
         "max_static_bytes": largest,
         "cors_origins": json.dumps(_cors_origins(config, own_origins)),
         "static_routes": "\n".join(f"{_ROUTE_INDENT}- {json.dumps(route)}" for route in routes),
+        **_cluster_parts(config),
     }
     return Template(config.template.read_text()).substitute(values)

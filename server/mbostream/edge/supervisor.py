@@ -73,6 +73,8 @@ class Edge:
         envoy: Path | None = None,
         concurrency: int = 1,
         log_level: str = "warning",
+        upstream_ports: Sequence[int] = (),
+        replayer_port: int | None = None,
     ) -> None:
         self.config = EdgeConfig(
             listen_port=listen_port,
@@ -83,6 +85,8 @@ class Edge:
             listen_host=listen_host,
             upstream_host=upstream_host,
             template=template,
+            upstream_ports=tuple(upstream_ports),
+            replayer_port=replayer_port,
         )
         if concurrency < 1:
             raise ConfigError("concurrency", "must be at least 1 worker thread")

@@ -1,0 +1,360 @@
+"""Edge cluster room: ``mbostream run --gateways N``, the scale-out roles on one machine, supervised.
+
+Start order, each step ready before the next::
+
+    nats-server (JetStream, a private store dir) → replayer (creates the streams, writes the meta)
+      → N gateways → the store → Envoy (ReplayService → the replayer; MarketDataService, health and
+        reflection → the gateways: least-request, gRPC health-checked, retried on another gateway)
+
+then one JSON line on stdout: ``{"url", "grpc", "nats", "replayer": {"pid", "port"}, "gateways":
+[{"pid", "port"}, ...], "store": {"pid"}, "admin"}`` (``store`` is null with ``--no-store``;
+``admin`` is Envoy's loopback admin interface, whose ``/clusters`` shows which gateway serves what).
+
+Supervision policy: **restart**. A child that exits while the run is up is started again on the same
+port (Envoy's config names the ports) after a backoff (0.2 s, doubling, at most 5 s): every role is
+built to be restarted (gateways are stateless replicas, the store is a durable consumer, the
+replayer continues its positions on the bus, nats-server recovers its streams from its store). A
+child restarted more than :data:`MAX_RESTARTS` times within :data:`RESTART_WINDOW_SECONDS` is
+crash-looping: the whole run stops, logging which child and its exit code, and exits 1.
+
+Shutdown (SIGTERM/SIGINT): Envoy, then the gateways, the store and the replayer (SIGTERM; SIGKILL
+after the grace period), nats-server last. Every child also gets SIGTERM if this launcher dies
+(``setpriv --pdeathsig``, as Envoy does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from mbostream.edge.config import REPO_ROOT
+from mbostream.edge.errors import EdgeError
+from mbostream.edge.supervisor import Edge, _die_with_parent
+from mbostream.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Restarts of one child allowed within :data:`RESTART_WINDOW_SECONDS` before the run gives up.
+MAX_RESTARTS: Final = 5
+RESTART_WINDOW_SECONDS: Final = 60.0
+RESTART_BACKOFF_SECONDS: Final = (0.2, 5.0)
+#: Longest wait for one child's ready line (a replayer's first start reads and checks its files).
+START_TIMEOUT_SECONDS: Final = 120.0
+STOP_GRACE_SECONDS: Final = 10.0
+NATS_SERVER_VARIABLE: Final = "MBOSTREAM_NATS_SERVER"
+INSTALL_SCRIPT: Final = REPO_ROOT / "scripts" / "install-nats-server"
+EXIT_CRASH_LOOP: Final = 1
+
+
+class ClusterError(EdgeError):
+    """A child of ``mbostream run --gateways N`` could not start, or keeps dying."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterSpec:
+    """What ``mbostream run --gateways N`` starts (built by the server's CLI from its settings)."""
+
+    gateways: int
+    files: tuple[str, ...]
+    #: Flags passed to the replayer as they are (pacing, loop, batch size).
+    replay_flags: tuple[str, ...] = ()
+    #: Flags passed to every gateway as they are (streams, book interval).
+    gateway_flags: tuple[str, ...] = ()
+    store: bool = True
+    control_token: str | None = None
+    nats_server: str | None = None
+    edge_port: int = 8080
+    host: str = "127.0.0.1"
+    static_dir: Path | None = None
+    allowed_origins: tuple[str, ...] = ()
+    log_level: str = "info"
+    log_format: str = "json"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.gateways <= 64:
+            raise ConfigError("--gateways", f"{self.gateways} is not 1 to 64")
+
+
+def find_nats_server(explicit: str | None = None) -> str:
+    """``--nats-server``, else ``MBOSTREAM_NATS_SERVER``, else the build ``scripts/install-nats-server`` caches."""
+    configured = explicit or os.environ.get(NATS_SERVER_VARIABLE, "").strip()
+    if configured:
+        if not (Path(configured).is_file() and os.access(configured, os.X_OK)):
+            raise ConfigError(f"--nats-server / {NATS_SERVER_VARIABLE}", f"{configured} is not an executable file")
+        return configured
+    if not INSTALL_SCRIPT.is_file():
+        raise ConfigError(f"--nats-server / {NATS_SERVER_VARIABLE}", "required outside a source checkout (no scripts/install-nats-server)")
+    # The script prints the cached binary's path (it builds it first, once, if it is missing).
+    result = subprocess.run([str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=1800, check=False)
+    if result.returncode != 0:
+        raise ClusterError(f"scripts/install-nats-server failed: {result.stderr.strip()[-2000:]}")
+    return result.stdout.strip().splitlines()[-1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class _Child:
+    """One supervised process; ``argv(port)`` makes its command line (port 0 on the first start)."""
+
+    name: str
+    argv: Callable[[int], list[str]]
+    env: dict[str, str] | None = None
+    #: Python roles print a JSON ready line with their port; nats-server is probed instead.
+    ready_line: bool = True
+    probe: Callable[[], bool] | None = None
+    port: int = 0
+    process: asyncio.subprocess.Process | None = None
+    restarts: deque[float] = field(default_factory=deque)
+    drain: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+
+class Cluster:
+    """The children of one ``mbostream run --gateways N`` and their supervision (module docstring)."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.spec = spec
+        self.nats_binary = find_nats_server(spec.nats_server)
+        self._store_dir = Path(tempfile.mkdtemp(prefix="mbostream-nats-"))
+        self.nats_port = _free_port()
+        self._monitor_port = _free_port()
+        self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
+        self.nats = _Child("nats-server", self._nats_argv, ready_line=False, probe=self._nats_healthy)
+        role_env = dict(os.environ)
+        if spec.control_token:
+            role_env["MBOSTREAM_CONTROL_TOKEN"] = spec.control_token
+        self.replayer = _Child("replayer", lambda port: self._role("replay", port, *spec.files, "--no-store", *spec.replay_flags), role_env)
+        self.gateways = [
+            _Child(f"gateway-{i + 1}", lambda port: self._role("gateway", port, *spec.gateway_flags)) for i in range(spec.gateways)
+        ]
+        self.store = _Child("store", lambda port: self._role("store", port)) if spec.store else None
+        self.edge: Edge | None = None
+        self.failed: str | None = None
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._watchers: list[asyncio.Task[None]] = []
+
+    @property
+    def children(self) -> list[_Child]:
+        """Roles in start order (nats-server excluded)."""
+        return [self.replayer, *self.gateways, *([self.store] if self.store else [])]
+
+    def _nats_argv(self, port: int) -> list[str]:
+        return [
+            self.nats_binary, "-js", "-a", "127.0.0.1", "-p", str(self.nats_port),
+            "-m", str(self._monitor_port), "-sd", str(self._store_dir),
+        ]  # fmt: skip
+
+    def _role(self, role: str, port: int, *extra: str) -> list[str]:
+        s = self.spec
+        return [
+            sys.executable, "-m", "mbostream.cli", "--log-level", s.log_level, "--log-format", s.log_format,
+            role, "--nats", self.nats_url, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1", *extra,
+        ]  # fmt: skip
+
+    def _nats_healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self._monitor_port}/healthz", timeout=1) as reply:
+                return bool(json.load(reply).get("status") == "ok")
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+    # -- life cycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Starts every child in order, then Envoy; on any failure, stops what started and raises."""
+        try:
+            await self._start(self.nats)
+            for child in self.children:
+                await self._start(child)
+            s = self.spec
+            self.edge = Edge(
+                listen_port=s.edge_port,
+                upstream_port=self.gateways[0].port,
+                upstream_ports=[g.port for g in self.gateways],
+                replayer_port=self.replayer.port,
+                static_dir=s.static_dir,
+                allowed_origins=s.allowed_origins,
+                listen_host=s.host,
+            )
+            await self.edge.start()
+        except BaseException:
+            await self.stop()
+            raise
+        for child in (self.nats, *self.children):
+            self._watchers.append(asyncio.create_task(self._watch(child), name=f"watch-{child.name}"))
+
+    def ready(self) -> dict[str, Any]:
+        """The run's one JSON line."""
+        assert self.edge is not None
+        return {
+            "url": self.edge.url,
+            "grpc": self.edge.url.removeprefix("http://"),
+            "nats": self.nats_url,
+            "replayer": {"pid": self.replayer.pid, "port": self.replayer.port},
+            "gateways": [{"pid": g.pid, "port": g.port} for g in self.gateways],
+            "store": {"pid": self.store.pid} if self.store else None,
+            "admin": self.edge.admin_url,
+        }
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Envoy, the gateways, the store, the replayer, then nats-server; safe to call twice."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for watcher in self._watchers:
+            watcher.cancel()
+        if self.edge is not None:
+            await self.edge.stop()
+        await asyncio.gather(*(self._terminate(g) for g in self.gateways))
+        if self.store is not None:
+            await self._terminate(self.store)
+        await self._terminate(self.replayer)
+        await self._terminate(self.nats)
+        shutil.rmtree(self._store_dir, ignore_errors=True)
+        self._stopped.set()
+
+    # -- one child --------------------------------------------------------------------------------
+    async def _start(self, child: _Child) -> None:
+        argv = [*_die_with_parent(), *child.argv(child.port)]
+        try:
+            child.process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=None,  # the role's log goes to the run's stderr
+                env=child.env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ClusterError(f"cannot start {child.name}: {exc}") from exc
+        try:
+            await asyncio.wait_for(self._wait_ready(child), START_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise ClusterError(f"{child.name} was not ready within {START_TIMEOUT_SECONDS:g} s") from None
+        log.info("cluster child ready", extra={"child": child.name, "pid": child.pid, "port": child.port})
+
+    async def _wait_ready(self, child: _Child) -> None:
+        process = child.process
+        assert process is not None and process.stdout is not None
+        if not child.ready_line:
+            assert child.probe is not None
+            while not await asyncio.to_thread(child.probe):
+                if process.returncode is not None:
+                    raise ClusterError(f"{child.name} exited with code {process.returncode} while starting")
+                await asyncio.sleep(0.05)
+            child.drain = asyncio.create_task(_drain(process.stdout))
+            return
+        while True:
+            line = await process.stdout.readline()
+            if not line:
+                code = await process.wait()
+                raise ClusterError(f"{child.name} exited with code {code} while starting (its log is above)")
+            text = line.decode(errors="replace").strip()
+            if text.startswith("{") and '"listening"' in text:
+                child.port = int(json.loads(text)["listening"].rsplit(":", 1)[1])
+                child.drain = asyncio.create_task(_drain(process.stdout))
+                return
+
+    async def _watch(self, child: _Child) -> None:
+        """Restarts ``child`` whenever it exits, until it crash-loops (then the run stops)."""
+        delay = RESTART_BACKOFF_SECONDS[0]
+        while not self._stopping:
+            assert child.process is not None
+            code = await child.process.wait()
+            if self._stopping:
+                return
+            now = time.monotonic()
+            child.restarts.append(now)
+            while child.restarts and child.restarts[0] < now - RESTART_WINDOW_SECONDS:
+                child.restarts.popleft()
+            if len(child.restarts) > MAX_RESTARTS:
+                self.failed = f"{child.name} exited {len(child.restarts)} times within {RESTART_WINDOW_SECONDS:g} s (last exit code {code})"
+                log.error("cluster stops: %s", self.failed)
+                asyncio.get_running_loop().create_task(self.stop())
+                return
+            log.warning("%s exited with code %s; restarting on port %d in %.1f s", child.name, code, child.port, delay)
+            await asyncio.sleep(delay)
+            try:
+                await self._start(child)
+                delay = RESTART_BACKOFF_SECONDS[0]
+            except ClusterError as exc:
+                log.error("restarting %s failed: %s", child.name, exc)
+                delay = min(delay * 2, RESTART_BACKOFF_SECONDS[1])
+
+    async def _terminate(self, child: _Child) -> None:
+        process = child.process
+        if process is None:
+            return
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                log.warning("%s ignored SIGTERM; killing it", child.name)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        if child.drain is not None:
+            child.drain.cancel()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    """Reads a child's stdout after its ready line so it never blocks on a full pipe."""
+    while await stream.readline():
+        pass
+
+
+async def run_cluster(spec: ClusterSpec, *, page_token: str | None = None) -> int:
+    """Runs the cluster until SIGTERM/SIGINT (or a crash-looping child); prints the JSON line."""
+    cluster = Cluster(spec)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, lambda: loop.create_task(cluster.stop()))
+    await cluster.start()
+    print(json.dumps(cluster.ready()), flush=True)
+    assert cluster.edge is not None
+    page = cluster.edge.url if page_token is None else cluster.edge.page_url(page_token)
+    print(f"mbostream cluster is up: open {page} (UI, gRPC-Web and gRPC on one origin); Ctrl-C stops", flush=True)
+    await cluster.wait_stopped()
+    return EXIT_CRASH_LOOP if cluster.failed else 0
+
+
+def spec_flags(pairs: Sequence[tuple[str, object | None]]) -> tuple[str, ...]:
+    """``("--flag", value)`` pairs as arguments: None is left out, True is the bare flag."""
+    out: list[str] = []
+    for flag, value in pairs:
+        if value is None or value is False:
+            continue
+        out.extend([flag] if value is True else [flag, str(value)])
+    return tuple(out)
