@@ -11,18 +11,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-INFRA_PYTHON = REPO / "infra" / ".venv" / "bin" / "python"
+from k8s_tools import INFRA_PYTHON, REPO, k8s_tools
 
 
 def run_policy_tests(root: Path) -> subprocess.CompletedProcess[str]:
     """``pytest infra/tests`` of the repo (or copy) at ``root``, with the kustomize of our scripts."""
     assert INFRA_PYTHON.exists(), f"{INFRA_PYTHON} is missing: run scripts/bootstrap-dev"
-    tools = subprocess.run(
-        [str(REPO / "scripts" / "install-k8s-tools")], capture_output=True, text=True, timeout=3600, check=True
-    ).stdout
-    kustomize = dict(line.split("=", 1) for line in tools.splitlines() if "=" in line)["kustomize"]
-    env = {**os.environ, "MBOSTREAM_KUSTOMIZE": kustomize}
+    env = {**os.environ, "MBOSTREAM_KUSTOMIZE": k8s_tools()["kustomize"]}
     return subprocess.run(
         [str(INFRA_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "infra" / "tests")],
         cwd=root, env=env, capture_output=True, text=True, timeout=600,

@@ -12,42 +12,26 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import json
-
 import pytest
+from k8s_tools import REPO, k8s_tools, load_yaml
 
-REPO = Path(__file__).resolve().parent.parent
-#: PyYAML is not a dependency of the server's venv; the infra venv (scripts/bootstrap-dev) has it.
-INFRA_PYTHON = REPO / "infra" / ".venv" / "bin" / "python"
 K8S = REPO / "k8s"
 OVERLAYS = ("dev", "staging", "prod")
 #: Kinds whose schemas are CRDs, not in kubernetes-validate: kubeconform skips them (README says so).
 CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
-#: kube-score checks that do not apply, each with the reason.
-KUBE_SCORE_IGNORED: dict[str, str] = {}
-
-
-@cache
-def tools() -> dict[str, str]:
-    out = subprocess.run(
-        [str(REPO / "scripts" / "install-k8s-tools")], capture_output=True, text=True, timeout=3600
-    )
-    assert out.returncode == 0, f"scripts/install-k8s-tools failed:\n{out.stderr[-3000:]}"
-    return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
 
 
 def build(overlay: Path) -> str:
-    result = subprocess.run([tools()["kustomize"], "build", str(overlay)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([k8s_tools()["kustomize"], "build", str(overlay)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"kustomize build {overlay} failed:\n{result.stderr}"
     return result.stdout
 
 
 def kubeconform(manifests: str) -> subprocess.CompletedProcess[str]:
-    t = tools()
+    t = k8s_tools()
     location = t["schemas"] + "/{{ .NormalizedKubernetesVersion }}-standalone{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json"
     return subprocess.run(
         [t["kubeconform"], "-strict", "-summary", "-output", "text", "-kubernetes-version",
@@ -57,9 +41,8 @@ def kubeconform(manifests: str) -> subprocess.CompletedProcess[str]:
 
 
 def kube_score(manifests: str) -> subprocess.CompletedProcess[str]:
-    ignored = [arg for test in KUBE_SCORE_IGNORED for arg in ("--ignore-test", test)]
     return subprocess.run(
-        [tools()["kube-score"], "score", "--output-format", "ci", *ignored, "-"],
+        [k8s_tools()["kube-score"], "score", "--output-format", "ci", "-"],
         input=manifests, capture_output=True, text=True, timeout=120,
     )
 
@@ -144,16 +127,6 @@ def _flatten(node: Any, path: str, out: dict[str, Any]) -> None:
     else:
         # The ConfigMap's content hash differs with its content; the content itself is compared.
         out[path] = _HASHED.sub(r"\1", node) if isinstance(node, str) else node
-
-
-def load_yaml(text: str) -> list[dict[str, Any]]:
-    """The documents of a YAML stream (parsed by the infra venv's PyYAML)."""
-    result = subprocess.run(
-        [str(INFRA_PYTHON), "-c", "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)"],
-        input=text, capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 0, f"{INFRA_PYTHON} could not parse YAML (run scripts/bootstrap-dev):\n{result.stderr}"
-    return json.loads(result.stdout)
 
 
 def rendered(overlay: str) -> dict[str, dict[str, Any]]:

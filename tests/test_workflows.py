@@ -7,17 +7,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from k8s_tools import REPO, k8s_tools
+
 WORKFLOWS = REPO / ".github" / "workflows"
 
 
 def actionlint(workflows: list[Path], cwd: Path) -> subprocess.CompletedProcess[str]:
-    tools = subprocess.run(
-        [str(REPO / "scripts" / "install-k8s-tools")], capture_output=True, text=True, timeout=3600, check=True
-    ).stdout
-    binary = dict(line.split("=", 1) for line in tools.splitlines() if "=" in line)["actionlint"]
     return subprocess.run(
-        [binary, "-no-color", *map(str, workflows)], cwd=cwd, capture_output=True, text=True, timeout=120
+        [k8s_tools()["actionlint"], "-no-color", *map(str, workflows)], cwd=cwd, capture_output=True, text=True, timeout=120
     )
 
 
