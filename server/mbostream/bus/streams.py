@@ -59,19 +59,15 @@ def stream_configs(max_age_seconds: float, max_bytes: int) -> list[StreamConfig]
             max_bytes=max_bytes,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
         ),
-        StreamConfig(
-            name=SNAPSHOTS_STREAM,
-            subjects=[SNAPSHOT_SUBJECTS],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_msgs_per_subject=1,
-        ),
-        StreamConfig(
-            name=META_STREAM,
-            subjects=[META_SUBJECT],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_msgs_per_subject=1,
+        *(
+            StreamConfig(
+                name=name,
+                subjects=[subjects],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_msgs_per_subject=1,  # the last value of each subject
+            )
+            for name, subjects in ((SNAPSHOTS_STREAM, SNAPSHOT_SUBJECTS), (META_STREAM, META_SUBJECT))
         ),
     ]
 

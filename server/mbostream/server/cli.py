@@ -92,6 +92,18 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     pace.add_argument("--max", action="store_true", help="as fast as the pipeline allows")
     p.add_argument("--loop", action="store_true", help="start over at the end (books cleared with R records)")
+    add_listen_arguments(p)
+    p.add_argument(
+        "--batch-records", type=RANGES["batch_records"].argtype, default=None,
+        help=f"records per replay step at most ({_range('batch_records')}; default 4096)",
+    )  # fmt: skip
+    p.add_argument("--control-token-file", default=None, help="file holding the ReplayService token")
+    p.add_argument("--no-store", action="store_true", help="do not persist the feed (no InfluxDB writes, no spool)")
+
+
+def add_listen_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of every serving process (``serve``, ``run``, ``replay``, ``gateway``): where it
+    listens, how many streams it takes, how often books refresh, how long shutdown waits."""
     p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     p.add_argument(
         "--port", type=RANGES["port"].argtype, default=None,
@@ -114,15 +126,9 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
         help=f"longest the refresh period stretches to while the server is behind ({_range('book_interval_max_ms')}; default 50)",
     )  # fmt: skip
     p.add_argument(
-        "--batch-records", type=RANGES["batch_records"].argtype, default=None,
-        help=f"records per replay step at most ({_range('batch_records')}; default 4096)",
-    )  # fmt: skip
-    p.add_argument(
         "--grace-seconds", type=RANGES["grace_seconds"].argtype, default=None,
         help=f"shutdown grace period ({_range('grace_seconds')}; default 5)",
     )  # fmt: skip
-    p.add_argument("--control-token-file", default=None, help="file holding the ReplayService token")
-    p.add_argument("--no-store", action="store_true", help="do not persist the feed (no InfluxDB writes, no spool)")
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from mbostream import logs
 from mbostream.config import RANGES, load_settings
-from mbostream.server.cli import _range, _settings_from_args, add_server_arguments
+from mbostream.server.cli import _range, _settings_from_args, add_listen_arguments, add_server_arguments
 
 
 def _add_bus_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,6 +52,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         "log_format": args.log_format if args.log_format != "json" else None,
         "max_streams": args.max_streams,
         "book_interval_ms": args.book_interval_ms,
+        "book_interval_max_ms": args.book_interval_max_ms,
         "grace_seconds": args.grace_seconds,
         "replay_buffer_records": args.replay_buffer_records,
         "store": False,
@@ -75,21 +76,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("gateway", help="a stateless replica fed from the bus: MarketDataService, health NOT_SERVING until caught up")
     _add_bus_arguments(p)
-    p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
-    p.add_argument("--port", type=RANGES["port"].argtype, default=None, help="gRPC port (default 50051; 0 picks a free one)")
-    p.add_argument("--metrics-port", type=RANGES["metrics_port"].argtype, default=None, help="Prometheus port (default 9464; 0 free; -1 off)")
-    p.add_argument(
-        "--max-streams", type=RANGES["max_streams"].argtype, default=None,
-        help=f"concurrent streams allowed ({_range('max_streams')}; default 1000)",
-    )  # fmt: skip
-    p.add_argument(
-        "--book-interval-ms", type=RANGES["book_interval_ms"].argtype, default=None,
-        help=f"book stream refresh period ({_range('book_interval_ms')}; default 5)",
-    )  # fmt: skip
-    p.add_argument(
-        "--grace-seconds", type=RANGES["grace_seconds"].argtype, default=None,
-        help=f"shutdown grace period ({_range('grace_seconds')}; default 5)",
-    )  # fmt: skip
+    add_listen_arguments(p)
     p.add_argument(
         "--replay-buffer-records", type=RANGES["replay_buffer_records"].argtype, default=None,
         help=f"records kept in memory for resumes; older ones are read from the bus ({_range('replay_buffer_records')})",
