@@ -109,8 +109,14 @@ def deploy() -> dict[str, Any]:
         "namespace",
         metadata=k8s.meta.v1.ObjectMetaArgs(
             name=NAMESPACES[environment],
-            # Pod Security Admission: every pod of ours passes `restricted`.
-            labels={"pod-security.kubernetes.io/enforce": "restricted", "app.kubernetes.io/part-of": "mbostream"},
+            # Pod Security Admission: our pods meet `restricted` (warned and audited); `baseline` is
+            # enforced, as the NATS and InfluxDB charts' pods are not all checked against `restricted`.
+            labels={
+                "pod-security.kubernetes.io/enforce": "baseline",
+                "pod-security.kubernetes.io/warn": "restricted",
+                "pod-security.kubernetes.io/audit": "restricted",
+                "app.kubernetes.io/part-of": "mbostream",
+            },
         ),
         opts=opts,
     )

@@ -197,9 +197,21 @@ def test_helm_releases_are_pinned_with_per_environment_values(stacks):
             assert release["version"] == pins[chart]["version"]
             files = [Path(asset.path).name for asset in release["valueYamlFiles"]]
             assert files == ["values.yaml", f"values-{env}.yaml"], f"{env}: {chart} values {files}"
+            for asset in release["valueYamlFiles"]:
+                assert isinstance(yaml.safe_load(Path(asset.path).read_text()), dict), f"{asset.path}: not a YAML map"
 
 
 def test_the_releases_pods_get_their_network_policies(stacks):
     for env, recorded in stacks.items():
         names = {p["metadata"]["name"] for p in recorded.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")}
         assert {"default-deny", "nats", "influxdb"} <= names, f"{env}: network policies {sorted(names)}"
+
+
+def test_everything_lands_in_the_stacks_namespace(stacks):
+    for env, recorded in stacks.items():
+        namespace = program.NAMESPACES[env]
+        for typ, name, inputs in recorded.resources:
+            if typ.startswith("kubernetes:") and "metadata" in inputs and not typ.endswith(":Namespace"):
+                assert inputs["metadata"].get("namespace") == namespace, f"{env}: {typ} {name} outside {namespace}"
+        releases = recorded.of_type("kubernetes:helm.sh/v3:Release")
+        assert all(r["namespace"] == namespace for r in releases), f"{env}: a release outside {namespace}"
