@@ -49,6 +49,20 @@ def pin_images(digests: dict[str, str]):
     return transform
 
 
+def set_ingress_hosts(host: str):
+    """A kustomize transformation: the Ingresses serve the stack's ``mbostream:host`` (the web UI and
+    gRPC-Web) and ``grpc.<host>`` (native gRPC), so the stack's edge URL is where the edge is."""
+    hosts = {"edge-web": host, "edge-grpc": f"grpc.{host}"}
+
+    def transform(obj: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
+        if obj.get("kind") == "Ingress" and obj["metadata"]["name"] in hosts:
+            name = hosts[obj["metadata"]["name"]]
+            obj["spec"]["rules"][0]["host"] = name
+            obj["spec"]["tls"][0]["hosts"] = [name]
+
+    return transform
+
+
 def _helm_release(name: str, environment: str, namespace: k8s.core.v1.Namespace, opts: pulumi.ResourceOptions):
     pins = yaml.safe_load((K8S / "helm" / "charts.yaml").read_text())[name]
     values = K8S / "helm" / name
@@ -69,8 +83,8 @@ def _helm_release(name: str, environment: str, namespace: k8s.core.v1.Namespace,
 
 
 def _cluster_provider(environment: str) -> k8s.Provider | None:
-    """With ``mbostream:createCluster``, an EKS cluster and a provider for it (needs pulumi-eks,
-    ``infra/requirements-cloud.in``, and AWS credentials); else None: the current kubeconfig."""
+    """With ``mbostream:createCluster``, an EKS cluster and a provider for it (needs pulumi-eks added
+    to ``infra/requirements.in``, and AWS credentials); else None: the current kubeconfig."""
     config = pulumi.Config("mbostream")
     if not config.get_bool("createCluster"):
         return None
@@ -149,7 +163,7 @@ def deploy() -> dict[str, Any]:
             opts=in_namespace,
         )
 
-    transformations = [pin_images(digests)] if digests else []
+    transformations = [set_ingress_hosts(host), *([pin_images(digests)] if digests else [])]
     k8s.kustomize.Directory(
         "mbostream",
         directory=str(K8S / "overlays" / environment),

@@ -186,6 +186,12 @@ def test_stack_outputs_the_edge_url(stacks):
         assert recorded.outputs["edgeUrl"] == f"https://{env}.mbostream.test"
         assert recorded.outputs["grpcTarget"] == f"grpc.{env}.mbostream.test:443"
         assert recorded.outputs["namespace"] == program.NAMESPACES[env]
+        # ... and the Ingresses serve exactly those hosts.
+        ingresses = {i["metadata"]["name"]: i["spec"] for i in recorded.of_type("kubernetes:networking.k8s.io/v1:Ingress")}
+        for name, target in (("edge-web", recorded.outputs["edgeUrl"]), ("edge-grpc", recorded.outputs["grpcTarget"])):
+            host = target.removeprefix("https://").removesuffix(":443")
+            assert ingresses[name]["rules"][0]["host"] == host, f"{env}: {name} serves {ingresses[name]['rules'][0]['host']}"
+            assert ingresses[name]["tls"][0]["hosts"] == [host]
 
 
 def test_helm_releases_are_pinned_with_per_environment_values(stacks):
