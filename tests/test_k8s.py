@@ -100,7 +100,7 @@ def test_kube_score_flags_a_container_without_limits(tmp_path: Path) -> None:
 
 def test_prometheusrule_holds_the_tested_rule_files() -> None:
     check = subprocess.run([str(K8S / "generate-prometheusrule"), "--check"], capture_output=True, text=True, timeout=60)
-    assert check.returncode == 0, f"k8s/base/prometheusrule.yaml is stale: run k8s/generate-prometheusrule\n{check.stderr}"
+    assert check.returncode == 0, f"k8s/base/prometheusrule.yaml is stale (run k8s/generate-prometheusrule) or the rule files are missing\n{check.stderr}"
     rule_files = sorted((REPO / "observability" / "prometheus" / "rules").glob("*.yml"))
     expected = [group for path in rule_files for doc in load_yaml(path.read_text()) for group in doc["groups"]]
     for overlay in OVERLAYS:
