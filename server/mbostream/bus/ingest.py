@@ -166,15 +166,14 @@ class BusFeed:
     async def _cold_start(self) -> None:
         state = (await self.js.stream_info(RECORDS_STREAM)).state
         self._target = state.last_seq
-        if not state.last_seq:
-            self.loaded.set()
-            return
-        if await _header(self.js, state.first_seq, FIRST_SEQ) == 1:
-            self._next_stream_seq = state.first_seq
-            return
+        self._next_stream_seq = state.first_seq or 1
+        if state.messages and await _header(self.js, state.first_seq, FIRST_SEQ) == 1:
+            return  # the whole run is in the stream: apply it from the start
         snapshots = await self._snapshots()
         if not snapshots:
-            raise BusError("the record stream no longer starts at position 1 and no book snapshot is stored yet")
+            if state.messages:
+                raise BusError("the record stream no longer starts at position 1 and no book snapshot is stored yet")
+            return  # nothing on the bus yet
         for key, snap in snapshots.items():
             self.market.apply(snap.records.copy(), complete_events=True)
             self._skip[key] = snap.position

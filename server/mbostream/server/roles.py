@@ -88,16 +88,26 @@ class ReplayerApp(_BusApp):
         self.last_stream_seq = (await self.js.stream_info(RECORDS_STREAM)).state.last_seq
         self.resume_position = 0
         self.previous_books: list[BookKey] = []
-        if self.last_stream_seq:
+        last = await self._last_record_message()
+        if last is not None:
             # A run is on the bus already: continue its positions under its epoch, and clear the
             # books it left on the gateways (this replay starts the files over).
-            last = await self.js.get_msg(RECORDS_STREAM, seq=self.last_stream_seq)
             epoch = (last.headers or {})[EPOCH]
             self.resume_position = int((last.headers or {})[LAST_SEQ])
             self.previous_books = await self._snapshot_books()
         meta = codec.Meta(epoch, dataset, symbols, tuple(files))
         await self.js.publish(META_SUBJECT, meta.encode(), stream=META_STREAM)
         return files, symbols, dataset, epoch
+
+    async def _last_record_message(self) -> Any:
+        """The record stream's last message; None when it holds none (new, or all of it expired:
+        then this is a new run, with a new epoch)."""
+        if not self.last_stream_seq:
+            return None
+        try:
+            return await self.js.get_msg(RECORDS_STREAM, seq=self.last_stream_seq)
+        except NotFoundError:
+            return None
 
     def _publisher(self) -> Publisher:
         self.bus_publisher = BusPublisher(
