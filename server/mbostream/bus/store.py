@@ -27,9 +27,11 @@ happens at the event boundaries of the sample files (0 of 79,073 boundaries, mea
 ``docs/scale-out.md``); depth samples are taken at the store's own pace and are not reproducible
 point for point (as in ``serve``).
 
-Cold start (no state file): the books come from the latest snapshots of ``MBOSTREAM_SNAPSHOTS``
-(none: empty books) and each book's records at or below its snapshot's position are skipped, so
-a store started late stores the feed from each book's snapshot on.
+Cold start (no state file): when the record stream still begins at position 1, from empty books
+and the first message (everything is stored, as a gateway does); when retention dropped the
+start, the books come from the latest snapshots of ``MBOSTREAM_SNAPSHOTS`` and each book's records
+at or below its snapshot's position are skipped, so such a store stores the feed from each book's
+snapshot on.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from mbostream import logs
 from mbostream.bus.codec import Meta, RecordMessage, decode_record_message, decode_snapshot
 from mbostream.bus.errors import BusError
 from mbostream.bus.streams import (
+    FIRST_SEQ,
     META_STREAM,
     META_SUBJECT,
     RECORDS_STREAM,
@@ -223,7 +226,7 @@ class BusStore:
         await self._wait_for_stream()
         self.symbols = await self._read_symbols()
         self.market = Market(self.symbols)
-        if not await asyncio.to_thread(self._load_state):
+        if not await asyncio.to_thread(self._load_state) and not await self._stream_holds_the_start():
             await self._load_snapshots()
         start_seq = await self._resume_point()
         config = ConsumerConfig(
@@ -416,6 +419,19 @@ class BusStore:
         self._skip = {}
         await self._load_snapshots()
         self.replay_seq = step.first_seq - 1
+
+    async def _stream_holds_the_start(self) -> bool:
+        """True when the record stream still begins at position 1: then everything is stored, from empty books."""
+        from nats.js.errors import NotFoundError
+
+        info = await self._js.stream_info(RECORDS_STREAM)
+        if not info.state.messages:
+            return True
+        try:
+            first = await self._js.get_msg(RECORDS_STREAM, seq=info.state.first_seq)
+        except NotFoundError:
+            return False
+        return (first.headers or {}).get(FIRST_SEQ) == "1"
 
     async def _load_snapshots(self) -> None:
         """Cold start: the latest snapshot of every book; its records up to it are skipped."""

@@ -8,7 +8,8 @@ Start order, each step ready before the next::
 
 then one JSON line on stdout: ``{"url", "grpc", "nats", "replayer": {"pid", "port"}, "gateways":
 [{"pid", "port"}, ...], "store": {"pid"}, "admin"}`` (``store`` is null with ``--no-store``;
-``admin`` is Envoy's loopback admin interface, whose ``/clusters`` shows which gateway serves what).
+``admin`` is Envoy's loopback admin interface, whose ``/clusters`` shows which gateway serves what;
+each role's entry also has its Prometheus ``metrics_port``, a free port kept across restarts).
 
 Supervision policy: **restart**. A child that exits while the run is up is started again on the same
 port (Envoy's config names the ports) after a backoff (0.2 s, doubling, at most 5 s): every role is
@@ -117,15 +118,16 @@ def _free_port() -> int:
 
 @dataclass
 class _Child:
-    """One supervised process; ``argv(port)`` makes its command line (port 0 on the first start)."""
+    """One supervised process; ``argv(port, metrics_port)`` makes its command line (0s on the first start)."""
 
     name: str
-    argv: Callable[[int], list[str]]
+    argv: Callable[[int, int], list[str]]
     env: dict[str, str] | None = None
     #: Python roles print a JSON ready line with their port; nats-server is probed instead.
     ready_line: bool = True
     probe: Callable[[], bool] | None = None
     port: int = 0
+    metrics_port: int = 0
     process: asyncio.subprocess.Process | None = None
     restarts: deque[float] = field(default_factory=deque)
     drain: asyncio.Task[None] | None = None
@@ -150,11 +152,14 @@ class Cluster:
         role_env = dict(os.environ)
         if spec.control_token:
             role_env["MBOSTREAM_CONTROL_TOKEN"] = spec.control_token
-        self.replayer = _Child("replayer", lambda port: self._role("replay", port, *spec.files, "--no-store", *spec.replay_flags), role_env)
+        self.replayer = _Child(
+            "replayer", lambda port, metrics: self._role("replay", port, metrics, *spec.files, "--no-store", *spec.replay_flags), role_env
+        )
         self.gateways = [
-            _Child(f"gateway-{i + 1}", lambda port: self._role("gateway", port, *spec.gateway_flags)) for i in range(spec.gateways)
+            _Child(f"gateway-{i + 1}", lambda port, metrics: self._role("gateway", port, metrics, *spec.gateway_flags))
+            for i in range(spec.gateways)
         ]
-        self.store = _Child("store", lambda port: self._role("store", port)) if spec.store else None
+        self.store = _Child("store", lambda port, metrics: self._role("store", port, metrics)) if spec.store else None
         self.edge: Edge | None = None
         self.failed: str | None = None
         self._stopping = False
@@ -166,17 +171,17 @@ class Cluster:
         """Roles in start order (nats-server excluded)."""
         return [self.replayer, *self.gateways, *([self.store] if self.store else [])]
 
-    def _nats_argv(self, port: int) -> list[str]:
+    def _nats_argv(self, port: int, metrics_port: int) -> list[str]:
         return [
             self.nats_binary, "-js", "-a", "127.0.0.1", "-p", str(self.nats_port),
             "-m", str(self._monitor_port), "-sd", str(self._store_dir),
         ]  # fmt: skip
 
-    def _role(self, role: str, port: int, *extra: str) -> list[str]:
+    def _role(self, role: str, port: int, metrics_port: int, *extra: str) -> list[str]:
         s = self.spec
         return [
             sys.executable, "-m", "mbostream.cli", "--log-level", s.log_level, "--log-format", s.log_format,
-            role, "--nats", self.nats_url, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1", *extra,
+            role, "--nats", self.nats_url, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port), *extra,
         ]  # fmt: skip
 
     def _nats_healthy(self) -> bool:
@@ -217,9 +222,9 @@ class Cluster:
             "url": self.edge.url,
             "grpc": self.edge.url.removeprefix("http://"),
             "nats": self.nats_url,
-            "replayer": {"pid": self.replayer.pid, "port": self.replayer.port},
-            "gateways": [{"pid": g.pid, "port": g.port} for g in self.gateways],
-            "store": {"pid": self.store.pid} if self.store else None,
+            "replayer": _entry(self.replayer),
+            "gateways": [_entry(g) for g in self.gateways],
+            "store": _entry(self.store) if self.store else None,
             "admin": self.edge.admin_url,
         }
 
@@ -245,7 +250,7 @@ class Cluster:
 
     # -- one child --------------------------------------------------------------------------------
     async def _start(self, child: _Child) -> None:
-        argv = [*_die_with_parent(), *child.argv(child.port)]
+        argv = [*_die_with_parent(), *child.argv(child.port, child.metrics_port)]
         try:
             child.process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -281,7 +286,9 @@ class Cluster:
                 raise ClusterError(f"{child.name} exited with code {code} while starting (its log is above)")
             text = line.decode(errors="replace").strip()
             if text.startswith("{") and '"listening"' in text:
-                child.port = int(json.loads(text)["listening"].rsplit(":", 1)[1])
+                ready = json.loads(text)
+                child.port = int(ready["listening"].rsplit(":", 1)[1])
+                child.metrics_port = int(ready.get("metrics_port", -1))
                 child.drain = asyncio.create_task(_drain(process.stdout))
                 return
 
@@ -327,6 +334,10 @@ class Cluster:
                 await process.wait()
         if child.drain is not None:
             child.drain.cancel()
+
+
+def _entry(child: _Child) -> dict[str, int]:
+    return {"pid": child.pid, "port": child.port, "metrics_port": child.metrics_port}
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:

@@ -39,6 +39,7 @@ _GATEWAY_RETRY: Final = {
     "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
 }
 _ENDPOINT_INDENT: Final = " " * 14
+_GATEWAY_HEALTH_INTERVAL: Final = "0.25s"
 # Envoy's default; a larger UI file raises the limit to the file's size.
 _MIN_DIRECT_RESPONSE_BYTES: Final = 4096
 _CONTENT_TYPES: Final = {
@@ -139,7 +140,9 @@ def _cluster_parts(config: EdgeConfig) -> dict[str, str]:
     endpoints = "\n".join(_endpoint(config.upstream_host, port) for port in ports)
     if config.replayer_port is None:
         return dict.fromkeys(("replayer_route", "upstream_retry", "upstream_lb", "protocol_anchor", "health_anchor", "replayer_cluster"), "") | {
-            "upstream_endpoints": endpoints
+            "upstream_endpoints": endpoints,
+            "health_interval": "2s",
+            "unhealthy_threshold": "2",
         }
     replay_route = {
         "match": {"prefix": _REPLAY_SERVICE_PREFIX},
@@ -163,6 +166,10 @@ def _cluster_parts(config: EdgeConfig) -> dict[str, str]:
         "protocol_anchor": " &upstream_protocol",
         "health_anchor": " &upstream_health_checks",
         "replayer_cluster": replayer_cluster,
+        # A killed gateway restarts on the same port within seconds, NOT_SERVING until it caught up:
+        # one failed check (refused, or NOT_SERVING) takes it out before it can take a resume.
+        "health_interval": _GATEWAY_HEALTH_INTERVAL,
+        "unhealthy_threshold": "1",
     }
 
 

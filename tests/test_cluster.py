@@ -1,0 +1,410 @@
+"""The scale-out cluster (issue 14), bus-ops side: the store role as a durable consumer of the bus.
+
+Real parts only: a real ``nats-server -js`` (tests/nats_harness.py), a real InfluxDB 1.8 written to
+through its 2.x API (tests/influx), and ``mbostream store`` as a real process, killed with SIGKILL.
+The record stream is filled by this test exactly as the contract (docs/bus.md) says the replayer
+fills it: one message per replay step ending at an F_LAST, the raw 48-byte records, positions in
+headers (encoded by ``mbostream.bus.codec``, the replayer's own encoder).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mbostream.bus.codec import Meta, record_headers, record_payload
+from mbostream.bus.store import CONSUMER
+from mbostream.bus.streams import META_SUBJECT, RECORDS_STREAM, RECORDS_SUBJECT, connect, ensure_streams
+from mbostream.feed import Batch
+from mbostream_core.dbn import FileInfo, read_records
+from mbostream_client import Backoff, EventFollower, MarketDataClient
+from mbostream_core.records import F_LAST
+
+from conftest import shared_file
+from influx.harness import InfluxStack, influx_stack
+from nats_harness import NatsServer, nats_server, nats_server_binary
+from server_harness import TOKEN, ServeProcess, repo
+
+#: Records per published step at most (a step always ends at an F_LAST, as the replayer's do).
+STEP_RECORDS: Final = 256
+MEASUREMENTS: Final = ("mbo", "trades", "bbo")
+WAIT_SECONDS: Final = 120.0
+EPOCH: Final = "test-epoch"
+
+
+def steps(records: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first position, records)`` of replay steps of about ``size`` records, each ending at an F_LAST."""
+    closing = np.flatnonzero(records["flags"] & F_LAST)
+    start = 0
+    while start < len(records):
+        i = np.searchsorted(closing, start + size - 1)
+        cut = int(closing[i]) + 1 if i < len(closing) else len(records)
+        yield start + 1, records[start:cut]
+        start = cut
+
+
+async def publish(
+    url: str, info: FileInfo, records: np.ndarray, *, start: int = 0, stop: int | None = None, pause: float = 0.0
+) -> int:
+    """Publishes the steps whose first record is in ``[start, stop)`` (record indexes), ``pause`` s apart; their count."""
+    nc = await connect(url, name="test-replayer")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, max_age_seconds=3600, max_bytes=1 << 30)
+        meta = Meta(EPOCH, info.dataset, dict(info.symbols), ("CLX5_mbo.dbn",))
+        await js.publish(META_SUBJECT, meta.encode())
+        count = 0
+        for first, chunk in steps(records, STEP_RECORDS):
+            if first - 1 < start or (stop is not None and first - 1 >= stop):
+                continue
+            batch = Batch(first, chunk, np.empty(0), time.time_ns())
+            await js.publish(RECORDS_SUBJECT, record_payload(batch), headers=record_headers(batch, EPOCH, "test"))
+            count += 1
+            if pause:
+                await asyncio.sleep(pause)
+        return count
+    finally:
+        await nc.close()
+
+
+async def acked_stream_seq(url: str) -> tuple[int, int]:
+    """The store consumer's ack floor (stream sequence) and the stream's last sequence."""
+    nc = await connect(url, name="test-probe")
+    try:
+        js = nc.jetstream()
+        info = await js.consumer_info(RECORDS_STREAM, CONSUMER)
+        stream = await js.stream_info(RECORDS_STREAM)
+        return int(info.ack_floor.stream_seq), int(stream.state.last_seq)
+    finally:
+        await nc.close()
+
+
+async def delete_consumer(url: str) -> None:
+    nc = await connect(url, name="test-probe")
+    try:
+        await nc.jetstream().delete_consumer(RECORDS_STREAM, CONSUMER)
+    finally:
+        await nc.close()
+
+
+def start_store(nats: NatsServer, influx: InfluxStack, bucket: str, spool: Path, log: Path) -> ServeProcess:
+    env = {
+        "INFLUX_URL": influx.url,
+        "INFLUX_ORG": influx.org,
+        "INFLUX_BUCKET": bucket,
+        "INFLUX_TOKEN": influx.token,
+        "MBOSTREAM_STORE_MBO": "true",
+        # Depth samples are taken at the store's pace (see mbostream.bus.store): not compared here.
+        "MBOSTREAM_DEPTH_INTERVAL": "0",
+    }
+    args = ("--nats", nats.url, "--spool-dir", str(spool), "--ack-interval", "0.2")
+    return ServeProcess(*args, command="store", log_path=log, env=env).start(timeout=60)
+
+
+def wait_acked(nats: NatsServer, *, at_least: int, timeout: float = WAIT_SECONDS) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        acked, _ = asyncio.run(acked_stream_seq(nats.url))
+        if acked >= at_least:
+            return acked
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the store acked stream sequence {acked}, not {at_least}, within {timeout} s")
+        time.sleep(0.05)
+
+
+def fingerprint(influx: InfluxStack, bucket: str, measurement: str) -> tuple[int, str]:
+    """Points of one measurement in ``bucket``: their count and a checksum of every row (time, tags, fields)."""
+    rows = influx.engine.rows(f'SELECT * FROM "{measurement}"', bucket)
+    digest = hashlib.sha256()
+    for row in sorted(json.dumps(row, sort_keys=True) for row in rows):
+        digest.update(row.encode())
+    return len(rows), digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def clx5_path() -> Path:
+    return shared_file("CLX5_mbo.dbn")
+
+
+@pytest.fixture(scope="module")
+def clx5(clx5_path: Path) -> tuple[FileInfo, np.ndarray]:
+    return read_records(clx5_path)
+
+
+def test_store_killed_and_restarted_stores_what_an_uncrashed_run_stores(tmp_path: Path, clx5: tuple[FileInfo, np.ndarray]) -> None:
+    """(6) kill -9 the store mid-stream, restart it: every measurement equals a run without the crash."""
+    info, records = clx5
+    half = len(records) // 3
+    with nats_server(tmp_path) as nats, influx_stack(tmp_path / "influx") as influx:
+        influx.engine.query('CREATE DATABASE "clean"')
+        total = asyncio.run(publish(nats.url, info, records, stop=half))
+        store = start_store(nats, influx, "mbostream", tmp_path / "spool-crash", tmp_path / "store-crash.log")
+        try:
+            first_acked = wait_acked(nats, at_least=total)
+            # The rest is published at a pace, as a replay would; the store is killed while it flows.
+            with ThreadPoolExecutor(1) as pool:
+                rest = pool.submit(asyncio.run, publish(nats.url, info, records, start=half, pause=0.02))
+                wait_acked(nats, at_least=first_acked + 10)
+                assert store.process is not None
+                os.kill(store.process.pid, signal.SIGKILL)
+                store.wait(10)
+                total += rest.result(WAIT_SECONDS)
+        finally:
+            store.stop()
+        acked_at_kill, last = asyncio.run(acked_stream_seq(nats.url))
+        assert first_acked < acked_at_kill < last == total, "the kill did not land mid-stream; the test proves nothing"
+        restarted = start_store(nats, influx, "mbostream", tmp_path / "spool-crash", tmp_path / "store-restart.log")
+        try:
+            wait_acked(nats, at_least=total)
+        finally:
+            assert restarted.stop() == 0
+        # The run without a crash: the same stream from its start, a fresh consumer, another database.
+        asyncio.run(delete_consumer(nats.url))
+        clean = start_store(nats, influx, "clean", tmp_path / "spool-clean", tmp_path / "store-clean.log")
+        try:
+            wait_acked(nats, at_least=total)
+        finally:
+            assert clean.stop() == 0
+        results: dict[str, Any] = {}
+        for measurement in MEASUREMENTS:
+            crashed = fingerprint(influx, "mbostream", measurement)
+            uncrashed = fingerprint(influx, "clean", measurement)
+            results[measurement] = (crashed, uncrashed)
+            assert crashed == uncrashed, f"{measurement}: {crashed} after the crash, {uncrashed} without"
+        assert results["mbo"][0][0] == len(records), "every record is stored once as an mbo point"
+        assert results["trades"][0][0] > 0 and results["bbo"][0][0] > 0
+
+
+# -- (1) failover through Envoy: kill -9 the gateway serving a client, 20 times -------------------
+KILLS: Final = 20
+GATEWAYS: Final = 3
+#: Replay rate of the failover run: slow enough for three gateways and two clients on two busy cores.
+FAILOVER_RATE: Final = "5000"
+STEP_TIMEOUT: Final = 90.0
+
+
+class ClusterRun:
+    """``mbostream run --gateways N`` as a real process; stopped by PID (SIGTERM) by the test."""
+
+    def __init__(self, log: Path, *args: str) -> None:
+        env = {**os.environ, "MBOSTREAM_NATS_SERVER": nats_server_binary(), "MBOSTREAM_CONTROL_TOKEN": TOKEN}
+        command = [sys.executable, "-m", "mbostream.cli", "--log-level", "warning", "--log-format", "text", "run", *args]
+        with log.open("ab") as err:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+        lines: queue.Queue[str | None] = queue.Queue()
+        assert self.process.stdout is not None
+        threading.Thread(target=_lines, args=(self.process.stdout, lines), daemon=True).start()
+        line = lines.get(timeout=240)
+        if line is None:
+            raise AssertionError(f"mbostream run --gateways did not start:\n{log.read_text()[-4000:]}")
+        self.ready: dict[str, Any] = json.loads(line)
+        self.first_pids = {g["port"]: g["pid"] for g in self.ready["gateways"]}
+        self.killed: set[int] = set()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(60)
+
+    def clusters(self) -> str:
+        with urllib.request.urlopen(f"{self.ready['admin']}/clusters", timeout=5) as reply:
+            return str(reply.read().decode())
+
+    def gateway_stat(self, stat: str) -> dict[int, str]:
+        """``port → value`` of one per-host stat of the gateways' cluster in Envoy's ``/clusters``."""
+        out = {}
+        for line in self.clusters().splitlines():
+            parts = line.split("::")
+            if len(parts) == 4 and parts[0] == "mbostream_grpc" and parts[2] == stat:
+                out[int(parts[1].rsplit(":", 1)[1])] = parts[3]
+        return out
+
+    def gateway_pid(self, port: int) -> int | None:
+        """The gateway process on ``port`` now (None between a kill and its restart).
+
+        A restarted gateway has ``--port PORT`` on its command line; the first one ``--port 0``
+        and its pid is in the ready line.
+        """
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, IndexError):
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                if b"gateway" in argv and b"--port" in argv and argv[argv.index(b"--port") + 1] == str(port).encode():
+                    return int(proc.name)
+        first = self.first_pids[port]
+        return first if Path(f"/proc/{first}").exists() and first not in self.killed else None
+
+    def serving_again(self, port: int) -> bool:
+        """A new process serves ``port`` (its own health check says SERVING) and Envoy sees it healthy."""
+        pid = self.gateway_pid(port)
+        if pid is None or pid in self.killed:
+            return False
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            except grpc.RpcError:
+                return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING and self.gateway_stat("health_flags").get(port) == "healthy"
+
+
+def _lines(stream: Any, lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+class PythonFollower(threading.Thread):
+    """The Python client's EventFollower through Envoy, from the live edge; records every live batch."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(daemon=True)
+        self.target = target
+        self.batches: list[tuple[int, int, int, bool]] = []
+        self.stats: Any = None
+        self.error: BaseException | None = None
+        self._stop = False
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._follow())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    async def _follow(self) -> None:
+        async with MarketDataClient(self.target) as client:
+            follower = EventFollower(client, with_snapshot=False, backoff=Backoff(base=0.02, factor=2, cap=0.5))
+            self.stats = follower.stats
+            async for batch, _ in follower.follow():
+                if batch.snapshot or not len(batch):
+                    continue
+                seq = batch.replay_sequence
+                self.batches.append((int(seq[0]), int(seq[-1]), len(seq), bool(np.all(np.diff(seq.astype(np.int64)) == 1))))
+                if self._stop:
+                    follower.stop()
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+class GoFollower:
+    """The Go client's EventStream (``clients/go/internal/followevents``) through Envoy, as a process."""
+
+    def __init__(self, binary: Path, target: str, log: Path) -> None:
+        with log.open("ab") as err:
+            self.process = subprocess.Popen([str(binary), target], stdout=subprocess.PIPE, stderr=err, text=True)
+        self.batches: list[tuple[int, int, int, bool]] = []
+        self.stats: tuple[int, int, int] | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            fields = line.split()
+            if fields[0] == "stats":
+                self.stats = (int(fields[1]), int(fields[2]), int(fields[3]))
+            else:
+                first, last, count = (int(f) for f in fields)
+                self.batches.append((first, last, count, last - first + 1 == count))
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(30)
+        self._reader.join(10)
+        return code
+
+
+def build_go_follower(out: Path) -> Path:
+    binary = out / "followevents"
+    subprocess.run(
+        ["go", "build", "-buildvcs=false", "-o", str(binary), "./internal/followevents"],
+        cwd=repo() / "clients" / "go", check=True, timeout=600, capture_output=True,
+    )  # fmt: skip
+    return binary
+
+
+def assert_contiguous(name: str, batches: list[tuple[int, int, int, bool]]) -> None:
+    """Every live batch is contiguous inside and starts right after the previous one: no gap, no duplicate."""
+    assert batches, f"{name}: no live batch received"
+    for (_, prev_last, _, _), (first, last, count, inside) in zip(batches, batches[1:]):
+        assert first == prev_last + 1, f"{name}: after position {prev_last} came {first} (gap or duplicate)"
+    for first, last, count, inside in batches:
+        assert inside and last - first + 1 == count, f"{name}: batch {first}..{last} is not contiguous"
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = STEP_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(1500)  # 20 gateway restarts (cold start from the bus) on two shared cores
+def test_clients_resume_on_another_gateway_when_theirs_is_killed_20_times(tmp_path: Path, clx5_path: Path) -> None:
+    """(1) kill -9 the gateway serving each client, 20 times: both clients resume through Envoy, lossless."""
+    go_binary = build_go_follower(tmp_path)
+    run = ClusterRun(
+        tmp_path / "run.log", str(clx5_path), "--rate", FAILOVER_RATE, "--loop", "--gateways", str(GATEWAYS),
+        "--edge-port", "0", "--no-store",
+    )  # fmt: skip
+    followers: list[Any] = []
+    try:
+        ports = [g["port"] for g in run.ready["gateways"]]
+        wait_until(lambda: all(v.startswith("healthy") for v in run.gateway_stat("health_flags").values()), "every gateway healthy")
+        python = PythonFollower(run.ready["grpc"])
+        python.start()
+        go = GoFollower(go_binary, run.ready["grpc"], tmp_path / "go.log")
+        followers = [python, go]
+        wait_until(lambda: len(python.batches) > 5 and len(go.batches) > 5, "both clients streaming")
+        for kill in range(KILLS):
+            # Kill only when another gateway serves: one killed earlier is restarted by then (by
+            # `mbostream run`, on the same port), so there is always one to fail over to.
+            active: list[int] = []
+
+            def ready_to_kill() -> bool:
+                active[:] = [port for port, value in run.gateway_stat("rq_active").items() if int(value) > 0]
+                # Envoy may still count a stream on a gateway killed a moment ago: only live ones are targets.
+                alive = all(run.gateway_pid(p) not in (None, *run.killed) for p in active)
+                return bool(active) and alive and any(run.serving_again(p) for p in ports if p not in active)
+
+            wait_until(ready_to_kill, f"a gateway serving a client and another one up, before kill {kill}")
+            seen = (len(python.batches), len(go.batches))
+            for port in active:
+                pid = run.gateway_pid(port)
+                assert pid is not None, f"kill {kill}: the gateway on {port} is not running"
+                os.kill(pid, signal.SIGKILL)
+                run.killed.add(pid)
+            wait_until(lambda: len(python.batches) > seen[0] + 3 and len(go.batches) > seen[1] + 3, f"both clients resumed after kill {kill}")
+        python.stop()
+        python.join(30)
+        assert go.stop() == 0
+        assert python.error is None, python.error
+        assert_contiguous("python", python.batches)
+        assert_contiguous("go", go.batches)
+        assert python.stats.rebuilds == 0 and python.stats.resumes >= KILLS, python.stats
+        assert go.stats is not None and go.stats[2] == 0 and go.stats[1] >= KILLS, go.stats
+    finally:
+        for follower in followers:
+            if isinstance(follower, GoFollower) and follower.process.poll() is None:
+                follower.process.kill()
+        assert run.stop() == 0
