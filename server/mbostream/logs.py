@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any, Final
 
+from mbostream.tracing import log_ids
+
 _STANDARD_ATTRS: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
     "message",
     "asctime",
@@ -16,7 +18,8 @@ _STANDARD_ATTRS: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), 
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON object: time, level, logger, message and every ``extra`` field."""
+    """Formats a record as one JSON object: time, level, logger, message, every ``extra`` field and,
+    inside a traced RPC, its ``trace_id`` and ``span_id``."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -28,6 +31,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 out[key] = value
+        out.update(log_ids())
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

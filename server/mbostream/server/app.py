@@ -35,7 +35,8 @@ from mbostream.errors import AddressInUseError, ConfigError, MbostreamError
 from mbostream.feed import Publisher
 from mbostream.hub import Hub, Sink
 from mbostream_core.market import Market
-from mbostream.replay import Replayer
+from mbostream.metrics import METRICS
+from mbostream.replay import Replayer, ReplayState
 from mbostream.server import market_data, replay_control
 from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
 from mbostream.server.interceptors import ErrorMappingInterceptor, quiet_client_disconnects
@@ -173,6 +174,7 @@ class App:
             loop=s.loop,
             batch_records=s.batch_records,
         )
+        METRICS.replay_running.set_function(lambda: self.replayer.state is ReplayState.RUNNING)
         return self.replayer
 
     def _handlers(self, dataset: str) -> tuple[grpc.GenericRpcHandler, ...]:
@@ -312,6 +314,7 @@ class App:
     async def _set_health(self, status: int) -> None:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
+        METRICS.serving.set(status == health_pb2.HealthCheckResponse.SERVING)
 
     async def _serving_when_loaded(self) -> None:
         await self.feed.loaded.wait()

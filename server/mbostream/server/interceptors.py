@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import grpc
 from grpc import aio as grpc_aio
@@ -33,6 +33,7 @@ from mbostream.errors import (
     TooManyStreamsError,
     UnknownInstrumentError,
 )
+from mbostream import tracing
 from mbostream.metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,12 @@ def status_for(exc: MbostreamError) -> grpc.StatusCode:
 
 
 class ErrorMappingInterceptor(AsyncExceptionToStatusInterceptor):
-    """Maps mbostream errors to status codes and counts every RPC by method and code."""
+    """Maps mbostream errors to status codes, counts every RPC by method and code, traces each one
+    (when tracing is on) and measures sampled stream messages' delivery at write completion."""
 
     def __init__(self) -> None:
         super().__init__(status_on_unknown_exception=grpc.StatusCode.INTERNAL)
+        tracing.configure()  # from the OTEL_* environment; off unless it asks (mbostream.tracing)
 
     async def handle_exception(
         self, ex: Exception, request_or_iterator: Any, context: grpc_aio.ServicerContext, method_name: str
@@ -79,33 +82,95 @@ class ErrorMappingInterceptor(AsyncExceptionToStatusInterceptor):
     async def intercept(self, method: Callable, request_or_iterator: Any, context: grpc_aio.ServicerContext, method_name: str) -> Any:
         started = time.perf_counter()
         short = method_name.rsplit("/", 1)[-1]
+        span = tracing.start_rpc_span(method_name, context.invocation_metadata())
         try:
-            result = await super().intercept(method, request_or_iterator, context, method_name)
+            with tracing.current(span):
+                result = await super().intercept(method, request_or_iterator, context, method_name)
         except BaseException:
-            self._count(short, context, started, failed=True)
+            self._count(short, context, started, span, failed=True)
             raise
         if hasattr(result, "__aiter__"):
-            return self._counted_stream(result, short, context, started)
-        self._count(short, context, started)
+            return self._counted_stream(result, short, context, started, span)
+        self._count(short, context, started, span)
         return result
 
-    async def _counted_stream(self, stream: AsyncIterator[Any], short: str, context: Any, started: float) -> AsyncIterator[Any]:
+    async def _counted_stream(self, stream: AsyncIterator[Any], short: str, context: Any, started: float, span: Any) -> AsyncIterator[Any]:
+        delivery = _DELIVERY_HISTOGRAMS.get(short)
         failed = True
+        sent = 0
         try:
             async for item in stream:
                 yield item
+                # grpc.aio asks for the next message once the previous write completed: now.
+                if delivery is not None and sent % DELIVERY_SAMPLE_EVERY == 0:
+                    _observe_delivery(delivery, item)
+                sent += 1
             failed = False
         finally:
-            self._count(short, context, started, failed=failed)
+            self._count(short, context, started, span, failed=failed)
 
     @staticmethod
-    def _count(short: str, context: Any, started: float, failed: bool = False) -> None:
+    def _count(short: str, context: Any, started: float, span: Any, failed: bool = False) -> None:
         code = context.code()
         name = code.name if isinstance(code, grpc.StatusCode) else ("CANCELLED" if failed else "OK")
         if code is None and failed:
             name = "CANCELLED"
         METRICS.rpcs.labels(short, name).inc()
         METRICS.rpc_seconds.labels(short).observe(time.perf_counter() - started)
+        tracing.end_rpc_span(span, name)
+
+
+#: One stream message in this many has its delivery latency measured (the first always): the cost
+#: stays off the per-message path of busy streams, and every stream is sampled alike.
+DELIVERY_SAMPLE_EVERY: Final = 16
+#: Which stream's messages feed which histogram (both carry ts_out, field 3, set when published).
+_DELIVERY_HISTOGRAMS: Final = {"StreamEvents": METRICS.publish_to_client_seconds, "StreamBook": METRICS.book_age_seconds}
+_TS_OUT_FIELD: Final = 3
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def message_ts_out(payload: bytes) -> int:
+    """``ts_out`` (field 3, ns since the UNIX epoch) of a serialized StreamEvents/StreamBook response.
+
+    Walks the top-level fields only (skipping the columns and books by their lengths); the last
+    occurrence wins, as protobuf parsing does for the concatenated parts of a book message.
+    0 when absent or unreadable.
+    """
+    pos, end, found = 0, len(payload), 0
+    try:
+        while pos < end:
+            key, pos = _varint(payload, pos)
+            wire_type = key & 7
+            if wire_type == 0:
+                value, pos = _varint(payload, pos)
+                if key >> 3 == _TS_OUT_FIELD:
+                    found = value
+            elif wire_type == 2:
+                length, pos = _varint(payload, pos)
+                pos += length
+            elif wire_type in (1, 5):
+                pos += 8 if wire_type == 1 else 4
+            else:
+                return 0
+    except IndexError:
+        return 0
+    return found
+
+
+def _observe_delivery(histogram: Any, payload: Any) -> None:
+    ts_out = message_ts_out(payload) if isinstance(payload, bytes) else 0
+    if ts_out:
+        histogram.observe(max(0.0, (time.time_ns() - ts_out) / 1e9))
 
 
 class _ClientGoneFilter(logging.Filter):
