@@ -142,6 +142,12 @@ class Market:
         #: Order ids that entered the book through a modify of an unknown id (queue place unknown).
         self.orders_from_unknown_modify: set[int] = set()
 
+    @property
+    def engine(self) -> _engine.Market:
+        """The native engine itself, for encoders that read books straight from it (the gRPC
+        layer's book payloads); everything else goes through this class's methods."""
+        return self._engine
+
     # -- feeding ---------------------------------------------------------------------------------
     def apply(
         self,

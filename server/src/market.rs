@@ -218,6 +218,28 @@ impl PyMarket {
         Ok(PyBytes::new(py, &out))
     }
 
+    /// The two shared halves of a book's serialized `StreamBookResponse` (`{book, ts_out}` and
+    /// `{books: [book]}`), cut to `depth` levels per side (0: all), with the L3 queues when
+    /// `orders`; read between events. See `mbostream_wire::book`.
+    #[pyo3(signature = (instrument_id, publisher_id, *, depth, orders, symbol, replay_sequence, ts_out))]
+    #[allow(clippy::too_many_arguments)]
+    fn book_payload<'py>(
+        &self,
+        py: Python<'py>,
+        instrument_id: u32,
+        publisher_id: u16,
+        depth: usize,
+        orders: bool,
+        symbol: &str,
+        replay_sequence: u64,
+        ts_out: u64,
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        let book = self.book(instrument_id, publisher_id)?;
+        let cut = mbostream_wire::BookCut { depth, orders, symbol, replay_sequence };
+        let (single, multi) = mbostream_wire::encode_book_payload(book, &cut, ts_out);
+        Ok((PyBytes::new(py, &single), PyBytes::new(py, &multi)))
+    }
+
     /// Structural invariant violations of one book (empty when sound).
     fn check_integrity(&self, instrument_id: u32, publisher_id: u16) -> PyResult<Vec<String>> {
         Ok(self.book(instrument_id, publisher_id)?.check_integrity())
