@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -34,6 +35,8 @@ from mbostream.errors import ConfigError
 
 DEFAULT_SERVICE_NAME: Final = "mbostream"
 _INSTRUMENTATION: Final = "mbostream.server"
+#: Health checks (Envoy's, Kubernetes' probes every few seconds) are not traced: noise, no user.
+_HEALTH: Final = "/grpc.health.v1.Health/"
 #: gRPC codes that are the server's fault: the span's status is ERROR (OpenTelemetry's gRPC
 #: conventions); the other non-OK codes are the caller's business and leave it unset.
 _SERVER_ERRORS: Final = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
@@ -86,6 +89,23 @@ def enabled_by(environ: Mapping[str, str]) -> bool:
     return on
 
 
+def otlp_endpoint(environ: Mapping[str, str] | None = None) -> tuple[str, int] | None:
+    """``(host, port)`` of the OTLP/gRPC collector the environment names, None when tracing is off.
+
+    For the edge: Envoy exports its own spans to the same collector as the server
+    (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else ``OTEL_EXPORTER_OTLP_ENDPOINT``, else the OTLP
+    default ``localhost:4317``).
+    """
+    env = os.environ if environ is None else environ
+    if not enabled_by(env):
+        return None
+    url = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4317"
+    parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    if not parsed.hostname:
+        raise ConfigError("OTEL_EXPORTER_OTLP_ENDPOINT", f"{url!r} names no host")
+    return parsed.hostname, parsed.port or 4317
+
+
 def configure(service_name: str = DEFAULT_SERVICE_NAME, environ: Mapping[str, str] | None = None) -> bool:
     """Starts exporting spans when the environment asks for it; returns whether tracing is on.
 
@@ -121,9 +141,10 @@ def enabled() -> bool:
 def start_rpc_span(method_name: str, metadata: Sequence[tuple[str, str | bytes]] | None) -> Span | None:
     """A SERVER span for one RPC (``/package.Service/Method``), child of the request's ``traceparent``.
 
-    None when tracing is off: callers pass it on to :func:`current` and :func:`end_rpc_span`.
+    None when tracing is off, and for health checks: callers pass it on to :func:`current` and
+    :func:`end_rpc_span`.
     """
-    if not _enabled:
+    if not _enabled or method_name.startswith(_HEALTH):
         return None
     carrier = {key.lower(): value for key, value in (metadata or ()) if isinstance(value, str)}
     parent = propagate.extract(carrier)

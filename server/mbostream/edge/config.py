@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from mbostream import tracing
 from mbostream.errors import ConfigError
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[3]
@@ -40,6 +41,9 @@ class EdgeConfig:
     upstream_ports: tuple[int, ...] = ()
     #: ``mbostream run --gateways N``: the replayer's port, which ReplayService is routed to.
     replayer_port: int | None = None
+    #: ``(host, port)`` of the OTLP/gRPC collector Envoy sends its spans to; by default the one the
+    #: ``OTEL_*`` environment names for the server (:func:`mbostream.tracing.otlp_endpoint`), None: no tracing.
+    otlp_endpoint: tuple[str, int] | None = field(default_factory=tracing.otlp_endpoint)
 
     def __post_init__(self) -> None:
         for name in ("listen_port", "admin_port"):

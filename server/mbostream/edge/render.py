@@ -22,6 +22,9 @@ from mbostream.edge.config import EdgeConfig
 # Names the template gives its listener and its upstream cluster; the supervisor looks them up.
 LISTENER_NAME: Final = "mbostream_edge"
 UPSTREAM_CLUSTER: Final = "mbostream_grpc"
+#: The cluster of the OpenTelemetry collector Envoy exports spans to, and Envoy's service name in them.
+OTLP_CLUSTER: Final = "otel_collector"
+EDGE_SERVICE_NAME: Final = "mbostream-edge"
 REPLAYER_CLUSTER: Final = "mbostream_replayer"
 _REPLAY_SERVICE_PREFIX: Final = "/mbostream.v1.ReplayService/"
 # A request that found no gateway (refused, reset before a response, or UNAVAILABLE in its
@@ -173,6 +176,44 @@ def _cluster_parts(config: EdgeConfig) -> dict[str, str]:
     }
 
 
+def _tracing_parts(config: EdgeConfig) -> dict[str, str]:
+    """Envoy's OpenTelemetry tracer and its collector cluster, when ``config.otlp_endpoint`` is set.
+
+    Envoy starts a span per request (or continues the caller's W3C ``traceparent``) and sends the
+    server a ``traceparent`` naming that span, so one trace crosses Envoy and the server.
+    """
+    if config.otlp_endpoint is None:
+        return {"tracing": "", "tracing_cluster": ""}
+    host, port = config.otlp_endpoint
+    tracing = {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+                "service_name": EDGE_SERVICE_NAME,
+            },
+        },
+        "random_sampling": {"value": 100},
+    }
+    cluster = {
+        "name": OTLP_CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": OTLP_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+    }
+    return {"tracing": f"\n                tracing: {json.dumps(tracing)}", "tracing_cluster": f"\n    - {json.dumps(cluster)}"}
+
+
 def render_config(config: EdgeConfig) -> str:
     """The Envoy v3 bootstrap YAML for ``config``: the template with every placeholder filled."""
     routes, largest = static_routes(config.static_dir)
@@ -192,5 +233,6 @@ def render_config(config: EdgeConfig) -> str:
         "cors_origins": json.dumps(_cors_origins(config, own_origins)),
         "static_routes": "\n".join(f"{_ROUTE_INDENT}- {json.dumps(route)}" for route in routes),
         **_cluster_parts(config),
+        **_tracing_parts(config),
     }
     return Template(config.template.read_text()).substitute(values)

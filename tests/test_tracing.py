@@ -1,0 +1,190 @@
+"""Traces: off unless the OTEL_* environment asks; span ids in the JSON logs; and one trace that
+crosses Envoy and the server, received by a real OpenTelemetry Collector (built by
+scripts/install-otelcol with the official builder) and read back from its file exporter."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+import pytest
+from influx.harness import Process
+from opentelemetry.sdk.trace import TracerProvider
+from server_harness import ServeProcess, free_port, repo
+
+from mbostream import tracing
+from mbostream.errors import ConfigError
+from mbostream.logs import JsonFormatter
+from mbostream_core.v1 import market_data_pb2 as pb
+from mbostream_core.v1 import market_data_pb2_grpc
+
+SPANS_TIMEOUT: Final = 45.0
+
+
+def test_tracing_is_off_by_default_and_follows_the_otel_variables() -> None:
+    assert not tracing.enabled_by({})
+    assert tracing.enabled_by({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
+    assert tracing.enabled_by({"OTEL_TRACES_EXPORTER": "otlp"})
+    assert not tracing.enabled_by({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_TRACES_EXPORTER": "none"})
+    assert not tracing.enabled_by({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_SDK_DISABLED": "true"})
+    with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER"):
+        tracing.enabled_by({"OTEL_TRACES_EXPORTER": "zipkin"})
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        tracing.enabled_by({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+    assert tracing.otlp_endpoint({}) is None
+    assert tracing.otlp_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}) == ("collector", 4317)
+    assert tracing.otlp_endpoint({"OTEL_TRACES_EXPORTER": "otlp"}) == ("localhost", 4317)
+
+
+def test_json_log_lines_carry_the_current_span_ids() -> None:
+    tracer = TracerProvider().get_tracer("test")  # the real SDK, not installed globally
+    formatter = JsonFormatter()
+
+    def line() -> dict[str, Any]:
+        record = logging.LogRecord("mbostream.test", logging.INFO, __file__, 1, "hello", (), None)
+        out: dict[str, Any] = json.loads(formatter.format(record))
+        return out
+
+    with tracer.start_as_current_span("rpc") as span:
+        inside = line()
+    context = span.get_span_context()
+    assert inside["trace_id"] == format(context.trace_id, "032x")
+    assert inside["span_id"] == format(context.span_id, "016x")
+    assert "trace_id" not in line()
+
+
+def _otelcol() -> str:
+    """The collector scripts/install-otelcol built (it builds nothing when cached), or $MBOSTREAM_OTELCOL."""
+    if os.environ.get("MBOSTREAM_OTELCOL"):
+        return os.environ["MBOSTREAM_OTELCOL"]
+    result = subprocess.run([str(repo() / "scripts" / "install-otelcol")], capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A real OpenTelemetry Collector: OTLP/gRPC in on a free port, spans out to a JSON-lines file."""
+    port = free_port()
+    spans = tmp_path / "spans.jsonl"
+    config = {
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{port}"}}}},
+        "exporters": {"file": {"path": str(spans), "flush_interval": "100ms"}},
+        "service": {
+            "telemetry": {"metrics": {"level": "none"}},
+            "pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["file"]}},
+        },
+    }
+    (tmp_path / "otelcol.json").write_text(json.dumps(config))
+    # A JSON file is YAML: the collector's file provider reads it as its config.
+    process = Process("otelcol", [_otelcol(), f"--config=file:{tmp_path / 'otelcol.json'}"], tmp_path / "otelcol.log")
+    process.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "Everything is ready" not in process.log_tail(100_000):
+            assert process.running and time.monotonic() < deadline, process.log_tail()
+            time.sleep(0.1)
+        yield port, spans
+    finally:
+        process.stop()
+
+
+def _spans(path: Path) -> list[dict[str, Any]]:
+    """Every span the file exporter wrote, with its service's name."""
+    out = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        for resource in json.loads(line).get("resourceSpans", []):
+            attributes = {a["key"]: a["value"].get("stringValue") for a in resource["resource"].get("attributes", [])}
+            for scope in resource.get("scopeSpans", []):
+                for span in scope.get("spans", []):
+                    out.append({**span, "service": attributes.get("service.name")})
+    return out
+
+
+def _trace(path: Path, trace_id: str, *, server_span: str) -> list[dict[str, Any]]:
+    """The trace's spans once both Envoy's and the server's ``server_span`` are in (bounded wait)."""
+    deadline = time.monotonic() + SPANS_TIMEOUT
+    while True:
+        spans = [s for s in _spans(path) if s["traceId"] == trace_id]
+        services = {s["service"] for s in spans}
+        if "mbostream-edge" in services and any(s["service"] == "mbostream" and s["name"] == server_span for s in spans):
+            return spans
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no trace {trace_id} with spans of Envoy and {server_span} within {SPANS_TIMEOUT} s: {spans}")
+        time.sleep(0.2)
+
+
+def _attribute(span: dict[str, Any], key: str) -> Any:
+    for attribute in span.get("attributes", []):
+        if attribute["key"] == key:
+            return next(iter(attribute["value"].values()))
+    return None
+
+
+def test_one_trace_crosses_envoy_and_the_server(collector: tuple[int, Path], generated_small: Path, tmp_path: Path) -> None:
+    port, spans_file = collector
+    run = ServeProcess(
+        str(generated_small),
+        "--rate",
+        "20000",
+        "--loop",
+        "--edge-port",
+        "0",
+        command="run",
+        log_path=tmp_path / "run.log",
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_BSP_SCHEDULE_DELAY": "100"},
+    ).start()
+    try:
+        edge = run.url.removeprefix("http://").rstrip("/")
+        client_trace, client_span = secrets.token_hex(16), secrets.token_hex(8)
+        stream_trace = secrets.token_hex(16)
+        with grpc.insecure_channel(edge) as channel:
+            stub = market_data_pb2_grpc.MarketDataServiceStub(channel)
+            # A client that traces its call (as the browser and the clients do) sends traceparent.
+            stub.ListInstruments(pb.ListInstrumentsRequest(), timeout=10, metadata=(("traceparent", f"00-{client_trace}-{client_span}-01"),))
+            stream = stub.StreamBook(
+                pb.StreamBookRequest(depth=3), timeout=30, metadata=(("traceparent", f"00-{stream_trace}-{secrets.token_hex(8)}-01"),)
+            )
+            for _ in itertools.islice(stream, 3):
+                pass
+            stream.cancel()
+        unary = _trace(spans_file, client_trace, server_span="mbostream.v1.MarketDataService/ListInstruments")
+        streamed = _trace(spans_file, stream_trace, server_span="mbostream.v1.MarketDataService/StreamBook")
+    finally:
+        run.stop()
+    envoy = [s for s in unary if s["service"] == "mbostream-edge"]
+    server = [s for s in unary if s["service"] == "mbostream"]
+    # Envoy continued the client's trace; the server continued Envoy's span, not the client's.
+    assert any(s.get("parentSpanId") == client_span for s in envoy), envoy
+    assert len(server) == 1
+    assert server[0]["parentSpanId"] in {s["spanId"] for s in envoy}
+    assert server[0]["kind"] == 2  # SERVER
+    assert _attribute(server[0], "rpc.grpc.status_code") == "0"
+    # A stream's span covers it until it ends (here: cancelled by the client, CANCELLED = 1).
+    book = next(s for s in streamed if s["service"] == "mbostream")
+    assert _attribute(book, "rpc.grpc.status_code") == "1"
+    assert book["parentSpanId"] in {s["spanId"] for s in streamed if s["service"] == "mbostream-edge"}
+    # Health checks (Envoy's, every 2 s) are not traced.
+    assert not [s for s in _spans(spans_file) if "grpc.health" in s["name"]]
+
+
+def test_the_stacks_collector_config_is_valid_for_the_built_collector() -> None:
+    """observability/otelcol/config.yaml (what compose and Kubernetes run) uses only components the
+    collector built by scripts/install-otelcol has; a misspelt exporter fails the same check."""
+    config = repo() / "observability" / "otelcol" / "config.yaml"
+    result = subprocess.run([_otelcol(), "validate", f"--config=file:{config}"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = config.read_text().replace("exporters: [debug, file]", "exporters: [debug, zipkin]")
+    result = subprocess.run([_otelcol(), "validate", f"--config=yaml:{broken}"], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and 'exporter "zipkin"' in result.stderr, result.stderr
