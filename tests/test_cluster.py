@@ -62,21 +62,28 @@ def steps(records: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray]]:
 
 
 async def publish(
-    url: str, info: FileInfo, records: np.ndarray, *, start: int = 0, stop: int | None = None, pause: float = 0.0
+    url: str,
+    info: FileInfo,
+    records: np.ndarray,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    pause: float = 0.0,
+    epoch: str = EPOCH,
 ) -> int:
     """Publishes the steps whose first record is in ``[start, stop)`` (record indexes), ``pause`` s apart; their count."""
     nc = await connect(url, name="test-replayer")
     try:
         js = nc.jetstream()
         await ensure_streams(js, max_age_seconds=3600, max_bytes=1 << 30)
-        meta = Meta(EPOCH, info.dataset, dict(info.symbols), ("CLX5_mbo.dbn",))
+        meta = Meta(epoch, info.dataset, dict(info.symbols), ("CLX5_mbo.dbn",))
         await js.publish(META_SUBJECT, meta.encode())
         count = 0
         for first, chunk in steps(records, STEP_RECORDS):
             if first - 1 < start or (stop is not None and first - 1 >= stop):
                 continue
             batch = Batch(first, chunk, np.empty(0), time.time_ns())
-            await js.publish(RECORDS_SUBJECT, record_payload(batch), headers=record_headers(batch, EPOCH, "test"))
+            await js.publish(RECORDS_SUBJECT, record_payload(batch), headers=record_headers(batch, epoch, "test"))
             count += 1
             if pause:
                 await asyncio.sleep(pause)
@@ -191,6 +198,29 @@ def test_store_killed_and_restarted_stores_what_an_uncrashed_run_stores(tmp_path
             assert crashed == uncrashed, f"{measurement}: {crashed} after the crash, {uncrashed} without"
         assert results["mbo"][0][0] == len(records), "every record is stored once as an mbo point"
         assert results["trades"][0][0] > 0 and results["bbo"][0][0] > 0
+
+
+def test_store_state_of_another_run_is_not_used(tmp_path: Path, clx5: tuple[FileInfo, np.ndarray]) -> None:
+    """A store moved to a new bus (another epoch) with its old spool starts cold instead of skipping positions."""
+    info, records = clx5
+    spool = tmp_path / "spool"
+    with nats_server(tmp_path, "nats-a") as first, influx_stack(tmp_path / "influx") as influx:
+        influx.engine.query('CREATE DATABASE "second"')
+        total = asyncio.run(publish(first.url, info, records))
+        store = start_store(first, influx, "mbostream", spool, tmp_path / "store-a.log")
+        try:
+            wait_acked(first, at_least=total)
+        finally:
+            assert store.stop() == 0
+        with nats_server(tmp_path, "nats-b") as second:
+            asyncio.run(publish(second.url, info, records, epoch="another-run"))
+            store = start_store(second, influx, "second", spool, tmp_path / "store-b.log")
+            try:
+                wait_acked(second, at_least=total)
+            finally:
+                assert store.stop() == 0
+        assert influx.count("mbo") == len(records)
+        assert fingerprint(influx, "second", "mbo")[0] == len(records), "the second bus's feed was stored whole"
 
 
 # -- (1) failover through Envoy: kill -9 the gateway serving a client, 20 times -------------------

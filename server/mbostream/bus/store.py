@@ -185,6 +185,8 @@ class BusStore:
         self.replay_seq = 0
         #: Last replay position made durable and acknowledged.
         self.acked_seq = 0
+        #: The run (epoch) of the bus's meta: a state file of another run is not used.
+        self.epoch = ""
         #: Stream sequence of the last message the state file covers (0: none).
         self._state_stream_seq = 0
         #: Stream sequence of the last message applied.
@@ -224,7 +226,9 @@ class BusStore:
         self._nc = await connect(o.nats_url, name=CONSUMER)
         self._js = self._nc.jetstream()
         await self._wait_for_stream()
-        self.symbols = await self._read_symbols()
+        meta = await self._read_meta()
+        self.symbols = meta.symbols if meta else {}
+        self.epoch = meta.epoch if meta else ""
         self.market = Market(self.symbols)
         if not await asyncio.to_thread(self._load_state) and not await self._stream_holds_the_start():
             await self._load_snapshots()
@@ -375,7 +379,7 @@ class BusStore:
         """Every book's snapshot and the position they reflect: written, fsync'ed, renamed."""
         books = self.market.books()
         snapshot = np.concatenate([self.market.snapshot(key, 0) for key in books]) if books else np.empty(0, MBO_DTYPE)
-        meta = json.dumps({"replay_seq": self.replay_seq, "stream_seq": self._stream_seq, "skip": [[*key, seq] for key, seq in self._skip.items()]})
+        meta = json.dumps({"epoch": self.epoch, "replay_seq": self.replay_seq, "stream_seq": self._stream_seq, "skip": [[*key, seq] for key, seq in self._skip.items()]})
         path = self.options.state_path
         tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as f:
@@ -400,6 +404,13 @@ class BusStore:
                 meta = json.loads(saved["meta"].tobytes())
         except (OSError, ValueError, KeyError) as exc:
             raise StoreError(f"cannot read the store's state file {path}: {exc} (move it away to start cold)") from None
+        if meta.get("epoch", "") != self.epoch:
+            # Positions of another run (a new bus, or a stream that expired): they mean nothing here.
+            log.warning(
+                "the store's state file is of another run; starting cold",
+                extra={"state_epoch": meta.get("epoch", ""), "bus_epoch": self.epoch, "state_file": str(path)},
+            )
+            return False
         if len(snapshot):
             self.market.apply(snapshot)
         self.replay_seq = self.acked_seq = int(meta["replay_seq"])
@@ -482,18 +493,19 @@ class BusStore:
                     logged = True
                 await asyncio.sleep(0.2)
 
-    async def _read_symbols(self) -> dict[int, str]:
+    async def _read_meta(self) -> Meta | None:
+        """The replayer's meta (epoch, symbols); None after ``META_WAIT_SECONDS`` without one."""
         from nats.js.errors import NotFoundError
 
         deadline = time.monotonic() + META_WAIT_SECONDS
         while True:
             try:
                 raw = await self._js.get_last_msg(META_STREAM, META_SUBJECT)
-                return Meta.decode(raw.data).symbols
+                return Meta.decode(raw.data)
             except NotFoundError:
                 if time.monotonic() > deadline:
                     log.warning("no replayer metadata on the bus: instruments are tagged by id")
-                    return {}
+                    return None
                 await asyncio.sleep(0.2)
 
     async def _set_health(self, status: int) -> None:
