@@ -25,8 +25,10 @@ import grpc
 import pytest
 import yaml
 from influx.harness import Process
+from prometheus_client import Counter, Gauge, Histogram
 from server_harness import ServeProcess, repo
 
+from mbostream.bus import metrics as bus_metrics
 from mbostream.metrics import METRICS
 from mbostream_core.v1 import market_data_pb2 as pb
 from mbostream_core.v1 import market_data_pb2_grpc
@@ -46,6 +48,8 @@ BUS_ROLE_METRICS: Final = frozenset(
         "mbostream_bus_pending_messages",
         "mbostream_bus_lag_seconds",
         "mbostream_resumes_total",
+        "mbostream_bus_duplicates_dropped_total",
+        "mbostream_bus_gaps_total",
     }
 )
 #: Labelled series that appear with their first label value, which the test's server never has:
@@ -349,9 +353,11 @@ def _recorded() -> dict[str, str]:
 
 
 def _defined_names() -> set[str]:
-    """Every series name mbostream.metrics defines, as exported (counters with _total, histograms' parts)."""
+    """Every series name mbostream.metrics and the bus's metrics module define, as exported
+    (counters with _total, histograms' parts)."""
     names = set()
-    for metric in vars(METRICS).values():
+    defined = [*vars(METRICS).values(), *(m for m in vars(bus_metrics).values() if isinstance(m, Counter | Gauge | Histogram))]
+    for metric in defined:
         kind = type(metric).__name__
         base = metric._name
         if kind == "Counter":

@@ -433,6 +433,17 @@ BUS = Board(
                     (q(f"sum by (role, instance) (rate(mbostream_bus_redeliveries_total[{RATE}]))", BY_PROCESS),),
                     "ops",
                 ),
+                Chart(
+                    "Duplicates dropped and gaps (gateways)",
+                    "Record messages a gateway dropped as already applied, and gaps in the replay positions it saw "
+                    "(after a gap it restarts from the snapshots).",
+                    (
+                        q(f"sum by (instance) (increase(mbostream_bus_duplicates_dropped_total[{RATE}]))", "duplicates {{instance}}"),
+                        q(f"sum by (instance) (increase(mbostream_bus_gaps_total[{RATE}]))", "gaps {{instance}}"),
+                    ),
+                    "short",
+                    width=24,
+                ),
             ),
         ),
         (
