@@ -4,6 +4,7 @@ scripts/install-otelcol with the official builder) and read back from its file e
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
 import logging
@@ -159,6 +160,20 @@ def test_one_trace_crosses_envoy_and_the_server(collector: tuple[int, Path], gen
             for _ in itertools.islice(stream, 3):
                 pass
             stream.cancel()
+        # A browser on another allowed origin (the Vite dev server) may send traceparent with gRPC-Web.
+        preflight = http.client.HTTPConnection(edge, timeout=10)
+        preflight.request(
+            "OPTIONS",
+            "/mbostream.v1.MarketDataService/ListInstruments",
+            headers={
+                "Origin": run.url.rstrip("/"),
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,x-grpc-web,traceparent",
+            },
+        )
+        allowed = preflight.getresponse().getheader("access-control-allow-headers", "")
+        preflight.close()
+        assert "traceparent" in allowed and "tracestate" in allowed, allowed
         unary = _trace(spans_file, client_trace, server_span="mbostream.v1.MarketDataService/ListInstruments")
         streamed = _trace(spans_file, stream_trace, server_span="mbostream.v1.MarketDataService/StreamBook")
     finally:
