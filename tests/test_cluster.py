@@ -235,7 +235,15 @@ class ClusterRun:
     """``mbostream run --gateways N`` as a real process; stopped by PID (SIGTERM) by the test."""
 
     def __init__(self, log: Path, *args: str) -> None:
-        env = {**os.environ, "MBOSTREAM_NATS_SERVER": nats_server_binary(), "MBOSTREAM_CONTROL_TOKEN": TOKEN}
+        env = {
+            **os.environ,
+            "MBOSTREAM_NATS_SERVER": nats_server_binary(),
+            "MBOSTREAM_CONTROL_TOKEN": TOKEN,
+            # A record stream bounded as in production (a few MB) with frequent snapshots: a restarted
+            # gateway cold-starts from the snapshots in a second instead of re-applying the whole run.
+            "MBOSTREAM_BUS_MAX_BYTES": str(4 << 20),
+            "MBOSTREAM_SNAPSHOT_INTERVAL_SECONDS": "1",
+        }
         command = [sys.executable, "-m", "mbostream.cli", "--log-level", "warning", "--log-format", "text", "run", *args]
         with log.open("ab") as err:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env, text=True)

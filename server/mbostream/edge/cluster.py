@@ -52,8 +52,9 @@ from mbostream.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: Restarts of one child allowed within :data:`RESTART_WINDOW_SECONDS` before the run gives up.
-MAX_RESTARTS: Final = 5
+#: Restarts of one child allowed within :data:`RESTART_WINDOW_SECONDS` before the run gives up. A
+#: child that fails at once is restarted after 0.2, 0.4, … 5 s: ten take about half a minute.
+MAX_RESTARTS: Final = 10
 RESTART_WINDOW_SECONDS: Final = 60.0
 RESTART_BACKOFF_SECONDS: Final = (0.2, 5.0)
 #: Longest wait for one child's ready line (a replayer's first start reads and checks its files).
