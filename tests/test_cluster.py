@@ -319,7 +319,7 @@ class PythonFollower(threading.Thread):
         self.batches: list[tuple[int, int, int, bool]] = []
         self.stats: Any = None
         self.error: BaseException | None = None
-        self._stop = False
+        self._stopping = False
 
     def run(self) -> None:
         try:
@@ -336,11 +336,11 @@ class PythonFollower(threading.Thread):
                     continue
                 seq = batch.replay_sequence
                 self.batches.append((int(seq[0]), int(seq[-1]), len(seq), bool(np.all(np.diff(seq.astype(np.int64)) == 1))))
-                if self._stop:
+                if self._stopping:
                     follower.stop()
 
     def stop(self) -> None:
-        self._stop = True
+        self._stopping = True
 
 
 class GoFollower:
