@@ -26,6 +26,7 @@ from server_harness import (
     wait_for,
 )
 
+from mbostream.metrics import METRICS
 from mbostream_core.dbn import read_records
 from mbostream_core.market import Market
 from mbostream_core.v1 import market_data_pb2 as md
@@ -170,9 +171,11 @@ def test_resume_by_sequence_and_out_of_range() -> None:
             flat = [s for b in seen for s in b]
             assert flat == list(range(flat[0], flat[-1] + 1))
             resume_after = flat[-1]
+            from_memory = METRICS.resumes.labels("memory")._value.get()
             resumed = market.StreamEvents(md.StreamEventsRequest(start_after_sequence=resume_after))
             msg = await asyncio.wait_for(resumed.read(), 10)
             assert msg.replay_sequence[0] == resume_after + 1
+            assert METRICS.resumes.labels("memory")._value.get() == from_memory + 1  # counted by source
             got = list(msg.replay_sequence)
             for _ in range(3):
                 got += list((await asyncio.wait_for(resumed.read(), 10)).replay_sequence)

@@ -11,6 +11,7 @@ from grpc import aio as grpc_aio
 from mbostream.config import MAX_UPDATES_PER_SECOND
 from mbostream.errors import InvalidArgumentError, ReplayPositionError
 from mbostream.feed import Batch
+from mbostream.metrics import METRICS
 from mbostream.hub import EventSubscriber, Hub, Selection
 from mbostream_core.market import BookKey, Market
 from mbostream.server.convert import book_snapshot, instrument_info, per_client_suffix
@@ -143,6 +144,8 @@ class MarketDataService:
                             resume_epoch=request.resume_epoch,
                         )
                     )
+                    if start_after is not None:
+                        METRICS.resumes.labels("bus" if older is not None else "memory").inc()
                     return
                 except ReplayPositionError:
                     if self.history is None or position is None or position >= self.hub.position:
