@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +51,18 @@ def replayer(nats: NatsServer, feed: Path, tmp_path: Path, *args: str, name: str
 
 def gateway(nats: NatsServer, tmp_path: Path, *args: str, name: str = "gateway") -> ServeProcess:
     return role("gateway", "--nats", nats.url, *args, tmp_path=tmp_path, name=name).start()
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """A role's Prometheus series, ``name{labels}`` → value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        name: float(value)
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+        for name, value in [line.rsplit(" ", 1)]
+    }
 
 
 def _channel(process: ServeProcess) -> grpc.Channel:
@@ -269,8 +282,8 @@ def test_second_replayer_is_refused_and_exits_2(nats, feed, tmp_path) -> None:
 def test_resume_older_than_the_gateways_memory_is_served_from_the_stream(nats, feed, tmp_path) -> None:
     """Test 5: a gateway that keeps 1,000 records in memory serves a resume from position 10
     out of the stream, then live: contiguous."""
-    replay = replayer(nats, feed, tmp_path, "--rate", "100000")
-    gw = gateway(nats, tmp_path, "--replay-buffer-records", "1000")
+    replay = replayer(nats, feed, tmp_path, "--rate", "100000", "--metrics-port", "0")
+    gw = gateway(nats, tmp_path, "--replay-buffer-records", "1000", "--metrics-port", "0")
     try:
         final = finished_position(replay)
         wait_position(gw, final)
@@ -282,6 +295,13 @@ def test_resume_older_than_the_gateways_memory_is_served_from_the_stream(nats, f
             seen = positions(channel, 10, final, deadline=time.monotonic() + 60, resumes=resumes)
         assert seen == list(range(11, final + 1))
         assert not resumes
+        # The bus series each role sets (what the Bus dashboard and BusLagHigh read).
+        published = _scrape(replay.metrics_port)
+        consumed = _scrape(gw.metrics_port)
+        assert published["mbostream_bus_messages_published_total"] > 0
+        assert consumed["mbostream_bus_messages_consumed_total"] >= published["mbostream_bus_messages_published_total"]
+        assert consumed["mbostream_bus_pending_messages"] == 0
+        assert consumed['mbostream_resumes_total{source="bus"}'] == 1
     finally:
         gw.stop()
         replay.stop()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -150,10 +151,17 @@ class BusFeed:
                 if self.nc.stats["reconnects"] != reconnects:
                     return  # the server restarted: a fresh consumer from where we are
                 continue
-            stream_seq = msg.metadata.sequence.stream
+            meta = msg.metadata
+            stream_seq = meta.sequence.stream
+            if meta.num_delivered and meta.num_delivered > 1:
+                METRICS.bus_redeliveries.inc()
             if stream_seq < self._next_stream_seq:
                 continue
-            self._apply(codec.decode_record_message(msg.headers, msg.data))
+            record = codec.decode_record_message(msg.headers, msg.data)
+            METRICS.bus_messages_consumed.inc()
+            METRICS.bus_pending_messages.set(meta.num_pending or 0)
+            METRICS.bus_lag_seconds.set(max(0.0, (time.time_ns() - record.ts_out) / 1e9))
+            self._apply(record)
             self._next_stream_seq = stream_seq + 1
             await answer_flow_control(self.nc, sub)
             if stream_seq >= self._target and not self.loaded.is_set():

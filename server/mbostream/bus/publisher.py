@@ -28,6 +28,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from mbostream.metrics import METRICS
 from mbostream.bus import codec
 from mbostream.bus.errors import BusError, WriterConflictError
 from mbostream.bus.streams import (
@@ -232,6 +233,7 @@ class BusPublisher:
             self._drained.set()
         self.acked_position = out.last_seq
         self._acked.set()
+        METRICS.bus_messages_published.inc()
 
     async def _recover(self) -> None:
         """Finds what the stream holds, drops it from what we still have to send, resends the rest."""
