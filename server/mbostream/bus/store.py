@@ -56,6 +56,7 @@ from grpc_health.v1._async import HealthServicer
 from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
 from prometheus_client.registry import Collector
 
+from mbostream.metrics import METRICS
 from mbostream import logs
 from mbostream.bus.codec import Meta, RecordMessage, decode_record_message, decode_snapshot
 from mbostream.bus.errors import BusError
@@ -308,7 +309,14 @@ class BusStore:
                 except (ValueError, KeyError) as exc:
                     raise StoreError(f"bus message {msg.metadata.sequence.stream} is not a replay step: {exc}") from None
                 last_msg = msg
-                self._stream_seq = msg.metadata.sequence.stream
+                meta = msg.metadata
+                self._stream_seq = meta.sequence.stream
+                # The bus series every consuming role sets (BusLagHigh, BusRedeliveries, the Bus dashboard).
+                METRICS.bus_messages_consumed.inc()
+                METRICS.bus_pending_messages.set(meta.num_pending or 0)
+                METRICS.bus_lag_seconds.set(max(0.0, (time.time_ns() - step.ts_out) / 1e9))
+                if meta.num_delivered and meta.num_delivered > 1:
+                    METRICS.bus_redeliveries.inc()
                 if self.replay_seq and step.first_seq > self.replay_seq + 1:
                     await self._resync(step, msg.metadata.sequence.stream)
                 batch = self._apply(step)
