@@ -101,9 +101,10 @@ BAD_NUMBERS = {
     "bus_max_age_seconds": ["nan", "inf", "59", "1e9"],
     "bus_max_bytes": ["0", "1048575", str(2**41)],
     "snapshot_interval_seconds": ["nan", "0", "0.01", "3601"],
+    "store_ack_interval_seconds": ["nan", "inf", "0", "0.001", "1e9"],
 }
 #: The command whose flag a setting is, when it is not ``serve``'s.
-FLAG_COMMAND = {"edge_port": "run", "bus_max_age_seconds": "replay", "bus_max_bytes": "replay", "snapshot_interval_seconds": "replay"}
+FLAG_COMMAND = {"edge_port": "run", "bus_max_age_seconds": "replay", "bus_max_bytes": "replay", "snapshot_interval_seconds": "replay", "store_ack_interval_seconds": "store"}
 
 
 #: Numeric settings without a command-line flag.

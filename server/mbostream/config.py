@@ -46,6 +46,7 @@ RANGES: Final[Mapping[str, Range]] = {
     "bus_max_age_seconds": Range(low=60, high=30 * 86400, unit="s"),
     "bus_max_bytes": Range(low=1 << 20, high=1 << 40, integer=True, unit="bytes"),
     "snapshot_interval_seconds": Range(low=0.1, high=3600, unit="s"),
+    "store_ack_interval_seconds": Range(low=0.01, high=3600, unit="s"),
 }
 #: ``StreamBook.max_updates_per_second``: a client's per-book update limit.
 MAX_UPDATES_PER_SECOND: Final = Range(low=0, high=1_000_000, unit="updates/s (0: no limit)")
@@ -104,6 +105,8 @@ class Settings:
     bus_max_bytes: int = 1 << 30
     #: How often the replayer writes every book's snapshot to the bus (gateways cold-start from them).
     snapshot_interval_seconds: float = 5.0
+    #: ``mbostream store`` only: seconds per round (offered, made durable, then acknowledged).
+    store_ack_interval_seconds: float = 1.0
 
 
 #: setting name → (flag, environment variable)

@@ -565,13 +565,12 @@ def _cmd_store(args: argparse.Namespace) -> int:
         "metrics_port": args.metrics_port,
         "log_level": args.log_level,
         "log_format": args.log_format if args.log_format != "json" else None,
+        "store_ack_interval_seconds": args.ack_interval,
     }
     settings = load_settings(flags)
     if args.spool_dir:
         settings = replace(settings, storage=replace(settings.storage, spool_dir=Path(args.spool_dir)))
-    env_interval = os.environ.get("MBOSTREAM_STORE_ACK_INTERVAL", "").strip()
-    ack_interval = args.ack_interval if args.ack_interval is not None else float(env_interval or DEFAULT_ACK_INTERVAL_SECONDS)
-    options = store_options(settings, ack_interval=ack_interval)
+    options = store_options(settings, ack_interval=settings.store_ack_interval_seconds)
     logs.configure(settings.log_level, settings.log_format)
     return asyncio.run(run_store(options, ready=_print_ready))
 
@@ -587,8 +586,10 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--spool-dir", default=None, help="the spool, and the store's state file (MBOSTREAM_SPOOL_DIR)")
     p.add_argument(
-        "--ack-interval", type=float, default=None,
-        help="seconds per round: offered, made durable, acknowledged (MBOSTREAM_STORE_ACK_INTERVAL; default 1)",
+        "--store-ack-interval-seconds", "--ack-interval", dest="ack_interval",
+        type=RANGES["store_ack_interval_seconds"].argtype, default=None,
+        help="seconds per round: offered, made durable, acknowledged "
+        f"(MBOSTREAM_STORE_ACK_INTERVAL_SECONDS; {RANGES['store_ack_interval_seconds'].describe()}; default 1)",
     )  # fmt: skip
     p.set_defaults(func=_cmd_store)
 
