@@ -203,3 +203,43 @@ def test_the_stacks_collector_config_is_valid_for_the_built_collector() -> None:
     broken = config.read_text().replace("exporters: [debug, file]", "exporters: [debug, zipkin]")
     result = subprocess.run([_otelcol(), "validate", f"--config=yaml:{broken}"], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and 'exporter "zipkin"' in result.stderr, result.stderr
+
+
+def test_sampled_replay_steps_are_traced_from_the_replayer_through_the_bus_to_a_gateway(
+    collector: tuple[int, Path], generated_small: Path, tmp_path: Path
+) -> None:
+    """A sampled replay step's PRODUCER span (the replayer, ended at the bus's ack) and the
+    gateway's CONSUMER span applying that message are one trace: parent and child."""
+    from nats_harness import nats_server
+
+    port, spans_file = collector
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    with nats_server(tmp_path) as nats:
+        replay = ServeProcess(
+            str(generated_small), "--nats", nats.url, "--no-store", "--rate", "50000",
+            command="replay", log_path=tmp_path / "replay.log", env={**otel, "OTEL_SERVICE_NAME": "mbostream-replay"},
+        ).start()  # fmt: skip
+        gateway = ServeProcess(
+            "--nats", nats.url, command="gateway", log_path=tmp_path / "gateway.log",
+            env={**otel, "OTEL_SERVICE_NAME": "mbostream-gateway"},
+        ).start()  # fmt: skip
+        try:
+            deadline = time.monotonic() + SPANS_TIMEOUT
+            while True:
+                spans = _spans(spans_file)
+                published = {s["spanId"]: s for s in spans if s["service"] == "mbostream-replay" and s["name"] == "mbostream.records publish"}
+                applied = [s for s in spans if s["service"] == "mbostream-gateway" and s["name"] == "mbostream.records apply"]
+                linked = [s for s in applied if s.get("parentSpanId") in published]
+                if linked or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert linked, f"no gateway span under a replayer's publish span: {len(published)} published, {len(applied)} applied"
+            child = linked[0]
+            parent = published[child["parentSpanId"]]
+            assert child["traceId"] == parent["traceId"]
+            assert parent["kind"] in (4, "SPAN_KIND_PRODUCER") and child["kind"] in (5, "SPAN_KIND_CONSUMER")
+            # The two spans are about the same replay step.
+            assert _attribute(child, "mbostream.first_seq") == _attribute(parent, "mbostream.first_seq")
+        finally:
+            gateway.stop()
+            replay.stop()

@@ -65,6 +65,9 @@ _CODE_NUMBERS: Final = {
     )
 }
 
+#: Replay steps traced along replayer → bus → gateway: one in this many (the first always).
+BUS_SAMPLE_EVERY: Final = 100
+
 _enabled = False
 
 
@@ -175,6 +178,39 @@ def end_rpc_span(span: Span | None, code: str) -> None:
     if code in _SERVER_ERRORS:
         span.set_status(Status(StatusCode.ERROR, code))
     span.end()
+
+
+def bus_publish_span(step: int, attributes: Mapping[str, Any]) -> tuple[Span | None, dict[str, str]]:
+    """For one replay step in :data:`BUS_SAMPLE_EVERY` (the first always): a PRODUCER span, to be
+    ended once the bus acknowledged the step, and the message headers that carry its context to
+    the roles consuming it. ``(None, {})`` otherwise, and when tracing is off."""
+    if not _enabled or step % BUS_SAMPLE_EVERY:
+        return None, {}
+    span = trace.get_tracer(_INSTRUMENTATION).start_span(
+        "mbostream.records publish",
+        kind=SpanKind.PRODUCER,
+        attributes={"messaging.system": "nats", "messaging.operation.type": "publish", **attributes},
+    )
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return span, carrier
+
+
+@contextlib.contextmanager
+def bus_consume_span(headers: Mapping[str, str] | None, attributes: Mapping[str, Any]) -> Iterator[None]:
+    """A CONSUMER span around applying one bus message, child of the replayer's publish span when
+    the message carries one (a sampled step); nothing otherwise."""
+    if not _enabled or not headers or "traceparent" not in headers:
+        yield
+        return
+    parent = propagate.extract(dict(headers))
+    with trace.get_tracer(_INSTRUMENTATION).start_as_current_span(
+        "mbostream.records apply",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes={"messaging.system": "nats", "messaging.operation.type": "process", **attributes},
+    ):
+        yield
 
 
 def log_ids() -> dict[str, Any]:

@@ -36,6 +36,7 @@ from mbostream.bus.streams import FIRST_SEQ, LAST_SEQ, RECORDS_STREAM, RECORDS_S
 from mbostream.errors import ReplayPositionError
 from mbostream.bus.metrics import DUPLICATES_DROPPED, GAPS
 from mbostream.feed import Batch, Publisher
+from mbostream import tracing
 from mbostream.metrics import METRICS
 from mbostream_core.market import BookKey, Market
 from mbostream_core.records import EVENT_DTYPE
@@ -161,7 +162,8 @@ class BusFeed:
             METRICS.bus_messages_consumed.inc()
             METRICS.bus_pending_messages.set(meta.num_pending or 0)
             METRICS.bus_lag_seconds.set(max(0.0, (time.time_ns() - record.ts_out) / 1e9))
-            self._apply(record)
+            with tracing.bus_consume_span(msg.headers, {"mbostream.first_seq": record.first_seq, "mbostream.stream_seq": stream_seq}):
+                self._apply(record)
             self._next_stream_seq = stream_seq + 1
             await answer_flow_control(self.nc, sub)
             if stream_seq >= self._target and not self.loaded.is_set():

@@ -27,7 +27,9 @@ import numpy as np
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from opentelemetry.trace import Span
 
+from mbostream import tracing
 from mbostream.metrics import METRICS
 from mbostream.bus import codec
 from mbostream.bus.errors import BusError, WriterConflictError
@@ -71,6 +73,8 @@ class _Outgoing:
     stream_seq: int = 0
     sent_at: float = 0.0
     future: asyncio.Future | None = field(default=None, repr=False)
+    #: The sampled step's PRODUCER span (mbostream.tracing), ended at the bus's ack.
+    span: Span | None = field(default=None, repr=False)
 
 
 class BusPublisher:
@@ -111,6 +115,7 @@ class BusPublisher:
         self._acked = asyncio.Event()
         self._inbox = ""
         self._tokens = itertools.count()
+        self._steps = itertools.count()
         self._futures: dict[str, asyncio.Future[int]] = {}
 
     # -- feed.Publisher ---------------------------------------------------------------------------
@@ -119,7 +124,11 @@ class BusPublisher:
         self.local.publish(batch)
         if batch.snapshot or not len(batch):
             return
-        out = _Outgoing(batch.last_replay_seq, codec.record_payload(batch), codec.record_headers(batch, self.epoch, self.writer))
+        headers = codec.record_headers(batch, self.epoch, self.writer)
+        span, context = tracing.bus_publish_span(
+            next(self._steps), {"mbostream.first_seq": batch.first_replay_seq, "mbostream.last_seq": batch.last_replay_seq}
+        )
+        out = _Outgoing(batch.last_replay_seq, codec.record_payload(batch), {**headers, **context}, span=span)
         self._outbox.append(out)
         self._pending_bytes += len(out.payload)
         if self._pending_bytes > MAX_PENDING_BYTES:
@@ -234,6 +243,8 @@ class BusPublisher:
         self.acked_position = out.last_seq
         self._acked.set()
         METRICS.bus_messages_published.inc()
+        if out.span is not None:
+            out.span.end()
 
     async def _recover(self) -> None:
         """Finds what the stream holds, drops it from what we still have to send, resends the rest."""
