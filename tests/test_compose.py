@@ -89,8 +89,8 @@ class Stack:
         cmd = self.compose_cmd("up", "--detach", "--wait", "--wait-timeout", str(UP_TIMEOUT), "--no-build", profile=profile)
         result = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=UP_TIMEOUT + 120)
         if result.returncode != 0:
-            logs = self.run("logs", "--no-color", "--tail", "30", profile=profile, check=False)
-            pytest.fail(f"compose up --wait failed ({result.returncode}):\n{result.stderr[-3000:]}\n--- logs:\n{logs[-6000:]}")
+            logs = self.run("logs", "--no-color", "--tail", "12", profile=profile, check=False)
+            pytest.fail(f"compose up --wait failed ({result.returncode}):\n{result.stderr[-3000:]}\n--- logs:\n{logs[-12000:]}")
 
     def published(self, service: str, port: int, profile: str | None = None) -> str:
         """``127.0.0.1:PORT`` where the host reaches ``service``'s container ``port``."""
@@ -380,12 +380,14 @@ def test_cluster_profile_gateway_killed(stack: Stack) -> None:
     )
 
     def kill_each_gateway() -> None:
-        # One of the two carries the stream: kill one, let its restart policy bring it back healthy,
-        # then the other.
-        for name in ("gateway-1", "gateway-2"):
-            container = stack.run("ps", "-q", name, profile="cluster").strip()
-            stack.docker("kill", container)
-            _wait(f"{name} healthy again", lambda c=container: json.loads(stack.docker("inspect", c))[0]["State"].get("Health", {}).get("Status") == "healthy", timeout=120)
+        # One of the two carries the stream: kill the first, start it again (Docker's restart policy
+        # does not restart a container stopped by `docker kill`) and wait until it is healthy, i.e.
+        # caught up; then kill the second, so the stream loses its gateway either way.
+        first = stack.run("ps", "-q", "gateway-1", profile="cluster").strip()
+        stack.docker("kill", first)
+        stack.run("start", "gateway-1", profile="cluster")
+        _wait("gateway-1 healthy again", lambda: json.loads(stack.docker("inspect", first))[0]["State"].get("Health", {}).get("Status") == "healthy", timeout=120)
+        stack.docker("kill", stack.run("ps", "-q", "gateway-2", profile="cluster").strip())
 
     stats, received = asyncio.run(asyncio.wait_for(_follow_through(edge, kill_each_gateway), 600))
     assert stats.resumes >= 1 and stats.rebuilds == 0, stats
