@@ -6,23 +6,35 @@ them by PID. Every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import contextlib
+import threading
+
 import grpc
 import nats as nats_client
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.js.errors import NotFoundError
 
-from mbostream.bus.streams import FIRST_SEQ, RECORDS_STREAM
+from mbostream.bus.codec import Meta
+from mbostream.bus.ingest import BusFeed
+from mbostream.bus.streams import FIRST_SEQ, META_STREAM, META_SUBJECT, RECORDS_STREAM
+from mbostream.hub import Hub
+from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
+from mbostream_core.market import Market
 from mbostream_core.synth import generate_file
 from mbostream_core.v1 import market_data_pb2 as md
 from mbostream_core.v1 import replay_pb2
 from nats_harness import NatsServer, nats_server
-from server_harness import AUTH, RPC_TIMEOUT, ServeProcess, repo, run, stubs
+from server_harness import AUTH, RPC_TIMEOUT, ServeProcess, free_port, repo, run, stubs
 
 #: Records of the file these tests replay (4 instruments).
 RECORDS = 120_000
@@ -304,4 +316,162 @@ def test_resume_older_than_the_gateways_memory_is_served_from_the_stream(nats, f
         assert consumed['mbostream_resumes_total{source="bus"}'] == 1
     finally:
         gw.stop()
+        replay.stop()
+
+
+def _health(address: str) -> int:
+    """The server's gRPC health status (NOT_SERVING when it does not answer yet)."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+        except grpc.RpcError:
+            return health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _gateway_position(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        listed = stubs(channel)[0].ListInstruments(md.ListInstrumentsRequest(), timeout=RPC_TIMEOUT).instruments
+        first = listed[0]
+        reply = stubs(channel)[0].GetBook(
+            md.GetBookRequest(instrument_id=first.instrument_id, publisher_id=first.publisher_id, depth=1), timeout=RPC_TIMEOUT
+        )
+        return int(reply.book.replay_sequence)
+
+
+def _resume_code(address: str, after: int) -> grpc.StatusCode:
+    """How a StreamEvents resume after ``after`` starts: OK once a batch arrived, else the error's code."""
+    with grpc.insecure_channel(address) as channel:
+        call = stubs(channel)[0].StreamEvents(md.StreamEventsRequest(start_after_sequence=after), timeout=30)
+        try:
+            for message in call:
+                if message.replay_sequence:
+                    assert message.replay_sequence[0] == after + 1
+                    call.cancel()
+                    return grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            return exc.code()
+    raise AssertionError("the resume ended without a batch or an error")
+
+
+def test_late_gateway_is_not_serving_until_it_is_at_the_live_edge(nats, feed, tmp_path) -> None:
+    """A gateway started behind a long live stream reports SERVING only once it is near the
+    replay's live edge, not when it reaches the stream's end as of its start (the replay moves on
+    meanwhile). While it catches up, a resume it has not applied yet (but the bus holds) is
+    retryable (UNAVAILABLE) or served after a short wait, never OUT_OF_RANGE; one beyond what the
+    replayer published stays OUT_OF_RANGE."""
+    replay = replayer(nats, feed, tmp_path, "--rate", "100000", "--loop")
+    late = role("gateway", "--nats", nats.url, tmp_path=tmp_path, name="late")
+    late.requested_port = free_port()
+    starting = threading.Thread(target=late.start, kwargs={"timeout": 240}, daemon=True)
+    try:
+        deadline = time.monotonic() + 120
+        while replay_position(replay) < 1_000_000:  # a backlog the late gateway needs seconds to apply
+            assert time.monotonic() < deadline, "the replay never reached 1,000,000 positions"
+            time.sleep(0.2)
+        at_start = replay_position(replay)
+        started = time.monotonic()
+        starting.start()
+        address = f"127.0.0.1:{late.requested_port}"
+        codes: list[grpc.StatusCode] = []
+        while _health(address) != health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < started + 240, "the late gateway never reported SERVING"
+            if not codes:  # once, while it is still catching up: a resume at the replay's edge
+                with contextlib.suppress(grpc.RpcError):
+                    behind = _gateway_position(address)
+                    edge = replay_position(replay)
+                    if 0 < behind < edge - 100_000:
+                        codes.append(_resume_code(address, edge))
+            time.sleep(0.05)
+        serving, edge = _gateway_position(address), replay_position(replay)
+        took = time.monotonic() - started
+        moved = edge - at_start
+        assert took > 2.0 and moved > 200_000, f"the catch-up took {took:.1f} s ({moved} positions): too short to tell"
+        # SERVING at the stream's end as of its start would leave it `moved` positions behind.
+        assert edge - serving < moved / 3, f"SERVING at {serving} while the replay was at {edge} ({moved} since the start)"
+        assert codes and codes[0] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK), codes
+        assert _resume_code(address, replay_position(replay) + 10_000_000) == grpc.StatusCode.OUT_OF_RANGE
+        starting.join(60)
+    finally:
+        late.stop()
+        replay.stop()
+
+
+async def _old_first_read_races(url: str, seconds: float) -> tuple[int, int]:
+    """The cold start's old read (stream_info, then get_msg of its first_seq) repeated for
+    ``seconds``: ``(attempts, NotFoundError count)`` — whether retention drops it in between here."""
+    nc = await nats_client.connect(url)
+    attempts = missing = 0
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            first = (await js.stream_info(RECORDS_STREAM)).state.first_seq
+            attempts += 1
+            try:
+                await js.get_msg(RECORDS_STREAM, seq=first)
+            except NotFoundError:
+                missing += 1
+    finally:
+        await nc.close()
+    return attempts, missing
+
+
+async def _cold_starts(url: str, seconds: float) -> int:
+    """The gateway's own cold start (BusFeed on a real Market and Hub) repeated for ``seconds``;
+    every one must find the snapshots and a stream sequence to continue from. Their count."""
+    nc = await nats_client.connect(url)
+    count = 0
+    try:
+        js = nc.jetstream()
+        meta = Meta.decode((await js.get_last_msg(META_STREAM, META_SUBJECT)).data)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            market = Market(meta.symbols)
+            hub = Hub(
+                market,
+                event_encoder=ProtobufEventEncoder(meta.epoch),
+                book_encoder=ProtobufBookEncoder(),
+                replay_buffer_records=1000,
+                subscriber_buffer_batches=10,
+                max_streams=1,
+                book_interval=0.0,
+                epoch=meta.epoch,
+            )
+            ingest = BusFeed(nc, js, market, hub, epoch=meta.epoch)
+            await ingest._cold_start()
+            assert ingest.position > 0 and ingest._next_stream_seq > 1 and len(market.books()) == 4
+            count += 1
+    finally:
+        await nc.close()
+    return count
+
+
+def test_gateway_cold_starts_on_a_stream_at_its_byte_limit(nats, feed, tmp_path) -> None:
+    """A stream at its byte limit loses its first message with every publish, also between the
+    cold start's stream_info and its read of that message: gateways started on it cold-start from
+    the snapshots and serve; none exits."""
+    replay = replayer(
+        nats, feed, tmp_path, "--rate", "20000", "--loop", "--bus-max-bytes", str(1 << 20), "--snapshot-interval-seconds", "0.2"
+    )
+    started: list[ServeProcess] = []
+    try:
+        deadline = time.monotonic() + 60
+        dropped = False
+        while not dropped:  # until retention has dropped the start
+            assert time.monotonic() < deadline, "retention never dropped the stream's start"
+            time.sleep(0.2)
+            with contextlib.suppress(NotFoundError):  # the read races retention too
+                dropped = run(first_position(nats.url)) > 1
+        attempts, missing = run(_old_first_read_races(nats.url, 5.0))
+        assert missing > 0, f"the first message never vanished in {attempts} reads: this stream does not race"
+        assert run(_cold_starts(nats.url, 5.0), timeout=120) > 10
+        for i in range(6):
+            started.append(gateway(nats, tmp_path, name=f"gateway-{i}"))
+        time.sleep(1.0)
+        for process in started:
+            assert process.process is not None and process.process.poll() is None, process.log_path.read_text()[-2000:]
+            assert _health(process.address) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for process in started:
+            process.stop()
         replay.stop()

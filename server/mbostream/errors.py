@@ -20,6 +20,7 @@
     ├── PreconditionError               valid call, wrong state (e.g. resuming a stopped replay)
     │   └── EpochMismatchError          a resume point from another server run (carries ``epoch``)
     ├── ShuttingDownError               the server is stopping; streams end with this (UNAVAILABLE)
+    ├── CatchingUpError                 a gateway has not applied a resume point yet (UNAVAILABLE)
     ├── StorageError                    (mbostream.storage.errors) persistence cannot proceed
     │   ├── SpoolError                  the spool directory cannot be used (carries ``path``)
     │   │   └── SpoolLockedError        another process holds the spool's lock
@@ -66,6 +67,7 @@ __all__ = [
     "AddressInUseError",
     "AuthError",
     "BenchError",
+    "CatchingUpError",
     "ConfigError",
     "CorruptFileError",
     "DataFileError",
@@ -174,6 +176,10 @@ class EpochMismatchError(PreconditionError):
 
 class ShuttingDownError(MbostreamError):
     """The server is shutting down; clients should reconnect (to it or another instance)."""
+
+
+class CatchingUpError(MbostreamError):
+    """A gateway has not yet applied a resume point the bus holds; retry (on it or another gateway)."""
 
 
 class BenchError(MbostreamError):

@@ -8,10 +8,13 @@ books are identical on every gateway at the same position.
 Cold start: when the stream still starts at position 1 it is applied from there (books and their
 statistics exact); when retention has dropped its start, from each book's latest snapshot, then the
 records after the oldest snapshot's position, skipping per book what its snapshot already reflects
-(levels and queues exact; trade statistics count from the snapshot). Health stays NOT_SERVING until
-the stream's last message at start is applied. A record at or below the applied position is a
-duplicate and dropped; a skipped position is a gap: counted, logged, and the gateway stops (exit 2)
-so that it restarts from the snapshots.
+(levels and queues exact; trade statistics count from the snapshot). A first message that retention
+drops while the cold start reads it means the start was dropped: snapshots. Health stays
+NOT_SERVING until the gateway is at the live edge: it has applied the stream's last message at
+start, and then, re-reading the stream's end, is within :data:`LIVE_EDGE_SECONDS` of it. A resume
+a little ahead of the applied position waits for it (:meth:`BusFeed.catch_up`). A record at or
+below the applied position is a duplicate and dropped; a skipped position is a gap: counted,
+logged, and the gateway stops (exit 2) so that it restarts from the snapshots.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from nats.js.errors import NotFoundError
 
 from mbostream.bus import codec
 from mbostream.bus.errors import BusError, BusGapError
-from mbostream.bus.streams import FIRST_SEQ, LAST_SEQ, RECORDS_STREAM, RECORDS_SUBJECT, SNAPSHOTS_STREAM
-from mbostream.errors import ReplayPositionError
+from mbostream.bus.streams import FIRST_SEQ, LAST_SEQ, RECORDS_STREAM, RECORDS_SUBJECT, SNAPSHOTS_STREAM, TS_OUT
+from mbostream.errors import CatchingUpError, ReplayPositionError
 from mbostream.bus.metrics import DUPLICATES_DROPPED, GAPS
 from mbostream.feed import Batch, Publisher
 from mbostream import tracing
@@ -47,6 +50,13 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS: Final = 1.0
 #: How long a history read waits for its next message before giving up.
 HISTORY_READ_SECONDS: Final = 10.0
+#: A gateway is at the live edge (SERVING) when the stream's last message was published at most
+#: this long after the last one it applied (their ``Mbostream-Ts-Out``).
+LIVE_EDGE_SECONDS: Final = 0.5
+#: How long a resume ahead of the gateway's position (but held by the bus) waits before UNAVAILABLE.
+CATCH_UP_WAIT_SECONDS: Final = 3.0
+#: Reads of the stream's first message retried when retention drops it in between.
+FIRST_MESSAGE_ATTEMPTS: Final = 20
 _NO_EVENTS = np.zeros(0, dtype=EVENT_DTYPE)
 
 
@@ -83,8 +93,16 @@ async def stream_seq_after(js: JetStreamContext, position: int) -> tuple[int, in
     """``(stream sequence, last stream sequence)``: the first record message holding a record after
     replay ``position`` (one past the last when none does yet), by bisection on the headers.
 
-    Raises ReplayPositionError when the stream no longer holds position + 1.
+    Raises ReplayPositionError when the stream no longer holds position + 1. A message that
+    retention drops during the search (the stream at its byte limit) starts it over.
     """
+    for _ in range(FIRST_MESSAGE_ATTEMPTS - 1):
+        with contextlib.suppress(NotFoundError):
+            return await _stream_seq_after(js, position)
+    return await _stream_seq_after(js, position)
+
+
+async def _stream_seq_after(js: JetStreamContext, position: int) -> tuple[int, int]:
     state = (await js.stream_info(RECORDS_STREAM)).state
     low, high = state.first_seq, state.last_seq
     if not high or high < low:
@@ -118,6 +136,8 @@ class BusFeed:
         self.loaded = asyncio.Event()
         self._next_stream_seq = 1
         self._target = 0
+        #: ``Mbostream-Ts-Out`` of the last message applied.
+        self._ts_out = 0
         #: book → replay position its snapshot reflects (records up to it are skipped for that book).
         self._skip: dict[BookKey, int] = {}
         self._stopping = False
@@ -128,7 +148,7 @@ class BusFeed:
     async def run(self) -> None:
         await self._cold_start()
         if self._next_stream_seq > self._target:  # the snapshots reflect the whole stream already
-            self._caught_up(self._target)
+            await self._reached_target(self._target)
         while not self._stopping:
             reconnects = self.nc.stats["reconnects"]
             try:
@@ -167,29 +187,89 @@ class BusFeed:
             self._next_stream_seq = stream_seq + 1
             await answer_flow_control(self.nc, sub)
             if stream_seq >= self._target and not self.loaded.is_set():
-                self._caught_up(stream_seq)
+                await self._reached_target(stream_seq)
 
-    def _caught_up(self, stream_seq: int) -> None:
+    async def _reached_target(self, stream_seq: int) -> None:
+        """SERVING once the stream's last message is within LIVE_EDGE_SECONDS of the applied one;
+        else that last message is the next target (the replay moved on while we caught up)."""
+        try:
+            last = await self.js.get_last_msg(RECORDS_STREAM, RECORDS_SUBJECT)
+            last_seq, last_ts_out = int(last.seq or 0), int((last.headers or {})[TS_OUT])
+        except NotFoundError:  # nothing left on the stream: nothing to catch up with
+            last_seq, last_ts_out = stream_seq, self._ts_out
+        except Exception as exc:  # the bus is away: look again at the next message
+            log.info("bus read failed (%s); catch-up check postponed", exc or type(exc).__name__)
+            return
+        if last_seq > stream_seq and last_ts_out - self._ts_out > LIVE_EDGE_SECONDS * 1e9:
+            self._target = last_seq
+            return
         self.loaded.set()
-        log.info("gateway caught up", extra={"position": self.position, "stream_seq": stream_seq})
+        log.info("gateway caught up", extra={"position": self.position, "stream_seq": stream_seq, "last_stream_seq": last_seq})
+
+    async def catch_up(self, position: int) -> bool:
+        """A resume after ``position``, ahead of what this gateway applied: True once applied
+        (within CATCH_UP_WAIT_SECONDS); False when the bus does not hold it either (the replay is
+        not there: OUT_OF_RANGE as in ``serve``); CatchingUpError (UNAVAILABLE, the client or Envoy
+        retries, on another gateway) when the bus holds it but this gateway is still behind."""
+        if position <= self.position:
+            return True
+        try:
+            last = await self.js.get_last_msg(RECORDS_STREAM, RECORDS_SUBJECT)
+            published = int((last.headers or {})[LAST_SEQ])
+        except NotFoundError:
+            return False
+        except Exception as exc:
+            raise CatchingUpError(f"replay position {position}: the bus cannot be read ({exc or type(exc).__name__}); retry") from None
+        if position > published:
+            return False
+        deadline = time.monotonic() + CATCH_UP_WAIT_SECONDS
+        while self.position < position:
+            if time.monotonic() >= deadline or self._stopping:
+                raise CatchingUpError(
+                    f"replay position {position} is on the bus but this gateway has applied up to {self.position}; retry"
+                )
+            await asyncio.sleep(0.02)
+        return True
 
     async def _cold_start(self) -> None:
-        state = (await self.js.stream_info(RECORDS_STREAM)).state
-        self._target = state.last_seq
-        self._next_stream_seq = state.first_seq or 1
-        if state.messages and await _header(self.js, state.first_seq, FIRST_SEQ) == 1:
-            return  # the whole run is in the stream: apply it from the start
-        snapshots = await self._snapshots()
-        if not snapshots:
-            if state.messages:
-                raise BusError("the record stream no longer starts at position 1 and no book snapshot is stored yet")
-            return  # nothing on the bus yet
+        for _ in range(FIRST_MESSAGE_ATTEMPTS):
+            state = (await self.js.stream_info(RECORDS_STREAM)).state
+            self._target = state.last_seq
+            self._next_stream_seq = state.first_seq or 1
+            if not state.messages:
+                break
+            try:
+                if await _header(self.js, state.first_seq, FIRST_SEQ) == 1:
+                    return  # the whole run is in the stream: apply it from the start
+                break
+            except NotFoundError:
+                # Retention dropped the first message since stream_info (a stream at its byte
+                # limit): the start is gone; read the state again for the snapshots' path.
+                continue
+        await self._from_snapshots(state.messages)
+
+    async def _from_snapshots(self, messages: int) -> None:
+        for attempt in range(FIRST_MESSAGE_ATTEMPTS):
+            snapshots = await self._snapshots()
+            if snapshots:
+                position = min(snap.position for snap in snapshots.values())
+                try:
+                    self._next_stream_seq, _ = await stream_seq_after(self.js, position)
+                except ReplayPositionError:
+                    # Retention already dropped what follows the oldest snapshot: a newer one comes soon.
+                    if attempt == FIRST_MESSAGE_ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(0.25)
+                    continue
+                break
+            if not messages:
+                return  # nothing on the bus yet
+            raise BusError("the record stream no longer starts at position 1 and no book snapshot is stored yet")
         for key, snap in snapshots.items():
             self.market.apply(snap.records.copy(), complete_events=True)
             self._skip[key] = snap.position
         self.position = min(self._skip.values())
         self.hub.position = self.position  # type: ignore[attr-defined]
-        self._next_stream_seq, _ = await stream_seq_after(self.js, self.position)
         log.info("gateway cold start from snapshots", extra={"books": len(snapshots), "position": self.position})
 
     async def _snapshots(self) -> dict[BookKey, codec.SnapshotMessage]:
@@ -199,7 +279,10 @@ class BusFeed:
             return {}
         out: dict[BookKey, codec.SnapshotMessage] = {}
         for subject in (info.state.subjects or {}):
-            msg = await self.js.get_last_msg(SNAPSHOTS_STREAM, subject)
+            try:
+                msg = await self.js.get_last_msg(SNAPSHOTS_STREAM, subject)
+            except NotFoundError:  # expired since stream_info
+                continue
             snap = codec.decode_snapshot(msg.headers, msg.data)
             if snap.epoch == self.epoch and len(snap.records):
                 row = snap.records[0]
@@ -224,6 +307,7 @@ class BusFeed:
         else:
             events = self.market.apply(records, complete_events=True).events
         self.position = msg.last_seq
+        self._ts_out = msg.ts_out
         METRICS.records_ingested.inc(len(records))
         self.hub.publish(Batch(msg.first_seq, records, events, msg.ts_out))
 

@@ -21,6 +21,7 @@ from grpc_interceptor.exception_to_status import AsyncExceptionToStatusIntercept
 
 from mbostream.errors import (
     AuthError,
+    CatchingUpError,
     ConfigError,
     DataFileError,
     InvalidArgumentError,
@@ -49,6 +50,7 @@ STATUS_BY_ERROR: tuple[tuple[type[MbostreamError], grpc.StatusCode], ...] = (
     (AuthError, grpc.StatusCode.UNAUTHENTICATED),
     (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
+    (CatchingUpError, grpc.StatusCode.UNAVAILABLE),
     (DataFileError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
 )

@@ -54,18 +54,31 @@ class EventHistory(Protocol):
         ...
 
 
+class CatchUp(Protocol):
+    """A resume ahead of the hub's position (a gateway still applying what the bus holds)."""
+
+    async def __call__(self, position: int) -> bool:
+        """True once the hub is at ``position``; False when no source holds it (OUT_OF_RANGE);
+        raises CatchingUpError (UNAVAILABLE) when it is held but not reached in time."""
+        ...
+
+
 class MarketDataService:
     """Implements ``mbostream.v1.MarketDataService``; streaming methods yield serialized bytes.
 
     ``history``: where a resume older than the hub's replay buffer is served from (None: such a
-    resume is OUT_OF_RANGE, as in the embedded server).
+    resume is OUT_OF_RANGE, as in the embedded server). ``catch_up``: what a resume ahead of the
+    hub's position waits on (None: OUT_OF_RANGE at once, as in the embedded server).
     """
 
-    def __init__(self, market: Market, hub: Hub, dataset: str, history: EventHistory | None = None) -> None:
+    def __init__(
+        self, market: Market, hub: Hub, dataset: str, history: EventHistory | None = None, catch_up: CatchUp | None = None
+    ) -> None:
         self.market = market
         self.hub = hub
         self.dataset = dataset
         self.history = history
+        self.catch_up = catch_up
 
     async def ListInstruments(self, request: pb.ListInstrumentsRequest, context: grpc_aio.ServicerContext) -> pb.ListInstrumentsResponse:
         """Every book with its identity and live statistics."""
@@ -148,6 +161,10 @@ class MarketDataService:
                         METRICS.resumes.labels("bus" if older is not None else "memory").inc()
                     return
                 except ReplayPositionError:
+                    if older is None and position is not None and position > self.hub.position and self.catch_up:
+                        if await self.catch_up(position):
+                            continue  # the hub reached the resume point: subscribe again
+                        raise
                     if self.history is None or position is None or position >= self.hub.position:
                         raise
                 older = older or self.history.batches(position)

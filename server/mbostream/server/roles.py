@@ -8,7 +8,8 @@ Both are the embedded server (:class:`~mbostream.server.app.App`) with another s
   keeps that run's epoch, continues its positions and first clears every book downstream (``R``).
 * :class:`GatewayApp` has no files and no ReplayService: its market and hub are fed from the bus
   (:class:`~mbostream.bus.ingest.BusFeed`), and resumes older than its memory are read from the
-  stream. Health is NOT_SERVING until it has caught up.
+  stream. Health is NOT_SERVING until it is at the live edge; a resume a little ahead of it waits
+  for it (UNAVAILABLE after a few seconds, so Envoy or the client retries on another gateway).
 """
 
 from __future__ import annotations
@@ -167,7 +168,9 @@ class GatewayApp(_BusApp):
         return self.ingest
 
     def _handlers(self, dataset: str) -> tuple[grpc.GenericRpcHandler, ...]:
-        service = market_data.MarketDataService(self.market, self.hub, dataset, history=StreamHistory(self.js))
+        service = market_data.MarketDataService(
+            self.market, self.hub, dataset, history=StreamHistory(self.js), catch_up=self.ingest.catch_up
+        )
         return (market_data.handler(service),)
 
 
