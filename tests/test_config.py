@@ -90,6 +90,7 @@ BAD_NUMBERS = {
     "grace_seconds": ["nan", "inf", "-1", "1e9"],
     "batch_records": ["0", "1000000000"],
     "max_streams": ["0", "1000000000"],
+    "max_streams_per_peer": ["0", "1000000000"],
     "subscriber_buffer_batches": ["0"],
     "replay_buffer_records": ["0"],
     "metrics_port": ["-2", "65536"],

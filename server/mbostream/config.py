@@ -33,6 +33,7 @@ RANGES: Final[Mapping[str, Range]] = {
     "rate": Range(low=0.01, high=1e9, unit="records/s"),
     "speed": Range(low=0.001, high=1e6, unit="(multiplier of recorded time)"),
     "max_streams": Range(low=1, high=100_000, integer=True),
+    "max_streams_per_peer": Range(low=1, high=100_000, integer=True),
     "subscriber_buffer_batches": Range(low=1, high=1_000_000, integer=True),
     "replay_buffer_records": Range(low=1, high=1_000_000_000, integer=True),
     "batch_records": Range(low=1, high=1_048_576, integer=True),
@@ -72,6 +73,13 @@ class Settings:
     log_format: str = "json"
     #: Concurrent streams served at most (StreamBook + StreamEvents).
     max_streams: int = 1000
+    #: Concurrent streams one client address (IP, any port) may hold: one host cannot take them all.
+    max_streams_per_peer: int = 100
+    #: gRPC over TLS: the server's certificate chain and private key (PEM files; both or neither).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: mTLS: clients must present a certificate signed by this CA (PEM; needs the server's TLS).
+    tls_client_ca_file: str = ""
     #: Batches a StreamEvents subscriber may fall behind before it is cut off (slow reader).
     subscriber_buffer_batches: int = 512
     #: Records kept for StreamEvents resumption (start_after_sequence).
@@ -197,5 +205,33 @@ def validate(s: Settings) -> None:
         raise ConfigError(_names("log_level"), f"must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}")
     if s.log_format not in ("json", "text"):
         raise ConfigError(_names("log_format"), f"must be json or text, got {s.log_format!r}")
+    _validate_tls(s)
     if s.control_token is not None and len(s.control_token) < 8:
         raise ConfigError("MBOSTREAM_CONTROL_TOKEN", "must be at least 8 characters")
+
+
+def _validate_tls(s: Settings) -> None:
+    """Certificate and key both or neither, a client CA only with them, every file readable PEM."""
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        given, missing = ("tls_cert_file", "tls_key_file") if s.tls_cert_file else ("tls_key_file", "tls_cert_file")
+        raise ConfigError(_names(missing), f"must be set together with {_names(given)}")
+    if s.tls_client_ca_file and not s.tls_cert_file:
+        raise ConfigError(_names("tls_client_ca_file"), f"mTLS needs the server's own TLS: set {_names('tls_cert_file')} and the key")
+    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(s, name)
+        if not path:
+            continue
+        try:
+            text = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(_names(name), f"cannot read {path}: {exc.strerror}") from None
+        if b"-----BEGIN " not in text:
+            raise ConfigError(_names(name), f"{path} is not a PEM file")
+
+
+def read_tls_files(s: Settings) -> tuple[bytes, bytes, bytes | None] | None:
+    """``(certificate chain, private key, client CA or None)`` when TLS is configured, else None."""
+    if not s.tls_cert_file:
+        return None
+    ca = Path(s.tls_client_ca_file).read_bytes() if s.tls_client_ca_file else None
+    return Path(s.tls_cert_file).read_bytes(), Path(s.tls_key_file).read_bytes(), ca

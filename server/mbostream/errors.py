@@ -33,6 +33,7 @@
     ├── BusError                        (mbostream.bus.errors) the NATS bus cannot be used
     │   ├── WriterConflictError         another replayer writes the record stream (this one exits 2)
     │   └── BusGapError                 the record stream skipped positions a gateway had not applied
+    ├── AuthThrottledError              too many failed credentials from one address (a cool-down)
     └── AuthError                       missing or wrong operator credentials
         └── PermissionDeniedError       credentials present but not accepted
 
@@ -66,6 +67,7 @@ __all__ = [
     "MAX_MESSAGE_CHARS",
     "AddressInUseError",
     "AuthError",
+    "AuthThrottledError",
     "BenchError",
     "CatchingUpError",
     "ConfigError",
@@ -152,6 +154,10 @@ class TooManyStreamsError(MbostreamError):
 
 class AuthError(MbostreamError):
     """Operator credentials are missing or malformed."""
+
+
+class AuthThrottledError(MbostreamError):
+    """One client address presented wrong credentials too often: refused until its cool-down ends."""
 
 
 class PermissionDeniedError(AuthError):

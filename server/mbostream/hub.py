@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeAlias
@@ -294,6 +294,7 @@ class Hub:
         subscriber_buffer_batches: int,
         max_streams: int,
         book_interval: float,
+        max_streams_per_peer: int | None = None,
         book_interval_max: float | None = None,
         epoch: str = "",
     ) -> None:
@@ -305,6 +306,11 @@ class Hub:
         self.replay_buffer_records = replay_buffer_records
         self.subscriber_buffer_batches = subscriber_buffer_batches
         self.max_streams = max_streams
+        #: Streams one client address may hold at once (None: only the global limit applies).
+        self.max_streams_per_peer = max_streams_per_peer
+        #: Open streams by client address; an address leaves the map with its last stream.
+        self.streams_by_peer: Counter[str] = Counter()
+        self._peer_of: dict[EventSubscriber | BookSubscriber, str] = {}
         self.book_interval = book_interval
         #: Longest the refresh interval stretches to while the loop runs late (a bound on book age).
         self.book_interval_max = max(book_interval, book_interval_max if book_interval_max is not None else book_interval)
@@ -424,9 +430,24 @@ class Hub:
         return interval
 
     # -- subscribing ------------------------------------------------------------------------------
-    def _check_capacity(self) -> None:
+    def _check_capacity(self, peer: str) -> None:
         if len(self.event_subscribers) + len(self.book_subscribers) >= self.max_streams:
             raise TooManyStreamsError(f"stream limit reached ({self.max_streams} concurrent streams)")
+        limit = self.max_streams_per_peer
+        if peer and limit is not None and self.streams_by_peer[peer] >= limit:
+            raise TooManyStreamsError(f"stream limit per client address reached ({limit} concurrent streams from {peer})")
+
+    def _count_peer(self, sub: EventSubscriber | BookSubscriber, peer: str) -> None:
+        if peer:
+            self._peer_of[sub] = peer
+            self.streams_by_peer[peer] += 1
+
+    def _uncount_peer(self, sub: EventSubscriber | BookSubscriber) -> None:
+        peer = self._peer_of.pop(sub, None)
+        if peer is not None:
+            self.streams_by_peer[peer] -= 1
+            if self.streams_by_peer[peer] <= 0:
+                del self.streams_by_peer[peer]
 
     def subscribe_events(
         self,
@@ -436,13 +457,15 @@ class Hub:
         start_after: int | None,
         max_records: int,
         resume_epoch: str = "",
+        peer: str = "",
     ) -> EventSubscriber:
         """Registers a StreamEvents client; snapshot or backlog is queued before live batches.
 
         A resume (``start_after``) that names another run's ``resume_epoch`` is refused: its
-        position means nothing in this run, and the client's books must be rebuilt.
+        position means nothing in this run, and the client's books must be rebuilt. ``peer``: the
+        client's address, counted against ``max_streams_per_peer`` ("" counts against nothing).
         """
-        self._check_capacity()
+        self._check_capacity(peer)
         capacity = self.subscriber_buffer_batches
         if start_after is not None and resume_epoch and resume_epoch != self.epoch:
             raise EpochMismatchError(resume_epoch, self.epoch)
@@ -475,23 +498,27 @@ class Hub:
                         )
                 sub.prefix.extend(payloads)
         self.event_subscribers.add(sub)
+        self._count_peer(sub, peer)
         METRICS.subscribers.labels("events").set(len(self.event_subscribers))
         return sub
 
     def unsubscribe_events(self, sub: EventSubscriber) -> None:
         self.event_subscribers.discard(sub)
+        self._uncount_peer(sub)
         METRICS.subscribers.labels("events").set(len(self.event_subscribers))
 
     def subscribe_books(
-        self, selection: Selection, *, depth: int, orders: bool, max_rate: float, combine: bool = False
+        self, selection: Selection, *, depth: int, orders: bool, max_rate: float, combine: bool = False, peer: str = ""
     ) -> BookSubscriber:
-        """Registers a StreamBook client on the channels of every matching book."""
-        self._check_capacity()
+        """Registers a StreamBook client on the channels of every matching book (``peer``: as
+        :meth:`subscribe_events`)."""
+        self._check_capacity(peer)
         sub = BookSubscriber(self, selection, depth, orders, 1.0 / max_rate if max_rate > 0 else 0.0, combine)
         for key in self.market.books():
             if selection.matches(key):
                 self._attach(sub, key)
         self.book_subscribers.add(sub)
+        self._count_peer(sub, peer)
         METRICS.subscribers.labels("book").set(len(self.book_subscribers))
         return sub
 
@@ -523,6 +550,7 @@ class Hub:
 
     def unsubscribe_books(self, sub: BookSubscriber) -> None:
         self.book_subscribers.discard(sub)
+        self._uncount_peer(sub)
         for channel in sub.channels.values():
             channel.subscribers.discard(sub)
             if not channel.subscribers:

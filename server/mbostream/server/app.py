@@ -29,7 +29,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from mbostream.config import SOURCES, Settings
+from mbostream.config import SOURCES, Settings, read_tls_files
 from mbostream_core.dbn import DbnReader, verify_framing
 from mbostream.errors import AddressInUseError, ConfigError, MbostreamError
 from mbostream.feed import Publisher
@@ -202,6 +202,7 @@ class App:
             replay_buffer_records=s.replay_buffer_records,
             subscriber_buffer_batches=s.subscriber_buffer_batches,
             max_streams=s.max_streams,
+            max_streams_per_peer=s.max_streams_per_peer,
             book_interval=s.book_interval_ms / 1000.0,
             book_interval_max=s.book_interval_max_ms / 1000.0,
             epoch=epoch,
@@ -241,7 +242,7 @@ class App:
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), self.server)
         _check_port_free("port", s.host, s.port)
         try:
-            self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+            self.port = self._add_port(f"{s.host}:{s.port}")
         except RuntimeError as exc:  # grpc's "Failed to bind": the port was taken since, or a bad host
             raise ConfigError(_setting_names("port"), f"cannot listen on {s.host}:{s.port} ({exc})") from None
         await self.server.start()
@@ -259,6 +260,16 @@ class App:
         for sink in self.extra_sinks:
             await sink.start()
             self._started_sinks.append(sink)
+
+    def _add_port(self, address: str) -> int:
+        """Binds ``address``: over TLS when a certificate is configured (mTLS with a client CA)."""
+        assert self.server is not None
+        tls = read_tls_files(self.settings)
+        if tls is None:
+            return self.server.add_insecure_port(address)
+        chain, key, client_ca = tls
+        credentials = grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None)
+        return self.server.add_secure_port(address, credentials)
 
     async def _abandon_start(self) -> None:
         """Undoes a start that failed half-way (a port taken, the spool locked): nothing is left

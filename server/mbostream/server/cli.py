@@ -27,6 +27,7 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
         "log_level": args.log_level,
         "log_format": args.log_format if args.log_format != "json" else None,
         "max_streams": args.max_streams,
+        **tls_flags(args),
         "book_interval_ms": args.book_interval_ms,
         "book_interval_max_ms": args.book_interval_max_ms,
         "grace_seconds": args.grace_seconds,
@@ -60,6 +61,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mbostream.server.app import serve
 
     settings = _settings_from_args(args)
+    if settings.tls_cert_file:
+        from mbostream.errors import ConfigError
+
+        # The edge reaches the server in plaintext on loopback; TLS towards it is not written yet.
+        raise ConfigError("--tls-cert-file / MBOSTREAM_TLS_CERT_FILE", "is for serve, replay and gateway: run's Envoy edge talks plaintext to its server")
     logs.configure(settings.log_level, settings.log_format)
     page_token = None
     if settings.control_token is None:
@@ -101,6 +107,12 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-store", action="store_true", help="do not persist the feed (no InfluxDB writes, no spool)")
 
 
+def tls_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The per-peer stream limit and TLS flags of :func:`add_listen_arguments` (None: not given)."""
+    names = ("max_streams_per_peer", "tls_cert_file", "tls_key_file", "tls_client_ca_file")
+    return {name: getattr(args, name) for name in names}
+
+
 def add_listen_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of every serving process (``serve``, ``run``, ``replay``, ``gateway``): where it
     listens, how many streams it takes, how often books refresh, how long shutdown waits."""
@@ -117,6 +129,13 @@ def add_listen_arguments(p: argparse.ArgumentParser) -> None:
         "--max-streams", type=RANGES["max_streams"].argtype, default=None,
         help=f"concurrent streams allowed ({_range('max_streams')}; default 1000)",
     )  # fmt: skip
+    p.add_argument(
+        "--max-streams-per-peer", type=RANGES["max_streams_per_peer"].argtype, default=None,
+        help=f"concurrent streams one client address may hold ({_range('max_streams_per_peer')}; default 100)",
+    )  # fmt: skip
+    p.add_argument("--tls-cert-file", default=None, help="serve gRPC over TLS: the certificate chain (PEM; with --tls-key-file)")
+    p.add_argument("--tls-key-file", default=None, help="the TLS private key (PEM)")
+    p.add_argument("--tls-client-ca-file", default=None, help="mTLS: require client certificates signed by this CA (PEM)")
     p.add_argument(
         "--book-interval-ms", type=RANGES["book_interval_ms"].argtype, default=None,
         help=f"book stream refresh period ({_range('book_interval_ms')}; default 5)",

@@ -21,6 +21,7 @@ from grpc_interceptor.exception_to_status import AsyncExceptionToStatusIntercept
 
 from mbostream.errors import (
     AuthError,
+    AuthThrottledError,
     CatchingUpError,
     ConfigError,
     DataFileError,
@@ -46,6 +47,7 @@ STATUS_BY_ERROR: tuple[tuple[type[MbostreamError], grpc.StatusCode], ...] = (
     (ReplayPositionError, grpc.StatusCode.OUT_OF_RANGE),
     (SlowConsumerError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TooManyStreamsError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (AuthThrottledError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (AuthError, grpc.StatusCode.UNAUTHENTICATED),
     (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -15,6 +15,7 @@ from mbostream.metrics import METRICS
 from mbostream.hub import EventSubscriber, Hub, Selection
 from mbostream_core.market import BookKey, Market
 from mbostream.server.convert import book_snapshot, instrument_info, per_client_suffix
+from mbostream.server.peers import peer_address
 from mbostream_core.v1 import market_data_pb2 as pb
 
 #: Largest depth a request may ask for (a guard against absurd values, far above any real book).
@@ -110,6 +111,7 @@ class MarketDataService:
             orders=request.include_orders,
             max_rate=request.max_updates_per_second,
             combine=request.combine_books,
+            peer=peer_address(context.peer()),
         )
         epoch = self.hub.epoch
         try:
@@ -130,7 +132,7 @@ class MarketDataService:
             raise InvalidArgumentError("start_after_sequence", "cannot be combined with with_snapshot")
         selection = _selection(self.market, list(request.instruments), "instruments")
         subscribed: list[EventSubscriber] = []
-        async for payload in self._older_than_memory(selection, start_after, request, subscribed):
+        async for payload in self._older_than_memory(selection, start_after, request, subscribed, peer_address(context.peer())):
             yield payload
         sub = subscribed[0]
         try:
@@ -140,7 +142,7 @@ class MarketDataService:
             self.hub.unsubscribe_events(sub)
 
     async def _older_than_memory(
-        self, selection: Selection, start_after: int | None, request: pb.StreamEventsRequest, subscribed: list[EventSubscriber]
+        self, selection: Selection, start_after: int | None, request: pb.StreamEventsRequest, subscribed: list[EventSubscriber], peer: str
     ) -> AsyncIterator[bytes]:
         """Subscribes (into ``subscribed``); a resume older than the hub's buffer first gets the
         batches from the history up to where the buffer takes over, encoded as the hub would."""
@@ -155,6 +157,7 @@ class MarketDataService:
                             start_after=position,
                             max_records=request.max_batch_records,
                             resume_epoch=request.resume_epoch,
+                            peer=peer,
                         )
                     )
                     if start_after is not None:

@@ -10,6 +10,7 @@ from mbostream.errors import InvalidArgumentError, PreconditionError
 from mbostream.replay import Replayer, ReplayState
 from mbostream.server.convert import replay_status
 from mbostream.server.interceptors import check_bearer
+from mbostream.server.peers import AuthThrottle, peer_address
 from mbostream_core.v1 import replay_pb2 as pb
 
 
@@ -22,15 +23,18 @@ def _checked(field: str, value: float, setting: str) -> float:
 
 
 class ReplayControlService:
-    """Implements ``mbostream.v1.ReplayService``."""
+    """Implements ``mbostream.v1.ReplayService``; an address that keeps presenting wrong tokens is
+    refused for a while (:class:`~mbostream.server.peers.AuthThrottle`)."""
 
-    def __init__(self, replayer: Replayer, token: str | None, epoch: str = "") -> None:
+    def __init__(self, replayer: Replayer, token: str | None, epoch: str = "", throttle: AuthThrottle | None = None) -> None:
         self.replayer = replayer
         self.token = token
         self.epoch = epoch
+        self.throttle = throttle or AuthThrottle()
 
     def _authorize(self, context: grpc_aio.ServicerContext) -> None:
-        check_bearer(context.invocation_metadata(), self.token)
+        metadata = context.invocation_metadata()
+        self.throttle.check(peer_address(context.peer()), lambda: check_bearer(metadata, self.token))
 
     def _status(self) -> pb.ReplayStatus:
         return replay_status(self.replayer.status(), self.epoch)

@@ -8,7 +8,7 @@ from typing import Any
 
 from mbostream import logs
 from mbostream.config import RANGES, load_settings
-from mbostream.server.cli import _range, _settings_from_args, add_listen_arguments, add_server_arguments
+from mbostream.server.cli import _range, _settings_from_args, add_listen_arguments, add_server_arguments, tls_flags
 
 
 def _add_bus_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +51,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "log_format": args.log_format if args.log_format != "json" else None,
         "max_streams": args.max_streams,
+        **tls_flags(args),
         "book_interval_ms": args.book_interval_ms,
         "book_interval_max_ms": args.book_interval_max_ms,
         "grace_seconds": args.grace_seconds,

@@ -6,7 +6,7 @@ The public API is what this module exports; the underscored modules are private.
 from mbostream_core.records import F_LAST, F_SNAPSHOT
 
 from mbostream_client._backoff import Backoff
-from mbostream_client._channel import DEFAULT_TARGET
+from mbostream_client._channel import DEFAULT_TARGET, TlsConfig
 from mbostream_client._decode import EventBatch, decode_events
 from mbostream_client._exceptions import (
     AuthenticationError,
@@ -58,6 +58,7 @@ __all__ = [
     "SlowConsumerError",
     "StreamLimitError",
     "StreamStats",
+    "TlsConfig",
     "book_json",
     "decode_events",
     "levels",

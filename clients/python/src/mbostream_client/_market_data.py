@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from mbostream_core.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc
 
-from mbostream_client._channel import DEFAULT_TARGET, open_channel
+from mbostream_client._channel import DEFAULT_TARGET, TlsConfig, open_channel
 from mbostream_client._decode import EventBatch, decode_events
 from mbostream_client._exceptions import EpochChangedError, PreconditionFailedError, error_from_rpc
 
@@ -43,6 +43,8 @@ class MarketDataClient:
         Give this client its own TCP connection (see :func:`open_channel`).
     options
         Extra gRPC channel arguments.
+    tls
+        Connect over TLS (:class:`~mbostream_client.TlsConfig`); None: plaintext.
     """
 
     def __init__(
@@ -52,10 +54,11 @@ class MarketDataClient:
         timeout: float | None = 10.0,
         own_connection: bool = False,
         options: Sequence[tuple[str, Any]] = (),
+        tls: TlsConfig | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = open_channel(target, own_connection=own_connection, options=options)
+        self._channel = open_channel(target, own_connection=own_connection, options=options, tls=tls)
         self._stub = market_data_pb2_grpc.MarketDataServiceStub(self._channel)
 
     async def __aenter__(self) -> MarketDataClient:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import grpc
 from mbostream_core.v1 import replay_pb2, replay_pb2_grpc
 
-from mbostream_client._channel import DEFAULT_TARGET, open_channel
+from mbostream_client._channel import DEFAULT_TARGET, TlsConfig, open_channel
 from mbostream_client._exceptions import error_from_rpc
 
 _Response = TypeVar("_Response")
@@ -32,6 +32,8 @@ class ReplayClient:
         Deadline of each call, seconds (None: no deadline).
     options
         Extra gRPC channel arguments.
+    tls
+        Connect over TLS (:class:`~mbostream_client.TlsConfig`); None: plaintext.
     """
 
     def __init__(
@@ -41,13 +43,14 @@ class ReplayClient:
         token: str,
         timeout: float | None = 10.0,
         options: Sequence[tuple[str, Any]] = (),
+        tls: TlsConfig | None = None,
     ) -> None:
         if not token or not token.strip():
             raise ValueError("token must be the server's operator token, not empty")
         self.target = target
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token.strip()}"),)
-        self._channel = open_channel(target, options=options)
+        self._channel = open_channel(target, options=options, tls=tls)
         self._stub = replay_pb2_grpc.ReplayServiceStub(self._channel)
 
     async def __aenter__(self) -> ReplayClient:

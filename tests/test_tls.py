@@ -1,0 +1,246 @@
+"""gRPC over TLS and mTLS: a real server with certificates this test makes (a CA, the server's and a
+client's), reached by the Python client, a plaintext client, a stranger's certificate and grpcurl."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc import aio as grpc_aio
+
+from mbostream.config import load_settings
+from mbostream.errors import ConfigError
+from mbostream.server.app import App
+from mbostream_client import MarketDataClient, TlsConfig
+from mbostream_core.v1 import book_pb2, market_data_pb2
+
+from server_harness import RPC_TIMEOUT, run, settings, stubs
+from test_grpcurl import _grpcurl
+
+SYMBOL_COUNT_AT_LEAST = 1
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    #: A client certificate from another CA: mTLS must refuse it.
+    stranger_cert: Path
+    stranger_key: Path
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _builder(subject: str, issuer: x509.Name, public_key: object) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer)
+        .public_key(public_key)  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+
+
+def _ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = _key()
+    cert = (
+        _builder(common_name, _name(common_name), key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _leaf(
+    common_name: str, ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], *, server: bool
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = _key()
+    builder = _builder(common_name, ca[0].subject, key.public_key()).add_extension(
+        x509.BasicConstraints(ca=False, path_length=None), critical=True
+    )
+    if server:
+        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        usage = ExtendedKeyUsageOID.SERVER_AUTH
+    else:
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    return builder.sign(ca[1], hashes.SHA256()), key
+
+
+def _write(directory: Path, stem: str, pair: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> tuple[Path, Path]:
+    cert, key = directory / f"{stem}.crt", directory / f"{stem}.key"
+    cert.write_bytes(pair[0].public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        pair[1].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key.chmod(0o600)
+    return cert, key
+
+
+def make_pki(directory: Path) -> Pki:
+    """A test CA with a server certificate (localhost, 127.0.0.1) and a client certificate, and a
+    client certificate from a second, unrelated CA."""
+    ca = _ca("mbostream test CA")
+    ca_file, _ = _write(directory, "ca", ca)
+    server_cert, server_key = _write(directory, "server", _leaf("localhost", ca, server=True))
+    client_cert, client_key = _write(directory, "client", _leaf("operator", ca, server=False))
+    stranger_cert, stranger_key = _write(directory, "stranger", _leaf("stranger", _ca("another CA"), server=False))
+    return Pki(ca_file, server_cert, server_key, client_cert, client_key, stranger_cert, stranger_key)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _tls_settings(pki: Pki, *, mutual: bool) -> object:
+    return settings(
+        tls_cert_file=str(pki.server_cert),
+        tls_key_file=str(pki.server_key),
+        tls_client_ca_file=str(pki.ca) if mutual else "",
+        sample_records=20_000,
+    )
+
+
+async def _started(s: object) -> App:
+    app = App(s)  # type: ignore[arg-type]
+    await asyncio.wait_for(app.start(), 60)
+    await asyncio.wait_for(app.replayer.loaded.wait(), 30)
+    return app
+
+
+async def _first_book(client: MarketDataClient) -> book_pb2.BookSnapshot:
+    instruments = await client.list_instruments()
+    assert len(instruments) >= SYMBOL_COUNT_AT_LEAST
+    return await client.get_book(instruments[0].symbol, depth=5)
+
+
+async def _refused(channel: grpc_aio.Channel) -> grpc.StatusCode:
+    """The status of a ListInstruments that must not get through (the channel is closed after)."""
+    market, _ = stubs(channel)
+    try:
+        with pytest.raises(grpc_aio.AioRpcError) as failure:
+            await market.ListInstruments(market_data_pb2.ListInstrumentsRequest(), timeout=RPC_TIMEOUT)
+    finally:
+        await channel.close()
+    return failure.value.code()
+
+
+def test_tls_client_gets_a_book_and_plaintext_is_refused(pki: Pki) -> None:
+    async def scenario() -> None:
+        app = await _started(_tls_settings(pki, mutual=False))
+        try:
+            target = f"localhost:{app.port}"
+            async with MarketDataClient(target, tls=TlsConfig(ca_file=str(pki.ca))) as client:
+                book = await _first_book(client)
+                assert book.symbol and (book.bids or book.asks)
+            # The same port spoken to in plaintext: the TLS handshake never happens, nothing is served.
+            assert await _refused(grpc_aio.insecure_channel(target)) is grpc.StatusCode.UNAVAILABLE
+            # TLS, but trusting only the system roots: our test CA is not among them.
+            assert await _refused(grpc_aio.secure_channel(target, grpc.ssl_channel_credentials())) is grpc.StatusCode.UNAVAILABLE
+        finally:
+            await asyncio.wait_for(app.shutdown(), 30)
+
+    run(scenario())
+
+
+def test_mtls_refuses_clients_without_a_certificate_of_its_ca(pki: Pki) -> None:
+    async def scenario() -> None:
+        app = await _started(_tls_settings(pki, mutual=True))
+        try:
+            target = f"127.0.0.1:{app.port}"
+            anonymous = TlsConfig(ca_file=str(pki.ca))
+            assert await _refused(grpc_aio.secure_channel(target, anonymous.credentials())) is grpc.StatusCode.UNAVAILABLE
+            stranger = TlsConfig(ca_file=str(pki.ca), cert_file=str(pki.stranger_cert), key_file=str(pki.stranger_key))
+            assert await _refused(grpc_aio.secure_channel(target, stranger.credentials())) is grpc.StatusCode.UNAVAILABLE
+            operator = TlsConfig(ca_file=str(pki.ca), cert_file=str(pki.client_cert), key_file=str(pki.client_key))
+            async with MarketDataClient(target, tls=operator) as client:
+                book = await _first_book(client)
+                assert book.bids or book.asks
+        finally:
+            await asyncio.wait_for(app.shutdown(), 30)
+
+    run(scenario())
+
+
+def test_grpcurl_with_the_ca_certificate(pki: Pki) -> None:
+    async def scenario() -> None:
+        for mutual in (False, True):
+            app = await _started(_tls_settings(pki, mutual=mutual))
+            try:
+                target = f"localhost:{app.port}"
+                client_args = ["-cert", str(pki.client_cert), "-key", str(pki.client_key)] if mutual else []
+
+                async def grpcurl(*args: str) -> tuple[int, str]:
+                    proc = await asyncio.create_subprocess_exec(
+                        _grpcurl(), *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                    )
+                    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+                    return proc.returncode or 0, out.decode()
+
+                code, out = await grpcurl("-cacert", str(pki.ca), *client_args, target, "mbostream.v1.MarketDataService/ListInstruments")
+                assert code == 0, out
+                assert '"symbol"' in out
+                code, out = await grpcurl("-plaintext", target, "list")
+                assert code != 0, out
+                if mutual:
+                    code, out = await grpcurl("-cacert", str(pki.ca), target, "list")
+                    assert code != 0, out
+            finally:
+                await asyncio.wait_for(app.shutdown(), 30)
+
+    run(scenario(), timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"cert": "server_cert"}, "--tls-key-file / MBOSTREAM_TLS_KEY_FILE"),
+        ({"key": "server_key"}, "--tls-cert-file / MBOSTREAM_TLS_CERT_FILE"),
+        ({"ca": "ca"}, "--tls-client-ca-file / MBOSTREAM_TLS_CLIENT_CA_FILE"),
+        ({"cert": "missing", "key": "server_key"}, "--tls-cert-file / MBOSTREAM_TLS_CERT_FILE"),
+        ({"cert": "server_cert", "key": "not_pem"}, "--tls-key-file / MBOSTREAM_TLS_KEY_FILE"),
+    ],
+)
+def test_tls_settings_are_checked_at_start_up(pki: Pki, tmp_path: Path, env: dict[str, str], named: str) -> None:
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello")
+    files = {**vars(pki), "missing": tmp_path / "absent.pem", "not_pem": not_pem}
+    variables = {f"MBOSTREAM_TLS_{kind.upper()}_FILE" if kind != "ca" else "MBOSTREAM_TLS_CLIENT_CA_FILE": str(files[which])
+                 for kind, which in env.items()}  # fmt: skip
+    with pytest.raises(ConfigError) as failure:
+        load_settings({}, environ=variables)
+    assert named in str(failure.value)
+
+
+def test_serve_flags_reach_the_tls_checks(pki: Pki) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbostream.cli", "serve", "--port", "0", "--tls-cert-file", str(pki.server_cert)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "--tls-key-file / MBOSTREAM_TLS_KEY_FILE" in proc.stderr and "Traceback" not in proc.stderr
