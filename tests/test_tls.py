@@ -244,3 +244,13 @@ def test_serve_flags_reach_the_tls_checks(pki: Pki) -> None:
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "--tls-key-file / MBOSTREAM_TLS_KEY_FILE" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_refuses_tls_its_edge_cannot_speak(pki: Pki) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbostream.cli", "run", "--port", "0", "--edge-port", "0",
+         "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "--tls-cert-file / MBOSTREAM_TLS_CERT_FILE" in proc.stderr and "plaintext" in proc.stderr

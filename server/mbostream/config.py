@@ -74,7 +74,7 @@ class Settings:
     #: Concurrent streams served at most (StreamBook + StreamEvents).
     max_streams: int = 1000
     #: Concurrent streams one client address (IP, any port) may hold: one host cannot take them all.
-    max_streams_per_peer: int = 100
+    max_streams_per_peer: int = 256
     #: gRPC over TLS: the server's certificate chain and private key (PEM files; both or neither).
     tls_cert_file: str = ""
     tls_key_file: str = ""

@@ -131,7 +131,7 @@ def add_listen_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--max-streams-per-peer", type=RANGES["max_streams_per_peer"].argtype, default=None,
-        help=f"concurrent streams one client address may hold ({_range('max_streams_per_peer')}; default 100)",
+        help=f"concurrent streams one client address may hold ({_range('max_streams_per_peer')}; default 256)",
     )  # fmt: skip
     p.add_argument("--tls-cert-file", default=None, help="serve gRPC over TLS: the certificate chain (PEM; with --tls-key-file)")
     p.add_argument("--tls-key-file", default=None, help="the TLS private key (PEM)")

@@ -138,7 +138,13 @@ class BenchServer:
         # A private spool: the server's storage sink (on by default) must not share one with a
         # server already running here, and the bench leaves nothing behind.
         self._spool = tempfile.TemporaryDirectory(prefix="mbostream-e2e-spool-")
-        env = {**os.environ, "MBOSTREAM_CONTROL_TOKEN": self.token, "MBOSTREAM_SPOOL_DIR": self._spool.name}
+        # Every client of the bench is this one host: the per-address stream limit must not cap it.
+        env = {
+            **os.environ,
+            "MBOSTREAM_CONTROL_TOKEN": self.token,
+            "MBOSTREAM_SPOOL_DIR": self._spool.name,
+            "MBOSTREAM_MAX_STREAMS_PER_PEER": "100000",
+        }
         cmd = [
             sys.executable, "-m", "mbostream.cli", "--log-level", "warning", "serve", *cfg.files,
             "--port", "0", "--metrics-port", "-1", "--loop", *pacing, *cfg.server_args,
