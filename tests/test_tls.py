@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc import aio as grpc_aio
 
 from mbostream.config import load_settings
+from mbostream.edge.config import EdgeTls
+from mbostream.edge.render import _UI_NOT_BUILT
+from mbostream.edge.supervisor import Edge
 from mbostream.errors import ConfigError
 from mbostream.server.app import App
 from mbostream_client import MarketDataClient, TlsConfig
@@ -246,11 +252,61 @@ def test_serve_flags_reach_the_tls_checks(pki: Pki) -> None:
     assert "--tls-key-file / MBOSTREAM_TLS_KEY_FILE" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_run_refuses_tls_its_edge_cannot_speak(pki: Pki) -> None:
+def test_run_refuses_mtls_its_edge_cannot_speak(pki: Pki) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "mbostream.cli", "run", "--port", "0", "--edge-port", "0",
-         "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key)],
+         "--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key), "--tls-client-ca-file", str(pki.ca)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
-    assert "--tls-cert-file / MBOSTREAM_TLS_CERT_FILE" in proc.stderr and "plaintext" in proc.stderr
+    assert "--tls-client-ca-file / MBOSTREAM_TLS_CLIENT_CA_FILE" in proc.stderr and "client certificate" in proc.stderr
+
+
+def _https_get(url: str, ca: Path) -> tuple[int, str]:
+    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=RPC_TIMEOUT) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as answer:  # an HTTP answer all the same (503: the UI is not built)
+        return answer.code, answer.read().decode()
+
+
+def test_edge_serves_https_and_reaches_a_tls_server(pki: Pki) -> None:
+    async def scenario() -> None:
+        app = await _started(_tls_settings(pki, mutual=False))
+        tls = EdgeTls(cert_file=str(pki.server_cert), key_file=str(pki.server_key), upstream_cert_file=str(pki.server_cert))
+        try:
+            async with Edge(listen_port=0, upstream_port=app.port, static_dir=None, tls=tls) as edge:
+                assert edge.url.startswith("https://127.0.0.1:")
+                url = edge.url.replace("127.0.0.1", "localhost")
+                # Without a built UI the edge answers its own page: 503 saying how to build it.
+                status, page = await asyncio.to_thread(_https_get, url + "/", pki.ca)
+                assert (status, page) == (503, _UI_NOT_BUILT)
+                # Plain HTTP on the HTTPS port gets nothing.
+                with pytest.raises(OSError):
+                    await asyncio.to_thread(urllib.request.urlopen, url.replace("https://", "http://") + "/", None, RPC_TIMEOUT)
+                # Native gRPC over TLS to Envoy, and over TLS (pinned certificate) from Envoy to the server.
+                target = url.removeprefix("https://")
+                async with MarketDataClient(target, tls=TlsConfig(ca_file=str(pki.ca))) as client:
+                    book = await _first_book(client)
+                    assert book.bids or book.asks
+        finally:
+            await asyncio.wait_for(app.shutdown(), 30)
+
+    run(scenario(), timeout=120)
+
+
+def test_edge_refuses_a_server_whose_certificate_is_not_the_pinned_one(pki: Pki) -> None:
+    async def scenario() -> None:
+        app = await _started(_tls_settings(pki, mutual=False))
+        # Pinned: the client certificate, not the one the server presents.
+        tls = EdgeTls(cert_file=str(pki.server_cert), key_file=str(pki.server_key), upstream_cert_file=str(pki.client_cert))
+        try:
+            async with Edge(listen_port=0, upstream_port=app.port, static_dir=None, tls=tls) as edge:
+                target = edge.url.replace("127.0.0.1", "localhost").removeprefix("https://")
+                channel = grpc_aio.secure_channel(target, TlsConfig(ca_file=str(pki.ca)).credentials())
+                assert await _refused(channel) is grpc.StatusCode.UNAVAILABLE
+        finally:
+            await asyncio.wait_for(app.shutdown(), 30)
+
+    run(scenario(), timeout=120)

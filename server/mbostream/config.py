@@ -96,6 +96,9 @@ class Settings:
     grace_seconds: float = 5.0
     #: ``mbostream run`` only: the Envoy edge port (UI + gRPC-Web + gRPC on one origin).
     edge_port: int = 8080
+    #: ``mbostream run`` only: HTTPS at the edge with this certificate chain and key (PEM; both or neither).
+    edge_tls_cert_file: str = ""
+    edge_tls_key_file: str = ""
     #: ``mbostream run`` only: extra CORS origins for gRPC-Web, comma-separated (e.g. a dev server).
     allowed_origins: str = ""
     sample_records: int = 2_000_000
@@ -217,7 +220,10 @@ def _validate_tls(s: Settings) -> None:
         raise ConfigError(_names(missing), f"must be set together with {_names(given)}")
     if s.tls_client_ca_file and not s.tls_cert_file:
         raise ConfigError(_names("tls_client_ca_file"), f"mTLS needs the server's own TLS: set {_names('tls_cert_file')} and the key")
-    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+    if bool(s.edge_tls_cert_file) != bool(s.edge_tls_key_file):
+        given, missing = ("edge_tls_cert_file", "edge_tls_key_file") if s.edge_tls_cert_file else ("edge_tls_key_file", "edge_tls_cert_file")
+        raise ConfigError(_names(missing), f"must be set together with {_names(given)}")
+    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "edge_tls_cert_file", "edge_tls_key_file"):
         path = getattr(s, name)
         if not path:
             continue

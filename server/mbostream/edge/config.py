@@ -17,6 +17,28 @@ _ORIGIN: Final = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
 
 @dataclass(frozen=True, kw_only=True)
+class EdgeTls:
+    """The edge's TLS (PEM files; empty: plaintext on that side).
+
+    ``cert_file``/``key_file``: HTTPS (and gRPC over TLS) towards browsers and clients.
+    ``upstream_cert_file``: the server speaks TLS with this certificate; Envoy connects over TLS and
+    accepts exactly that certificate (its SHA-256 is pinned), whoever signed it.
+    """
+
+    cert_file: str = ""
+    key_file: str = ""
+    upstream_cert_file: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("edge TLS", "the certificate and the key go together: give both or neither")
+
+    @property
+    def downstream(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True, kw_only=True)
 class EdgeConfig:
     """Everything the Envoy config is rendered from; validated on construction.
 
@@ -44,6 +66,8 @@ class EdgeConfig:
     #: ``(host, port)`` of the OTLP/gRPC collector Envoy sends its spans to; by default the one the
     #: ``OTEL_*`` environment names for the server (:func:`mbostream.tracing.otlp_endpoint`), None: no tracing.
     otlp_endpoint: tuple[str, int] | None = field(default_factory=tracing.otlp_endpoint)
+    #: TLS towards browsers and towards the server (:class:`EdgeTls`); plaintext by default.
+    tls: EdgeTls = field(default_factory=EdgeTls)
 
     def __post_init__(self) -> None:
         for name in ("listen_port", "admin_port"):

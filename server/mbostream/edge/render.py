@@ -9,6 +9,8 @@ placeholders are empty and the rendered config is what it always was, byte for b
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import mimetypes
 import urllib.parse
@@ -18,6 +20,7 @@ from string import Template
 from typing import Any, Final
 
 from mbostream.edge.config import EdgeConfig
+from mbostream.errors import ConfigError
 
 # Names the template gives its listener and its upstream cluster; the supervisor looks them up.
 LISTENER_NAME: Final = "mbostream_edge"
@@ -214,11 +217,51 @@ def _tracing_parts(config: EdgeConfig) -> dict[str, str]:
     return {"tracing": f"\n                tracing: {json.dumps(tracing)}", "tracing_cluster": f"\n    - {json.dumps(cluster)}"}
 
 
+def _tls_parts(config: EdgeConfig) -> dict[str, str]:
+    """The listener's TLS (HTTP/2 or HTTP/1.1 by ALPN) and the API cluster's, when configured."""
+    tls = config.tls
+    parts = {"listener_tls": "", "upstream_tls": ""}
+    if tls.cert_file:
+        certificate = {"certificate_chain": {"filename": tls.cert_file}, "private_key": {"filename": tls.key_file}}
+        socket = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "common_tls_context": {"alpn_protocols": ["h2", "http/1.1"], "tls_certificates": [certificate]},
+            },
+        }
+        parts["listener_tls"] = f"transport_socket: {json.dumps(socket)}\n          "
+    if tls.upstream_cert_file:
+        socket = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "validation_context": {"verify_certificate_hash": [certificate_sha256(Path(tls.upstream_cert_file))]},
+                },
+            },
+        }
+        parts["upstream_tls"] = f"\n      transport_socket: {json.dumps(socket)}"
+    return parts
+
+
+def certificate_sha256(pem_file: Path) -> str:
+    """The SHA-256 of the first certificate of a PEM file (its DER bytes), in hex."""
+    text = pem_file.read_text()
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    if begin not in text or end not in text:
+        raise ConfigError("upstream TLS certificate", f"{pem_file} holds no PEM certificate")
+    body = text.split(begin, 1)[1].split(end, 1)[0]
+    return hashlib.sha256(base64.b64decode("".join(body.split()))).hexdigest()
+
+
 def render_config(config: EdgeConfig) -> str:
     """The Envoy v3 bootstrap YAML for ``config``: the template with every placeholder filled."""
     routes, largest = static_routes(config.static_dir)
+    scheme = "https" if config.tls.downstream else "http"
     own_origins = (
-        [f"http://127.0.0.1:{config.listen_port}", f"http://localhost:{config.listen_port}"]
+        [f"{scheme}://127.0.0.1:{config.listen_port}", f"{scheme}://localhost:{config.listen_port}"]
         if config.listen_port
         else []
     )
@@ -234,5 +277,6 @@ def render_config(config: EdgeConfig) -> str:
         "static_routes": "\n".join(f"{_ROUTE_INDENT}- {json.dumps(route)}" for route in routes),
         **_cluster_parts(config),
         **_tracing_parts(config),
+        **_tls_parts(config),
     }
     return Template(config.template.read_text()).substitute(values)

@@ -25,7 +25,7 @@ from typing import Final, Self
 
 from mbostream.edge.admin import AdminClient
 from mbostream.edge.binary import find_envoy
-from mbostream.edge.config import DEFAULT_TEMPLATE, EdgeConfig
+from mbostream.edge.config import DEFAULT_TEMPLATE, EdgeConfig, EdgeTls
 from mbostream.edge.envoy_log import ENVOY_LEVELS, LOG_FORMAT, EnvoyLogForwarder
 from mbostream.edge.errors import EdgeError, EdgeStartError
 from mbostream.edge.render import LISTENER_NAME, UPSTREAM_CLUSTER, render_config
@@ -75,6 +75,7 @@ class Edge:
         log_level: str = "warning",
         upstream_ports: Sequence[int] = (),
         replayer_port: int | None = None,
+        tls: EdgeTls | None = None,
     ) -> None:
         self.config = EdgeConfig(
             listen_port=listen_port,
@@ -87,6 +88,7 @@ class Edge:
             template=template,
             upstream_ports=tuple(upstream_ports),
             replayer_port=replayer_port,
+            tls=tls or EdgeTls(),
         )
         if concurrency < 1:
             raise ConfigError("concurrency", "must be at least 1 worker thread")
@@ -110,7 +112,8 @@ class Edge:
             host = "127.0.0.1"
         elif ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.config.tls.downstream else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def page_url(self, token: str) -> str:
         """The UI's URL handing it an operator token in the fragment (``…/#token=…``), as Jupyter does.

@@ -397,6 +397,7 @@ async def serve(
     edge = None
     ready: dict[str, Any] = {"listening": f"{settings.host}:{app.port}", "metrics_port": app.metrics_port}
     if with_edge:
+        from mbostream.edge.config import EdgeTls
         from mbostream.edge.supervisor import Edge
 
         origins = tuple(o.strip() for o in settings.allowed_origins.split(",") if o.strip())
@@ -407,6 +408,9 @@ async def serve(
             allowed_origins=origins,
             listen_host=settings.host,
             upstream_host="127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host,
+            tls=EdgeTls(
+                cert_file=settings.edge_tls_cert_file, key_file=settings.edge_tls_key_file, upstream_cert_file=settings.tls_cert_file
+            ),
         )
         try:
             await edge.start()

@@ -35,6 +35,8 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
         "store": False if args.no_store else None,
         "edge_port": getattr(args, "edge_port", None),
         "allowed_origins": ",".join(getattr(args, "allowed_origin", None) or []) or None,
+        "edge_tls_cert_file": getattr(args, "edge_tls_cert_file", None),
+        "edge_tls_key_file": getattr(args, "edge_tls_key_file", None),
     }
     if args.control_token_file:
         import os
@@ -61,11 +63,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mbostream.server.app import serve
 
     settings = _settings_from_args(args)
-    if settings.tls_cert_file:
+    if settings.tls_client_ca_file:
         from mbostream.errors import ConfigError
 
-        # The edge reaches the server in plaintext on loopback; TLS towards it is not written yet.
-        raise ConfigError("--tls-cert-file / MBOSTREAM_TLS_CERT_FILE", "is for serve, replay and gateway: run's Envoy edge talks plaintext to its server")
+        # The edge reaches the server over TLS (its certificate pinned) but holds no client certificate.
+        raise ConfigError("--tls-client-ca-file / MBOSTREAM_TLS_CLIENT_CA_FILE", "mTLS is for serve, replay and gateway: run's Envoy edge has no client certificate")
     logs.configure(settings.log_level, settings.log_format)
     page_token = None
     if settings.control_token is None:
@@ -162,5 +164,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
         "--edge-port", type=RANGES["edge_port"].argtype, default=None, help="the one port of UI and API (default 8080)"
     )
     p.add_argument("--allowed-origin", action="append", default=[], help="extra CORS origin (repeatable)")
+    p.add_argument("--edge-tls-cert-file", default=None, help="serve HTTPS at the edge: the certificate chain (PEM; with --edge-tls-key-file)")
+    p.add_argument("--edge-tls-key-file", default=None, help="the edge's TLS private key (PEM)")
     p.add_argument("--static-dir", default=str(DEFAULT_STATIC_DIR), help="the built web UI (default web/dist)")
     p.set_defaults(func=_cmd_run)
