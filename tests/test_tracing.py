@@ -4,6 +4,7 @@ scripts/install-otelcol with the official builder) and read back from its file e
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import itertools
 import json
@@ -25,6 +26,7 @@ from server_harness import ServeProcess, free_port, repo
 from mbostream import tracing
 from mbostream.errors import ConfigError
 from mbostream.logs import JsonFormatter
+from mbostream_client import MarketDataClient
 from mbostream_core.v1 import market_data_pb2 as pb
 from mbostream_core.v1 import market_data_pb2_grpc
 
@@ -193,6 +195,68 @@ def test_one_trace_crosses_envoy_and_the_server(collector: tuple[int, Path], gen
     # Health checks (Envoy's, every 2 s) are not traced.
     assert not [s for s in _spans(spans_file) if "grpc.health" in s["name"]]
 
+
+def _python_client_traces(edge: str) -> tuple[str, tuple[str, str]]:
+    """Two ListInstruments calls of the Python client through ``edge``: one with ``trace=True`` (the
+    client starts the trace; its id), one inside a current OpenTelemetry span (the client continues
+    it; the span's trace and span ids)."""
+    tracer = TracerProvider().get_tracer("test")  # the real SDK, not installed globally
+
+    async def calls() -> tuple[str, tuple[str, str]]:
+        async with MarketDataClient(edge, trace=True, timeout=10) as client:
+            await client.list_instruments()
+            started = client.last_trace_id
+            assert started is not None
+            with tracer.start_as_current_span("caller") as span:
+                await client.list_instruments()
+            assert client.last_trace_id == started  # the caller's span was continued, not a new trace
+        context = span.get_span_context()
+        return started, (format(context.trace_id, "032x"), format(context.span_id, "016x"))
+
+    return asyncio.run(asyncio.wait_for(calls(), 30))
+
+
+def _go_client_trace(edge: str, out: Path) -> str:
+    """One ListInstruments call of the Go client (WithTraceparent) through ``edge``: the trace id it logged."""
+    binary = out / "tracedcall"
+    subprocess.run(
+        ["go", "build", "-buildvcs=false", "-o", str(binary), "./internal/tracedcall"],
+        cwd=repo() / "clients" / "go", check=True, timeout=600, capture_output=True,
+    )  # fmt: skip
+    result = subprocess.run([str(binary), edge], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    started = [json.loads(line) for line in result.stderr.splitlines() if '"trace started"' in line]
+    assert len(started) == 1 and started[0]["method"].endswith("/ListInstruments"), result.stderr
+    trace_id: str = started[0]["trace_id"]
+    return trace_id
+
+
+def test_the_python_and_go_clients_calls_are_traces_through_envoy_and_the_server(
+    collector: tuple[int, Path], generated_small: Path, tmp_path: Path
+) -> None:
+    """The clients send traceparent: the trace a client started (Python ``trace=True``, Go
+    ``WithTraceparent``) or continued (a current OpenTelemetry span) holds Envoy's and the server's spans."""
+    port, spans_file = collector
+    run = ServeProcess(
+        str(generated_small), "--rate", "20000", "--loop", "--edge-port", "0", command="run", log_path=tmp_path / "run.log",
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_BSP_SCHEDULE_DELAY": "100"},
+    ).start()  # fmt: skip
+    try:
+        edge = run.url.removeprefix("http://").rstrip("/")
+        python_started, (python_continued, caller_span) = _python_client_traces(edge)
+        go_started = _go_client_trace(edge, tmp_path)
+        method = "mbostream.v1.MarketDataService/ListInstruments"
+        traces = {name: _trace(spans_file, trace_id, server_span=method) for name, trace_id in
+                  (("python", python_started), ("continued", python_continued), ("go", go_started))}  # fmt: skip
+    finally:
+        run.stop()
+    assert len({python_started, python_continued, go_started}) == 3
+    for name, spans in traces.items():
+        envoy = {s["spanId"] for s in spans if s["service"] == "mbostream-edge"}
+        server = [s for s in spans if s["service"] == "mbostream" and s["name"] == method]
+        assert len(server) == 1 and server[0]["parentSpanId"] in envoy, (name, spans)
+    # Envoy's span is a child of the caller's own span: the client sent that span's context.
+    assert any(s.get("parentSpanId") == caller_span for s in traces["continued"] if s["service"] == "mbostream-edge")
 
 def test_the_stacks_collector_config_is_valid_for_the_built_collector() -> None:
     """observability/otelcol/config.yaml (what compose and Kubernetes run) uses only components the

@@ -39,6 +39,7 @@ type settings struct {
 	maxMessageSize   int
 	callTimeout      time.Duration
 	logger           *slog.Logger
+	traceparent      bool
 	extra            []grpc.DialOption
 }
 
@@ -153,6 +154,9 @@ func (s *settings) dialOptions() []grpc.DialOption {
 	}
 	if s.token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(bearer{token: s.token, secure: s.tls != nil}))
+	}
+	if s.traceparent {
+		opts = append(opts, traceInterceptors(s.logger)...)
 	}
 	return append(opts, s.extra...)
 }

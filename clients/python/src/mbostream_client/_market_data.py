@@ -13,6 +13,7 @@ from mbostream_core.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc
 from mbostream_client._channel import DEFAULT_TARGET, TlsConfig, open_channel
 from mbostream_client._decode import EventBatch, decode_events
 from mbostream_client._exceptions import EpochChangedError, PreconditionFailedError, error_from_rpc
+from mbostream_client._tracing import Metadata, trace_metadata
 
 #: An instrument as callers name it: a raw symbol (``"CLX5"``) or a numeric instrument id.
 Instrument = str | int
@@ -45,6 +46,10 @@ class MarketDataClient:
         Extra gRPC channel arguments.
     tls
         Connect over TLS (:class:`~mbostream_client.TlsConfig`); None: plaintext.
+    trace
+        Start a W3C trace per call (a fresh ``traceparent``) when no OpenTelemetry span is current
+        in the caller (a current span's context is always sent); its id is logged on the
+        ``mbostream_client.trace`` logger and kept in :attr:`last_trace_id`.
     """
 
     def __init__(
@@ -55,9 +60,13 @@ class MarketDataClient:
         own_connection: bool = False,
         options: Sequence[tuple[str, Any]] = (),
         tls: TlsConfig | None = None,
+        trace: bool = False,
     ) -> None:
         self.target = target
         self.timeout = timeout
+        self.trace = trace
+        #: The trace id of the last call that started its own trace (``trace=True``), else None.
+        self.last_trace_id: str | None = None
         self._channel = open_channel(target, own_connection=own_connection, options=options, tls=tls)
         self._stub = market_data_pb2_grpc.MarketDataServiceStub(self._channel)
 
@@ -86,10 +95,20 @@ class MarketDataClient:
         except TimeoutError:
             raise TimeoutError(f"{self.target} not reachable within {timeout} s") from None
 
+    def _metadata(self, method: str) -> Metadata:
+        metadata, trace_id = trace_metadata(method, start=self.trace)
+        if trace_id is not None:
+            self.last_trace_id = trace_id
+        return metadata
+
     async def list_instruments(self) -> list[market_data_pb2.InstrumentInfo]:
         """Every book the replay has seen so far, ordered by instrument then publisher."""
         try:
-            response = await self._stub.ListInstruments(market_data_pb2.ListInstrumentsRequest(), timeout=self.timeout)
+            response = await self._stub.ListInstruments(
+                market_data_pb2.ListInstrumentsRequest(),
+                timeout=self.timeout,
+                metadata=self._metadata("ListInstruments"),
+            )
         except grpc.RpcError as exc:
             raise error_from_rpc("ListInstruments", exc) from exc
         return list(response.instruments)
@@ -118,7 +137,7 @@ class MarketDataClient:
         else:
             raise TypeError(f"instrument must be a symbol (str) or an instrument id (int), not {instrument!r}")
         try:
-            response = await self._stub.GetBook(request, timeout=self.timeout)
+            response = await self._stub.GetBook(request, timeout=self.timeout, metadata=self._metadata("GetBook"))
         except grpc.RpcError as exc:
             raise error_from_rpc("GetBook", exc) from exc
         return response.book
@@ -155,7 +174,7 @@ class MarketDataClient:
             max_updates_per_second=max_updates_per_second,
             combine_books=combine_books,
         )
-        call = self._stub.StreamBook(request)
+        call = self._stub.StreamBook(request, metadata=self._metadata("StreamBook"))
         try:
             async for update in call:
                 yield update
@@ -207,7 +226,7 @@ class MarketDataClient:
         )
         if start_after_sequence is not None:
             request.start_after_sequence = start_after_sequence
-        call = self._stub.StreamEvents(request)
+        call = self._stub.StreamEvents(request, metadata=self._metadata("StreamEvents"))
         try:
             async for message in call:
                 batch = decode_events(message)

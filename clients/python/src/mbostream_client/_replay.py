@@ -11,6 +11,7 @@ from mbostream_core.v1 import replay_pb2, replay_pb2_grpc
 
 from mbostream_client._channel import DEFAULT_TARGET, TlsConfig, open_channel
 from mbostream_client._exceptions import error_from_rpc
+from mbostream_client._tracing import trace_metadata
 
 _Response = TypeVar("_Response")
 
@@ -34,6 +35,8 @@ class ReplayClient:
         Extra gRPC channel arguments.
     tls
         Connect over TLS (:class:`~mbostream_client.TlsConfig`); None: plaintext.
+    trace
+        Start a W3C trace per call, as :class:`~mbostream_client.MarketDataClient` does.
     """
 
     def __init__(
@@ -44,11 +47,15 @@ class ReplayClient:
         timeout: float | None = 10.0,
         options: Sequence[tuple[str, Any]] = (),
         tls: TlsConfig | None = None,
+        trace: bool = False,
     ) -> None:
         if not token or not token.strip():
             raise ValueError("token must be the server's operator token, not empty")
         self.target = target
         self.timeout = timeout
+        self.trace = trace
+        #: The trace id of the last call that started its own trace (``trace=True``), else None.
+        self.last_trace_id: str | None = None
         self._metadata = (("authorization", f"Bearer {token.strip()}"),)
         self._channel = open_channel(target, options=options, tls=tls)
         self._stub = replay_pb2_grpc.ReplayServiceStub(self._channel)
@@ -66,8 +73,11 @@ class ReplayClient:
         await self._channel.close()
 
     async def _call(self, name: str, method: Callable[..., Awaitable[_Response]], request: Any) -> _Response:
+        tracing, trace_id = trace_metadata(name, start=self.trace)
+        if trace_id is not None:
+            self.last_trace_id = trace_id
         try:
-            return await method(request, metadata=self._metadata, timeout=self.timeout)
+            return await method(request, metadata=self._metadata + tracing, timeout=self.timeout)
         except grpc.RpcError as exc:
             raise error_from_rpc(name, exc) from exc
 

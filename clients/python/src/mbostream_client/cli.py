@@ -40,7 +40,7 @@ def _instrument(text: str) -> Instrument:
 async def _book(args: argparse.Namespace) -> int:
     out: TextIO = sys.stdout
     live = out.isatty()
-    async with MarketDataClient(args.target) as client:
+    async with MarketDataClient(args.target, trace=args.trace) as client:
         if live:
             out.write(_ALT_SCREEN_ON)
         try:
@@ -119,7 +119,7 @@ async def _events(args: argparse.Namespace) -> int:
             f"{'replay_seq':>12} {'ts_event':>20} {'instrument':>10} a s {'price':>20} {'size':>8} "
             f"{'order_id':>20} {'flg':>3} {'sequence':>12}"
         )
-    async with MarketDataClient(args.target) as client:
+    async with MarketDataClient(args.target, trace=args.trace) as client:
         follower = EventFollower(
             client,
             [_instrument(i) for i in args.instrument],
@@ -143,7 +143,7 @@ async def _events(args: argparse.Namespace) -> int:
 
 
 async def _get_book(args: argparse.Namespace) -> int:
-    async with MarketDataClient(args.target) as client:
+    async with MarketDataClient(args.target, trace=args.trace) as client:
         books = [
             await client.get_book(_instrument(symbol), depth=args.depth, include_orders=args.orders)
             for symbol in args.symbol
@@ -189,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``mbostream-client`` argument parser."""
     parser = argparse.ArgumentParser(prog="mbostream-client", description="Client of an mbostream gRPC server.")
     parser.add_argument("--target", default=DEFAULT_TARGET, help=f"server HOST:PORT (default {DEFAULT_TARGET})")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="start a W3C trace per call (traceparent) and print its trace_id on stderr (book, events, get-book)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("book", help="live ladder of one book, redrawn in place (Ctrl-C to quit)")
@@ -266,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Reconnects, resumes and rebuilds are reported on stderr; the records stay alone on stdout.
     logging.basicConfig(level=logging.WARNING, format=f"mbostream-client {args.command}: %(message)s")
+    if args.trace:
+        logging.getLogger("mbostream_client.trace").setLevel(logging.INFO)
     if args.command == "latency" and args.streams + args.events_streams == 0:
         parser.error("latency needs --streams or --events-streams above 0")
     try:
