@@ -331,6 +331,15 @@ class Market:
         raw = self._engine.snapshot(key.instrument_id, key.publisher_id, ts_recv)
         return np.frombuffer(raw, dtype=MBO_DTYPE)
 
+    def book_state(self, key: BookKey) -> bytes:
+        """The book's statistics and anomaly counts (opaque bytes), for a replica that rebuilds it
+        from :meth:`snapshot` and must carry the same counters (volume, trades, last trade, …)."""
+        return bytes(self._engine.book_state(key.instrument_id, key.publisher_id))
+
+    def restore_book_state(self, key: BookKey, state: bytes) -> None:
+        """Restores what :meth:`book_state` saved, after the book's snapshot records were applied."""
+        self._engine.restore_book_state(key.instrument_id, key.publisher_id, state)
+
     def check_integrity(self, key: BookKey) -> list[str]:
         """Structural invariant violations of one book (empty when sound)."""
         return list(self._engine.check_integrity(key.instrument_id, key.publisher_id))

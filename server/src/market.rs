@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use mbostream_book::record::MBO_RECORD_SIZE;
+use mbostream_book::book::BOOK_STATE_WORDS;
 use mbostream_book::{Book, Market, ANOMALY_KIND_COUNT, EVENT_ROW_SIZE};
 
 use crate::{bytes_of, lineproto, stats};
@@ -238,6 +239,32 @@ impl PyMarket {
         let cut = mbostream_wire::BookCut { depth, orders, symbol, replay_sequence };
         let (single, multi) = mbostream_wire::encode_book_payload(book, &cut, ts_out);
         Ok((PyBytes::new(py, &single), PyBytes::new(py, &multi)))
+    }
+
+    /// The book's statistics and anomaly counts as bytes (little-endian words), to restore on a
+    /// replica that rebuilds the book from its snapshot records.
+    fn book_state<'py>(&self, py: Python<'py>, instrument_id: u32, publisher_id: u16) -> PyResult<Bound<'py, PyBytes>> {
+        let words = self.book(instrument_id, publisher_id)?.state_words();
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// Restores what `book_state` saved (after the book's snapshot records were applied).
+    fn restore_book_state(&mut self, instrument_id: u32, publisher_id: u16, state: &[u8]) -> PyResult<()> {
+        if state.len() != BOOK_STATE_WORDS * 8 {
+            return Err(PyValueError::new_err(format!("a book state is {} bytes, got {}", BOOK_STATE_WORDS * 8, state.len())));
+        }
+        let mut words = [0u64; BOOK_STATE_WORDS];
+        for (w, chunk) in words.iter_mut().zip(state.chunks_exact(8)) {
+            *w = u64::from_le_bytes(chunk.try_into().unwrap());
+        }
+        let book = self.inner.book_mut(instrument_id, publisher_id).ok_or_else(|| {
+            PyKeyError::new_err(format!("no book for instrument_id={instrument_id} publisher_id={publisher_id}"))
+        })?;
+        if !book.restore_state_words(&words) {
+            return Err(PyValueError::new_err("a book state of another layout version"));
+        }
+        Ok(())
     }
 
     /// Structural invariant violations of one book (empty when sound).

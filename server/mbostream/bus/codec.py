@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mbostream.bus.streams import EPOCH, FIRST_SEQ, LAST_SEQ, MSG_ID, SNAPSHOT_SEQ, TS_OUT, WRITER
+from mbostream.bus.streams import BOOK_STATE, EPOCH, FIRST_SEQ, LAST_SEQ, MSG_ID, SNAPSHOT_SEQ, TS_OUT, WRITER
 from mbostream.feed import Batch
 from mbostream_core.records import MBO_DTYPE
 
@@ -66,8 +66,12 @@ def decode_record_message(headers: Mapping[str, str] | None, payload: bytes) -> 
     return RecordMessage(first, last, int(headers[TS_OUT]), headers[EPOCH], headers.get(WRITER, ""), records)
 
 
-def snapshot_headers(position: int, epoch: str) -> dict[str, str]:
-    return {SNAPSHOT_SEQ: str(position), EPOCH: epoch}
+def snapshot_headers(position: int, epoch: str, state: bytes = b"") -> dict[str, str]:
+    """A snapshot's headers; ``state`` is the book's statistics (:meth:`Market.book_state`)."""
+    headers = {SNAPSHOT_SEQ: str(position), EPOCH: epoch}
+    if state:
+        headers[BOOK_STATE] = state.hex()
+    return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +81,15 @@ class SnapshotMessage:
     position: int
     epoch: str
     records: np.ndarray
+    #: The book's statistics at ``position`` (empty from a replayer that did not send them).
+    state: bytes = b""
 
 
 def decode_snapshot(headers: Mapping[str, str] | None, payload: bytes) -> SnapshotMessage:
     if not headers or SNAPSHOT_SEQ not in headers:
         raise ValueError("not an mbostream snapshot message (no position header)")
-    return SnapshotMessage(int(headers[SNAPSHOT_SEQ]), headers[EPOCH], records_of(payload))
+    state = bytes.fromhex(headers[BOOK_STATE]) if headers.get(BOOK_STATE) else b""
+    return SnapshotMessage(int(headers[SNAPSHOT_SEQ]), headers[EPOCH], records_of(payload), state)
 
 
 @dataclass(frozen=True, slots=True)

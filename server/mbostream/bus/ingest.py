@@ -8,7 +8,7 @@ books are identical on every gateway at the same position.
 Cold start: when the stream still starts at position 1 it is applied from there (books and their
 statistics exact); when retention has dropped its start, from each book's latest snapshot, then the
 records after the oldest snapshot's position, skipping per book what its snapshot already reflects
-(levels and queues exact; trade statistics count from the snapshot). A first message that retention
+(with each book's saved statistics restored: the books are exact). A first message that retention
 drops while the cold start reads it means the start was dropped: snapshots. Health stays
 NOT_SERVING until the gateway is at the live edge: it has applied the stream's last message at
 start, and then, re-reading the stream's end, is within :data:`LIVE_EDGE_SECONDS` of it. A resume
@@ -267,6 +267,8 @@ class BusFeed:
             raise BusError("the record stream no longer starts at position 1 and no book snapshot is stored yet")
         for key, snap in snapshots.items():
             self.market.apply(snap.records.copy(), complete_events=True)
+            if snap.state:  # the book's statistics at the snapshot: the same counters as the replayer's
+                self.market.restore_book_state(key, snap.state)
             self._skip[key] = snap.position
         self.position = min(self._skip.values())
         self.hub.position = self.position  # type: ignore[attr-defined]

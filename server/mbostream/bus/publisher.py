@@ -326,16 +326,19 @@ class SnapshotWriter:
             position = self.position()
             if position <= self.written or not self.market.consistent:
                 continue
-            books = [(key, self.market.snapshot(key, ts_recv=self.market.stats(key).ts_recv)) for key in self.market.books()]
+            books = [
+                (key, self.market.snapshot(key, ts_recv=self.market.stats(key).ts_recv), self.market.book_state(key))
+                for key in self.market.books()
+            ]
             await self.publisher.wait_acked(position)
             await self._write(books, position)
 
-    async def _write(self, books: list[tuple[object, np.ndarray]], position: int) -> None:
-        headers = codec.snapshot_headers(position, self.epoch)
+    async def _write(self, books: list[tuple[object, np.ndarray, bytes]], position: int) -> None:
         futures = []
-        for key, records in books:
+        for key, records, state in books:
             subject = snapshot_subject(key.publisher_id, key.instrument_id)  # type: ignore[attr-defined]
-            futures.append(await self.js.publish_async(subject, records.tobytes(), headers=dict(headers)))
+            headers = codec.snapshot_headers(position, self.epoch, state)
+            futures.append(await self.js.publish_async(subject, records.tobytes(), headers=headers))
         try:
             await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_SECONDS * 5)
         except Exception as exc:  # the bus restarting: the next round writes them again

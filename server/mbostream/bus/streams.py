@@ -33,6 +33,8 @@ EPOCH: Final = "Mbostream-Epoch"
 WRITER: Final = "Mbostream-Writer"
 #: The replay position a snapshot reflects.
 SNAPSHOT_SEQ: Final = "Mbostream-Seq"
+#: A snapshot's book statistics and anomaly counts (hex of ``Market.book_state``), restored by replicas.
+BOOK_STATE: Final = "Mbostream-Book-State"
 MSG_ID: Final = "Nats-Msg-Id"
 EXPECTED_LAST_SEQ: Final = "Nats-Expected-Last-Sequence"
 #: JetStream's error code for a failed ``Nats-Expected-Last-Sequence`` check.

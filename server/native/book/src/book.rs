@@ -80,6 +80,94 @@ pub struct BookStats {
     pub locked_ns: u64,
 }
 
+/// Words in a book's saved state ([`Book::state_words`]): a version word, the statistics, the anomaly counts.
+pub const BOOK_STATE_WORDS: usize = 1 + 30 + ANOMALY_KIND_COUNT;
+const BOOK_STATE_VERSION: u64 = 0x4d42_5354_0000_0001;
+
+impl Book {
+    /// The book's statistics and anomaly counts as words, for a replica that rebuilds the book from
+    /// a snapshot (`R` + `A`…) and must then carry the same counters as the book it copies.
+    pub fn state_words(&self) -> [u64; BOOK_STATE_WORDS] {
+        let s = &self.stats;
+        let mut w = [0u64; BOOK_STATE_WORDS];
+        let stats = [
+            s.record_count,
+            s.event_count,
+            s.last_sequence as u64,
+            s.last_ts_event,
+            s.last_ts_recv,
+            s.channel_id as u64,
+            s.consistent_sequence as u64,
+            s.consistent_ts_event,
+            s.consistent_ts_recv,
+            s.last_trade_price as u64,
+            s.last_trade_size as u64,
+            s.last_trade_side as u64,
+            s.last_trade_ts,
+            s.volume,
+            s.trade_count,
+            s.fill_count,
+            s.unattributed_fills,
+            s.fills_over_displayed,
+            s.clear_count,
+            s.crossed as u64,
+            s.locked as u64,
+            s.crossed_since,
+            s.locked_since,
+            s.crossed_intervals,
+            s.locked_intervals,
+            s.crossed_ns,
+            s.locked_ns,
+            0,
+            0,
+            0,
+        ];
+        w[0] = BOOK_STATE_VERSION;
+        w[1..31].copy_from_slice(&stats);
+        w[31..].copy_from_slice(&self.anomalies);
+        w
+    }
+
+    /// Restores what [`Book::state_words`] saved; the levels and queues are the snapshot's business.
+    /// Returns false (and changes nothing) for words of another layout version.
+    pub fn restore_state_words(&mut self, w: &[u64; BOOK_STATE_WORDS]) -> bool {
+        if w[0] != BOOK_STATE_VERSION {
+            return false;
+        }
+        let v = &w[1..31];
+        let s = &mut self.stats;
+        s.record_count = v[0];
+        s.event_count = v[1];
+        s.last_sequence = v[2] as u32;
+        s.last_ts_event = v[3];
+        s.last_ts_recv = v[4];
+        s.channel_id = v[5] as u8;
+        s.consistent_sequence = v[6] as u32;
+        s.consistent_ts_event = v[7];
+        s.consistent_ts_recv = v[8];
+        s.last_trade_price = v[9] as i64;
+        s.last_trade_size = v[10] as u32;
+        s.last_trade_side = v[11] as u8;
+        s.last_trade_ts = v[12];
+        s.volume = v[13];
+        s.trade_count = v[14];
+        s.fill_count = v[15];
+        s.unattributed_fills = v[16];
+        s.fills_over_displayed = v[17];
+        s.clear_count = v[18];
+        s.crossed = v[19] != 0;
+        s.locked = v[20] != 0;
+        s.crossed_since = v[21];
+        s.locked_since = v[22];
+        s.crossed_intervals = v[23];
+        s.locked_intervals = v[24];
+        s.crossed_ns = v[25];
+        s.locked_ns = v[26];
+        self.anomalies.copy_from_slice(&w[31..]);
+        true
+    }
+}
+
 /// Times one condition of the book seen at each F_LAST (crossed, or locked): an interval opens at
 /// the `ts_event` where it becomes true and its length is added to `total_ns` where it ends.
 fn track_interval(now: bool, ts_event: u64, active: &mut bool, since: &mut u64, intervals: &mut u64, total_ns: &mut u64) {

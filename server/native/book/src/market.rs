@@ -143,6 +143,12 @@ impl Market {
         self.index.get(&book_key(instrument_id, publisher_id)).map(|&i| &self.books[i as usize])
     }
 
+    /// The book for a key, mutable (restoring a replica's saved state; records go through `apply`).
+    pub fn book_mut(&mut self, instrument_id: u32, publisher_id: u16) -> Option<&mut Book> {
+        let i = *self.index.get(&book_key(instrument_id, publisher_id))?;
+        Some(&mut self.books[i as usize])
+    }
+
     /// True when no book is inside an event.
     pub fn is_consistent(&self) -> bool {
         self.pending == 0
