@@ -2,9 +2,9 @@
 
 Each stack deploys into one namespace: the Secrets made from the stack's config secrets, the NATS
 and InfluxDB Helm releases (pinned in ``k8s/helm/charts.yaml``, values per environment) with the
-NetworkPolicies of their pods (``k8s/helm/networkpolicies.yaml``), and the kustomize overlay ``k8s/overlays/<stack>``. In prod both images (the roles' and the edge's) are
-pinned by digest (``mbostream:imageDigest``, ``mbostream:edgeImageDigest``, set by the deploy
-workflow from the release) and a missing digest is an error. ``mbostream:createCluster`` (off by default) first creates an EKS cluster and deploys
+NetworkPolicies of their pods (``k8s/helm/networkpolicies.yaml``), and the kustomize overlay ``k8s/overlays/<stack>``. In prod every image (the roles', the edge's and the
+collector's) is pinned by digest (``mbostream:imageDigest``, ``mbostream:edgeImageDigest`` from the
+release, ``mbostream:otelcolImageDigest`` from the collector's tag, set by the deploy workflow) and a missing digest is an error. ``mbostream:createCluster`` (off by default) first creates an EKS cluster and deploys
 into it; without it the stack uses the current kubeconfig context.
 """
 
@@ -23,10 +23,13 @@ K8S: Final = REPO / "k8s"
 ENVIRONMENTS: Final = ("dev", "staging", "prod")
 #: The namespace of each environment (the overlays set the same one).
 NAMESPACES: Final = {"dev": "mbostream-dev", "staging": "mbostream-staging", "prod": "mbostream"}
-#: Config key of each image's digest → the image (the Dockerfile's `runtime` and `edge` targets).
+#: Config key of each image's digest → the image (the Dockerfile's `runtime` and `edge` targets,
+#: and the official OpenTelemetry Collector of k8s/base/otel-collector.yaml, whose tag's digest
+#: the deploy workflow reads from the registry).
 IMAGES: Final = {
     "imageDigest": "ghcr.io/mbostream/mbostream",
     "edgeImageDigest": "ghcr.io/mbostream/mbostream-edge",
+    "otelcolImageDigest": "docker.io/otel/opentelemetry-collector-contrib",
 }
 _DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
 

@@ -48,9 +48,11 @@ def kube_score(manifests: str) -> subprocess.CompletedProcess[str]:
 
 
 def broken_copy(tmp_path: Path, file: str, old: str, new: str) -> Path:
-    """A copy of k8s/ with one replacement in ``file`` (asserted to happen)."""
+    """A copy of k8s/ (and the collector config the base includes) with one replacement in ``file``
+    (asserted to happen)."""
     copy = tmp_path / "k8s"
     shutil.copytree(K8S, copy)
+    shutil.copytree(REPO / "observability" / "otelcol", tmp_path / "observability" / "otelcol")
     target = copy / file
     text = target.read_text()
     assert old in text, f"{file} no longer contains {old!r}: update the test"

@@ -31,7 +31,11 @@ SECRETS = {
     "influxToken": "influx-token-8b2d4e6f",
     "influxAdminPassword": "influx-admin-5a7c9e1b",
 }
-DIGESTS = {"imageDigest": "sha256:" + "4f" * 32, "edgeImageDigest": "sha256:" + "e0" * 32}
+DIGESTS = {
+    "imageDigest": "sha256:" + "4f" * 32,
+    "edgeImageDigest": "sha256:" + "e0" * 32,
+    "otelcolImageDigest": "sha256:" + "0c" * 32,
+}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 
 
