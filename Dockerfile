@@ -80,6 +80,9 @@ ARG EDGE_UPSTREAM_PORT=50051
 ARG EDGE_REPLAYER_HOST=
 ARG EDGE_LISTEN_PORT=8080
 ARG EDGE_ALLOWED_ORIGINS=
+# The collector Envoy sends its spans to (e.g. http://otel-collector:4317), read by the renderer
+# from the environment as the server reads it (mbostream.tracing.otlp_endpoint); empty: no tracing.
+ARG OTEL_EXPORTER_OTLP_ENDPOINT=
 COPY --from=dist /web /srv/mbostream/web
 COPY envoy/envoy.template.yaml /src/envoy.template.yaml
 COPY docker/envoy/render.py /src/render.py

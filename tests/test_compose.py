@@ -43,6 +43,12 @@ UP_TIMEOUT: Final = 300
 RPC_TIMEOUT: Final = 10.0
 #: The services that run our images (built from ./Dockerfile).
 OUR_SERVICES: Final = frozenset({"serve", "replay", "gateway-1", "gateway-2", "store", "envoy", "envoy-cluster"})
+#: Services without a compose health check, and why (the policy test holds the others to one).
+NO_HEALTH_CHECK: Final = {
+    "otel-collector": "the official collector image is FROM scratch: no program to run a check with",
+}
+#: Where the collector's file exporter writes (observability/otelcol/config.yaml).
+COLLECTED_SPANS: Final = "/var/lib/otelcol/traces.jsonl"
 GRAFANA_LEFT_OUT: Final = (
     "Grafana is left out of the compose test: its image cannot be pulled here (no registry) and no "
     "Debian package or Go-proxy build of it is available; its provisioning is validated offline"
@@ -133,6 +139,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         built = time.monotonic()
         args = ["--network", "none", "--build-arg", "DIST=prebuilt"]
         args += [f"--build-arg={name}={bases[name]}" for name in ("PYTHON_IMAGE", "ENVOY_IMAGE")]
+        # As compose.yaml builds the edges: Envoy's tracer sends to the otel-collector service.
+        args += ["--build-arg", "OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector:4317"]
         images = {"MBOSTREAM_IMAGE": "mbostream:test", "EDGE_IMAGE": "mbostream-edge:test"}
         images["EDGE_CLUSTER_IMAGE"] = "mbostream-edge-cluster:test"
         build_env = {**env, "DOCKER_BUILDKIT": "1"}
@@ -193,7 +201,7 @@ def _config(stack: Stack, profile: str | None) -> dict[str, Any]:
 def test_compose_config_is_valid_and_follows_policy(stack: Stack, profile: str | None) -> None:
     """Every profile's config is valid; services are health-checked, limited, restarted; no secret has a value."""
     config = _config(stack, profile)
-    expected = {"serve", "envoy", "influxdb", "prometheus", "grafana"}
+    expected = {"serve", "envoy", "influxdb", "prometheus", "grafana", "otel-collector"}
     if profile:
         expected |= {"nats", "replay", "gateway-1", "gateway-2", "store", "envoy-cluster"}
     assert set(config["services"]) == expected
@@ -207,7 +215,11 @@ def test_compose_config_is_valid_and_follows_policy(stack: Stack, profile: str |
             assert dependency["condition"] == "service_healthy", name
         # Our images carry their health check and user; the others are given one here.
         ours = name in OUR_SERVICES
-        assert ours or "healthcheck" in service, f"{name} has no health check"
+        assert ours or name in NO_HEALTH_CHECK or "healthcheck" in service, f"{name} has no health check"
+        if ours:
+            # Envoy's tracer endpoint is a build argument (its config is rendered at build time).
+            otlp = service.get("environment", {}) | service.get("build", {}).get("args", {})
+            assert otlp.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://otel-collector:4317", f"{name} sends no spans to the collector"
         if ours:
             assert service.get("read_only") is True, f"{name}: the root filesystem is not read-only"
     for name, secret in config["secrets"].items():
@@ -286,6 +298,20 @@ def _wait(what: str, check: Any, timeout: float = 90.0) -> Any:
     pytest.fail(f"{what}: not within {timeout:.0f} s (last: {last!r})")
 
 
+def _collected_spans(stack: Stack, trace_id: str) -> dict[str, set[str]]:
+    """The span names of trace ``trace_id`` the collector has written, by service name."""
+    cmd = stack.compose_cmd("exec", "-T", "otel-collector", "sh", "-c", f"cat {COLLECTED_SPANS} 2>/dev/null || true")
+    found: dict[str, set[str]] = {}
+    for line in _run(cmd, env=stack.env, timeout=60).splitlines():
+        for resource in json.loads(line).get("resourceSpans", []):
+            attributes = {a["key"]: a["value"].get("stringValue") for a in resource["resource"].get("attributes", [])}
+            for scope in resource.get("scopeSpans", []):
+                for span in scope.get("spans", []):
+                    if span["traceId"] == trace_id:
+                        found.setdefault(attributes.get("service.name", "?"), set()).add(span["name"])
+    return found
+
+
 def _prometheus_targets(address: str) -> list[dict[str, Any]]:
     with urllib.request.urlopen(f"http://{address}/api/v1/targets", timeout=5) as response:
         return json.load(response)["data"]["activeTargets"]
@@ -347,6 +373,21 @@ def test_default_profile(stack: Stack) -> None:
     assert _get_books(edge) == _get_books(server)
     _control(edge, "Resume")
 
+    # One GetBook through Envoy with the caller's traceparent: the collector receives the trace,
+    # with Envoy's span and the server's.
+    trace_id = os.urandom(16).hex()
+    with grpc.insecure_channel(edge) as channel:
+        stub = market_data_pb2_grpc.MarketDataServiceStub(channel)
+        instrument = stub.ListInstruments(market_data_pb2.ListInstrumentsRequest(), timeout=RPC_TIMEOUT).instruments[0]
+        request = market_data_pb2.GetBookRequest(instrument_id=instrument.instrument_id)
+        stub.GetBook(request, timeout=RPC_TIMEOUT, metadata=(("traceparent", f"00-{trace_id}-{os.urandom(8).hex()}-01"),))
+    get_book = "mbostream.v1.MarketDataService/GetBook"
+    spans = _wait(
+        "the GetBook trace in the collector",
+        lambda: (s := _collected_spans(stack, trace_id)) and "mbostream-edge" in s and get_book in s.get("mbostream", ()) and s,
+        timeout=60,
+    )
+
     # The UI is served by Envoy on the same port.
     with urllib.request.urlopen(f"http://{edge}/", timeout=10) as response:
         assert response.status == 200 and b"<html" in response.read().lower()
@@ -364,7 +405,7 @@ def test_default_profile(stack: Stack) -> None:
     stats, received = asyncio.run(asyncio.wait_for(_follow_through(edge, lambda: stack.run("restart", "envoy")), 300))
     assert stats.resumes >= 1 and stats.rebuilds == 0, stats
     _assert_no_gap(received)
-    print(f"compose test: default profile up --wait {up_seconds:.0f} s; envoy restart: {stats}")
+    print(f"compose test: default profile up --wait {up_seconds:.0f} s; envoy restart: {stats}; trace {trace_id}: {spans}")
 
 
 def test_cluster_profile_gateway_killed(stack: Stack) -> None:
