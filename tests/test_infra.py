@@ -33,7 +33,7 @@ def test_pulumi_policy_tests_pass() -> None:
 
 
 def test_pulumi_policy_tests_fail_on_a_container_without_limits(tmp_path: Path) -> None:
-    for part in ("k8s", "infra", "observability/otelcol"):  # the k8s base includes the collector config
+    for part in ("k8s", "infra", "observability/otelcol", "observability/grafana"):  # the base includes these
         shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns(".venv", "__pycache__"))
     gateway = tmp_path / "k8s" / "base" / "gateway.yaml"
     text = gateway.read_text()

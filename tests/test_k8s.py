@@ -53,6 +53,7 @@ def broken_copy(tmp_path: Path, file: str, old: str, new: str) -> Path:
     copy = tmp_path / "k8s"
     shutil.copytree(K8S, copy)
     shutil.copytree(REPO / "observability" / "otelcol", tmp_path / "observability" / "otelcol")
+    shutil.copytree(REPO / "observability" / "grafana", tmp_path / "observability" / "grafana")
     target = copy / file
     text = target.read_text()
     assert old in text, f"{file} no longer contains {old!r}: update the test"
@@ -109,6 +110,18 @@ def test_prometheusrule_holds_the_tested_rule_files() -> None:
         rules = [d for d in load_yaml(build(K8S / "overlays" / overlay)) if d["kind"] == "PrometheusRule"]
         assert len(rules) == 1 and rules[0]["spec"]["groups"] == expected, f"{overlay}: PrometheusRule differs from the rule files"
     assert sum(len(group["rules"]) for group in expected) >= 10
+
+
+def test_every_overlay_ships_the_generated_dashboards_for_grafanas_sidecar() -> None:
+    """The dashboards reach Kubernetes as they are generated: one ConfigMap labelled for Grafana's
+    dashboard sidecar, holding every file of observability/grafana/dashboards unchanged."""
+    files = {path.name: path.read_text() for path in (REPO / "observability" / "grafana" / "dashboards").glob("*.json")}
+    assert len(files) >= 5
+    for overlay in OVERLAYS:
+        maps = [d for d in load_yaml(build(K8S / "overlays" / overlay)) if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("mbostream-dashboards")]
+        assert len(maps) == 1, overlay
+        assert maps[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert maps[0]["data"] == files, f"{overlay}: the dashboards ConfigMap differs from the generated files"
 
 
 # --- the overlays differ only where the README's table says ------------------------------------
