@@ -332,6 +332,8 @@ def _health(address: str) -> int:
 def _gateway_position(address: str) -> int:
     with grpc.insecure_channel(address) as channel:
         listed = stubs(channel)[0].ListInstruments(md.ListInstrumentsRequest(), timeout=RPC_TIMEOUT).instruments
+        if not listed:  # listening, but no book applied yet
+            return 0
         first = listed[0]
         reply = stubs(channel)[0].GetBook(
             md.GetBookRequest(instrument_id=first.instrument_id, publisher_id=first.publisher_id, depth=1), timeout=RPC_TIMEOUT
@@ -360,15 +362,16 @@ def test_late_gateway_is_not_serving_until_it_is_at_the_live_edge(nats, feed, tm
     meanwhile). While it catches up, a resume it has not applied yet (but the bus holds) is
     retryable (UNAVAILABLE) or served after a short wait, never OUT_OF_RANGE; one beyond what the
     replayer published stays OUT_OF_RANGE."""
-    # The replay's pace stays well under a gateway's ingest on a loaded 2-core machine, so it does catch up.
-    replay = replayer(nats, feed, tmp_path, "--rate", "50000", "--loop")
+    # The replay's pace stays well under a gateway's ingest (100k+ records/s even on a loaded 2-core
+    # machine), so it does catch up; a faster pace made the test depend on the machine's load.
+    replay = replayer(nats, feed, tmp_path, "--rate", "30000", "--loop")
     late = role("gateway", "--nats", nats.url, tmp_path=tmp_path, name="late")
     late.requested_port = free_port()
     starting = threading.Thread(target=late.start, kwargs={"timeout": 240}, daemon=True)
     try:
         deadline = time.monotonic() + 120
-        while replay_position(replay) < 800_000:  # a backlog the late gateway needs seconds to apply
-            assert time.monotonic() < deadline, "the replay never reached 800,000 positions"
+        while replay_position(replay) < 500_000:  # a backlog the late gateway needs seconds to apply
+            assert time.monotonic() < deadline, "the replay never reached 500,000 positions"
             time.sleep(0.2)
         at_start = replay_position(replay)
         started = time.monotonic()
