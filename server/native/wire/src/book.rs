@@ -10,26 +10,11 @@
 use mbostream_book::record::UNDEF_PRICE;
 use mbostream_book::{AnomalyKind, Book};
 
-const WIRE_VARINT: u32 = 0;
-const WIRE_LEN: u32 = 2;
+use crate::encode::{tag, varint, WIRE_LEN, WIRE_VARINT};
 
 const SIDE_BID: u64 = 1;
 const SIDE_ASK: u64 = 2;
 const SIDE_NONE: u64 = 3;
-
-#[inline]
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-#[inline]
-fn tag(out: &mut Vec<u8>, field: u32, wire: u32) {
-    varint(out, ((field << 3) | wire) as u64);
-}
 
 /// A varint field, omitted at zero (proto3). Signed int64 values go as their two's complement.
 #[inline]

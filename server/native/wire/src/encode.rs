@@ -4,8 +4,8 @@ use std::fmt;
 use mbostream_book::record::MBO_RECORD_SIZE;
 use mbostream_book::Mbo;
 
-const WIRE_VARINT: u32 = 0;
-const WIRE_LEN: u32 = 2;
+pub(crate) const WIRE_VARINT: u32 = 0;
+pub(crate) const WIRE_LEN: u32 = 2;
 
 /// The batch-level fields of one `StreamEventsResponse`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl fmt::Display for WireError {
 impl std::error::Error for WireError {}
 
 #[inline]
-fn varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -52,7 +52,7 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 #[inline]
-fn tag(out: &mut Vec<u8>, field: u32, wire: u32) {
+pub(crate) fn tag(out: &mut Vec<u8>, field: u32, wire: u32) {
     varint(out, ((field << 3) | wire) as u64);
 }
 
