@@ -492,7 +492,8 @@ class Hub:
                 now = time.time_ns()
                 for key in self.market.books():
                     if selection.matches(key):
-                        snap = self.market.snapshot(key, ts_recv=now)
+                        # Stamped with the book's own last ts_recv: a replica built from it matches GetBook.
+                        snap = self.market.snapshot(key, ts_recv=self.market.stats(key).ts_recv)
                         payloads.extend(
                             self.event_encoder.encode(Batch(self.position, snap, snap[:0], now, snapshot=True), Selection(), 0)
                         )
