@@ -13,30 +13,24 @@ from mbostream import logs
 from mbostream.config import RANGES, load_settings
 
 
-def _settings_from_args(args: argparse.Namespace) -> Any:
+def _settings_from_args(args: argparse.Namespace, **extra: object) -> Any:
+    """Settings of ``serve``, ``run`` and ``replay``: :func:`serving_flags`, the replay's flags of
+    :func:`add_server_arguments` and ``extra`` (a role's own flags; None: not given)."""
     pacing = "max" if args.max else "speed" if args.speed is not None else "rate" if args.rate is not None else None
     flags = {
+        **serving_flags(args),
         "files": tuple(args.file) or None,
-        "host": args.host,
-        "port": args.port,
-        "metrics_port": args.metrics_port,
         "pacing": pacing,
         "rate": args.rate,
         "speed": args.speed,
         "loop": True if args.loop else None,
-        "log_level": args.log_level,
-        "log_format": args.log_format if args.log_format != "json" else None,
-        "max_streams": args.max_streams,
-        **tls_flags(args),
-        "book_interval_ms": args.book_interval_ms,
-        "book_interval_max_ms": args.book_interval_max_ms,
-        "grace_seconds": args.grace_seconds,
         "batch_records": args.batch_records,
         "store": False if args.no_store else None,
         "edge_port": getattr(args, "edge_port", None),
         "allowed_origins": ",".join(getattr(args, "allowed_origin", None) or []) or None,
         "edge_tls_cert_file": getattr(args, "edge_tls_cert_file", None),
         "edge_tls_key_file": getattr(args, "edge_tls_key_file", None),
+        **extra,
     }
     if args.control_token_file:
         import os
@@ -82,6 +76,15 @@ def _range(setting: str) -> str:
     return RANGES[setting].describe()
 
 
+def add_setting_argument(
+    p: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, flag: str, setting: str, text: str, default: str = "", **kwargs: Any
+) -> None:
+    """A number flag parsed by its setting's :data:`~mbostream.config.RANGES` entry (so the flag and
+    its variable accept the same values); its help is ``text (range; default D)``."""
+    tail = f"; default {default}" if default else ""
+    p.add_argument(flag, type=RANGES[setting].argtype, default=None, help=f"{text} ({_range(setting)}{tail})", **kwargs)
+
+
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``serve`` and ``run``; every one also has an ``MBOSTREAM_*`` variable.
 
@@ -90,34 +93,46 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     """
     p.add_argument("file", nargs="*", help="DBN MBO files to replay (default: the generated sample)")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument(
-        "--rate", type=RANGES["rate"].argtype, default=None, metavar="MSGS_PER_S",
-        help=f"fixed records per second ({_range('rate')}; default 100000)",
-    )  # fmt: skip
-    pace.add_argument(
-        "--speed", type=RANGES["speed"].argtype, default=None, metavar="X",
-        help=f"recorded ts_recv gaps divided by X ({_range('speed')})",
-    )  # fmt: skip
+    add_setting_argument(pace, "--rate", "rate", "fixed records per second", "100000", metavar="MSGS_PER_S")
+    add_setting_argument(pace, "--speed", "speed", "recorded ts_recv gaps divided by X", metavar="X")
     pace.add_argument("--max", action="store_true", help="as fast as the pipeline allows")
     p.add_argument("--loop", action="store_true", help="start over at the end (books cleared with R records)")
-    add_listen_arguments(p)
-    p.add_argument(
-        "--batch-records", type=RANGES["batch_records"].argtype, default=None,
-        help=f"records per replay step at most ({_range('batch_records')}; default 4096)",
-    )  # fmt: skip
+    add_serving_arguments(p)
+    add_setting_argument(p, "--batch-records", "batch_records", "records per replay step at most", "4096")
     p.add_argument("--control-token-file", default=None, help="file holding the ReplayService token")
     p.add_argument("--no-store", action="store_true", help="do not persist the feed (no InfluxDB writes, no spool)")
 
 
-def tls_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The per-peer stream limit and TLS flags of :func:`add_listen_arguments` (None: not given)."""
-    names = ("max_streams_per_peer", "tls_cert_file", "tls_key_file", "tls_client_ca_file")
-    return {name: getattr(args, name) for name in names}
+#: The settings :func:`add_serving_arguments` sets, each under its flag's ``dest``.
+SERVING_SETTINGS = (
+    "host",
+    "port",
+    "metrics_port",
+    "max_streams",
+    "max_streams_per_peer",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "book_interval_ms",
+    "book_interval_max_ms",
+    "grace_seconds",
+)
 
 
-def add_listen_arguments(p: argparse.ArgumentParser) -> None:
+def serving_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The one flag → setting mapping of :func:`add_serving_arguments` and the global ``--log-*``
+    flags (None: not given, so the ``MBOSTREAM_*`` variable or the default applies)."""
+    return {
+        **{name: getattr(args, name) for name in SERVING_SETTINGS},
+        "log_level": args.log_level,
+        "log_format": args.log_format if args.log_format != "json" else None,
+    }
+
+
+def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of every serving process (``serve``, ``run``, ``replay``, ``gateway``): where it
-    listens, how many streams it takes, how often books refresh, how long shutdown waits."""
+    listens, how many streams it takes, how often books refresh, how long shutdown waits; read back
+    by :func:`serving_flags`."""
     p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     p.add_argument(
         "--port", type=RANGES["port"].argtype, default=None,
@@ -127,29 +142,14 @@ def add_listen_arguments(p: argparse.ArgumentParser) -> None:
         "--metrics-port", type=RANGES["metrics_port"].argtype, default=None,
         help="Prometheus port (default 9464; 0 free; -1 off)",
     )  # fmt: skip
-    p.add_argument(
-        "--max-streams", type=RANGES["max_streams"].argtype, default=None,
-        help=f"concurrent streams allowed ({_range('max_streams')}; default 1000)",
-    )  # fmt: skip
-    p.add_argument(
-        "--max-streams-per-peer", type=RANGES["max_streams_per_peer"].argtype, default=None,
-        help=f"concurrent streams one client address may hold ({_range('max_streams_per_peer')}; default 256)",
-    )  # fmt: skip
+    add_setting_argument(p, "--max-streams", "max_streams", "concurrent streams allowed", "1000")
+    add_setting_argument(p, "--max-streams-per-peer", "max_streams_per_peer", "concurrent streams one client address may hold", "256")
     p.add_argument("--tls-cert-file", default=None, help="serve gRPC over TLS: the certificate chain (PEM; with --tls-key-file)")
     p.add_argument("--tls-key-file", default=None, help="the TLS private key (PEM)")
     p.add_argument("--tls-client-ca-file", default=None, help="mTLS: require client certificates signed by this CA (PEM)")
-    p.add_argument(
-        "--book-interval-ms", type=RANGES["book_interval_ms"].argtype, default=None,
-        help=f"book stream refresh period ({_range('book_interval_ms')}; default 5)",
-    )  # fmt: skip
-    p.add_argument(
-        "--book-interval-max-ms", type=RANGES["book_interval_max_ms"].argtype, default=None,
-        help=f"longest the refresh period stretches to while the server is behind ({_range('book_interval_max_ms')}; default 50)",
-    )  # fmt: skip
-    p.add_argument(
-        "--grace-seconds", type=RANGES["grace_seconds"].argtype, default=None,
-        help=f"shutdown grace period ({_range('grace_seconds')}; default 5)",
-    )  # fmt: skip
+    add_setting_argument(p, "--book-interval-ms", "book_interval_ms", "book stream refresh period", "5")
+    add_setting_argument(p, "--book-interval-max-ms", "book_interval_max_ms", "longest the refresh period stretches to while the server is behind", "50")
+    add_setting_argument(p, "--grace-seconds", "grace_seconds", "shutdown grace period", "5")
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
