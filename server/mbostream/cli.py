@@ -16,7 +16,7 @@ from mbostream.server.cli import register_cli as register_server_cli
 from mbostream.server.cluster_cli import register_cli as register_cluster_cli
 from mbostream.server.roles_cli import register_cli as register_roles_cli
 from mbostream.storage.cli import register_cli as register_storage_cli
-from mbostream.tools import bench_cluster, bench_costs, bench_e2e, bench_web
+from mbostream.tools import bench_cluster, bench_costs, bench_e2e, bench_soak, bench_web
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cluster.register_bench(bench)
     bench_costs.register_bench(bench)
     bench_e2e.register_bench(bench)
+    bench_soak.register_bench(bench)
     bench_web.register_bench(bench)
     return parser
 
