@@ -23,7 +23,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -53,8 +53,10 @@ class NatsServer:
     URL (clients reconnect to it) and the same store (JetStream recovers its streams from disk).
     """
 
-    def __init__(self, store_dir: Path, *, log_path: Path | None = None) -> None:
+    def __init__(self, store_dir: Path, *, log_path: Path | None = None, extra_args: Sequence[str] = ()) -> None:
         self.store_dir = store_dir
+        #: More nats-server flags (e.g. ``--tls --tlscert …``: tests/test_tls_hops.py).
+        self.extra_args = tuple(extra_args)
         self.log_path = log_path or store_dir.parent / f"{store_dir.name}.log"
         self.port = free_port()
         self.monitor_port = free_port()
@@ -76,7 +78,7 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         command = [
             self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port),
-            "-m", str(self.monitor_port), "-sd", str(self.store_dir),
+            "-m", str(self.monitor_port), "-sd", str(self.store_dir), *self.extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)

@@ -99,6 +99,10 @@ class Settings:
     #: ``mbostream run`` only: HTTPS at the edge with this certificate chain and key (PEM; both or neither).
     edge_tls_cert_file: str = ""
     edge_tls_key_file: str = ""
+    #: ``mbostream run`` only: the client certificate and key Envoy presents to servers that require
+    #: mTLS (``tls_client_ca_file``); both or neither.
+    edge_tls_client_cert_file: str = ""
+    edge_tls_client_key_file: str = ""
     #: ``mbostream run`` only: extra CORS origins for gRPC-Web, comma-separated (e.g. a dev server).
     allowed_origins: str = ""
     sample_records: int = 2_000_000
@@ -110,6 +114,12 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     #: ``mbostream replay`` / ``gateway`` only: the NATS server (JetStream) of the bus; ``serve`` never uses it.
     nats_url: str = ""
+    #: TLS to the bus: the CA that signed the NATS server's certificate (PEM); set, every NATS
+    #: connection (replayer, gateway, store) is TLS, verified against it.
+    nats_tls_ca_file: str = ""
+    #: mTLS to the bus: this process's client certificate and key (PEM; both or neither; need the CA).
+    nats_tls_cert_file: str = ""
+    nats_tls_key_file: str = ""
     #: Bus retention (the record stream): messages older than this are dropped…
     bus_max_age_seconds: float = 3600.0
     #: …and the stream never holds more than this many bytes (oldest dropped first).
@@ -213,17 +223,27 @@ def validate(s: Settings) -> None:
         raise ConfigError("MBOSTREAM_CONTROL_TOKEN", "must be at least 8 characters")
 
 
+#: Certificate and key settings that go together.
+_TLS_PAIRS: Final = (
+    ("tls_cert_file", "tls_key_file"),
+    ("edge_tls_cert_file", "edge_tls_key_file"),
+    ("edge_tls_client_cert_file", "edge_tls_client_key_file"),
+    ("nats_tls_cert_file", "nats_tls_key_file"),
+)
+
+
 def _validate_tls(s: Settings) -> None:
-    """Certificate and key both or neither, a client CA only with them, every file readable PEM."""
-    if bool(s.tls_cert_file) != bool(s.tls_key_file):
-        given, missing = ("tls_cert_file", "tls_key_file") if s.tls_cert_file else ("tls_key_file", "tls_cert_file")
-        raise ConfigError(_names(missing), f"must be set together with {_names(given)}")
+    """Certificate and key both or neither, a client CA (or a bus client certificate) only with the TLS
+    it belongs to, every file readable PEM."""
+    for cert, key in _TLS_PAIRS:
+        if bool(getattr(s, cert)) != bool(getattr(s, key)):
+            given, missing = (cert, key) if getattr(s, cert) else (key, cert)
+            raise ConfigError(_names(missing), f"must be set together with {_names(given)}")
     if s.tls_client_ca_file and not s.tls_cert_file:
         raise ConfigError(_names("tls_client_ca_file"), f"mTLS needs the server's own TLS: set {_names('tls_cert_file')} and the key")
-    if bool(s.edge_tls_cert_file) != bool(s.edge_tls_key_file):
-        given, missing = ("edge_tls_cert_file", "edge_tls_key_file") if s.edge_tls_cert_file else ("edge_tls_key_file", "edge_tls_cert_file")
-        raise ConfigError(_names(missing), f"must be set together with {_names(given)}")
-    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "edge_tls_cert_file", "edge_tls_key_file"):
+    if s.nats_tls_cert_file and not s.nats_tls_ca_file:
+        raise ConfigError(_names("nats_tls_cert_file"), f"a client certificate needs TLS to the bus: set {_names('nats_tls_ca_file')}")
+    for name in (*(n for pair in _TLS_PAIRS for n in pair), "tls_client_ca_file", "nats_tls_ca_file"):
         path = getattr(s, name)
         if not path:
             continue

@@ -43,9 +43,10 @@ import json
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -69,6 +70,7 @@ from mbostream.bus.streams import (
     SNAPSHOT_SUBJECTS,
     SNAPSHOTS_STREAM,
     connect,
+    tls_context,
 )
 from mbostream.config import RANGES, Settings, load_settings
 from mbostream.errors import ConfigError
@@ -116,6 +118,8 @@ class StoreOptions:
     ack_interval: float = DEFAULT_ACK_INTERVAL_SECONDS
     #: Seconds a round's stop waits for the database before it spools the rest.
     stop_timeout: float = 10.0
+    #: TLS to the bus (:func:`~mbostream.bus.streams.tls_context`); None: plaintext.
+    nats_tls: ssl.SSLContext | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.nats_url.startswith(("nats://", "tls://")):
@@ -224,7 +228,7 @@ class BusStore:
         if o.metrics_port >= 0:
             self._metrics_httpd, _ = start_http_server(o.metrics_port, addr=o.host)
             self.metrics_port = self._metrics_httpd.server_port
-        self._nc = await connect(o.nats_url, name=CONSUMER)
+        self._nc = await connect(o.nats_url, name=CONSUMER, tls=o.nats_tls)
         self._js = self._nc.jetstream()
         await self._wait_for_stream()
         meta = await self._read_meta()
@@ -554,6 +558,7 @@ def store_options(settings: Settings, *, ack_interval: float = DEFAULT_ACK_INTER
         port=settings.port,
         metrics_port=settings.metrics_port,
         ack_interval=ack_interval,
+        nats_tls=tls_context(settings),
     )
 
 

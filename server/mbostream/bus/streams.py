@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Final
+import ssl
+from typing import Any, Final, Protocol
 
-import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -86,15 +87,60 @@ async def ensure_streams(js: JetStreamContext, *, max_age_seconds: float, max_by
             await js.update_stream(config)
 
 
-async def connect(url: str, *, name: str, connect_timeout: float = 10.0) -> Client:
-    """A connection that reconnects for ever (the bus may restart under a running role).
+class BusTlsFiles(Protocol):
+    """The bus's TLS settings (:class:`mbostream.config.Settings` has them; PEM paths, empty: unset)."""
 
-    Raises :class:`~mbostream.errors.BusError` when the server cannot be reached at start.
+    nats_tls_ca_file: str
+    nats_tls_cert_file: str
+    nats_tls_key_file: str
+
+
+def tls_context(settings: BusTlsFiles) -> ssl.SSLContext | None:
+    """TLS to the bus verified against ``nats_tls_ca_file`` (with ``nats_tls_cert_file`` and its
+    key for mTLS); None: plaintext. The files were checked at start-up (:func:`mbostream.config.validate`).
+    """
+    if not settings.nats_tls_ca_file:
+        return None
+    context = ssl.create_default_context(cafile=settings.nats_tls_ca_file)
+    if settings.nats_tls_cert_file:
+        context.load_cert_chain(settings.nats_tls_cert_file, settings.nats_tls_key_file)
+    return context
+
+
+class TlsRequiredError(nats.errors.Error):
+    """The bus server did not ask for TLS although this process is configured for it."""
+
+
+class _TlsOnlyClient(Client):
+    """A client that refuses a server not asking for TLS, before it sends anything.
+
+    nats-py upgrades a connection to TLS only when the server's INFO says ``tls_required``: a
+    plaintext server (or one posing as ours) would otherwise get our CONNECT and messages in clear,
+    at start or on any reconnect.
+    """
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if initial_connection and not info.get("tls_required"):
+            raise TlsRequiredError("the bus server does not require TLS, but MBOSTREAM_NATS_TLS_CA_FILE asks for it")
+        await super()._process_info(info, initial_connection)
+
+
+async def connect(url: str, *, name: str, tls: ssl.SSLContext | None = None, connect_timeout: float = 10.0) -> Client:
+    """A connection that reconnects for ever (the bus may restart under a running role); over TLS
+    only when ``tls`` is given (:func:`tls_context`).
+
+    Raises :class:`~mbostream.errors.BusError` when the server cannot be reached at start. A
+    refused TLS handshake is retried as an unreachable server is (either side may be fixed and
+    restarted), each attempt logged as a warning.
     """
 
     client: list[Client] = []
 
     async def on_error(exc: Exception) -> None:
+        if isinstance(exc, (ssl.SSLError, TlsRequiredError)):
+            # Not a bus that is down: a certificate or TLS setting that is wrong on one side.
+            log.warning("bus TLS refused: %s", exc, extra={"nats": url})
+            return
         log.debug("bus connection: %s", exc)  # every failed reconnect attempt: the disconnect said it
 
     async def on_disconnected() -> None:
@@ -104,10 +150,12 @@ async def connect(url: str, *, name: str, connect_timeout: float = 10.0) -> Clie
     async def on_reconnected() -> None:
         log.info("bus reconnected", extra={"nats": url})
 
+    nc = Client() if tls is None else _TlsOnlyClient()
     try:
-        nc = await nats.connect(
+        await nc.connect(
             url,
             name=name,
+            tls=tls,
             connect_timeout=connect_timeout,
             allow_reconnect=True,
             max_reconnect_attempts=-1,

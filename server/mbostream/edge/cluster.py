@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from mbostream.edge.config import REPO_ROOT
+from mbostream.edge.config import REPO_ROOT, EdgeTls
 from mbostream.edge.errors import EdgeError
 from mbostream.edge.supervisor import Edge, _die_with_parent
 from mbostream.errors import ConfigError
@@ -70,6 +70,69 @@ class ClusterError(EdgeError):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClusterTls:
+    """The certificates of the run's hops (PEM paths, as the ``MBOSTREAM_*`` settings of the same
+    names say; empty: plaintext on that hop).
+
+    ``cert_file``/``key_file`` are the replayer's and every gateway's gRPC TLS (Envoy pins that
+    certificate) and, with ``nats_ca_file``, nats-server's too: one host, one server certificate,
+    signed by ``nats_ca_file`` (which the roles verify it against). ``client_ca_file``: mTLS at the
+    replayer and gateways, Envoy presenting ``edge_client_cert_file``; ``nats_cert_file``: mTLS at
+    nats-server, which then asks every role for a certificate of ``nats_ca_file``.
+    ``edge_cert_file``/``edge_key_file``: HTTPS towards browsers.
+    """
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+    nats_ca_file: str = ""
+    nats_cert_file: str = ""
+    nats_key_file: str = ""
+    edge_cert_file: str = ""
+    edge_key_file: str = ""
+    edge_client_cert_file: str = ""
+    edge_client_key_file: str = ""
+
+    def __post_init__(self) -> None:
+        if self.nats_ca_file and not self.cert_file:
+            raise ConfigError(
+                "MBOSTREAM_NATS_TLS_CA_FILE", "run --gateways serves its nats-server with the servers' certificate: set MBOSTREAM_TLS_CERT_FILE and the key"
+            )
+        if self.client_ca_file and not self.edge_client_cert_file:
+            raise ConfigError(
+                "MBOSTREAM_TLS_CLIENT_CA_FILE", "with mTLS at the servers the edge needs a client certificate: set MBOSTREAM_EDGE_TLS_CLIENT_CERT_FILE and the key"
+            )
+
+    def edge(self) -> EdgeTls:
+        """Envoy's TLS: HTTPS for browsers, TLS (and mTLS) to the replayer and the gateways."""
+        return EdgeTls(
+            cert_file=self.edge_cert_file,
+            key_file=self.edge_key_file,
+            upstream_cert_file=self.cert_file,
+            upstream_client_cert_file=self.edge_client_cert_file,
+            upstream_client_key_file=self.edge_client_key_file,
+        )
+
+    def role_env(self) -> dict[str, str]:
+        """The variables every role reads its TLS from (an empty one is unset: an inherited value is overridden)."""
+        return {
+            "MBOSTREAM_TLS_CERT_FILE": self.cert_file,
+            "MBOSTREAM_TLS_KEY_FILE": self.key_file,
+            "MBOSTREAM_TLS_CLIENT_CA_FILE": self.client_ca_file,
+            "MBOSTREAM_NATS_TLS_CA_FILE": self.nats_ca_file,
+            "MBOSTREAM_NATS_TLS_CERT_FILE": self.nats_cert_file,
+            "MBOSTREAM_NATS_TLS_KEY_FILE": self.nats_key_file,
+        }
+
+    def nats_args(self) -> list[str]:
+        """nats-server's TLS flags: TLS required on the client port, client certificates with mTLS."""
+        if not self.nats_ca_file:
+            return []
+        verify = ["--tlsverify", "--tlscacert", self.nats_ca_file] if self.nats_cert_file else ["--tls"]
+        return [*verify, "--tlscert", self.cert_file, "--tlskey", self.key_file]
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClusterSpec:
     """What ``mbostream run --gateways N`` starts (built by the server's CLI from its settings)."""
 
@@ -88,6 +151,7 @@ class ClusterSpec:
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "info"
     log_format: str = "json"
+    tls: ClusterTls = field(default_factory=ClusterTls)
 
     def __post_init__(self) -> None:
         if not 1 <= self.gateways <= 64:
@@ -150,17 +214,18 @@ class Cluster:
         self._monitor_port = _free_port()
         self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
         self.nats = _Child("nats-server", self._nats_argv, ready_line=False, probe=self._nats_healthy)
-        role_env = dict(os.environ)
+        role_env = {**os.environ, **spec.tls.role_env()}
+        replayer_env = dict(role_env)
         if spec.control_token:
-            role_env["MBOSTREAM_CONTROL_TOKEN"] = spec.control_token
+            replayer_env["MBOSTREAM_CONTROL_TOKEN"] = spec.control_token
         self.replayer = _Child(
-            "replayer", lambda port, metrics: self._role("replay", port, metrics, *spec.files, "--no-store", *spec.replay_flags), role_env
+            "replayer", lambda port, metrics: self._role("replay", port, metrics, *spec.files, "--no-store", *spec.replay_flags), replayer_env
         )
         self.gateways = [
-            _Child(f"gateway-{i + 1}", lambda port, metrics: self._role("gateway", port, metrics, *spec.gateway_flags))
+            _Child(f"gateway-{i + 1}", lambda port, metrics: self._role("gateway", port, metrics, *spec.gateway_flags), role_env)
             for i in range(spec.gateways)
         ]
-        self.store = _Child("store", lambda port, metrics: self._role("store", port, metrics)) if spec.store else None
+        self.store = _Child("store", lambda port, metrics: self._role("store", port, metrics), role_env) if spec.store else None
         self.edge: Edge | None = None
         self.failed: str | None = None
         self._stopping = False
@@ -175,7 +240,7 @@ class Cluster:
     def _nats_argv(self, port: int, metrics_port: int) -> list[str]:
         return [
             self.nats_binary, "-js", "-a", "127.0.0.1", "-p", str(self.nats_port),
-            "-m", str(self._monitor_port), "-sd", str(self._store_dir),
+            "-m", str(self._monitor_port), "-sd", str(self._store_dir), *self.spec.tls.nats_args(),
         ]  # fmt: skip
 
     def _role(self, role: str, port: int, metrics_port: int, *extra: str) -> list[str]:
@@ -208,6 +273,7 @@ class Cluster:
                 static_dir=s.static_dir,
                 allowed_origins=s.allowed_origins,
                 listen_host=s.host,
+                tls=s.tls.edge(),
             )
             await self.edge.start()
         except BaseException:
@@ -221,7 +287,7 @@ class Cluster:
         assert self.edge is not None
         return {
             "url": self.edge.url,
-            "grpc": self.edge.url.removeprefix("http://"),
+            "grpc": self.edge.url.split("://", 1)[1],
             "nats": self.nats_url,
             "replayer": _entry(self.replayer),
             "gateways": [_entry(g) for g in self.gateways],

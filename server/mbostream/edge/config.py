@@ -21,17 +21,26 @@ class EdgeTls:
     """The edge's TLS (PEM files; empty: plaintext on that side).
 
     ``cert_file``/``key_file``: HTTPS (and gRPC over TLS) towards browsers and clients.
-    ``upstream_cert_file``: the server speaks TLS with this certificate; Envoy connects over TLS and
-    accepts exactly that certificate (its SHA-256 is pinned), whoever signed it.
+    ``upstream_cert_file``: the servers (the one of ``run``; the replayer and every gateway of
+    ``run --gateways N``) speak TLS with this certificate; Envoy connects over TLS and accepts
+    exactly that certificate (its SHA-256 is pinned), whoever signed it.
+    ``upstream_client_cert_file``/``upstream_client_key_file``: the certificate Envoy presents to
+    those servers when they require mTLS.
     """
 
     cert_file: str = ""
     key_file: str = ""
     upstream_cert_file: str = ""
+    upstream_client_cert_file: str = ""
+    upstream_client_key_file: str = ""
 
     def __post_init__(self) -> None:
         if bool(self.cert_file) != bool(self.key_file):
             raise ConfigError("edge TLS", "the certificate and the key go together: give both or neither")
+        if bool(self.upstream_client_cert_file) != bool(self.upstream_client_key_file):
+            raise ConfigError("edge TLS", "the client certificate and its key go together: give both or neither")
+        if self.upstream_client_cert_file and not self.upstream_cert_file:
+            raise ConfigError("edge TLS", "a client certificate for the servers needs TLS to them (the servers' certificate)")
 
     @property
     def downstream(self) -> bool:

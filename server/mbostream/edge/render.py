@@ -4,7 +4,9 @@ With ``replayer_port`` set (``mbostream run --gateways N``) the same template al
 cluster's parts: a route sending ``ReplayService`` to a ``mbostream_replayer`` cluster, every
 gateway as an endpoint of ``mbostream_grpc`` (least-request, no panic routing to unhealthy hosts),
 and a retry on another gateway when a connection fails or is refused. For a single server those
-placeholders are empty and the rendered config is what it always was, byte for byte.
+placeholders are empty and the rendered config is what it always was, byte for byte. With the
+servers' TLS (:class:`~mbostream.edge.config.EdgeTls`) both upstream clusters, gateways and
+replayer, connect over TLS pinning the servers' certificate, presenting Envoy's own for mTLS.
 """
 
 from __future__ import annotations
@@ -140,8 +142,9 @@ def _endpoint(host: str, port: int) -> str:
     )
 
 
-def _cluster_parts(config: EdgeConfig) -> dict[str, str]:
-    """The placeholders of the scale-out parts: empty for a single server."""
+def _cluster_parts(config: EdgeConfig, upstream_tls: str) -> dict[str, str]:
+    """The placeholders of the scale-out parts: empty for a single server. ``upstream_tls`` is the
+    servers' transport socket (:func:`_tls_parts`): the replayer speaks TLS as the gateways do."""
     ports = config.upstream_ports or (config.upstream_port,)
     endpoints = "\n".join(_endpoint(config.upstream_host, port) for port in ports)
     if config.replayer_port is None:
@@ -159,7 +162,7 @@ def _cluster_parts(config: EdgeConfig) -> dict[str, str]:
     replayer_cluster = (
         f"    - name: {REPLAYER_CLUSTER}\n"
         "      type: STATIC\n"
-        "      connect_timeout: 1s\n"
+        f"      connect_timeout: 1s{upstream_tls}\n"
         f"      load_assignment: {json.dumps(load_assignment)}\n"
         "      typed_extension_protocol_options: *upstream_protocol\n"
         "      health_checks: *upstream_health_checks\n"
@@ -232,14 +235,20 @@ def _tls_parts(config: EdgeConfig) -> dict[str, str]:
         }
         parts["listener_tls"] = f"transport_socket: {json.dumps(socket)}\n          "
     if tls.upstream_cert_file:
+        context: dict[str, Any] = {
+            "alpn_protocols": ["h2"],
+            "validation_context": {"verify_certificate_hash": [certificate_sha256(Path(tls.upstream_cert_file))]},
+        }
+        if tls.upstream_client_cert_file:
+            # mTLS: the servers require a client certificate of their CA; this is Envoy's.
+            context["tls_certificates"] = [
+                {"certificate_chain": {"filename": tls.upstream_client_cert_file}, "private_key": {"filename": tls.upstream_client_key_file}}
+            ]
         socket = {
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "common_tls_context": {
-                    "alpn_protocols": ["h2"],
-                    "validation_context": {"verify_certificate_hash": [certificate_sha256(Path(tls.upstream_cert_file))]},
-                },
+                "common_tls_context": context,
             },
         }
         parts["upstream_tls"] = f"\n      transport_socket: {json.dumps(socket)}"
@@ -265,6 +274,7 @@ def render_config(config: EdgeConfig) -> str:
         if config.listen_port
         else []
     )
+    tls = _tls_parts(config)
     values = {
         "listen_host": config.listen_host,
         "listen_port": config.listen_port,
@@ -275,8 +285,8 @@ def render_config(config: EdgeConfig) -> str:
         "max_static_bytes": largest,
         "cors_origins": json.dumps(_cors_origins(config, own_origins)),
         "static_routes": "\n".join(f"{_ROUTE_INDENT}- {json.dumps(route)}" for route in routes),
-        **_cluster_parts(config),
+        **_cluster_parts(config, tls["upstream_tls"]),
         **_tracing_parts(config),
-        **_tls_parts(config),
+        **tls,
     }
     return Template(config.template.read_text()).substitute(values)

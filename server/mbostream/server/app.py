@@ -409,7 +409,11 @@ async def serve(
             listen_host=settings.host,
             upstream_host="127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host,
             tls=EdgeTls(
-                cert_file=settings.edge_tls_cert_file, key_file=settings.edge_tls_key_file, upstream_cert_file=settings.tls_cert_file
+                cert_file=settings.edge_tls_cert_file,
+                key_file=settings.edge_tls_key_file,
+                upstream_cert_file=settings.tls_cert_file,
+                upstream_client_cert_file=settings.edge_tls_client_cert_file,
+                upstream_client_key_file=settings.edge_tls_client_key_file,
             ),
         )
         try:

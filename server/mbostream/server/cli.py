@@ -57,11 +57,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mbostream.server.app import serve
 
     settings = _settings_from_args(args)
-    if settings.tls_client_ca_file:
+    if settings.tls_client_ca_file and not settings.edge_tls_client_cert_file:
         from mbostream.errors import ConfigError
 
-        # The edge reaches the server over TLS (its certificate pinned) but holds no client certificate.
-        raise ConfigError("--tls-client-ca-file / MBOSTREAM_TLS_CLIENT_CA_FILE", "mTLS is for serve, replay and gateway: run's Envoy edge has no client certificate")
+        # The edge reaches the server over TLS (its certificate pinned); with mTLS it needs a client certificate.
+        raise ConfigError(
+            "--tls-client-ca-file / MBOSTREAM_TLS_CLIENT_CA_FILE",
+            "with mTLS run's Envoy edge needs a client certificate: set MBOSTREAM_EDGE_TLS_CLIENT_CERT_FILE and the key",
+        )
     logs.configure(settings.log_level, settings.log_format)
     page_token = None
     if settings.control_token is None:

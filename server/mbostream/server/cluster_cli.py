@@ -9,7 +9,7 @@ import secrets
 from pathlib import Path
 
 from mbostream import logs
-from mbostream.edge.cluster import ClusterSpec, run_cluster, spec_flags
+from mbostream.edge.cluster import ClusterSpec, ClusterTls, run_cluster, spec_flags
 from mbostream.server.cli import _settings_from_args
 
 
@@ -36,6 +36,18 @@ def _cmd_run_cluster(args: argparse.Namespace) -> int:
         allowed_origins=tuple(o.strip() for o in settings.allowed_origins.split(",") if o.strip()),
         log_level=settings.log_level,
         log_format=settings.log_format,
+        tls=ClusterTls(
+            cert_file=settings.tls_cert_file,
+            key_file=settings.tls_key_file,
+            client_ca_file=settings.tls_client_ca_file,
+            nats_ca_file=settings.nats_tls_ca_file,
+            nats_cert_file=settings.nats_tls_cert_file,
+            nats_key_file=settings.nats_tls_key_file,
+            edge_cert_file=settings.edge_tls_cert_file,
+            edge_key_file=settings.edge_tls_key_file,
+            edge_client_cert_file=settings.edge_tls_client_cert_file,
+            edge_client_key_file=settings.edge_tls_client_key_file,
+        ),
     )
     return asyncio.run(run_cluster(spec, page_token=page_token))
 

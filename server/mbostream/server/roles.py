@@ -35,6 +35,7 @@ from mbostream.bus.streams import (
     SNAPSHOTS_STREAM,
     connect,
     ensure_streams,
+    tls_context,
 )
 from mbostream.config import Settings
 from mbostream.errors import ConfigError
@@ -69,7 +70,7 @@ class _BusApp(App):
 
     async def _connect(self, name: str) -> None:
         s = self.settings
-        self.nc = await connect(_require_nats(s), name=name)
+        self.nc = await connect(_require_nats(s), name=name, tls=tls_context(s))
         self.js = self.nc.jetstream()
         await ensure_streams(self.js, max_age_seconds=s.bus_max_age_seconds, max_bytes=s.bus_max_bytes)
 

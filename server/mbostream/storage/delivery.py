@@ -365,6 +365,7 @@ def delivery_for(settings: StorageSettings, spool: Spool, metrics: StorageMetric
             org=settings.org,
             bucket=settings.bucket,
             token=settings.token,
+            ca_file=settings.ca_file,
             timeout=settings.write_timeout,
             gzip_level=settings.gzip_level,
             max_retries=settings.max_retries,

@@ -49,6 +49,7 @@ ENV_VARIABLES: Final[Mapping[str, str]] = {
     "org": "INFLUX_ORG",
     "bucket": "INFLUX_BUCKET",
     "token": "INFLUX_TOKEN",
+    "ca_file": "INFLUX_CA_FILE",
     "spool_dir": "MBOSTREAM_SPOOL_DIR",
     "store_mbo": "MBOSTREAM_STORE_MBO",
     "depth_interval": "MBOSTREAM_DEPTH_INTERVAL",
@@ -83,6 +84,9 @@ class StorageSettings:
     url, org, bucket, token
         The InfluxDB 2.x write target (``/api/v2/write``). All four together, or none: without a
         URL the sink writes the spool only, for ``mbostream storage drain`` to push later.
+    ca_file
+        An ``https`` database's certificate is verified against this CA (PEM) instead of the
+        system's trust store (e.g. a private CA, or cert-manager's).
     spool_dir
         Directory of the on-disk spool (created if missing); one process uses it at a time.
     store_mbo
@@ -130,6 +134,7 @@ class StorageSettings:
     org: str | None = None
     bucket: str | None = None
     token: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
     spool_dir: Path = DEFAULT_SPOOL_DIR
     store_mbo: bool = False
     depth_interval: float = 1.0
@@ -161,6 +166,11 @@ class StorageSettings:
             for name in ("org", "bucket", "token"):
                 if getattr(self, name):
                     raise ConfigError("url", f"{name} is set but the database URL is not")
+        if self.ca_file is not None:
+            if self.url is None or urlsplit(self.url).scheme != "https":
+                raise ConfigError("ca_file", "a CA is for an https database URL")
+            if not os.access(self.ca_file, os.R_OK) or not os.path.isfile(self.ca_file):
+                raise ConfigError("ca_file", f"cannot read {self.ca_file}")
         for name, allowed in RANGES.items():
             try:
                 allowed.check(getattr(self, name))

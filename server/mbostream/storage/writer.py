@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 #: Statuses that mean "these points are bad"; every other 4xx but 429 means "this request is".
 REJECTED_STATUS: Final = frozenset({400, 413, 422})
+#: What Go's HTTP servers (InfluxDB's) answer, with a 400, to plain HTTP on an HTTPS port: the URL is
+#: wrong, not the points, so they are kept (refused) rather than set aside line by line.
+PLAIN_HTTP_TO_HTTPS: Final = "Client sent an HTTP request to an HTTPS server"
 #: Most extra requests spent narrowing a refused batch down to its bad lines.
 MAX_ISOLATION_REQUESTS: Final = 64
 #: Longest excerpt of a refused line put in a log record.
@@ -78,6 +81,8 @@ class InfluxWriter:
     ----------
     url, org, bucket, token
         The InfluxDB 2.x write target.
+    ca_file
+        The CA an https target's certificate is verified against (None: the system's).
     timeout
         Seconds for one request.
     gzip_level
@@ -98,6 +103,7 @@ class InfluxWriter:
         org: str,
         bucket: str,
         token: str,
+        ca_file: str | None = None,
         timeout: float,
         gzip_level: int,
         max_retries: int,
@@ -115,7 +121,8 @@ class InfluxWriter:
         self._retry_max = retry_max
         self._metrics = metrics
         self._set_aside = set_aside
-        self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout * 1000), enable_gzip=False)
+        # ssl_ca_cert: None verifies an https database against the system's trust store.
+        self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout * 1000), enable_gzip=False, ssl_ca_cert=ca_file)
         self._service = WriteService(self._client.api_client)  # type: ignore[no-untyped-call]
         self._closed = threading.Event()
         self._random = random.Random()
@@ -299,6 +306,8 @@ def _retry_after(exc: ApiException) -> float | None:
 def _classify(exc: ApiException) -> WriteError:
     status = int(exc.status) if exc.status is not None else None
     message = _error_message(exc)
+    if status == 400 and PLAIN_HTTP_TO_HTTPS in message:
+        return DatabaseRefusedError(status, f"{message.strip()} (the database URL must be https://)")
     if status in REJECTED_STATUS:
         return PointsRejectedError(status, message)
     if status is not None and 400 <= status < 500 and status != 429:
