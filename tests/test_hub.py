@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import numpy as np
 from server_harness import run
 
 from mbostream_core.dbn import read_records
 from mbostream.feed import Batch
-from mbostream.hub import BookPayload, Hub, Selection
+from mbostream.hub import BOOK_MESSAGES_PER_PHASE, BOOK_PHASES_MAX, BookPayload, Hub, Selection
 from mbostream_core.market import BookKey, Market
 from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
 from mbostream_core.v1 import market_data_pb2 as md
@@ -198,5 +199,67 @@ def test_one_book_payload_per_refresh_shared_by_every_book_subscriber(generated_
         channel = first[0][0]
         single = md.StreamBookResponse.FromString(channel.book.single)
         assert single.book.instrument_id == channel.key.instrument_id and single.ts_out == channel.book.ts_out
+
+    run(scenario())
+
+
+def test_many_book_subscribers_are_refreshed_in_phases_each_once_per_change(generated_small) -> None:
+    """More book messages per refresh than one phase sends are spread over phases: each phase
+    notifies only its own subscribers, every subscriber is notified once per interval in which its
+    books changed, the channel is built once per change and shared, and no subscriber is handed a
+    version it already has."""
+
+    async def scenario() -> None:
+        _, records = read_records(generated_small)
+        market = Market()
+        events, books = CountingEventEncoder(""), CountingBookEncoder()
+        hub = Hub(
+            market,
+            event_encoder=events,
+            book_encoder=books,
+            replay_buffer_records=100_000,
+            subscriber_buffer_batches=1_000,
+            max_streams=1_000,
+            book_interval=0.005,
+        )
+        _publish_all(market, hub, records[:5_000])
+        n_books = len(market.books())
+        assert n_books > 1
+        subs = [hub.subscribe_books(Selection(), depth=10, orders=False, max_rate=0.0) for _ in range(300)]
+        expected = min(BOOK_PHASES_MAX, -(-300 * n_books // BOOK_MESSAGES_PER_PHASE))
+        assert hub.book_phases == expected > 1
+        by_phase = Counter(sub.phase for sub in subs)
+        assert set(by_phase) == set(range(expected))
+        assert max(by_phase.values()) - min(by_phase.values()) <= 2  # spread evenly
+        streams = [sub.updates() for sub in subs]
+        for stream in streams:  # the first message of every book
+            for _ in range(n_books):
+                await asyncio.wait_for(stream.__anext__(), 5)
+
+        generation = hub.generation
+        _publish_all(market, hub, records[5_000:6_000])
+        built_before = books.calls
+        for phase in range(hub.book_phases):
+            hub.refresh_phase(phase)
+            notified = {id(sub) for sub in subs if sub.pending}
+            assert notified == {id(sub) for sub in subs if sub.phase <= phase}
+        changed = {key for key in market.books() if hub.changed_at.get(key, 0) > generation}
+        assert changed
+        assert books.calls - built_before == len({c.key for c in hub.channels.values()} & changed)
+        for sub, stream in zip(subs, streams):
+            got = [await asyncio.wait_for(stream.__anext__(), 5) for _ in range(len(sub.pending))]
+            versions = [(channels[0].key, channels[0].version) for channels, first, _ in got]
+            assert all(not first for _, first, _ in got)
+            assert versions == [(k, hub.channels[(k, 10, False)].version) for k, _ in versions]
+            assert not sub.pending
+        # Nothing changed since: another round of phases announces nothing new.
+        for phase in range(hub.book_phases):
+            hub.refresh_phase(phase)
+        assert not any(sub.pending for sub in subs)
+
+        for sub in subs[:250]:
+            hub.unsubscribe_books(sub)
+        assert hub.book_phases == max(1, min(BOOK_PHASES_MAX, -(-50 * n_books // BOOK_MESSAGES_PER_PHASE)))
+        assert all(sub.phase < hub.book_phases for sub in subs[250:])
 
     run(scenario())

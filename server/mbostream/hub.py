@@ -45,6 +45,8 @@ from mbostream.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
+GOLDEN_RATIO_CONJUGATE: Final = 0.6180339887498949
+
 #: Most records one StreamEvents message carries when a reader that fell behind catches up (about
 #: 50 bytes a record on the wire: well under the 4 MiB clients accept by default).
 COALESCE_RECORDS: Final = 32_768
@@ -55,6 +57,13 @@ ENCODED_CACHE_ENTRIES: Final = 32
 #: behind: the interval stretches. One that wakes up within LOOP_ON_TIME_SECONDS lets it shrink back.
 LOOP_LATE_SECONDS: Final = 0.002
 LOOP_ON_TIME_SECONDS: Final = 0.0005
+
+#: Book messages one refresh phase sends at most (about 60 µs of the loop each through grpc.aio):
+#: more book subscriptions than this are spread over several phases of the refresh interval, so a
+#: refresh leaves as small bursts instead of one burst of every message (whose last one waits for
+#: all the others), up to BOOK_PHASES_MAX phases.
+BOOK_MESSAGES_PER_PHASE: Final = 64
+BOOK_PHASES_MAX: Final = 8
 
 #: How often a feed waiting for a sink that is behind looks again (sinks drain on their own threads).
 SINK_POLL_SECONDS: Final = 0.002
@@ -214,7 +223,11 @@ class BookChannel:
     #: The book as of the last refresh that changed it (None until the first).
     book: BookPayload | None = None
     version: int = 0
+    #: The hub's publish generation the book was taken at (stale once the book changes after it).
+    built_generation: int = -1
     subscribers: set[BookSubscriber] = field(default_factory=set)
+    #: The version each refresh phase last announced to its subscribers.
+    announced: dict[int, int] = field(default_factory=dict)
 
 
 class BookSubscriber:
@@ -233,6 +246,10 @@ class BookSubscriber:
         self.pending: dict[BookKey, int] = {}  # key -> conflated count since last taken
         self.seen_versions: dict[BookKey, int] = {}
         self.wakeup = asyncio.Event()
+        #: Where in the refresh interval this subscriber's books are refreshed, in [0, 1); the
+        #: phase is ``int(slot * phases)``, so subscribers keep their order when phases change.
+        self.slot = 0.0
+        self.phase = 0
 
     def notify(self, channel: BookChannel) -> None:
         if channel.key in self.pending:
@@ -270,6 +287,8 @@ class BookSubscriber:
             for key, conflated in pending.items():
                 channel = self.channels[key]
                 first = key not in self.seen_versions
+                if not first and self.seen_versions[key] == channel.version:
+                    continue  # announced again by another phase, or taken already: nothing new
                 self.seen_versions[key] = channel.version
                 if self.combine and not first:
                     combined.append(channel)
@@ -324,7 +343,17 @@ class Hub:
         self.book_subscribers: set[BookSubscriber] = set()
         self.channels: dict[tuple[BookKey, int, bool], BookChannel] = {}
         self.sinks: list[Sink] = []
-        self.dirty: set[BookKey] = set()
+        #: Books changed since each refresh phase last looked (phase -> keys).
+        self.dirty: dict[int, set[BookKey]] = {0: set()}
+        #: Publish generation (one per published batch) at which each book last changed.
+        self.generation = 0
+        self.changed_at: dict[BookKey, int] = {}
+        self.channels_by_book: dict[BookKey, list[BookChannel]] = {}
+        #: Refresh phases in force, and the slot the next book subscriber takes (a low-discrepancy
+        #: sequence: any number of subscribers spreads evenly over any number of phases).
+        self.book_phases = 1
+        self._next_slot = 0.0
+        self.book_subscriptions = 0
         self.known_books: set[BookKey] = set()
         self.closed = False
         self._encoded: OrderedDict[tuple[Selection, int, int, int], list[tuple[int, Payload]]] = OrderedDict()
@@ -371,30 +400,66 @@ class Hub:
             )
             changed = {BookKey(k >> 16, k & 0xFFFF) for k in keys.tolist()}
             new = changed - self.known_books
-            built: set[BookKey] = set()
+            self.generation += 1
+            for key in changed:
+                self.changed_at[key] = self.generation
             if new:
                 self.known_books |= new
-                built = self._attach_new_books(new)
-            self.dirty |= changed - built
+                self._attach_new_books(new)
+            for dirty in self.dirty.values():
+                dirty |= changed
             if self.book_interval == 0:
                 self.refresh_books()
         METRICS.publish_seconds.observe(time.perf_counter() - started)
 
     def refresh_books(self) -> None:
-        """Rebuilds the channels of books that changed and notifies their subscribers."""
-        if not self.dirty:
+        """Refreshes every phase now: rebuilds the channels of books that changed, notifies."""
+        for phase in range(self.book_phases):
+            self.refresh_phase(phase)
+
+    def refresh_phase(self, phase: int) -> None:
+        """Rebuilds the changed channels that subscribers of ``phase`` watch and notifies those
+        subscribers (a channel another phase rebuilt since the book last changed is reused)."""
+        dirty = self.dirty.get(phase)
+        if not dirty:
             return
-        dirty, self.dirty = self.dirty, set()
-        for (key, depth, orders), channel in self.channels.items():
-            if key in dirty and channel.subscribers:
-                self._rebuild(channel)
-                for sub in channel.subscribers:
-                    sub.notify(channel)
+        self.dirty[phase] = set()
+        for key in dirty:
+            for channel in self.channels_by_book.get(key, ()):
+                subs = [sub for sub in channel.subscribers if sub.phase == phase]
+                if not subs:
+                    continue
+                if self._stale(channel):
+                    self._rebuild(channel)
+                if channel.announced.get(phase) != channel.version:
+                    channel.announced[phase] = channel.version
+                    for sub in subs:
+                        if sub.seen_versions.get(key) != channel.version:  # not the version it has
+                            sub.notify(channel)
+
+    def _stale(self, channel: BookChannel) -> bool:
+        return channel.book is None or channel.built_generation < self.changed_at.get(channel.key, 0)
 
     def _rebuild(self, channel: BookChannel) -> None:
         """Takes the channel's book as it is now (a new version), encoded once for everyone."""
         channel.book = self.book_encoder.encode(self.market, channel.key, channel.depth, channel.orders, self.position)
+        channel.built_generation = self.generation
         channel.version += 1
+
+    def _set_phases(self) -> None:
+        """Spreads book subscribers over enough phases that none sends more than
+        BOOK_MESSAGES_PER_PHASE messages a refresh (one per book, or one if combined)."""
+        phases = max(1, min(BOOK_PHASES_MAX, -(-self.book_subscriptions // BOOK_MESSAGES_PER_PHASE)))
+        if phases == self.book_phases:
+            return
+        pending = set().union(*self.dirty.values())
+        self.book_phases = phases
+        self.dirty = {phase: set(pending) for phase in range(phases)}
+        for sub in self.book_subscribers:
+            sub.phase = int(sub.slot * phases)
+        for channel in self.channels.values():
+            channel.announced.clear()
+        METRICS.book_refresh_phases.set(phases)
 
     async def run_ticker(self) -> None:
         """Refreshes book channels every ``book_interval`` seconds until closed.
@@ -411,10 +476,17 @@ class Hub:
         interval = self.book_interval
         METRICS.book_refresh_interval_seconds.set(interval)
         while not self.closed:
-            due = loop.time() + interval
-            await asyncio.sleep(interval)
-            late = loop.time() - due
-            self.refresh_books()
+            # One refresh interval, in as many phases as there are now: each phase refreshes its
+            # own subscribers' books at its own moment of the interval.
+            late = 0.0
+            phase = 0
+            while phase < self.book_phases and not self.closed:
+                step = interval / self.book_phases
+                due = loop.time() + step
+                await asyncio.sleep(step)
+                late = max(late, loop.time() - due)
+                self.refresh_phase(phase)
+                phase += 1
             adapted = self.adapt_interval(interval, late)
             if adapted != interval:
                 interval = adapted
@@ -515,10 +587,14 @@ class Hub:
         :meth:`subscribe_events`)."""
         self._check_capacity(peer)
         sub = BookSubscriber(self, selection, depth, orders, 1.0 / max_rate if max_rate > 0 else 0.0, combine)
+        sub.slot = self._next_slot
+        self._next_slot = (self._next_slot + GOLDEN_RATIO_CONJUGATE) % 1.0
+        sub.phase = int(sub.slot * self.book_phases)
         for key in self.market.books():
             if selection.matches(key):
                 self._attach(sub, key)
         self.book_subscribers.add(sub)
+        self._count_subscriptions(sub, +1)
         self._count_peer(sub, peer)
         METRICS.subscribers.labels("book").set(len(self.book_subscribers))
         return sub
@@ -530,33 +606,48 @@ class Hub:
         if channel is None:
             channel = BookChannel(key, sub.depth, sub.orders)
             self.channels[ckey] = channel
-        rebuilt = not channel.subscribers or key in self.dirty or channel.book is None
+            self.channels_by_book.setdefault(key, []).append(channel)
+        rebuilt = not channel.subscribers or self._stale(channel)
         if rebuilt:
             self._rebuild(channel)
         channel.subscribers.add(sub)
         sub.channels[key] = channel
         return rebuilt
 
-    def _attach_new_books(self, keys: Iterable[BookKey]) -> set[BookKey]:
-        """Attaches books seen for the first time to the subscribers that want them; returns the
-        books whose channels this built (as they are now: no refresh needed for this batch)."""
-        built: set[BookKey] = set()
+    def _attach_new_books(self, keys: Iterable[BookKey]) -> None:
+        """Attaches books seen for the first time to the subscribers that want them (built as
+        they are now, and announced at once)."""
         for sub in self.book_subscribers:
             for key in keys:
                 if sub.selection.matches(key) and key not in sub.channels:
-                    if self._attach(sub, key):
-                        built.add(key)
+                    self._attach(sub, key)
+                    self._count_subscriptions(sub, +1, books=1)
                     sub.notify(sub.channels[key])
-        return built
 
     def unsubscribe_books(self, sub: BookSubscriber) -> None:
+        if sub not in self.book_subscribers:
+            return
         self.book_subscribers.discard(sub)
         self._uncount_peer(sub)
+        self._count_subscriptions(sub, -1)
         for channel in sub.channels.values():
             channel.subscribers.discard(sub)
             if not channel.subscribers:
                 self.channels.pop((channel.key, channel.depth, channel.orders), None)
+                siblings = self.channels_by_book.get(channel.key, [])
+                if channel in siblings:
+                    siblings.remove(channel)
+                if not siblings:
+                    self.channels_by_book.pop(channel.key, None)
         METRICS.subscribers.labels("book").set(len(self.book_subscribers))
+
+    def _count_subscriptions(self, sub: BookSubscriber, sign: int, books: int | None = None) -> None:
+        """Counts the book messages a refresh sends (one per book, one if combined) and re-phases."""
+        messages = 1 if sub.combine else (len(sub.channels) if books is None else books)
+        if sub.combine and books is not None:
+            return  # a combined subscriber's count does not grow with its books
+        self.book_subscriptions += sign * messages
+        self._set_phases()
 
     def _encode_range(self, batches: list[Batch], selection: Selection, max_records: int) -> list[tuple[int, Payload]]:
         """Consecutive batches as one variant's messages, encoded once for every subscriber that

@@ -47,6 +47,7 @@ class Metrics:
     events_queue_depth: Gauge
     events_coalesced_batches: Counter
     book_refresh_interval_seconds: Gauge
+    book_refresh_phases: Gauge
     conflations: Counter
     slow_reader_disconnects: Counter
     rpcs: Counter
@@ -86,6 +87,11 @@ METRICS = Metrics(
         "mbostream_book_refresh_interval_seconds",
         "Current book-channel refresh interval: the configured one, stretched up to MBOSTREAM_BOOK_INTERVAL_MAX_MS while "
         "the event loop runs late (book streams then conflate instead of queueing)",
+    ),
+    book_refresh_phases=Gauge(
+        "mbostream_book_refresh_phases",
+        "Phases each book refresh interval is split into: book subscribers are spread over them so a refresh leaves as "
+        "small bursts (at most 64 book messages each)",
     ),
     conflations=Counter("mbostream_book_updates_conflated", "Book updates replaced by a newer one before sending"),
     slow_reader_disconnects=Counter("mbostream_slow_reader_disconnects", "StreamEvents clients cut off for lagging"),
