@@ -15,3 +15,8 @@ class WriterConflictError(BusError):
 
 class BusGapError(BusError):
     """The record stream skipped replay positions a gateway had not applied (retention dropped them)."""
+
+    def __init__(self, first_missing: int, last_missing: int) -> None:
+        super().__init__(f"the record stream skipped positions {first_missing}..{last_missing}")
+        self.first_missing = first_missing
+        self.last_missing = last_missing

@@ -13,8 +13,14 @@ drops while the cold start reads it means the start was dropped: snapshots. Heal
 NOT_SERVING until the gateway is at the live edge: it has applied the stream's last message at
 start, and then, re-reading the stream's end, is within :data:`LIVE_EDGE_SECONDS` of it. A resume
 a little ahead of the applied position waits for it (:meth:`BusFeed.catch_up`). A record at or
-below the applied position is a duplicate and dropped; a skipped position is a gap: counted,
-logged, and the gateway stops (exit 2) so that it restarts from the snapshots.
+below the applied position is a duplicate and dropped.
+
+A skipped position is a gap, and the gateway resyncs in place (:class:`Resync`): the server stops
+serving (health NOT_SERVING, every stream ended as a restart ends it), the books are rebuilt in a
+fresh market and hub from snapshots taken at or after the gap, exactly as at a cold start, and the
+gateway is SERVING again once at the live edge. Counted (``mbostream_bus_gaps``,
+``mbostream_bus_resyncs``), one log line. Without a :class:`Resync` the gap stops the feed
+(:class:`~mbostream.bus.errors.BusGapError`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
 import nats.errors
@@ -37,7 +43,7 @@ from mbostream.bus import codec
 from mbostream.bus.errors import BusError, BusGapError
 from mbostream.bus.streams import FIRST_SEQ, LAST_SEQ, RECORDS_STREAM, RECORDS_SUBJECT, SNAPSHOTS_STREAM, TS_OUT
 from mbostream.errors import CatchingUpError, ReplayPositionError
-from mbostream.bus.metrics import DUPLICATES_DROPPED, GAPS
+from mbostream.bus.metrics import DUPLICATES_DROPPED, GAPS, RESYNCS
 from mbostream.feed import Batch, Publisher
 from mbostream import tracing
 from mbostream.metrics import METRICS
@@ -57,6 +63,9 @@ LIVE_EDGE_SECONDS: Final = 0.5
 CATCH_UP_WAIT_SECONDS: Final = 3.0
 #: Reads of the stream's first message retried when retention drops it in between.
 FIRST_MESSAGE_ATTEMPTS: Final = 20
+#: How long a snapshot read waits before looking again (a newer round is written every
+#: ``snapshot_interval_seconds`` by the replayer).
+SNAPSHOT_RETRY_SECONDS: Final = 0.25
 _NO_EVENTS = np.zeros(0, dtype=EVENT_DTYPE)
 
 
@@ -121,15 +130,35 @@ async def _stream_seq_after(js: JetStreamContext, position: int) -> tuple[int, i
     return low, state.last_seq
 
 
-class BusFeed:
-    """A gateway's feed: the record stream applied to ``market`` and published to ``hub``."""
+class Resync(Protocol):
+    """What the server around a :class:`BusFeed` does when a gap makes it rebuild its books."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, market: Market, hub: Publisher, *, epoch: str) -> None:
+    async def stop_serving(self) -> None:
+        """Health NOT_SERVING and every open stream ended, as a restart would end it; SERVING
+        again once :attr:`BusFeed.loaded` is set again."""
+        ...
+
+    def fresh_market(self) -> tuple[Market, Publisher]:
+        """An empty market and hub that replace the old ones everywhere they are served from;
+        the snapshots are applied to them at once (no await in between)."""
+        ...
+
+
+class BusFeed:
+    """A gateway's feed: the record stream applied to ``market`` and published to ``hub``.
+
+    ``resync``: how a gap is handled in place (None: a gap stops the feed with BusGapError).
+    """
+
+    def __init__(
+        self, nc: Client, js: JetStreamContext, market: Market, hub: Publisher, *, epoch: str, resync: Resync | None = None
+    ) -> None:
         self.nc = nc
         self.js = js
         self.market = market
         self.hub = hub
         self.epoch = epoch
+        self.resync = resync
         #: Replay position of the last record applied.
         self.position = 0
         #: Set once the stream's last message at start is applied (health SERVING).
@@ -147,9 +176,9 @@ class BusFeed:
 
     async def run(self) -> None:
         await self._cold_start()
-        if self._next_stream_seq > self._target:  # the snapshots reflect the whole stream already
-            await self._reached_target(self._target)
         while not self._stopping:
+            if self._next_stream_seq > self._target and not self.loaded.is_set():
+                await self._reached_target(self._target)  # the snapshots reflect the whole stream already
             reconnects = self.nc.stats["reconnects"]
             try:
                 sub = await _ordered(self.js, self._next_stream_seq)
@@ -157,11 +186,18 @@ class BusFeed:
                 log.info("bus subscribe failed (%s); retrying", exc or type(exc).__name__)
                 await asyncio.sleep(0.2)
                 continue
+            gap = None
             try:
                 await self._consume(sub, reconnects)
+            except BusGapError as exc:
+                if self.resync is None:
+                    raise
+                gap = exc
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+            if gap is not None:
+                await self._resync(gap)
 
     async def _consume(self, sub: JetStreamContext.PushSubscription, reconnects: int) -> None:
         """Applies messages until the connection was re-established (then the caller resubscribes)."""
@@ -246,25 +282,75 @@ class BusFeed:
                 # Retention dropped the first message since stream_info (a stream at its byte
                 # limit): the start is gone; read the state again for the snapshots' path.
                 continue
-        await self._from_snapshots(state.messages)
-
-    async def _from_snapshots(self, messages: int) -> None:
-        for attempt in range(FIRST_MESSAGE_ATTEMPTS):
-            snapshots = await self._snapshots()
-            if snapshots:
-                position = min(snap.position for snap in snapshots.values())
-                try:
-                    self._next_stream_seq, _ = await stream_seq_after(self.js, position)
-                except ReplayPositionError:
-                    # Retention already dropped what follows the oldest snapshot: a newer one comes soon.
-                    if attempt == FIRST_MESSAGE_ATTEMPTS - 1:
-                        raise
-                    await asyncio.sleep(0.25)
-                    continue
-                break
-            if not messages:
+        found = await self._snapshots_after(0, wait=False)
+        if found is None:
+            if not state.messages:
                 return  # nothing on the bus yet
             raise BusError("the record stream no longer starts at position 1 and no book snapshot is stored yet")
+        snapshots, self._next_stream_seq = found
+        self._apply_snapshots(snapshots)
+        log.info("gateway cold start from snapshots", extra={"books": len(snapshots), "position": self.position})
+
+    async def _resync(self, gap: BusGapError) -> None:
+        """Rebuilds the books in place after a gap, as a cold start from snapshots would (see the
+        module's docstring); the feed then goes on from the snapshots' position."""
+        started = time.monotonic()
+        self.loaded.clear()
+        assert self.resync is not None
+        await self.resync.stop_serving()
+        # Snapshots older than the gap would lead back into it: wait for a round taken after it.
+        found = await self._snapshots_after(gap.last_missing, wait=True)
+        if found is None:
+            return  # stopping
+        snapshots, next_stream_seq = found
+        self._target = (await self.js.stream_info(RECORDS_STREAM)).state.last_seq
+        self.market, self.hub = self.resync.fresh_market()
+        self._skip = {}
+        self._apply_snapshots(snapshots)
+        self._next_stream_seq = next_stream_seq
+        RESYNCS.inc()
+        log.warning(
+            "bus gap: positions %d..%d are gone from the record stream; books rebuilt from the snapshots at %d",
+            gap.first_missing,
+            gap.last_missing,
+            self.position,
+            extra={"books": len(snapshots), "position": self.position, "seconds": round(time.monotonic() - started, 3)},
+        )
+
+    async def _snapshots_after(
+        self, after: int, *, wait: bool
+    ) -> tuple[dict[BookKey, codec.SnapshotMessage], int] | None:
+        """The latest snapshot of every book, all at or after replay position ``after`` and still
+        followed by the stream, with the stream sequence to go on from.
+
+        Without ``wait``: None when no snapshot is stored, ReplayPositionError when retention keeps
+        dropping what follows them. With ``wait``: looks again until such a round is stored (a bus
+        that is away is waited for too); None only when the feed stops meanwhile.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                snapshots = await self._snapshots()
+                oldest = min((snap.position for snap in snapshots.values()), default=-1)
+                if oldest >= after:
+                    return snapshots, (await stream_seq_after(self.js, oldest))[0]
+                if not wait and not snapshots:
+                    return None
+            except ReplayPositionError:
+                # Retention already dropped what follows the oldest snapshot: a newer one comes soon.
+                if not wait and attempt >= FIRST_MESSAGE_ATTEMPTS:
+                    raise
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                if not wait:
+                    raise
+                log.info("bus read failed (%s); snapshots read again shortly", exc or type(exc).__name__)
+            if self._stopping:
+                return None
+            await asyncio.sleep(SNAPSHOT_RETRY_SECONDS)
+
+    def _apply_snapshots(self, snapshots: dict[BookKey, codec.SnapshotMessage]) -> None:
+        """Each book from its snapshot and saved statistics; the records each reflects are skipped."""
         for key, snap in snapshots.items():
             self.market.apply(snap.records.copy(), complete_events=True)
             if snap.state:  # the book's statistics at the snapshot: the same counters as the replayer's
@@ -272,7 +358,6 @@ class BusFeed:
             self._skip[key] = snap.position
         self.position = min(self._skip.values())
         self.hub.position = self.position  # type: ignore[attr-defined]
-        log.info("gateway cold start from snapshots", extra={"books": len(snapshots), "position": self.position})
 
     async def _snapshots(self) -> dict[BookKey, codec.SnapshotMessage]:
         try:
@@ -299,10 +384,7 @@ class BusFeed:
             return
         if msg.first_seq != self.position + 1:
             GAPS.inc()
-            raise BusGapError(
-                f"the record stream skipped positions {self.position + 1}..{msg.first_seq - 1}; "
-                "the gateway stops to restart from the book snapshots"
-            )
+            raise BusGapError(self.position + 1, msg.first_seq - 1)
         records = msg.records
         if self._skip:
             events = self._apply_past_snapshots(msg)
@@ -355,6 +437,8 @@ class StreamHistory:
                     continue
                 records = record.records
                 first = record.first_seq
+                if first > after + 1:  # a hole in the stream: the resume cannot be served, never silently
+                    raise ReplayPositionError(after, first - 1)
                 if first <= after:
                     records, first = records[after - first + 1 :], after + 1
                 after = record.last_seq

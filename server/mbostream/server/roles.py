@@ -10,6 +10,9 @@ Both are the embedded server (:class:`~mbostream.server.app.App`) with another s
   (:class:`~mbostream.bus.ingest.BusFeed`), and resumes older than its memory are read from the
   stream. Health is NOT_SERVING until it is at the live edge; a resume a little ahead of it waits
   for it (UNAVAILABLE after a few seconds, so Envoy or the client retries on another gateway).
+  A gap in the bus is resynced in place (the process stays up): NOT_SERVING, every stream ended
+  UNAVAILABLE as at a restart, the books rebuilt in a fresh market and hub from the snapshots,
+  SERVING again at the live edge (docs/bus.md, "Gaps").
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2
 from nats.js.errors import NotFoundError
 
 from mbostream.bus import codec
@@ -38,11 +42,12 @@ from mbostream.bus.streams import (
     tls_context,
 )
 from mbostream.config import Settings
-from mbostream.errors import ConfigError
+from mbostream.errors import CatchingUpError, ConfigError
 from mbostream.feed import Batch, Publisher
+from mbostream.hub import Hub
 from mbostream.server import market_data
 from mbostream.server.app import App, Feed
-from mbostream_core.market import BookKey
+from mbostream_core.market import BookKey, Market
 from mbostream_core.prices import UNDEF_PRICE
 from mbostream_core.records import F_LAST, MBO_DTYPE, MBO_LENGTH_WORDS, RTYPE_MBO
 
@@ -165,14 +170,60 @@ class GatewayApp(_BusApp):
         return [], meta.symbols, meta.dataset, meta.epoch
 
     def _make_feed(self, files: list[str]) -> Feed:
-        self.ingest = BusFeed(self.nc, self.js, self.market, self.hub, epoch=self.hub.epoch)
+        self.ingest = BusFeed(self.nc, self.js, self.market, self.hub, epoch=self.hub.epoch, resync=self)
         return self.ingest
 
     def _handlers(self, dataset: str) -> tuple[grpc.GenericRpcHandler, ...]:
-        service = market_data.MarketDataService(
+        self.service = market_data.MarketDataService(
             self.market, self.hub, dataset, history=StreamHistory(self.js), catch_up=self.ingest.catch_up
         )
-        return (market_data.handler(service),)
+        return (market_data.handler(self.service),)
+
+    # -- resync after a gap (the ingest's Resync) ---------------------------------------------------
+    async def stop_serving(self) -> None:
+        """NOT_SERVING (Envoy and readiness probes move clients away) and every stream ended as a
+        restart ends it: an event stream gets what it was queued (contiguous), then UNAVAILABLE,
+        so the client resumes; a book stream UNAVAILABLE, so it reconnects for a fresh snapshot.
+        Unary reads keep answering from the old books, consistent at the position they state,
+        until the rebuilt ones replace them."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        for sub in self.hub.event_subscribers:
+            sub.error = CatchingUpError(
+                f"this gateway resyncs its books after a gap in the bus (at position {self.hub.position}); "
+                "resume with start_after_sequence"
+            )
+        self.hub.close()
+        self._background_task("health", self._serving_when_loaded())
+
+    def fresh_market(self) -> tuple[Market, Publisher]:
+        """A new, empty market and hub (the old hub's settings) in place of the old ones."""
+        old = self.hub
+        self.market = Market(self.market.symbols)
+        self.hub = Hub(self.market, **{name: getattr(old, name) for name in _HUB_SETTINGS})
+        self.hub.sinks.extend(old.sinks)
+        self.service.market, self.service.hub = self.market, self.hub
+        self._background_task("book-ticker", self.hub.run_ticker())
+        return self.market, self.hub
+
+    def _background_task(self, name: str, coro: Any) -> None:
+        """Runs ``coro`` as one of the server's tasks (a failure stops it; shutdown cancels it)."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+
+#: What a resynced gateway's new hub takes over from the old one (the constructor's names).
+_HUB_SETTINGS = (
+    "event_encoder",
+    "book_encoder",
+    "replay_buffer_records",
+    "subscriber_buffer_batches",
+    "max_streams",
+    "max_streams_per_peer",
+    "book_interval",
+    "book_interval_max",
+    "epoch",
+)
 
 
 async def run_role(app: App) -> int:

@@ -8,29 +8,20 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"time"
 
+	"github.com/mbostream/mbostream/clients/go/internal/tool"
 	"github.com/mbostream/mbostream/clients/go/mbostream"
 )
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: tracedcall HOST:PORT")
-		os.Exit(2)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), tool.DialTimeout)
 	defer cancel()
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	client, err := mbostream.Dial(ctx, os.Args[1], mbostream.WithTraceparent(), mbostream.WithLogger(logger))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "tracedcall:", err)
-		os.Exit(1)
-	}
+	client := tool.Dial(ctx, mbostream.WithTraceparent(), mbostream.WithLogger(logger))
 	defer client.Close()
 	instruments, err := client.ListInstruments(ctx)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "tracedcall:", err)
-		os.Exit(1)
+		tool.Fail(err)
 	}
 	fmt.Println(len(instruments), "instruments")
 }

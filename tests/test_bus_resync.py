@@ -1,0 +1,330 @@
+"""A gateway resyncs in place after a gap in the bus (issue 14, docs/bus.md "Gaps").
+
+Real nats-server, real ``mbostream replay`` and ``gateway`` processes, the Python and Go clients.
+The gap is made as retention makes it: the gateway is cut off from the bus by a TCP proxy, the
+stream is purged past the gateway's position while it is away, and the proxy lets it back. Every
+wait is bounded; every process is stopped by PID by this test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import nats as nats_client
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mbostream.bus.ingest import stream_seq_after
+from mbostream.bus.streams import FIRST_SEQ, RECORDS_STREAM
+from mbostream_client import Backoff, EventFollower, MarketDataClient
+from mbostream_core.v1 import replay_pb2
+from server_harness import AUTH, RPC_TIMEOUT, repo, run, stubs
+from test_bus import _gateway_position, _health, _scrape, books, feed, gateway, nats, replay_position, replayer, wait_position
+
+__all__ = ["feed", "nats"]  # the fixtures this module takes from test_bus
+
+#: What a follower saw, in order: ("live", first, last, count, contiguous inside) or ("snapshot", position).
+Seen = list[tuple]
+
+
+class CuttableProxy:
+    """A TCP proxy to ``127.0.0.1:upstream_port`` whose connections can all be cut, and new ones
+    refused, until :meth:`restore` (the bus goes away for the gateway only)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.refusing = False
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                if self.refusing:
+                    raise OSError("refusing")
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Closes every proxied connection and refuses new ones."""
+        self.refusing = True
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def restore(self) -> None:
+        self.refusing = False
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+class StartOverCauses(logging.Handler):
+    """The error each "cannot resume …; starting over from a snapshot" warning of EventFollower names."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.causes: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("cannot resume") and record.args:
+            self.causes.append(type(record.args[0]).__name__)  # type: ignore[index]
+
+
+class PythonFollower(threading.Thread):
+    """The Python client's EventFollower on one gateway from the live edge, recording live
+    batches, the snapshots it starts over from and why (the error its warning names)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(daemon=True)
+        self.address = address
+        self.seen: Seen = []
+        self.stats = None
+        self.error: BaseException | None = None
+        self.start_over = StartOverCauses()
+        self._stopping = False
+        logging.getLogger("mbostream_client._follow").addHandler(self.start_over)
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._follow())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    async def _follow(self) -> None:
+        async with MarketDataClient(self.address) as client:
+            follower = EventFollower(client, with_snapshot=False, backoff=Backoff(base=0.02, factor=2, cap=0.5))
+            self.stats = follower.stats
+            async for batch, new_snapshot in follower.follow():
+                seq = batch.replay_sequence
+                if batch.snapshot:
+                    if new_snapshot and len(seq):
+                        self.seen.append(("snapshot", int(seq[-1])))
+                elif len(seq):
+                    inside = bool(np.all(np.diff(seq.astype(np.int64)) == 1))
+                    self.seen.append(("live", int(seq[0]), int(seq[-1]), len(seq), inside))
+                if self._stopping:
+                    follower.stop()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.join(30)
+        logging.getLogger("mbostream_client._follow").removeHandler(self.start_over)
+
+
+class GoFollower:
+    """The Go client's EventStream (``clients/go/internal/followevents -snapshots``) on one gateway."""
+
+    def __init__(self, binary: Path, address: str, log: Path) -> None:
+        with log.open("ab") as err:
+            self.process = subprocess.Popen([str(binary), "-snapshots", address], stdout=subprocess.PIPE, stderr=err, text=True)
+        self.seen: Seen = []
+        #: connections, resumes, rebuilds, OUT_OF_RANGE answers, gaps and duplicates the client caught.
+        self.stats: tuple[int, ...] | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            fields = line.split()
+            if fields[0] == "stats":
+                self.stats = tuple(int(f) for f in fields[1:])
+            elif fields[0] == "snapshot":
+                self.seen.append(("snapshot", int(fields[1])))
+            else:
+                first, last, count = (int(f) for f in fields)
+                self.seen.append(("live", first, last, count, last - first + 1 == count))
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(30)
+        self._reader.join(10)
+        return code
+
+
+def build_followevents(out: Path) -> Path:
+    binary = out / "followevents"
+    subprocess.run(
+        ["go", "build", "-buildvcs=false", "-o", str(binary), "./internal/followevents"],
+        cwd=repo() / "clients" / "go", check=True, timeout=600, capture_output=True,
+    )  # fmt: skip
+    return binary
+
+
+def live_batches(seen: Seen) -> int:
+    return sum(1 for item in seen if item[0] == "live")
+
+
+def assert_no_silent_gap(name: str, seen: Seen) -> int:
+    """Every live batch follows the one before it, except right after an explicit snapshot, whose
+    position the next live batch follows; returns how many snapshots the client started over from."""
+    assert live_batches(seen), f"{name}: no live batch"
+    expected: int | None = None
+    snapshots = 0
+    for item in seen:
+        if item[0] == "snapshot":
+            snapshots += 1
+            expected = item[1] + 1
+            continue
+        _, first, last, count, inside = item
+        assert inside and last - first + 1 == count, f"{name}: batch {first}..{last} is not contiguous"
+        assert expected is None or first == expected, f"{name}: {first} came where {expected} was due (a gap or a duplicate)"
+        expected = last + 1
+    return snapshots
+
+
+class HealthWatch(threading.Thread):
+    """Every health status the server reports (gRPC health Watch), in order."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(daemon=True)
+        self.channel = grpc.insecure_channel(address)
+        self.statuses: list[int] = []
+
+    def run(self) -> None:
+        call = health_pb2_grpc.HealthStub(self.channel).Watch(health_pb2.HealthCheckRequest(), timeout=300)
+        with contextlib.suppress(grpc.RpcError):
+            for reply in call:
+                self.statuses.append(reply.status)
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.join(10)
+
+
+async def purge_after(url: str, position: int, messages: int) -> tuple[int, int]:
+    """Purges the record stream up to ``messages`` messages past the one holding ``position + 1``,
+    as retention would; returns the replay positions now missing after ``position``."""
+    nc = await nats_client.connect(url)
+    try:
+        js = nc.jetstream()
+        stream_seq, last = await stream_seq_after(js, position)
+        assert stream_seq + messages <= last, "the replay has not published past the gateway yet"
+        await js.purge_stream(RECORDS_STREAM, seq=stream_seq + messages)
+        first = (await js.stream_info(RECORDS_STREAM)).state.first_seq
+        return position + 1, int((await js.get_msg(RECORDS_STREAM, seq=first)).headers[FIRST_SEQ]) - 1
+    finally:
+        await nc.close()
+
+
+def wait_until(check, what: str, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_gateway_resyncs_in_place_after_a_gap(nats, feed, tmp_path) -> None:
+    """A gap in the bus under a SERVING gateway with live Python and Go clients: the process stays
+    up (same PID), reports NOT_SERVING then SERVING, counts the gap and the resync and logs one
+    line; both clients either get contiguous positions or start over from an explicit snapshot
+    (never a silent gap or duplicate); afterwards its books equal the replayer's at the same position."""
+    go_binary = build_followevents(tmp_path)
+    replay = replayer(nats, feed, tmp_path, "--rate", "20000", "--loop", "--snapshot-interval-seconds", "0.5")
+    proxy = CuttableProxy(nats.port)
+    gw = gateway(nats, tmp_path, "--metrics-port", "0", "--nats", f"nats://127.0.0.1:{proxy.port}")
+    assert gw.process is not None
+    pid = gw.process.pid
+    watch = HealthWatch(gw.address)
+    python = PythonFollower(gw.address)
+    go = GoFollower(go_binary, gw.address, tmp_path / "go.log")
+    try:
+        watch.start()
+        python.start()
+        wait_until(lambda: live_batches(python.seen) > 5 and live_batches(go.seen) > 5, "both clients streaming")
+
+        proxy.cut()  # the gateway loses the bus; the replay goes on
+        before = -1
+        while (position := _gateway_position(gw.address)) != before:
+            before = position
+            time.sleep(0.5)
+        missing = run(purge_after(nats.url, position, 5))
+        proxy.restore()
+
+        wait_until(lambda: "bus gap:" in gw.log_path.read_text(), "the resync's log line")
+        wait_until(lambda: _health(gw.address) == health_pb2.HealthCheckResponse.SERVING, "SERVING again")
+        resynced_at = _gateway_position(gw.address)
+        wait_until(
+            lambda: any(i[0] == "live" and i[1] > resynced_at for i in python.seen)
+            and any(i[0] == "live" and i[1] > resynced_at for i in go.seen),
+            "both clients streaming after the resync",
+        )
+
+        with grpc.insecure_channel(replay.address) as channel:
+            stubs(channel)[1].Pause(replay_pb2.PauseRequest(), timeout=RPC_TIMEOUT, metadata=AUTH)
+        paused = replay_position(replay)
+        wait_position(gw, paused)
+        gateway_books, replayed = books(gw), books(replay)
+        assert gateway_books.keys() == replayed.keys() and len(replayed) == 4
+        assert {k: v.SerializeToString() for k, v in gateway_books.items()} == {
+            k: v.SerializeToString() for k, v in replayed.items()
+        }
+
+        python.stop()
+        assert go.stop() == 0
+        assert python.error is None, python.error
+        for name, seen in (("python", python.seen), ("go", go.seen)):
+            assert assert_no_silent_gap(name, seen) == 1, f"{name}: expected one explicit start-over, saw {seen}"
+        # The one start-over is the server's explicit OUT_OF_RANGE (the positions are gone), not a
+        # discontinuity the client had to catch itself.
+        assert python.stats is not None and python.stats.rebuilds == 1, python.stats
+        assert python.start_over.causes == ["ResumeOutOfRangeError"], python.start_over.causes
+        assert go.stats is not None and go.stats[2:] == (1, 1, 0, 0), go.stats
+
+        assert gw.process is not None and gw.process.poll() is None and gw.process.pid == pid
+        log = gw.log_path.read_text()
+        assert log.count("bus gap:") == 1, log[-3000:]
+        assert f"positions {missing[0]}..{missing[1]}" in log, (missing, log[-3000:])
+        metrics = _scrape(gw.metrics_port)
+        assert metrics["mbostream_bus_gaps_total"] == 1
+        assert metrics["mbostream_bus_resyncs_total"] == 1
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        transitions = [s for i, s in enumerate(watch.statuses) if i == 0 or s != watch.statuses[i - 1]]
+        assert transitions[-3:] == [serving, not_serving, serving], watch.statuses
+    finally:
+        watch.stop()
+        python.stop()
+        if go.process.poll() is None:
+            go.process.kill()
+            go.process.wait(10)
+        gw.stop()
+        proxy.close()
+        replay.stop()
