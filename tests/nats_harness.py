@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from server_harness import free_port, repo
+from server_harness import free_port, repo, stop_process
 
 #: Upper bound for a server to answer its health check after a (re)start.
 START_TIMEOUT: Final = 30.0
@@ -117,15 +117,7 @@ class NatsServer:
     def stop(self, grace: float = 10) -> int | None:
         """SIGTERM by PID, then SIGKILL after ``grace`` seconds; returns the exit code."""
         process, self.process = self.process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait(grace)
+        return stop_process(process, grace)
 
 
 @contextlib.contextmanager

@@ -197,15 +197,21 @@ class ServeProcess:
     def stop(self, grace: float = 20) -> int | None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code."""
         process, self.process = self.process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait(grace)
+        return stop_process(process, grace)
+
+
+def stop_process(process: subprocess.Popen[Any] | None, grace: float) -> int | None:
+    """Stops a process this test started, by its PID: SIGTERM, then SIGKILL after ``grace``
+    seconds; returns its exit code (None when there was none to stop)."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(grace)
 
 
 def _drain(stream: IO[str], lines: queue.Queue[str | None]) -> None:
