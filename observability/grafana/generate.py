@@ -89,6 +89,19 @@ def quantiles(metric: str) -> tuple[Query, ...]:
 
 BY_PROCESS: Final = "{{role}} {{instance}}"
 
+
+def chart(
+    title: str, description: str, expr: str, legend: str = "{{instance}}", *, unit: str, kind: str = "timeseries", width: int = WIDTH
+) -> Chart:
+    """A panel of one query."""
+    return Chart(title, description, (q(expr, legend),), unit, kind, width)
+
+
+def per_second(title: str, description: str, metric: str, legend: str = "{{instance}}", *, by: str = "instance", unit: str = "ops") -> Chart:
+    """A panel of one counter's rate, summed ``by`` some labels."""
+    return chart(title, description, f"sum by ({by}) (rate({metric}[{RATE}]))", legend, unit=unit)
+
+
 FEED = Board(
     uid="mbostream-feed",
     title="mbostream / Feed",
@@ -97,11 +110,10 @@ FEED = Board(
         (
             "Flow",
             (
-                Chart(
+                per_second(
                     "Records applied per second",
                     "MBO records applied to the books, per process (the replay, or a gateway applying the bus's batches).",
-                    (q(f"sum by (role, instance) (rate(mbostream_records_ingested_total[{RATE}]))", BY_PROCESS),),
-                    "ops",
+                    "mbostream_records_ingested_total", BY_PROCESS, by="role, instance",
                 ),
                 Chart(
                     "Replay rate and target",
@@ -112,73 +124,60 @@ FEED = Board(
                     ),
                     "ops",
                 ),
-                Chart(
+                chart(
                     "Replay running",
                     "1 while the replay runs; 0 when paused, finished or stopped (FeedStalled only pages a running one).",
-                    (q("mbostream_replay_running", "{{instance}}"),),
-                    "none",
-                    kind="stat",
+                    "mbostream_replay_running", unit="none", kind="stat",
                 ),
-                Chart(
+                chart(
                     "Ready (SERVING)",
                     "1 while the process answers health checks with SERVING.",
-                    (q("mbostream_serving", BY_PROCESS),),
-                    "none",
-                    kind="stat",
+                    "mbostream_serving", BY_PROCESS, unit="none", kind="stat",
                 ),
             ),
         ),
         (
             "Cost",
             (
-                Chart(
+                chart(
                     "Apply time per batch (p99)",
                     "Time the engine takes to apply one replay batch to the books.",
-                    (q(p99("mbostream_apply_seconds", "instance"), "{{instance}}"),),
-                    "s",
+                    p99("mbostream_apply_seconds", "instance"), unit="s",
                 ),
-                Chart(
+                chart(
                     "Publish time per batch (p99)",
                     "Time the hub takes to hand one batch to every subscriber and sink.",
-                    (q(p99("mbostream_publish_seconds", "instance"), "{{instance}}"),),
-                    "s",
+                    p99("mbostream_publish_seconds", "instance"), unit="s",
                 ),
-                Chart(
+                chart(
                     "Time spent waiting for storage",
                     "Share of time the replay waited for a storage sink that could not keep up (backpressure).",
-                    (q(f"rate(mbostream_replay_sink_wait_seconds_total[{RATE}])", "{{instance}}"),),
-                    "percentunit",
+                    f"rate(mbostream_replay_sink_wait_seconds_total[{RATE}])", unit="percentunit",
                 ),
-                Chart(
+                per_second(
                     "Book anomalies",
                     "Records the engine could not apply literally, by kind (a data problem, not a server one).",
-                    (q(f"sum by (kind) (rate(mbostream_book_anomalies_total[{RATE}]))", "{{kind}}"),),
-                    "ops",
+                    "mbostream_book_anomalies_total", "{{kind}}", by="kind",
                 ),
             ),
         ),
         (
             "Processes",
             (
-                Chart(
+                chart(
                     "CPU",
                     "CPU seconds per second of each mbostream process (1 = one core).",
-                    (q(f"rate(process_cpu_seconds_total{{job=~\"mbostream.*\"}}[{RATE}])", BY_PROCESS),),
-                    "percentunit",
+                    f"rate(process_cpu_seconds_total{{job=~\"mbostream.*\"}}[{RATE}])", BY_PROCESS, unit="percentunit",
                 ),
-                Chart(
+                chart(
                     "Resident memory",
                     "Resident set size of each mbostream process.",
-                    (q('process_resident_memory_bytes{job=~"mbostream.*"}', BY_PROCESS),),
-                    "bytes",
+                    'process_resident_memory_bytes{job=~"mbostream.*"}', BY_PROCESS, unit="bytes",
                 ),
-                Chart(
+                chart(
                     "Scrape targets up",
                     "1 when Prometheus scraped the process at its last attempt.",
-                    (q('up{job=~"mbostream.*"}', BY_PROCESS),),
-                    "none",
-                    kind="stat",
-                    width=24,
+                    'up{job=~"mbostream.*"}', BY_PROCESS, unit="none", kind="stat", width=24,
                 ),
             ),
         ),
@@ -219,24 +218,20 @@ LATENCY = Board(
                     quantiles("mbostream_book_age_seconds"),
                     "s",
                 ),
-                Chart(
+                chart(
                     "Book age distribution",
                     "Book messages per age bucket over time.",
-                    (q(f"sum by (le) (increase(mbostream_book_age_seconds_bucket[{RATE}]))", "{{le}}"),),
-                    "s",
-                    kind="heatmap",
+                    f"sum by (le) (increase(mbostream_book_age_seconds_bucket[{RATE}]))", "{{le}}", unit="s", kind="heatmap",
                 ),
-                Chart(
+                chart(
                     "Book refresh interval",
                     "The book channels' refresh interval: the configured one, stretched while the event loop runs late.",
-                    (q("mbostream_book_refresh_interval_seconds", "{{instance}}"),),
-                    "s",
+                    "mbostream_book_refresh_interval_seconds", unit="s",
                 ),
-                Chart(
+                chart(
                     "Book age p99 per process",
                     "The SLO threshold is 250 ms.",
-                    (q(p99("mbostream_book_age_seconds", "role, instance"), BY_PROCESS),),
-                    "s",
+                    p99("mbostream_book_age_seconds", "role, instance"), BY_PROCESS, unit="s",
                 ),
             ),
         ),
@@ -249,11 +244,10 @@ LATENCY = Board(
                     quantiles("mbostream_publish_to_client_seconds"),
                     "s",
                 ),
-                Chart(
+                chart(
                     "Unary RPC duration (p99)",
                     "GetBook and ListInstruments, and the replay controls, as the server measures them.",
-                    (q(p99("mbostream_rpc_seconds", "method", '{method!~"Stream.*|Check|Watch"}'), "{{method}}"),),
-                    "s",
+                    p99("mbostream_rpc_seconds", "method", '{method!~"Stream.*|Check|Watch"}'), "{{method}}", unit="s",
                 ),
             ),
         ),
@@ -268,17 +262,15 @@ CLIENTS = Board(
         (
             "Streams and RPCs",
             (
-                Chart(
+                chart(
                     "Open streams",
                     "Open StreamEvents and StreamBook streams per process.",
-                    (q("mbostream_subscribers", "{{stream}} {{instance}}"),),
-                    "short",
+                    "mbostream_subscribers", "{{stream}} {{instance}}", unit="short",
                 ),
-                Chart(
+                chart(
                     "RPCs and streams ended, by method and code",
                     "Finished calls per second (streams count when they end); health checks left out.",
-                    (q("mbostream:rpcs:rate5m", "{{method}} {{code}}"),),
-                    "reqps",
+                    "mbostream:rpcs:rate5m", "{{method}} {{code}}", unit="reqps",
                 ),
                 Chart(
                     "Server errors (availability SLI)",
@@ -297,29 +289,25 @@ CLIENTS = Board(
         (
             "Slow clients",
             (
-                Chart(
+                chart(
                     "Slow readers cut off",
                     "StreamEvents clients cut off for falling further behind than their buffer (they resume).",
-                    (q(f"sum by (role, instance) (increase(mbostream_slow_reader_disconnects_total[{RATE}]))", BY_PROCESS),),
-                    "short",
+                    f"sum by (role, instance) (increase(mbostream_slow_reader_disconnects_total[{RATE}]))", BY_PROCESS, unit="short",
                 ),
-                Chart(
+                chart(
                     "Deepest StreamEvents queue",
                     "Batches waiting in the fullest event subscriber's queue.",
-                    (q("mbostream_events_queue_depth_max", "{{instance}}"),),
-                    "short",
+                    "mbostream_events_queue_depth_max", unit="short",
                 ),
-                Chart(
+                per_second(
                     "Book updates conflated",
                     "Book updates a slow StreamBook client skipped because a newer book replaced them.",
-                    (q(f"sum by (instance) (rate(mbostream_book_updates_conflated_total[{RATE}]))", "{{instance}}"),),
-                    "ops",
+                    "mbostream_book_updates_conflated_total",
                 ),
-                Chart(
+                per_second(
                     "Event batches coalesced for catching-up readers",
                     "Replay batches merged into an earlier message for a StreamEvents reader that fell behind.",
-                    (q(f"sum by (instance) (rate(mbostream_events_coalesced_batches_total[{RATE}]))", "{{instance}}"),),
-                    "ops",
+                    "mbostream_events_coalesced_batches_total",
                 ),
             ),
         ),
@@ -334,17 +322,15 @@ STORAGE = Board(
         (
             "Writes",
             (
-                Chart(
+                per_second(
                     "Points written per second",
                     "Points InfluxDB acknowledged (a re-sent point counts again).",
-                    (q(f"sum by (instance) (rate(mbostream_storage_points_written_total[{RATE}]))", "{{instance}}"),),
-                    "ops",
+                    "mbostream_storage_points_written_total",
                 ),
-                Chart(
+                chart(
                     "Write latency (p99)",
                     "Latency of write requests InfluxDB acknowledged.",
-                    (q(p99("mbostream_storage_write_latency_seconds", "instance"), "{{instance}}"),),
-                    "s",
+                    p99("mbostream_storage_write_latency_seconds", "instance"), unit="s",
                 ),
                 Chart(
                     "Write errors and retries",
@@ -369,29 +355,25 @@ STORAGE = Board(
         (
             "Backlog",
             (
-                Chart(
+                chart(
                     "Spool size",
                     "Bytes on disk waiting for InfluxDB (MBOSTREAM_SPOOL_MAX_BYTES caps it).",
-                    (q("mbostream_storage_spool_bytes", "{{instance}}"),),
-                    "bytes",
+                    "mbostream_storage_spool_bytes", unit="bytes",
                 ),
-                Chart(
+                chart(
                     "Spool age",
                     "Age of the oldest spooled data (the StorageBacklog alert fires over 5 minutes).",
-                    (q("mbostream_storage_spool_oldest_age_seconds", "{{instance}}"),),
-                    "s",
+                    "mbostream_storage_spool_oldest_age_seconds", unit="s",
                 ),
-                Chart(
+                chart(
                     "Formatting queue",
                     "Bytes handed to the line-protocol thread and not yet formatted (MBOSTREAM_STORAGE_MAX_BACKLOG_BYTES makes the replay wait).",
-                    (q("mbostream_storage_format_queue_bytes", "{{instance}}"),),
-                    "bytes",
+                    "mbostream_storage_format_queue_bytes", unit="bytes",
                 ),
-                Chart(
+                chart(
                     "Replay waiting for storage",
                     "Share of time the replay waited for the storage backlog to shrink.",
-                    (q(f"rate(mbostream_replay_sink_wait_seconds_total[{RATE}])", "{{instance}}"),),
-                    "percentunit",
+                    f"rate(mbostream_replay_sink_wait_seconds_total[{RATE}])", unit="percentunit",
                 ),
             ),
         ),
@@ -415,28 +397,25 @@ BUS = Board(
                     ),
                     "ops",
                 ),
-                Chart(
+                chart(
                     "Bus lag (time)",
                     "Wall clock minus the publish time of the last batch each consumer got (BusLagHigh over 5 s).",
-                    (q("mbostream_bus_lag_seconds", BY_PROCESS),),
-                    "s",
+                    "mbostream_bus_lag_seconds", BY_PROCESS, unit="s",
                 ),
-                Chart(
+                chart(
                     "Bus lag (messages pending)",
                     "Messages the stream holds that each consumer has not received yet.",
-                    (q("mbostream_bus_pending_messages", BY_PROCESS),),
-                    "short",
+                    "mbostream_bus_pending_messages", BY_PROCESS, unit="short",
                 ),
-                Chart(
+                per_second(
                     "Redeliveries",
                     "Messages delivered more than once (late or lost acknowledgements).",
-                    (q(f"sum by (role, instance) (rate(mbostream_bus_redeliveries_total[{RATE}]))", BY_PROCESS),),
-                    "ops",
+                    "mbostream_bus_redeliveries_total", BY_PROCESS, by="role, instance",
                 ),
                 Chart(
                     "Duplicates dropped and gaps (gateways)",
                     "Record messages a gateway dropped as already applied, and gaps in the replay positions it saw "
-                    "(after a gap it restarts from the snapshots).",
+                    "(after a gap it resyncs in place from the snapshots: mbostream_bus_resyncs_total).",
                     (
                         q(f"sum by (instance) (increase(mbostream_bus_duplicates_dropped_total[{RATE}]))", "duplicates {{instance}}"),
                         q(f"sum by (instance) (increase(mbostream_bus_gaps_total[{RATE}]))", "gaps {{instance}}"),
@@ -449,17 +428,15 @@ BUS = Board(
         (
             "Gateways",
             (
-                Chart(
+                per_second(
                     "Resumes by source",
                     "StreamEvents resumes served from a gateway's memory or from the bus.",
-                    (q(f"sum by (source) (rate(mbostream_resumes_total[{RATE}]))", "{{source}}"),),
-                    "ops",
+                    "mbostream_resumes_total", "{{source}}", by="source",
                 ),
-                Chart(
+                chart(
                     "Ready per role",
                     "Processes answering health checks with SERVING, per role.",
-                    (q("sum by (role) (mbostream_serving)", "{{role}}"),),
-                    "short",
+                    "sum by (role) (mbostream_serving)", "{{role}}", unit="short",
                 ),
             ),
         ),
