@@ -5,24 +5,35 @@
 #   source    (default) built here: the core's wheel by maturin with the Rust toolchain, the server
 #             and client wheels, the locked dependencies (requirements/requirements.lock, hashes
 #             checked) from PyPI, the web bundle with npm. Needs the registries from inside the build.
+#             Behind a TLS-inspecting proxy, hand the build its CA bundle as a BuildKit secret:
+#             `docker build --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt ...`; it is
+#             mounted only while pip/npm/cargo run (docker/with-ca-bundle), never in a layer.
 #   prebuilt  the air-gapped path: .cache/docker-dist/{wheels,web} in the build context, prepared on
 #             a host that reaches the registries by scripts/docker-dist, installed with
 #             `pip --no-index --find-links`. Nothing is fetched during the build (the compose test
 #             builds this way with no network inside the engine).
 #
-# Base images are build arguments. Defaults: official images pinned by tag and digest; the
-# digests were read from public references, not pulled here (README, "Compose deployment").
-ARG PYTHON_IMAGE=docker.io/library/python:3.11.10-slim-bookworm@sha256:5148c0e4bbb64271bca1d3322360ebf4bfb7564507ae32dd639322e4952a6b16
-ARG RUST_IMAGE=docker.io/library/rust:1.97.1-bookworm@sha256:14bc9c5966e7b3a385794b3d5389a8765668342025fbcc7b2e3d2866ac4bd8c3
-ARG NODE_IMAGE=docker.io/library/node:20-bookworm-slim
+# Base images are build arguments. Defaults: official images pinned by tag and by the digest of the
+# tag's multi-arch index (manifest list), read from public references (no registry is reachable
+# where this was written, so none was pulled to check it):
+#   python, rust, node  docker-library/repo-info, repos/<image>/remote/<tag>.md (its `docker pull`
+#                       line, "Manifest MIME: application/vnd.oci.image.index.v1+json"):
+#                       python 3.11.16-slim-bookworm at repo-info commit 422f3cfe488d, rust
+#                       1.97.1-bookworm at 0afc2e650567, node 20-bookworm-slim (NODE_VERSION 20.20.2);
+#   envoy               the same tag@digest pinned in several public repositories (Makefiles, tests).
+# Update: `docker buildx imagetools inspect <image>:<tag>` prints the index digest.
+ARG PYTHON_IMAGE=docker.io/library/python:3.11.16-slim-bookworm@sha256:c425d915a89a6dcd3183b1797ad9bd8878caff5a417f6371c8df93c8ea8b727f
+ARG RUST_IMAGE=docker.io/library/rust:1.97.1-bookworm@sha256:593db038d36ea0d2e5b22a2e095eb95dbec607d88d658c2f35f65ee880b4f93a
+ARG NODE_IMAGE=docker.io/library/node:20-bookworm-slim@sha256:25070a03f077f5860e4f2db8d147380678ed40ead415a21eaffd5a6208f61948
 ARG ENVOY_IMAGE=docker.io/envoyproxy/envoy:v1.38.0@sha256:8146b97ee61a42cd216514709e4e3198af75f014974e3d9f310aef9c901fcbdf
 ARG DIST=source
 
 # --- DIST=source: the web bundle ----------------------------------------------------------------
 FROM ${NODE_IMAGE} AS web-source
+COPY docker/with-ca-bundle /usr/local/bin/with-ca-bundle
 WORKDIR /src/web
 COPY web/package.json web/package-lock.json ./
-RUN npm ci --no-audit --no-fund
+RUN --mount=type=secret,id=ca-bundle with-ca-bundle npm ci --no-audit --no-fund
 COPY web/ ./
 RUN npm run build
 
@@ -32,8 +43,9 @@ FROM ${RUST_IMAGE} AS wheels-source
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv python3-dev \
  && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/build \
- && /opt/build/bin/pip install --no-cache-dir "maturin==1.16.0"
+COPY docker/with-ca-bundle /usr/local/bin/with-ca-bundle
+RUN --mount=type=secret,id=ca-bundle python3 -m venv /opt/build \
+ && with-ca-bundle /opt/build/bin/pip install --no-cache-dir "maturin==1.16.0"
 WORKDIR /src
 COPY requirements/requirements.lock requirements/
 COPY server/Cargo.toml server/Cargo.lock server/
@@ -44,10 +56,12 @@ COPY server/pyproject.toml server/README.md server/
 COPY server/mbostream server/mbostream
 COPY clients/python clients/python
 WORKDIR /src/core
-RUN /opt/build/bin/maturin build --release -i /opt/build/bin/python -o /dist/wheels
+RUN --mount=type=secret,id=ca-bundle with-ca-bundle \
+      /opt/build/bin/maturin build --release -i /opt/build/bin/python -o /dist/wheels
 WORKDIR /src
-RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /dist/wheels ./server ./clients/python \
- && /opt/build/bin/pip download --no-cache-dir --no-deps --require-hashes -d /dist/wheels \
+RUN --mount=type=secret,id=ca-bundle \
+    /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /dist/wheels ./server ./clients/python \
+ && with-ca-bundle /opt/build/bin/pip download --no-cache-dir --no-deps --require-hashes -d /dist/wheels \
       -r requirements/requirements.lock
 
 FROM scratch AS dist-source
@@ -123,9 +137,10 @@ LABEL org.opencontainers.image.title="mbostream" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/mbostream/mbostream"
 COPY --from=venv /opt/mbostream /opt/mbostream
-COPY docker/healthcheck.py /usr/local/lib/mbostream/healthcheck.py
-# The only writable paths (volumes in compose; the root filesystem may be read-only).
-RUN mkdir -p /var/lib/mbostream/spool /var/cache/mbostream \
+COPY docker/healthcheck.py docker/secrets_init.py /usr/local/lib/mbostream/
+# The only writable paths (volumes in compose; the root filesystem may be read-only). `secrets` is
+# where compose's one-shot secrets-init writes the project's tokens (docker/secrets_init.py).
+RUN mkdir -p /var/lib/mbostream/spool /var/lib/mbostream/secrets /var/cache/mbostream \
  && chown -R 10001:10001 /var/lib/mbostream /var/cache/mbostream
 ENV PATH=/opt/mbostream/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -7,6 +7,11 @@ bundle, ``--network none``) on local stand-ins for the official bases (``docker/
 then ``compose.yaml`` + ``compose.test.yaml`` are brought up with ``docker compose up --wait``.
 The host talks to the stack only through ports published on 127.0.0.1.
 
+Nothing is prepared for compose but the images: the one-shot ``secrets-init`` service makes the
+project's tokens (``docker/secrets_init.py``), which the test reads back from the containers. The UI
+is loaded through Envoy's published port in headless Chromium (``playwright-core``, Debian's
+``/usr/bin/chromium``) by a small driver written by this module.
+
 Grafana is not run: its image cannot be had here (no registry; not packaged by Debian); its
 provisioning is checked offline against the compose file instead.
 """
@@ -20,6 +25,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -31,13 +37,16 @@ from typing import Any, Final
 
 import grpc
 import pytest
+from mbostream.tools.browser import WEB_DIR, chromium_path, missing_requirement
 from mbostream_client import Backoff, EventFollower, MarketDataClient
 from mbostream_core.v1 import market_data_pb2, market_data_pb2_grpc, replay_pb2, replay_pb2_grpc
 
 REPO: Final = Path(__file__).resolve().parent.parent
 DOCKER: Final = "/usr/bin/docker"  # Debian's client, matching its dockerd (BuildKit built in)
 PROJECT: Final = "mbostream-test"
-CONTROL_TOKEN: Final = "compose-test-control-token"
+#: Where the services read the project's secrets (the `secrets` volume, written by secrets-init).
+SECRETS_DIR: Final = "/run/mbostream/secrets"
+CONTROL_TOKEN_FILE: Final = f"{SECRETS_DIR}/mbostream-control-token"
 INFLUX_BUCKET: Final = "mbostream"
 UP_TIMEOUT: Final = 300
 RPC_TIMEOUT: Final = 10.0
@@ -46,7 +55,14 @@ OUR_SERVICES: Final = frozenset({"serve", "replay", "gateway-1", "gateway-2", "s
 #: Services without a compose health check, and why (the policy test holds the others to one).
 NO_HEALTH_CHECK: Final = {
     "otel-collector": "the official collector image is FROM scratch: no program to run a check with",
+    "secrets-init": "a one-shot: the others wait for it to exit 0 (service_completed_successfully)",
 }
+#: One-shot services (restart "no"): what others may wait for with service_completed_successfully.
+ONE_SHOTS: Final = frozenset({"secrets-init"})
+#: Images we build (from ./Dockerfile), named by these variables; every other image is a pinned base.
+OUR_IMAGE_VARIABLES: Final = frozenset({"MBOSTREAM_IMAGE", "EDGE_IMAGE", "EDGE_CLUSTER_IMAGE"})
+#: An image pinned by tag and by digest: ``[registry/]name:tag@sha256:<64 hex>``.
+PINNED: Final = re.compile(r"^[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9_][A-Za-z0-9._-]*@sha256:[0-9a-f]{64}$")
 #: Where the collector's file exporter writes (observability/otelcol/config.yaml).
 COLLECTED_SPANS: Final = "/var/lib/otelcol/traces.jsonl"
 GRAFANA_LEFT_OUT: Final = (
@@ -78,6 +94,8 @@ class Stack:
     compose: str
     env: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
+    #: The control token secrets-init made for this project (read back once the stack is up).
+    control_token: str = ""
 
     def compose_cmd(self, *args: str, profile: str | None = None, override: bool = True) -> list[str]:
         files = ["-f", "compose.yaml"] + (["-f", "compose.test.yaml"] if override else [])
@@ -127,7 +145,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     _run(["scripts/docker-dist"], timeout=1800)
     # A short path: the engine's unix sockets live under it (108-byte limit).
     root = Path(tempfile.mkdtemp(prefix="mbs-dk-", dir="/tmp"))
-    secrets = tmp_path_factory.mktemp("secrets")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_"))}
     stack = Stack(compose=compose, env=env)
     try:
@@ -149,20 +166,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         upstream = ["--build-arg", "EDGE_UPSTREAM_HOST=gateways", "--build-arg", "EDGE_REPLAYER_HOST=replay"]
         _run([DOCKER, "build", *args, *upstream, "--target", "edge", "-t", images["EDGE_CLUSTER_IMAGE"], "."], env=build_env)
         stack.timings["images"] = time.monotonic() - built
-        for name, value in (("control", CONTROL_TOKEN), ("influx", "compose-test-influx-token"), ("admin", "pw-12345678")):
-            (secrets / name).write_text(value)
-            (secrets / name).chmod(0o644)  # read by the containers' non-root users through the bind mount
         env.update(images)
         env.update(
             COMPOSE_PROJECT_NAME=PROJECT,
-            MBOSTREAM_CONTROL_TOKEN_SECRET=str(secrets / "control"),
-            INFLUXDB_TOKEN_SECRET=str(secrets / "influx"),
-            INFLUXDB_ADMIN_PASSWORD_SECRET=str(secrets / "admin"),
-            GRAFANA_ADMIN_PASSWORD_SECRET=str(secrets / "admin"),
+            # No secret is prepared: the operator's folder does not even exist (secrets-init makes them).
+            MBOSTREAM_SECRETS_DIR=str(tmp_path_factory.mktemp("operator") / "no-secrets-here"),
             MBOSTREAM_DATA_DIR=str(tmp_path_factory.mktemp("data")),
-            # A live feed for minutes (1M records at 5000/s), without a loop's restart of positions.
+            # A live feed for minutes (1M records at 4000/s), without a loop's restart of positions.
             MBOSTREAM_SAMPLE_RECORDS="1000000",
-            MBOSTREAM_RATE="5000",
+            MBOSTREAM_RATE="4000",
             MBOSTREAM_LOOP="false",
             MBOSTREAM_SPOOL_MAX_BYTES="64M",
             EDGE_PORT=str(_free_port()),
@@ -201,18 +213,19 @@ def _config(stack: Stack, profile: str | None) -> dict[str, Any]:
 def test_compose_config_is_valid_and_follows_policy(stack: Stack, profile: str | None) -> None:
     """Every profile's config is valid; services are health-checked, limited, restarted; no secret has a value."""
     config = _config(stack, profile)
-    expected = {"serve", "envoy", "influxdb", "prometheus", "grafana", "otel-collector"}
+    expected = {"secrets-init", "serve", "envoy", "influxdb", "prometheus", "grafana", "otel-collector"}
     if profile:
         expected |= {"nats", "replay", "gateway-1", "gateway-2", "store", "envoy-cluster"}
     assert set(config["services"]) == expected
     for name, service in config["services"].items():
-        assert service.get("restart") == "unless-stopped", name
+        assert service.get("restart") == ("no" if name in ONE_SHOTS else "unless-stopped"), name
         assert service["deploy"]["resources"]["limits"]["memory"], name
         assert service["deploy"]["resources"]["limits"]["cpus"], name
         for published in service.get("ports", []):
             assert published["host_ip"] == "127.0.0.1", f"{name} publishes on {published['host_ip']}"
-        for dependency in service.get("depends_on", {}).values():
-            assert dependency["condition"] == "service_healthy", name
+        for needed, dependency in service.get("depends_on", {}).items():
+            wanted = "service_completed_successfully" if needed in ONE_SHOTS else "service_healthy"
+            assert dependency["condition"] == wanted, f"{name} waits for {needed} to be {dependency['condition']}"
         # Our images carry their health check and user; the others are given one here.
         ours = name in OUR_SERVICES
         assert ours or name in NO_HEALTH_CHECK or "healthcheck" in service, f"{name} has no health check"
@@ -220,12 +233,72 @@ def test_compose_config_is_valid_and_follows_policy(stack: Stack, profile: str |
             # Envoy's tracer endpoint is a build argument (its config is rendered at build time).
             otlp = service.get("environment", {}) | service.get("build", {}).get("args", {})
             assert otlp.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://otel-collector:4317", f"{name} sends no spans to the collector"
-        if ours:
+        if ours or name in ONE_SHOTS:
             assert service.get("read_only") is True, f"{name}: the root filesystem is not read-only"
-    for name, secret in config["secrets"].items():
-        assert set(secret) <= {"name", "file"}, f"secret {name} is not from a file: {secret}"
+        _assert_secrets_from_the_volume(name, service)
+    # No compose secret (their files would have to exist before `up`); no secret with a value.
+    assert "secrets" not in config, f"compose secrets need files made first: {config['secrets']}"
     environment = json.dumps([s.get("environment", {}) for s in config["services"].values()]).lower()
     assert "token\": \"" not in environment.replace("token_file", ""), "a token is set as a plain variable"
+    assert "password\": \"" not in environment, "a password is set as a plain variable"
+
+
+def _assert_secrets_from_the_volume(name: str, service: dict[str, Any]) -> None:
+    """Every secret ``service`` reads is a file secrets-init makes, in the `secrets` volume it mounts
+    (read-only), and the service starts only once secrets-init has exited 0."""
+    sys.path.insert(0, str(REPO / "docker"))
+    try:
+        from secrets_init import NAMES
+    finally:
+        sys.path.pop(0)
+    read = set(re.findall(rf"{SECRETS_DIR}/([\w-]+)", json.dumps([service.get("environment", {}), service.get("entrypoint")])))
+    if not read:
+        return
+    assert read <= set(NAMES), f"{name} reads {sorted(read - set(NAMES))}, which secrets-init does not make"
+    mounts = {v["target"]: v for v in service.get("volumes", [])}
+    assert mounts.get(SECRETS_DIR, {}).get("source") == "secrets", f"{name} does not mount the secrets volume at {SECRETS_DIR}"
+    assert mounts[SECRETS_DIR].get("read_only") is True, f"{name} mounts the secrets writable"
+    assert "secrets-init" in service.get("depends_on", {}), f"{name} may start before its secrets exist"
+
+
+def _image_default(reference: str) -> tuple[str, str]:
+    """``${VAR:-default}`` -> (VAR, default); a literal reference -> ("", reference)."""
+    match = re.fullmatch(r"\$\{(\w+):?-([^}]*)\}", reference.strip().strip("'\""))
+    return (match.group(1), match.group(2)) if match else ("", reference.strip().strip("'\""))
+
+
+def test_base_images_are_pinned_by_tag_and_digest() -> None:
+    """Every base image the Dockerfile and compose.yaml name by default is ``tag@sha256:<index>``;
+    compose's build arguments are the Dockerfile's defaults. Excepted: our own images (built here),
+    the stand-ins' Dockerfiles (test only, FROM an ARG without default: always a local stand-in) and
+    compose.test.yaml (it points at the stand-ins)."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (\w+_IMAGE)=(\S+)$", dockerfile, flags=re.M))
+    assert {"PYTHON_IMAGE", "RUST_IMAGE", "NODE_IMAGE", "ENVOY_IMAGE"} <= set(args), sorted(args)
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, flags=re.M))
+    for base in re.findall(r"^FROM (\S+)", dockerfile, flags=re.M):
+        variable = re.fullmatch(r"\$\{(\w+)\}", base)
+        if variable and variable.group(1) in args:
+            base = args[variable.group(1)]
+        elif base == "scratch" or base in stages or base.startswith("dist-${"):
+            continue
+        assert PINNED.match(base), f"Dockerfile: FROM {base} is not pinned by tag and digest"
+    for name, value in args.items():
+        assert PINNED.match(value), f"Dockerfile: ARG {name}={value} is not pinned by tag and digest"
+    compose = (REPO / "compose.yaml").read_text()
+    images = re.findall(r"^\s+image: (.+)$", compose, flags=re.M)
+    assert len(images) >= 9, images
+    for reference in images:
+        variable, default = _image_default(reference)
+        if variable in OUR_IMAGE_VARIABLES:
+            continue
+        assert PINNED.match(default), f"compose.yaml: image {reference} is not pinned by tag and digest"
+    for name, reference in re.findall(r"^  (\w+_IMAGE): (\$\{.+\})$", compose, flags=re.M):
+        assert _image_default(reference)[1] == args[name], f"compose.yaml's build argument {name} is not the Dockerfile's default"
+    for standin in sorted((REPO / "docker" / "standins").rglob("Dockerfile")):
+        text = standin.read_text()
+        assert re.findall(r"^FROM (\S+)", text, flags=re.M) == ["${TOOLS_IMAGE}"], standin
+        assert re.search(r"^ARG TOOLS_IMAGE$", text, flags=re.M), f"{standin}: a default base could be pulled"
 
 
 def test_images_are_non_root_with_health_checks_and_labels(stack: Stack) -> None:
@@ -247,7 +320,7 @@ def test_grafana_provisioning_offline(stack: Stack) -> None:
     provisioning = Path(mounts["/etc/grafana/provisioning"])
     assert (provisioning / "datasources").is_dir() and (provisioning / "dashboards").is_dir()
     given = set(grafana["environment"]) | {"INFLUX_TOKEN"}  # set from the secret by the entrypoint
-    assert "/run/secrets/influxdb_token" in " ".join(grafana["entrypoint"])
+    assert f"{SECRETS_DIR}/influxdb-token" in " ".join(grafana["entrypoint"])
     for file in sorted(provisioning.rglob("*.y*ml")):
         wanted = set(re.findall(r"\$\{(\w+)\}", file.read_text()))
         assert wanted <= given, f"{file.name} reads {sorted(wanted - given)}, which compose does not set"
@@ -277,11 +350,16 @@ def _get_books(target: str) -> dict[int, bytes]:
     return books
 
 
-def _control(target: str, rpc: str) -> None:
+def _control(target: str, rpc: str, token: str) -> None:
     with grpc.insecure_channel(target) as channel:
         stub = replay_pb2_grpc.ReplayServiceStub(channel)
         request = getattr(replay_pb2, f"{rpc}Request")()
-        getattr(stub, rpc)(request, timeout=RPC_TIMEOUT, metadata=(("authorization", f"Bearer {CONTROL_TOKEN}"),))
+        getattr(stub, rpc)(request, timeout=RPC_TIMEOUT, metadata=(("authorization", f"Bearer {token}"),))
+
+
+def _secret(stack: Stack, service: str, name: str, profile: str | None = None) -> str:
+    """A secret as ``service`` reads it (from the secrets volume, inside its container)."""
+    return stack.run("exec", "-T", service, "cat", f"{SECRETS_DIR}/{name}", profile=profile).strip()
 
 
 def _wait(what: str, check: Any, timeout: float = 90.0) -> Any:
@@ -360,18 +438,116 @@ def _assert_no_gap(received: list[tuple[int, int]]) -> None:
         assert first == last + 1, f"gap: a batch ending at {last} is followed by one starting at {first}"
 
 
-def test_default_profile(stack: Stack) -> None:
+#: The browser's walk (playwright-core from web/node_modules, Debian's Chromium, headless): load the
+#: UI, see the book change (distinct replay sequences in the rendered ladder), print ``EVENT
+#: restart`` and wait for ``GO`` on stdin (the test restarts Envoy meanwhile), see the connection
+#: go through "reconnecting" back to "live" and the book change again past where it was; the last
+#: line is ``RESULT {json}``. Written to a temp file by the test (it is this test's own driver).
+BROWSER_DRIVER: Final = r"""
+import { createRequire } from "node:module";
+import { createInterface } from "node:readline";
+const { chromium } = createRequire(process.env.WEB_PACKAGE_JSON)("playwright-core");
+const [url, executablePath] = process.argv.slice(2);
+const report = { url, pageErrors: [] };
+const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const browser = await chromium.launch({ executablePath, headless: true,
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"] });
+const sequence = (page) => page.evaluate(() => document.querySelector(".ladder-wrap")?.dataset.replaySequence ?? "");
+async function changes(page, after, count) {
+  const seen = new Set();
+  const deadline = Date.now() + 30000;
+  while (Date.now() < deadline && seen.size < count) {
+    const now = await sequence(page);
+    if (now && BigInt(now) > after) seen.add(now);
+    await sleep(100);
+  }
+  if (seen.size < count) throw new Error(`only ${seen.size} book updates past ${after} in 30 s`);
+  return [...seen].map(BigInt).reduce((a, b) => (b > a ? b : a));
+}
+try {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(30000);
+  page.on("pageerror", (e) => report.pageErrors.push(String(e)));
+  await page.goto(url, { waitUntil: "load" });
+  await page.waitForSelector('[data-testid="level"]:not(.empty)');
+  await page.waitForSelector('[data-testid="connection"][data-state="live"]');
+  report.instruments = await page.locator('[data-testid="instrument"]').count();
+  report.lastBefore = String(await changes(page, 0n, 5));
+  await page.evaluate(() => {
+    const pill = document.querySelector('[data-testid="connection"]');
+    window.__states = [];
+    new MutationObserver(() => window.__states.push(pill.dataset.state)).observe(pill, { attributes: true, attributeFilter: ["data-state"] });
+  });
+  process.stdout.write("EVENT restart\n");
+  if ((await lines.next()).value !== "GO") throw new Error("no GO from the test");
+  await page.waitForFunction(() => window.__states.includes("reconnecting"));
+  await page.waitForFunction(() => window.__states.at(-1) === "live" && window.__states.includes("reconnecting"), null, { timeout: 90000 });
+  report.states = await page.evaluate(() => window.__states);
+  report.lastAfter = String(await changes(page, BigInt(report.lastBefore), 5));
+  report.ok = report.pageErrors.length === 0;
+} catch (error) {
+  report.ok = false;
+  report.error = String(error);
+} finally {
+  await browser.close();
+}
+process.stdout.write(`RESULT ${JSON.stringify(report)}\n`);
+process.exit(0);
+"""
+
+
+def _browse_through_envoy_restart(stack: Stack, edge: str, tmp_path: Path) -> dict[str, Any]:
+    """The UI through Envoy's published port in headless Chromium, across ``restart envoy``."""
+    missing = missing_requirement()
+    assert missing is None, f"the browser cannot run: {missing}"
+    driver = tmp_path / "compose-browser.mjs"
+    driver.write_text(BROWSER_DRIVER)
+    env = {**os.environ, "WEB_PACKAGE_JSON": str(WEB_DIR / "package.json")}
+    with subprocess.Popen(
+        ["node", str(driver), f"http://{edge}/", chromium_path()],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(tmp_path / "browser.log").open("w"), text=True, env=env,
+    ) as process:  # fmt: skip
+        assert process.stdin is not None and process.stdout is not None
+        report: dict[str, Any] = {}
+        try:
+            for line in process.stdout:
+                if line.strip() == "EVENT restart":
+                    stack.run("restart", "envoy")
+                    process.stdin.write("GO\n")
+                    process.stdin.flush()
+                elif line.startswith("RESULT "):
+                    report = json.loads(line[len("RESULT ") :])
+                    break
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert report.get("ok"), f"the UI through Envoy: {report or 'no report'}\n{(tmp_path / 'browser.log').read_text()[-3000:]}"
+    return report
+
+
+def test_default_profile(stack: Stack, tmp_path: Path) -> None:
     started = time.monotonic()
     stack.up()
     up_seconds = time.monotonic() - started
     edge = stack.published("envoy", 8080)
     server = stack.published("serve", 50051)
 
+    # Nothing was prepared: secrets-init made the project's secrets, random, and the server holds
+    # its control token: a wrong one is refused, the one from the volume works.
+    token = stack.control_token = _secret(stack, "serve", "mbostream-control-token")
+    assert re.fullmatch(r"[0-9a-f]{48}", token), "the control token is not a fresh 192-bit token"
+    assert _secret(stack, "influxdb", "influxdb-token") not in {token, ""}
+    with pytest.raises(grpc.RpcError) as refused:
+        _control(edge, "Pause", token[::-1])
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value
+
     # GetBook through Envoy's published port equals GetBook on the server, replay paused.
-    _control(edge, "Pause")
+    _control(edge, "Pause", token)
     time.sleep(1)
     assert _get_books(edge) == _get_books(server)
-    _control(edge, "Resume")
+    _control(edge, "Resume", token)
 
     # One GetBook through Envoy with the caller's traceparent: the collector receives the trace,
     # with Envoy's span and the server's.
@@ -388,9 +564,11 @@ def test_default_profile(stack: Stack) -> None:
         timeout=60,
     )
 
-    # The UI is served by Envoy on the same port.
+    # The UI is served by Envoy on the same port, and in Chromium it shows the books live, loses
+    # the stream when Envoy restarts, reconnects and shows them updating again.
     with urllib.request.urlopen(f"http://{edge}/", timeout=10) as response:
         assert response.status == 200 and b"<html" in response.read().lower()
+    browser = _browse_through_envoy_restart(stack, edge, tmp_path)
 
     # Prometheus reports every target up (the server's metrics and its own).
     prometheus = stack.published("prometheus", 9090)
@@ -406,6 +584,34 @@ def test_default_profile(stack: Stack) -> None:
     assert stats.resumes >= 1 and stats.rebuilds == 0, stats
     _assert_no_gap(received)
     print(f"compose test: default profile up --wait {up_seconds:.0f} s; envoy restart: {stats}; trace {trace_id}: {spans}")
+    print(f"compose test: the UI in Chromium through Envoy: {browser}")
+
+
+def test_secrets_are_random_per_project_and_yours_win(stack: Stack, tmp_path: Path) -> None:
+    """A second project's secrets-init makes other tokens; a file in MBOSTREAM_SECRETS_DIR replaces
+    its secret; a second run keeps what the volume holds."""
+    assert stack.control_token, "test_default_profile did not read the first project's token"
+    other = f"{PROJECT}-secrets"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    env = {**stack.env, "COMPOSE_PROJECT_NAME": other, "MBOSTREAM_SECRETS_DIR": str(mine)}
+
+    def made() -> dict[str, str]:
+        _run(stack.compose_cmd("up", "--no-build", "secrets-init"), env=env, timeout=120)
+        cmd = ["run", "--rm", "--network", "none", "-v", f"{other}_secrets:/s:ro", "--entrypoint", "sh"]
+        listing = stack.docker(*cmd, stack.env["MBOSTREAM_IMAGE"], "-c", "for f in /s/*; do echo \"$(basename $f) $(cat $f)\"; done")
+        return dict(line.split(" ", 1) for line in listing.splitlines())
+
+    try:
+        first = made()
+        assert set(first) == {"mbostream-control-token", "influxdb-token", "influxdb-admin-password", "grafana-admin-password"}
+        assert len(set(first.values())) == 4 and stack.control_token not in first.values(), "secrets repeat"
+        (mine / "mbostream-control-token").write_text("operator-chosen-token-1234\n")
+        (mine / "mbostream-control-token").chmod(0o644)
+        second = made()
+        assert second == {**first, "mbostream-control-token": "operator-chosen-token-1234"}
+    finally:
+        _run(stack.compose_cmd("down", "--volumes", "--timeout", "5"), env=env, timeout=120, check=False)
 
 
 def test_cluster_profile_gateway_killed(stack: Stack) -> None:
@@ -432,6 +638,8 @@ def test_cluster_profile_gateway_killed(stack: Stack) -> None:
 
     stats, received = asyncio.run(asyncio.wait_for(_follow_through(edge, kill_each_gateway), 600))
     assert stats.resumes >= 1 and stats.rebuilds == 0, stats
+    # secrets-init ran again with this `up` and kept the project's token (InfluxDB has it already).
+    assert _secret(stack, "gateway-1", "mbostream-control-token", profile="cluster") == stack.control_token
     _assert_no_gap(received)
     influx = stack.published("influxdb", 8086, profile="cluster")
     _wait("trades in InfluxDB", lambda: _influx_count(influx, "trades") > 0)
