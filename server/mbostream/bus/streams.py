@@ -129,9 +129,10 @@ async def connect(url: str, *, name: str, tls: ssl.SSLContext | None = None, con
     """A connection that reconnects for ever (the bus may restart under a running role); over TLS
     only when ``tls`` is given (:func:`tls_context`).
 
-    Raises :class:`~mbostream.errors.BusError` when the server cannot be reached at start. A
-    refused TLS handshake is retried as an unreachable server is (either side may be fixed and
-    restarted), each attempt logged as a warning.
+    An unreachable server and a refused TLS handshake are not errors, at start either: both are
+    retried every 0.2 s (a role may start before its bus; either side's TLS may be fixed and
+    restarted), a refused handshake logged as a warning each time. Anything nats-py raises at start
+    becomes a :class:`~mbostream.errors.BusError`.
     """
 
     client: list[Client] = []
