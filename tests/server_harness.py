@@ -110,8 +110,10 @@ class ServeProcess:
         env: dict[str, str] | None = None,
         command: str = "serve",
         cwd: Path | None = None,
+        log_level: str = "warning",
     ) -> None:
         self.args = args
+        self.log_level = log_level
         self.requested_port = port
         self.log_path = log_path
         self.token = token
@@ -131,7 +133,7 @@ class ServeProcess:
     def start(self, timeout: float = 120) -> ServeProcess:
         """Starts the server and waits (at most ``timeout`` s) until it listens and is SERVING."""
         command = [
-            sys.executable, "-m", "mbostream.cli", "--log-level", "warning", "--log-format", "text",
+            sys.executable, "-m", "mbostream.cli", "--log-level", self.log_level, "--log-format", "text",
             self.command, "--host", "127.0.0.1", "--port", str(self.requested_port), "--metrics-port", "-1",
             *self.args,
         ]  # fmt: skip

@@ -15,9 +15,6 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import contextlib
-import threading
-
 import grpc
 import nats as nats_client
 import pytest
@@ -481,3 +478,30 @@ def test_gateway_cold_starts_on_a_stream_at_its_byte_limit(nats, feed, tmp_path)
         for process in started:
             process.stop()
         replay.stop()
+
+
+def test_store_keeps_one_storage_sink_for_its_lifetime(nats, feed, tmp_path) -> None:
+    """The store (spool only here) offers every round to one storage sink, started once and
+    flushed durably each round (the log says "storage sink started" once, "stopped" once at exit,
+    over many rounds); every record is stored and acknowledged, as with a sink per round."""
+    replay = replayer(nats, feed, tmp_path, "--rate", "8000")  # 15 s: the store starts while it flows
+    store = ServeProcess(
+        "--nats", nats.url, "--spool-dir", str(tmp_path / "spool"), "--metrics-port", "0", "--ack-interval", "0.2",
+        command="store", log_path=tmp_path / "store.log", log_level="info", env={"INFLUX_URL": ""},
+    ).start(timeout=60)  # fmt: skip
+    try:
+        final = finished_position(replay)
+        deadline = time.monotonic() + 60
+        while (metrics := _scrape(store.metrics_port))["mbostream_store_acked_replay_seq"] < final:
+            assert time.monotonic() < deadline, f"the store acknowledged {metrics['mbostream_store_acked_replay_seq']} of {final}"
+            time.sleep(0.2)
+        assert metrics["mbostream_store_records_total"] == final
+        assert metrics["mbostream_store_rounds_total"] >= 5, metrics["mbostream_store_rounds_total"]
+        # Every point formatted went to the spool (no database here), flushed round by round.
+        assert metrics["mbostream_storage_points_spooled_total"] == metrics["mbostream_storage_points_formatted_total"] > 0
+        assert store.stop() == 0
+    finally:
+        store.stop()
+        replay.stop()
+    log = store.log_path.read_text()
+    assert log.count("storage sink started") == 1 and log.count("storage sink stopped") == 1, log[-3000:]

@@ -7,25 +7,26 @@
        "mbostream-store",           ▼
        ack policy: all)          StorageSink.offer ──▶ pipeline ──▶ InfluxDB / spool
                                     │
-        ack(last message) ◀── state file ◀── StorageSink.stop (written or spooled: durable)
+        ack(last message) ◀── state file ◀── StorageSink.flush (written or spooled: durable)
 
 The store works in rounds of about ``ack_interval`` seconds. A round offers every message it
-fetches to a fresh :class:`~mbostream.storage.StorageSink`, then stops that sink: ``stop`` returns
-once everything offered is in the database or in the spool (whose appends survive a killed
-process; the machine's crash loses at most ``MBOSTREAM_SPOOL_SYNC_INTERVAL``). Only then does
-the store write its state file (every book's MBO snapshot and the replay position they reflect;
+fetches to the store's one :class:`~mbostream.storage.StorageSink` (started once, with its spool
+and write threads, for the process's lifetime), then flushes it: ``flush`` returns once
+everything offered is in the database or in the spool (whose appends survive a killed process;
+the machine's crash loses at most ``MBOSTREAM_SPOOL_SYNC_INTERVAL``). Only then does the store
+write its state file (every book's MBO snapshot and the replay position they reflect;
 written, fsync'ed, renamed) and ack the round's last message (the consumer acks *all*: one ack
 covers the round). So an acked message is durable, and after a ``kill -9`` the consumer redelivers
 from its ack floor; what the state file already covers is skipped, the rest is stored again.
 
 A point stored twice is the same point: InfluxDB keeps one point per (measurement, tag set,
 time), and the point time is a pure function of the feed (``docs/storage.md``, "Timestamps").
-The one piece of formatter state a new sink starts without is the per-book clock that nudges
-equal ``ts_event`` values apart; a round boundary changes a point's time only if the next event
-of a book has a ``ts_event`` at or below the nudged time of that book's last point. That never
-happens at the event boundaries of the sample files (0 of 79,073 boundaries, measured in
-``docs/scale-out.md``); depth samples are taken at the store's own pace and are not reproducible
-point for point (as in ``serve``).
+The one piece of formatter state a flush starts afresh (as a restarted store does) is the
+per-book clock that nudges equal ``ts_event`` values apart; a round boundary changes a point's
+time only if the next event of a book has a ``ts_event`` at or below the nudged time of that
+book's last point. That never happens at the event boundaries of the sample files (0 of 79,073
+boundaries, measured in ``docs/scale-out.md``); depth samples are taken at the store's own pace
+and are not reproducible point for point (as in ``serve``).
 
 Cold start (no state file): when the record stream still begins at position 1, from empty books
 and the first message (everything is stored, as a gateway does); when retention dropped the
@@ -43,10 +44,9 @@ import json
 import logging
 import os
 import signal
-import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -75,7 +75,7 @@ from mbostream.bus.streams import (
 from mbostream.config import RANGES, Settings, load_settings
 from mbostream.errors import ConfigError
 from mbostream.feed import Batch
-from mbostream.storage import StorageMetrics, StorageSettings, StorageSink
+from mbostream.storage import StorageSink
 from mbostream.storage.prometheus import StorageCollector
 from mbostream_core.market import Market
 from mbostream_core.records import MBO_DTYPE
@@ -93,43 +93,14 @@ FETCH_WAIT_SECONDS: Final = 0.25
 #: How long the server waits for the ack of a delivered message before redelivering it; far above
 #: a round (ack interval + the sink's stop), so a live store never sees its own messages again.
 ACK_WAIT_SECONDS: Final = 300.0
-#: Seconds per round (``--ack-interval`` / ``MBOSTREAM_STORE_ACK_INTERVAL``).
-DEFAULT_ACK_INTERVAL_SECONDS: Final = 1.0
 #: Longest wait for the replayer's metadata (symbols) at start (seconds); without it, ids are tags.
 META_WAIT_SECONDS: Final = 10.0
+#: Seconds a round's flush (and the final stop) waits for the database before it spools the rest.
+FLUSH_TIMEOUT_SECONDS: Final = 10.0
 
 
 class StoreError(BusError):
     """The store cannot go on (a malformed bus message, an unreadable state file)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class StoreOptions:
-    """What ``mbostream store`` needs; built from flags, ``MBOSTREAM_*`` and the storage's variables."""
-
-    nats_url: str
-    storage: StorageSettings
-    host: str = "127.0.0.1"
-    #: Health (gRPC) port; 0 picks a free one.
-    port: int = 0
-    #: Prometheus port; 0 picks a free one, -1 disables it.
-    metrics_port: int = -1
-    #: Seconds between acknowledgements (one round: one sink, stopped durably, then one ack).
-    ack_interval: float = DEFAULT_ACK_INTERVAL_SECONDS
-    #: Seconds a round's stop waits for the database before it spools the rest.
-    stop_timeout: float = 10.0
-    #: TLS to the bus (:func:`~mbostream.bus.streams.tls_context`); None: plaintext.
-    nats_tls: ssl.SSLContext | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.nats_url.startswith(("nats://", "tls://")):
-            raise ConfigError("--nats / MBOSTREAM_NATS_URL", f"{self.nats_url!r} is not a nats:// URL")
-        if not 0.01 <= self.ack_interval <= 3600:
-            raise ConfigError("--ack-interval / MBOSTREAM_STORE_ACK_INTERVAL", "must be 0.01 to 3600 s")
-
-    @property
-    def state_path(self) -> Path:
-        return Path(self.storage.spool_dir) / STATE_NAME
 
 
 class _Counters:
@@ -149,32 +120,6 @@ class _Counters:
                 REGISTRY.unregister(metric)
 
 
-class _RoundMetrics(StorageMetrics):
-    """The storage metrics of every round's sink, summed: counters keep growing across rounds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.finished: dict[str, float] = {}
-        self.current: StorageMetrics | None = None
-
-    def close_round(self, metrics: StorageMetrics) -> None:
-        for name, value in metrics.snapshot().items():
-            if name.endswith("_total") or name.startswith("write_latency_seconds"):
-                self.finished[name] = self.finished.get(name, 0) + value
-        self.current = None
-
-    def snapshot(self) -> dict[str, float]:
-        out = dict(self.finished)
-        if self.current is not None:
-            for name, value in self.current.snapshot().items():
-                summed = name.endswith("_total") or name.startswith("write_latency_seconds")
-                out[name] = out.get(name, 0) + value if summed else value
-        for name in ("write_latency_seconds_sum", "write_latency_seconds_count"):
-            out.setdefault(name, 0.0)
-        out.update({key: 0.0 for key in super().snapshot() if key not in out})
-        return out
-
-
 class BusStore:
     """The store role: consume, apply, store, ack (see the module docstring).
 
@@ -182,8 +127,14 @@ class BusStore:
     ends the last round durably and releases everything.
     """
 
-    def __init__(self, options: StoreOptions) -> None:
-        self.options = options
+    def __init__(self, settings: Settings) -> None:
+        if not settings.nats_url:
+            raise ConfigError("--nats / MBOSTREAM_NATS_URL", "required: the NATS server of the bus")
+        if not settings.nats_url.startswith(("nats://", "tls://")):
+            raise ConfigError("--nats / MBOSTREAM_NATS_URL", f"{settings.nats_url!r} is not a nats:// URL")
+        self.settings = settings
+        #: The state file, in the spool directory (one store per spool: the spool is locked).
+        self.state_path = Path(settings.storage.spool_dir) / STATE_NAME
         self.market = Market({})
         self.symbols: dict[int, str] = {}
         #: Last replay position applied (and offered); 0 before the first.
@@ -204,8 +155,10 @@ class BusStore:
         self._server: grpc_aio.Server | None = None
         self._health: HealthServicer | None = None
         self._counters = _Counters()
-        self._storage_metrics = _RoundMetrics()
-        self._collector: Collector = StorageCollector(self._storage_metrics)
+        levels = settings.storage.depth_levels
+        self._sink = StorageSink(settings.storage, depth_source=lambda: self.market.depth_table(levels), symbols=self._symbol)
+        self._sink_started = False
+        self._collector: Collector = StorageCollector(self._sink.metrics)
         REGISTRY.register(self._collector)
         self.port = 0
         self.metrics_port = -1
@@ -216,7 +169,7 @@ class BusStore:
         """Health (NOT_SERVING), metrics, the bus connection, the books; then health SERVING."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        o = self.options
+        o = self.settings
         self._server = grpc_aio.server()
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -228,7 +181,7 @@ class BusStore:
         if o.metrics_port >= 0:
             self._metrics_httpd, _ = start_http_server(o.metrics_port, addr=o.host)
             self.metrics_port = self._metrics_httpd.server_port
-        self._nc = await connect(o.nats_url, name=CONSUMER, tls=o.nats_tls)
+        self._nc = await connect(o.nats_url, name=CONSUMER, tls=tls_context(o))
         self._js = self._nc.jetstream()
         await self._wait_for_stream()
         meta = await self._read_meta()
@@ -237,6 +190,8 @@ class BusStore:
         self.market = Market(self.symbols)
         if not await asyncio.to_thread(self._load_state) and not await self._stream_holds_the_start():
             await self._load_snapshots()
+        await self._sink.start()
+        self._sink_started = True
         start_seq = await self._resume_point()
         config = ConsumerConfig(
             durable_name=CONSUMER,
@@ -278,9 +233,11 @@ class BusStore:
             await self._round(stop)
 
     async def close(self) -> None:
-        """Health NOT_SERVING, then the bus connection, the metrics and the health server."""
+        """Health NOT_SERVING, then the sink, the bus connection, the metrics and the health server."""
         if self._health is not None:
             await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._sink_started:
+            await self._sink.stop(FLUSH_TIMEOUT_SECONDS)
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), 5)
@@ -294,12 +251,12 @@ class BusStore:
 
     # -- one round --------------------------------------------------------------------------------
     async def _round(self, stop: asyncio.Event) -> None:
-        """Fetches and offers for ``ack_interval`` seconds, stops the sink, saves the state, acks."""
+        """Fetches and offers for ``ack_interval`` seconds, flushes the sink, saves the state, acks."""
         import nats.errors
 
-        sink: StorageSink | None = None
+        offered = False
         last_msg: Any = None
-        deadline = time.monotonic() + self.options.ack_interval
+        deadline = time.monotonic() + self.settings.store_ack_interval_seconds
         while time.monotonic() < deadline and not stop.is_set():
             try:
                 msgs = await self._sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_SECONDS)
@@ -326,33 +283,25 @@ class BusStore:
                 batch = self._apply(step)
                 if batch is None:
                     continue
-                if sink is None:
-                    sink = await self._new_sink()
-                sink.offer(batch)
+                self._sink.offer(batch)
+                offered = True
                 self._counters.messages.inc()
                 self._counters.records.inc(len(batch.records))
-        if sink is not None:
+        if offered:
             started = time.monotonic()
-            await sink.stop(self.options.stop_timeout)
-            self._storage_metrics.close_round(sink.metrics)
+            await self._sink.flush(FLUSH_TIMEOUT_SECONDS)
             self._counters.round_seconds.set(time.monotonic() - started)
         if last_msg is not None:
-            if sink is not None:
+            if offered:
                 await asyncio.to_thread(self._save_state)
             await last_msg.ack_sync(timeout=10)
             self.acked_seq = self.replay_seq
             self._counters.acked_seq.set(self.acked_seq)
             self._counters.rounds.inc()
 
-    async def _new_sink(self) -> StorageSink:
-        sink = StorageSink(
-            self.options.storage,
-            depth_source=lambda: self.market.depth_table(self.options.storage.depth_levels),
-            symbols=self.market.symbol,
-        )
-        await sink.start()
-        self._storage_metrics.current = sink.metrics
-        return sink
+    def _symbol(self, instrument_id: int) -> str:
+        """The ``instrument`` tag (read by the sink's formatting thread: the market of the moment)."""
+        return self.market.symbol(instrument_id)
 
     def _apply(self, step: RecordMessage) -> Batch | None:
         """Applies a step's new records to the books; the batch to store, or None (nothing new)."""
@@ -392,7 +341,7 @@ class BusStore:
         books = self.market.books()
         snapshot = np.concatenate([self.market.snapshot(key, 0) for key in books]) if books else np.empty(0, MBO_DTYPE)
         meta = json.dumps({"epoch": self.epoch, "replay_seq": self.replay_seq, "stream_seq": self._stream_seq, "skip": [[*key, seq] for key, seq in self._skip.items()]})
-        path = self.options.state_path
+        path = self.state_path
         tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as f:
             np.savez(f, snapshot=snapshot, meta=np.frombuffer(meta.encode(), dtype=np.uint8))
@@ -407,7 +356,7 @@ class BusStore:
 
     def _load_state(self) -> bool:
         """Restores the books from the state file; False when there is none."""
-        path = self.options.state_path
+        path = self.state_path
         if not path.is_file():
             return False
         try:
@@ -526,16 +475,16 @@ class BusStore:
 
 
 # -- the command ----------------------------------------------------------------------------------
-async def run_store(options: StoreOptions, *, ready: Callable[[dict[str, Any]], None]) -> int:
+async def run_store(settings: Settings, *, ready: Callable[[dict[str, Any]], None]) -> int:
     """Runs the store until SIGTERM/SIGINT; ``ready`` gets the ready line's fields."""
-    store = BusStore(options)
+    store = BusStore(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
         await store.start()
-        ready({"listening": f"{options.host}:{store.port}", "metrics_port": store.metrics_port, "consumer": CONSUMER})
+        ready({"listening": f"{settings.host}:{store.port}", "metrics_port": store.metrics_port, "consumer": CONSUMER})
         await store.run(stop)
     finally:
         await store.close()
@@ -545,21 +494,6 @@ async def run_store(options: StoreOptions, *, ready: Callable[[dict[str, Any]], 
 
 def _print_ready(fields: dict[str, Any]) -> None:
     print(json.dumps(fields), flush=True)
-
-
-def store_options(settings: Settings, *, ack_interval: float = DEFAULT_ACK_INTERVAL_SECONDS) -> StoreOptions:
-    """The store's options from the one settings object (``nats_url``, host, ports, storage)."""
-    if not settings.nats_url:
-        raise ConfigError("--nats / MBOSTREAM_NATS_URL", "required: the NATS server of the bus")
-    return StoreOptions(
-        nats_url=settings.nats_url,
-        storage=settings.storage,
-        host=settings.host,
-        port=settings.port,
-        metrics_port=settings.metrics_port,
-        ack_interval=ack_interval,
-        nats_tls=tls_context(settings),
-    )
 
 
 def _cmd_store(args: argparse.Namespace) -> int:
@@ -575,9 +509,8 @@ def _cmd_store(args: argparse.Namespace) -> int:
     settings = load_settings(flags)
     if args.spool_dir:
         settings = replace(settings, storage=replace(settings.storage, spool_dir=Path(args.spool_dir)))
-    options = store_options(settings, ack_interval=settings.store_ack_interval_seconds)
     logs.configure(settings.log_level, settings.log_format)
-    return asyncio.run(run_store(options, ready=_print_ready))
+    return asyncio.run(run_store(settings, ready=_print_ready))
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:

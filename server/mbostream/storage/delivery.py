@@ -189,14 +189,21 @@ class Delivery:
         with self._cond:
             return not self._live and not self._in_flight and not self._spooling
 
-    def close(self, timeout: float) -> None:
-        """Writes what waits in memory within ``timeout``, spools the rest, stops the workers."""
+    def save(self, timeout: float, reason: str = "not written in time") -> None:
+        """Writes what waits in memory within ``timeout`` and spools the rest: everything submitted
+        before the call is then in the database or in the spool. The workers go on."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._unsaved() and time.monotonic() < deadline:
                 self._cond.wait(min(IDLE_WAIT_SECONDS, max(0.0, deadline - time.monotonic())))
             if self._unsaved():
-                self._spill("shutting down", [])
+                self._spill(reason, [])
+
+    def close(self, timeout: float) -> None:
+        """Writes what waits in memory within ``timeout``, spools the rest, stops the workers."""
+        deadline = time.monotonic() + timeout
+        self.save(timeout, "shutting down")
+        with self._cond:
             self._closed = True
             self._cond.notify_all()
         if self._writer is not None:

@@ -77,22 +77,29 @@ class Pipeline:
         on_idle: Callable[[], None],
         metrics: StorageMetrics,
     ) -> None:
-        self._native = _engine.Pipeline(
-            mbo=settings.store_mbo,
-            depth_levels=settings.depth_levels,
-            batch_points=settings.batch_points,
-            flush_interval=settings.flush_interval,
-            level=settings.gzip_level,
-        )
+        self._settings = settings
+        self._native = self._new_native()
         self._symbols = symbols
         self._hand_on = hand_on
         self._on_idle = on_idle
-        self._thread = threading.Thread(target=self._run, name="mbostream-storage-handoff", daemon=True)
+        self._thread = self._new_thread()
         self._stopping = False
-        metrics.watch("points_formatted_total", lambda: self._native.formatted)
+        #: Points formatted and skipped by the formatters a :meth:`restart` replaced.
+        self._formatted_before = 0
+        self._skipped_before = 0
+        metrics.watch("points_formatted_total", lambda: self._formatted_before + self._native.formatted)
         metrics.watch("format_queue_batches", self.backlog)
         metrics.watch("format_queue_bytes", self.backlog_bytes)
-        metrics.watch("points_skipped_total", lambda: self._native.skipped)
+        metrics.watch("points_skipped_total", lambda: self._skipped_before + self._native.skipped)
+
+    def _new_native(self) -> _engine.Pipeline:
+        s = self._settings
+        return _engine.Pipeline(
+            mbo=s.store_mbo, depth_levels=s.depth_levels, batch_points=s.batch_points, flush_interval=s.flush_interval, level=s.gzip_level
+        )
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._run, name="mbostream-storage-handoff", daemon=True)
 
     # -- the event loop's side --------------------------------------------------------------------
     def put(self, batch: Batch) -> None:
@@ -128,6 +135,20 @@ class Pipeline:
             self._thread.start()
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def restart(self, timeout: float) -> bool:
+        """:meth:`close`, then a fresh formatter takes the next steps (counters carry on): once it
+        returns True, every step put before it has been handed on. False if still busy at
+        ``timeout``: call again. Nothing may be put while it runs."""
+        if not self.close(timeout):
+            return False
+        self._formatted_before += self._native.formatted
+        self._skipped_before += self._native.skipped
+        self._native = self._new_native()
+        self._thread = self._new_thread()
+        self._stopping = False
+        self._thread.start()
+        return True
 
     # -- the hand-off thread ----------------------------------------------------------------------
     def _run(self) -> None:

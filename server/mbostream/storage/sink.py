@@ -166,17 +166,32 @@ class StorageSink:
         if self._stopped:
             return
         self._stopped = True
+        await self._deliver_queued(timeout, stopping=True)
+        self._spool.close()
+        log.info("storage sink stopped", extra={key: value for key, value in self.metrics.snapshot().items() if key.endswith("_total")})
+
+    async def flush(self, timeout: float) -> None:
+        """Makes everything offered so far durable as :meth:`stop` does, and goes on: every queued
+        step is formatted and handed on (the formatter starts afresh, as a new sink's would), what
+        the database has not taken within ``timeout`` is spooled, and the spool is synced. The
+        spool, the delivery and its threads stay. Do not offer while it runs (the bus store's
+        rounds call it between fetches)."""
+        await self._deliver_queued(timeout, stopping=False)
+        await asyncio.to_thread(self._spool.sync)
+
+    async def _deliver_queued(self, timeout: float, *, stopping: bool) -> None:
+        """Formats and hands on every queued step, then writes what is held within ``timeout`` and
+        spools the rest; the formatter and the delivery are closed when ``stopping``, else the
+        formatter starts afresh and the delivery goes on."""
         deadline = time.monotonic() + timeout
         if not self._started:
             await self.start()
-        finished = await asyncio.to_thread(self._pipeline.close, max(timeout, 1.0))
-        while not finished:
-            log.warning("storage is still formatting queued batches at shutdown; waiting")
-            finished = await asyncio.to_thread(self._pipeline.close, max(timeout, 1.0))
+        finish = self._pipeline.close if stopping else self._pipeline.restart
+        while not await asyncio.to_thread(finish, max(timeout, 1.0)):
+            log.warning("storage is still formatting queued batches%s; waiting", " at shutdown" if stopping else "")
         assert self._delivery is not None
-        await asyncio.to_thread(self._delivery.close, max(0.0, deadline - time.monotonic()))
-        self._spool.close()
-        log.info("storage sink stopped", extra={key: value for key, value in self.metrics.snapshot().items() if key.endswith("_total")})
+        deliver = self._delivery.close if stopping else self._delivery.save
+        await asyncio.to_thread(deliver, max(0.0, deadline - time.monotonic()))
 
     # -- helpers ----------------------------------------------------------------------------------
     def _hand_on(self, payload: bytes, points: int) -> None:
