@@ -8,32 +8,23 @@ wait is bounded; every process is stopped by PID by this test.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
-import signal
 import socket
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import nats as nats_client
-import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mbostream.bus.ingest import stream_seq_after
 from mbostream.bus.streams import FIRST_SEQ, RECORDS_STREAM
-from mbostream_client import Backoff, EventFollower, MarketDataClient
 from mbostream_core.v1 import replay_pb2
-from server_harness import AUTH, RPC_TIMEOUT, repo, run, stubs
+from followers import GoFollower, PythonFollower, assert_no_silent_gap, build_go_follower
+from server_harness import AUTH, RPC_TIMEOUT, run, stubs
 from test_bus import _gateway_position, _health, _scrape, books, feed, gateway, nats, replay_position, replayer, wait_position
 
 __all__ = ["feed", "nats"]  # the fixtures this module takes from test_bus
-
-#: What a follower saw, in order: ("live", first, last, count, contiguous inside) or ("snapshot", position).
-Seen = list[tuple]
 
 
 class CuttableProxy:
@@ -95,121 +86,6 @@ class CuttableProxy:
         self.listener.close()
 
 
-class StartOverCauses(logging.Handler):
-    """The error each "cannot resume …; starting over from a snapshot" warning of EventFollower names."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.causes: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.msg.startswith("cannot resume") and record.args:
-            self.causes.append(type(record.args[0]).__name__)  # type: ignore[index]
-
-
-class PythonFollower(threading.Thread):
-    """The Python client's EventFollower on one gateway from the live edge, recording live
-    batches, the snapshots it starts over from and why (the error its warning names)."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(daemon=True)
-        self.address = address
-        self.seen: Seen = []
-        self.stats = None
-        self.error: BaseException | None = None
-        self.start_over = StartOverCauses()
-        self._stopping = False
-        logging.getLogger("mbostream_client._follow").addHandler(self.start_over)
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._follow())
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-
-    async def _follow(self) -> None:
-        async with MarketDataClient(self.address) as client:
-            follower = EventFollower(client, with_snapshot=False, backoff=Backoff(base=0.02, factor=2, cap=0.5))
-            self.stats = follower.stats
-            async for batch, new_snapshot in follower.follow():
-                seq = batch.replay_sequence
-                if batch.snapshot:
-                    if new_snapshot and len(seq):
-                        self.seen.append(("snapshot", int(seq[-1])))
-                elif len(seq):
-                    inside = bool(np.all(np.diff(seq.astype(np.int64)) == 1))
-                    self.seen.append(("live", int(seq[0]), int(seq[-1]), len(seq), inside))
-                if self._stopping:
-                    follower.stop()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self.join(30)
-        logging.getLogger("mbostream_client._follow").removeHandler(self.start_over)
-
-
-class GoFollower:
-    """The Go client's EventStream (``clients/go/internal/followevents -snapshots``) on one gateway."""
-
-    def __init__(self, binary: Path, address: str, log: Path) -> None:
-        with log.open("ab") as err:
-            self.process = subprocess.Popen([str(binary), "-snapshots", address], stdout=subprocess.PIPE, stderr=err, text=True)
-        self.seen: Seen = []
-        #: connections, resumes, rebuilds, OUT_OF_RANGE answers, gaps and duplicates the client caught.
-        self.stats: tuple[int, ...] | None = None
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            fields = line.split()
-            if fields[0] == "stats":
-                self.stats = tuple(int(f) for f in fields[1:])
-            elif fields[0] == "snapshot":
-                self.seen.append(("snapshot", int(fields[1])))
-            else:
-                first, last, count = (int(f) for f in fields)
-                self.seen.append(("live", first, last, count, last - first + 1 == count))
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(30)
-        self._reader.join(10)
-        return code
-
-
-def build_followevents(out: Path) -> Path:
-    binary = out / "followevents"
-    subprocess.run(
-        ["go", "build", "-buildvcs=false", "-o", str(binary), "./internal/followevents"],
-        cwd=repo() / "clients" / "go", check=True, timeout=600, capture_output=True,
-    )  # fmt: skip
-    return binary
-
-
-def live_batches(seen: Seen) -> int:
-    return sum(1 for item in seen if item[0] == "live")
-
-
-def assert_no_silent_gap(name: str, seen: Seen) -> int:
-    """Every live batch follows the one before it, except right after an explicit snapshot, whose
-    position the next live batch follows; returns how many snapshots the client started over from."""
-    assert live_batches(seen), f"{name}: no live batch"
-    expected: int | None = None
-    snapshots = 0
-    for item in seen:
-        if item[0] == "snapshot":
-            snapshots += 1
-            expected = item[1] + 1
-            continue
-        _, first, last, count, inside = item
-        assert inside and last - first + 1 == count, f"{name}: batch {first}..{last} is not contiguous"
-        assert expected is None or first == expected, f"{name}: {first} came where {expected} was due (a gap or a duplicate)"
-        expected = last + 1
-    return snapshots
-
-
 class HealthWatch(threading.Thread):
     """Every health status the server reports (gRPC health Watch), in order."""
 
@@ -256,7 +132,7 @@ def test_gateway_resyncs_in_place_after_a_gap(nats, feed, tmp_path) -> None:
     up (same PID), reports NOT_SERVING then SERVING, counts the gap and the resync and logs one
     line; both clients either get contiguous positions or start over from an explicit snapshot
     (never a silent gap or duplicate); afterwards its books equal the replayer's at the same position."""
-    go_binary = build_followevents(tmp_path)
+    go_binary = build_go_follower(tmp_path)
     replay = replayer(nats, feed, tmp_path, "--rate", "20000", "--loop", "--snapshot-interval-seconds", "0.5")
     proxy = CuttableProxy(nats.port)
     gw = gateway(nats, tmp_path, "--metrics-port", "0", "--nats", f"nats://127.0.0.1:{proxy.port}")
@@ -264,11 +140,11 @@ def test_gateway_resyncs_in_place_after_a_gap(nats, feed, tmp_path) -> None:
     pid = gw.process.pid
     watch = HealthWatch(gw.address)
     python = PythonFollower(gw.address)
-    go = GoFollower(go_binary, gw.address, tmp_path / "go.log")
+    go = GoFollower(go_binary, gw.address, tmp_path / "go.log", snapshots=True)
     try:
         watch.start()
         python.start()
-        wait_until(lambda: live_batches(python.seen) > 5 and live_batches(go.seen) > 5, "both clients streaming")
+        wait_until(lambda: len(python.batches) > 5 and len(go.batches) > 5, "both clients streaming")
 
         proxy.cut()  # the gateway loses the bus; the replay goes on
         before = -1
@@ -282,8 +158,7 @@ def test_gateway_resyncs_in_place_after_a_gap(nats, feed, tmp_path) -> None:
         wait_until(lambda: _health(gw.address) == health_pb2.HealthCheckResponse.SERVING, "SERVING again")
         resynced_at = _gateway_position(gw.address)
         wait_until(
-            lambda: any(i[0] == "live" and i[1] > resynced_at for i in python.seen)
-            and any(i[0] == "live" and i[1] > resynced_at for i in go.seen),
+            lambda: any(b[0] > resynced_at for b in python.batches) and any(b[0] > resynced_at for b in go.batches),
             "both clients streaming after the resync",
         )
 

@@ -35,13 +35,13 @@ from mbostream.bus.store import CONSUMER
 from mbostream.bus.streams import META_SUBJECT, RECORDS_STREAM, RECORDS_SUBJECT, connect, ensure_streams
 from mbostream.feed import Batch
 from mbostream_core.dbn import FileInfo, read_records
-from mbostream_client import Backoff, EventFollower, MarketDataClient
 from mbostream_core.records import F_LAST
 
 from conftest import shared_file
 from influx.harness import InfluxStack, influx_stack
 from nats_harness import NatsServer, nats_server, nats_server_binary
-from server_harness import TOKEN, ServeProcess, repo
+from followers import GoFollower, PythonFollower, build_go_follower
+from server_harness import TOKEN, ServeProcess
 
 #: Records per published step at most (a step always ends at an F_LAST, as the replayer's do).
 STEP_RECORDS: Final = 256
@@ -308,76 +308,6 @@ def _lines(stream: Any, lines: queue.Queue[str | None]) -> None:
     for line in stream:
         lines.put(line)
     lines.put(None)
-
-
-class PythonFollower(threading.Thread):
-    """The Python client's EventFollower through Envoy, from the live edge; records every live batch."""
-
-    def __init__(self, target: str) -> None:
-        super().__init__(daemon=True)
-        self.target = target
-        self.batches: list[tuple[int, int, int, bool]] = []
-        self.stats: Any = None
-        self.error: BaseException | None = None
-        self._stopping = False
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._follow())
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.error = exc
-
-    async def _follow(self) -> None:
-        async with MarketDataClient(self.target) as client:
-            follower = EventFollower(client, with_snapshot=False, backoff=Backoff(base=0.02, factor=2, cap=0.5))
-            self.stats = follower.stats
-            async for batch, _ in follower.follow():
-                if batch.snapshot or not len(batch):
-                    continue
-                seq = batch.replay_sequence
-                self.batches.append((int(seq[0]), int(seq[-1]), len(seq), bool(np.all(np.diff(seq.astype(np.int64)) == 1))))
-                if self._stopping:
-                    follower.stop()
-
-    def stop(self) -> None:
-        self._stopping = True
-
-
-class GoFollower:
-    """The Go client's EventStream (``clients/go/internal/followevents``) through Envoy, as a process."""
-
-    def __init__(self, binary: Path, target: str, log: Path) -> None:
-        with log.open("ab") as err:
-            self.process = subprocess.Popen([str(binary), target], stdout=subprocess.PIPE, stderr=err, text=True)
-        self.batches: list[tuple[int, int, int, bool]] = []
-        self.stats: tuple[int, int, int] | None = None
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            fields = line.split()
-            if fields[0] == "stats":
-                self.stats = (int(fields[1]), int(fields[2]), int(fields[3]))
-            else:
-                first, last, count = (int(f) for f in fields)
-                self.batches.append((first, last, count, last - first + 1 == count))
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(30)
-        self._reader.join(10)
-        return code
-
-
-def build_go_follower(out: Path) -> Path:
-    binary = out / "followevents"
-    subprocess.run(
-        ["go", "build", "-buildvcs=false", "-o", str(binary), "./internal/followevents"],
-        cwd=repo() / "clients" / "go", check=True, timeout=600, capture_output=True,
-    )  # fmt: skip
-    return binary
 
 
 def assert_contiguous(name: str, batches: list[tuple[int, int, int, bool]]) -> None:

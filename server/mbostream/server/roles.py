@@ -207,6 +207,9 @@ class GatewayApp(_BusApp):
 
     def _background_task(self, name: str, coro: Any) -> None:
         """Runs ``coro`` as one of the server's tasks (a failure stops it; shutdown cancels it)."""
+        if self._stopping:  # shutdown has cancelled the tasks already: none to start
+            coro.close()
+            return
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
