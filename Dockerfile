@@ -44,8 +44,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv python3-dev \
  && rm -rf /var/lib/apt/lists/*
 COPY docker/with-ca-bundle /usr/local/bin/with-ca-bundle
+# setuptools: the server's and the client's build backend (Debian's venv brings 66, the client wants
+# >= 69; from 70.1 it builds wheels without the `wheel` package).
 RUN --mount=type=secret,id=ca-bundle python3 -m venv /opt/build \
- && with-ca-bundle /opt/build/bin/pip install --no-cache-dir "maturin==1.16.0"
+ && with-ca-bundle /opt/build/bin/pip install --no-cache-dir "maturin==1.16.0" "setuptools==84.2.1"
 WORKDIR /src
 COPY requirements/requirements.lock requirements/
 COPY server/Cargo.toml server/Cargo.lock server/
