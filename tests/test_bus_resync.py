@@ -12,6 +12,7 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 import nats as nats_client
@@ -120,7 +121,7 @@ async def purge_after(url: str, position: int, messages: int) -> tuple[int, int]
         await nc.close()
 
 
-def wait_until(check, what: str, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
