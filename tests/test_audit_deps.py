@@ -1,25 +1,101 @@
-"""scripts/audit-deps, the real script and tools: honest lines, never a clean result it did not get.
+"""scripts/audit-deps and scripts/sbom, the real scripts and tools: honest lines, never a clean
+result they did not get, and CycloneDX SBOMs that list real components.
 
 The first run builds govulncheck, vulndb's cmd/indexdb and the offline database, and installs the
-SBOM tools (cached by version under ~/.cache/mbostream/); later runs reuse them.
+SBOM tools (cached by version under ~/.cache/mbostream/; scripts/bootstrap-dev installs them all
+before the tests); later runs reuse them.
+
+The images' SBOMs are tested on a small image made here from a root filesystem that holds what
+syft reads in our real images: Debian's package database (this machine's), a Go binary of ours
+(mbostream-load) and a Python package's dist-info (grpcio, from the venv). It is packed as a
+``docker save`` archive by hand, and imported into a private engine (scripts/docker-test-env) to
+be read by name, as scripts/sbom reads the images tests/test_compose.py builds.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import io
 import json
+import os
 import re
+import shutil
 import subprocess
+import tarfile
+import tomllib
 from pathlib import Path
 
+import pytest
+
+from mbostream.tools.bench_e2e import _go_load_binary
 from server_harness import repo
 
 #: Building govulncheck, indexdb (many modules) and the database on a fresh machine, then auditing.
 AUDIT_TIMEOUT = 1500
+DOCKER = "/usr/bin/docker"  # Debian's client, matching its dockerd (as tests/test_compose.py)
+PROBE_IMAGE = "mbostream-sbom-probe:1"
 
 
+def _names(sbom_file: Path) -> set[str]:
+    """Component names of a CycloneDX JSON SBOM, after checking it is one."""
+    doc = json.loads(sbom_file.read_text())
+    assert doc["bomFormat"] == "CycloneDX" and doc["specVersion"].startswith("1."), sbom_file
+    return {component["name"] for component in doc.get("components", [])}
+
+
+def _probe_rootfs(root: Path) -> Path:
+    """A root filesystem with a Debian package database, a Go binary and a Python dist-info."""
+    (root / "etc").mkdir(parents=True)
+    shutil.copy("/etc/os-release", root / "etc" / "os-release")
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    shutil.copy("/var/lib/dpkg/status", root / "var/lib/dpkg" / "status")
+    (root / "usr/local/bin").mkdir(parents=True)
+    shutil.copy(_go_load_binary(), root / "usr/local/bin" / "mbostream-load")
+    dist = importlib.metadata.distribution("grpcio")
+    info = Path(str(dist.locate_file(f"grpcio-{dist.version}.dist-info")))
+    site = root / "usr/local/lib/python3.11/site-packages"
+    site.mkdir(parents=True)
+    shutil.copytree(info, site / info.name)
+    return root
+
+
+def _docker_archive(rootfs: Path, out: Path, tag: str) -> Path:
+    """``rootfs`` as a one-layer image in the ``docker save`` layout (docker-archive)."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        for path in sorted(rootfs.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(rootfs)), recursive=False)
+    layer_bytes = layer.getvalue()
+    diff_id = hashlib.sha256(layer_bytes).hexdigest()
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
+        "history": [{"created_by": "tests/test_audit_deps.py"}],
+    }).encode()  # fmt: skip
+    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": [f"{diff_id}/layer.tar"]}]).encode()
+    with tarfile.open(out, "w") as tar:
+        for name, data in ((f"{diff_id}/layer.tar", layer_bytes), (config_name, config), ("manifest.json", manifest)):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return out
+
+
+def _dpkg_names() -> set[str]:
+    """The packages this machine's dpkg database lists (what the probe image carries)."""
+    text = Path("/var/lib/dpkg/status").read_text()
+    return set(re.findall(r"^Package: (\S+)$", text, re.MULTILINE))
+
+
+@pytest.mark.timeout(AUDIT_TIMEOUT + 120)
 def test_audit_deps_says_what_it_checked_and_what_it_could_not(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    archive = _docker_archive(_probe_rootfs(tmp_path / "rootfs"), tmp_path / "probe.tar", PROBE_IMAGE)
+    env = {**os.environ, "MBOSTREAM_SBOM_IMAGES": str(archive)}
     proc = subprocess.run(
-        [str(repo() / "scripts" / "audit-deps"), str(tmp_path)], capture_output=True, text=True, timeout=AUDIT_TIMEOUT
+        [str(repo() / "scripts" / "audit-deps"), str(out)], capture_output=True, text=True, timeout=AUDIT_TIMEOUT, env=env
     )
     lines = proc.stdout.splitlines()
     assert proc.returncode in (0, 1), (proc.returncode, proc.stdout, proc.stderr)
@@ -29,7 +105,7 @@ def test_audit_deps_says_what_it_checked_and_what_it_could_not(tmp_path: Path) -
     assert len(go) == 1, proc.stdout
     advisories = re.search(r"offline database of (\d+) advisories", go[0])
     assert advisories and int(advisories[1]) > 1000, go[0]
-    findings = (tmp_path / "govulncheck.json").read_text()
+    findings = (out / "govulncheck.json").read_text()
     assert '"config"' in findings and "file://" in findings  # govulncheck really ran, on our database
     vulnerable = go[0].startswith("VULNERABLE:")
     assert go[0].startswith("checked:") or vulnerable
@@ -43,10 +119,68 @@ def test_audit_deps_says_what_it_checked_and_what_it_could_not(tmp_path: Path) -
     assert "found 0 vulnerabilities" not in proc.stdout
 
     # SBOMs: CycloneDX documents listing real components.
-    python_sbom = json.loads((tmp_path / "sbom-python.cdx.json").read_text())
+    python_sbom = json.loads((out / "sbom-python.cdx.json").read_text())
     assert python_sbom["bomFormat"] == "CycloneDX"
     names = {component["name"] for component in python_sbom["components"]}
     assert {"grpcio", "protobuf", "cryptography"} <= names
-    web_sbom = json.loads((tmp_path / "sbom-web.cdx.json").read_text())
+    web_sbom = json.loads((out / "sbom-web.cdx.json").read_text())
     assert web_sbom["bomFormat"] == "CycloneDX" and len(web_sbom["components"]) > 10
-    assert any(line.startswith("not made: SBOM of the Rust crates") for line in lines)
+
+    # The Rust crates: one SBOM per crate of the workspace; the extension crate depends on PyO3.
+    rust = sorted(out.glob("sbom-rust-*.cdx.json"))
+    assert any(line.startswith("sbom: Rust crates of server/Cargo.lock") for line in lines), proc.stdout
+    cargo = tomllib.loads((repo() / "server" / "Cargo.toml").read_text())
+    crates = [cargo["package"]["name"]] + [
+        tomllib.loads((repo() / "server" / member / "Cargo.toml").read_text())["package"]["name"]
+        for member in cargo["workspace"]["members"]
+    ]
+    assert sorted(f.name for f in rust) == sorted(f"sbom-rust-{name}.cdx.json" for name in crates), rust
+    rust_names = set().union(*(_names(f) for f in rust))
+    assert {"pyo3", "mbostream-book", "mbostream-wire"} <= rust_names, rust_names
+    assert not list((repo() / "server").glob("**/*.cdx.json")), "cargo-cyclonedx wrote into the tree"
+
+    # The image named in MBOSTREAM_SBOM_IMAGES (here a docker save archive).
+    image_lines = [line for line in lines if line.startswith("sbom: image archive")]
+    assert len(image_lines) == 1, proc.stdout
+    image_names = _names(out / "sbom-image-probe.cdx.json")
+    assert {"dpkg", "grpcio", "google.golang.org/grpc"} <= image_names, sorted(image_names)[:50]
+
+
+def test_sbom_of_an_image_by_name_in_a_private_engine_and_of_a_root_filesystem(tmp_path: Path) -> None:
+    """scripts/sbom on an image in the engine (saved, then read offline) and on a folder."""
+    rootfs = _probe_rootfs(tmp_path / "rootfs")
+    archive = _docker_archive(rootfs, tmp_path / "probe.tar", PROBE_IMAGE)
+    engine = Path(f"/tmp/sbom-{os.getpid()}")  # short: unix socket paths are limited
+    env_script = repo() / "scripts" / "docker-test-env"
+    started = subprocess.run([str(env_script), "start", str(engine)], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    try:
+        env = {**os.environ, **dict([started.stdout.strip().split("=", 1)]), "DOCKER": DOCKER}
+        # `docker load` of the hand-made archive: the engine holds the image under its tag.
+        subprocess.run([DOCKER, "load", "--input", str(archive)], env=env, check=True, capture_output=True, timeout=120)
+        by_name = subprocess.run(
+            [str(repo() / "scripts" / "sbom"), PROBE_IMAGE, str(tmp_path / "image.cdx.json")],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert by_name.returncode == 0, by_name.stderr
+        assert by_name.stdout.startswith(f"sbom: image {PROBE_IMAGE} -> "), by_name.stdout
+        missing = subprocess.run(
+            [str(repo() / "scripts" / "sbom"), "mbostream-no-such-image:0", str(tmp_path / "none.cdx.json")],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert missing.returncode != 0 and "cannot save image" in missing.stderr, missing
+    finally:
+        subprocess.run([str(env_script), "stop", str(engine)], capture_output=True, timeout=120)
+        shutil.rmtree(engine, ignore_errors=True)
+    names = _names(tmp_path / "image.cdx.json")
+    dpkg = _dpkg_names()
+    assert {"dpkg", "libc6"} <= dpkg  # what the probe carries: this machine's Debian packages
+    assert {"dpkg", "libc6", "grpcio", "google.golang.org/grpc"} <= names, sorted(names)[:50]
+    assert len(names & dpkg) >= len(dpkg) * 0.9  # (nearly) every package of the database
+
+    folder = subprocess.run(
+        [str(repo() / "scripts" / "sbom"), str(rootfs), str(tmp_path / "rootfs.cdx.json")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert folder.returncode == 0, folder.stderr
+    assert {"dpkg", "grpcio", "google.golang.org/grpc"} <= _names(tmp_path / "rootfs.cdx.json")
