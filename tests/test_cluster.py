@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import queue
@@ -31,8 +30,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mbostream.bus.codec import Meta, record_headers, record_payload
-from mbostream.bus.store import CONSUMER
-from mbostream.bus.streams import META_SUBJECT, RECORDS_STREAM, RECORDS_SUBJECT, connect, ensure_streams
+from mbostream.bus.streams import META_SUBJECT, RECORDS_SUBJECT, connect, ensure_streams
 from mbostream.feed import Batch
 from mbostream_core.dbn import FileInfo, read_records
 from mbostream_core.records import F_LAST
@@ -42,11 +40,10 @@ from influx.harness import InfluxStack, influx_stack
 from nats_harness import NatsServer, nats_server, nats_server_binary
 from followers import GoFollower, PythonFollower, build_go_follower
 from server_harness import TOKEN, ServeProcess
+from store_checks import MEASUREMENTS, WAIT_SECONDS, acked_stream_seq, delete_consumer, fingerprint, wait_acked
 
 #: Records per published step at most (a step always ends at an F_LAST, as the replayer's do).
 STEP_RECORDS: Final = 256
-MEASUREMENTS: Final = ("mbo", "trades", "bbo")
-WAIT_SECONDS: Final = 120.0
 EPOCH: Final = "test-epoch"
 
 
@@ -92,26 +89,6 @@ async def publish(
         await nc.close()
 
 
-async def acked_stream_seq(url: str) -> tuple[int, int]:
-    """The store consumer's ack floor (stream sequence) and the stream's last sequence."""
-    nc = await connect(url, name="test-probe")
-    try:
-        js = nc.jetstream()
-        info = await js.consumer_info(RECORDS_STREAM, CONSUMER)
-        stream = await js.stream_info(RECORDS_STREAM)
-        return int(info.ack_floor.stream_seq), int(stream.state.last_seq)
-    finally:
-        await nc.close()
-
-
-async def delete_consumer(url: str) -> None:
-    nc = await connect(url, name="test-probe")
-    try:
-        await nc.jetstream().delete_consumer(RECORDS_STREAM, CONSUMER)
-    finally:
-        await nc.close()
-
-
 def start_store(nats: NatsServer, influx: InfluxStack, bucket: str, spool: Path, log: Path) -> ServeProcess:
     env = {
         "INFLUX_URL": influx.url,
@@ -124,26 +101,6 @@ def start_store(nats: NatsServer, influx: InfluxStack, bucket: str, spool: Path,
     }
     args = ("--nats", nats.url, "--spool-dir", str(spool), "--ack-interval", "0.2")
     return ServeProcess(*args, command="store", log_path=log, env=env).start(timeout=60)
-
-
-def wait_acked(nats: NatsServer, *, at_least: int, timeout: float = WAIT_SECONDS) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        acked, _ = asyncio.run(acked_stream_seq(nats.url))
-        if acked >= at_least:
-            return acked
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the store acked stream sequence {acked}, not {at_least}, within {timeout} s")
-        time.sleep(0.05)
-
-
-def fingerprint(influx: InfluxStack, bucket: str, measurement: str) -> tuple[int, str]:
-    """Points of one measurement in ``bucket``: their count and a checksum of every row (time, tags, fields)."""
-    rows = influx.engine.rows(f'SELECT * FROM "{measurement}"', bucket)
-    digest = hashlib.sha256()
-    for row in sorted(json.dumps(row, sort_keys=True) for row in rows):
-        digest.update(row.encode())
-    return len(rows), digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +149,8 @@ def test_store_killed_and_restarted_stores_what_an_uncrashed_run_stores(tmp_path
             assert clean.stop() == 0
         results: dict[str, Any] = {}
         for measurement in MEASUREMENTS:
-            crashed = fingerprint(influx, "mbostream", measurement)
-            uncrashed = fingerprint(influx, "clean", measurement)
+            crashed = fingerprint(influx.engine, "mbostream", measurement)
+            uncrashed = fingerprint(influx.engine, "clean", measurement)
             results[measurement] = (crashed, uncrashed)
             assert crashed == uncrashed, f"{measurement}: {crashed} after the crash, {uncrashed} without"
         assert results["mbo"][0][0] == len(records), "every record is stored once as an mbo point"
@@ -220,7 +177,7 @@ def test_store_state_of_another_run_is_not_used(tmp_path: Path, clx5: tuple[File
             finally:
                 assert store.stop() == 0
         assert influx.count("mbo") == len(records)
-        assert fingerprint(influx, "second", "mbo")[0] == len(records), "the second bus's feed was stored whole"
+        assert fingerprint(influx.engine, "second", "mbo")[0] == len(records), "the second bus's feed was stored whole"
 
 
 # -- (1) failover through Envoy: kill -9 the gateway serving a client, 20 times -------------------
