@@ -37,27 +37,19 @@ from mbostream.edge.supervisor import Edge
 
 from influx.harness import InfluxEngine
 from nats_harness import NatsServer
-from server_harness import ServeProcess, free_port, repo
+from server_harness import ServeProcess, free_port, pinned_tool
 
 T = TypeVar("T")
 
 #: Upper bound of one toxiproxy API call, and of its start.
 API_TIMEOUT: Final = 10.0
 TOXIPROXY_VARIABLE: Final = "MBOSTREAM_TOXIPROXY"
-POLL_SECONDS: Final = 0.05
+POLL_SECONDS: Final = 0.1
 
 
 def toxiproxy_binary() -> str:
     """``MBOSTREAM_TOXIPROXY``, else the pinned build of ``scripts/install-toxiproxy`` (built if missing)."""
-    configured = os.environ.get(TOXIPROXY_VARIABLE, "").strip()
-    if configured:
-        return configured
-    result = subprocess.run(
-        [str(repo() / "scripts" / "install-toxiproxy")], capture_output=True, text=True, timeout=1800, check=False
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"scripts/install-toxiproxy failed:\n{result.stderr[-4000:]}")
-    return result.stdout.strip().splitlines()[-1]
+    return pinned_tool(TOXIPROXY_VARIABLE, "install-toxiproxy")
 
 
 class Toxiproxy:
@@ -316,14 +308,13 @@ class LoopThread:
 class EnvoyRole(Role):
     """Envoy (:class:`mbostream.edge.supervisor.Edge`) on a fixed port, restarted with the same config."""
 
-    def __init__(self, loop: LoopThread, make: Callable[[], Edge], log_path: Path) -> None:
+    def __init__(self, loop: LoopThread, make: Callable[[], Edge]) -> None:
         self.name = "envoy"
         self.loop = loop
         self.make = make
         self.edge: Edge | None = None
         # Envoy's own log is forwarded to the test process's logging by Edge; nothing to scan here.
         self.log_paths = ()
-        self.log_path = log_path
 
     @property
     def pid(self) -> int:
@@ -389,7 +380,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float) -> float:
-    """Polls ``check`` every 50 ms; returns the seconds it took, AssertionError naming ``what`` after ``timeout``."""
+    """Polls ``check`` every 100 ms; returns the seconds it took, AssertionError naming ``what`` after ``timeout``."""
     start = time.monotonic()
     while not check():
         if time.monotonic() - start > timeout:

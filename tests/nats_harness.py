@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from server_harness import free_port, repo, stop_process
+from server_harness import free_port, pinned_tool, stop_process
 
 #: Upper bound for a server to answer its health check after a (re)start.
 START_TIMEOUT: Final = 30.0
@@ -35,15 +35,7 @@ START_TIMEOUT: Final = 30.0
 
 def nats_server_binary() -> str:
     """The nats-server to run: ``MBOSTREAM_NATS_SERVER``, else the pinned cached build (built if missing)."""
-    configured = os.environ.get("MBOSTREAM_NATS_SERVER")
-    if configured:
-        return configured
-    result = subprocess.run(
-        [str(repo() / "scripts" / "install-nats-server")], capture_output=True, text=True, timeout=1800, check=False
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"scripts/install-nats-server failed:\n{result.stderr[-4000:]}")
-    return result.stdout.strip().splitlines()[-1]
+    return pinned_tool("MBOSTREAM_NATS_SERVER", "install-nats-server")
 
 
 class NatsServer:

@@ -263,5 +263,17 @@ def repo() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def pinned_tool(variable: str, script: str) -> str:
+    """A tool's binary: ``$variable`` if set, else the path ``scripts/<script>`` prints (it builds the
+    pinned version into its cache first if it is missing). A failed build is an error, never a skip."""
+    configured = os.environ.get(variable, "").strip()
+    if configured:
+        return configured
+    result = subprocess.run([str(repo() / "scripts" / script)], capture_output=True, text=True, timeout=1800, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"scripts/{script} failed:\n{result.stderr[-4000:]}")
+    return result.stdout.strip().splitlines()[-1]
+
+
 def is_rpc_error(exc: BaseException, code: grpc.StatusCode) -> bool:
     return isinstance(exc, grpc.RpcError) and exc.code() == code
