@@ -224,14 +224,15 @@ class CliRole(Role):
         return self.process.process.pid
 
     def start(self) -> None:
-        process = ServeProcess(*self.args, port=self.port, command=self.command, log_path=self.log_paths[0], env=self.env)
-        self.process = process.start(timeout=self.timeout)
+        # Held before it is ready, so a test stopped during the start (a timeout) still stops it.
+        self.process = ServeProcess(*self.args, port=self.port, command=self.command, log_path=self.log_paths[0], env=self.env)
+        self.process.start(timeout=self.timeout)
 
     def kill(self) -> None:
         process, self.process = self.process, None
         assert process is not None and process.process is not None, f"{self.name} is not running"
         os.kill(process.process.pid, signal.SIGKILL)
-        process.wait(30)
+        process.process.wait(30)
 
     def stop(self) -> None:
         process, self.process = self.process, None
