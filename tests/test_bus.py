@@ -7,6 +7,7 @@ them by PID. Every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 import threading
@@ -267,25 +268,71 @@ def test_nats_killed_under_a_live_stream(nats, feed, tmp_path) -> None:
 
 
 def test_second_replayer_is_refused_and_exits_2(nats, feed, tmp_path) -> None:
-    """Test 4: while one replayer publishes, a second one's publishes are refused: it exits 2
-    with one error line; the first goes on."""
+    """Test 4: while one replayer publishes, a second one starts: exactly one of them keeps the
+    stream and the other exits 2 with one clear error line. It is the second, unless the first was
+    stalled long enough for the second's first publish to land before its next one (a loaded
+    machine): the first is then the stale writer, refused the same way (single writer either way:
+    JetStream's expected-last-sequence check decides, never both)."""
     first = replayer(nats, feed, tmp_path, "--rate", "20000", "--loop")  # publishing all along
+    command = [
+        sys.executable, "-m", "mbostream.cli", "--log-level", "error", "--log-format", "text",
+        "replay", str(feed), "--nats", nats.url, "--no-store", "--rate", "20000", "--loop",
+        "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1",
+    ]  # fmt: skip
+    second = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=repo())
     try:
-        command = [
-            sys.executable, "-m", "mbostream.cli", "--log-level", "error", "--log-format", "text",
-            "replay", str(feed), "--nats", nats.url, "--no-store", "--rate", "20000",
-            "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1",
-        ]  # fmt: skip
-        second = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=repo(), check=False)
-        assert second.returncode == 2, second.stderr
-        lines = second.stderr.strip().splitlines()
-        assert len(lines) == 1, lines
-        assert "another replayer is publishing" in lines[0]
-        assert first.process is not None and first.process.poll() is None
-        before = replay_position(first)
-        time.sleep(0.5)
-        assert replay_position(first) > before  # the first replayer goes on
+        assert first.process is not None
+        deadline = time.monotonic() + 90
+        while first.process.poll() is None and second.poll() is None:
+            assert time.monotonic() < deadline, "neither replayer was refused within 90 s"
+            time.sleep(0.1)
+        if second.poll() is not None:  # the usual case: the newcomer is refused
+            assert second.returncode == 2, second.stderr.read() if second.stderr else ""
+            assert second.stderr is not None
+            lines = second.stderr.read().strip().splitlines()
+            assert len(lines) == 1, lines
+            assert "another replayer is publishing" in lines[0]
+            before = replay_position(first)
+            time.sleep(0.5)
+            assert first.process.poll() is None and replay_position(first) > before  # the first goes on
+        else:  # the first was stalled: it is the stale writer, refused; the second goes on
+            assert first.process.returncode == 2
+            assert "another replayer is publishing" in first.log_path.read_text()
+            time.sleep(1.0)
+            assert second.poll() is None, "the second replayer stopped too: the stream has no writer"
     finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait(timeout=30)
+        first.stop()
+
+
+def test_a_stalled_replayer_is_the_stale_writer_once_another_publishes(nats, feed, tmp_path) -> None:
+    """The other side of test 4: a replayer frozen (SIGSTOP) while a second one starts and
+    publishes is the stale writer; when it wakes it is refused and exits 2 with the conflict error,
+    and the second keeps the stream. Never two writers."""
+    first = replayer(nats, feed, tmp_path, "--rate", "20000", "--loop")
+    second: ServeProcess | None = None
+    assert first.process is not None
+    try:
+        first.process.send_signal(signal.SIGSTOP)
+        second = replayer(nats, feed, tmp_path, "--rate", "20000", "--loop", name="replay-2")
+        deadline = time.monotonic() + 60
+        while replay_position(second) < 1_000:  # the second publishes while the first is frozen
+            assert time.monotonic() < deadline, "the second replayer did not publish"
+            time.sleep(0.1)
+        first.process.send_signal(signal.SIGCONT)
+        assert first.process.wait(timeout=60) == 2
+        assert "another replayer is publishing" in first.log_path.read_text()
+        before = replay_position(second)
+        time.sleep(0.5)
+        assert second.process is not None and second.process.poll() is None
+        assert replay_position(second) > before  # the second goes on
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            first.process.send_signal(signal.SIGCONT)
+        if second is not None:
+            second.stop()
         first.stop()
 
 
