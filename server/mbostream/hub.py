@@ -353,7 +353,6 @@ class Hub:
         #: sequence: any number of subscribers spreads evenly over any number of phases).
         self.book_phases = 1
         self._next_slot = 0.0
-        self.book_subscriptions = 0
         self.known_books: set[BookKey] = set()
         self.closed = False
         self._encoded: OrderedDict[tuple[Selection, int, int, int], list[tuple[int, Payload]]] = OrderedDict()
@@ -449,7 +448,8 @@ class Hub:
     def _set_phases(self) -> None:
         """Spreads book subscribers over enough phases that none sends more than
         BOOK_MESSAGES_PER_PHASE messages a refresh (one per book, or one if combined)."""
-        phases = max(1, min(BOOK_PHASES_MAX, -(-self.book_subscriptions // BOOK_MESSAGES_PER_PHASE)))
+        messages = sum(1 if sub.combine else len(sub.channels) for sub in self.book_subscribers)
+        phases = max(1, min(BOOK_PHASES_MAX, -(-messages // BOOK_MESSAGES_PER_PHASE)))
         if phases == self.book_phases:
             return
         pending = set().union(*self.dirty.values())
@@ -594,7 +594,7 @@ class Hub:
             if selection.matches(key):
                 self._attach(sub, key)
         self.book_subscribers.add(sub)
-        self._count_subscriptions(sub, +1)
+        self._set_phases()
         self._count_peer(sub, peer)
         METRICS.subscribers.labels("book").set(len(self.book_subscribers))
         return sub
@@ -621,15 +621,12 @@ class Hub:
             for key in keys:
                 if sub.selection.matches(key) and key not in sub.channels:
                     self._attach(sub, key)
-                    self._count_subscriptions(sub, +1, books=1)
                     sub.notify(sub.channels[key])
+        self._set_phases()
 
     def unsubscribe_books(self, sub: BookSubscriber) -> None:
-        if sub not in self.book_subscribers:
-            return
         self.book_subscribers.discard(sub)
         self._uncount_peer(sub)
-        self._count_subscriptions(sub, -1)
         for channel in sub.channels.values():
             channel.subscribers.discard(sub)
             if not channel.subscribers:
@@ -639,15 +636,8 @@ class Hub:
                     siblings.remove(channel)
                 if not siblings:
                     self.channels_by_book.pop(channel.key, None)
-        METRICS.subscribers.labels("book").set(len(self.book_subscribers))
-
-    def _count_subscriptions(self, sub: BookSubscriber, sign: int, books: int | None = None) -> None:
-        """Counts the book messages a refresh sends (one per book, one if combined) and re-phases."""
-        messages = 1 if sub.combine else (len(sub.channels) if books is None else books)
-        if sub.combine and books is not None:
-            return  # a combined subscriber's count does not grow with its books
-        self.book_subscriptions += sign * messages
         self._set_phases()
+        METRICS.subscribers.labels("book").set(len(self.book_subscribers))
 
     def _encode_range(self, batches: list[Batch], selection: Selection, max_records: int) -> list[tuple[int, Payload]]:
         """Consecutive batches as one variant's messages, encoded once for every subscriber that
