@@ -22,6 +22,7 @@ from mbostream.storage.metrics import COUNTERS
 
 pytest_plugins = ["influx.fixtures"]  # the real InfluxDB stack and the CLX5 sample
 
+START_TIMEOUT = 10.0
 STOP_TIMEOUT = 30.0
 
 
@@ -36,9 +37,9 @@ async def test_without_a_database_everything_goes_to_the_spool(clx5: tuple[FileI
     replay = Replay(info, records)
     spool_dir = tmp_path / "spool"
     sink = StorageSink(StorageSettings(spool_dir=spool_dir, store_mbo=True), depth_source=replay.depth_source, symbols=replay.symbols)
-    await sink.start()
+    await asyncio.wait_for(sink.start(), START_TIMEOUT)
     replay.run(sink.offer, 2048)
-    await sink.stop(STOP_TIMEOUT)
+    await asyncio.wait_for(sink.stop(STOP_TIMEOUT), STOP_TIMEOUT + 10)
     events = replay.all_events
     assert spooled_points(spool_dir) == {
         "mbo": len(records),
@@ -61,9 +62,9 @@ async def test_a_full_spool_drops_visibly_instead_of_filling_the_disk(
     cap = 1 << 20  # the file's mbo + derived points are ~10 MiB of line protocol
     settings = StorageSettings(spool_dir=spool_dir, store_mbo=True, spool_max_bytes=cap, batch_points=2000)
     sink = StorageSink(settings, depth_source=replay.depth_source, symbols=replay.symbols)
-    await sink.start()
+    await asyncio.wait_for(sink.start(), START_TIMEOUT)
     replay.run(sink.offer, 2048)
-    await sink.stop(STOP_TIMEOUT)
+    await asyncio.wait_for(sink.stop(STOP_TIMEOUT), STOP_TIMEOUT + 10)
     on_disk = sum(f.stat().st_size for f in spool_dir.glob("segment-*.lp.gz"))
     assert 0 < on_disk <= cap
     snapshot = sink.metrics.snapshot()
@@ -81,9 +82,9 @@ async def test_offer_never_raises(clx5: tuple[FileInfo, np.ndarray], tmp_path: P
         raise RuntimeError("book views unavailable")
 
     sink = StorageSink(StorageSettings(spool_dir=tmp_path / "spool"), depth_source=broken_depth, symbols=replay.symbols)
-    await sink.start()
+    await asyncio.wait_for(sink.start(), START_TIMEOUT)
     replay.run(sink.offer, 500)
-    await sink.stop(STOP_TIMEOUT)
+    await asyncio.wait_for(sink.stop(STOP_TIMEOUT), STOP_TIMEOUT + 10)
     assert spooled_points(tmp_path / "spool")["trades"] == int((replay.records["action"] == b"T").sum())
     replay.run(sink.offer, 500)  # after stop: counted and logged, not raised
     assert sink.metrics.get("batches_dropped_total") == 10
@@ -97,12 +98,12 @@ def no_depth() -> _engine.DepthTable:
 async def test_one_sink_per_spool(tmp_path: Path) -> None:
     settings = StorageSettings(spool_dir=tmp_path / "spool")
     first = StorageSink(settings, depth_source=no_depth, symbols=str)
-    await first.start()
+    await asyncio.wait_for(first.start(), START_TIMEOUT)
     try:
         with pytest.raises(SpoolLockedError):
-            await StorageSink(settings, depth_source=no_depth, symbols=str).start()
+            await asyncio.wait_for(StorageSink(settings, depth_source=no_depth, symbols=str).start(), START_TIMEOUT)
     finally:
-        await first.stop(STOP_TIMEOUT)
+        await asyncio.wait_for(first.stop(STOP_TIMEOUT), STOP_TIMEOUT + 10)
 
 
 @pytest.fixture
@@ -141,12 +142,12 @@ async def test_a_database_that_never_answers_does_not_hold_up_the_feed(
         batch_points=2000, flush_interval=0.05, write_timeout=2.0, max_retries=0,
     )
     sink = StorageSink(settings, depth_source=replay.depth_source, symbols=replay.symbols)
-    await sink.start()
+    await asyncio.wait_for(sink.start(), START_TIMEOUT)
     for chunk in replay.chunks(1024):
         replay.step(sink.offer, chunk)
         await asyncio.sleep(0)
     assert sink.metrics.get("points_written_total") == 0, "the whole feed was offered while no write had returned"
-    await sink.stop(timeout=0.5)
+    await asyncio.wait_for(sink.stop(timeout=0.5), STOP_TIMEOUT)
     snapshot = sink.metrics.snapshot()
     assert snapshot["points_written_total"] == 0
     assert snapshot["points_spooled_total"] == snapshot["points_formatted_total"] == sum(spooled_points(tmp_path / "spool").values())
@@ -156,9 +157,9 @@ async def test_a_database_that_never_answers_does_not_hold_up_the_feed(
 @async_test
 async def test_metrics_cover_the_write_path(tmp_path: Path) -> None:
     sink = StorageSink(StorageSettings(spool_dir=tmp_path / "spool"), depth_source=no_depth, symbols=str)
-    await sink.start()
+    await asyncio.wait_for(sink.start(), START_TIMEOUT)
     snapshot = sink.metrics.snapshot()
-    await sink.stop(STOP_TIMEOUT)
+    await asyncio.wait_for(sink.stop(STOP_TIMEOUT), STOP_TIMEOUT + 10)
     for name in (*COUNTERS, "write_latency_seconds_count", "write_latency_seconds_sum", "spool_bytes", "spool_oldest_age_seconds"):
         assert name in snapshot
     assert {"points_written_total", "batches_written_total", "write_retries_total", "write_errors_total"} <= set(snapshot)
@@ -170,12 +171,12 @@ async def test_a_sink_reports_behind_while_its_backlog_exceeds_the_limit(clx5: t
     replay = Replay(info, records)
     settings = StorageSettings(spool_dir=tmp_path / "spool", store_mbo=True, max_backlog_bytes=1 << 20)
     sink = StorageSink(settings, depth_source=replay.depth_source, symbols=replay.symbols)
-    await sink.start()
+    await asyncio.wait_for(sink.start(), START_TIMEOUT)
     seen = []
     for chunk in replay.chunks(4096):  # offered far faster than one thread formats them
         replay.step(sink.offer, chunk)
         seen.append(sink.behind())
     assert any(seen), "offering the whole file at once never put the sink behind a 1 MiB backlog"
-    await sink.stop(STOP_TIMEOUT)
+    await asyncio.wait_for(sink.stop(STOP_TIMEOUT), STOP_TIMEOUT + 10)
     assert not sink.behind()
     assert spooled_points(tmp_path / "spool")["mbo"] == len(records), "being behind lost points"
