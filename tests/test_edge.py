@@ -213,6 +213,17 @@ def _http(
         connection.close()
 
 
+def _listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on ``port`` (any address), from the kernel's tables."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                local, state = row.split()[1], row.split()[3]
+                count += state == "0A" and int(local.rsplit(":", 1)[1], 16) == port  # 0A: LISTEN
+    return count
+
+
 def _preflight(port: int, origin: str) -> tuple[int, dict[str, str]]:
     """A browser's CORS preflight for a gRPC-Web call from ``origin``: status and headers."""
     status, headers, _ = _http(
@@ -323,6 +334,29 @@ def test_a_taken_port_fails_start_with_envoys_reason_and_leaves_nothing_running(
         assert "exited with code" in str(raised.value)
         assert raised.value.log_tail, "the error carries Envoy's last log lines"
         assert edge.pid is None
+
+    _run(scenario)
+
+
+def test_a_second_edge_on_a_running_edges_port_fails_and_the_first_keeps_it(tmp_path: Path) -> None:
+    """Envoy binds its listener with SO_REUSEPORT unless told not to: two edges (two ``mbostream
+    run``) on one port both started, and the kernel spread browsers between two replays."""
+    envoy = envoy_or_skip()
+
+    async def scenario() -> None:
+        async with Edge(listen_port=0, upstream_port=50051, static_dir=None, envoy=envoy) as first:
+            second = Edge(listen_port=first.port, upstream_port=50052, static_dir=None, envoy=envoy)
+            try:
+                with pytest.raises(EdgeStartError) as raised:
+                    await second.start()
+            finally:
+                await second.stop()  # started by mistake: stopped by its own PID here
+            assert second.pid is None
+            assert any("already in use" in line.lower() for line in raised.value.log_tail), raised.value.log_tail
+            # The first edge keeps the port, alone, and answers on it (no UI built: 503).
+            assert _listening_sockets(first.port) == 1
+            status, _, _ = await asyncio.to_thread(_http, first.port, "GET", "/")
+            assert status == 503
 
     _run(scenario)
 

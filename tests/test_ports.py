@@ -21,11 +21,11 @@ from mbostream_core.v1 import replay_pb2_grpc
 from mbostream_core.v1 import replay_pb2 as rp
 
 
-def second_server(command: str, *flags: str) -> subprocess.CompletedProcess[str]:
+def second_server(command: str, *flags: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mbostream.cli", "--log-format", "text", command, "--host", "127.0.0.1", *flags,
          str(shared_file("CLX5_mbo.dbn"))],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
         env={**os.environ, "MBOSTREAM_STORE": "false"},
     )  # fmt: skip
 
@@ -82,3 +82,28 @@ def test_a_port_shared_by_a_reuseport_listener_is_still_refused() -> None:
         port = other.getsockname()[1]
         proc = second_server("serve", "--port", str(port), "--metrics-port", "-1")
     assert_refused(proc, "serve", "--port / MBOSTREAM_PORT", port)
+
+
+def test_a_second_run_on_a_taken_edge_port_fails_naming_it_and_the_first_keeps_every_client(tmp_path: Path) -> None:
+    """Two ``mbostream run`` on one edge port, each with its own gRPC port: the second's Envoy used
+    to share the first's port (SO_REUSEPORT) and browsers were spread between the two replays."""
+    edge_port = free_port()
+    first = ServeProcess(
+        "--edge-port", str(edge_port), "--rate", "1000", str(shared_file("CLX5_mbo.dbn")),
+        command="run", log_path=tmp_path / "first.log",
+    )  # fmt: skip
+    first.start()
+    try:
+        # Refused before it loads anything; bounded, as a second run that started would never end.
+        proc = second_server("run", "--port", "0", "--metrics-port", "-1", "--edge-port", str(edge_port), timeout=30)
+        assert_refused(proc, "run", "--edge-port / MBOSTREAM_EDGE_PORT", edge_port)
+        epochs = set()
+        for _ in range(20):
+            with grpc.insecure_channel(f"127.0.0.1:{edge_port}") as channel:
+                status = replay_pb2_grpc.ReplayServiceStub(channel).GetStatus(
+                    rp.GetStatusRequest(), metadata=(("authorization", f"Bearer {first.token}"),), timeout=RPC_TIMEOUT
+                )
+                epochs.add(status.status.epoch)
+        assert len(epochs) == 1
+    finally:
+        assert first.stop() == 0

@@ -393,6 +393,8 @@ async def serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    if with_edge:  # one line naming the port before anything starts (Envoy binds it exclusively too)
+        _check_port_free("edge_port", settings.host, settings.edge_port)
     await app.start()
     edge = None
     ready: dict[str, Any] = {"listening": f"{settings.host}:{app.port}", "metrics_port": app.metrics_port}
