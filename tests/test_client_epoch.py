@@ -108,6 +108,30 @@ def test_events_cli_reconnects_and_resumes_without_gap_or_duplicate(
     assert "starting over from a snapshot" in stderr, stderr
 
 
+def test_events_cli_with_no_reconnect_ends_on_the_first_error_with_one_line(
+    servers: list[Server], generated_small: Path
+) -> None:
+    """``--no-reconnect``: the server going away ends the command, exit 1 and one stderr line that
+    names the status, instead of the reconnects and resumes the command does by default."""
+    first = start_server([generated_small], "--rate", "20000", "--loop")
+    servers.append(first)
+    command = [sys.executable, "-m", "mbostream_client", "--target", first.address, "events", "--json", "--no-reconnect"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as cli:
+        try:
+            assert cli.stdout is not None
+            _read_records(cli.stdout, 1_000)
+            assert first.stop() == 0
+            _, stderr = cli.communicate(timeout=30)  # a reconnecting command would still be running
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait(10)
+    assert cli.returncode == 1, (cli.returncode, stderr[-2000:])
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    assert lines[0].startswith("mbostream-client events: error: StreamEvents: UNAVAILABLE"), lines[0]
+
+
 def _read_records(stream, count: int, after_snapshot: bool = False) -> list[dict]:
     """JSON records from the CLI's stdout until ``count`` live ones (after a snapshot, if asked),
     read on a thread with a bound."""
