@@ -95,7 +95,8 @@ type BookStream struct {
 // StreamBook opens a subscription to conflated top-N book updates: a snapshot of each selected
 // book first, then the latest consistent book at each server refresh in which it changed. The
 // stream lives until ctx ends, Close is called, or an error it cannot recover from (a wrong
-// selection, any error with NoReconnect, or Backoff.MaxAttempts failed reconnections).
+// selection, a message beyond WithMaxMessageSize, any error with NoReconnect, or
+// Backoff.MaxAttempts failed reconnections).
 func (c *Client) StreamBook(ctx context.Context, req BookStreamRequest) *BookStream {
 	ctx, cancel := context.WithCancel(ctx)
 	s := &BookStream{

@@ -24,6 +24,10 @@ import (
 //	│   ├── ErrResumeOutOfRange    OUT_OF_RANGE: the resume position is no longer buffered
 //	│   ├── ErrSlowConsumer        RESOURCE_EXHAUSTED for a reader that fell behind (ResumeAfter)
 //	│   ├── ErrStreamLimit         RESOURCE_EXHAUSTED: the server's stream limit is reached
+//	│   ├── ErrAuthThrottled       RESOURCE_EXHAUSTED: too many wrong operator tokens from this
+//	│   │                          address; every control call is refused until its cool-down ends
+//	│   ├── ErrMessageTooLarge     RESOURCE_EXHAUSTED: a message beyond the receiver's size limit
+//	│   │                          (WithMaxMessageSize on this side); a stream ends with it
 //	│   ├── ErrUnauthenticated     UNAUTHENTICATED: missing or wrong operator token
 //	│   ├── ErrPermissionDenied    PERMISSION_DENIED: replay control is disabled
 //	│   ├── ErrPreconditionFailed  FAILED_PRECONDITION: valid call, wrong replay state
@@ -44,6 +48,8 @@ var (
 	ErrResumeOutOfRange   = errors.New("resume position out of range")
 	ErrSlowConsumer       = errors.New("slow consumer cut off")
 	ErrStreamLimit        = errors.New("stream limit reached")
+	ErrAuthThrottled      = errors.New("operator token attempts throttled")
+	ErrMessageTooLarge    = errors.New("message larger than the size limit")
 	ErrUnauthenticated    = errors.New("unauthenticated")
 	ErrPermissionDenied   = errors.New("permission denied")
 	ErrPreconditionFailed = errors.New("precondition failed")
@@ -71,6 +77,16 @@ var kindByCode = map[codes.Code]error{
 
 // The server names the resume point only when it cut off a slow reader.
 var resumeAfterPattern = regexp.MustCompile(`start_after_sequence=(\d+)`)
+
+// RESOURCE_EXHAUSTED has several causes, told apart by their messages: the server's
+// (server/mbostream/errors.py, server/peers.py) and gRPC's own size checks ("received message
+// larger than max", "message after decompression larger than max" in gRPC-Go; "Received message
+// larger than max" in gRPC core, which the server runs on).
+const (
+	slowReaderText   = "slow reader"
+	throttledText    = "too many failed control-token attempts"
+	messageLimitText = "larger than max"
+)
 
 // RPCError is a call the server (or the transport) ended with a non-OK status.
 type RPCError struct {
@@ -128,19 +144,29 @@ func errorFromStatus(method string, err error) *RPCError {
 	st := status.Convert(err)
 	e := &RPCError{Method: method, Code: st.Code(), Message: st.Message(), kind: kindByCode[st.Code()]}
 	if st.Code() == codes.ResourceExhausted {
-		found := resumeAfterPattern.FindStringSubmatch(e.Message)
-		switch {
-		case found != nil:
-			e.kind = ErrSlowConsumer
-			e.ResumeAfter, _ = strconv.ParseUint(found[1], 10, 64)
-			e.HasResumeAfter = true
-		case strings.Contains(e.Message, "slow reader"):
-			e.kind = ErrSlowConsumer
-		default:
-			e.kind = ErrStreamLimit
-		}
+		e.kind = resourceExhaustedKind(e)
 	}
 	return e
+}
+
+// resourceExhaustedKind tells RESOURCE_EXHAUSTED's causes apart (and takes a slow reader's resume
+// point); the server's stream limit is what remains.
+func resourceExhaustedKind(e *RPCError) error {
+	found := resumeAfterPattern.FindStringSubmatch(e.Message)
+	switch {
+	case found != nil:
+		e.ResumeAfter, _ = strconv.ParseUint(found[1], 10, 64)
+		e.HasResumeAfter = true
+		return ErrSlowConsumer
+	case strings.Contains(e.Message, slowReaderText):
+		return ErrSlowConsumer
+	case strings.Contains(e.Message, throttledText):
+		return ErrAuthThrottled
+	case strings.Contains(strings.ToLower(e.Message), messageLimitText):
+		return ErrMessageTooLarge
+	default:
+		return ErrStreamLimit
+	}
 }
 
 // epochChanged is the error of a resume the server refused as another run's position, or whose

@@ -116,8 +116,9 @@ type EventStream struct {
 }
 
 // StreamEvents opens a subscription to the raw MBO records, in replay order. The stream lives
-// until ctx ends, Close is called, or an error it cannot recover from (a wrong selection, or any
-// error with NoReconnect, or Backoff.MaxAttempts failed reconnections).
+// until ctx ends, Close is called, or an error it cannot recover from (a wrong selection, a
+// message beyond WithMaxMessageSize, any error with NoReconnect, or Backoff.MaxAttempts failed
+// reconnections).
 func (c *Client) StreamEvents(ctx context.Context, req EventsRequest) *EventStream {
 	ctx, cancel := context.WithCancel(ctx)
 	s := &EventStream{
@@ -390,8 +391,11 @@ func (s *EventStream) contextErr() error {
 	return context.Cause(s.ctx)
 }
 
-// isPermanent reports the errors no retry can cure: the request itself is wrong.
+// isPermanent reports the errors no retry can cure: the request itself is wrong, or a message
+// exceeds this client's size limit (it would come again: raise WithMaxMessageSize, or ask for
+// smaller messages).
 func isPermanent(err error) bool {
 	return errors.Is(err, ErrInvalidRequest) || errors.Is(err, ErrInstrumentNotFound) ||
-		errors.Is(err, ErrUnauthenticated) || errors.Is(err, ErrPermissionDenied)
+		errors.Is(err, ErrUnauthenticated) || errors.Is(err, ErrPermissionDenied) ||
+		errors.Is(err, ErrMessageTooLarge)
 }

@@ -158,6 +158,10 @@ func TestStatusCodesMapToTypedErrors(t *testing.T) {
 		{codes.OutOfRange, "replay position 5 is no longer buffered", mbostream.ErrResumeOutOfRange},
 		{codes.ResourceExhausted, "slow reader: fell more than 4 batches behind; resume with start_after_sequence=42 or resubscribe with with_snapshot", mbostream.ErrSlowConsumer},
 		{codes.ResourceExhausted, "stream limit reached (1 concurrent streams)", mbostream.ErrStreamLimit},
+		{codes.ResourceExhausted, "too many failed control-token attempts from ipv4:127.0.0.1:5555: retry in 60 s", mbostream.ErrAuthThrottled},
+		{codes.ResourceExhausted, "grpc: received message larger than max (4096 vs. 256)", mbostream.ErrMessageTooLarge},
+		{codes.ResourceExhausted, "Received message larger than max (4194305 vs. 4194304)", mbostream.ErrMessageTooLarge},
+		{codes.ResourceExhausted, "grpc: message after decompression larger than max (4096 vs. 256)", mbostream.ErrMessageTooLarge},
 		{codes.Unauthenticated, "invalid control token", mbostream.ErrUnauthenticated},
 		{codes.PermissionDenied, "replay control is disabled", mbostream.ErrPermissionDenied},
 		{codes.FailedPrecondition, "the replay is finished", mbostream.ErrPreconditionFailed},
@@ -172,6 +176,12 @@ func TestStatusCodesMapToTypedErrors(t *testing.T) {
 		}
 		if !errors.Is(err, tc.kind) {
 			t.Errorf("%s %q: errors.Is(%v) is false", tc.code, tc.message, tc.kind)
+		}
+		// The causes of RESOURCE_EXHAUSTED are exclusive.
+		for _, other := range []error{mbostream.ErrSlowConsumer, mbostream.ErrStreamLimit, mbostream.ErrAuthThrottled, mbostream.ErrMessageTooLarge} {
+			if other != tc.kind && errors.Is(err, other) {
+				t.Errorf("%s %q: also matches %v", tc.code, tc.message, other)
+			}
 		}
 		if status.Code(err) != tc.code {
 			t.Errorf("%s: status.Code of the typed error is %s", tc.code, status.Code(err))
@@ -249,6 +259,18 @@ func TestDialRejectsBadSettings(t *testing.T) {
 		if _, err := mbostream.Dial(ctx, tc.target, tc.opt); !errors.As(err, &cfg) || cfg.Setting != tc.setting {
 			t.Errorf("Dial(%q, %s) = %v, want a ConfigError on %s", tc.target, tc.setting, err, tc.setting)
 		}
+	}
+}
+
+// A token may go to any host over TLS: the dial is tried (and here finds nothing) rather than
+// refused as a setting.
+func TestBearerTokenOverTLSIsAllowedToAnyHost(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := mbostream.Dial(ctx, "example.invalid:443", mbostream.WithTLS(nil), mbostream.WithBearerToken("secret"))
+	var cfg *mbostream.ConfigError
+	if errors.As(err, &cfg) || !errors.Is(err, mbostream.ErrUnavailable) {
+		t.Fatalf("Dial over TLS with a token = %v, want ErrUnavailable (tried), not a ConfigError", err)
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math"
 	"slices"
 	"strings"
@@ -73,6 +74,68 @@ func TestMeasuresARealServer(t *testing.T) {
 		}
 		if spread := len(extra) > 0; spread != (len(r.Config.SpreadInstruments) == 4) {
 			t.Errorf("%v: spread over %v", extra, r.Config.SpreadInstruments)
+		}
+	}
+}
+
+// The keys of the --json document that issue 12 specifies and that `mbostream bench e2e`
+// (server/mbostream/tools/bench_e2e.py, _from_go_result) reads: renaming one breaks the bench.
+var documentKeys = map[string][]string{
+	"": {"book", "events", "client_cpu_percent", "streams_ended_early"},
+	"book": {"messages", "messages_per_second", "p50_ms", "p99_ms", "p999_ms", "max_ms",
+		"streams", "conflated", "samples", "worst_ms_each_second", "errors"},
+	"events": {"records", "records_per_second", "lossless", "gaps", "duplicates", "resource_exhausted",
+		"streams", "batches", "records_missed", "out_of_range", "batch_p50_ms", "batch_p99_ms", "batch_max_ms", "errors"},
+}
+
+// TestFlagsReachTheServer runs the tool through a counting proxy: --connections K opens exactly K
+// connections (0: one per stream), --spread and --max-updates-per-second bound what each book
+// stream receives, and --json prints the documented keys.
+func TestFlagsReachTheServer(t *testing.T) {
+	const bookStreams, eventsStreams, perSecond, seconds = 3, 1, 2, 1.5
+	srv := testserver.Start(t, testserver.Options{Args: []string{"--rate", "20000", "--loop"}})
+	for _, tc := range []struct {
+		connections, want int
+	}{{2, 2}, {0, bookStreams + eventsStreams}} {
+		proxy := testserver.StartProxy(t, srv.Address)
+		var stdout, stderr bytes.Buffer
+		args := []string{"--target", proxy.Address(), "--book-streams", fmt.Sprint(bookStreams),
+			"--events-streams", fmt.Sprint(eventsStreams), "--connections", fmt.Sprint(tc.connections),
+			"--spread", "--depth", "1", "--max-updates-per-second", fmt.Sprint(perSecond),
+			"--seconds", fmt.Sprint(seconds), "--warmup", "0.5", "--json"}
+		if code := mainWith(args, &stdout, &stderr); code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, stderr.String())
+		}
+		if got := proxy.Accepted(); got != tc.want {
+			t.Errorf("--connections %d: %d connections, want %d", tc.connections, got, tc.want)
+		}
+		var doc map[string]any
+		if err := json.Unmarshal(stdout.Bytes(), &doc); err != nil {
+			t.Fatalf("not one JSON document: %v\n%s", err, stdout.String())
+		}
+		for section, keys := range documentKeys {
+			object := doc
+			if section != "" {
+				object, _ = doc[section].(map[string]any)
+			}
+			for _, key := range keys {
+				if _, ok := object[key]; !ok {
+					t.Errorf("--json has no %q in %q: %s", key, section, stdout.String())
+				}
+			}
+		}
+		var r result
+		if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+			t.Fatal(err)
+		}
+		// One instrument per stream, at most perSecond messages a second each (plus the one that
+		// may open each second's budget at the window's edges); unlimited, it is a hundred or more.
+		if limit := uint64(bookStreams * (perSecond*seconds + 1)); r.Book.Messages == 0 || r.Book.Messages > limit {
+			t.Errorf("--max-updates-per-second %d: %d book messages in %g s over %d streams, want 1..%d",
+				perSecond, r.Book.Messages, seconds, bookStreams, limit)
+		}
+		if len(r.Config.SpreadInstruments) != bookStreams || !r.Events.Lossless {
+			t.Errorf("spread over %v; events %+v", r.Config.SpreadInstruments, r.Events)
 		}
 	}
 }

@@ -1,18 +1,29 @@
 package testserver
 
 import (
-	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
-// Proxy is a real TCP proxy in front of a server whose connections can all be cut at once.
+// Proxy is a real TCP proxy in front of a server whose connections can all be cut at once, or
+// frozen: kept open but no longer forwarding a byte, as a dead link looks to both ends.
 type Proxy struct {
 	listener net.Listener
 	upstream string
+	accepted atomic.Int64
 	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
+	links    map[*link]struct{}
+}
+
+// link is one proxied connection: the client's side and the server's.
+type link struct {
+	down, up net.Conn
+	frozen   atomic.Bool
+	done     chan struct{}
+	once     sync.Once
 }
 
 // StartProxy listens on a free port and forwards every connection to upstream; the test's
@@ -23,7 +34,7 @@ func StartProxy(t testing.TB, upstream string) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{listener: l, upstream: upstream, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{listener: l, upstream: upstream, links: map[*link]struct{}{}}
 	go p.accept()
 	t.Cleanup(func() {
 		_ = l.Close()
@@ -35,42 +46,93 @@ func StartProxy(t testing.TB, upstream string) *Proxy {
 // Address is the proxy's HOST:PORT.
 func (p *Proxy) Address() string { return p.listener.Addr().String() }
 
+// Accepted is the number of connections the proxy has accepted so far.
+func (p *Proxy) Accepted() int { return int(p.accepted.Load()) }
+
 func (p *Proxy) accept() {
 	for {
 		down, err := p.listener.Accept()
 		if err != nil {
 			return
 		}
+		p.accepted.Add(1)
 		up, err := net.DialTimeout("tcp", p.upstream, StopTimeout)
 		if err != nil {
 			_ = down.Close()
 			continue
 		}
+		l := &link{down: down, up: up, done: make(chan struct{})}
 		p.mu.Lock()
-		p.conns[down], p.conns[up] = struct{}{}, struct{}{}
+		p.links[l] = struct{}{}
 		p.mu.Unlock()
-		go pump(down, up)
-		go pump(up, down)
+		go l.pump(down, up)
+		go l.pump(up, down)
 	}
 }
 
-func pump(src, dst net.Conn) {
-	_, _ = io.Copy(dst, src)
-	_ = dst.Close()
-	_ = src.Close()
+// pump forwards src to dst, holding each read while the link is frozen.
+func (l *link) pump(src, dst net.Conn) {
+	defer l.close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		for l.frozen.Load() {
+			select {
+			case <-l.done:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// close resets both sides (a reset, not an orderly close) and releases frozen pumps.
+func (l *link) close() {
+	l.once.Do(func() {
+		close(l.done)
+		for _, c := range []net.Conn{l.down, l.up} {
+			if tcp, ok := c.(*net.TCPConn); ok {
+				_ = tcp.SetLinger(0)
+			}
+			_ = c.Close()
+		}
+	})
 }
 
 // DropAll resets every proxied connection (both sides) and returns how many sockets it cut.
 func (p *Proxy) DropAll() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	n := len(p.conns)
-	for c := range p.conns {
-		if tcp, ok := c.(*net.TCPConn); ok {
-			_ = tcp.SetLinger(0) // a reset, not an orderly close
-		}
-		_ = c.Close()
+	n := 2 * len(p.links)
+	for l := range p.links {
+		l.close()
 	}
-	clear(p.conns)
+	clear(p.links)
+	return n
+}
+
+// Freeze stops forwarding on every connection open now, in both directions, without closing
+// any (later connections are forwarded as usual); it returns how many connections it froze.
+func (p *Proxy) Freeze() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for l := range p.links {
+		select {
+		case <-l.done: // already closed
+		default:
+			if !l.frozen.Swap(true) {
+				n++
+			}
+		}
+	}
 	return n
 }

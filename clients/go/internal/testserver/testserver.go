@@ -1,7 +1,8 @@
 // Package testserver runs real `mbostream serve` subprocesses for the Go tests: on a free port (or
-// a given one, to come back on it after a restart), on a deterministic sample made once by
-// `mbostream generate`, each stopped by PID by the test that started it. Every wait is bounded. A
-// missing `mbostream` command fails the tests; it never skips them.
+// a given one, to come back on it after a restart), in plaintext or over (mutual) TLS with a
+// throw-away CA, on a deterministic sample made once by `mbostream generate`, each stopped by PID
+// by the test that started it. Every wait is bounded. A missing `mbostream` command fails the
+// tests; it never skips them.
 package testserver
 
 import (
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -87,6 +89,7 @@ func Command() (string, error) {
 type Server struct {
 	// Address is the HOST:PORT it listens on.
 	Address string
+	tls     *TLS
 	cmd     *exec.Cmd
 	logPath string
 	exited  chan struct{}
@@ -101,6 +104,10 @@ type Options struct {
 	Args []string
 	// Env are extra environment variables, "NAME=value".
 	Env []string
+	// TLS serves over TLS with these certificates (nil: plaintext).
+	TLS *TLS
+	// MutualTLS also requires client certificates signed by TLS's CA.
+	MutualTLS bool
 }
 
 // Start starts `mbostream serve` on the sample (storage off) and waits until it is SERVING; the
@@ -116,7 +123,11 @@ func Start(t testing.TB, opts Options) *Server {
 	}
 	args := []string{"--log-level", "warning", "--log-format", "text", "serve", sampleFile,
 		"--host", "127.0.0.1", "--port", fmt.Sprint(opts.Port), "--metrics-port", "-1", "--no-store"}
+	if opts.TLS != nil {
+		args = append(args, opts.TLS.serveArgs(opts.MutualTLS)...)
+	}
 	s := &Server{
+		tls:     opts.TLS,
 		cmd:     exec.Command(bin, append(args, opts.Args...)...),
 		logPath: filepath.Join(t.TempDir(), "serve.log"),
 		exited:  make(chan struct{}),
@@ -170,7 +181,11 @@ func readStdout(stdout io.Reader, ready chan<- string) {
 
 func (s *Server) waitServing(t testing.TB) {
 	t.Helper()
-	conn, err := grpc.NewClient(s.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	transport := insecure.NewCredentials()
+	if s.tls != nil {
+		transport = credentials.NewTLS(s.tls.ClientConfig(true))
+	}
+	conn, err := grpc.NewClient(s.Address, grpc.WithTransportCredentials(transport))
 	if err != nil {
 		t.Fatal(err)
 	}
