@@ -4,16 +4,21 @@ Seeded and deterministic. Small real and generated files are damaged by byte fli
 header included), truncations, splices of two files, metadata-length shifts, and the same done to
 the decompressed bytes of compressed files (re-compressed, so the damage reaches the records).
 Every mutant goes through ``book`` and ``audit`` in-process (the command line's own parser and
-error handling, :func:`mbostream.cli.execute`, output captured); a seeded sample goes through a
-real ``mbostream serve`` subprocess, bounded in time. The promise checked: exit 0, or exit 2 with
-exactly one stderr line ``mbostream COMMAND: error: …``; never a traceback, never another code.
+error handling, :func:`mbostream.cli.execute`, output captured) and through the server ``serve``
+runs, in-process (:class:`mbostream.server.app.App`: checked before it listens, then a real gRPC
+server on a free port replaying the file at max speed, then shut down); a seeded sample also goes
+through a real ``mbostream serve`` subprocess. Every run is bounded in time. The promise checked:
+exit 0, or exit 2 with exactly one line (``mbostream COMMAND: error: …`` on stderr, or the server's
+one error log line); never a traceback, never another code.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
+import logging
 import random
 import signal
 import struct
@@ -28,16 +33,22 @@ from pathlib import Path
 import grpc
 import zstandard
 from conftest import SHARED_DATA
+from grpc import aio as grpc_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server_harness import settings
 
 from mbostream.cli import build_parser, execute
+from mbostream.errors import MbostreamError
+from mbostream.replay import ReplayState
+from mbostream.server.app import EXIT_BAD_INPUT, EXIT_OK, App
 from mbostream_core.dbn import DbnReader
 from mbostream_core.synth import generate_file
+from mbostream_core.v1 import market_data_pb2, market_data_pb2_grpc
 
 SEED = 20_251_002
-#: Mutants made, each run through book and audit.
+#: Mutants made, each run through book, audit and an in-process server.
 MUTANTS = 2_200
-#: Of them, how many also run through a real `mbostream serve`.
+#: Of them, how many also run through a real `mbostream serve` subprocess.
 SERVE_SAMPLE = 16
 #: A serve run: at most this long to listen, report SERVING and stop.
 SERVE_SECONDS = 30.0
@@ -144,6 +155,72 @@ def _run_in_process(parser, argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+class _ErrorRecords(logging.Handler):
+    """The ERROR (and worse) log records of one in-process server run."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def _serve_in_process(path: Path, what: str) -> tuple[str, str | None, int]:
+    """One mutant through the server `mbostream serve` runs: ``(outcome, message, exit code)``.
+
+    Refused: its start raises an mbostream error (the command prints it as its one line, exit 2)
+    before anything listens. Otherwise it listens on a free port and replays at max speed until the
+    replay finishes, when it must be SERVING with its books listed ("served", exit 0), or until the
+    damage stops it ("stopped by damage", exit 2). Either way it is then shut down.
+    """
+    app = App(settings(files=(str(path),), pacing="max", grace_seconds=0.0))
+    try:
+        await asyncio.wait_for(app.start(), SERVE_SECONDS)
+    except MbostreamError as exc:
+        return "refused", str(exc), EXIT_BAD_INPUT
+    stopped = asyncio.ensure_future(app.wait_stopped())
+    try:
+        async with asyncio.timeout(SERVE_SECONDS):
+            while app.replayer.state is not ReplayState.FINISHED and not stopped.done():
+                await asyncio.wait({stopped}, timeout=0.002)
+            if stopped.done():
+                return "stopped by damage", None, app.exit_code
+            async with grpc_aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                while (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status != health_pb2.HealthCheckResponse.SERVING:
+                    await asyncio.sleep(0.002)
+                market = market_data_pb2_grpc.MarketDataServiceStub(channel)
+                await market.ListInstruments(market_data_pb2.ListInstrumentsRequest(), timeout=5)
+    finally:
+        if not stopped.done():
+            await asyncio.wait_for(app.shutdown(), SERVE_SECONDS)
+        stopped.cancel()
+    return "served", None, app.exit_code
+
+
+def _check_served_in_process(runner: asyncio.Runner, path: Path, what: str, book_code: int) -> str:
+    """Runs :func:`_serve_in_process` on one mutant and checks the promise; returns the outcome."""
+    errors = _ErrorRecords()
+    logging.getLogger().addHandler(errors)
+    try:
+        outcome, message, code = runner.run(_serve_in_process(path, what))
+    finally:
+        logging.getLogger().removeHandler(errors)
+    assert not [r for r in errors.records if r.exc_info], (what, [r.getMessage() for r in errors.records])
+    if outcome == "refused":
+        assert message is not None and "\n" not in message and not errors.records, (what, message)
+    elif outcome == "served":
+        assert code == EXIT_OK and not errors.records, (what, code, [r.getMessage() for r in errors.records])
+    else:
+        lines = [r.getMessage() for r in errors.records]
+        assert code == EXIT_BAD_INPUT and len(lines) == 1 and "replay failed" in lines[0], (what, code, lines)
+        assert str(path) in lines[0] and "\n" not in lines[0], (what, lines)
+    # The server takes exactly the files `book` takes.
+    assert (outcome == "served") == (book_code == 0), (what, outcome, book_code)
+    return outcome
+
+
 def _serve(path: Path, what: str, book_code: int) -> str:
     """A real `mbostream serve` on one mutant, bounded: refused (exit 2, one line), or up and
     SERVING and then stopped cleanly (exit 0), or up and then stopped by the damage (exit 2, one
@@ -198,32 +275,36 @@ def test_damaged_files_give_exit_0_or_one_line_and_exit_2(tmp_path: Path) -> Non
     sources = _sources(tmp_path)
     parser = build_parser()
     outcomes: Counter[str] = Counter()
-    serve_candidates: list[tuple[Path, str]] = []
+    served_in_process: Counter[str] = Counter()
+    serve_candidates: list[tuple[Path, str, int]] = []
     path = tmp_path / "mutant.dbn"
-    for i in range(MUTANTS):
-        what, data = _mutant(rng, sources)
-        path.write_bytes(data)
-        codes = []
-        for command in ("book", "audit"):
-            code, stderr = _run_in_process(parser, [command, str(path)])
-            _check(command, code, stderr, f"mutant {i}: {what}")
-            outcomes[f"{command} exit {code}"] += 1
-            codes.append(code)
-        # Both read the same file: one cannot take a file the other refuses.
-        assert codes[0] == codes[1], (f"mutant {i}: {what}", codes)
-        if rng.random() < 4 * SERVE_SAMPLE / MUTANTS:
-            kept = tmp_path / f"mutant-{i}.dbn"
-            kept.write_bytes(data)
-            serve_candidates.append((kept, f"mutant {i}: {what}", codes[0]))
+    with asyncio.Runner() as runner:
+        for i in range(MUTANTS):
+            what, data = _mutant(rng, sources)
+            path.write_bytes(data)
+            codes = []
+            for command in ("book", "audit"):
+                code, stderr = _run_in_process(parser, [command, str(path)])
+                _check(command, code, stderr, f"mutant {i}: {what}")
+                outcomes[f"{command} exit {code}"] += 1
+                codes.append(code)
+            # Both read the same file: one cannot take a file the other refuses.
+            assert codes[0] == codes[1], (f"mutant {i}: {what}", codes)
+            served_in_process[_check_served_in_process(runner, path, f"mutant {i}: {what}", codes[0])] += 1
+            if rng.random() < 4 * SERVE_SAMPLE / MUTANTS:
+                kept = tmp_path / f"mutant-{i}.dbn"
+                kept.write_bytes(data)
+                serve_candidates.append((kept, f"mutant {i}: {what}", codes[0]))
     in_process = time.monotonic() - started
     sample = random.Random(SEED).sample(serve_candidates, min(SERVE_SAMPLE, len(serve_candidates)))
     with ThreadPoolExecutor(max_workers=2) as pool:
         served = Counter(pool.map(lambda item: _serve(*item), sample))
     print(
-        f"\nfuzz: {MUTANTS} mutants of {len(sources)} sources through book and audit in {in_process:.1f} s "
-        f"({dict(sorted(outcomes.items()))}); {len(sample)} through serve: {dict(served)}; "
-        f"{time.monotonic() - started:.1f} s in all"
+        f"\nfuzz: {MUTANTS} mutants of {len(sources)} sources through book, audit and an in-process "
+        f"server in {in_process:.1f} s ({dict(sorted(outcomes.items()))}; server: {dict(served_in_process)}); "
+        f"{len(sample)} through a serve subprocess: {dict(served)}; {time.monotonic() - started:.1f} s in all"
     )
-    assert MUTANTS >= 2_000 and len(sample) == SERVE_SAMPLE
-    # The mutants must exercise both outcomes, or the fuzz proves nothing.
+    assert MUTANTS >= 2_000 and sum(served_in_process.values()) == MUTANTS and len(sample) == SERVE_SAMPLE
+    # The mutants must exercise every outcome, or the fuzz proves nothing.
     assert outcomes["book exit 0"] and outcomes["book exit 2"] and outcomes["audit exit 0"] and outcomes["audit exit 2"]
+    assert all(served_in_process[o] for o in ("refused", "served", "stopped by damage")), served_in_process
