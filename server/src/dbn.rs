@@ -1,4 +1,4 @@
-//! Python bindings for DBN record handling (`mbostream_book::dbn`), registered into `mbostream._engine`.
+//! Python bindings for DBN record handling (`mbostream_book::dbn`), registered into `mbostream_core._engine`.
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -21,7 +21,7 @@ fn compact_mbo<'py>(py: Python<'py>, buf: PyBuffer<u8>) -> PyResult<Compacted<'p
     Ok((PyBytes::new(py, &out), found.others, found.consumed))
 }
 
-/// Adds this module's functions to `mbostream._engine`.
+/// Adds this module's functions to `mbostream_core._engine`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compact_mbo, m)?)?;
     Ok(())

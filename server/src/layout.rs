@@ -1,4 +1,4 @@
-//! Record constants and layouts exported to Python (registered into `mbostream._engine`).
+//! Record constants and layouts exported to Python (registered into `mbostream_core._engine`).
 //!
 //! Defined once, in the book crate; Python builds its numpy dtypes and flag masks from these.
 use pyo3::prelude::*;
@@ -16,7 +16,7 @@ fn fields<'py>(py: Python<'py>, fields: &[Field]) -> PyResult<Bound<'py, PyTuple
     PyTuple::new(py, fields.iter().map(|&(name, ty, offset)| (name, ty, offset)))
 }
 
-/// Adds the record constants and layouts to `mbostream._engine`.
+/// Adds the record constants and layouts to `mbostream_core._engine`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("MBO_RECORD_SIZE", MBO_RECORD_SIZE)?;

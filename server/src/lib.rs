@@ -1,4 +1,4 @@
-//! Python bindings for the native core: the `mbostream._engine` module.
+//! Python bindings for the native core: the `mbostream_core._engine` module.
 //!
 //! Thin by design: argument conversion, GIL release and delegation only. The rules live in the
 //! crates under `native/`: the book engine and DBN records (`mbostream-book`), line protocol and

@@ -1,4 +1,4 @@
-//! Python bindings for `mbostream-lineproto` (registered into `mbostream._engine`).
+//! Python bindings for `mbostream-lineproto` (registered into `mbostream_core._engine`).
 //!
 //! Conversion and delegation only: buffers in, `(bytes, points)` out, with the GIL released while
 //! formatting. The Python side (`mbostream.storage.lineproto`) resolves symbols and cuts windows.
@@ -48,7 +48,7 @@ fn check_stride(stride: usize) -> PyResult<()> {
 ///
 /// Every formatting method raises `KeyError([instrument_id, ...])` without output when an
 /// instrument has no symbol yet (see `set_symbol`).
-#[pyclass(module = "mbostream._engine", name = "LineFormatter")]
+#[pyclass(module = "mbostream_core._engine", name = "LineFormatter")]
 struct PyLineFormatter {
     inner: Formatter,
 }
@@ -167,7 +167,7 @@ impl PyLineFormatter {
 }
 
 /// The top levels of every book at one moment (`Market.depth_table`): what a `depth` sample holds.
-#[pyclass(module = "mbostream._engine", name = "DepthTable", frozen)]
+#[pyclass(module = "mbostream_core._engine", name = "DepthTable", frozen)]
 pub struct PyDepthTable {
     pub(crate) books: Arc<Vec<BookDepth>>,
 }
@@ -232,7 +232,7 @@ fn encode_lines_block<'py>(py: Python<'py>, raw: PyBuffer<u8>, lines: u32, level
     Ok(PyBytes::new(py, &out))
 }
 
-/// Adds this module's classes to `mbostream._engine`.
+/// Adds this module's classes to `mbostream_core._engine`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyLineFormatter>()?;
     m.add_class::<PyDepthTable>()?;

@@ -2,7 +2,7 @@
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::PyBytes;
 
 use mbostream_book::record::MBO_RECORD_SIZE;
 use mbostream_book::book::BOOK_STATE_WORDS;
@@ -19,7 +19,7 @@ type ViolationTuple = (u64, u32, u16, u32, String);
 type Applied<'py> = (usize, bool, Bound<'py, PyBytes>, Vec<ViolationTuple>);
 
 /// All books of a feed, fed with raw DBN MBO records.
-#[pyclass(module = "mbostream._engine", name = "Market")]
+#[pyclass(module = "mbostream_core._engine", name = "Market")]
 struct PyMarket {
     inner: Market,
 }
@@ -284,7 +284,7 @@ fn anomaly_kinds() -> Vec<&'static str> {
     mbostream_book::AnomalyKind::ALL.iter().map(|k| k.name()).collect()
 }
 
-/// Adds `Market`, `BookStats` and the anomaly kinds to `mbostream._engine`.
+/// Adds `Market`, `BookStats` and the anomaly kinds to `mbostream_core._engine`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMarket>()?;
     m.add_class::<stats::PyBookStats>()?;

@@ -81,7 +81,7 @@ fn lower_priority() {
 /// `offer` and `offer_depth` never block. `take` returns finished blocks as `(gzip member,
 /// lines)`, the instruments that need a symbol, and whether the pipeline has finished (after
 /// `close`, once everything offered before it is in a block returned by this or an earlier take).
-#[pyclass(module = "mbostream._engine", name = "Pipeline", frozen)]
+#[pyclass(module = "mbostream_core._engine", name = "Pipeline", frozen)]
 struct PyPipeline {
     inner: Pipeline<Held>,
 }
@@ -159,7 +159,7 @@ impl PyPipeline {
     }
 }
 
-/// Adds `Pipeline` and `lower_thread_priority` to `mbostream._engine`.
+/// Adds `Pipeline` and `lower_thread_priority` to `mbostream_core._engine`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPipeline>()?;
     m.add_function(wrap_pyfunction!(lower_priority, m)?)?;

@@ -1,4 +1,4 @@
-//! Python bindings for `mbostream-synth` (registered into `mbostream._engine`).
+//! Python bindings for `mbostream-synth` (registered into `mbostream_core._engine`).
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -40,7 +40,7 @@ fn generate(
     Ok(specs.into_iter().map(|s| (s.instrument_id, s.publisher_id, s.symbol, s.tick, s.start_price)).collect())
 }
 
-/// Adds this module's functions to `mbostream._engine`.
+/// Adds this module's functions to `mbostream_core._engine`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(generate, m)?)?;
     m.add("SYNTH_MAX_INSTRUMENTS", MAX_INSTRUMENTS)?;

@@ -1,4 +1,4 @@
-//! Python bindings for `mbostream-wire` (registered into `mbostream._engine`).
+//! Python bindings for `mbostream-wire` (registered into `mbostream_core._engine`).
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -33,7 +33,7 @@ pub fn encode_event_batch<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
-/// Adds this module's functions to `mbostream._engine`.
+/// Adds this module's functions to `mbostream_core._engine`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_event_batch, m)?)?;
     Ok(())

@@ -131,7 +131,7 @@ class StorageSink:
     def behind(self) -> bool:
         """True while more than ``max_backlog_bytes`` of replay steps wait to be formatted.
 
-        The replay then waits (see :meth:`mbostream.hub.Hub.sinks_behind`): storage that cannot
+        The replay then waits (see :meth:`mbostream.hub.Hub.wait_ready`): storage that cannot
         keep up with a ``--max`` replay holds it back rather than growing memory or dropping points.
         """
         return self._pipeline.backlog_bytes() > self._max_backlog_bytes
