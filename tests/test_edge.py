@@ -768,3 +768,35 @@ def test_run_with_a_configured_token_prints_the_plain_url(tmp_path: Path, genera
         assert _replay_state(run.url, AUTH) == replay_pb2.REPLAY_STATE_RUNNING
     finally:
         assert run.stop(SERVER_STOP_GRACE_SECONDS) == 0
+
+
+def _child_pids(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children, from the kernel's tables."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def test_run_whose_envoy_dies_stops_with_exit_1_and_one_error_line(tmp_path: Path, generated_small: Path) -> None:
+    """The edge is part of `mbostream run`: Envoy gone, the URL it printed is dead, so the process
+    stops and says why (before, it went on serving gRPC alone, silently, and never exited)."""
+    envoy_or_skip()
+    server_or_skip()
+    log_path = tmp_path / "run.log"
+    run = ServeProcess(
+        str(generated_small), "--rate", "5000", "--loop", "--edge-port", "0", command="run", log_path=log_path,
+    ).start(timeout=SERVER_START_TIMEOUT_SECONDS)  # fmt: skip
+    try:
+        assert run.process is not None
+        envoys = [pid for pid in _child_pids(run.process.pid) if "envoy" in Path(f"/proc/{pid}/comm").read_text()]
+        assert len(envoys) == 1, _child_pids(run.process.pid)
+        os.kill(envoys[0], signal.SIGKILL)
+        code = run.wait(SERVER_STOP_GRACE_SECONDS)
+    finally:
+        run.stop(SERVER_STOP_GRACE_SECONDS)
+    assert code == 1
+    log = log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"envoy (pid {envoys[0]}) exited" in errors[0] and "exit 1" in errors[0], errors

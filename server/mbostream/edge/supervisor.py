@@ -199,6 +199,10 @@ class Edge:
             shutil.rmtree(running.runtime_dir, ignore_errors=True)
         log.info("envoy stopped", extra={"pid": process.pid, "exit_code": process.returncode})
 
+    async def wait_exited(self) -> int:
+        """Waits until the running Envoy exits (on :meth:`stop`, or by itself) and returns its exit code."""
+        return await self._require_running().process.wait()
+
     async def upstream_healthy(self) -> bool:
         """True when Envoy's gRPC health check currently passes for the server."""
         host = f"{self.config.upstream_host}:{self.config.upstream_port}"

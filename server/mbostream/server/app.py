@@ -20,7 +20,7 @@ import secrets
 import signal
 import socket
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import grpc
 from grpc import aio as grpc_aio
@@ -42,6 +42,9 @@ from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
 from mbostream.server.interceptors import ErrorMappingInterceptor, quiet_client_disconnects
 from mbostream_core.synth import ensure_sample
 from mbostream_core.v1 import market_data_pb2, replay_pb2
+
+if TYPE_CHECKING:
+    from mbostream.edge.supervisor import Edge
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +433,28 @@ async def serve(
     if edge is not None:
         page = edge.url if page_token is None else edge.page_url(page_token)
         print(f"mbostream is up: open {page} (UI, gRPC-Web and gRPC on one origin); Ctrl-C stops", flush=True)
+        await _stop_when_the_edge_exits(app, edge)
     await app.wait_stopped()
     if edge is not None:
         await edge.stop()
     return app.exit_code
+
+
+async def _stop_when_the_edge_exits(app: App, edge: Edge) -> None:
+    """Returns once the server stops; if Envoy exits first, the URL printed for it is dead: one
+    error line, and the server stops with exit 1 like any other failed part of it."""
+    pid = edge.pid
+    exited = asyncio.ensure_future(edge.wait_exited())
+    stopped = asyncio.ensure_future(app.wait_stopped())
+    try:
+        await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if exited.done() and not app._stopping:
+            app.exit_code = EXIT_FAILED
+            log.error(
+                "the edge failed: envoy (pid %d) exited with code %d; the server stops (exit %d)",
+                pid, exited.result(), app.exit_code, extra={"task": "edge", "exit_code": app.exit_code},
+            )  # fmt: skip
+            await app.shutdown()
+    finally:
+        exited.cancel()
+        stopped.cancel()
