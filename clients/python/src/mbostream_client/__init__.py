@@ -9,12 +9,14 @@ from mbostream_client._backoff import Backoff
 from mbostream_client._channel import DEFAULT_TARGET, TlsConfig
 from mbostream_client._decode import EventBatch, decode_events
 from mbostream_client._exceptions import (
+    AuthThrottledError,
     AuthenticationError,
     ClientError,
     DeadlineExceededError,
     EpochChangedError,
     InstrumentNotFoundError,
     InvalidRequestError,
+    MessageTooLargeError,
     PermissionDeniedError,
     PreconditionFailedError,
     ReplicaGapError,
@@ -35,6 +37,7 @@ __all__ = [
     "DEFAULT_TARGET",
     "F_LAST",
     "F_SNAPSHOT",
+    "AuthThrottledError",
     "AuthenticationError",
     "Backoff",
     "BookReplica",
@@ -48,6 +51,7 @@ __all__ = [
     "InvalidRequestError",
     "LatencyConfig",
     "MarketDataClient",
+    "MessageTooLargeError",
     "PermissionDeniedError",
     "PreconditionFailedError",
     "ReplayClient",

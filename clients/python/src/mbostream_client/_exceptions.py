@@ -11,6 +11,12 @@
     │   ├── SlowConsumerError           RESOURCE_EXHAUSTED for a reader that fell behind
     │   │                               (carries ``resume_after``, parsed from the message)
     │   ├── StreamLimitError            RESOURCE_EXHAUSTED: the server's stream limit is reached
+    │   ├── AuthThrottledError          RESOURCE_EXHAUSTED: too many wrong operator tokens from this
+    │   │                               address; control calls are refused until the cool-down ends
+    │   │                               (carries ``retry_after``, parsed from the message)
+    │   ├── MessageTooLargeError        RESOURCE_EXHAUSTED: a message beyond the receiver's size limit
+    │   │                               (``grpc.max_receive_message_length`` on this side, 4 MiB for
+    │   │                               a request on the server's); retrying cannot help
     │   ├── AuthenticationError         UNAUTHENTICATED: missing or wrong operator token
     │   ├── PermissionDeniedError       PERMISSION_DENIED: replay control is disabled
     │   ├── PreconditionFailedError     FAILED_PRECONDITION: valid call, wrong replay state
@@ -21,7 +27,8 @@
     └── ReplicaGapError                 a live record's replay_sequence skipped ahead
                                         (carries ``expected`` and ``received``)
 
-:func:`error_from_rpc` is the one place where gRPC status codes become these classes.
+:func:`error_from_rpc` is the one place where gRPC status codes become these classes; RESOURCE_EXHAUSTED's
+causes are told apart by their messages, as the Go client does (``clients/go/mbostream/errors.go``).
 """
 
 from __future__ import annotations
@@ -86,6 +93,31 @@ class StreamLimitError(RpcError):
     """RESOURCE_EXHAUSTED: the server already serves its maximum number of streams."""
 
 
+class AuthThrottledError(RpcError):
+    """RESOURCE_EXHAUSTED: this address presented wrong operator tokens too often.
+
+    Every control call from it is refused, even with the right token, until the cool-down ends.
+
+    Attributes
+    ----------
+    retry_after
+        Seconds until the cool-down ends, as the server named them, or None when the message had none.
+    """
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str, retry_after: float | None) -> None:
+        super().__init__(method, code, details)
+        self.retry_after = retry_after
+
+
+class MessageTooLargeError(RpcError):
+    """RESOURCE_EXHAUSTED: a message exceeded the receiver's size limit.
+
+    From this client's ``grpc.max_receive_message_length`` (a response: a large book, a snapshot
+    batch) or the server's (a request over 4 MiB). The same message would come again, so a stream
+    ends with it instead of reconnecting: raise the limit or ask for less (``depth``, instruments).
+    """
+
+
 class AuthenticationError(RpcError):
     """UNAUTHENTICATED: the operator token is missing or wrong."""
 
@@ -134,6 +166,13 @@ _BY_CODE: Final[dict[grpc.StatusCode, type[RpcError]]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
 }
 _RESUME_AFTER: Final = re.compile(r"start_after_sequence=(\d+)")
+#: RESOURCE_EXHAUSTED's messages: the server's (server/mbostream/errors.py, server/peers.py) and
+#: gRPC's own size checks ("Received message larger than max (N vs. M)" in gRPC core, "received
+#: message larger than max" and "message after decompression larger than max" in gRPC-Go).
+_SLOW_READER: Final = "slow reader"
+_THROTTLED: Final = "too many failed control-token attempts"
+_RETRY_IN: Final = re.compile(r"retry in (\d+(?:\.\d+)?) s")
+_TOO_LARGE: Final = "larger than max"
 
 
 def error_from_rpc(method: str, exc: grpc.RpcError) -> RpcError:
@@ -149,9 +188,19 @@ def error_from_rpc(method: str, exc: grpc.RpcError) -> RpcError:
     code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined,unused-ignore]
     details: str = exc.details() or ""  # type: ignore[attr-defined,unused-ignore]
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        # The server names the resume point only when it cut off a slow reader.
-        found = _RESUME_AFTER.search(details)
-        if found or "slow reader" in details:
-            return SlowConsumerError(method, code, details, int(found.group(1)) if found else None)
-        return StreamLimitError(method, code, details)
+        return _resource_exhausted(method, code, details)
     return _BY_CODE.get(code, RpcError)(method, code, details)
+
+
+def _resource_exhausted(method: str, code: grpc.StatusCode, details: str) -> RpcError:
+    """RESOURCE_EXHAUSTED by its cause; the server's stream limit is what remains."""
+    # The server names the resume point only when it cut off a slow reader.
+    found = _RESUME_AFTER.search(details)
+    if found or _SLOW_READER in details:
+        return SlowConsumerError(method, code, details, int(found.group(1)) if found else None)
+    if _THROTTLED in details:
+        retry = _RETRY_IN.search(details)
+        return AuthThrottledError(method, code, details, float(retry.group(1)) if retry else None)
+    if _TOO_LARGE in details.lower():
+        return MessageTooLargeError(method, code, details)
+    return StreamLimitError(method, code, details)

@@ -25,6 +25,7 @@ from mbostream_client._exceptions import (
     EpochChangedError,
     InstrumentNotFoundError,
     InvalidRequestError,
+    MessageTooLargeError,
     ReplicaGapError,
     ResumeOutOfRangeError,
     RpcError,
@@ -112,6 +113,8 @@ class EventFollower:
         ------
         InvalidRequestError, InstrumentNotFoundError
             The selection itself is wrong: retrying cannot help.
+        MessageTooLargeError
+            A message exceeds this client's size limit; it would come again on every reconnect.
         RpcError, ReplicaGapError
             Any other failure, when ``reconnect`` is false.
         """
@@ -122,7 +125,7 @@ class EventFollower:
                     if self._stopping:
                         return
                 log.info("the server ended the stream; reconnecting")
-            except (InvalidRequestError, InstrumentNotFoundError):
+            except (InvalidRequestError, InstrumentNotFoundError, MessageTooLargeError):
                 raise
             except (ResumeOutOfRangeError, EpochChangedError, ReplicaGapError) as exc:
                 if not self.reconnect:

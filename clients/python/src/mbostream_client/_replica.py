@@ -109,6 +109,8 @@ class BookReplica:
         ------
         InvalidRequestError, InstrumentNotFoundError
             The selection itself is wrong: retrying cannot help.
+        MessageTooLargeError
+            A snapshot batch (one whole book) exceeds this client's size limit.
         """
         async for batch, new_snapshot in self._follower.follow():
             if new_snapshot:
