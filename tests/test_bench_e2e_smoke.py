@@ -1,0 +1,123 @@
+"""``mbostream bench e2e`` end to end with each measuring client, as a smoke test (not a speed test).
+
+The real command runs in a subprocess: it builds ``mbostream-load`` from clients/go (into a private
+cache directory, so the build path is exercised too) or runs ``mbostream-client latency``, against
+real ``mbostream serve`` subprocesses of a small generated file, both scenarios, one-and-a-half
+second windows. The test asserts the JSON document's shape and that its numbers are consistent
+(messages and records flowed, the events stream was lossless, percentiles are ordered); it asserts
+no timing figure and not the floor verdicts, which belong to a quiet machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+
+RATE: Final = 20_000
+BOOK_STREAMS: Final = 2
+SECONDS: Final = 1.5
+WARMUP: Final = 0.5
+#: A first Go build may download modules; everything after it takes seconds.
+TIMEOUT: Final = 900
+
+#: The keys both clients' results share (bench_e2e maps mbostream-load's onto the Python client's).
+BOOK_KEYS: Final = {"streams", "messages", "messages_per_second", "conflated", "latency_ms", "worst_ms_each_second", "errors"}
+EVENTS_KEYS: Final = {
+    "streams", "records", "records_per_second", "batches", "gaps", "records_missed", "resource_exhausted",
+    "out_of_range", "lossless", "latency_ms", "errors",
+}  # fmt: skip
+LATENCY_KEYS: Final = {"samples", "p50", "p99", "p99.9", "max"}
+SCENARIO_KEYS: Final = {
+    "scenario", "pacing", "server", "client", "client_cpus", "other_processes_cpu_percent", "interrupts_cpu_percent",
+}  # fmt: skip
+SERVER_KEYS: Final = {"replayed_records_per_second", "cpu_percent", "cpus", "exit_code"}
+CHECKS: Final = {"max_events_records_per_second", "rate_book_p99_ms", "rate_events_lossless"}
+VERDICTS: Final = {"meets aim", "meets floor", "BELOW FLOOR", "no data"}
+
+
+def bench_e2e(client: str, data: Path, cache: Path) -> dict[str, Any]:
+    command = [
+        sys.executable, "-m", "mbostream.cli", "bench", "e2e", str(data), "--scenario", "both", "--client", client,
+        "--rate", str(RATE), "--book-streams", str(BOOK_STREAMS), "--events-streams", "1",
+        "--seconds", str(SECONDS), "--warmup", str(WARMUP), "--server-arg=--no-store", "--json",
+    ]  # fmt: skip
+    env = {**os.environ, "MBOSTREAM_CACHE_DIR": str(cache)}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-3000:]}"
+    return dict(json.loads(proc.stdout))
+
+
+def assert_ordered_latency(latency: dict[str, Any], samples: int) -> None:
+    assert set(latency) == LATENCY_KEYS
+    assert latency["samples"] == samples > 0
+    ordered = [latency[k] for k in ("p50", "p99", "p99.9", "max") if latency[k] is not None]
+    assert ordered[0] == latency["p50"] and ordered[-1] == latency["max"]
+    assert ordered == sorted(ordered), f"percentiles out of order: {latency}"
+
+
+@pytest.mark.parametrize("client", ["go", "python"])
+def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_small: Path, tmp_path: Path) -> None:
+    doc = bench_e2e(client, generated_small, tmp_path / "cache")
+
+    assert set(doc) == {"config", "scenarios", "checks", "passed"}
+    cfg = doc["config"]
+    assert (cfg["client"], cfg["files"], cfg["scenarios"]) == (client, [str(generated_small)], ["max", "rate"])
+    assert (cfg["seconds"], cfg["warmup"], cfg["rate"], cfg["book_streams"], cfg["events_streams"]) == (
+        SECONDS, WARMUP, RATE, BOOK_STREAMS, 1
+    )
+    assert set(doc["scenarios"]) == {"max", "rate"}
+    if client == "go":
+        assert len(list((tmp_path / "cache" / "bin").glob("mbostream-load-*"))) == 1
+
+    for name, scenario in doc["scenarios"].items():
+        assert set(scenario) == SCENARIO_KEYS
+        assert scenario["scenario"] == name
+        assert scenario["pacing"] == ("--max" if name == "max" else f"--rate {RATE}")
+        server = scenario["server"]
+        assert set(server) == SERVER_KEYS
+        assert server["exit_code"] == 0
+        assert server["replayed_records_per_second"] > 0
+        result = scenario["client"]
+        assert BOOK_KEYS <= set(result["book"]) and EVENTS_KEYS <= set(result["events"])
+        assert result["streams_ended_early"] == 0
+        assert result["client_cpu_percent"] > 0
+        events = result["events"]
+        # Every record delivered in the window is counted once, in contiguous batches.
+        assert events["streams"] == 1
+        assert events["records"] > 0 and events["batches"] > 0
+        assert events["records_per_second"] == pytest.approx(events["records"] / SECONDS, abs=0.1)
+        assert (events["gaps"], events["records_missed"], events["errors"] or {}) == (0, 0, {})
+        assert_ordered_latency(events["latency_ms"], events["batches"])
+        if client == "go":
+            assert events["duplicates"] == 0
+            assert result["go"]["config"]["book_streams"] == (0 if name == "max" else BOOK_STREAMS)
+
+    book = doc["scenarios"]["max"]["client"]["book"]
+    assert (book["streams"], book["messages"]) == (0, 0)
+
+    rate = doc["scenarios"]["rate"]["client"]
+    book, events = rate["book"], rate["events"]
+    assert book["streams"] == BOOK_STREAMS
+    assert book["messages"] > 0 and (book["errors"] or {}) == {}
+    assert book["messages_per_second"] == pytest.approx(book["messages"] / SECONDS, abs=0.1)
+    assert_ordered_latency(book["latency_ms"], book["messages"])
+    assert book["worst_ms_each_second"] and max(book["worst_ms_each_second"]) > 0
+    # Well within what one reader takes at this rate: no cut-off, nothing to resume.
+    assert events["lossless"] is True
+    assert (events["resource_exhausted"], events["out_of_range"]) == (0, 0)
+
+    checks = doc["checks"]
+    assert set(checks) == CHECKS
+    assert checks["max_events_records_per_second"]["value"] == doc["scenarios"]["max"]["client"]["events"][
+        "records_per_second"
+    ]
+    assert checks["rate_book_p99_ms"]["value"] == book["latency_ms"]["p99"]
+    assert {checks[c]["verdict"] for c in ("max_events_records_per_second", "rate_book_p99_ms")} <= VERDICTS
+    assert checks["rate_events_lossless"] == {"value": True, "verdict": "ok"}
+    assert doc["passed"] == all(c["verdict"] not in ("BELOW FLOOR", "LOSSY") for c in checks.values())
