@@ -333,3 +333,23 @@ def test_clients_resume_on_another_gateway_when_theirs_is_killed_20_times(tmp_pa
             if isinstance(follower, GoFollower) and follower.process.poll() is None:
                 follower.process.kill()
         assert run.stop() == 0
+
+
+def test_run_whose_envoy_dies_stops_with_exit_1_and_one_error_line(tmp_path: Path, generated_small: Path) -> None:
+    """Envoy is the run's one address: killed, the cluster stops and says why (exit 1), as ``serve``'s
+    run does (before, the roles went on behind a dead URL and the run never exited)."""
+    log = tmp_path / "run.log"
+    run = ClusterRun(log, str(generated_small), "--rate", "5000", "--loop", "--gateways", "1", "--edge-port", "0", "--no-store")
+    try:
+        children = [int(c) for task in Path(f"/proc/{run.process.pid}/task").iterdir() for c in (task / "children").read_text().split()]
+        envoys = [pid for pid in children if Path(f"/proc/{pid}/comm").read_text().strip() == "envoy"]
+        assert len(envoys) == 1, children
+        os.kill(envoys[0], signal.SIGKILL)
+        code = run.process.wait(60)
+    finally:
+        run.stop()
+    text = log.read_text()
+    assert code == 1, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    errors = [line for line in text.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and f"cluster stops: envoy (pid {envoys[0]}) exited with code" in errors[0], errors

@@ -281,6 +281,7 @@ class Cluster:
             raise
         for child in (self.nats, *self.children):
             self._watchers.append(asyncio.create_task(self._watch(child), name=f"watch-{child.name}"))
+        self._watchers.append(asyncio.create_task(self._watch_edge(self.edge), name="watch-envoy"))
 
     def ready(self) -> dict[str, Any]:
         """The run's one JSON line."""
@@ -384,6 +385,21 @@ class Cluster:
             except ClusterError as exc:
                 log.error("restarting %s failed: %s", child.name, exc)
                 delay = min(delay * 2, RESTART_BACKOFF_SECONDS[1])
+
+    async def _watch_edge(self, edge: Edge) -> None:
+        """Envoy is the run's one address: if it exits while the run is up, the run stops (exit 1).
+
+        Not restarted like a role: its port is the one clients hold, and a second Envoy that cannot
+        bind it would hide the failure; a supervisor above the run (systemd, Kubernetes) restarts
+        the whole run instead, as it does for ``serve``.
+        """
+        pid = edge.pid
+        code = await edge.wait_exited()
+        if self._stopping:
+            return
+        self.failed = f"envoy (pid {pid}) exited with code {code}"
+        log.error("cluster stops: %s", self.failed)
+        asyncio.get_running_loop().create_task(self.stop())
 
     async def _terminate(self, child: _Child) -> None:
         process = child.process
