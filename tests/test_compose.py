@@ -8,7 +8,10 @@ then ``compose.yaml`` + ``compose.test.yaml`` are brought up with ``docker compo
 The host talks to the stack only through ports published on 127.0.0.1.
 
 Nothing is prepared for compose but the images: the one-shot ``secrets-init`` service makes the
-project's tokens (``docker/secrets_init.py``), which the test reads back from the containers. The UI
+project's tokens and its TLS set (``docker/secrets_init.py``), which the test reads back from the
+containers; TLS on each hop is checked by refusing plaintext on it and by the traffic that crosses
+it (InfluxDB over HTTPS in both profiles; NATS with mTLS, the replayer, the gateways and Envoy's
+upstreams in the cluster profile). The UI
 is loaded through Envoy's published port in headless Chromium (``playwright-core``, Debian's
 ``/usr/bin/chromium``) by a small driver written by this module.
 
@@ -28,6 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import http.client
+import ssl
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -37,6 +43,9 @@ from typing import Any, Final
 
 import grpc
 import pytest
+import yaml
+from cryptography import x509
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mbostream.tools.browser import WEB_DIR, chromium_path, missing_requirement
 from mbostream_client import Backoff, EventFollower, MarketDataClient
 from mbostream_core.v1 import market_data_pb2, market_data_pb2_grpc, replay_pb2, replay_pb2_grpc
@@ -47,6 +56,8 @@ PROJECT: Final = "mbostream-test"
 #: Where the services read the project's secrets (the `secrets` volume, written by secrets-init).
 SECRETS_DIR: Final = "/run/mbostream/secrets"
 CONTROL_TOKEN_FILE: Final = f"{SECRETS_DIR}/mbostream-control-token"
+#: Where the services read the TLS set (the `certs` volume, written by secrets-init).
+CERTS_DIR: Final = "/run/mbostream/tls"
 INFLUX_BUCKET: Final = "mbostream"
 UP_TIMEOUT: Final = 300
 RPC_TIMEOUT: Final = 10.0
@@ -71,6 +82,16 @@ GRAFANA_LEFT_OUT: Final = (
 )
 
 pytestmark = pytest.mark.timeout(1500)
+
+
+def _secrets_init() -> Any:
+    """docker/secrets_init.py as a module (its names: what compose may read from the volumes)."""
+    sys.path.insert(0, str(REPO / "docker"))
+    try:
+        import secrets_init
+    finally:
+        sys.path.pop(0)
+    return secrets_init
 
 
 def _free_port() -> int:
@@ -164,6 +185,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         _run([DOCKER, "build", *args, "--target", "runtime", "-t", images["MBOSTREAM_IMAGE"], "."], env=build_env)
         _run([DOCKER, "build", *args, "--target", "edge", "-t", images["EDGE_IMAGE"], "."], env=build_env)
         upstream = ["--build-arg", "EDGE_UPSTREAM_HOST=gateways", "--build-arg", "EDGE_REPLAYER_HOST=replay"]
+        upstream += ["--build-arg", f"EDGE_UPSTREAM_CA_FILE={CERTS_DIR}/ca.crt"]  # as compose.yaml builds it
         _run([DOCKER, "build", *args, *upstream, "--target", "edge", "-t", images["EDGE_CLUSTER_IMAGE"], "."], env=build_env)
         stack.timings["images"] = time.monotonic() - built
         env.update(images)
@@ -236,6 +258,8 @@ def test_compose_config_is_valid_and_follows_policy(stack: Stack, profile: str |
         if ours or name in ONE_SHOTS:
             assert service.get("read_only") is True, f"{name}: the root filesystem is not read-only"
         _assert_secrets_from_the_volume(name, service)
+        _assert_certs_from_the_volume(name, service)
+    _assert_tls_on_every_hop(config["services"])
     # No compose secret (their files would have to exist before `up`); no secret with a value.
     assert "secrets" not in config, f"compose secrets need files made first: {config['secrets']}"
     environment = json.dumps([s.get("environment", {}) for s in config["services"].values()]).lower()
@@ -246,19 +270,80 @@ def test_compose_config_is_valid_and_follows_policy(stack: Stack, profile: str |
 def _assert_secrets_from_the_volume(name: str, service: dict[str, Any]) -> None:
     """Every secret ``service`` reads is a file secrets-init makes, in the `secrets` volume it mounts
     (read-only), and the service starts only once secrets-init has exited 0."""
-    sys.path.insert(0, str(REPO / "docker"))
-    try:
-        from secrets_init import NAMES
-    finally:
-        sys.path.pop(0)
+    names = set(_secrets_init().NAMES)
     read = set(re.findall(rf"{SECRETS_DIR}/([\w-]+)", json.dumps([service.get("environment", {}), service.get("entrypoint")])))
     if not read:
         return
-    assert read <= set(NAMES), f"{name} reads {sorted(read - set(NAMES))}, which secrets-init does not make"
+    assert read <= names, f"{name} reads {sorted(read - names)}, which secrets-init does not make"
     mounts = {v["target"]: v for v in service.get("volumes", [])}
     assert mounts.get(SECRETS_DIR, {}).get("source") == "secrets", f"{name} does not mount the secrets volume at {SECRETS_DIR}"
     assert mounts[SECRETS_DIR].get("read_only") is True, f"{name} mounts the secrets writable"
     assert "secrets-init" in service.get("depends_on", {}), f"{name} may start before its secrets exist"
+
+
+def _assert_certs_from_the_volume(name: str, service: dict[str, Any]) -> None:
+    """Every TLS file ``service`` names (settings, command, health check, Envoy's build arguments)
+    is one secrets-init makes, in the `certs` volume it mounts read-only after secrets-init exited 0."""
+    where = [service.get(k) for k in ("environment", "command", "entrypoint", "healthcheck")] + [service.get("build", {}).get("args")]
+    read = set(re.findall(rf"{CERTS_DIR}/([\w.-]+)", json.dumps(where)))
+    if not read:
+        return
+    made = set(_secrets_init().CERT_FILES)
+    assert read <= made, f"{name} reads {sorted(read - made)}, which secrets-init does not make"
+    mounts = {v["target"]: v for v in service.get("volumes", [])}
+    assert mounts.get(CERTS_DIR, {}).get("source") == "certs", f"{name} does not mount the certs volume at {CERTS_DIR}"
+    assert mounts[CERTS_DIR].get("read_only") is True, f"{name} mounts the certificates writable"
+    assert "secrets-init" in service.get("depends_on", {}), f"{name} may start before its certificates exist"
+
+
+def _assert_tls_on_every_hop(services: dict[str, Any]) -> None:
+    """The settings that put each hop between containers on TLS (the stack test shows them at work)."""
+    ca = f"{CERTS_DIR}/ca.crt"
+    for name in ("serve", "store"):
+        if name in services:
+            env = services[name]["environment"]
+            assert env["INFLUX_URL"].startswith("https://") and env["INFLUX_CA_FILE"] == ca, f"{name} -> InfluxDB is not HTTPS verified by the CA"
+    influx = services["influxdb"]
+    assert influx["environment"]["INFLUXD_TLS_CERT"] and influx["environment"]["INFLUXD_TLS_KEY"], "InfluxDB serves no HTTPS"
+    assert "https://" in " ".join(influx["healthcheck"]["test"]), "InfluxDB's health check is not over HTTPS"
+    if "nats" not in services:
+        return
+    assert {"--tlsverify", f"--tlscacert={ca}"} <= set(services["nats"]["command"]), "nats-server does not require mTLS"
+    for name in ("replay", "gateway-1", "gateway-2", "store"):
+        env = services[name]["environment"]
+        assert env.get("MBOSTREAM_NATS_TLS_CA_FILE") == ca and env.get("MBOSTREAM_NATS_TLS_CERT_FILE"), f"{name} -> NATS is not mTLS"
+    for name in ("replay", "gateway-1", "gateway-2"):
+        assert services[name]["environment"].get("MBOSTREAM_TLS_CERT_FILE"), f"{name} serves plaintext gRPC"
+    assert services["envoy-cluster"]["build"]["args"].get("EDGE_UPSTREAM_CA_FILE") == ca, "envoy-cluster -> gateways is plaintext"
+
+
+def test_the_cluster_edge_validates_its_upstreams_by_the_ca_and_their_names() -> None:
+    """docker/envoy/render.py as the Dockerfile runs it for envoy-cluster: both upstream clusters speak
+    TLS, trust the CA at its in-container path and accept only their own name; without the CA
+    argument the config has no TLS at all (the default profile's edge)."""
+    clusters = {}
+    for ca in (f"{CERTS_DIR}/ca.crt", ""):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "envoy.yaml"
+            _run([sys.executable, "docker/envoy/render.py", "--template", "envoy/envoy.template.yaml", "--static-dir", tmp,
+                  "--upstream-host", "gateways", "--upstream-port", "50051", "--replayer-host", "replay", "--listen-port", "8080",
+                  "--upstream-ca-file", ca, "--out", str(out)], timeout=60)  # fmt: skip
+            rendered = yaml.safe_load(out.read_text())["static_resources"]["clusters"]
+        clusters[ca] = {c["name"]: c.get("transport_socket", {}).get("typed_config") for c in rendered}
+
+    def validated(name: str) -> dict[str, Any]:
+        return {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "validation_context": {"trusted_ca": {"filename": f"{CERTS_DIR}/ca.crt"}, "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": name}}]},
+            },
+            "sni": name,
+        }
+
+    tls = clusters[f"{CERTS_DIR}/ca.crt"]
+    assert (tls["mbostream_grpc"], tls["mbostream_replayer"]) == (validated("gateways"), validated("replay"))
+    assert (clusters[""]["mbostream_grpc"], clusters[""]["mbostream_replayer"]) == (None, None)
 
 
 def _image_default(reference: str) -> tuple[str, str]:
@@ -395,11 +480,46 @@ def _prometheus_targets(address: str) -> list[dict[str, Any]]:
         return json.load(response)["data"]["activeTargets"]
 
 
-def _influx_count(address: str, measurement: str) -> int:
+def _ca(stack: Stack, service: str, profile: str | None = None) -> bytes:
+    """The stack's CA certificate, as ``service`` reads it (from the certs volume, inside its container)."""
+    return stack.run("exec", "-T", service, "cat", f"{CERTS_DIR}/ca.crt", profile=profile).encode()
+
+
+class _HttpsByName(http.client.HTTPSConnection):
+    """HTTPS to a published port (127.0.0.1:PORT) verifying the certificate for the service's name."""
+
+    def __init__(self, address: str, ca: bytes, server_name: str) -> None:
+        host, port = address.rsplit(":", 1)
+        super().__init__(host, int(port), timeout=5, context=ssl.create_default_context(cadata=ca.decode()))
+        self.server_name = server_name
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(raw, server_hostname=self.server_name)  # type: ignore[attr-defined]
+
+
+def _influx_count(address: str, ca: bytes, measurement: str) -> int:
+    """Points of ``measurement`` in InfluxDB, asked over HTTPS verified by the stack's CA as `influxdb`."""
     query = urllib.parse.urlencode({"db": INFLUX_BUCKET, "q": f"SELECT count(price) FROM {measurement}"})
-    with urllib.request.urlopen(f"http://{address}/query?{query}", timeout=5) as response:
+    connection = _HttpsByName(address, ca, "influxdb")
+    try:
+        connection.request("GET", f"/query?{query}")
+        response = connection.getresponse()
+        assert response.status == 200, (response.status, response.read()[:200])
         series = json.load(response)["results"][0].get("series")
+    finally:
+        connection.close()
     return int(series[0]["values"][0][1]) if series else 0
+
+
+def _influx_refuses_plain_http(address: str) -> str:
+    """InfluxDB's port spoken to in plain HTTP: no query is answered (Go's TLS server answers 400)."""
+    query = urllib.parse.urlencode({"db": INFLUX_BUCKET, "q": "SHOW MEASUREMENTS"})
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)) as refused:
+        urllib.request.urlopen(f"http://{address}/query?{query}", timeout=5)
+    if isinstance(refused.value, urllib.error.HTTPError):
+        assert refused.value.code == 400, refused.value
+    return repr(refused.value)
 
 
 async def _follow_through(target: str, disrupt: Any, *, after_batches: int = 20) -> tuple[Any, list[tuple[int, int]]]:
@@ -581,9 +701,11 @@ def test_default_profile(stack: Stack, tmp_path: Path) -> None:
     targets = _wait("Prometheus: every target up", lambda: (t := _prometheus_targets(prometheus)) and all(x["health"] == "up" for x in t) and t)
     assert {t["labels"]["job"] for t in targets} == {"mbostream", "prometheus"}
 
-    # Points arrive in InfluxDB (written by serve's storage with the token from the secret).
-    influx = stack.published("influxdb", 8086)
-    _wait("trades in InfluxDB", lambda: _influx_count(influx, "trades") > 0)
+    # Points arrive in InfluxDB (written by serve's storage with the token from the secret), over
+    # HTTPS: InfluxDB serves nothing in plain HTTP, and its certificate is the stack's CA's for `influxdb`.
+    influx, ca = stack.published("influxdb", 8086), _ca(stack, "serve")
+    _wait("trades in InfluxDB", lambda: _influx_count(influx, ca, "trades") > 0)
+    plain_influx = _influx_refuses_plain_http(influx)
 
     # Envoy restarts under a live stream: the client reconnects and resumes with no gap.
     stats, received = asyncio.run(asyncio.wait_for(_follow_through(edge, lambda: stack.run("restart", "envoy")), 300))
@@ -591,33 +713,127 @@ def test_default_profile(stack: Stack, tmp_path: Path) -> None:
     _assert_no_gap(received)
     print(f"compose test: default profile up --wait {up_seconds:.0f} s; envoy restart: {stats}; trace {trace_id}: {spans}")
     print(f"compose test: the UI in Chromium through Envoy: {browser}")
+    print(f"compose test: plain HTTP to InfluxDB: {plain_influx}")
 
 
 def test_secrets_are_random_per_project_and_yours_win(stack: Stack, tmp_path: Path) -> None:
-    """A second project's secrets-init makes other tokens; a file in MBOSTREAM_SECRETS_DIR replaces
-    its secret; a second run keeps what the volume holds."""
+    """A second project's secrets-init makes other tokens and another CA; a file in
+    MBOSTREAM_SECRETS_DIR replaces its secret, a ``tls/`` folder there the TLS set; a second run
+    keeps what the volumes hold."""
     assert stack.control_token, "test_default_profile did not read the first project's token"
     other = f"{PROJECT}-secrets"
     mine = tmp_path / "mine"
     mine.mkdir()
     env = {**stack.env, "COMPOSE_PROJECT_NAME": other, "MBOSTREAM_SECRETS_DIR": str(mine)}
+    dump = "import json, pathlib, sys; print(json.dumps({p.name: p.read_text() for p in pathlib.Path(sys.argv[1]).iterdir()}))"
 
-    def made() -> dict[str, str]:
+    def volume(name: str) -> dict[str, str]:
+        cmd = ["run", "--rm", "--network", "none", "-v", f"{name}:/s:ro", "--entrypoint", "python3"]
+        return dict(json.loads(stack.docker(*cmd, stack.env["MBOSTREAM_IMAGE"], "-c", dump, "/s")))
+
+    def made() -> tuple[dict[str, str], dict[str, str]]:
         _run(stack.compose_cmd("up", "--no-build", "secrets-init"), env=env, timeout=120)
-        cmd = ["run", "--rm", "--network", "none", "-v", f"{other}_secrets:/s:ro", "--entrypoint", "sh"]
-        listing = stack.docker(*cmd, stack.env["MBOSTREAM_IMAGE"], "-c", "for f in /s/*; do echo \"$(basename $f) $(cat $f)\"; done")
-        return dict(line.split(" ", 1) for line in listing.splitlines())
+        return {k: v.strip() for k, v in volume(f"{other}_secrets").items()}, volume(f"{other}_certs")
 
+    secrets_init = _secrets_init()
+    ours = volume(f"{PROJECT}_certs")
     try:
-        first = made()
+        first, first_tls = made()
         assert set(first) == {"mbostream-control-token", "influxdb-token", "influxdb-admin-password", "grafana-admin-password"}
         assert len(set(first.values())) == 4 and stack.control_token not in first.values(), "secrets repeat"
+        # The TLS set: a CA of this project's, every server's certificate signed by it for its names.
+        assert set(first_tls) == set(ours) == set(secrets_init.CERT_FILES)
+        assert first_tls["ca.crt"] != ours["ca.crt"], "two projects share a CA"
+        ca = x509.load_pem_x509_certificate(first_tls["ca.crt"].encode())
+        for server, names in secrets_init.SERVERS.items():
+            leaf, issuer = x509.load_pem_x509_certificates(first_tls[f"{server}.crt"].encode())
+            leaf.verify_directly_issued_by(ca)
+            assert issuer == ca, f"{server}.crt does not carry its CA after the leaf"
+            assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == list(names)
         (mine / "mbostream-control-token").write_text("operator-chosen-token-1234\n")
         (mine / "mbostream-control-token").chmod(0o644)
-        second = made()
+        # The operator's TLS set (here the first project's), readable by secrets-init's uid.
+        (mine / "tls").mkdir(mode=0o755)
+        for name, text in ours.items():
+            (mine / "tls" / name).write_text(text)
+            (mine / "tls" / name).chmod(0o644)
+        second, second_tls = made()
         assert second == {**first, "mbostream-control-token": "operator-chosen-token-1234"}
+        assert second_tls == ours
+        # An incomplete set is refused (a mix of two CAs would fail at every handshake instead).
+        (mine / "tls" / "nats.key").unlink()
+        _run(stack.compose_cmd("up", "--no-build", "secrets-init"), env=env, timeout=120, check=False)
+        exited = _run(stack.compose_cmd("ps", "--all", "--format", "{{.ExitCode}}", "secrets-init"), env=env, timeout=60).strip()
+        logs = _run(stack.compose_cmd("logs", "--no-color", "secrets-init"), env=env, timeout=60)
+        assert exited == "1" and "missing: nats.key" in logs, (exited, logs[-2000:])
     finally:
         _run(stack.compose_cmd("down", "--volumes", "--timeout", "5"), env=env, timeout=120, check=False)
+
+
+#: Run in the gateway-1 container (python3 -c): the cluster network's hops seen from inside it.
+#: NATS in plaintext, in TLS without a client certificate and with the roles' one (each: did a PING
+#: get its PONG, and what came back); the replayer's gRPC in plaintext; one JSON line.
+TLS_PROBE: Final = r"""
+import json, socket, ssl
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+T = "/run/mbostream/tls/"
+PING = b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n'
+
+def exchange(sock):
+    sock.sendall(PING)
+    reply = b""
+    try:
+        while b"PONG" not in reply and (chunk := sock.recv(65536)):
+            reply += chunk
+    except OSError as exc:
+        reply += f" [{exc!r}]".encode()
+    return reply.decode(errors="replace")
+
+def nats(client_cert):
+    with socket.create_connection(("nats", 4222), timeout=10) as raw:
+        info = raw.recv(65536).decode(errors="replace")
+        if client_cert is None:
+            return {"info": info, "reply": exchange(raw)}
+        context = ssl.create_default_context(cafile=T + "ca.crt")
+        if client_cert:
+            context.load_cert_chain(T + "nats-client.crt", T + "nats-client.key")
+        try:
+            with context.wrap_socket(raw, server_hostname="nats") as tls:
+                return {"info": info, "reply": exchange(tls)}
+        except (ssl.SSLError, OSError) as exc:
+            return {"info": info, "reply": f"[{exc!r}]"}
+
+def replay_plaintext():
+    with grpc.insecure_channel("replay:50051") as channel:
+        try:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            return "SERVING"
+        except grpc.RpcError as exc:
+            return exc.code().name
+
+print(json.dumps({"plain": nats(None), "no_cert": nats(False), "cert": nats(True), "replay_plaintext": replay_plaintext()}))
+"""
+
+
+def _health(address: str, credentials: grpc.ChannelCredentials | None = None, server_name: str = "") -> str:
+    """``Health/Check`` on ``address``: the status name, or the RPC's error code name."""
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    channel = grpc.secure_channel(address, credentials, options=options) if credentials else grpc.insecure_channel(address)
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT)
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def _prometheus_value(address: str, query: str) -> float:
+    """The first sample of an instant query, 0 when there is none."""
+    url = f"http://{address}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        result = json.load(response)["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
 
 
 def test_cluster_profile_gateway_killed(stack: Stack) -> None:
@@ -631,6 +847,29 @@ def test_cluster_profile_gateway_killed(stack: Stack) -> None:
         "Prometheus: every cluster target up",
         lambda: (t := _prometheus_targets(prometheus)) and {x["labels"]["job"] for x in t} == jobs and all(x["health"] == "up" for x in t),
     )
+
+    # TLS on the cluster's hops. NATS: a plaintext client is told TLS is required and never
+    # answered; a TLS client without a certificate of the CA is refused (mTLS); the roles' one works.
+    probe = json.loads(stack.run("exec", "-T", "gateway-1", "python3", "-c", TLS_PROBE, profile="cluster"))
+    assert '"tls_required":true' in probe["plain"]["info"] and "PONG" not in probe["plain"]["reply"], probe["plain"]
+    assert "PONG" not in probe["no_cert"]["reply"], probe["no_cert"]
+    assert "PONG" in probe["cert"]["reply"], probe["cert"]
+    # The replayer and the gateways serve gRPC over TLS only: plaintext gets no answer; TLS verified
+    # by the stack's CA gets one for the gateways' names, and a certificate for another name is refused.
+    assert probe["replay_plaintext"] == "UNAVAILABLE", probe
+    ca = _ca(stack, "gateway-1", profile="cluster")
+    for service, name in (("gateway-1", "gateway-1"), ("gateway-2", "gateways")):
+        address = stack.published(service, 50051, profile="cluster")
+        assert _health(address) == "UNAVAILABLE", f"{service} answers plaintext gRPC"
+        assert _health(address, grpc.ssl_channel_credentials(ca), name) == "SERVING", service
+        assert _health(address, grpc.ssl_channel_credentials(ca), "replay") == "UNAVAILABLE", f"{service}'s certificate passes for the replayer"
+    # Envoy -> replayer over TLS (validated by the CA, as `replay`): a control call through the edge.
+    token = _secret(stack, "gateway-1", "mbostream-control-token", profile="cluster")
+    with grpc.insecure_channel(edge) as channel:
+        status = replay_pb2_grpc.ReplayServiceStub(channel).GetStatus(
+            replay_pb2.GetStatusRequest(), timeout=RPC_TIMEOUT, metadata=(("authorization", f"Bearer {token}"),)
+        )
+    assert status.status.records_done > 0, status
 
     def kill_each_gateway() -> None:
         # One of the two carries the stream: kill the first, start it again (Docker's restart policy
@@ -647,9 +886,13 @@ def test_cluster_profile_gateway_killed(stack: Stack) -> None:
     # secrets-init ran again with this `up` and kept the project's token (InfluxDB has it already).
     assert _secret(stack, "gateway-1", "mbostream-control-token", profile="cluster") == stack.control_token
     _assert_no_gap(received)
+    # The store writes to InfluxDB over HTTPS (serve writes there too: the store's own counter says
+    # the database acknowledged its points), and InfluxDB holds the trades.
     influx = stack.published("influxdb", 8086, profile="cluster")
-    _wait("trades in InfluxDB", lambda: _influx_count(influx, "trades") > 0)
+    _wait("the store's points acknowledged by InfluxDB", lambda: _prometheus_value(prometheus, 'mbostream_storage_points_written_total{job="mbostream-store"}') > 0)
+    _wait("trades in InfluxDB", lambda: _influx_count(influx, ca, "trades") > 0)
     print(f"compose test: cluster profile up --wait {up_seconds:.0f} s; gateways killed: {stats}")
+    print(f"compose test: TLS probes from gateway-1: {probe}")
 
 
 def test_down_leaves_nothing(stack: Stack) -> None:

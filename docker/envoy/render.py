@@ -8,6 +8,12 @@ admin stays on loopback at a fixed port (the health check reads /ready there), a
 service names, so their clusters resolve them by DNS (STRICT_DNS: every address behind a name,
 e.g. two gateways sharing the network alias `gateways`, re-resolved as containers come and go)
 instead of the template's STATIC addresses. A template these edits no longer match fails the build.
+
+Upstream TLS (``--upstream-ca-file``): the servers' certificates are made when the stack first
+starts (compose's ``secrets-init``), after this config is rendered, so there is nothing to pin:
+Envoy validates each server by the CA file (read from that in-container path when it starts) and
+the name its certificate must carry, ``gateways`` for the API's cluster and the replayer's own
+name for the replayer's (each also sent as SNI).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mbostream.edge.config import EdgeConfig
+from mbostream.edge.config import EdgeConfig, EdgeTls
 from mbostream.edge.render import UPSTREAM_CLUSTER, render_config
 
 ADMIN_PORT = 9901
@@ -30,6 +36,20 @@ def _dns(text: str, cluster: str) -> str:
     return text.replace(static, dns)
 
 
+def _replayer_server_name(text: str, gateways_name: str, replayer_name: str) -> str:
+    """The replayer's cluster validates (and sends as SNI) the replayer's name, not the gateways'."""
+    start = text.index(f"    - name: {REPLAYER_CLUSTER}\n")
+    end = text.find("\n    - ", start + 1)
+    end = len(text) if end == -1 else end
+    block = text[start:end]
+    pairs = ((f'"exact": "{gateways_name}"', f'"exact": "{replayer_name}"'), (f'"sni": "{gateways_name}"', f'"sni": "{replayer_name}"'))
+    for old, new in pairs:
+        if block.count(old) != 1:
+            raise SystemExit(f"render: the {REPLAYER_CLUSTER} cluster's TLS is no longer where expected ({old})")
+        block = block.replace(old, new)
+    return text[:start] + block + text[end:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--template", type=Path, required=True)
@@ -39,9 +59,13 @@ def main() -> None:
     parser.add_argument("--replayer-host", default="", help="gateway mode: the replayer (same port)")
     parser.add_argument("--listen-port", type=int, required=True)
     parser.add_argument("--allowed-origins", default="", help="comma-separated extra CORS origins")
+    parser.add_argument("--upstream-ca-file", default="", help="TLS to the servers, validated by this CA (its path in the container)")
+    parser.add_argument("--upstream-server-name", default="", help="the name the servers' certificate carries (default: --upstream-host)")
+    parser.add_argument("--replayer-server-name", default="", help="the name the replayer's certificate carries (default: --replayer-host)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     gateways = bool(args.replayer_host)
+    server_name = (args.upstream_server_name or args.upstream_host) if args.upstream_ca_file else ""
     config = EdgeConfig(
         listen_port=args.listen_port,
         listen_host="0.0.0.0",
@@ -53,6 +77,7 @@ def main() -> None:
         static_dir=args.static_dir,
         allowed_origins=tuple(o for o in args.allowed_origins.split(",") if o),
         template=args.template,
+        tls=EdgeTls(upstream_ca_file=args.upstream_ca_file, upstream_server_name=server_name),
     )
     text = _dns(render_config(config), UPSTREAM_CLUSTER)
     if gateways:
@@ -63,6 +88,8 @@ def main() -> None:
         if line.count(old) != 1:
             raise SystemExit(f"render: the {REPLAYER_CLUSTER} endpoint is no longer where expected")
         text = text.replace(line, line.replace(old, f'"address": "{args.replayer_host}"'))
+        if server_name:
+            text = _replayer_server_name(text, server_name, args.replayer_server_name or args.replayer_host)
     args.out.write_text(text)
 
 

@@ -2,6 +2,8 @@
 # influxd 1.8 in the place of 2.7: data under /var/lib/influxdb2 (the 2.x image's volume), Flux on,
 # no auth (the 2.x token is not checked), and the database DOCKER_INFLUXDB_INIT_BUCKET created
 # before the health check can pass (it waits for /health, then /ping says ready only after).
+# INFLUXD_TLS_CERT and INFLUXD_TLS_KEY (both set): HTTPS only on 8086, as the 2.x image serves it;
+# like the 2.x entrypoint, the set-up before runs in plaintext on a port of its own.
 set -euo pipefail
 mkdir -p /var/lib/influxdb2
 cat >/tmp/influxdb.conf <<CONF
@@ -33,4 +35,7 @@ fi
 # available, so influxd is restarted on 8086 with the database in place.
 kill -TERM $pid; wait $pid || true
 sed -i 's/bind-address = ":8087"/bind-address = ":8086"/' /tmp/influxdb.conf
+if [[ -n "${INFLUXD_TLS_CERT:-}" && -n "${INFLUXD_TLS_KEY:-}" ]]; then
+  sed -i "s#^\[http\]\$#[http]\n  https-enabled = true\n  https-certificate = \"$INFLUXD_TLS_CERT\"\n  https-private-key = \"$INFLUXD_TLS_KEY\"#" /tmp/influxdb.conf
+fi
 exec influxd -config /tmp/influxdb.conf

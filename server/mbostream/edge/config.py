@@ -24,6 +24,10 @@ class EdgeTls:
     ``upstream_cert_file``: the servers (the one of ``run``; the replayer and every gateway of
     ``run --gateways N``) speak TLS with this certificate; Envoy connects over TLS and accepts
     exactly that certificate (its SHA-256 is pinned), whoever signed it.
+    ``upstream_ca_file``/``upstream_server_name``: instead of a pin, when the servers' certificates
+    do not exist yet where the config is rendered (a container image's, rendered at build time):
+    Envoy connects over TLS and accepts a certificate signed by this CA (read when Envoy starts)
+    that names ``upstream_server_name`` (a DNS SAN, also sent as SNI).
     ``upstream_client_cert_file``/``upstream_client_key_file``: the certificate Envoy presents to
     those servers when they require mTLS.
     """
@@ -31,6 +35,8 @@ class EdgeTls:
     cert_file: str = ""
     key_file: str = ""
     upstream_cert_file: str = ""
+    upstream_ca_file: str = ""
+    upstream_server_name: str = ""
     upstream_client_cert_file: str = ""
     upstream_client_key_file: str = ""
 
@@ -39,12 +45,20 @@ class EdgeTls:
             raise ConfigError("edge TLS", "the certificate and the key go together: give both or neither")
         if bool(self.upstream_client_cert_file) != bool(self.upstream_client_key_file):
             raise ConfigError("edge TLS", "the client certificate and its key go together: give both or neither")
-        if self.upstream_client_cert_file and not self.upstream_cert_file:
-            raise ConfigError("edge TLS", "a client certificate for the servers needs TLS to them (the servers' certificate)")
+        if self.upstream_cert_file and self.upstream_ca_file:
+            raise ConfigError("edge TLS", "the servers are either pinned (their certificate) or validated by a CA and a name, not both")
+        if bool(self.upstream_ca_file) != bool(self.upstream_server_name):
+            raise ConfigError("edge TLS", "validation by a CA needs the name the servers' certificate carries: give both or neither")
+        if self.upstream_client_cert_file and not self.upstream:
+            raise ConfigError("edge TLS", "a client certificate for the servers needs TLS to them (the servers' certificate or CA)")
 
     @property
     def downstream(self) -> bool:
         return bool(self.cert_file)
+
+    @property
+    def upstream(self) -> bool:
+        return bool(self.upstream_cert_file or self.upstream_ca_file)
 
 
 @dataclass(frozen=True, kw_only=True)

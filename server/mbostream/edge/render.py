@@ -6,7 +6,8 @@ gateway as an endpoint of ``mbostream_grpc`` (least-request, no panic routing to
 and a retry on another gateway when a connection fails or is refused. For a single server those
 placeholders are empty and the rendered config is what it always was, byte for byte. With the
 servers' TLS (:class:`~mbostream.edge.config.EdgeTls`) both upstream clusters, gateways and
-replayer, connect over TLS pinning the servers' certificate, presenting Envoy's own for mTLS.
+replayer, connect over TLS pinning the servers' certificate (or validating it by a CA and a name),
+presenting Envoy's own for mTLS.
 """
 
 from __future__ import annotations
@@ -234,11 +235,13 @@ def _tls_parts(config: EdgeConfig) -> dict[str, str]:
             },
         }
         parts["listener_tls"] = f"transport_socket: {json.dumps(socket)}\n          "
-    if tls.upstream_cert_file:
-        context: dict[str, Any] = {
-            "alpn_protocols": ["h2"],
-            "validation_context": {"verify_certificate_hash": [certificate_sha256(Path(tls.upstream_cert_file))]},
-        }
+    if tls.upstream:
+        if tls.upstream_ca_file:
+            san = {"san_type": "DNS", "matcher": {"exact": tls.upstream_server_name}}
+            validation = {"trusted_ca": {"filename": tls.upstream_ca_file}, "match_typed_subject_alt_names": [san]}
+        else:
+            validation = {"verify_certificate_hash": [certificate_sha256(Path(tls.upstream_cert_file))]}
+        context: dict[str, Any] = {"alpn_protocols": ["h2"], "validation_context": validation}
         if tls.upstream_client_cert_file:
             # mTLS: the servers require a client certificate of their CA; this is Envoy's.
             context["tls_certificates"] = [
@@ -249,6 +252,7 @@ def _tls_parts(config: EdgeConfig) -> dict[str, str]:
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
                 "common_tls_context": context,
+                **({"sni": tls.upstream_server_name} if tls.upstream_server_name else {}),
             },
         }
         parts["upstream_tls"] = f"\n      transport_socket: {json.dumps(socket)}"
