@@ -11,10 +11,12 @@ Usage::
         nats.restart()                    # same port, same store: JetStream recovers its streams
 
 Every wait is bounded; whoever starts a server stops it (the context manager does, by PID).
+A test's own NATS client calls go through :func:`nats_call`, so a hung call fails at its line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -23,14 +25,37 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from server_harness import free_port, pinned_tool, stop_process
 
+T = TypeVar("T")
+
 #: Upper bound for a server to answer its health check after a (re)start.
 START_TIMEOUT: Final = 30.0
+#: Upper bound for one NATS client call in a test (connect, publish, a JetStream API call, fetch,
+#: flush, close): a hang guard for a loaded 2-core CI machine, not a speed check. Each takes
+#: milliseconds here; nats-py's own request timeout is 5 s. Below the 60 s of ``server_harness.run``,
+#: so a hung call fails here, naming itself, before the whole scenario times out.
+NATS_CALL_TIMEOUT_SECONDS: Final = 30.0
+
+
+async def nats_call(call: Awaitable[T], timeout: float = NATS_CALL_TIMEOUT_SECONDS) -> T:
+    """``await call``, or a TimeoutError naming it after ``timeout`` seconds.
+
+    A TimeoutError the call raises itself (nats-py's request timeout) passes through unchanged.
+    """
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            return await call
+    except TimeoutError as exc:
+        if not deadline.expired():
+            raise
+        name = getattr(call, "__qualname__", repr(call))
+        raise TimeoutError(f"NATS call {name} did not finish within {timeout:g} s") from exc
 
 
 def nats_server_binary() -> str:

@@ -17,7 +17,7 @@ from mbostream.bus.store import CONSUMER
 from mbostream.bus.streams import RECORDS_STREAM, connect
 
 from influx.harness import InfluxEngine
-from nats_harness import NatsServer
+from nats_harness import NatsServer, nats_call
 
 #: The measurements the store writes with ``MBOSTREAM_STORE_MBO=true`` and depth sampling off.
 MEASUREMENTS: Final = ("mbo", "trades", "bbo")
@@ -26,23 +26,23 @@ WAIT_SECONDS: Final = 120.0
 
 async def acked_stream_seq(url: str) -> tuple[int, int]:
     """The store consumer's ack floor (stream sequence) and the stream's last sequence."""
-    nc = await connect(url, name="test-probe")
+    nc = await nats_call(connect(url, name="test-probe"))
     try:
         js = nc.jetstream()
-        info = await js.consumer_info(RECORDS_STREAM, CONSUMER)
-        stream = await js.stream_info(RECORDS_STREAM)
+        info = await nats_call(js.consumer_info(RECORDS_STREAM, CONSUMER))
+        stream = await nats_call(js.stream_info(RECORDS_STREAM))
         return int(info.ack_floor.stream_seq), int(stream.state.last_seq)
     finally:
-        await nc.close()
+        await nats_call(nc.close())
 
 
 async def delete_consumer(url: str) -> None:
     """Removes the store's durable consumer: the next store starts from the stream's first message."""
-    nc = await connect(url, name="test-probe")
+    nc = await nats_call(connect(url, name="test-probe"))
     try:
-        await nc.jetstream().delete_consumer(RECORDS_STREAM, CONSUMER)
+        await nats_call(nc.jetstream().delete_consumer(RECORDS_STREAM, CONSUMER))
     finally:
-        await nc.close()
+        await nats_call(nc.close())
 
 
 def wait_acked(nats: NatsServer, *, at_least: int, timeout: float = WAIT_SECONDS) -> int:

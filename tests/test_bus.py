@@ -31,7 +31,7 @@ from mbostream_core.market import Market
 from mbostream_core.synth import generate_file
 from mbostream_core.v1 import market_data_pb2 as md
 from mbostream_core.v1 import replay_pb2
-from nats_harness import NatsServer, nats_server
+from nats_harness import NatsServer, nats_call, nats_server
 from server_harness import AUTH, RPC_TIMEOUT, ServeProcess, free_port, repo, run, stubs
 
 #: Records of the file these tests replay (4 instruments).
@@ -150,13 +150,13 @@ def positions(channel: grpc.Channel, after: int, until: int, *, deadline: float,
 
 async def first_position(url: str) -> int:
     """The replay position of the oldest record the record stream still holds."""
-    nc = await nats_client.connect(url)
+    nc = await nats_call(nats_client.connect(url))
     try:
         js = nc.jetstream()
-        first = (await js.stream_info(RECORDS_STREAM)).state.first_seq
-        return int((await js.get_msg(RECORDS_STREAM, seq=first)).headers[FIRST_SEQ])
+        first = (await nats_call(js.stream_info(RECORDS_STREAM))).state.first_seq
+        return int((await nats_call(js.get_msg(RECORDS_STREAM, seq=first))).headers[FIRST_SEQ])
     finally:
-        await nc.close()
+        await nats_call(nc.close())
 
 
 def test_late_gateway_books_are_identical_to_the_other_gateway_and_to_serve(nats, feed, tmp_path) -> None:
@@ -449,31 +449,31 @@ def test_late_gateway_is_not_serving_until_it_is_at_the_live_edge(nats, feed, tm
 async def _old_first_read_races(url: str, seconds: float) -> tuple[int, int]:
     """The cold start's old read (stream_info, then get_msg of its first_seq) repeated for
     ``seconds``: ``(attempts, NotFoundError count)`` — whether retention drops it in between here."""
-    nc = await nats_client.connect(url)
+    nc = await nats_call(nats_client.connect(url))
     attempts = missing = 0
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            first = (await js.stream_info(RECORDS_STREAM)).state.first_seq
+            first = (await nats_call(js.stream_info(RECORDS_STREAM))).state.first_seq
             attempts += 1
             try:
-                await js.get_msg(RECORDS_STREAM, seq=first)
+                await nats_call(js.get_msg(RECORDS_STREAM, seq=first))
             except NotFoundError:
                 missing += 1
     finally:
-        await nc.close()
+        await nats_call(nc.close())
     return attempts, missing
 
 
 async def _cold_starts(url: str, seconds: float) -> int:
     """The gateway's own cold start (BusFeed on a real Market and Hub) repeated for ``seconds``;
     every one must find the snapshots and a stream sequence to continue from. Their count."""
-    nc = await nats_client.connect(url)
+    nc = await nats_call(nats_client.connect(url))
     count = 0
     try:
         js = nc.jetstream()
-        meta = Meta.decode((await js.get_last_msg(META_STREAM, META_SUBJECT)).data)
+        meta = Meta.decode((await nats_call(js.get_last_msg(META_STREAM, META_SUBJECT))).data)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             market = Market(meta.symbols)
@@ -488,11 +488,11 @@ async def _cold_starts(url: str, seconds: float) -> int:
                 epoch=meta.epoch,
             )
             ingest = BusFeed(nc, js, market, hub, epoch=meta.epoch)
-            await ingest._cold_start()
+            await nats_call(ingest._cold_start())  # its stream reads: NATS calls
             assert ingest.position > 0 and ingest._next_stream_seq > 1 and len(market.books()) == 4
             count += 1
     finally:
-        await nc.close()
+        await nats_call(nc.close())
     return count
 
 

@@ -22,6 +22,7 @@ from mbostream.bus.ingest import stream_seq_after
 from mbostream.bus.streams import FIRST_SEQ, RECORDS_STREAM
 from mbostream_core.v1 import replay_pb2
 from followers import GoFollower, PythonFollower, assert_no_silent_gap, build_go_follower
+from nats_harness import nats_call
 from server_harness import AUTH, RPC_TIMEOUT, run, stubs
 from test_bus import _gateway_position, _health, _scrape, books, feed, gateway, nats, replay_position, replayer, wait_position
 
@@ -109,16 +110,16 @@ class HealthWatch(threading.Thread):
 async def purge_after(url: str, position: int, messages: int) -> tuple[int, int]:
     """Purges the record stream up to ``messages`` messages past the one holding ``position + 1``,
     as retention would; returns the replay positions now missing after ``position``."""
-    nc = await nats_client.connect(url)
+    nc = await nats_call(nats_client.connect(url))
     try:
         js = nc.jetstream()
-        stream_seq, last = await stream_seq_after(js, position)
+        stream_seq, last = await nats_call(stream_seq_after(js, position))
         assert stream_seq + messages <= last, "the replay has not published past the gateway yet"
-        await js.purge_stream(RECORDS_STREAM, seq=stream_seq + messages)
-        first = (await js.stream_info(RECORDS_STREAM)).state.first_seq
-        return position + 1, int((await js.get_msg(RECORDS_STREAM, seq=first)).headers[FIRST_SEQ]) - 1
+        await nats_call(js.purge_stream(RECORDS_STREAM, seq=stream_seq + messages))
+        first = (await nats_call(js.stream_info(RECORDS_STREAM))).state.first_seq
+        return position + 1, int((await nats_call(js.get_msg(RECORDS_STREAM, seq=first))).headers[FIRST_SEQ]) - 1
     finally:
-        await nc.close()
+        await nats_call(nc.close())
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:

@@ -37,7 +37,7 @@ from mbostream_core.records import F_LAST
 
 from conftest import shared_file
 from influx.harness import InfluxStack, influx_stack
-from nats_harness import NatsServer, nats_server, nats_server_binary
+from nats_harness import NatsServer, nats_call, nats_server, nats_server_binary
 from followers import GoFollower, PythonFollower, build_go_follower
 from server_harness import TOKEN, ServeProcess
 from store_checks import MEASUREMENTS, WAIT_SECONDS, acked_stream_seq, delete_consumer, fingerprint, wait_acked
@@ -69,24 +69,24 @@ async def publish(
     epoch: str = EPOCH,
 ) -> int:
     """Publishes the steps whose first record is in ``[start, stop)`` (record indexes), ``pause`` s apart; their count."""
-    nc = await connect(url, name="test-replayer")
+    nc = await nats_call(connect(url, name="test-replayer"))
     try:
         js = nc.jetstream()
-        await ensure_streams(js, max_age_seconds=3600, max_bytes=1 << 30)
+        await nats_call(ensure_streams(js, max_age_seconds=3600, max_bytes=1 << 30))
         meta = Meta(epoch, info.dataset, dict(info.symbols), ("CLX5_mbo.dbn",))
-        await js.publish(META_SUBJECT, meta.encode())
+        await nats_call(js.publish(META_SUBJECT, meta.encode()))
         count = 0
         for first, chunk in steps(records, STEP_RECORDS):
             if first - 1 < start or (stop is not None and first - 1 >= stop):
                 continue
             batch = Batch(first, chunk, np.empty(0), time.time_ns())
-            await js.publish(RECORDS_SUBJECT, record_payload(batch), headers=record_headers(batch, epoch, "test"))
+            await nats_call(js.publish(RECORDS_SUBJECT, record_payload(batch), headers=record_headers(batch, epoch, "test")))
             count += 1
             if pause:
                 await asyncio.sleep(pause)
         return count
     finally:
-        await nc.close()
+        await nats_call(nc.close())
 
 
 def start_store(nats: NatsServer, influx: InfluxStack, bucket: str, spool: Path, log: Path) -> ServeProcess:

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import pytest
 
@@ -56,6 +56,10 @@ RPC_TIMEOUT_SECONDS: Final = 10
 HTTP_TIMEOUT_SECONDS: Final = 10
 SERVER_START_TIMEOUT_SECONDS: Final = 120
 SERVER_STOP_GRACE_SECONDS: Final = 20
+#: Upper bound for one start or stop of an edge or of the test's own gRPC server: a hang guard,
+#: generous for a loaded 2-core machine (an Edge gives up on a start after 15 s and kills Envoy 5 s
+#: into a stop), and below SCENARIO_TIMEOUT_SECONDS so a hang fails at the call that hung.
+EDGE_CALL_TIMEOUT_SECONDS: Final = 45
 # Envoy's default route timeout is 15 s: a stream older than that proves `timeout: 0s` is in force.
 QUIET_STREAM_SECONDS: Final = 16.5
 GRPC_STATUS_OK: Final = 0
@@ -64,6 +68,8 @@ GRPC_WEB_TRAILER_FLAG: Final = 0x80
 BOOK_DEPTH: Final = 5
 RUNTIME_FOLDERS: Final = "mbostream-edge-*"
 UPSTREAM_REQUESTS: Final = 'envoy_cluster_upstream_rq_total{envoy_cluster_name="mbostream_grpc"}'
+
+T = TypeVar("T")
 
 
 def envoy_or_skip() -> Path:
@@ -99,6 +105,21 @@ def _run(scenario: Callable[[], Awaitable[None]], timeout: float = SCENARIO_TIME
     asyncio.run(bounded())
 
 
+async def _bounded(call: Awaitable[T], timeout: float = EDGE_CALL_TIMEOUT_SECONDS) -> T:
+    """``await call``, failing with TimeoutError after ``timeout`` seconds."""
+    return await asyncio.wait_for(call, timeout)
+
+
+@contextlib.asynccontextmanager
+async def _running(edge: Edge) -> AsyncIterator[Edge]:
+    """``async with edge``, its start and its stop each bounded."""
+    await _bounded(edge.start())
+    try:
+        yield edge
+    finally:
+        await _bounded(edge.stop())
+
+
 def _write_ui(static_dir: Path) -> None:
     (static_dir / "assets").mkdir(parents=True)
     (static_dir / "index.html").write_text('<!doctype html><script type="module" src="/assets/app-1a2b.js"></script>')
@@ -118,11 +139,8 @@ async def _edge(upstream_port: int, tmp_path: Path) -> AsyncIterator[Edge]:
         allowed_origins=[ALLOWED_ORIGIN],
         envoy=envoy_or_skip(),
     )
-    await edge.start()
-    try:
+    async with _running(edge):
         yield edge
-    finally:
-        await edge.stop()
 
 
 @contextlib.asynccontextmanager
@@ -131,7 +149,7 @@ async def _channel(edge: Edge) -> AsyncIterator[grpc.aio.Channel]:
     try:
         yield channel
     finally:
-        await channel.close()
+        await _bounded(channel.close(), RPC_TIMEOUT_SECONDS)
 
 
 async def _first_instrument(channel: grpc.aio.Channel) -> market_data_pb2.InstrumentInfo:
@@ -330,7 +348,7 @@ def test_a_taken_port_fails_start_with_envoys_reason_and_leaves_nothing_running(
             taken.listen()
             edge = Edge(listen_port=taken.getsockname()[1], upstream_port=50051, static_dir=None, envoy=envoy)
             with pytest.raises(EdgeStartError) as raised:
-                await edge.start()
+                await _bounded(edge.start())
         assert "exited with code" in str(raised.value)
         assert raised.value.log_tail, "the error carries Envoy's last log lines"
         assert edge.pid is None
@@ -344,13 +362,13 @@ def test_a_second_edge_on_a_running_edges_port_fails_and_the_first_keeps_it(tmp_
     envoy = envoy_or_skip()
 
     async def scenario() -> None:
-        async with Edge(listen_port=0, upstream_port=50051, static_dir=None, envoy=envoy) as first:
+        async with _running(Edge(listen_port=0, upstream_port=50051, static_dir=None, envoy=envoy)) as first:
             second = Edge(listen_port=first.port, upstream_port=50052, static_dir=None, envoy=envoy)
             try:
                 with pytest.raises(EdgeStartError) as raised:
-                    await second.start()
+                    await _bounded(second.start())
             finally:
-                await second.stop()  # started by mistake: stopped by its own PID here
+                await _bounded(second.stop())  # started by mistake: stopped by its own PID here
             assert second.pid is None
             assert any("already in use" in line.lower() for line in raised.value.log_tail), raised.value.log_tail
             # The first edge keeps the port, alone, and answers on it (no UI built: 503).
@@ -409,7 +427,7 @@ def test_a_missing_envoy_binary_fails_start_clearly(tmp_path: Path) -> None:
     async def scenario() -> None:
         edge = Edge(listen_port=0, upstream_port=50051, static_dir=None, envoy=tmp_path / "no-envoy")
         with pytest.raises(EdgeStartError, match="cannot run"):
-            await edge.start()
+            await _bounded(edge.start())
 
     _run(scenario)
 
@@ -418,7 +436,7 @@ def test_a_running_or_stopped_edge_leaves_no_folder_in_the_temp_dir(temp_dir: Pa
     envoy = envoy_or_skip()
 
     async def scenario() -> None:
-        async with Edge(listen_port=0, upstream_port=50051, static_dir=None, envoy=envoy) as edge:
+        async with _running(Edge(listen_port=0, upstream_port=50051, static_dir=None, envoy=envoy)) as edge:
             assert edge.pid is not None
             # Envoy has read its config and written its admin address: the folder is gone already.
             assert _runtime_folders(temp_dir) == []
@@ -438,11 +456,11 @@ def test_a_failed_start_leaves_no_folder_in_the_temp_dir(temp_dir: Path, tmp_pat
             taken.listen()
             edge = Edge(listen_port=taken.getsockname()[1], upstream_port=50051, static_dir=None, envoy=envoy)
             with pytest.raises(EdgeStartError):
-                await edge.start()
+                await _bounded(edge.start())
         assert _runtime_folders(temp_dir) == []
         edge = Edge(listen_port=0, upstream_port=50051, static_dir=None, envoy=envoy, template=unfilled)
         with pytest.raises(KeyError, match="no_such_setting"):
-            await edge.start()
+            await _bounded(edge.start())
         assert _runtime_folders(temp_dir) == []
         assert edge.pid is None
 
@@ -600,14 +618,14 @@ def test_a_foreign_origins_preflight_is_refused_by_envoy_and_never_reaches_the_s
 ) -> None:
     async def scenario() -> None:
         async with _edge(real_server.port, tmp_path) as edge:
-            before = _upstream_requests(await edge.prometheus_stats())
+            before = _upstream_requests(await _bounded(edge.prometheus_stats(), RPC_TIMEOUT_SECONDS))
             status, headers = await asyncio.to_thread(_preflight, edge.port, FOREIGN_ORIGIN)
             assert "access-control-allow-origin" not in headers, "a browser would let the foreign page call"
             # Forwarded, the bare OPTIONS came back from the gRPC server as grpc-status 13.
             assert "grpc-status" not in headers, f"the preflight reached the server: {headers}"
             assert not headers.get("content-type", "").startswith("application/grpc")
             assert status < 500
-            assert _upstream_requests(await edge.prometheus_stats()) == before
+            assert _upstream_requests(await _bounded(edge.prometheus_stats(), RPC_TIMEOUT_SECONDS)) == before
 
     _run(scenario)
 
@@ -644,8 +662,8 @@ def test_ui_responses_forbid_framing_and_send_no_referrer(real_server: ServeProc
             _, headers, _ = await asyncio.to_thread(_http, edge.port, "GET", "/")
             assert "frame-ancestors 'none'" in headers["content-security-policy"]
         # The page that says how to build a missing UI too.
-        async with Edge(
-            listen_port=0, upstream_port=real_server.port, static_dir=None, envoy=envoy_or_skip()
+        async with _running(
+            Edge(listen_port=0, upstream_port=real_server.port, static_dir=None, envoy=envoy_or_skip())
         ) as unbuilt:
             status, headers, _ = await asyncio.to_thread(_http, unbuilt.port, "GET", "/")
             assert status == 503
@@ -662,11 +680,11 @@ def test_admin_is_on_loopback_with_prometheus_stats_and_stop_ends_envoy(
         async with _edge(real_server.port, tmp_path) as edge, _channel(edge) as channel:
             assert edge.admin_url.startswith("http://127.0.0.1:")
             await _first_instrument(channel)
-            stats = await edge.prometheus_stats()
+            stats = await _bounded(edge.prometheus_stats(), RPC_TIMEOUT_SECONDS)
             assert 'envoy_cluster_upstream_rq_total{envoy_cluster_name="mbostream_grpc"}' in stats
             pid = edge.pid
             assert pid is not None
-            await edge.stop()
+            await _bounded(edge.stop())
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
 
@@ -682,7 +700,7 @@ def test_envoy_health_checks_the_server_with_grpc_health(tmp_path: Path) -> None
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
+        await _bounded(server.start())
         try:
             await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
             async with _edge(port, tmp_path) as edge:
@@ -694,7 +712,7 @@ def test_envoy_health_checks_the_server_with_grpc_health(tmp_path: Path) -> None
                 await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
                 await edge.wait_upstream_healthy(timeout=RPC_TIMEOUT_SECONDS)
         finally:
-            await server.stop(grace=None)
+            await _bounded(server.stop(grace=None))
 
     _run(scenario)
 

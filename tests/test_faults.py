@@ -71,7 +71,7 @@ from fault_harness import (
     wait_until,
 )
 from influx.harness import TEST_ORG, TEST_TOKEN, InfluxEngine
-from nats_harness import NatsServer, nats_server
+from nats_harness import NatsServer, nats_call, nats_server
 from server_harness import AUTH, RPC_TIMEOUT, free_port, stubs
 from store_checks import MEASUREMENTS, acked_stream_seq, checksum, wait_acked
 from test_client import assert_replica_matches_server
@@ -463,40 +463,40 @@ def drain(engine: InfluxEngine, database: str, spool: Path) -> None:
 async def archive_records(url: str) -> None:
     """A mirror of the record stream kept by the NATS server itself, without limits: every message
     the replayer published, after retention dropped it from the stream (the run without faults reads it)."""
-    nc = await connect(url, name="fault-archive")
+    nc = await nats_call(connect(url, name="fault-archive"))
     try:
-        await nc.jetstream().add_stream(StreamConfig(name=ARCHIVE_STREAM, mirror=StreamSource(name=RECORDS_STREAM)))
+        await nats_call(nc.jetstream().add_stream(StreamConfig(name=ARCHIVE_STREAM, mirror=StreamSource(name=RECORDS_STREAM))))
     finally:
-        await nc.close()
+        await nats_call(nc.close())
 
 
 async def copy_archive(source_url: str, target_url: str) -> tuple[int, int]:
     """The archived messages (and the meta) published in order to the record stream of another bus,
     as the replayer published them (minus its single-writer and dedup headers); (messages, records stream's last seq)."""
-    src, dst = await connect(source_url, name="fault-archive"), await connect(target_url, name="fault-copy")
+    src, dst = await nats_call(connect(source_url, name="fault-archive")), await nats_call(connect(target_url, name="fault-copy"))
     try:
         source, target = src.jetstream(), dst.jetstream()
-        await ensure_streams(target, max_age_seconds=3600, max_bytes=1 << 30)
-        meta = await source.get_last_msg(META_STREAM, META_SUBJECT)
-        await target.publish(META_SUBJECT, meta.data, stream=META_STREAM)
-        archived = (await source.stream_info(ARCHIVE_STREAM)).state.messages
-        origin_last = (await source.stream_info(RECORDS_STREAM)).state.last_seq
-        reader = await source.pull_subscribe(RECORDS_SUBJECT, durable="fault-archive-reader", stream=ARCHIVE_STREAM)
+        await nats_call(ensure_streams(target, max_age_seconds=3600, max_bytes=1 << 30))
+        meta = await nats_call(source.get_last_msg(META_STREAM, META_SUBJECT))
+        await nats_call(target.publish(META_SUBJECT, meta.data, stream=META_STREAM))
+        archived = (await nats_call(source.stream_info(ARCHIVE_STREAM))).state.messages
+        origin_last = (await nats_call(source.stream_info(RECORDS_STREAM))).state.last_seq
+        reader = await nats_call(source.pull_subscribe(RECORDS_SUBJECT, durable="fault-archive-reader", stream=ARCHIVE_STREAM))
         copied = 0
         while copied < archived:
-            for msg in await reader.fetch(1000, timeout=10):
+            for msg in await nats_call(reader.fetch(1000, timeout=10)):
                 headers = {k: v for k, v in (msg.headers or {}).items() if k not in (EXPECTED_LAST_SEQ, MSG_ID)}
-                await dst.publish(RECORDS_SUBJECT, msg.data, headers=headers)
-                await msg.ack()
+                await nats_call(dst.publish(RECORDS_SUBJECT, msg.data, headers=headers))
+                await nats_call(msg.ack())
                 copied += 1
-        await dst.flush()
+        await nats_call(dst.flush())
         async with asyncio.timeout(RECOVERY_TIMEOUT):
             while (await target.stream_info(RECORDS_STREAM)).state.last_seq < copied:
                 await asyncio.sleep(0.05)
         return copied, origin_last
     finally:
-        await src.close()
-        await dst.close()
+        await nats_call(src.close())
+        await nats_call(dst.close())
 
 
 def store_again_without_faults(system: System) -> dict[str, Any]:

@@ -47,13 +47,17 @@ from mbostream_core.v1 import market_data_pb2
 
 from influx.harness import HERE as INFLUX_HERE
 from influx.harness import TEST_ORG, TEST_PASSWORD, TEST_TOKEN, TEST_USER, Process, free_port, influxd_binary
-from nats_harness import NatsServer
+from nats_harness import NatsServer, nats_call
 from server_harness import RPC_TIMEOUT, TOKEN, run, settings, stubs
 from test_cluster import ClusterRun
 from test_tls import Pki, make_pki
 
 BUCKET: Final = "mbostream"
 WAIT_SECONDS: Final = 120.0
+#: Upper bound for one group of awaits on an edge or a client without a bound of their own (an
+#: Edge's start and stop, a client's calls and its channel's close): a hang guard, generous for a
+#: loaded 2-core machine (an Edge gives up on a start after 15 s, a client call after 10 s).
+HOP_TIMEOUT_SECONDS: Final = 45.0
 LINES: Final = b"".join(b"m,t=a v=%di %d\n" % (i, 1_700_000_000_000_000_000 + i) for i in range(8))
 
 
@@ -97,14 +101,14 @@ def _plaintext_nats_exchange(port: int) -> tuple[bytes, bytes]:
 
 async def _round_trip(url: str, settings: Settings) -> int:
     """Connects as the roles do, declares the streams and publishes one message; its stream sequence."""
-    nc = await asyncio.wait_for(connect(url, name="test-tls", tls=tls_context(settings)), 20)
+    nc = await nats_call(connect(url, name="test-tls", tls=tls_context(settings)), 20)
     try:
         js = nc.jetstream()
-        await ensure_streams(js, max_age_seconds=3600, max_bytes=1 << 24)
-        ack = await js.publish(META_SUBJECT, b"tls", stream=META_STREAM)
+        await nats_call(ensure_streams(js, max_age_seconds=3600, max_bytes=1 << 24))
+        ack = await nats_call(js.publish(META_SUBJECT, b"tls", stream=META_STREAM))
         return int(ack.seq)
     finally:
-        await nc.close()
+        await nats_call(nc.close())
 
 
 def _gateway_refused(url: str, log: Path, **env: str) -> str:
@@ -136,8 +140,8 @@ def _bus_env(pki: Pki, *, stranger: bool = False) -> dict[str, str]:
 async def _plain_nats_py_refused(url: str, **options: Any) -> BaseException:
     """nats-py on its own (no retry), as any other client of the bus would be configured."""
     with pytest.raises(Exception) as failure:  # noqa: PT011 - ssl and nats errors are unrelated types
-        nc = await asyncio.wait_for(nats.connect(url, allow_reconnect=False, connect_timeout=5, **options), 20)
-        await nc.close()
+        nc = await nats_call(nats.connect(url, allow_reconnect=False, connect_timeout=5, **options), 20)
+        await nats_call(nc.close())
     return failure.value
 
 
@@ -343,7 +347,7 @@ def test_edge_presents_its_client_certificate_to_an_mtls_server(pki: Pki) -> Non
         try:
             for client_cert, key, served in ((pki.client_cert, pki.client_key, True), (pki.stranger_cert, pki.stranger_key, False)):
                 tls = EdgeTls(**edge_tls, upstream_client_cert_file=str(client_cert), upstream_client_key_file=str(key))
-                async with Edge(listen_port=0, upstream_port=app.port, static_dir=None, tls=tls) as edge:
+                async with asyncio.timeout(HOP_TIMEOUT_SECONDS), Edge(listen_port=0, upstream_port=app.port, static_dir=None, tls=tls) as edge:
                     target = edge.url.replace("127.0.0.1", "localhost").removeprefix("https://")
                     channel = grpc_aio.secure_channel(target, TlsConfig(ca_file=str(pki.ca)).credentials())
                     market, _ = stubs(channel)
@@ -353,7 +357,7 @@ def test_edge_presents_its_client_certificate_to_an_mtls_server(pki: Pki) -> Non
                     except grpc_aio.AioRpcError as exc:
                         assert not served and exc.code() is grpc.StatusCode.UNAVAILABLE, exc
                     finally:
-                        await channel.close()
+                        await asyncio.wait_for(channel.close(), RPC_TIMEOUT)
         finally:
             await asyncio.wait_for(app.shutdown(), 30)
 
@@ -379,10 +383,10 @@ def _tail(log: Path) -> str:
 async def _through_the_edge(target: str, pki: Pki) -> tuple[int, int]:
     """A book from a gateway and a control call on the replayer, both through Envoy over TLS."""
     tls = TlsConfig(ca_file=str(pki.ca))
-    async with MarketDataClient(target, tls=tls) as client:
+    async with asyncio.timeout(HOP_TIMEOUT_SECONDS), MarketDataClient(target, tls=tls) as client:
         instruments = await client.list_instruments()
         book = await client.get_book(instruments[0].symbol, depth=5)
-    async with ReplayClient(target, token=TOKEN, tls=tls) as control:
+    async with asyncio.timeout(HOP_TIMEOUT_SECONDS), ReplayClient(target, token=TOKEN, tls=tls) as control:
         status = await control.status()
     return len(book.bids) + len(book.asks), int(status.records_done)
 
@@ -401,7 +405,7 @@ async def _direct_refusals(port: int, pki: Pki) -> list[grpc.StatusCode]:
         except grpc_aio.AioRpcError as exc:
             codes.append(exc.code())
         finally:
-            await channel.close()
+            await asyncio.wait_for(channel.close(), RPC_TIMEOUT)
     return codes
 
 
