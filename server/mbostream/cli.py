@@ -10,13 +10,13 @@ from collections.abc import Sequence
 
 from mbostream import logs
 from mbostream_core.argtypes import non_negative_int, positive_int
-from mbostream.bus.store import register_cli as register_store_cli
+from mbostream.bus.store_cli import register_cli as register_store_cli
 from mbostream.errors import MbostreamError
 from mbostream.server.cli import register_cli as register_server_cli
 from mbostream.server.cluster_cli import register_cli as register_cluster_cli
 from mbostream.server.roles_cli import register_cli as register_roles_cli
 from mbostream.storage.cli import register_cli as register_storage_cli
-from mbostream.tools import bench_cluster, bench_costs, bench_e2e, bench_soak, bench_web
+from mbostream.tools import bench_cli
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     register_roles_cli(sub)
     register_storage_cli(sub)
     register_store_cli(sub)
-    bench_cluster.register_bench(bench)
-    bench_costs.register_bench(bench)
-    bench_e2e.register_bench(bench)
-    bench_soak.register_bench(bench)
-    bench_web.register_bench(bench)
+    bench_cli.register_cluster(bench)
+    bench_cli.register_costs(bench)
+    bench_cli.register_e2e(bench)
+    bench_cli.register_soak(bench)
+    bench_cli.register_web(bench)
     return parser
 
 

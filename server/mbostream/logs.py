@@ -8,8 +8,6 @@ import sys
 import time
 from typing import Any, Final
 
-from mbostream.tracing import log_ids
-
 _STANDARD_ATTRS: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
     "message",
     "asctime",
@@ -31,6 +29,10 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 out[key] = value
+        # Imported here, not with the module: every ``mbostream`` command imports this one, and the
+        # tracing module brings OpenTelemetry; after the first line this is a dictionary look-up.
+        from mbostream.tracing import log_ids
+
         out.update(log_ids())
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,8 @@ def _settings_from_args(args: argparse.Namespace, **extra: object) -> Any:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from mbostream.server.app import serve
 
     settings = _settings_from_args(args)
@@ -54,6 +54,9 @@ DEFAULT_STATIC_DIR = Path(__file__).resolve().parents[3] / "web" / "dist"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import secrets
+
     from mbostream.server.app import serve
 
     settings = _settings_from_args(args)

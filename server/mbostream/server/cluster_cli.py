@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
-import secrets
 from pathlib import Path
 
 from mbostream import logs
-from mbostream.edge.cluster import ClusterSpec, ClusterTls, run_cluster, spec_flags
 from mbostream.server.cli import _settings_from_args
 
 
 def _cmd_run_cluster(args: argparse.Namespace) -> int:
+    import asyncio
+    import secrets
+
+    from mbostream.edge.cluster import ClusterSpec, ClusterTls, run_cluster, spec_flags
+
     settings = _settings_from_args(args)
     logs.configure(settings.log_level, settings.log_format)
     page_token = None

@@ -14,9 +14,8 @@ import sys
 from typing import Any, Final
 
 from mbostream.errors import ConfigError
-from mbostream.storage.drain import DEFAULT_STALL_TIMEOUT_SECONDS, drain_spool
 from mbostream.storage.errors import SpoolError
-from mbostream.storage.settings import StorageSettings
+from mbostream.storage.settings import DEFAULT_STALL_TIMEOUT_SECONDS, StorageSettings
 
 EXIT_INCOMPLETE: Final = 1
 EXIT_USAGE: Final = 2
@@ -45,12 +44,14 @@ def register_cli(subparsers: Any) -> None:
     )
     drain.set_defaults(func=_drain)
 
-    from mbostream.tools import bench_storage
+    from mbostream.tools.bench_storage_cli import register_storage_bench
 
-    bench_storage.register(commands)
+    register_storage_bench(commands)
 
 
 def _drain(args: argparse.Namespace) -> int:
+    from mbostream.storage.drain import drain_spool
+
     env = dict(os.environ, INFLUX_URL=args.url, INFLUX_ORG=args.org, INFLUX_BUCKET=args.bucket)
     if args.spool_dir:
         env["MBOSTREAM_SPOOL_DIR"] = args.spool_dir

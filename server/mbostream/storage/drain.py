@@ -17,13 +17,12 @@ from typing import Final
 from mbostream.errors import ConfigError
 from mbostream.storage.delivery import delivery_for
 from mbostream.storage.metrics import StorageMetrics
-from mbostream.storage.settings import StorageSettings
+from mbostream.storage.settings import DEFAULT_STALL_TIMEOUT_SECONDS, StorageSettings
 from mbostream.storage.spool import Spool
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS: Final = 0.1
-DEFAULT_STALL_TIMEOUT_SECONDS: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,8 @@ from mbostream.errors import ConfigError
 MIB: Final = 1 << 20
 DEFAULT_SPOOL_DIR: Final = Path("var/spool")
 MAX_DEPTH_LEVELS: Final = 50
+#: ``mbostream storage drain`` gives up after this many seconds without progress (``--stall-timeout``).
+DEFAULT_STALL_TIMEOUT_SECONDS: Final = 60.0
 
 #: The range of every numeric storage setting (the same :class:`~mbostream_core.argtypes.Range` checks
 #: as the server's settings and flags: finite, both ends given).

@@ -4,6 +4,7 @@ Each module backs a command: ``mbostream bench book|e2e|web`` (:mod:`.bench_book
 :mod:`.bench_e2e`, :mod:`.bench_web`, the last driving a real browser through :mod:`.browser`),
 ``mbostream storage bench`` (:mod:`.bench_storage`, :mod:`.bench_storage_server`) and
 ``mbostream audit`` (:mod:`.audit`). The command-line modules (``mbostream.cli``,
-``mbostream.storage.cli``) import them; nothing that serves (the server, hub, replay, feed, storage,
-edge) ever does.
+``mbostream.storage.cli``) register their flags from :mod:`.bench_cli` and :mod:`.bench_storage_cli`,
+which import a benchmark only when it runs; nothing that serves (the server, hub, replay, feed,
+storage, edge) ever imports them.
 """

@@ -327,15 +327,3 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     results = run_cluster_bench(cfg)
     print(json.dumps(results, indent=2) if args.json else format_summary(results))
     return 0
-
-
-def register_bench(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds ``cluster`` to ``mbostream bench``."""
-    p = bench.add_parser("cluster", help="mbostream run --gateways N measured: bus records/s, ingest, bus latency, cold start, failover")
-    p.add_argument("file", nargs="*", help="DBN MBO files (default: ../shared/data/CLX5_mbo.dbn, looped)")
-    p.add_argument("--gateways", type=int, default=2, help="gateways (default 2)")
-    p.add_argument("--seconds", type=float, default=10.0, help="measured window of the --max phase (default 10)")
-    p.add_argument("--rate", type=float, default=200_000.0, help="records/s of the latency phase (default 200000)")
-    p.add_argument("--failovers", type=int, default=3, help="gateway kills measured (default 3)")
-    p.add_argument("--json", action="store_true", help="machine-readable result")
-    p.set_defaults(func=_cmd_cluster)

@@ -298,24 +298,10 @@ def summary(result: dict[str, Any]) -> str:
     )
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--records", type=int, default=1_000_000, help="records of the generated sample used (default 1M)")
-    p.add_argument("--batch-records", type=int, default=1000, help="records per replay step (500k/s in 2 ms steps: 1000)")
-    p.add_argument("--streams", type=int, default=100, help="concurrent streams for the book-message costs (default 100)")
-    p.add_argument("--messages", type=int, default=100_000, help="book messages streamed for the gRPC cost (default 100k)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd)
-
-
 def _cmd(args: argparse.Namespace) -> int:
     result = bench_costs(args.records, args.batch_records, args.streams, args.messages)
     print(json.dumps(result, indent=2) if args.json else summary(result))
     return 0
-
-
-def register_bench(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds ``costs`` to ``mbostream bench``."""
-    add_arguments(bench.add_parser("costs", help="CPU per record applied, message encoded, book built, gRPC message sent"))
 
 
 if __name__ == "__main__":

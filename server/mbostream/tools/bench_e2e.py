@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from mbostream_core.argtypes import non_negative_int, positive_float
 from mbostream.errors import BenchError
 
 #: How long the bench waits for the server to answer a status call.
@@ -477,45 +476,3 @@ def _cmd_e2e(args: argparse.Namespace) -> int:
     results = run_e2e(cfg)
     print(json.dumps(results, indent=2) if args.json else format_summary(results))
     return 1 if args.strict and not results["passed"] else 0
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of ``mbostream bench e2e``."""
-    p.add_argument("file", nargs="*", help="DBN MBO files to serve (default: the generated sample)")
-    p.add_argument("--scenario", choices=("max", "rate", "both"), default="both", help="what to run (default both)")
-    p.add_argument("--seconds", type=positive_float, default=10.0, help="measured window per scenario (default 10)")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds streamed before each window (default 2)")
-    p.add_argument("--rate", type=positive_float, default=500_000.0, help="records/s of the rate scenario")
-    p.add_argument("--book-streams", type=non_negative_int, default=100, help="StreamBook clients (default 100)")
-    p.add_argument("--events-streams", type=non_negative_int, default=1, help="StreamEvents clients (default 1)")
-    p.add_argument("--depth", type=non_negative_int, default=10, help="book stream depth (default 10)")
-    p.add_argument("--max-updates-per-second", type=float, default=0.0, help="per-book limit asked by book streams")
-    p.add_argument(
-        "--connections", type=non_negative_int, default=0, help="client TCP connections (0: one per stream)"
-    )
-    p.add_argument(
-        "--spread", action="store_true", help="each book stream watches one instrument (round-robin), not every book"
-    )
-    p.add_argument("--combine", action="store_true", help="book streams ask for combine_books (one message per refresh)")
-    p.add_argument("--no-pin", action="store_true", help="do not pin server and client to separate CPUs")
-    p.add_argument(
-        "--server-arg",
-        action="append",
-        default=[],
-        metavar="FLAG",
-        help="extra flag for mbostream serve, repeatable (e.g. --server-arg=--no-store)",
-    )
-    p.add_argument(
-        "--client",
-        choices=("go", "python"),
-        help="the measuring client: go (mbostream-load, built on first use; the default when Go is installed) "
-        "or python (mbostream-client latency)",
-    )
-    p.add_argument("--strict", action="store_true", help="exit 1 when a floor is missed")
-    p.add_argument("--json", action="store_true", help="machine-readable result")
-    p.set_defaults(func=_cmd_e2e)
-
-
-def register_bench(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds ``e2e`` to ``mbostream bench``."""
-    add_arguments(bench.add_parser("e2e", help="real server + client processes: records/s at --max, latency at a rate"))

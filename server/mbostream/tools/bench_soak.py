@@ -55,7 +55,6 @@ from mbostream.tools.bench_e2e import (
     machine_busy_seconds,
     process_cpu_seconds,
 )
-from mbostream_core.argtypes import non_negative_int, positive_float
 from mbostream_core.v1 import market_data_pb2, market_data_pb2_grpc
 
 #: The verdict's thresholds: RSS rising less than this over the second half reads as flat ...
@@ -574,29 +573,3 @@ def _cmd_soak(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(_verdict_line(result), flush=True)
     return 1 if args.strict and not result["lossless"] else 0
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of ``mbostream bench soak``."""
-    p.add_argument("file", nargs="*", help="DBN MBO files to serve, looped (default: the generated sample)")
-    p.add_argument("--minutes", type=positive_float, default=30.0, help="length of the soak (default 30)")
-    p.add_argument("--rate", type=positive_float, default=200_000.0, help="records/s replayed (default 200000)")
-    p.add_argument("--clients", type=non_negative_int, default=100, help="clients alive at once (default 100)")
-    p.add_argument("--events-clients", type=non_negative_int, default=4, help="of which StreamEvents (default 4)")
-    p.add_argument("--generations", type=int, default=4, choices=range(1, 101), metavar="N",
-                   help="StreamBook groups; one is replaced every churn period (default 4)")  # fmt: skip
-    p.add_argument("--churn-seconds", type=positive_float, default=10.0, help="churn period (default 10)")
-    p.add_argument("--interval-seconds", type=positive_float, default=10.0, help="sampling interval (default 10)")
-    p.add_argument("--depth", type=non_negative_int, default=10, help="book stream depth (default 10)")
-    p.add_argument("--no-pin", action="store_true", help="do not pin server and clients to separate CPUs")
-    p.add_argument("--store", action="store_true", help="keep the storage sink on (it spools to disk)")
-    p.add_argument("--server-arg", action="append", default=[], metavar="FLAG", help="extra mbostream serve flag")
-    p.add_argument("--server-log", help="file for the server's output (default: a temporary file)")
-    p.add_argument("--result", help="also write the whole result document (every sample and client) here")
-    p.add_argument("--strict", action="store_true", help="exit 1 when an events client lost or duplicated a record")
-    p.set_defaults(func=_cmd_soak)
-
-
-def register_bench(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds ``soak`` to ``mbostream bench``."""
-    add_arguments(bench.add_parser("soak", help="a long run with churning clients: RSS, CPU, latency, continuity"))

@@ -45,8 +45,8 @@ from mbostream_core.market import Market
 from mbostream.storage.lineproto import LineFormatter
 from mbostream.storage.settings import StorageSettings
 from mbostream.storage.sink import StorageSink
+from mbostream.tools.bench_storage_cli import DEFAULT_FILE
 
-DEFAULT_FILE: Final = "../shared/data/CLX5_mbo.dbn"
 POLL_SECONDS: Final = 0.01
 INSTRUMENT_STRIDE: Final = 10_000_000
 E2E_TIMEOUT_SECONDS: Final = 600.0
@@ -270,18 +270,6 @@ def bench_replay(info: FileInfo, records: np.ndarray, batch_records: int, rounds
 
 
 # -- command line -----------------------------------------------------------------------------------
-def register(commands: Any) -> None:
-    """Adds ``bench`` to the ``storage`` command group."""
-    parser = commands.add_parser("bench", help="benchmark the storage hot paths (format, e2e, replay)")
-    parser.add_argument("which", choices=("format", "compress", "e2e", "replay", "server"), help="which benchmark")
-    parser.add_argument("--file", default=None, help=f"DBN MBO file (default: {DEFAULT_FILE}; for server: the generated sample)")
-    parser.add_argument("--copies", type=int, default=0, help="times the file is tiled (default: per benchmark)")
-    parser.add_argument("--batch-records", type=int, default=0, help="records per replay batch (default: per benchmark)")
-    parser.add_argument("--rounds", type=int, default=3, help="repetitions; the best (format) or median is kept")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.set_defaults(func=run)
-
-
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("mbostream_core.market").setLevel(logging.ERROR)
     if args.which == "server":

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from mbostream_core.argtypes import positive_float, positive_int
 from mbostream.tools.browser import DIST_DIR, Driver, ensure_ui_built, missing_requirement
 from mbostream.tools.bench_e2e import BenchServer, E2eConfig, machine_busy_seconds, process_cpu_seconds
 from mbostream.edge.supervisor import Edge
@@ -219,26 +218,3 @@ def _cmd_web(args: argparse.Namespace) -> int:
     results = run_web_bench(cfg)
     print(json.dumps(results, indent=2) if args.json else format_summary(results))
     return 0
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of ``mbostream bench web``."""
-    p.add_argument("file", nargs="*", help="DBN MBO files to serve (default: the generated sample)")
-    p.add_argument("--rate", type=positive_float, default=500_000.0, help="records/s of the replay (default 500000)")
-    p.add_argument("--seconds", type=positive_float, default=10.0, help="measured window (default 10)")
-    p.add_argument("--warmup", type=positive_float, default=3.0, help="seconds on the page before the window (default 3)")
-    p.add_argument("--depth", type=positive_int, default=15, help="ladder levels per side (default 15)")
-    p.add_argument(
-        "--server-arg",
-        action="append",
-        default=[],
-        metavar="FLAG",
-        help="extra flag for mbostream serve, repeatable (e.g. --server-arg=--no-store)",
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable result")
-    p.set_defaults(func=_cmd_web)
-
-
-def register_bench(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds ``web`` to ``mbostream bench``."""
-    add_arguments(bench.add_parser("web", help="the web UI in headless Chromium at a rate: fps, frame times, CPU"))
