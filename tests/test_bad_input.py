@@ -40,6 +40,8 @@ SERVE_FLAGS = ("--port", "0", "--metrics-port", "-1", "--no-store")
 _AS_USER = """
 import os, sys
 import mbostream.cli, mbostream.loading, mbostream.server.app, mbostream.tools.audit, mbostream_core.render
+# serve's first asyncio.to_thread imports this lazily; the Python install may be private to us too.
+import concurrent.futures.thread
 args = mbostream.cli.build_parser().parse_args(sys.argv[2:])
 user = int(sys.argv[1])
 os.setgroups([])
