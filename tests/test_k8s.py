@@ -5,13 +5,20 @@ k8s/README.md's table names. Each checker is also shown to fail on a manifest br
 The tools come from scripts/install-k8s-tools (cached by version). No cluster is involved: what
 only an API server checks (admission, defaulting, a Deployment becoming Available) is not checked
 here (k8s/README.md says so).
+
+The TLS component (k8s/components/tls, enabled by prod): its Issuers and Certificates are checked by
+kubeconform against schemas converted from cert-manager's own CRDs (from its Go module, fetched by
+scripts/install-k8s-tools); every TLS file a role reads comes from a Secret a Certificate writes;
+its Envoy config is the renderer's current output and Envoy itself accepts it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,9 @@ K8S = REPO / "k8s"
 OVERLAYS = ("dev", "staging", "prod")
 #: Kinds whose schemas are CRDs, not in kubernetes-validate: kubeconform skips them (README says so).
 CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
+#: The overlays that enable the TLS component (k8s/components/tls).
+TLS_OVERLAYS = ("prod",)
+TLS_COMPONENT = K8S / "components" / "tls"
 
 
 def build(overlay: Path) -> str:
@@ -30,12 +40,47 @@ def build(overlay: Path) -> str:
     return result.stdout
 
 
+def cert_manager_crds() -> list[dict[str, Any]]:
+    """cert-manager's CustomResourceDefinitions, as its release ships them (deploy/crds/*.yaml)."""
+    folder = Path(k8s_tools()["cert-manager-crds"])
+    return [doc for path in sorted(folder.glob("*.yaml")) for doc in load_yaml(path.read_text())]
+
+
+def _strict(schema: Any) -> Any:
+    """An OpenAPI v3 schema of a CRD as kubeconform reads it with -strict: every object that lists
+    its properties and does not keep unknown fields refuses any other."""
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _strict(value) for key, value in schema.items()}
+    if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+@cache
+def cert_manager_schemas() -> str:
+    """A folder of kubeconform schemas (``<kind>-<group's first label>-<version>.json``) converted
+    from cert-manager's CRDs, beside them in the tool cache."""
+    folder = Path(k8s_tools()["cert-manager-crds"]).parent / "kubeconform-strict"
+    folder.mkdir(exist_ok=True)
+    for crd in cert_manager_crds():
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            name = f"{spec['names']['kind'].lower()}-{spec['group'].split('.')[0]}-{version['name']}.json"
+            (folder / name).write_text(json.dumps(_strict(version["schema"]["openAPIV3Schema"])))
+    return str(folder)
+
+
 def kubeconform(manifests: str) -> subprocess.CompletedProcess[str]:
     t = k8s_tools()
     location = t["schemas"] + "/{{ .NormalizedKubernetesVersion }}-standalone{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json"
+    crd_location = cert_manager_schemas() + "/{{ .ResourceKind }}{{ .KindSuffix }}.json"
     return subprocess.run(
         [t["kubeconform"], "-strict", "-summary", "-output", "text", "-kubernetes-version",
-         t["schema-kubernetes-version"], "-schema-location", location, "-skip", ",".join(CRD_KINDS), "-"],
+         t["schema-kubernetes-version"], "-schema-location", location, "-schema-location", crd_location,
+         "-skip", ",".join(CRD_KINDS), "-"],
         input=manifests, capture_output=True, text=True, timeout=120,
     )
 
@@ -80,6 +125,19 @@ def test_kubeconform_rejects_a_misspelt_field(tmp_path: Path) -> None:
     result = kubeconform(build(copy / "overlays" / "prod"))
     assert result.returncode != 0
     assert "readOnlyRootFileSystem" in result.stdout, result.stdout
+
+
+def test_kubeconform_checks_the_certificates_against_cert_managers_schema(tmp_path: Path) -> None:
+    manifests = build(K8S / "overlays" / "prod")
+    assert {"Certificate", "Issuer"} <= set(re.findall(r"^kind: (\w+)$", manifests, re.M))
+    copy = broken_copy(tmp_path, "components/tls/certificates.yaml", 'dnsNames: ["nats"]', 'dnsName: ["nats"]')
+    result = kubeconform(build(copy / "overlays" / "prod"))
+    assert result.returncode != 0
+    assert re.search(r"Certificate nats is invalid: .*dnsName", result.stdout), result.stdout
+    copy = broken_copy(tmp_path / "enum", "components/tls/certificates.yaml", "algorithm: ECDSA", "algorithm: DSA")
+    result = kubeconform(build(copy / "overlays" / "prod"))
+    assert result.returncode != 0
+    assert re.search(r"Certificate mbostream-ca is invalid: .*DSA", result.stdout), result.stdout
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -191,3 +249,102 @@ def test_overlays_differ_only_in_documented_fields() -> None:
         if "*" not in obj + field:
             actual = {o: "—" if v is None else str(v) for o, v in differing[f"{obj}:{field}"].items()}
             assert actual == cells, f"k8s/README.md's row {obj} {field} says {cells}, the overlays render {actual}"
+
+
+# --- the TLS component -----------------------------------------------------------------------------
+
+_TLS_FILE_SETTINGS = re.compile(r"^(MBOSTREAM_(NATS_)?TLS_\w+_FILE|INFLUX_CA_FILE)$")
+
+
+def test_only_the_tls_overlays_enable_the_component() -> None:
+    for overlay in OVERLAYS:
+        kinds = re.findall(r"^kind: (\w+)$", build(K8S / "overlays" / overlay), re.M)
+        assert ("Certificate" in kinds) == (overlay in TLS_OVERLAYS), overlay
+
+
+@pytest.mark.parametrize("overlay", TLS_OVERLAYS)
+def test_every_tls_file_a_role_reads_comes_from_a_certificates_secret(overlay: str) -> None:
+    """Each TLS setting names a file in a mounted volume holding that key of a Secret a Certificate
+    writes (or the chain file the init container writes from one); every hop the component covers
+    is configured: gRPC served over TLS by the replayer and the gateways, NATS over mTLS by every
+    role, InfluxDB over HTTPS with the CA, the edge's Envoy config with upstream TLS."""
+    objects = load_yaml(build(K8S / "overlays" / overlay))
+    certificates = {o["spec"]["secretName"] for o in objects if o["kind"] == "Certificate"}
+    settings: dict[str, dict[str, str]] = {}
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        chain_writers = {m["name"] for c in spec.get("initContainers", []) for m in c["volumeMounts"] if "emptyDir" in volumes[m["name"]]}
+        for container in spec["containers"]:
+            env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+            settings[container["name"]] = env
+            mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
+            for name, path in env.items():
+                if not _TLS_FILE_SETTINGS.match(name):
+                    continue
+                folder, key = path.rsplit("/", 1)
+                assert folder in mounts, f"{container['name']}: {name}={path} is in no mounted volume"
+                volume = mounts[folder]
+                if "emptyDir" in volume:
+                    assert volume["name"] in chain_writers and key == "chain.crt", f"{container['name']}: {name}={path}"
+                    continue
+                secret = volume["secret"]
+                assert secret["secretName"] in certificates, f"{container['name']}: {name} reads {secret['secretName']}, which no Certificate writes"
+                keys = [i["path"] for i in secret.get("items", [])] or ["tls.crt", "tls.key", "ca.crt"]
+                assert key in keys, f"{container['name']}: {name}={path}: {key} not in {keys}"
+    bus = {"MBOSTREAM_NATS_TLS_CA_FILE", "MBOSTREAM_NATS_TLS_CERT_FILE", "MBOSTREAM_NATS_TLS_KEY_FILE"}
+    for role in ("replayer", "gateway", "store"):
+        assert bus <= set(settings[role]), role
+    for role in ("replayer", "gateway"):
+        assert {"MBOSTREAM_TLS_CERT_FILE", "MBOSTREAM_TLS_KEY_FILE"} <= set(settings[role]), role
+    assert settings["store"]["INFLUX_URL"].startswith("https://") and "INFLUX_CA_FILE" in settings["store"]
+
+
+@pytest.mark.parametrize("overlay", TLS_OVERLAYS)
+def test_tls_servers_are_probed_by_the_tls_aware_health_check(overlay: str) -> None:
+    """The kubelet's grpc probes speak no TLS: the replayer's and gateways' startup and readiness
+    probes run the image's health check, which takes TLS from the server's settings, and liveness
+    is a TCP check; a plaintext server keeps its probes."""
+    for deployment in (o for o in load_yaml(build(K8S / "overlays" / overlay)) if o["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            tls = any(e["name"] == "MBOSTREAM_TLS_CERT_FILE" for e in container.get("env", []))
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe not in container:
+                    continue
+                kind = {"grpc", "exec", "tcpSocket", "httpGet"} & set(container[probe])
+                if tls and probe == "livenessProbe":
+                    assert kind == {"tcpSocket"}, f"{container['name']} {probe}: {kind}"
+                elif tls:
+                    assert kind == {"exec"}, f"{container['name']} {probe}: {kind}"
+                    assert container[probe]["exec"]["command"] == ["python3", "/usr/local/lib/mbostream/healthcheck.py"]
+                    assert container[probe]["timeoutSeconds"] >= 3
+                else:
+                    assert "exec" not in kind, f"{container['name']} {probe}: {kind}"
+
+
+def test_the_components_envoy_config_is_the_renderers_output_and_envoy_accepts_it(tmp_path: Path) -> None:
+    fresh = tmp_path / "envoy.yaml"
+    subprocess.run([str(TLS_COMPONENT / "generate-envoy-config"), str(fresh)], check=True, capture_output=True, timeout=60)
+    committed = (TLS_COMPONENT / "envoy.yaml").read_text()
+    assert fresh.read_text() == committed, "k8s/components/tls/envoy.yaml is stale: run k8s/components/tls/generate-envoy-config"
+    config_maps = [d for d in load_yaml(build(K8S / "overlays" / "prod")) if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("edge-envoy-tls-")]
+    assert len(config_maps) == 1 and config_maps[0]["data"] == {"envoy.yaml": committed}
+    # The upstream cluster validates the gateways by the mounted CA and their Service name.
+    assert '"trusted_ca": {"filename": "/etc/mbostream/upstream-tls/ca.crt"}' in committed
+    assert '"matcher": {"exact": "gateway"}' in committed and '"sni": "gateway"' in committed
+    # Envoy loads it (with a CA of the test's own at the CA's path).
+    ca = tmp_path / "ca.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+         str(tmp_path / "ca.key"), "-out", str(ca), "-subj", "/CN=test CA", "-days", "1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    config = tmp_path / "envoy-test.yaml"
+    config.write_text(committed.replace("/etc/mbostream/upstream-tls/ca.crt", str(ca)))
+    envoy = REPO / ".venv" / "bin" / "envoy"
+    result = subprocess.run([str(envoy), "--mode", "validate", "-c", str(config)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "OK" in result.stdout + result.stderr, result.stdout + result.stderr
+    # and refuses it when the CA file is not there, so the check above read the CA.
+    config.write_text(committed.replace("/etc/mbostream/upstream-tls/ca.crt", str(tmp_path / "missing.crt")))
+    result = subprocess.run([str(envoy), "--mode", "validate", "-c", str(config)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0, result.stdout + result.stderr

@@ -12,10 +12,20 @@ never exercised), NetworkPolicy enforcement (no network plugin), the Ingress (no
 the ServiceMonitor/PrometheusRule beyond their group, version and kind: the CRDs installed here
 are minimal ones written below (``x-kubernetes-preserve-unknown-fields``), not the Prometheus
 operator's.
+
+The TLS component (k8s/components/tls, in prod): cert-manager's own CRDs (from its Go module, fetched
+by scripts/install-k8s-tools) are installed first, so the API server validates its Issuers and
+Certificates against cert-manager's schemas (one broken on purpose is refused). No cert-manager
+controller runs here: the test plays its part, writing each Secret a Certificate names with
+certificates it makes itself (a CA, and leaves carrying the Certificate's names), and checks that
+the Deployments mount exactly those Secrets with the keys they read. Whether the containers then
+speak TLS to each other is not checked here (no container runs; tests/test_compose.py runs the
+same settings against real processes).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from collections import Counter
@@ -24,14 +34,18 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from k8s_control_plane import ZONES, ControlPlane
 from k8s_tools import load_yaml
-from test_k8s import K8S, OVERLAYS, broken_copy, build, kubeconform
+from test_k8s import K8S, OVERLAYS, TLS_OVERLAYS, broken_copy, build, cert_manager_crds, kubeconform
 
 #: Upper bound for an overlay's Deployments to become Available (seconds).
 AVAILABLE_TIMEOUT: Final = 180.0
 #: Kinds whose spec must read back as applied (the server may only add defaults).
-READ_BACK_KINDS: Final = ("HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy")
+READ_BACK_KINDS: Final = ("HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Issuer", "Certificate")
 
 
 def _crd(kind: str, plural: str) -> dict[str, Any]:
@@ -62,8 +76,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     plane = ControlPlane(tmp_path_factory.mktemp("control-plane"))
     try:
         plane.start()
-        plane.apply_objects(CRDS)
-        names = [f"crd/{crd['metadata']['name']}" for crd in CRDS]
+        plane.apply_objects(CRDS + cert_manager_crds())
+        names = [f"crd/{crd['metadata']['name']}" for crd in CRDS + cert_manager_crds()]
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
         yield plane
     finally:
@@ -132,12 +146,83 @@ def _not_yet_available(cluster: ControlPlane, namespace: str, objects: list[dict
     return pending
 
 
+def _pem(certificate: x509.Certificate) -> str:
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def certificate_secrets(namespace: str, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What cert-manager would write for the overlay's Certificates, made here: a ``kubernetes.io/tls``
+    Secret per Certificate (tls.crt, tls.key, ca.crt), the CA self-signed, each leaf signed by it
+    with the Certificate's DNS names or common name."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mbostream test CA")])
+
+    def sign(subject: x509.Name, key: ec.EllipticCurvePrivateKey, names: list[str], ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )  # fmt: skip
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    ca = sign(ca_name, ca_key, [], True)
+    secrets = []
+    for certificate in (o for o in objects if o["kind"] == "Certificate"):
+        spec = certificate["spec"]
+        key = ca_key if spec.get("isCA") else ec.generate_private_key(ec.SECP256R1())
+        leaf = ca if spec.get("isCA") else sign(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.get("commonName") or spec["dnsNames"][0])]), key, spec.get("dnsNames", []), False,
+        )  # fmt: skip
+        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+        secrets.append({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": spec["secretName"], "namespace": namespace, "annotations": {"cert-manager.io/certificate-name": certificate["metadata"]["name"]}},
+            "stringData": {"tls.crt": _pem(leaf), "tls.key": private, "ca.crt": _pem(ca)},
+        })  # fmt: skip
+    return secrets
+
+
+def check_tls_secrets_mounted(cluster: ControlPlane, namespace: str, objects: list[dict[str, Any]]) -> None:
+    """Every Certificate's Secret is mounted by some Deployment, and every Secret volume of the
+    Deployments on the server that names a Certificate's Secret finds it there with the keys it
+    projects; every running pod of such a Deployment carries those volumes."""
+    by_secret = {o["spec"]["secretName"]: o["metadata"]["name"] for o in objects if o["kind"] == "Certificate"}
+    on_server = {s["metadata"]["name"]: s for s in cluster.get("secrets", "-n", namespace)["items"]}
+    mounted: set[str] = set()
+    pods = cluster.get("pods", "-n", namespace)["items"]
+    for deployment in cluster.get("deployments", "-n", namespace)["items"]:
+        template = deployment["spec"]["template"]
+        secret_volumes = {v["name"]: v["secret"] for v in template["spec"]["volumes"] if v.get("secret", {}).get("secretName") in by_secret}
+        for name, secret in secret_volumes.items():
+            stored = on_server.get(secret["secretName"])
+            assert stored, f"{deployment['metadata']['name']}: volume {name} names {secret['secretName']}, not in the namespace"
+            wanted = [i["key"] for i in secret.get("items", [])] or ["tls.crt", "tls.key", "ca.crt"]
+            assert set(wanted) <= set(stored["data"]), (deployment["metadata"]["name"], name, sorted(stored["data"]))
+            mounted.add(secret["secretName"])
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        own = [p for p in pods if selector.items() <= p["metadata"]["labels"].items() and p["metadata"].get("deletionTimestamp") is None]
+        for pod in own:
+            volumes = {v["name"]: v.get("secret", {}).get("secretName") for v in pod["spec"]["volumes"]}
+            assert all(volumes.get(n) == s["secretName"] for n, s in secret_volumes.items()), (pod["metadata"]["name"], volumes)
+    # The CA's Secret is the Issuer's, read by cert-manager only; nats-tls is mounted by the nats
+    # chart's pods (a Helm release, not in the overlay); influxdb-tls's CA by the store.
+    assert mounted == set(by_secret) - {"mbostream-ca", "nats-tls"}, (sorted(mounted), sorted(by_secret))
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_applies_and_every_deployment_becomes_available(cluster: ControlPlane, overlay: str) -> None:
     manifests = build(K8S / "overlays" / overlay)
     objects = load_yaml(manifests)
     namespace = prepare_namespace(cluster, objects)
+    tls = overlay in TLS_OVERLAYS
+    if tls:
+        # cert-manager's part, played by the test: the Secrets the Certificates name.
+        cluster.apply_objects(certificate_secrets(namespace, objects))
     applied = server_side_apply(cluster, manifests)
     assert applied.returncode == 0, f"server-side apply of {overlay} refused:\n{applied.stderr}"
     # kubectl prints Pod Security's verdict on each pod template as a warning.
@@ -150,6 +235,8 @@ def test_overlay_applies_and_every_deployment_becomes_available(cluster: Control
     read_back = [o for o in objects if o["kind"] in READ_BACK_KINDS]
     kinds = Counter(o["kind"] for o in read_back)
     assert (kinds["HorizontalPodAutoscaler"], kinds["PodDisruptionBudget"]) == (1, 2) and kinds["NetworkPolicy"] >= 5, kinds
+    # Issuers and Certificates exist only where the TLS component is; the CRDs validated them.
+    assert (kinds["Issuer"], kinds["Certificate"]) == ((2, 5) if tls else (0, 0)), kinds
     for obj in read_back:
         key = f"{obj['kind']}/{obj['metadata']['name']}"
         assert not contains(on_server[key]["spec"], obj["spec"]), f"{key} reads back changed: {contains(on_server[key]['spec'], obj['spec'])}"
@@ -165,6 +252,8 @@ def test_overlay_applies_and_every_deployment_becomes_available(cluster: Control
     assert {"replayer", "gateway", "store", "edge", "otel-collector"} <= deployments
     claims = cluster.get("persistentvolumeclaims", "-n", namespace)["items"]
     assert claims and all(c["status"]["phase"] == "Bound" for c in claims), [c["status"] for c in claims]
+    if tls:
+        check_tls_secrets_mounted(cluster, namespace, objects)
 
     if overlay == "prod":
         # The real scheduler placed gateways and edges across the zones within maxSkew 1.
@@ -199,6 +288,28 @@ def test_api_server_refuses_a_manifest_broken_on_purpose(cluster: ControlPlane, 
     broken = build(broken_copy(tmp_path, file, old, new) / "overlays" / "dev")
     if case == "pdb-min-and-max":
         assert kubeconform(broken).returncode == 0, "kubeconform refuses it too: the case no longer shows what only the server checks"
+    result = server_side_apply(cluster, broken, "--dry-run=server")
+    assert result.returncode != 0, result.stdout
+    assert error in result.stderr, result.stderr
+
+
+#: A Certificate broken on purpose -> what the API server says, validating it by cert-manager's CRD.
+BROKEN_CERTIFICATES: Final = {
+    "unknown-field": ('dnsNames: ["nats"]', 'dnsName: ["nats"]', "(mbostream/nats; cert-manager.io/v1, Kind=Certificate): .spec.dnsName: field not declared in schema"),
+    "unsupported-algorithm": ("algorithm: ECDSA", "algorithm: DSA", 'Unsupported value: "DSA"'),
+}  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("case", sorted(BROKEN_CERTIFICATES))
+def test_api_server_refuses_a_certificate_broken_on_purpose(cluster: ControlPlane, tmp_path: Path, case: str) -> None:
+    old, new, error = BROKEN_CERTIFICATES[case]
+    (overlay,) = TLS_OVERLAYS
+    intact = build(K8S / "overlays" / overlay)
+    prepare_namespace(cluster, load_yaml(intact))
+    control = server_side_apply(cluster, intact, "--dry-run=server")
+    assert control.returncode == 0, f"the intact overlay is refused:\n{control.stderr}"
+    broken = build(broken_copy(tmp_path, "components/tls/certificates.yaml", old, new) / "overlays" / overlay)
     result = server_side_apply(cluster, broken, "--dry-run=server")
     assert result.returncode != 0, result.stdout
     assert error in result.stderr, result.stderr
