@@ -39,6 +39,21 @@ def assert_refused(proc: subprocess.CompletedProcess[str], command: str, setting
     assert "listening" not in proc.stdout
 
 
+
+def _epochs_of_new_connections(port: int, token: str, *, check_health: bool = False) -> set[str]:
+    """The run identities 20 new connections to ``port`` reach (each asserted SERVING first if asked)."""
+    epochs = set()
+    for _ in range(20):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            if check_health:
+                health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT)
+                assert health.status == health_pb2.HealthCheckResponse.SERVING
+            status = replay_pb2_grpc.ReplayServiceStub(channel).GetStatus(
+                rp.GetStatusRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=RPC_TIMEOUT
+            )
+            epochs.add(status.status.epoch)
+    return epochs
+
 def test_a_second_server_on_a_taken_grpc_port_fails_and_the_first_keeps_every_client(tmp_path: Path) -> None:
     port = free_port()
     first = ServeProcess("--rate", "1000", str(shared_file("CLX5_mbo.dbn")), port=port, log_path=tmp_path / "first.log")
@@ -50,16 +65,7 @@ def test_a_second_server_on_a_taken_grpc_port_fails_and_the_first_keeps_every_cl
         proc = second_server("run", "--port", str(port), "--metrics-port", "-1", "--edge-port", "0")
         assert_refused(proc, "run", "--port / MBOSTREAM_PORT", port)
         # Every new connection still reaches the one replay there is (one run identity).
-        epochs = set()
-        for _ in range(20):
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT)
-                assert health.status == health_pb2.HealthCheckResponse.SERVING
-                status = replay_pb2_grpc.ReplayServiceStub(channel).GetStatus(
-                    rp.GetStatusRequest(), metadata=(("authorization", f"Bearer {first.token}"),), timeout=RPC_TIMEOUT
-                )
-                epochs.add(status.status.epoch)
-        assert len(epochs) == 1
+        assert len(_epochs_of_new_connections(port, first.token, check_health=True)) == 1
     finally:
         assert first.stop() == 0
 
@@ -97,13 +103,6 @@ def test_a_second_run_on_a_taken_edge_port_fails_naming_it_and_the_first_keeps_e
         # Refused before it loads anything; bounded, as a second run that started would never end.
         proc = second_server("run", "--port", "0", "--metrics-port", "-1", "--edge-port", str(edge_port), timeout=30)
         assert_refused(proc, "run", "--edge-port / MBOSTREAM_EDGE_PORT", edge_port)
-        epochs = set()
-        for _ in range(20):
-            with grpc.insecure_channel(f"127.0.0.1:{edge_port}") as channel:
-                status = replay_pb2_grpc.ReplayServiceStub(channel).GetStatus(
-                    rp.GetStatusRequest(), metadata=(("authorization", f"Bearer {first.token}"),), timeout=RPC_TIMEOUT
-                )
-                epochs.add(status.status.epoch)
-        assert len(epochs) == 1
+        assert len(_epochs_of_new_connections(edge_port, first.token)) == 1
     finally:
         assert first.stop() == 0
