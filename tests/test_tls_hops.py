@@ -30,7 +30,7 @@ import nats
 import pytest
 import yaml
 from grpc import aio as grpc_aio
-from mbostream.bus.streams import META_STREAM, META_SUBJECT, connect, ensure_streams, tls_context
+from mbostream.bus.streams import META_STREAM, META_SUBJECT, TlsRequiredError, connect, ensure_streams, is_tls_refusal, tls_context
 from mbostream.config import Settings, load_settings
 from mbostream.edge.cluster import ClusterTls
 from mbostream.edge.config import EdgeConfig, EdgeTls
@@ -178,6 +178,23 @@ def test_nats_mtls_needs_a_client_certificate_of_its_ca(pki: Pki, tmp_path: Path
         assert not isinstance(stranger, ssl.SSLCertVerificationError), stranger
         # A role presenting another CA's certificate: refused by the server, logged (and retried).
         assert "UNKNOWN_CA" in _gateway_refused(server.url, tmp_path / "gateway.log", **_bus_env(pki, stranger=True))
+
+
+def _ssl_error(reason: str) -> ssl.SSLError:
+    error = ssl.SSLError(1, reason.lower().replace("_", " "))
+    error.reason = reason  # as OpenSSL's errors carry it
+    return error
+
+
+def test_a_tls_connection_that_ends_is_not_reported_as_a_refusal() -> None:
+    """A CI run logged "bus TLS refused: APPLICATION_DATA_AFTER_CLOSE_NOTIFY" while the roles were
+    closing their connections: an ended TLS connection is a lost connection, retried quietly; a
+    wrong certificate or setting (the three refusals above) still is a refusal."""
+    for ended in (_ssl_error("APPLICATION_DATA_AFTER_CLOSE_NOTIFY"), _ssl_error("UNEXPECTED_EOF_WHILE_READING"), ssl.SSLZeroReturnError(), ssl.SSLEOFError()):
+        assert not is_tls_refusal(ended), ended
+    for refused in (ssl.SSLCertVerificationError(1, "certificate verify failed"), _ssl_error("TLSV1_ALERT_UNKNOWN_CA"), _ssl_error("WRONG_VERSION_NUMBER"), TlsRequiredError("plaintext bus")):
+        assert is_tls_refusal(refused), refused
+    assert not is_tls_refusal(ConnectionResetError()) and not is_tls_refusal(TimeoutError())
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,21 @@ class TlsRequiredError(nats.errors.Error):
     """The bus server did not ask for TLS although this process is configured for it."""
 
 
+#: SSL errors that end an established connection (the peer closed it, or we are closing it), not a
+#: refused handshake: a shutdown on either side, reported like any other lost connection.
+_TLS_CONNECTION_ENDED: Final = frozenset({"APPLICATION_DATA_AFTER_CLOSE_NOTIFY", "UNEXPECTED_EOF_WHILE_READING"})
+
+
+def is_tls_refusal(exc: BaseException) -> bool:
+    """True for a certificate or TLS setting that is wrong on one side; False for a TLS connection
+    that merely ended (:data:`_TLS_CONNECTION_ENDED`, ``SSLZeroReturnError``, ``SSLEOFError``)."""
+    if isinstance(exc, TlsRequiredError):
+        return True
+    if not isinstance(exc, ssl.SSLError) or isinstance(exc, (ssl.SSLZeroReturnError, ssl.SSLEOFError)):
+        return False
+    return getattr(exc, "reason", None) not in _TLS_CONNECTION_ENDED
+
+
 class _TlsOnlyClient(Client):
     """A client that refuses a server not asking for TLS, before it sends anything.
 
@@ -138,7 +153,8 @@ async def connect(url: str, *, name: str, tls: ssl.SSLContext | None = None, con
     client: list[Client] = []
 
     async def on_error(exc: Exception) -> None:
-        if isinstance(exc, (ssl.SSLError, TlsRequiredError)):
+        closing = bool(client) and (client[0].is_closed or client[0].is_draining)
+        if not closing and is_tls_refusal(exc):
             # Not a bus that is down: a certificate or TLS setting that is wrong on one side.
             log.warning("bus TLS refused: %s", exc, extra={"nats": url})
             return
