@@ -25,31 +25,22 @@ import hashlib
 import json
 import os
 import resource
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from mbostream.errors import BenchError
+from mbostream.tools.bench_server import BenchServer, Window, cpu_sets, pin
 
-#: How long the bench waits for the server to answer a status call.
-STATUS_TIMEOUT_SECONDS: Final = 30.0
 #: The project's targets: the floor must hold, the aim is where we want to be.
 FLOOR_RECORDS_PER_SECOND: Final = 500_000
 AIM_RECORDS_PER_SECOND: Final = 1_000_000
 FLOOR_P99_MS: Final = 10.0
 AIM_P99_MS: Final = 2.0
 
-#: Generating the default sample on a cold cache takes a while; serving a cached one, seconds.
-_SERVER_START_TIMEOUT: Final = 900.0
-_STOP_TIMEOUT: Final = 30.0
 #: The Go client module (absent from an installed wheel: the bench then uses the Python client).
 _GO_MODULE: Final = Path(__file__).resolve().parents[3] / "clients" / "go"
 #: A first build downloads the Go modules.
@@ -81,131 +72,9 @@ class E2eConfig:
     client: str = "go"
 
 
-def _cpu_sets(pin: bool) -> tuple[set[int] | None, set[int] | None]:
-    """CPUs for (server, client): one each when pinning and two are available."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if not pin or len(cpus) < 2:
-        return None, None
-    return {cpus[0]}, {cpus[1]}
-
-
-def _pin(pid: int, cpus: set[int] | None) -> None:
-    """Pins a just-started child process to ``cpus`` (None: leaves it alone).
-
-    Popen returns once the child has exec'd, long before the new interpreter starts any thread,
-    so every thread it starts later inherits the CPU set.
-    """
-    if cpus is not None:
-        os.sched_setaffinity(pid, cpus)
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and all its threads, from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> tuple[float, float]:
-    """CPU seconds all CPUs spent in processes, and in interrupts, since boot (from /proc/stat).
-
-    Interrupt time (loopback TCP runs largely in softirq) is charged to no process, so it is kept
-    apart from the process time used to see who else was running.
-    """
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
-    except (OSError, ValueError):
-        return float("nan"), float("nan")
-    tick = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + steal) / tick, (irq + softirq) / tick
-
-
 def _children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-class BenchServer:
-    """A ``mbostream serve`` subprocess on a free port, stopped with SIGTERM."""
-
-    def __init__(self, cfg: E2eConfig, pacing: Sequence[str], cpus: set[int] | None) -> None:
-        self.token = secrets.token_urlsafe(18)
-        # A private spool: the server's storage sink (on by default) must not share one with a
-        # server already running here, and the bench leaves nothing behind.
-        self._spool = tempfile.TemporaryDirectory(prefix="mbostream-e2e-spool-")
-        # Every client of the bench is this one host: the per-address stream limit must not cap it.
-        env = {
-            **os.environ,
-            "MBOSTREAM_CONTROL_TOKEN": self.token,
-            "MBOSTREAM_SPOOL_DIR": self._spool.name,
-            "MBOSTREAM_MAX_STREAMS_PER_PEER": "100000",
-        }
-        cmd = [
-            sys.executable, "-m", "mbostream.cli", "--log-level", "warning", "serve", *cfg.files,
-            "--port", "0", "--metrics-port", "-1", "--loop", *pacing, *cfg.server_args,
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        _pin(self.proc.pid, cpus)
-        self.target = self._read_ready_line()
-
-    def _read_ready_line(self) -> str:
-        import selectors
-
-        assert self.proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            if not sel.select(_SERVER_START_TIMEOUT):
-                self.stop()
-                raise BenchError(f"server printed no ready line within {_SERVER_START_TIMEOUT:.0f} s")
-        line = self.proc.stdout.readline()
-        if not line:
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise BenchError(f"server exited with {self.proc.wait()} before listening: {err.strip()[-2000:]}")
-        return str(json.loads(line)["listening"])
-
-    def status(self) -> Any:
-        """The replay status over ReplayService (bearer token of this server)."""
-        import grpc
-
-        from mbostream_core.v1 import replay_pb2, replay_pb2_grpc
-
-        with grpc.insecure_channel(self.target) as channel:
-            stub = replay_pb2_grpc.ReplayServiceStub(channel)
-            metadata = (("authorization", f"Bearer {self.token}"),)
-            try:
-                return stub.GetStatus(replay_pb2.GetStatusRequest(), metadata=metadata, timeout=STATUS_TIMEOUT_SECONDS).status
-            except grpc.RpcError as exc:
-                # A server whose one core is saturated can answer a control call late: say so.
-                raise BenchError(
-                    f"the server did not answer ReplayService/GetStatus within {STATUS_TIMEOUT_SECONDS:.0f} s "
-                    f"({exc.code().name}): its core is saturated; this scenario has no figure"
-                ) from None
-
-    def wait_replaying(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.status().replay_sequence == 0:
-            if time.monotonic() > deadline:
-                raise BenchError(f"the replay did not start within {timeout:.0f} s")
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        """SIGTERM, then the exit code (SIGKILL after the timeout)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-        self._spool.cleanup()
-        return code
 
 
 def _run_client(
@@ -223,7 +92,7 @@ def _run_client(
         *(["--combine"] if cfg.combine else []),
     ]  # fmt: skip
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        _pin(proc.pid, cpus)
+        pin(proc.pid, cpus)
         try:
             stdout, stderr = proc.communicate(timeout=cfg.warmup + cfg.seconds + 120)
         except subprocess.TimeoutExpired:
@@ -283,7 +152,7 @@ def _run_go_client(
     ]  # fmt: skip
     env = {**os.environ, **({"GOMAXPROCS": str(len(cpus))} if cpus else {})}
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
-        _pin(proc.pid, cpus)
+        pin(proc.pid, cpus)
         try:
             stdout, stderr = proc.communicate(timeout=cfg.warmup + cfg.seconds + 120)
         except subprocess.TimeoutExpired:
@@ -330,34 +199,27 @@ def _from_go_result(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
-    server_cpus, client_cpus = _cpu_sets(cfg.pin)
+    server_cpus, client_cpus = cpu_sets(cfg.pin)
     if name == "max":
         pacing, streams, events_streams = ["--max"], 0, 1
     else:
         pacing, streams, events_streams = ["--rate", f"{cfg.rate:g}"], cfg.book_streams, cfg.events_streams
-    server = BenchServer(cfg, pacing, server_cpus)
-    try:
-        server.wait_replaying()
-        before, t0, cpu0 = server.status(), time.monotonic(), process_cpu_seconds(server.proc.pid)
-        busy0, client0 = machine_busy_seconds(), _children_cpu_seconds()
+    with BenchServer(pacing, files=cfg.files, server_args=cfg.server_args, cpus=server_cpus) as server:
+        before, client0 = server.read(), _children_cpu_seconds()
         client = _run_client(cfg, server.target, streams, events_streams, client_cpus)
-        busy1, client1 = machine_busy_seconds(), _children_cpu_seconds()
-        after, t1, cpu1 = server.status(), time.monotonic(), process_cpu_seconds(server.proc.pid)
-    finally:
-        exit_code = server.stop()
-    elapsed = t1 - t0
-    # Whatever else kept the CPUs busy meanwhile (other test suites, builds) skews the numbers.
-    others = (busy1[0] - busy0[0]) - (cpu1 - cpu0) - (client1 - client0)
+        client1, after = _children_cpu_seconds(), server.read()
+    window = Window(before, after)
     return {
-        "other_processes_cpu_percent": round(100 * max(0.0, others) / elapsed, 1),
-        "interrupts_cpu_percent": round(100 * (busy1[1] - busy0[1]) / elapsed, 1),
+        # Whatever else kept the CPUs busy meanwhile (other test suites, builds) skews the numbers.
+        "other_processes_cpu_percent": window.others_cpu_percent(client1 - client0),
+        "interrupts_cpu_percent": window.interrupts_cpu_percent,
         "scenario": name,
         "pacing": " ".join(pacing),
         "server": {
-            "replayed_records_per_second": round((after.replay_sequence - before.replay_sequence) / elapsed),
-            "cpu_percent": round(100 * (cpu1 - cpu0) / elapsed, 1),
+            "replayed_records_per_second": window.replayed_records_per_second,
+            "cpu_percent": window.server_cpu_percent,
             "cpus": sorted(server_cpus) if server_cpus else None,
-            "exit_code": exit_code,
+            "exit_code": server.exit_code,
         },
         "client_cpus": sorted(client_cpus) if client_cpus else None,
         "client": client,

@@ -1,7 +1,7 @@
 """Soak benchmark: ``mbostream bench soak`` — a real server fed at a fixed rate for a long time,
 with clients that keep connecting and leaving, sampled every interval.
 
-The server is ``bench e2e``'s (:class:`~mbostream.tools.bench_e2e.BenchServer`: ``mbostream serve
+The server is ``bench e2e``'s (:class:`~mbostream.tools.bench_server.BenchServer`: ``mbostream serve
 --rate R --loop`` on a free port; the generated sample by default, which ``--loop`` replays for as
 long as the soak lasts, one replay sequence for the life of the process). The clients:
 
@@ -35,26 +35,18 @@ import os
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import grpc
 import numpy as np
 from grpc import aio as grpc_aio
 
 from mbostream.errors import BenchError
-from mbostream.tools.bench_e2e import (
-    BenchServer,
-    E2eConfig,
-    _cpu_sets,
-    _go_load_binary,
-    _pin,
-    machine_busy_seconds,
-    process_cpu_seconds,
-)
+from mbostream.tools.bench_e2e import _go_load_binary
+from mbostream.tools.bench_server import BenchServer, Window, cpu_sets, pin
 from mbostream_core.v1 import market_data_pb2, market_data_pb2_grpc
 
 #: The verdict's thresholds: RSS rising less than this over the second half reads as flat ...
@@ -271,7 +263,7 @@ async def _start_group(
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
-    _pin(proc.pid, cpus)
+    pin(proc.pid, cpus)
     return BookGroup(index=index, streams=streams, seconds=seconds, started=time.monotonic(), proc=proc)
 
 
@@ -292,18 +284,6 @@ async def _collect_group(group: BookGroup) -> BookGroup:
 
 
 # -- sampling and verdict -------------------------------------------------------------------------
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of a process, MiB (NaN once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def slope_per_minute(points: list[tuple[float, float]]) -> float | None:
@@ -348,22 +328,6 @@ def verdict(samples: list[dict[str, Any]], groups: list[BookGroup], t0: float, d
     }
 
 
-def _drain(stream: IO[str] | None, sink: IO[str]) -> threading.Thread:
-    """Copies a child's pipe to ``sink`` so it never fills and blocks the server."""
-
-    def copy() -> None:
-        try:
-            for line in iter(stream.readline, ""):  # type: ignore[union-attr]
-                sink.write(line)
-                sink.flush()
-        except (OSError, ValueError):
-            pass  # closed by BenchServer.stop
-
-    thread = threading.Thread(target=copy, daemon=True)
-    thread.start()
-    return thread
-
-
 async def _soak(cfg: SoakConfig, server: BenchServer, client_cpus: set[int] | None) -> dict[str, Any]:
     binary = _go_load_binary()
     duration = cfg.minutes * 60
@@ -396,10 +360,7 @@ async def _soak(cfg: SoakConfig, server: BenchServer, client_cpus: set[int] | No
     churns = 0
     next_churn = t0 + cfg.churn_seconds
     next_sample = t0 + cfg.interval_seconds
-    cpu_prev, t_prev = process_cpu_seconds(server.proc.pid), t0
-    busy_prev = machine_busy_seconds()
-    status = await loop.run_in_executor(None, server.status)
-    seq_prev = status.replay_sequence
+    previous = await loop.run_in_executor(None, server.read)
     while True:
         now = time.monotonic()
         if now >= end:
@@ -415,21 +376,19 @@ async def _soak(cfg: SoakConfig, server: BenchServer, client_cpus: set[int] | No
             churns += 1
         if now >= next_sample:
             next_sample += cfg.interval_seconds
-            status = await loop.run_in_executor(None, server.status)
-            cpu, busy = process_cpu_seconds(server.proc.pid), machine_busy_seconds()
-            dt = now - t_prev
+            reading = await loop.run_in_executor(None, server.read)
+            window = Window(previous, reading)
             new = [g.summary() for g in groups if g.ended and not g.sampled]
             for g in groups:
                 g.sampled = bool(g.ended)
             live_events = [s.client for s in slots]
             every = finished + live_events
-            others = (busy[0] - busy_prev[0]) - (cpu - cpu_prev)
             samples.append({
                 "t": round(now - t0, 1),
-                "rss_mib": round(rss_mib(server.proc.pid), 1),
-                "server_cpu_percent": round(100 * (cpu - cpu_prev) / dt, 1),
-                "others_cpu_percent": round(100 * max(0.0, others) / dt, 1),
-                "replayed_records_per_second": round((status.replay_sequence - seq_prev) / dt),
+                "rss_mib": round(reading.rss_mib, 1),
+                "server_cpu_percent": window.server_cpu_percent,
+                "others_cpu_percent": window.others_cpu_percent(),
+                "replayed_records_per_second": window.replayed_records_per_second,
                 "book_clients": sum(g.streams for g in groups if g.proc.returncode is None),
                 "book_groups_ended": len(new),
                 "book_p50_ms": _median([g["p50_ms"] for g in new]),
@@ -439,7 +398,7 @@ async def _soak(cfg: SoakConfig, server: BenchServer, client_cpus: set[int] | No
                 "events_duplicates": sum(c.duplicates for c in every),
                 "events_cutoffs": sum(c.cutoffs for c in every),
             })  # fmt: skip
-            cpu_prev, t_prev, busy_prev, seq_prev = cpu, now, busy, status.replay_sequence
+            previous = reading
             if server.proc.poll() is not None:
                 raise BenchError(f"the server exited with {server.proc.returncode} during the soak")
 
@@ -481,24 +440,19 @@ def run_soak(cfg: SoakConfig) -> dict[str, Any]:
     if cfg.events_clients >= cfg.clients:
         raise BenchError("--events-clients must leave room for book clients under --clients")
     _go_load_binary()  # built before the server starts, not inside the soak
-    server_cpus, client_cpus = _cpu_sets(cfg.pin)
+    server_cpus, client_cpus = cpu_sets(cfg.pin)
     log_path = Path(cfg.server_log) if cfg.server_log else Path(tempfile.mkdtemp(prefix="mbostream-soak-")) / "server.log"
     server_args = (*(() if cfg.store else ("--no-store",)), *cfg.server_args)
-    e2e = E2eConfig(files=cfg.files, server_args=server_args)
-    server = BenchServer(e2e, ["--rate", f"{cfg.rate:g}"], server_cpus)
-    with open(log_path, "w") as log:
-        drains = [_drain(server.proc.stderr, log), _drain(server.proc.stdout, log)]
-        try:
-            server.wait_replaying()
-            result = asyncio.run(_soak(cfg, server, client_cpus))
-        finally:
-            exit_code = server.stop()
-            for thread in drains:
-                thread.join(5)
+    pacing = ("--rate", f"{cfg.rate:g}")
+    with (
+        open(log_path, "w") as log,
+        BenchServer(pacing, files=cfg.files, server_args=server_args, cpus=server_cpus, log=log) as server,
+    ):
+        result = asyncio.run(_soak(cfg, server, client_cpus))
     log_text = log_path.read_text(errors="replace")
     result["config"] = asdict(cfg)
     result["server"] = {
-        "exit_code": exit_code,
+        "exit_code": server.exit_code,
         "log": str(log_path),
         "log_tracebacks": log_text.count("Traceback (most recent call last)"),
         "cpus": sorted(server_cpus) if server_cpus else None,

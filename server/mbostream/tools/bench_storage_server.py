@@ -1,6 +1,6 @@
 """Storage server benchmark room: ``mbostream storage bench server``, the replay rate with storage on vs off.
 
-Starts ``mbostream serve --max --loop`` (the e2e bench's :class:`~mbostream.tools.bench_e2e.BenchServer`,
+Starts ``mbostream serve --max --loop`` (the e2e bench's :class:`~mbostream.tools.bench_server.BenchServer`,
 which gives each server a private spool) twice on the same data, once with ``--no-store`` and once
 with the storage sink on (derived measurements: trades, bbo, depth; spool only unless ``INFLUX_*``
 is set), and reads the replay position over the same window. The ratio on/off is the figure the
@@ -12,22 +12,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mbostream.tools.bench_e2e import BenchServer, E2eConfig
+from mbostream.tools.bench_server import BenchServer, Window
 
 
 def measure(file: str | None, *, store: bool, warmup: float, seconds: float) -> int:
     """Replay rate (records/s) of one server run at ``--max``."""
-    cfg = E2eConfig(files=(file,) if file else (), server_args=() if store else ("--no-store",))
-    server = BenchServer(cfg, ("--max",), None)
-    try:
-        server.wait_replaying()
+    with BenchServer(("--max",), files=(file,) if file else (), server_args=() if store else ("--no-store",)) as server:
         time.sleep(warmup)
-        t0, n0 = time.monotonic(), server.status().replay_sequence
+        start = server.read()
         time.sleep(seconds)
-        t1, n1 = time.monotonic(), server.status().replay_sequence
-    finally:
-        server.stop()
-    return round((n1 - n0) / (t1 - t0))
+        end = server.read()
+    return Window(start, end).replayed_records_per_second
 
 
 def run(file: str | None, *, rounds: int, warmup: float, seconds: float) -> dict[str, Any]:

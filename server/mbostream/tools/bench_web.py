@@ -17,13 +17,12 @@ import json
 import os
 import resource
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from mbostream.tools.browser import DIST_DIR, Driver, ensure_ui_built, missing_requirement
-from mbostream.tools.bench_e2e import BenchServer, E2eConfig, machine_busy_seconds, process_cpu_seconds
+from mbostream.tools.bench_server import BenchServer, Reading, Window, process_cpu_seconds, tree_cpu_seconds
 from mbostream.edge.supervisor import Edge
 from mbostream.errors import BenchError
 
@@ -57,43 +56,12 @@ class WebBenchConfig:
 
 @dataclass(frozen=True)
 class _Sample:
-    """CPU seconds of each party and the replay position, at one instant."""
+    """The server's reading and the CPU seconds of the other parties, at one instant."""
 
-    at: float
-    replay_sequence: int
-    server: float
+    server: Reading
     envoy: float
     browser: float
     bench: float
-    machine: float
-    interrupts: float
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU time of a process and all its living descendants, from /proc."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the process ended meanwhile
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
-    children: dict[int, list[int]] = {}
-    for pid, parent in parents.items():
-        children.setdefault(parent, []).append(pid)
-    total, pending = 0.0, [root]
-    while pending:
-        pid = pending.pop()
-        total += cpu.get(pid, 0.0)
-        pending.extend(children.get(pid, ()))
-    return total
 
 
 def _own_cpu_seconds() -> float:
@@ -112,18 +80,13 @@ async def _measure(cfg: WebBenchConfig, server: BenchServer, log_path: Path) -> 
         samples: dict[str, _Sample] = {}
 
         async def sample() -> _Sample:
-            status = await asyncio.to_thread(server.status)
+            reading = await asyncio.to_thread(server.read)
             assert driver.pid is not None and edge.pid is not None
-            machine, interrupts = machine_busy_seconds()
             return _Sample(
-                at=time.monotonic(),
-                replay_sequence=status.replay_sequence,
-                server=process_cpu_seconds(server.proc.pid),
+                server=reading,
                 envoy=process_cpu_seconds(edge.pid),
                 browser=await asyncio.to_thread(tree_cpu_seconds, driver.pid),
                 bench=_own_cpu_seconds(),
-                machine=machine,
-                interrupts=interrupts,
             )
 
         async def on_event(event: dict[str, Any]) -> dict[str, Any]:
@@ -137,27 +100,22 @@ async def _measure(cfg: WebBenchConfig, server: BenchServer, log_path: Path) -> 
     if failed or not report["ok"] or set(samples) != {"start", "end"}:
         raise BenchError(f"the browser run failed: {json.dumps(failed or report, indent=2)[-4000:]}")
     start, end = samples["start"], samples["end"]
-    elapsed = end.at - start.at
-
-    def percent(seconds: float) -> float:
-        return round(100 * seconds / elapsed, 1)
-
-    measured = {name: getattr(end, name) - getattr(start, name) for name in ("server", "envoy", "browser", "bench")}
-    others = (end.machine - start.machine) - sum(measured.values())
+    window = Window(start.server, end.server)
+    measured = {name: getattr(end, name) - getattr(start, name) for name in ("envoy", "browser", "bench")}
     frames = report["steps"]["frames"]["value"]
     return {
         "config": asdict(cfg),
-        "window_seconds": round(elapsed, 2),
+        "window_seconds": round(window.seconds, 2),
         "page": frames["frames"],
         "header": {key.removeprefix("stat-"): value for key, value in frames["stats"].items()},
         "server": {
-            "replayed_records_per_second": round((end.replay_sequence - start.replay_sequence) / elapsed),
-            "cpu_percent": percent(measured["server"]),
+            "replayed_records_per_second": window.replayed_records_per_second,
+            "cpu_percent": window.server_cpu_percent,
         },
-        "envoy": {"cpu_percent": percent(measured["envoy"])},
-        "browser": {"cpu_percent": percent(measured["browser"])},
-        "other_processes_cpu_percent": percent(max(0.0, others)),
-        "interrupts_cpu_percent": percent(end.interrupts - start.interrupts),
+        "envoy": {"cpu_percent": window.percent(measured["envoy"])},
+        "browser": {"cpu_percent": window.percent(measured["browser"])},
+        "other_processes_cpu_percent": window.others_cpu_percent(*measured.values()),
+        "interrupts_cpu_percent": window.interrupts_cpu_percent,
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }
 
@@ -168,14 +126,12 @@ def run_web_bench(cfg: WebBenchConfig) -> dict[str, Any]:
     if missing is not None:
         raise BenchError(missing)
     ensure_ui_built()
-    server = BenchServer(E2eConfig(files=cfg.files, server_args=cfg.server_args), ("--rate", f"{cfg.rate:g}"), None)
-    try:
-        server.wait_replaying()
-        with tempfile.TemporaryDirectory(prefix="mbostream-web-bench-") as scratch:
-            results = asyncio.run(_measure(cfg, server, Path(scratch) / "driver.log"))
-    finally:
-        exit_code = server.stop()
-    results["server"]["exit_code"] = exit_code
+    with (
+        BenchServer(("--rate", f"{cfg.rate:g}"), files=cfg.files, server_args=cfg.server_args) as server,
+        tempfile.TemporaryDirectory(prefix="mbostream-web-bench-") as scratch,
+    ):
+        results = asyncio.run(_measure(cfg, server, Path(scratch) / "driver.log"))
+    results["server"]["exit_code"] = server.exit_code
     return results
 
 

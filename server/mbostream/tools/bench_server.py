@@ -1,0 +1,327 @@
+"""Bench server room: the ``mbostream serve`` process the server benchmarks measure, and the /proc
+readings of a process's CPU time and memory.
+
+:class:`BenchServer` is ``mbostream serve --loop`` on a free port with a control token and a spool
+of its own; ``bench e2e``, ``bench soak``, ``bench web`` and ``storage bench server`` start it the
+same way: as a context manager it waits until the replay runs and stops the server on the way out,
+keeping the exit code. :meth:`BenchServer.read` takes a :class:`Reading` (replay position, the
+server's CPU time and RSS, the machine's CPU time) and a :class:`Window` of two readings gives the
+rates and CPU shares every bench reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Final
+
+from mbostream.errors import BenchError
+
+#: How long the bench waits for the server to answer a status call.
+STATUS_TIMEOUT_SECONDS: Final = 30.0
+#: Generating the default sample on a cold cache takes a while; serving a cached one, seconds.
+_SERVER_START_TIMEOUT: Final = 900.0
+_STOP_TIMEOUT: Final = 30.0
+#: How long stopping waits for the copies of the server's output to reach the log.
+_DRAIN_JOIN_TIMEOUT: Final = 5.0
+
+
+# -- processes and CPUs ---------------------------------------------------------------------------
+
+
+def cpu_sets(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """CPUs for (server, client): one each when pinning and two are available."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not pin or len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, {cpus[1]}
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Pins a just-started child process to ``cpus`` (None: leaves it alone).
+
+    Popen returns once the child has exec'd, long before the new interpreter starts any thread,
+    so every thread it starts later inherits the CPU set.
+    """
+    if cpus is not None:
+        os.sched_setaffinity(pid, cpus)
+
+
+def _stat_fields(pid: int | str) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (OSError once the process is gone)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(fields: list[str]) -> float:
+    """User + system time of a ``/proc/PID/stat`` line (all the process's threads)."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its threads, from /proc (NaN once it is gone)."""
+    try:
+        return _cpu_seconds(_stat_fields(pid))
+    except OSError:
+        return float("nan")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU time of a process and all its living descendants, from /proc."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat_fields(entry.name)
+        except OSError:
+            continue  # the process ended meanwhile
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        cpu[pid] = _cpu_seconds(fields)
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    total, pending = 0.0, [root]
+    while pending:
+        pid = pending.pop()
+        total += cpu.get(pid, 0.0)
+        pending.extend(children.get(pid, ()))
+    return total
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process, MiB (NaN once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """CPU seconds all CPUs spent in processes, and in interrupts, since boot (from /proc/stat).
+
+    Interrupt time (loopback TCP runs largely in softirq) is charged to no process, so it is kept
+    apart from the process time used to see who else was running.
+    """
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + steal) / tick, (irq + softirq) / tick
+
+
+# -- readings -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The server and the machine at one instant (:meth:`BenchServer.read`)."""
+
+    at: float
+    replay_sequence: int
+    server_cpu: float
+    rss_mib: float
+    #: CPU seconds of every process on the machine, and of interrupts (:func:`machine_busy_seconds`).
+    machine_cpu: float
+    interrupts: float
+
+
+@dataclass(frozen=True)
+class Window:
+    """What happened between two readings: the replay's rate and the CPU shares (100% = one core)."""
+
+    start: Reading
+    end: Reading
+
+    @property
+    def seconds(self) -> float:
+        return self.end.at - self.start.at
+
+    def percent(self, cpu_seconds: float) -> float:
+        """CPU seconds spent over the window as a share of one core, in percent."""
+        return round(100 * cpu_seconds / self.seconds, 1)
+
+    @property
+    def server_cpu(self) -> float:
+        return self.end.server_cpu - self.start.server_cpu
+
+    @property
+    def server_cpu_percent(self) -> float:
+        return self.percent(self.server_cpu)
+
+    @property
+    def replayed_records_per_second(self) -> int:
+        return round((self.end.replay_sequence - self.start.replay_sequence) / self.seconds)
+
+    @property
+    def interrupts_cpu_percent(self) -> float:
+        return self.percent(self.end.interrupts - self.start.interrupts)
+
+    def others_cpu_percent(self, *measured: float) -> float:
+        """The CPU share of every process but the server and the ``measured`` ones (CPU seconds each
+        over the window): other jobs on the machine, which skew the figures."""
+        others = (self.end.machine_cpu - self.start.machine_cpu) - self.server_cpu - sum(measured)
+        return self.percent(max(0.0, others))
+
+
+# -- the server -----------------------------------------------------------------------------------
+
+
+def _drain(stream: IO[str] | None, sink: IO[str]) -> threading.Thread:
+    """Copies a child's pipe to ``sink`` so it never fills and blocks the server."""
+
+    def copy() -> None:
+        try:
+            for line in iter(stream.readline, ""):  # type: ignore[union-attr]
+                sink.write(line)
+                sink.flush()
+        except (OSError, ValueError):
+            pass  # the pipe or the log closed under it
+
+    thread = threading.Thread(target=copy, daemon=True)
+    thread.start()
+    return thread
+
+
+class BenchServer:
+    """A ``mbostream serve --loop`` subprocess on a free port, stopped with SIGTERM.
+
+    ``pacing``: the serve flags of the replay's pace (``--max``, ``--rate R``); ``files``: the data
+    (the generated sample by default); ``server_args``: more serve flags; ``cpus``: the CPUs to pin
+    it to; ``log``: where its output goes after the ready line (by default it stays in the pipes).
+    Used as a context manager it waits for the replay to start and stops the server on exit;
+    :attr:`exit_code` is then its exit status.
+    """
+
+    def __init__(
+        self,
+        pacing: Sequence[str],
+        *,
+        files: Sequence[str] = (),
+        server_args: Sequence[str] = (),
+        cpus: set[int] | None = None,
+        log: IO[str] | None = None,
+    ) -> None:
+        self.token = secrets.token_urlsafe(18)
+        self.exit_code: int | None = None
+        self._drains: list[threading.Thread] = []
+        # A private spool: the server's storage sink (on by default) must not share one with a
+        # server already running here, and the bench leaves nothing behind.
+        self._spool = tempfile.TemporaryDirectory(prefix="mbostream-e2e-spool-")
+        # Every client of the bench is this one host: the per-address stream limit must not cap it.
+        env = {
+            **os.environ,
+            "MBOSTREAM_CONTROL_TOKEN": self.token,
+            "MBOSTREAM_SPOOL_DIR": self._spool.name,
+            "MBOSTREAM_MAX_STREAMS_PER_PEER": "100000",
+        }
+        cmd = [
+            sys.executable, "-m", "mbostream.cli", "--log-level", "warning", "serve", *files,
+            "--port", "0", "--metrics-port", "-1", "--loop", *pacing, *server_args,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        pin(self.proc.pid, cpus)
+        self.target = self._read_ready_line()
+        if log is not None:
+            self._drains = [_drain(self.proc.stderr, log), _drain(self.proc.stdout, log)]
+
+    def __enter__(self) -> BenchServer:
+        try:
+            self.wait_replaying()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _read_ready_line(self) -> str:
+        import selectors
+
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(_SERVER_START_TIMEOUT):
+                self.stop()
+                raise BenchError(f"server printed no ready line within {_SERVER_START_TIMEOUT:.0f} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise BenchError(f"server exited with {self.proc.wait()} before listening: {err.strip()[-2000:]}")
+        return str(json.loads(line)["listening"])
+
+    def status(self) -> Any:
+        """The replay status over ReplayService (bearer token of this server)."""
+        import grpc
+
+        from mbostream_core.v1 import replay_pb2, replay_pb2_grpc
+
+        with grpc.insecure_channel(self.target) as channel:
+            stub = replay_pb2_grpc.ReplayServiceStub(channel)
+            metadata = (("authorization", f"Bearer {self.token}"),)
+            try:
+                return stub.GetStatus(replay_pb2.GetStatusRequest(), metadata=metadata, timeout=STATUS_TIMEOUT_SECONDS).status
+            except grpc.RpcError as exc:
+                # A server whose one core is saturated can answer a control call late: say so.
+                raise BenchError(
+                    f"the server did not answer ReplayService/GetStatus within {STATUS_TIMEOUT_SECONDS:.0f} s "
+                    f"({exc.code().name}): its core is saturated; this scenario has no figure"
+                ) from None
+
+    def read(self) -> Reading:
+        """The replay position (a status call), then the server's CPU time and RSS and the machine's."""
+        status = self.status()
+        at = time.monotonic()
+        server_cpu, rss = process_cpu_seconds(self.proc.pid), rss_mib(self.proc.pid)
+        machine, interrupts = machine_busy_seconds()
+        return Reading(
+            at=at,
+            replay_sequence=status.replay_sequence,
+            server_cpu=server_cpu,
+            rss_mib=rss,
+            machine_cpu=machine,
+            interrupts=interrupts,
+        )
+
+    def wait_replaying(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.status().replay_sequence == 0:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the replay did not start within {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (SIGKILL after the timeout); also kept in :attr:`exit_code`."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        for thread in self._drains:
+            thread.join(_DRAIN_JOIN_TIMEOUT)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        self._spool.cleanup()
+        self.exit_code = code
+        return code
