@@ -6,10 +6,14 @@ The tools come from scripts/install-k8s-tools (cached by version). No cluster is
 only an API server checks (admission, defaulting, a Deployment becoming Available) is not checked
 here (k8s/README.md says so).
 
-The TLS component (k8s/components/tls, enabled by prod): its Issuers and Certificates are checked by
-kubeconform against schemas converted from cert-manager's own CRDs (from its Go module, fetched by
-scripts/install-k8s-tools); every TLS file a role reads comes from a Secret a Certificate writes;
-its Envoy config is the renderer's current output and Envoy itself accepts it.
+The TLS component (k8s/components/tls, enabled by every overlay): its Issuers and Certificates are
+checked by kubeconform against schemas converted from cert-manager's own CRDs (from its Go module,
+fetched by scripts/install-k8s-tools); every TLS file a role reads comes from a Secret a Certificate
+writes; its Envoy config is the renderer's current output and Envoy itself accepts it; the NATS and
+InfluxDB Helm values (not rendered: no chart here) name the Secrets of its Certificates. The browser
+hop: each Ingress serves its hosts over TLS with a Secret that cert-manager's ingress-shim makes; the
+Certificates the shim would keep and the ClusterIssuer they name (k8s/cluster) are checked against
+cert-manager's schemas too.
 """
 
 from __future__ import annotations
@@ -29,9 +33,12 @@ K8S = REPO / "k8s"
 OVERLAYS = ("dev", "staging", "prod")
 #: Kinds whose schemas are CRDs, not in kubernetes-validate: kubeconform skips them (README says so).
 CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
-#: The overlays that enable the TLS component (k8s/components/tls).
-TLS_OVERLAYS = ("prod",)
+#: The overlays that enable the TLS component (k8s/components/tls): all of them (k8s/README.md).
+TLS_OVERLAYS = ("dev", "staging", "prod")
 TLS_COMPONENT = K8S / "components" / "tls"
+#: Cluster-wide objects applied once per cluster, not by an overlay (the Ingresses' ClusterIssuer).
+CLUSTER = K8S / "cluster"
+HELM = K8S / "helm"
 
 
 def build(overlay: Path) -> str:
@@ -348,3 +355,149 @@ def test_the_components_envoy_config_is_the_renderers_output_and_envoy_accepts_i
     config.write_text(committed.replace("/etc/mbostream/upstream-tls/ca.crt", str(tmp_path / "missing.crt")))
     result = subprocess.run([str(envoy), "--mode", "validate", "-c", str(config)], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0, result.stdout + result.stderr
+
+
+# --- the browser hop: HTTPS at the Ingress, the Secret made by cert-manager ---------------------
+
+#: The Ingress annotations that cert-manager's ingress-shim (v1.21.2, pkg/controller/certificate-shim)
+#: turns into fields of the Certificate it keeps, as ``ingress_certificates`` reproduces them. Any
+#: other ``cert-manager.io/`` annotation fails the test, so none is left out of the check silently.
+_SHIM_ANNOTATIONS = {
+    "cert-manager.io/cluster-issuer": ("issuerRef", "name"),
+    "cert-manager.io/private-key-algorithm": ("privateKey", "algorithm"),
+    "cert-manager.io/private-key-rotation-policy": ("privateKey", "rotationPolicy"),
+}
+
+
+def cluster_objects(k8s: Path = K8S) -> list[dict[str, Any]]:
+    """The cluster-wide objects of ``k8s/cluster`` (applied once per cluster)."""
+    return [doc for path in sorted((k8s / "cluster").glob("*.yaml")) for doc in load_yaml(path.read_text())]
+
+
+def ingress_certificates(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Certificates cert-manager's ingress-shim keeps for the Ingresses among ``objects``, as its
+    ``buildCertificates`` makes them: one per ``spec.tls`` entry, named after its Secret, for its
+    hosts, issued by the ``cert-manager.io/cluster-issuer`` (kind ClusterIssuer, group
+    cert-manager.io), with the default usages; the private-key annotations set ``spec.privateKey``."""
+    certificates = []
+    for ingress in (o for o in objects if o["kind"] == "Ingress"):
+        annotations = ingress["metadata"].get("annotations", {})
+        unknown = {a for a in annotations if a.startswith("cert-manager.io/")} - set(_SHIM_ANNOTATIONS)
+        assert not unknown, f"Ingress {ingress['metadata']['name']}: {unknown}: teach ingress_certificates what the shim does with them"
+        for tls in ingress["spec"].get("tls", []):
+            spec: dict[str, Any] = {
+                "secretName": tls["secretName"],
+                "dnsNames": tls["hosts"],
+                "issuerRef": {"kind": "ClusterIssuer", "group": "cert-manager.io"},
+                "usages": ["digital signature", "key encipherment"],
+            }
+            for annotation, (field, key) in _SHIM_ANNOTATIONS.items():
+                if annotation in annotations:
+                    spec.setdefault(field, {})[key] = annotations[annotation]
+            certificates.append({
+                "apiVersion": "cert-manager.io/v1",
+                "kind": "Certificate",
+                "metadata": {"name": tls["secretName"], "namespace": ingress["metadata"]["namespace"]},
+                "spec": spec,
+            })  # fmt: skip
+    return certificates
+
+
+def _as_stream(objects: list[dict[str, Any]]) -> str:
+    return "".join(f"---\n{json.dumps(o)}\n" for o in objects)
+
+
+@pytest.mark.parametrize("overlay", TLS_OVERLAYS)
+def test_the_browser_hop_is_https_with_a_secret_cert_manager_makes(overlay: str) -> None:
+    """Each Ingress serves every host of its rules over TLS (plain HTTP redirected), with a Secret
+    that cert-manager's ingress-shim writes from a ClusterIssuer of k8s/cluster; the Certificates
+    the shim keeps for it and that ClusterIssuer are valid against cert-manager's schemas."""
+    objects = load_yaml(build(K8S / "overlays" / overlay))
+    ingresses = [o for o in objects if o["kind"] == "Ingress"]
+    assert {i["metadata"]["name"] for i in ingresses} == {"edge-web", "edge-grpc"}
+    certificates = {c["metadata"]["name"]: c for c in ingress_certificates(objects)}
+    issuers = {o["metadata"]["name"]: o for o in cluster_objects() if o["kind"] == "ClusterIssuer"}
+    for ingress in ingresses:
+        name, spec, annotations = ingress["metadata"]["name"], ingress["spec"], ingress["metadata"]["annotations"]
+        hosts = [rule["host"] for rule in spec["rules"]]
+        assert [h for tls in spec["tls"] for h in tls["hosts"]] == hosts, f"{overlay} {name}: TLS hosts differ from the rules' hosts"
+        assert annotations.get("nginx.ingress.kubernetes.io/force-ssl-redirect") == "true", f"{overlay} {name}: plain HTTP is not redirected"
+        assert annotations["cert-manager.io/cluster-issuer"] in issuers, f"{overlay} {name}: no ClusterIssuer {annotations['cert-manager.io/cluster-issuer']} in k8s/cluster"
+        for tls in spec["tls"]:
+            assert certificates[tls["secretName"]]["spec"]["dnsNames"] == tls["hosts"]
+    assert len(certificates) == 2 and not set(certificates) & {o["spec"]["secretName"] for o in objects if o["kind"] == "Certificate"}
+    result = kubeconform(_as_stream([*certificates.values(), *issuers.values()]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Valid: 3, Invalid: 0, Errors: 0, Skipped: 0" in result.stdout, result.stdout
+
+
+def test_kubeconform_checks_the_ingress_certificates_and_the_cluster_issuer(tmp_path: Path) -> None:
+    copy = broken_copy(tmp_path, "base/ingress.yaml", "cert-manager.io/private-key-algorithm: ECDSA", "cert-manager.io/private-key-algorithm: DSA")
+    result = kubeconform(_as_stream(ingress_certificates(load_yaml(build(copy / "overlays" / "prod")))))
+    assert result.returncode != 0
+    assert re.search(r"Certificate edge-web-tls is invalid: .*DSA", result.stdout), result.stdout
+    copy = broken_copy(tmp_path / "issuer", "cluster/letsencrypt.yaml", "ingressClassName: nginx", "ingressClass: nginx")
+    result = kubeconform(_as_stream(cluster_objects(copy)))
+    assert result.returncode != 0
+    assert re.search(r"ClusterIssuer letsencrypt is invalid: .*ingressClass", result.stdout), result.stdout
+
+
+# --- the Helm values of NATS and InfluxDB against the TLS component --------------------------------
+
+
+def helm_values(chart: str, environment: str, helm: Path = HELM) -> dict[str, Any]:
+    """``values.yaml`` then ``values-<environment>.yaml`` as Helm merges them (maps merged key by key,
+    anything else replaced), the two files the Pulumi program passes."""
+
+    def merge(base: Any, over: Any) -> Any:
+        if isinstance(base, dict) and isinstance(over, dict):
+            return {**base, **{key: merge(base.get(key), value) for key, value in over.items()}}
+        return over
+
+    (values,) = load_yaml((helm / chart / "values.yaml").read_text())
+    for override in load_yaml((helm / chart / f"values-{environment}.yaml").read_text()):
+        values = merge(values, override)
+    return values
+
+
+def helm_tls_mismatches(objects: list[dict[str, Any]], environment: str, helm: Path = HELM) -> list[str]:
+    """Where the nats and influxdb2 values of ``environment`` do not serve TLS with the Secrets of the
+    overlay's Certificates ``nats`` and ``influxdb`` (the keys follow the charts' documented values;
+    the charts are not rendered here)."""
+    secrets = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "Certificate"}
+    store_env = {e["name"]: e.get("value") for d in objects if d["kind"] == "Deployment" and d["metadata"]["name"] == "store"
+                 for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}  # fmt: skip
+    problems = []
+    nats = helm_values("nats", environment, helm)["config"]["nats"].get("tls", {})
+    expected = {"enabled": True, "secretName": secrets["nats"]["secretName"], "cert": "tls.crt", "key": "tls.key"}
+    problems += [f"nats config.nats.tls.{k}: {nats.get(k)!r}, not {v!r}" for k, v in expected.items() if nats.get(k) != v]
+    merged = nats.get("merge", {})
+    if merged != {"ca_file": f"{nats.get('dir')}/ca.crt", "verify": True}:
+        problems.append(f"nats config.nats.tls.merge {merged}: not the Secret's ca.crt with verify")
+    influx = helm_values("influxdb2", environment, helm)
+    env = {e["name"]: e["value"] for e in influx.get("env", [])}
+    volumes = {v["name"]: v.get("secret", {}).get("secretName") for v in influx.get("volumes", [])}
+    mounts = {m["mountPath"]: volumes.get(m["name"]) for m in influx.get("mountPoints", [])}
+    for name, key in (("INFLUXD_TLS_CERT", "tls.crt"), ("INFLUXD_TLS_KEY", "tls.key")):
+        folder, _, file = env.get(name, "/").rpartition("/")
+        if file != key or mounts.get(folder) != secrets["influxdb"]["secretName"]:
+            problems.append(f"influxdb2 {name}={env.get(name)!r}: not {key} of the Secret {secrets['influxdb']['secretName']}")
+    problems += [f"influxdb2 {p}.scheme: {influx.get(p, {}).get('scheme')!r}" for p in ("livenessProbe", "readinessProbe") if influx.get(p, {}).get("scheme") != "HTTPS"]
+    host = store_env["INFLUX_URL"].removeprefix("https://").split(":")[0]
+    if host not in secrets["influxdb"]["dnsNames"]:
+        problems.append(f"the store dials {host}, not a name of the influxdb Certificate")
+    return problems
+
+
+@pytest.mark.parametrize("overlay", TLS_OVERLAYS)
+def test_the_helm_values_serve_tls_with_the_components_secrets(overlay: str) -> None:
+    assert helm_tls_mismatches(load_yaml(build(K8S / "overlays" / overlay)), overlay) == []
+
+
+def test_a_helm_value_naming_another_secret_is_caught(tmp_path: Path) -> None:
+    copy = broken_copy(tmp_path, "helm/nats/values.yaml", "secretName: nats-tls", "secretName: nats-cert")
+    problems = helm_tls_mismatches(load_yaml(build(K8S / "overlays" / "staging")), "staging", copy / "helm")
+    assert problems == ["nats config.nats.tls.secretName: 'nats-cert', not 'nats-tls'"]
+    copy = broken_copy(tmp_path / "influx", "helm/influxdb2/values.yaml", "scheme: HTTPS", "scheme: HTTP")
+    problems = helm_tls_mismatches(load_yaml(build(K8S / "overlays" / "dev")), "dev", copy / "helm")
+    assert problems == ["influxdb2 livenessProbe.scheme: 'HTTP'"]

@@ -13,14 +13,17 @@ the ServiceMonitor/PrometheusRule beyond their group, version and kind: the CRDs
 are minimal ones written below (``x-kubernetes-preserve-unknown-fields``), not the Prometheus
 operator's.
 
-The TLS component (k8s/components/tls, in prod): cert-manager's own CRDs (from its Go module, fetched
-by scripts/install-k8s-tools) are installed first, so the API server validates its Issuers and
-Certificates against cert-manager's schemas (one broken on purpose is refused). No cert-manager
-controller runs here: the test plays its part, writing each Secret a Certificate names with
-certificates it makes itself (a CA, and leaves carrying the Certificate's names), and checks that
-the Deployments mount exactly those Secrets with the keys they read. Whether the containers then
-speak TLS to each other is not checked here (no container runs; tests/test_compose.py runs the
-same settings against real processes).
+The TLS component (k8s/components/tls, in every overlay): cert-manager's own CRDs (from its Go
+module, fetched by scripts/install-k8s-tools) are installed first, so the API server validates its
+Issuers and Certificates against cert-manager's schemas (one broken on purpose is refused). No
+cert-manager controller runs here: the test plays its part, writing each Secret a Certificate names
+with certificates it makes itself (a CA, and leaves carrying the Certificate's names), and checks
+that the Deployments mount exactly those Secrets with the keys they read. For the browser hop it
+applies the ClusterIssuer of k8s/cluster and, per overlay, the Certificates cert-manager's
+ingress-shim would keep for the Ingresses (test_k8s.ingress_certificates); both are accepted and
+read back as applied. Whether the containers then speak TLS to each other is not checked here (no
+container runs; tests/test_compose.py runs the same settings against real processes), nor whether
+an ACME server issues.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from k8s_control_plane import ZONES, ControlPlane
 from k8s_tools import load_yaml
-from test_k8s import K8S, OVERLAYS, TLS_OVERLAYS, broken_copy, build, cert_manager_crds, kubeconform
+from test_k8s import K8S, OVERLAYS, TLS_OVERLAYS, broken_copy, build, cert_manager_crds, cluster_objects, ingress_certificates, kubeconform
 
 #: Upper bound for an overlay's Deployments to become Available (seconds).
 AVAILABLE_TIMEOUT: Final = 180.0
@@ -79,6 +82,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         plane.apply_objects(CRDS + cert_manager_crds())
         names = [f"crd/{crd['metadata']['name']}" for crd in CRDS + cert_manager_crds()]
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+        # What the cluster's admin applies once, after cert-manager: the Ingresses' ClusterIssuer.
+        plane.apply_objects(cluster_objects())
         yield plane
     finally:
         plane.stop()
@@ -240,6 +245,17 @@ def test_overlay_applies_and_every_deployment_becomes_available(cluster: Control
     for obj in read_back:
         key = f"{obj['kind']}/{obj['metadata']['name']}"
         assert not contains(on_server[key]["spec"], obj["spec"]), f"{key} reads back changed: {contains(on_server[key]['spec'], obj['spec'])}"
+    if tls:
+        # The browser hop: the Certificates cert-manager's ingress-shim keeps for the Ingresses,
+        # issued by the ClusterIssuer applied with the CRDs, are accepted as the shim writes them.
+        shim = ingress_certificates(objects)
+        cluster.apply_objects(shim)
+        issuer = cluster.get("clusterissuer", "letsencrypt")
+        assert not contains(issuer["spec"], next(o["spec"] for o in cluster_objects() if o["kind"] == "ClusterIssuer"))
+        for certificate in shim:
+            stored = cluster.get("certificate", "-n", namespace, certificate["metadata"]["name"])
+            assert certificate["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"]
+            assert not contains(stored["spec"], certificate["spec"]), contains(stored["spec"], certificate["spec"])
 
     deadline = time.monotonic() + AVAILABLE_TIMEOUT
     while pending := _not_yet_available(cluster, namespace, objects):
@@ -304,7 +320,7 @@ BROKEN_CERTIFICATES: Final = {
 @pytest.mark.parametrize("case", sorted(BROKEN_CERTIFICATES))
 def test_api_server_refuses_a_certificate_broken_on_purpose(cluster: ControlPlane, tmp_path: Path, case: str) -> None:
     old, new, error = BROKEN_CERTIFICATES[case]
-    (overlay,) = TLS_OVERLAYS
+    overlay = "prod"  # the messages name its namespace, mbostream
     intact = build(K8S / "overlays" / overlay)
     prepare_namespace(cluster, load_yaml(intact))
     control = server_side_apply(cluster, intact, "--dry-run=server")
