@@ -99,6 +99,10 @@ ARG EDGE_REPLAYER_HOST=
 # Set (e.g. /run/mbostream/tls/ca.crt): TLS to the upstreams, validated by the CA Envoy reads from
 # that path when it starts (compose mounts the `certs` volume there) and by the upstream's name.
 ARG EDGE_UPSTREAM_CA_FILE=
+# Set both (e.g. /run/mbostream/tls/edge.crt and .key): the listener serves HTTPS only (HTTP/2 or
+# HTTP/1.1 by ALPN) with the certificate Envoy reads from those paths when it starts.
+ARG EDGE_TLS_CERT_FILE=
+ARG EDGE_TLS_KEY_FILE=
 ARG EDGE_LISTEN_PORT=8080
 ARG EDGE_ALLOWED_ORIGINS=
 # The collector Envoy sends its spans to (e.g. http://otel-collector:4317), read by the renderer
@@ -111,6 +115,7 @@ RUN /opt/mbostream/bin/python /src/render.py --template /src/envoy.template.yaml
       --static-dir /srv/mbostream/web --upstream-host "${EDGE_UPSTREAM_HOST}" \
       --upstream-port "${EDGE_UPSTREAM_PORT}" --replayer-host "${EDGE_REPLAYER_HOST}" \
       --listen-port "${EDGE_LISTEN_PORT}" --upstream-ca-file "${EDGE_UPSTREAM_CA_FILE}" \
+      --listen-cert-file "${EDGE_TLS_CERT_FILE}" --listen-key-file "${EDGE_TLS_KEY_FILE}" \
       --allowed-origins "${EDGE_ALLOWED_ORIGINS}" --out /src/envoy.yaml
 
 # --- target `edge`: Envoy with our config and the UI -----------------------------------------------

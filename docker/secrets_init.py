@@ -14,7 +14,9 @@ provided file that is empty or unreadable.
 The TLS set, in the ``certs`` volume (``CERTS``, the third argument), is one unit: a private CA
 (``ca.crt``) and, signed by it, each server's certificate (``<name>.crt``: the leaf then the CA, a
 full chain) and key (``<name>.key``) for the names in :data:`SERVERS` (their SANs are the compose
-service names clients dial), and the roles' client certificate for the bus (``nats-client``).
+service names clients dial; the edges' ``edge`` certificate names what browsers dial, ``localhost``
+and ``127.0.0.1``, plus the names or addresses in the environment variable ``EDGE_TLS_NAMES``,
+comma-separated), and the roles' client certificate for the bus (``nats-client``).
   * a ``tls/`` folder in ``PROVIDED`` wins: it must hold every file of the set (exit 1 naming the
     missing ones), and each is copied in whenever it differs;
   * else a set already in the volume is kept while every certificate is valid for
@@ -22,13 +24,16 @@ service names clients dial), and the roles' client certificate for the bus (``na
   * else a new set is made (ECDSA P-256, valid :data:`VALIDITY`): a new CA whose key is never
     written anywhere (a later set is a new CA, not a renewal), so nothing can sign more
     certificates for this project. Services read certificates when they start: restart them after
-    a new set (``docker compose restart``).
+    a new set (``docker compose restart``); browsers that trusted the old CA must trust the new one.
+    Changing ``EDGE_TLS_NAMES`` therefore makes a new set too.
 Keys are 0444 like the secrets (nats, InfluxDB, our roles and Envoy run as different users); only
 the services that speak TLS mount the volume.
 """
 
 import datetime
+import ipaddress
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -41,14 +46,22 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 #: The secrets every profile needs (their file names in the volume and in the operator's folder).
 NAMES = ("mbostream-control-token", "influxdb-token", "influxdb-admin-password", "grafana-admin-password")
 TOKEN_BYTES = 24
-#: Server certificates: file name -> the names (DNS SANs) clients reach that server by. Both
-#: gateways share one certificate (one compose definition); Envoy dials them as `gateways`.
+#: Server certificates: file name -> the names clients reach that server by (SANs: DNS names, or IP
+#: addresses for what parses as one). Both gateways share one certificate (one compose definition);
+#: Envoy dials them as `gateways`. `edge` is the published edges' (both profiles' Envoy): browsers
+#: reach it on this machine; :func:`server_names` adds ``EDGE_TLS_NAMES``.
 SERVERS = {
     "nats": ("nats",),
     "replay": ("replay",),
     "gateway": ("gateways", "gateway-1", "gateway-2"),
     "influxdb": ("influxdb",),
+    "serve": ("serve",),
+    "edge": ("localhost", "127.0.0.1"),
 }
+EDGE = "edge"
+#: The environment variable with the edge certificate's extra names (compose passes it from .env).
+EDGE_NAMES_VARIABLE = "EDGE_TLS_NAMES"
+_DNS_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
 #: Client certificates: file name -> common name (the roles' certificate for nats-server's mTLS).
 CLIENTS = {"nats-client": "mbostream-bus-client"}
 CA_FILE = "ca.crt"
@@ -56,6 +69,28 @@ CA_FILE = "ca.crt"
 CERT_FILES = (CA_FILE, *(f"{name}.{ext}" for name in (*SERVERS, *CLIENTS) for ext in ("crt", "key")))
 VALIDITY = datetime.timedelta(days=730)
 RENEW_BEFORE = datetime.timedelta(days=30)
+
+
+def server_names(extra_edge_names: str = "") -> dict[str, tuple[str, ...]]:
+    """:data:`SERVERS` with ``extra_edge_names`` (comma-separated names or IP addresses) added to the
+    edge's; ValueError naming one that is neither."""
+    extra = [name.strip() for name in extra_edge_names.split(",") if name.strip()]
+    for name in extra:
+        if not _DNS_NAME.fullmatch(name) and not _is_address(name):
+            raise ValueError(f"{EDGE_NAMES_VARIABLE}: {name!r} is neither a DNS name nor an IP address")
+    return {**SERVERS, EDGE: tuple(dict.fromkeys((*SERVERS[EDGE], *extra)))}
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _general_names(names: tuple[str, ...]) -> list[x509.GeneralName]:
+    return [x509.IPAddress(ipaddress.ip_address(n)) if _is_address(n) else x509.DNSName(n) for n in names]
 
 
 def _write(path: Path, value: bytes) -> None:
@@ -103,7 +138,7 @@ def _certificate(
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
         )
         if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False)
+            builder = builder.add_extension(x509.SubjectAlternativeName(_general_names(sans)), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -111,12 +146,13 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _new_tls_set() -> dict[str, bytes]:
-    """A fresh CA and every certificate of :data:`CERT_FILES`, as file name -> PEM bytes."""
+def _new_tls_set(servers: dict[str, tuple[str, ...]]) -> dict[str, bytes]:
+    """A fresh CA and every certificate of :data:`CERT_FILES` (the servers' naming ``servers``), as
+    file name -> PEM bytes."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _certificate("mbostream compose CA", ca_key, None)
     files = {CA_FILE: _pem(ca)}
-    leaves = [(name, name, sans, True) for name, sans in SERVERS.items()] + [(name, cn, (), False) for name, cn in CLIENTS.items()]
+    leaves = [(name, name, sans, True) for name, sans in servers.items()] + [(name, cn, (), False) for name, cn in CLIENTS.items()]
     for name, subject, sans, server in leaves:
         key = ec.generate_private_key(ec.SECP256R1())
         files[f"{name}.crt"] = _pem(_certificate(subject, key, (ca.subject, ca_key), sans=sans, server=server)) + _pem(ca)
@@ -124,9 +160,10 @@ def _new_tls_set() -> dict[str, bytes]:
     return files
 
 
-def _tls_set_is_current(certs: Path) -> bool:
+def _tls_set_is_current(certs: Path, servers: dict[str, tuple[str, ...]]) -> bool:
     """Every file of the set is there, no certificate expires within :data:`RENEW_BEFORE`, and each
-    server's certificate names what :data:`SERVERS` says (a set made by an older version may not)."""
+    server's certificate names what ``servers`` says (a set made by an older version, or before
+    ``EDGE_TLS_NAMES`` changed, may not)."""
     if not all((certs / name).is_file() for name in CERT_FILES):
         return False
     deadline = datetime.datetime.now(datetime.timezone.utc) + RENEW_BEFORE
@@ -135,18 +172,23 @@ def _tls_set_is_current(certs: Path) -> bool:
             if name.endswith(".crt"):
                 if any(c.not_valid_after_utc < deadline for c in x509.load_pem_x509_certificates((certs / name).read_bytes())):
                     return False
-        for name, sans in SERVERS.items():
+        for name, sans in servers.items():
             leaf = x509.load_pem_x509_certificates((certs / f"{name}.crt").read_bytes())[0]
-            if tuple(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)) != sans:
+            if list(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) != _general_names(sans):
                 return False
     except (ValueError, x509.ExtensionNotFound):
         return False
     return True
 
 
-def tls(certs: Path, provided: Path) -> int:
+def tls(certs: Path, provided: Path, extra_edge_names: str = "") -> int:
     """The TLS set in ``certs`` (see the module's docstring); 0, or 1 with the reason on stderr."""
     certs.chmod(0o755)
+    try:
+        servers = server_names(extra_edge_names)
+    except ValueError as exc:
+        print(f"secrets-init: {exc}", file=sys.stderr)
+        return 1
     if provided.is_dir():
         missing = [name for name in CERT_FILES if not (provided / name).is_file()]
         if missing:
@@ -161,12 +203,12 @@ def tls(certs: Path, provided: Path) -> int:
             if not (certs / name).exists() or (certs / name).read_bytes() != value:
                 _write(certs / name, value)
         print(f"secrets-init: TLS certificates: from {provided}")
-    elif _tls_set_is_current(certs):
+    elif _tls_set_is_current(certs, servers):
         print("secrets-init: TLS certificates: kept")
     else:
-        for name, value in _new_tls_set().items():
+        for name, value in _new_tls_set(servers).items():
             _write(certs / name, value)
-        print(f"secrets-init: TLS certificates: generated (a new CA; servers: {', '.join(SERVERS)})")
+        print(f"secrets-init: TLS certificates: generated (a new CA; servers: {', '.join(servers)}; the edge as {', '.join(servers[EDGE])})")
     return 0
 
 
@@ -191,7 +233,7 @@ def main(out: Path, provided: Path, certs: Path) -> int:
         else:
             _write(target, secrets.token_hex(TOKEN_BYTES).encode())
             print(f"secrets-init: {name}: generated")
-    return tls(certs, provided / "tls")
+    return tls(certs, provided / "tls", os.environ.get(EDGE_NAMES_VARIABLE, ""))
 
 
 if __name__ == "__main__":

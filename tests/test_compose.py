@@ -10,10 +10,12 @@ The host talks to the stack only through ports published on 127.0.0.1.
 Nothing is prepared for compose but the images: the one-shot ``secrets-init`` service makes the
 project's tokens and its TLS set (``docker/secrets_init.py``), which the test reads back from the
 containers; TLS on each hop is checked by refusing plaintext on it and by the traffic that crosses
-it (InfluxDB over HTTPS in both profiles; NATS with mTLS, the replayer, the gateways and Envoy's
-upstreams in the cluster profile). The UI
-is loaded through Envoy's published port in headless Chromium (``playwright-core``, Debian's
-``/usr/bin/chromium``) by a small driver written by this module.
+it (both published edges over HTTPS, trusted by the stack's CA copied out of the volume as a user
+does; serve behind the default edge; InfluxDB over HTTPS in both profiles; NATS with mTLS, the
+replayer, the gateways and Envoy's upstreams in the cluster profile). The UI is loaded through
+Envoy's published port over HTTPS in headless Chromium (``playwright-core``, Debian's
+``/usr/bin/chromium``; the stack's CA trusted by its public key) by a small driver written by this
+module.
 
 Grafana is not run: its image cannot be had here (no registry; not packaged by Debian); its
 provisioning is checked offline against the compose file instead.
@@ -22,6 +24,8 @@ provisioning is checked offline against the compose file instead.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import re
@@ -45,9 +49,10 @@ import grpc
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mbostream.tools.browser import WEB_DIR, chromium_path, missing_requirement
-from mbostream_client import Backoff, EventFollower, MarketDataClient
+from mbostream_client import Backoff, EventFollower, MarketDataClient, TlsConfig
 from mbostream_core.v1 import market_data_pb2, market_data_pb2_grpc, replay_pb2, replay_pb2_grpc
 
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -183,10 +188,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         images["EDGE_CLUSTER_IMAGE"] = "mbostream-edge-cluster:test"
         build_env = {**env, "DOCKER_BUILDKIT": "1"}
         _run([DOCKER, "build", *args, "--target", "runtime", "-t", images["MBOSTREAM_IMAGE"], "."], env=build_env)
-        _run([DOCKER, "build", *args, "--target", "edge", "-t", images["EDGE_IMAGE"], "."], env=build_env)
+        # As compose.yaml builds the edges: HTTPS with edge.crt, TLS to the upstreams validated by the CA.
+        edge_tls = [f"--build-arg=EDGE_TLS_CERT_FILE={CERTS_DIR}/edge.crt", f"--build-arg=EDGE_TLS_KEY_FILE={CERTS_DIR}/edge.key"]
+        edge_tls += [f"--build-arg=EDGE_UPSTREAM_CA_FILE={CERTS_DIR}/ca.crt"]
+        _run([DOCKER, "build", *args, *edge_tls, "--target", "edge", "-t", images["EDGE_IMAGE"], "."], env=build_env)
         upstream = ["--build-arg", "EDGE_UPSTREAM_HOST=gateways", "--build-arg", "EDGE_REPLAYER_HOST=replay"]
-        upstream += ["--build-arg", f"EDGE_UPSTREAM_CA_FILE={CERTS_DIR}/ca.crt"]  # as compose.yaml builds it
-        _run([DOCKER, "build", *args, *upstream, "--target", "edge", "-t", images["EDGE_CLUSTER_IMAGE"], "."], env=build_env)
+        _run([DOCKER, "build", *args, *edge_tls, *upstream, "--target", "edge", "-t", images["EDGE_CLUSTER_IMAGE"], "."], env=build_env)
         stack.timings["images"] = time.monotonic() - built
         env.update(images)
         env.update(
@@ -297,8 +304,17 @@ def _assert_certs_from_the_volume(name: str, service: dict[str, Any]) -> None:
 
 
 def _assert_tls_on_every_hop(services: dict[str, Any]) -> None:
-    """The settings that put each hop between containers on TLS (the stack test shows them at work)."""
+    """The settings that put each hop on TLS, the published edges' included (the stack tests show
+    them at work)."""
     ca = f"{CERTS_DIR}/ca.crt"
+    for name in ("envoy", "envoy-cluster"):
+        if name in services:
+            args = services[name]["build"]["args"]
+            listener = (args.get("EDGE_TLS_CERT_FILE"), args.get("EDGE_TLS_KEY_FILE"))
+            assert listener == (f"{CERTS_DIR}/edge.crt", f"{CERTS_DIR}/edge.key"), f"{name} publishes plaintext"
+            assert args.get("EDGE_UPSTREAM_CA_FILE") == ca, f"{name} -> its upstreams is plaintext"
+    serve = services["serve"]["environment"]
+    assert serve.get("MBOSTREAM_TLS_CERT_FILE") == f"{CERTS_DIR}/serve.crt", "serve serves plaintext gRPC"
     for name in ("serve", "store"):
         if name in services:
             env = services[name]["environment"]
@@ -314,22 +330,32 @@ def _assert_tls_on_every_hop(services: dict[str, Any]) -> None:
         assert env.get("MBOSTREAM_NATS_TLS_CA_FILE") == ca and env.get("MBOSTREAM_NATS_TLS_CERT_FILE"), f"{name} -> NATS is not mTLS"
     for name in ("replay", "gateway-1", "gateway-2"):
         assert services[name]["environment"].get("MBOSTREAM_TLS_CERT_FILE"), f"{name} serves plaintext gRPC"
-    assert services["envoy-cluster"]["build"]["args"].get("EDGE_UPSTREAM_CA_FILE") == ca, "envoy-cluster -> gateways is plaintext"
 
 
-def test_the_cluster_edge_validates_its_upstreams_by_the_ca_and_their_names() -> None:
-    """docker/envoy/render.py as the Dockerfile runs it for envoy-cluster: both upstream clusters speak
-    TLS, trust the CA at its in-container path and accept only their own name; without the CA
-    argument the config has no TLS at all (the default profile's edge)."""
-    clusters = {}
-    for ca in (f"{CERTS_DIR}/ca.crt", ""):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "envoy.yaml"
-            _run([sys.executable, "docker/envoy/render.py", "--template", "envoy/envoy.template.yaml", "--static-dir", tmp,
-                  "--upstream-host", "gateways", "--upstream-port", "50051", "--replayer-host", "replay", "--listen-port", "8080",
-                  "--upstream-ca-file", ca, "--out", str(out)], timeout=60)  # fmt: skip
-            rendered = yaml.safe_load(out.read_text())["static_resources"]["clusters"]
-        clusters[ca] = {c["name"]: c.get("transport_socket", {}).get("typed_config") for c in rendered}
+def _render_edge(*args: str) -> dict[str, Any]:
+    """docker/envoy/render.py as the Dockerfile runs it (the template, an empty UI), parsed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "envoy.yaml"
+        cmd = [sys.executable, "docker/envoy/render.py", "--template", "envoy/envoy.template.yaml", "--static-dir", tmp]
+        _run([*cmd, "--upstream-port", "50051", "--listen-port", "8080", *args, "--out", str(out)], timeout=60)
+        return dict(yaml.safe_load(out.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("upstream", "names"),
+    [
+        (("--upstream-host", "serve"), {"mbostream_grpc": "serve"}),
+        (("--upstream-host", "gateways", "--replayer-host", "replay"), {"mbostream_grpc": "gateways", "mbostream_replayer": "replay"}),
+    ],
+    ids=["envoy", "envoy-cluster"],
+)
+def test_the_edges_serve_https_and_validate_their_upstreams_by_the_ca_and_their_names(upstream: tuple[str, ...], names: dict[str, str]) -> None:
+    """docker/envoy/render.py with compose's build arguments for each edge: the listener serves TLS
+    only, with edge.crt from the `certs` volume, HTTP/2 or HTTP/1.1 by ALPN; every upstream cluster
+    speaks TLS, trusts the CA at its in-container path and accepts only its own name. Without those
+    arguments (the image built alone) the config has no TLS at all."""
+    tls_args = ("--listen-cert-file", f"{CERTS_DIR}/edge.crt", "--listen-key-file", f"{CERTS_DIR}/edge.key", "--upstream-ca-file", f"{CERTS_DIR}/ca.crt")
+    configs = {tls: _render_edge(*upstream, *(tls_args if tls else ())) for tls in (True, False)}
 
     def validated(name: str) -> dict[str, Any]:
         return {
@@ -341,9 +367,23 @@ def test_the_cluster_edge_validates_its_upstreams_by_the_ca_and_their_names() ->
             "sni": name,
         }
 
-    tls = clusters[f"{CERTS_DIR}/ca.crt"]
-    assert (tls["mbostream_grpc"], tls["mbostream_replayer"]) == (validated("gateways"), validated("replay"))
-    assert (clusters[""]["mbostream_grpc"], clusters[""]["mbostream_replayer"]) == (None, None)
+    def sockets(config: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        resources = config["static_resources"]
+        listener = [chain.get("transport_socket", {}).get("typed_config") for chain in resources["listeners"][0]["filter_chains"]]
+        clusters = {c["name"]: c.get("transport_socket", {}).get("typed_config") for c in resources["clusters"] if c["name"] in names}
+        return listener, clusters
+
+    listener, clusters = sockets(configs[True])
+    https = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificates": [{"certificate_chain": {"filename": f"{CERTS_DIR}/edge.crt"}, "private_key": {"filename": f"{CERTS_DIR}/edge.key"}}],
+        },
+    }
+    assert listener == [https], "the edge's one filter chain is not HTTPS with edge.crt"
+    assert clusters == {cluster: validated(name) for cluster, name in names.items()}
+    assert sockets(configs[False]) == ([None], dict.fromkeys(names))
 
 
 def _image_default(reference: str) -> tuple[str, str]:
@@ -422,21 +462,28 @@ def test_grafana_provisioning_offline(stack: Stack) -> None:
 # --- the default profile -------------------------------------------------------------------------
 
 
-def _get_books(target: str) -> dict[int, bytes]:
-    """Every instrument's full book (orders included) from ``target``, serialized deterministically."""
-    with grpc.insecure_channel(target) as channel:
+def _channel(target: str, ca: bytes, server_name: str = "") -> grpc.Channel:
+    """gRPC over TLS to ``target`` (every gRPC port of the stack speaks only TLS), verified by the
+    stack's CA for ``server_name`` (default: the target's host, e.g. 127.0.0.1 for a published edge)."""
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(ca), options=options)
+
+
+def _get_books(channel: grpc.Channel) -> dict[int, bytes]:
+    """Every instrument's full book (orders included) through ``channel``, serialized deterministically."""
+    with channel:
         stub = market_data_pb2_grpc.MarketDataServiceStub(channel)
         listed = stub.ListInstruments(market_data_pb2.ListInstrumentsRequest(), timeout=RPC_TIMEOUT)
         books = {}
         for instrument in listed.instruments:
             request = market_data_pb2.GetBookRequest(instrument_id=instrument.instrument_id, include_orders=True)
             books[instrument.instrument_id] = stub.GetBook(request, timeout=RPC_TIMEOUT).SerializeToString(deterministic=True)
-    assert books, f"{target} lists no instrument"
+    assert books, "no instrument listed"
     return books
 
 
-def _control(target: str, rpc: str, token: str) -> None:
-    with grpc.insecure_channel(target) as channel:
+def _control(target: str, ca: bytes, rpc: str, token: str) -> None:
+    with _channel(target, ca) as channel:
         stub = replay_pb2_grpc.ReplayServiceStub(channel)
         request = getattr(replay_pb2, f"{rpc}Request")()
         getattr(stub, rpc)(request, timeout=RPC_TIMEOUT, metadata=(("authorization", f"Bearer {token}"),))
@@ -485,6 +532,47 @@ def _ca(stack: Stack, service: str, profile: str | None = None) -> bytes:
     return stack.run("exec", "-T", service, "cat", f"{CERTS_DIR}/ca.crt", profile=profile).encode()
 
 
+def _copy_ca(stack: Stack, service: str, into: Path, profile: str | None = None) -> Path:
+    """The stack's CA copied out of the volume as a user does it (README, "Deployment"):
+    ``docker compose cp SERVICE:/run/mbostream/tls/ca.crt FILE``."""
+    path = into / "mbostream-ca.crt"
+    stack.run("cp", f"{service}:{CERTS_DIR}/ca.crt", str(path), profile=profile)
+    assert x509.load_pem_x509_certificate(path.read_bytes()).extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    return path
+
+
+def _https_get(url: str, ca: bytes) -> bytes:
+    """GET ``url`` over HTTPS, the certificate verified by the stack's CA for the URL's host."""
+    with urllib.request.urlopen(url, timeout=10, context=ssl.create_default_context(cadata=ca.decode())) as response:
+        assert response.status == 200, response.status
+        return bytes(response.read())
+
+
+def _edge_alpn(edge: str, ca: bytes, offered: list[str]) -> str | None:
+    """The protocol a published edge picks by ALPN from ``offered`` (verified by the CA as 127.0.0.1)."""
+    context = ssl.create_default_context(cadata=ca.decode())
+    context.set_alpn_protocols(offered)
+    host, port = edge.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw, context.wrap_socket(raw, server_hostname=host) as tls:
+        return tls.selected_alpn_protocol()
+
+
+def _edge_refuses_plaintext(edge: str) -> str:
+    """A published edge spoken to in plain HTTP, and in plaintext gRPC: nothing is served (its one
+    listener is TLS: the connection ends in the handshake, no HTTP response comes back)."""
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)) as refused:
+        urllib.request.urlopen(f"http://{edge}/", timeout=5)
+    assert not isinstance(refused.value, urllib.error.HTTPError), f"plain HTTP got an HTTP response: {refused.value}"
+    assert _health(edge) == "UNAVAILABLE", f"{edge} answers plaintext gRPC"
+    return repr(refused.value)
+
+
+def _spki_sha256(pem: bytes) -> str:
+    """base64 SHA-256 of a certificate's public key (Chromium's --ignore-certificate-errors-spki-list)."""
+    key = x509.load_pem_x509_certificate(pem).public_key()
+    return base64.b64encode(hashlib.sha256(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).digest()).decode()
+
+
 class _HttpsByName(http.client.HTTPSConnection):
     """HTTPS to a published port (127.0.0.1:PORT) verifying the certificate for the service's name."""
 
@@ -522,11 +610,12 @@ def _influx_refuses_plain_http(address: str) -> str:
     return repr(refused.value)
 
 
-async def _follow_through(target: str, disrupt: Any, *, after_batches: int = 20) -> tuple[Any, list[tuple[int, int]]]:
-    """Follows StreamEvents through ``target``, calls ``disrupt()`` mid-stream, keeps going until
-    live batches arrive again; the follower's stats and the (first, last) positions received."""
+async def _follow_through(target: str, ca_file: Path, disrupt: Any, *, after_batches: int = 20) -> tuple[Any, list[tuple[int, int]]]:
+    """Follows StreamEvents through ``target`` (TLS, trusting ``ca_file``), calls ``disrupt()``
+    mid-stream, keeps going until live batches arrive again; the follower's stats and the (first,
+    last) positions received."""
     received: list[tuple[int, int]] = []
-    async with MarketDataClient(target) as client:
+    async with MarketDataClient(target, tls=TlsConfig(ca_file=str(ca_file))) as client:
         follower = EventFollower(client, with_snapshot=False, backoff=Backoff(base=0.05, factor=2, cap=1.0))
 
         async def consume() -> None:
@@ -559,7 +648,9 @@ def _assert_no_gap(received: list[tuple[int, int]]) -> None:
 
 
 #: The browser's walk (playwright-core from web/node_modules, Debian's Chromium, headless): load the
-#: UI, see the book change (distinct replay sequences in the rendered ladder), print ``EVENT
+#: UI over HTTPS (the stack's CA trusted by its public key, EDGE_CA_SPKI: Chromium then accepts a
+#: chain that carries it, as a browser given the CA would; no other certificate error is ignored),
+#: see the book change (distinct replay sequences in the rendered ladder), print ``EVENT
 #: restart`` and wait for ``GO`` on stdin (the test restarts Envoy meanwhile), see the connection
 #: leave "live" (reconnecting or connecting) and come back to it and the book change again past where it was; the last
 #: line is ``RESULT {json}``. Written to a temp file by the test (it is this test's own driver).
@@ -568,11 +659,12 @@ import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
 const { chromium } = createRequire(process.env.WEB_PACKAGE_JSON)("playwright-core");
 const [url, executablePath] = process.argv.slice(2);
-const report = { url, pageErrors: [] };
+const report = { url, pageErrors: [], failedRequests: [] };
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const browser = await chromium.launch({ executablePath, headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"] });
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         `--ignore-certificate-errors-spki-list=${process.env.EDGE_CA_SPKI}`] });
 const sequence = (page) => page.evaluate(() => document.querySelector(".ladder-wrap")?.dataset.replaySequence ?? "");
 async function changes(page, after, count) {
   const seen = new Set();
@@ -589,7 +681,10 @@ try {
   const page = await browser.newPage();
   page.setDefaultTimeout(30000);
   page.on("pageerror", (e) => report.pageErrors.push(String(e)));
-  await page.goto(url, { waitUntil: "load" });
+  page.on("requestfailed", (r) => report.failedRequests.push(`${r.url()} ${r.failure()?.errorText}`));
+  const loaded = await page.goto(url, { waitUntil: "load" });
+  report.protocol = new URL(page.url()).protocol;
+  report.status = loaded?.status();
   await page.waitForSelector('[data-testid="level"]:not(.empty)');
   await page.waitForSelector('[data-testid="connection"][data-state="live"]');
   report.instruments = await page.locator('[data-testid="instrument"]').count();
@@ -623,15 +718,15 @@ process.exit(0);
 """
 
 
-def _browse_through_envoy_restart(stack: Stack, edge: str, tmp_path: Path) -> dict[str, Any]:
-    """The UI through Envoy's published port in headless Chromium, across ``restart envoy``."""
+def _browse_through_envoy_restart(stack: Stack, url: str, ca: bytes, tmp_path: Path) -> dict[str, Any]:
+    """The UI at ``url`` (Envoy's published port, HTTPS) in headless Chromium, across ``restart envoy``."""
     missing = missing_requirement()
     assert missing is None, f"the browser cannot run: {missing}"
     driver = tmp_path / "compose-browser.mjs"
     driver.write_text(BROWSER_DRIVER)
-    env = {**os.environ, "WEB_PACKAGE_JSON": str(WEB_DIR / "package.json")}
+    env = {**os.environ, "WEB_PACKAGE_JSON": str(WEB_DIR / "package.json"), "EDGE_CA_SPKI": _spki_sha256(ca)}
     with subprocess.Popen(
-        ["node", str(driver), f"http://{edge}/", chromium_path()],
+        ["node", str(driver), url, chromium_path()],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(tmp_path / "browser.log").open("w"), text=True, env=env,
     ) as process:  # fmt: skip
         assert process.stdin is not None and process.stdout is not None
@@ -650,6 +745,7 @@ def _browse_through_envoy_restart(stack: Stack, edge: str, tmp_path: Path) -> di
             if process.poll() is None:
                 process.kill()
     assert report.get("ok"), f"the UI through Envoy: {report or 'no report'}\n{(tmp_path / 'browser.log').read_text()[-3000:]}"
+    assert (report["protocol"], report["status"]) == ("https:", 200), report
     return report
 
 
@@ -659,6 +755,20 @@ def test_default_profile(stack: Stack, tmp_path: Path) -> None:
     up_seconds = time.monotonic() - started
     edge = stack.published("envoy", 8080)
     server = stack.published("serve", 50051)
+    # The stack's CA as a user gets it: copied out of the `certs` volume.
+    ca_file = _copy_ca(stack, "envoy", tmp_path)
+    ca = ca_file.read_bytes()
+    assert ca == _ca(stack, "serve"), "the CA copied out is not the one the services read"
+
+    # The published edge serves HTTPS only: its certificate is the stack's CA's for 127.0.0.1 and
+    # localhost, HTTP/2 and HTTP/1.1 by ALPN; plain HTTP and plaintext gRPC get nothing.
+    assert (_edge_alpn(edge, ca, ["h2", "http/1.1"]), _edge_alpn(edge, ca, ["http/1.1"])) == ("h2", "http/1.1")
+    plain_edge = _edge_refuses_plaintext(edge)
+    # serve speaks gRPC over TLS only, as `serve` (the name Envoy validates): plaintext gets no
+    # answer, and its certificate does not pass for another name.
+    assert _health(server) == "UNAVAILABLE", "serve answers plaintext gRPC"
+    assert _health(server, grpc.ssl_channel_credentials(ca), "serve") == "SERVING"
+    assert _health(server, grpc.ssl_channel_credentials(ca), "replay") == "UNAVAILABLE", "serve's certificate passes for another name"
 
     # Nothing was prepared: secrets-init made the project's secrets, random, and the server holds
     # its control token: a wrong one is refused, the one from the volume works.
@@ -666,19 +776,20 @@ def test_default_profile(stack: Stack, tmp_path: Path) -> None:
     assert re.fullmatch(r"[0-9a-f]{48}", token), "the control token is not a fresh 192-bit token"
     assert _secret(stack, "influxdb", "influxdb-token") not in {token, ""}
     with pytest.raises(grpc.RpcError) as refused:
-        _control(edge, "Pause", token[::-1])
+        _control(edge, ca, "Pause", token[::-1])
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value
 
-    # GetBook through Envoy's published port equals GetBook on the server, replay paused.
-    _control(edge, "Pause", token)
+    # GetBook through Envoy's published port (HTTPS, then TLS to serve) equals GetBook on the
+    # server, replay paused.
+    _control(edge, ca, "Pause", token)
     time.sleep(1)
-    assert _get_books(edge) == _get_books(server)
-    _control(edge, "Resume", token)
+    assert _get_books(_channel(edge, ca)) == _get_books(_channel(server, ca, "serve"))
+    _control(edge, ca, "Resume", token)
 
     # One GetBook through Envoy with the caller's traceparent: the collector receives the trace,
     # with Envoy's span and the server's.
     trace_id = os.urandom(16).hex()
-    with grpc.insecure_channel(edge) as channel:
+    with _channel(edge, ca) as channel:
         stub = market_data_pb2_grpc.MarketDataServiceStub(channel)
         instrument = stub.ListInstruments(market_data_pb2.ListInstrumentsRequest(), timeout=RPC_TIMEOUT).instruments[0]
         request = market_data_pb2.GetBookRequest(instrument_id=instrument.instrument_id)
@@ -690,11 +801,12 @@ def test_default_profile(stack: Stack, tmp_path: Path) -> None:
         timeout=60,
     )
 
-    # The UI is served by Envoy on the same port, and in Chromium it shows the books live, loses
-    # the stream when Envoy restarts, reconnects and shows them updating again.
-    with urllib.request.urlopen(f"http://{edge}/", timeout=10) as response:
-        assert response.status == 200 and b"<html" in response.read().lower()
-    browser = _browse_through_envoy_restart(stack, edge, tmp_path)
+    # The UI is served by Envoy over HTTPS on the same port (as localhost and as 127.0.0.1), and in
+    # Chromium it shows the books live over gRPC-Web, loses the stream when Envoy restarts,
+    # reconnects and shows them updating again.
+    port = edge.rsplit(":", 1)[1]
+    assert b"<html" in _https_get(f"https://localhost:{port}/", ca).lower()
+    browser = _browse_through_envoy_restart(stack, f"https://{edge}/", ca, tmp_path)
 
     # Prometheus reports every target up (the server's metrics and its own).
     prometheus = stack.published("prometheus", 9090)
@@ -703,36 +815,38 @@ def test_default_profile(stack: Stack, tmp_path: Path) -> None:
 
     # Points arrive in InfluxDB (written by serve's storage with the token from the secret), over
     # HTTPS: InfluxDB serves nothing in plain HTTP, and its certificate is the stack's CA's for `influxdb`.
-    influx, ca = stack.published("influxdb", 8086), _ca(stack, "serve")
+    influx = stack.published("influxdb", 8086)
     _wait("trades in InfluxDB", lambda: _influx_count(influx, ca, "trades") > 0)
     plain_influx = _influx_refuses_plain_http(influx)
 
-    # Envoy restarts under a live stream: the client reconnects and resumes with no gap.
-    stats, received = asyncio.run(asyncio.wait_for(_follow_through(edge, lambda: stack.run("restart", "envoy")), 300))
+    # Envoy restarts under a live stream: the client (TLS, trusting the copied CA) reconnects and
+    # resumes with no gap.
+    stats, received = asyncio.run(asyncio.wait_for(_follow_through(edge, ca_file, lambda: stack.run("restart", "envoy")), 300))
     assert stats.resumes >= 1 and stats.rebuilds == 0, stats
     _assert_no_gap(received)
     print(f"compose test: default profile up --wait {up_seconds:.0f} s; envoy restart: {stats}; trace {trace_id}: {spans}")
     print(f"compose test: the UI in Chromium through Envoy: {browser}")
-    print(f"compose test: plain HTTP to InfluxDB: {plain_influx}")
+    print(f"compose test: plain HTTP to the edge: {plain_edge}; to InfluxDB: {plain_influx}")
 
 
 def test_secrets_are_random_per_project_and_yours_win(stack: Stack, tmp_path: Path) -> None:
-    """A second project's secrets-init makes other tokens and another CA; a file in
-    MBOSTREAM_SECRETS_DIR replaces its secret, a ``tls/`` folder there the TLS set; a second run
-    keeps what the volumes hold."""
+    """A second project's secrets-init makes other tokens and another CA, its edge certificate
+    naming EDGE_TLS_NAMES too; a file in MBOSTREAM_SECRETS_DIR replaces its secret, a ``tls/``
+    folder there the TLS set; a second run keeps what the volumes hold."""
     assert stack.control_token, "test_default_profile did not read the first project's token"
     other = f"{PROJECT}-secrets"
     mine = tmp_path / "mine"
     mine.mkdir()
-    env = {**stack.env, "COMPOSE_PROJECT_NAME": other, "MBOSTREAM_SECRETS_DIR": str(mine)}
+    extra_names = "mbostream.example.net,192.0.2.10"
+    env = {**stack.env, "COMPOSE_PROJECT_NAME": other, "MBOSTREAM_SECRETS_DIR": str(mine), "EDGE_TLS_NAMES": extra_names}
     dump = "import json, pathlib, sys; print(json.dumps({p.name: p.read_text() for p in pathlib.Path(sys.argv[1]).iterdir()}))"
 
     def volume(name: str) -> dict[str, str]:
         cmd = ["run", "--rm", "--network", "none", "-v", f"{name}:/s:ro", "--entrypoint", "python3"]
         return dict(json.loads(stack.docker(*cmd, stack.env["MBOSTREAM_IMAGE"], "-c", dump, "/s")))
 
-    def made() -> tuple[dict[str, str], dict[str, str]]:
-        _run(stack.compose_cmd("up", "--no-build", "secrets-init"), env=env, timeout=120)
+    def made(edge_names: str = extra_names) -> tuple[dict[str, str], dict[str, str]]:
+        _run(stack.compose_cmd("up", "--no-build", "secrets-init"), env={**env, "EDGE_TLS_NAMES": edge_names}, timeout=120)
         return {k: v.strip() for k, v in volume(f"{other}_secrets").items()}, volume(f"{other}_certs")
 
     secrets_init = _secrets_init()
@@ -745,11 +859,23 @@ def test_secrets_are_random_per_project_and_yours_win(stack: Stack, tmp_path: Pa
         assert set(first_tls) == set(ours) == set(secrets_init.CERT_FILES)
         assert first_tls["ca.crt"] != ours["ca.crt"], "two projects share a CA"
         ca = x509.load_pem_x509_certificate(first_tls["ca.crt"].encode())
-        for server, names in secrets_init.SERVERS.items():
+        expected = {**secrets_init.SERVERS, "edge": ("localhost", "127.0.0.1", "mbostream.example.net", "192.0.2.10")}
+        assert set(expected) >= {"serve", "edge"}
+        for server, names in expected.items():
             leaf, issuer = x509.load_pem_x509_certificates(first_tls[f"{server}.crt"].encode())
             leaf.verify_directly_issued_by(ca)
             assert issuer == ca, f"{server}.crt does not carry its CA after the leaf"
-            assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == list(names)
+            sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert [str(name.value) for name in sans] == list(names), server
+        # The edge's addresses are IP SANs (browsers match an address only against those).
+        edge_ips = x509.load_pem_x509_certificate(first_tls["edge.crt"].encode()).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        assert [str(ip) for ip in edge_ips.value.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "192.0.2.10"]
+        # A current set is kept; one naming other edge names than EDGE_TLS_NAMES is replaced (a new CA).
+        assert made()[1] == first_tls, "a current TLS set was not kept"
+        renamed = made("")[1]
+        assert renamed["ca.crt"] != first_tls["ca.crt"], "a set naming other edge names was kept"
+        edge_sans = x509.load_pem_x509_certificates(renamed["edge.crt"].encode())[0].extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        assert [str(name.value) for name in edge_sans.value] == ["localhost", "127.0.0.1"]
         (mine / "mbostream-control-token").write_text("operator-chosen-token-1234\n")
         (mine / "mbostream-control-token").chmod(0o644)
         # The operator's TLS set (here the first project's), readable by secrets-init's uid.
@@ -836,11 +962,15 @@ def _prometheus_value(address: str, query: str) -> float:
     return float(result[0]["value"][1]) if result else 0.0
 
 
-def test_cluster_profile_gateway_killed(stack: Stack) -> None:
+def test_cluster_profile_gateway_killed(stack: Stack, tmp_path: Path) -> None:
     started = time.monotonic()
     stack.up(profile="cluster")
     up_seconds = time.monotonic() - started
     edge = stack.published("envoy-cluster", 8080, profile="cluster")
+    # The cluster's edge serves HTTPS only, with the same CA's certificate as the default edge.
+    ca_file = _copy_ca(stack, "envoy-cluster", tmp_path, profile="cluster")
+    assert b"<html" in _https_get(f"https://{edge}/", ca_file.read_bytes()).lower()
+    plain_edge = _edge_refuses_plaintext(edge)
     prometheus = stack.published("prometheus", 9090, profile="cluster")
     jobs = {"mbostream", "mbostream-replay", "mbostream-gateway", "mbostream-store", "prometheus"}
     _wait(
@@ -865,7 +995,7 @@ def test_cluster_profile_gateway_killed(stack: Stack) -> None:
         assert _health(address, grpc.ssl_channel_credentials(ca), "replay") == "UNAVAILABLE", f"{service}'s certificate passes for the replayer"
     # Envoy -> replayer over TLS (validated by the CA, as `replay`): a control call through the edge.
     token = _secret(stack, "gateway-1", "mbostream-control-token", profile="cluster")
-    with grpc.insecure_channel(edge) as channel:
+    with _channel(edge, ca) as channel:
         status = replay_pb2_grpc.ReplayServiceStub(channel).GetStatus(
             replay_pb2.GetStatusRequest(), timeout=RPC_TIMEOUT, metadata=(("authorization", f"Bearer {token}"),)
         )
@@ -881,7 +1011,7 @@ def test_cluster_profile_gateway_killed(stack: Stack) -> None:
         _wait("gateway-1 healthy again", lambda: json.loads(stack.docker("inspect", first))[0]["State"].get("Health", {}).get("Status") == "healthy", timeout=120)
         stack.docker("kill", stack.run("ps", "-q", "gateway-2", profile="cluster").strip())
 
-    stats, received = asyncio.run(asyncio.wait_for(_follow_through(edge, kill_each_gateway), 600))
+    stats, received = asyncio.run(asyncio.wait_for(_follow_through(edge, ca_file, kill_each_gateway), 600))
     assert stats.resumes >= 1 and stats.rebuilds == 0, stats
     # secrets-init ran again with this `up` and kept the project's token (InfluxDB has it already).
     assert _secret(stack, "gateway-1", "mbostream-control-token", profile="cluster") == stack.control_token
@@ -892,7 +1022,7 @@ def test_cluster_profile_gateway_killed(stack: Stack) -> None:
     _wait("the store's points acknowledged by InfluxDB", lambda: _prometheus_value(prometheus, 'mbostream_storage_points_written_total{job="mbostream-store"}') > 0)
     _wait("trades in InfluxDB", lambda: _influx_count(influx, ca, "trades") > 0)
     print(f"compose test: cluster profile up --wait {up_seconds:.0f} s; gateways killed: {stats}")
-    print(f"compose test: TLS probes from gateway-1: {probe}")
+    print(f"compose test: TLS probes from gateway-1: {probe}; plain HTTP to the cluster's edge: {plain_edge}")
 
 
 def test_down_leaves_nothing(stack: Stack) -> None:

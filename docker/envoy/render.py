@@ -9,6 +9,10 @@ service names, so their clusters resolve them by DNS (STRICT_DNS: every address 
 e.g. two gateways sharing the network alias `gateways`, re-resolved as containers come and go)
 instead of the template's STATIC addresses. A template these edits no longer match fails the build.
 
+HTTPS at the listener (``--listen-cert-file``/``--listen-key-file``, in-container paths read when
+Envoy starts): the edge serves browsers and clients over TLS only, HTTP/2 or HTTP/1.1 by ALPN, as
+``mbostream run`` does with ``MBOSTREAM_EDGE_TLS_CERT_FILE``.
+
 Upstream TLS (``--upstream-ca-file``): the servers' certificates are made when the stack first
 starts (compose's ``secrets-init``), after this config is rendered, so there is nothing to pin:
 Envoy validates each server by the CA file (read from that in-container path when it starts) and
@@ -62,6 +66,8 @@ def main() -> None:
     parser.add_argument("--upstream-ca-file", default="", help="TLS to the servers, validated by this CA (its path in the container)")
     parser.add_argument("--upstream-server-name", default="", help="the name the servers' certificate carries (default: --upstream-host)")
     parser.add_argument("--replayer-server-name", default="", help="the name the replayer's certificate carries (default: --replayer-host)")
+    parser.add_argument("--listen-cert-file", default="", help="HTTPS at the listener: its certificate chain (its path in the container)")
+    parser.add_argument("--listen-key-file", default="", help="HTTPS at the listener: its key (its path in the container)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     gateways = bool(args.replayer_host)
@@ -77,7 +83,12 @@ def main() -> None:
         static_dir=args.static_dir,
         allowed_origins=tuple(o for o in args.allowed_origins.split(",") if o),
         template=args.template,
-        tls=EdgeTls(upstream_ca_file=args.upstream_ca_file, upstream_server_name=server_name),
+        tls=EdgeTls(
+            cert_file=args.listen_cert_file,
+            key_file=args.listen_key_file,
+            upstream_ca_file=args.upstream_ca_file,
+            upstream_server_name=server_name,
+        ),
     )
     text = _dns(render_config(config), UPSTREAM_CLUSTER)
     if gateways:
