@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+
 import pytest
 from mbo_records import F_LAST, F_SNAPSHOT, F_TOB, UNDEF_PRICE, Rec, px, records
 
-from mbostream_core.market import BookKey, Level, Market
+from mbostream_core.market import WARN_FIRST_N, BookKey, Level, Market
 from mbostream_core.records import STATE_CROSSED, STATE_LOCKED, STATE_TOP_CHANGED
 
 KEY = BookKey(1, 1)
@@ -209,6 +212,27 @@ def test_anomalies_carry_context() -> None:
         "C",
         "A",
     )
+
+
+def test_repeated_anomalies_warn_first_n_per_kind_and_book_then_are_only_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """A looped file without a snapshot repeats the same anomalies every pass: each kind and book
+    warns WARN_FIRST_N times, later batches are counted (totals, unknown-modify orders) without a
+    log line at WARNING, and DEBUG, when on, still itemises every one."""
+    market = Market({1: "TEST"})
+    batch = [Rec("C", "B", 42, P1, 1), Rec("M", "B", 1000, P1, 1), Rec("C", "B", 1000, P1, 1)]
+    with caplog.at_level(logging.WARNING, logger="mbostream_core.market"):
+        for n in range(10):
+            batch[1] = Rec("M", "B", 1000 + n, P1, 1)
+            batch[2] = Rec("C", "B", 1000 + n, P1, 1)
+            market.apply(records(batch))
+    warned = Counter(r.anomaly for r in caplog.records if r.levelno == logging.WARNING)
+    assert warned == {"cancel_unknown_order": WARN_FIRST_N, "modify_unknown_order": WARN_FIRST_N}
+    assert market.anomaly_totals == {"cancel_unknown_order": 10, "modify_unknown_order": 10}
+    assert market.orders_from_unknown_modify == set(range(1000, 1010))
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="mbostream_core.market"):
+        market.apply(records([Rec("C", "B", 43, P1, 1)]))
+    assert [(r.levelno, r.anomaly, r.occurrence) for r in caplog.records] == [(logging.DEBUG, "cancel_unknown_order", 11)]
 
 
 def test_snapshot_records_rebuild_the_book_exactly() -> None:

@@ -9,11 +9,12 @@ import time
 from collections import Counter
 
 import numpy as np
+import pytest
 from server_harness import run
 
 from mbostream_core.dbn import read_records
 from mbostream.feed import Batch
-from mbostream.hub import BOOK_MESSAGES_PER_PHASE, BOOK_PHASES_MAX, BookPayload, Hub, Selection
+from mbostream.hub import BOOK_MESSAGES_PER_PHASE, BOOK_PHASES_MAX, DISTINCT_PEEL_MAX, BookPayload, Hub, Selection, distinct
 from mbostream_core.market import BookKey, Market
 from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
 from mbostream_core.v1 import market_data_pb2 as md
@@ -263,3 +264,14 @@ def test_many_book_subscribers_are_refreshed_in_phases_each_once_per_change(gene
         assert all(sub.phase < hub.book_phases for sub in subs[250:])
 
     run(scenario())
+
+
+@pytest.mark.parametrize("books", [0, 1, 3, DISTINCT_PEEL_MAX, DISTINCT_PEEL_MAX + 1, 40])
+def test_distinct_book_keys_match_numpys_unique(books: int) -> None:
+    """The hub's per-batch book set: the same values as ``np.unique``, whether peeled one by one
+    (few books) or handed to ``np.unique`` past DISTINCT_PEEL_MAX."""
+    rng = np.random.default_rng(books)
+    keys = (rng.integers(0, max(books, 1), 3_500) * 65_536 + 1).astype(np.uint64)[: 3_500 if books else 0]
+    found = distinct(keys)
+    assert sorted(found) == np.unique(keys).tolist()
+    assert len(found) == len(set(found)) == books

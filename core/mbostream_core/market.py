@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Final
 
 import numpy as np
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 
 #: Anomalies of one kind and book logged at WARNING before the rest go to DEBUG.
 WARN_FIRST_N: Final = 5
+
+# Fields of the engine's raw anomaly tuples (the order of :class:`Anomaly`).
+_KIND: Final = itemgetter(0)
+_KIND_AND_BOOK: Final = itemgetter(0, 2, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +173,7 @@ class Market:
         end, consistent, rows, violations = self._engine.apply(
             records.view(np.uint8), start=start, stop=stop, complete_events=complete_events, audit=audit
         )
-        self.drain_anomalies()
+        self._account_anomalies()
         return ApplyResult(end, consistent, np.frombuffer(rows, dtype=EVENT_DTYPE), violations)
 
     def apply_all(self, chunks: Iterable[np.ndarray]) -> int:
@@ -181,36 +186,56 @@ class Market:
 
     def drain_anomalies(self) -> list[Anomaly]:
         """Takes the anomalies logged by the engine since the last drain, and logs them."""
+        return [Anomaly(*a) for a in self._account_anomalies()]
+
+    def _account_anomalies(self) -> Sequence[tuple]:
+        """Takes the engine's anomalies since the last drain: counts them, remembers the orders that
+        entered through a modify of an unknown id, logs the first :data:`WARN_FIRST_N` of each kind
+        and book at WARNING (the rest at DEBUG); returns them raw (:class:`Anomaly`'s field order).
+
+        A file that starts without a snapshot repeats thousands of them per pass when looped (the
+        real CLX5 file: 3.8% of its records), so once every kind and book in a drain has had its
+        warnings, and DEBUG is off, they are only counted, in C (``Counter`` over ``itemgetter``).
+        """
         raw, dropped = self._engine.take_anomalies()
-        anomalies = [Anomaly(*a) for a in raw]
-        for a in anomalies:
-            self.anomaly_totals[a.kind] += 1
-            if a.kind == "modify_unknown_order":
-                self.orders_from_unknown_modify.add(a.order_id)
-            key = (a.kind, a.instrument_id, a.publisher_id)
-            self._warned[key] += 1
-            level = logging.WARNING if self._warned[key] <= WARN_FIRST_N else logging.DEBUG
-            if log.isEnabledFor(level):
-                log.log(
-                    level,
-                    "book anomaly %s",
-                    a.kind,
-                    extra={
-                        "anomaly": a.kind,
-                        "instrument_id": a.instrument_id,
-                        "publisher_id": a.publisher_id,
-                        "order_id": a.order_id,
-                        "sequence": a.sequence,
-                        "ts_event": a.ts_event,
-                        "action": a.action,
-                        "side": a.side,
-                        "record_index": a.record_index,
-                        "occurrence": self._warned[key],
-                    },
-                )
+        if raw:
+            books = Counter(map(_KIND_AND_BOOK, raw))
+            if log.isEnabledFor(logging.DEBUG) or any(self._warned[key] < WARN_FIRST_N for key in books):
+                for a in raw:
+                    self._log_anomaly(Anomaly(*a))
+            else:
+                self._warned.update(books)
+                self.anomaly_totals.update(map(_KIND, raw))
+                self.orders_from_unknown_modify.update(a[4] for a in raw if a[0] == "modify_unknown_order")
         if dropped:
             log.warning("anomaly log overflowed: %d anomalies counted but not itemised", dropped)
-        return anomalies
+        return raw
+
+    def _log_anomaly(self, a: Anomaly) -> None:
+        self.anomaly_totals[a.kind] += 1
+        if a.kind == "modify_unknown_order":
+            self.orders_from_unknown_modify.add(a.order_id)
+        key = (a.kind, a.instrument_id, a.publisher_id)
+        self._warned[key] += 1
+        level = logging.WARNING if self._warned[key] <= WARN_FIRST_N else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "book anomaly %s",
+                a.kind,
+                extra={
+                    "anomaly": a.kind,
+                    "instrument_id": a.instrument_id,
+                    "publisher_id": a.publisher_id,
+                    "order_id": a.order_id,
+                    "sequence": a.sequence,
+                    "ts_event": a.ts_event,
+                    "action": a.action,
+                    "side": a.side,
+                    "record_index": a.record_index,
+                    "occurrence": self._warned[key],
+                },
+            )
 
     # -- reading ---------------------------------------------------------------------------------
     @property

@@ -69,6 +69,29 @@ BOOK_PHASES_MAX: Final = 8
 SINK_POLL_SECONDS: Final = 0.002
 
 
+#: Distinct books :func:`distinct` peels off one by one before it hands the rest to ``np.unique``.
+DISTINCT_PEEL_MAX: Final = 8
+
+
+def distinct(keys: np.ndarray) -> list[int]:
+    """The distinct values of ``keys`` (a batch's book keys: thousands of rows, a handful of books).
+
+    One vectorised compare per distinct value while there are few of them (a single-book batch
+    costs one pass, ~2 µs for 3,500 rows, where ``np.unique`` hashes every row, ~100 µs); past
+    :data:`DISTINCT_PEEL_MAX` of them, ``np.unique`` of what is left.
+    """
+    found: list[int] = []
+    rest = keys
+    while len(rest):
+        if len(found) == DISTINCT_PEEL_MAX:
+            found.extend(np.unique(rest).tolist())
+            break
+        first = rest[0]
+        found.append(int(first))
+        rest = rest[rest != first]
+    return found
+
+
 class Sink(Protocol):
     """A batch consumer that must never block the replay (e.g. the storage sink)."""
 
@@ -392,12 +415,8 @@ class Hub:
             except Exception:  # a sink must never stop the replay
                 log.exception("sink failed to accept a batch")
         if len(batch.events):
-            # A batch has thousands of events but a handful of books: deduplicate in numpy.
-            keys = np.unique(
-                (batch.events["instrument_id"].astype(np.uint64) << np.uint64(16))
-                | batch.events["publisher_id"].astype(np.uint64)
-            )
-            changed = {BookKey(k >> 16, k & 0xFFFF) for k in keys.tolist()}
+            keys = (batch.events["instrument_id"].astype(np.uint64) << np.uint64(16)) | batch.events["publisher_id"].astype(np.uint64)
+            changed = {BookKey(k >> 16, k & 0xFFFF) for k in distinct(keys)}
             new = changed - self.known_books
             self.generation += 1
             for key in changed:

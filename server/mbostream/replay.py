@@ -299,16 +299,15 @@ class Replayer:
                     else:
                         n = self.batch_records
                     started = time.perf_counter()
-                    result = self.market.apply(chunk, pos, min(len(chunk), pos + n), complete_events=True)
+                    # Applied on a view from pos: the event rows' indices are then the batch's own
+                    # (no copy to rebase them), and the engine may still complete an event past n.
+                    rest = chunk[pos:]
+                    result = self.market.apply(rest, 0, min(len(rest), n), complete_events=True)
                     METRICS.apply_seconds.observe(time.perf_counter() - started)
-                    if result.end == pos:
+                    if result.end == 0:
                         break
-                    events = result.events
-                    if pos and len(events):
-                        events = events.copy()
-                        events["index"] -= pos
-                    self._emit(chunk[pos : result.end], events)
-                    pos = result.end
+                    self._emit(rest[: result.end], result.events)
+                    pos += result.end
                     if not result.consistent and pos == len(chunk):
                         break
                 if pos < len(chunk):
