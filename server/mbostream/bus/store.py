@@ -43,7 +43,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -75,6 +74,7 @@ from mbostream.bus.streams import (
 from mbostream.config import Settings, load_settings
 from mbostream.errors import ConfigError
 from mbostream.feed import Batch
+from mbostream.lifecycle import on_stop_signals, print_ready_line
 from mbostream.storage import StorageSink
 from mbostream.storage.prometheus import StorageCollector
 from mbostream_core.market import Market
@@ -486,9 +486,7 @@ async def run_store(settings: Settings, *, ready: Callable[[dict[str, Any]], Non
     """Runs the store until SIGTERM/SIGINT; ``ready`` gets the ready line's fields."""
     store = BusStore(settings)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    on_stop_signals(lambda _: stop.set())
     try:
         await store.start()
         ready({"listening": f"{settings.host}:{store.port}", "metrics_port": store.metrics_port, "consumer": CONSUMER})
@@ -497,10 +495,6 @@ async def run_store(settings: Settings, *, ready: Callable[[dict[str, Any]], Non
         await store.close()
     log.info("store stopped", extra={"acked_replay_seq": store.acked_seq})
     return 0
-
-
-def _print_ready(fields: dict[str, Any]) -> None:
-    print(json.dumps(fields), flush=True)
 
 
 def _cmd_store(args: argparse.Namespace) -> int:
@@ -517,4 +511,4 @@ def _cmd_store(args: argparse.Namespace) -> int:
     if args.spool_dir:
         settings = replace(settings, storage=replace(settings.storage, spool_dir=Path(args.spool_dir)))
     logs.configure(settings.log_level, settings.log_format)
-    return asyncio.run(run_store(settings, ready=_print_ready))
+    return asyncio.run(run_store(settings, ready=print_ready_line))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from mbostream.edge.config import REPO_ROOT, EdgeConfig
 from mbostream.edge.render import render_config
 from mbostream.edge.supervisor import Edge
 from mbostream.errors import MbostreamError
+from mbostream.lifecycle import on_stop_signals
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -36,9 +36,7 @@ async def _run_until_interrupted(edge: Edge) -> None:
     async with edge:
         print(edge.url, flush=True)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+        on_stop_signals(lambda _: stop.set())
         await stop.wait()
 
 

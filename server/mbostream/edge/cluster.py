@@ -49,6 +49,7 @@ from mbostream.edge.config import REPO_ROOT, EdgeTls
 from mbostream.edge.errors import EdgeError
 from mbostream.edge.supervisor import Edge, _die_with_parent
 from mbostream.errors import ConfigError
+from mbostream.lifecycle import on_stop_signals, print_ready_line
 
 log = logging.getLogger(__name__)
 
@@ -433,10 +434,9 @@ async def run_cluster(spec: ClusterSpec, *, page_token: str | None = None) -> in
     """Runs the cluster until SIGTERM/SIGINT (or a crash-looping child); prints the JSON line."""
     cluster = Cluster(spec)
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, lambda: loop.create_task(cluster.stop()))
+    on_stop_signals(lambda _: loop.create_task(cluster.stop()))
     await cluster.start()
-    print(json.dumps(cluster.ready()), flush=True)
+    print_ready_line(cluster.ready())
     assert cluster.edge is not None
     page = cluster.edge.url if page_token is None else cluster.edge.page_url(page_token)
     print(f"mbostream cluster is up: open {page} (UI, gRPC-Web and gRPC on one origin); Ctrl-C stops", flush=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 import os
 import secrets
@@ -34,6 +33,7 @@ from mbostream_core.dbn import DbnReader, verify_framing
 from mbostream.errors import AddressInUseError, ConfigError, MbostreamError
 from mbostream.feed import Publisher
 from mbostream.hub import Hub, Sink
+from mbostream.lifecycle import on_stop_signals, print_ready_line
 from mbostream_core.market import Market
 from mbostream.metrics import METRICS
 from mbostream.replay import Replayer, ReplayState
@@ -385,17 +385,16 @@ async def serve(
     loop = asyncio.get_running_loop()
     signals = 0
 
-    def on_signal(signum: int) -> None:
+    def on_signal(signum: signal.Signals) -> None:
         nonlocal signals
         signals += 1
         if signals > 1:
             log.warning("second signal: exiting at once")
             os._exit(130)
-        log.info("signal received", extra={"signal": signal.Signals(signum).name})
+        log.info("signal received", extra={"signal": signum.name})
         loop.create_task(app.shutdown())
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
+    on_stop_signals(on_signal)
     if with_edge:  # one line naming the port before anything starts (Envoy binds it exclusively too)
         _check_port_free("edge_port", settings.host, settings.edge_port)
     await app.start()
@@ -428,8 +427,7 @@ async def serve(
             raise
         ready["url"] = edge.url
     if ready_line:
-        # One machine-readable line on stdout: tests and launchers read the bound ports from it.
-        print(json.dumps(ready), flush=True)
+        print_ready_line(ready)
     if edge is not None:
         page = edge.url if page_token is None else edge.page_url(page_token)
         print(f"mbostream is up: open {page} (UI, gRPC-Web and gRPC on one origin); Ctrl-C stops", flush=True)
