@@ -85,24 +85,37 @@ def _run_client(
         return _run_go_client(cfg, target, streams, events_streams, cpus)
     cmd = [
         sys.executable, "-m", "mbostream_client", "--target", target, "latency",
-        "--streams", str(streams), "--events-streams", str(events_streams),
+        "--streams", str(streams), "--events-streams", str(events_streams), *_client_flags(cfg),
+    ]  # fmt: skip
+    return dict(json.loads(_run_client_process("mbostream-client latency", cmd, cfg, cpus)))
+
+
+def _client_flags(cfg: E2eConfig) -> list[str]:
+    """The window and stream flags both measuring clients take (and ``--json``)."""
+    return [
         "--seconds", str(cfg.seconds), "--warmup", str(cfg.warmup), "--depth", str(cfg.depth),
         "--max-updates-per-second", str(cfg.max_updates_per_second), "--connections", str(cfg.connections), "--json",
         *(["--spread"] if cfg.spread else []),
         *(["--combine"] if cfg.combine else []),
     ]  # fmt: skip
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+
+
+def _run_client_process(
+    name: str, cmd: list[str], cfg: E2eConfig, cpus: set[int] | None, env: dict[str, str] | None = None
+) -> str:
+    """Runs a measuring client in its own process, pinned to ``cpus``; its stdout (BenchError when it fails)."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         pin(proc.pid, cpus)
         try:
             stdout, stderr = proc.communicate(timeout=cfg.warmup + cfg.seconds + 120)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise BenchError("mbostream-client latency did not finish in time") from None
+            raise BenchError(f"{name} did not finish in time") from None
     if proc.returncode != 0:
         if "No module named mbostream_client" in stderr:
             raise BenchError("the client is not installed: pip install -e clients/python")
-        raise BenchError(f"mbostream-client latency exited with {proc.returncode}: {stderr.strip()[-2000:]}")
-    return dict(json.loads(stdout))
+        raise BenchError(f"{name} exited with {proc.returncode}: {stderr.strip()[-2000:]}")
+    return stdout
 
 
 def go_available() -> bool:
@@ -144,23 +157,10 @@ def _run_go_client(
     """Runs ``mbostream-load --json`` in its own process (as many Go threads as pinned CPUs)."""
     cmd = [
         str(_go_load_binary()), "--target", target, "--book-streams", str(streams),
-        "--events-streams", str(events_streams), "--seconds", str(cfg.seconds), "--warmup", str(cfg.warmup),
-        "--depth", str(cfg.depth), "--max-updates-per-second", str(cfg.max_updates_per_second),
-        "--connections", str(cfg.connections), "--json",
-        *(["--spread"] if cfg.spread else []),
-        *(["--combine"] if cfg.combine else []),
+        "--events-streams", str(events_streams), *_client_flags(cfg),
     ]  # fmt: skip
     env = {**os.environ, **({"GOMAXPROCS": str(len(cpus))} if cpus else {})}
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
-        pin(proc.pid, cpus)
-        try:
-            stdout, stderr = proc.communicate(timeout=cfg.warmup + cfg.seconds + 120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise BenchError("mbostream-load did not finish in time") from None
-    if proc.returncode != 0:
-        raise BenchError(f"mbostream-load exited with {proc.returncode}: {stderr.strip()[-2000:]}")
-    return _from_go_result(json.loads(stdout))
+    return _from_go_result(json.loads(_run_client_process("mbostream-load", cmd, cfg, cpus, env)))
 
 
 def _from_go_result(doc: dict[str, Any]) -> dict[str, Any]:
