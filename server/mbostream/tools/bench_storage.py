@@ -304,8 +304,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m mbostream.tools.bench_storage {format,e2e,replay} [options]``."""
+    from mbostream.tools.bench_storage_cli import register_storage_bench
+
     parser = argparse.ArgumentParser(prog="mbostream storage")
-    register(parser.add_subparsers(dest="command", required=True))
+    register_storage_bench(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
     return run(args)
 
