@@ -1,6 +1,6 @@
 """Bus messages: a replay step (raw DBN records + position headers), a book snapshot, the meta.
 
-A record message's payload is the step's MBO records exactly as in the file (48-byte DBN records,
+A record message's payload is the step's MBO records exactly as in the file (56-byte DBN MBO records,
 concatenated, no metadata header), so every gateway re-applies the same bytes with the same engine.
 Positions, ``ts_out`` and the epoch travel in headers; ``Nats-Msg-Id`` (``<epoch>:<last position>``)
 makes a retried publish a duplicate JetStream stores once.

@@ -3,12 +3,16 @@
 One ``mbostream run --gateways N --no-store`` (nats-server, the replayer, N gateways, Envoy) per
 phase, measured from outside:
 
-* **replayer → bus**, ``--max``: replay positions acknowledged by JetStream per second (the last
-  record message's ``Mbostream-Last-Seq``, read back from the stream, over a window), and the bytes
-  the stream grows by per record;
-* **gateway ingest**: each gateway's ``mbostream_records_ingested_total`` (its metrics port) over the
-  same window — bounded by the replayer's rate when the gateway keeps up, so it is a floor of what a
-  gateway can ingest, not its ceiling;
+* **each role alone** (a nats-server and one role at a time, nothing else of ours running):
+  the replayer's ``--max`` publishing rate (replay positions acknowledged by JetStream per second)
+  with its CPU, then — the replayer stopped, its stream left full — one new gateway applying that
+  whole stream from position 1: its ingest rate between 10% and 90% of the stream, with its CPU.
+  These are each role's ceilings on one core, as the targets are stated;
+* **replayer → bus with the gateways**, ``--max`` (``run --gateways N``): replay positions
+  acknowledged per second (the last record message's ``Mbostream-Last-Seq``, read back from the
+  stream, over a window), the bytes the stream grows by per record, and each gateway's
+  ``mbostream_records_ingested_total`` over the same window, every process's CPU beside it — all
+  roles sharing this machine's cores, so bounded by the sum of their costs;
 * **bus latency** at ``--rate R``: receive time of every record message at a plain NATS subscriber
   minus its ``Mbostream-Ts-Out`` (stamped by the replayer just before publishing): p50/p99;
 * **cold start**: a new ``mbostream gateway`` process until its health says SERVING;
@@ -25,10 +29,13 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -39,6 +46,8 @@ from typing import Any, Final
 
 from mbostream.errors import BenchError
 
+#: The record stream's byte limit while each role is measured alone (the gateway applies all of it).
+ALONE_STREAM_BYTES: Final = 8 << 30
 #: Seconds allowed for ``mbostream run --gateways`` to print its JSON line.
 START_TIMEOUT_SECONDS: Final = 240.0
 LATENCY_WINDOW_SECONDS: Final = 5.0
@@ -49,7 +58,7 @@ class ClusterBenchConfig:
     files: tuple[str, ...]
     gateways: int = 2
     seconds: float = 10.0
-    rate: float = 200_000.0
+    rate: float = 500_000.0
     failovers: int = 3
 
 
@@ -118,17 +127,22 @@ async def _last_position(nats_url: str) -> tuple[int, int, int]:
 
 
 def _throughput(cfg: ClusterBenchConfig) -> dict[str, Any]:
+    from mbostream.tools.bench_server import process_cpu_seconds
+
     run = _Run(cfg, "--max")
     try:
         _wait(lambda: _last_position_or_zero(run.ready["nats"]) > 0, "the first record message", 60)
         time.sleep(2.0)  # warm-up
         gateways = [g["metrics_port"] for g in run.ready["gateways"]]
+        pids = {"replayer": run.ready["replayer"]["pid"], **{f"gateway-{i + 1}": g["pid"] for i, g in enumerate(run.ready["gateways"])}}
         pos0, bytes0, msgs0 = asyncio.run(_last_position(run.ready["nats"]))
         ingested0 = [_metric(port, "mbostream_records_ingested_total") for port in gateways]
+        cpu0 = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
         t0 = time.monotonic()
         time.sleep(cfg.seconds)
         pos1, bytes1, msgs1 = asyncio.run(_last_position(run.ready["nats"]))
         ingested1 = [_metric(port, "mbostream_records_ingested_total") for port in gateways]
+        cpu1 = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
         elapsed = time.monotonic() - t0
         records = pos1 - pos0
         return {
@@ -136,10 +150,111 @@ def _throughput(cfg: ClusterBenchConfig) -> dict[str, Any]:
             "bus_messages_per_second": round((msgs1 - msgs0) / elapsed),
             "stream_bytes_per_record": round((bytes1 - bytes0) / records, 1) if records and bytes1 > bytes0 else None,
             "gateway_ingest_records_per_second": [round((b - a) / elapsed) for a, b in zip(ingested0, ingested1)],
+            "cpu_percent": {name: round(100 * (cpu1[name] - cpu0[name]) / elapsed, 1) for name in pids},
             "window_seconds": round(elapsed, 2),
         }
     finally:
         run.stop()
+
+
+class _Nats:
+    """A nats-server of its own (JetStream, a temp store) on 127.0.0.1, stopped by PID."""
+
+    def __init__(self) -> None:
+        from mbostream.edge.cluster import find_nats_server
+
+        self.store = tempfile.mkdtemp(prefix="mbostream-bench-nats-")
+        self.port, monitor = _free_port(), _free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        argv = [find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-m", str(monitor), "-sd", self.store]
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/healthz", timeout=1) as reply:
+                    return bool(json.load(reply).get("status") == "ok")
+            except (OSError, ValueError):
+                return False
+
+        _wait(healthy, "nats-server", 30)
+
+    def stop(self) -> None:
+        _stop(self.process)
+        shutil.rmtree(self.store, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def _role(role: str, nats_url: str, *extra: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """``mbostream ROLE --nats URL ...`` started and its JSON ready line read."""
+    command = [sys.executable, "-m", "mbostream.cli", "--log-level", "error", role, *extra, "--nats", nats_url, "--port", "0"]
+    env = {**os.environ, "MBOSTREAM_CONTROL_TOKEN": os.environ.get("MBOSTREAM_CONTROL_TOKEN") or "bench-cluster-token"}
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.startswith("{"):
+        _stop(process)
+        raise BenchError(f"mbostream {role} did not print its ready line")
+    return process, json.loads(line)
+
+
+def _alone(cfg: ClusterBenchConfig) -> dict[str, Any]:
+    """Each role's ceiling with nothing else of ours running (module docstring)."""
+    from mbostream.tools.bench_server import process_cpu_seconds
+
+    nats = _Nats()
+    try:
+        replayer, _ = _role(
+            "replay", nats.url, *cfg.files, "--max", "--loop", "--no-store", "--metrics-port", "-1",
+            # No snapshots (the gateway below starts at position 1) and room for the whole fill.
+            "--snapshot-interval-seconds", "3600", "--bus-max-bytes", str(ALONE_STREAM_BYTES),
+        )  # fmt: skip
+        try:
+            _wait(lambda: _last_position_or_zero(nats.url) > 0, "the first record message", 60)
+            time.sleep(2.0)  # warm-up
+            pos0, cpu0, t0 = asyncio.run(_last_position(nats.url))[0], process_cpu_seconds(replayer.pid), time.monotonic()
+            time.sleep(cfg.seconds)
+            pos1, cpu1, t1 = asyncio.run(_last_position(nats.url))[0], process_cpu_seconds(replayer.pid), time.monotonic()
+        finally:
+            _stop(replayer)
+        total = asyncio.run(_last_position(nats.url))[0]
+        metrics_port = _free_port()
+        gateway, _ = _role("gateway", nats.url, "--metrics-port", str(metrics_port))
+        try:
+            samples: list[tuple[float, float, float]] = []  # (time, records ingested, gateway CPU seconds)
+
+            def caught_up() -> bool:
+                samples.append((time.monotonic(), _metric(metrics_port, "mbostream_records_ingested_total"), process_cpu_seconds(gateway.pid)))
+                return samples[-1][1] >= total
+
+            _wait(caught_up, "the gateway applying the whole stream", START_TIMEOUT_SECONDS)
+        finally:
+            _stop(gateway)
+        a = next(x for x in samples if x[1] >= 0.1 * total)
+        b = next(x for x in samples if x[1] >= 0.9 * total)
+        return {
+            "replayer_acked_records_per_second": round((pos1 - pos0) / (t1 - t0)),
+            "replayer_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+            "gateway_records_applied": total,
+            "gateway_ingest_records_per_second": round((b[1] - a[1]) / (b[0] - a[0])) if b[0] > a[0] else None,
+            "gateway_cpu_percent": round(100 * (b[2] - a[2]) / (b[0] - a[0]), 1) if b[0] > a[0] else None,
+        }
+    finally:
+        nats.stop()
 
 
 def _last_position_or_zero(nats_url: str) -> int:
@@ -280,6 +395,7 @@ def _wait(check: Callable[[], bool], what: str, timeout: float) -> None:
 def run_cluster_bench(cfg: ClusterBenchConfig) -> dict[str, Any]:
     """Every figure of the module docstring, in one document."""
     results: dict[str, Any] = {"gateways": cfg.gateways, "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    results["alone"] = _alone(cfg)
     results["max"] = _throughput(cfg)
     run = _Run(cfg, "--rate", str(cfg.rate))
     try:
@@ -305,13 +421,16 @@ def run_cluster_bench(cfg: ClusterBenchConfig) -> dict[str, Any]:
 
 
 def format_summary(r: dict[str, Any]) -> str:
-    m, lat, fo = r["max"], r["bus_latency_ms"], r["failover_to_first_resumed_batch_seconds"]
+    a, m, lat, fo = r["alone"], r["max"], r["bus_latency_ms"], r["failover_to_first_resumed_batch_seconds"]
+    cpu = ", ".join(f"{name} {value}%" for name, value in m["cpu_percent"].items())
     return "\n".join(
         [
             f"mbostream bench cluster: {r['gateways']} gateways on {r['cpus']} CPUs (load average {', '.join(f'{x:.1f}' for x in r['load_average'])})",
-            f"  replayer -> bus (--max): {m['bus_acked_records_per_second']:,} records/s acknowledged, "
+            f"  alone: replayer -> bus (--max) {a['replayer_acked_records_per_second']:,} records/s acknowledged at {a['replayer_cpu_percent']}% CPU; "
+            f"one gateway applying the stream ({a['gateway_records_applied']:,} records) {a['gateway_ingest_records_per_second']:,} records/s at {a['gateway_cpu_percent']}% CPU",
+            f"  with {r['gateways']} gateways, replayer -> bus (--max): {m['bus_acked_records_per_second']:,} records/s acknowledged, "
             f"{m['bus_messages_per_second']:,} messages/s, {m['stream_bytes_per_record']} stream bytes/record",
-            f"  gateway ingest (same window): {', '.join(f'{x:,}' for x in m['gateway_ingest_records_per_second'])} records/s",
+            f"  gateway ingest (same window): {', '.join(f'{x:,}' for x in m['gateway_ingest_records_per_second'])} records/s (CPU: {cpu})",
             f"  bus latency at {lat['rate_records_per_second']:,.0f} records/s: p50 {lat['p50']} ms, p99 {lat['p99']} ms "
             f"(max {lat['max']} ms, {lat['messages']} messages)",
             f"  cold start: run --gateways to its JSON line {r['cold_start_to_json_line_seconds']} s; "
