@@ -114,13 +114,14 @@ def _metric(port: int, name: str) -> float:
 
 async def _last_position(nats_url: str) -> tuple[int, int, int]:
     """The record stream's last replay position, its bytes and its messages."""
-    from mbostream.bus.streams import LAST_SEQ, RECORDS_STREAM, RECORDS_SUBJECT, connect
+    from mbostream.bus.streams import LAST_SEQ, RECORDS_STREAM, connect
 
     nc = await connect(nats_url, name="bench-cluster")
     try:
         js = nc.jetstream()
-        last = await js.get_last_msg(RECORDS_STREAM, RECORDS_SUBJECT)
+        # One consistent reading: the stream's state, then the position of its last message then.
         info = await js.stream_info(RECORDS_STREAM)
+        last = await js.get_msg(RECORDS_STREAM, seq=info.state.last_seq)
         return int((last.headers or {})[LAST_SEQ]), int(info.state.bytes), int(info.state.messages)
     finally:
         await nc.close()
