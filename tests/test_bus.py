@@ -24,7 +24,7 @@ from nats.js.errors import NotFoundError
 
 from mbostream.bus.codec import Meta
 from mbostream.bus.ingest import BusFeed
-from mbostream.bus.streams import FIRST_SEQ, META_STREAM, META_SUBJECT, RECORDS_STREAM
+from mbostream.bus.streams import FIRST_SEQ, META_STREAM, META_SUBJECT, READ_BUFFER_BYTES, RECORDS_STREAM, connect
 from mbostream.hub import Hub
 from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
 from mbostream_core.market import Market
@@ -36,6 +36,8 @@ from server_harness import AUTH, RPC_TIMEOUT, ServeProcess, free_port, repo, run
 
 #: Records of the file these tests replay (4 instruments).
 RECORDS = 120_000
+#: Positions on the bus before the late gateway starts (560 MB of stream, under its 1 GiB limit).
+LATE_BACKLOG = 10_000_000
 
 
 @pytest.fixture(scope="module")
@@ -406,17 +408,20 @@ def test_late_gateway_is_not_serving_until_it_is_at_the_live_edge(nats, feed, tm
     meanwhile). While it catches up, a resume it has not applied yet (but the bus holds) is
     retryable (UNAVAILABLE) or served after a short wait, never OUT_OF_RANGE; one beyond what the
     replayer published stays OUT_OF_RANGE."""
-    # The replay's pace stays well under a gateway's ingest (100k+ records/s even on a loaded 2-core
-    # machine), so it does catch up; a faster pace made the test depend on the machine's load.
-    replay = replayer(nats, feed, tmp_path, "--rate", "30000", "--loop")
+    # A backlog the late gateway needs seconds to apply (one applies millions of records a second
+    # alone), built at --max; then a pace well under its ingest even on a loaded 2-core machine, so
+    # it does catch up while the replay moves on.
+    replay = replayer(nats, feed, tmp_path, "--max", "--loop")
     late = role("gateway", "--nats", nats.url, tmp_path=tmp_path, name="late")
     late.requested_port = free_port()
     starting = threading.Thread(target=late.start, kwargs={"timeout": 240}, daemon=True)
     try:
         deadline = time.monotonic() + 120
-        while replay_position(replay) < 500_000:  # a backlog the late gateway needs seconds to apply
-            assert time.monotonic() < deadline, "the replay never reached 500,000 positions"
+        while replay_position(replay) < LATE_BACKLOG:
+            assert time.monotonic() < deadline, f"the replay never reached {LATE_BACKLOG:,} positions"
             time.sleep(0.2)
+        with _channel(replay) as channel:
+            stubs(channel)[1].SetRate(replay_pb2.SetRateRequest(records_per_second=30_000), timeout=RPC_TIMEOUT, metadata=AUTH)
         at_start = replay_position(replay)
         started = time.monotonic()
         starting.start()
@@ -552,3 +557,24 @@ def test_store_keeps_one_storage_sink_for_its_lifetime(nats, feed, tmp_path) -> 
         replay.stop()
     log = store.log_path.read_text()
     assert log.count("storage sink started") == 1 and log.count("storage sink stopped") == 1, log[-3000:]
+
+
+def test_bus_connections_read_a_record_message_in_few_socket_reads(nats: NatsServer) -> None:
+    """Every connection of ours reads up to READ_BUFFER_BYTES per socket read (nats-py's 32 KiB
+    default cost a gateway ~20% more CPU per record): its stream reader's limit says so, and a
+    200 KB message published through it comes back whole."""
+    import nats.aio.client as nats_aio
+
+    async def check() -> tuple[int, int, bool]:
+        nc = await nats_call(connect(nats.url, name="test-read-size"), 20)
+        try:
+            sub = await nats_call(nc.subscribe("test.read.size"))
+            payload = bytes(range(256)) * 800
+            await nats_call(nc.publish("test.read.size", payload))
+            msg = await nats_call(sub.next_msg(timeout=10), 20)
+            return nats_aio.DEFAULT_BUFFER_SIZE, nc._transport._io_reader._limit, msg.data == payload  # type: ignore[union-attr]
+        finally:
+            await nats_call(nc.close())
+
+    size, limit, whole = run(check())
+    assert size == limit == READ_BUFFER_BYTES and whole
