@@ -219,6 +219,36 @@ def test_snapshot_cold_start_after_retention_dropped_the_start(nats, feed, tmp_p
         replay.stop()
 
 
+def test_a_gateway_keeps_the_retention_the_replayer_set(nats, feed, tmp_path) -> None:
+    """The replayer sizes the record stream (--bus-max-bytes); a gateway started after it with the
+    default 1 GiB must not shrink it (it once did, and retention then dropped the run's start under
+    a replay sized for it); a replayer restarted with another size does resize it."""
+
+    async def limits() -> int:
+        nc = await nats_call(connect(nats.url, name="test-limits"), 20)
+        try:
+            return int((await nats_call(nc.jetstream().stream_info(RECORDS_STREAM))).config.max_bytes)
+        finally:
+            await nats_call(nc.close())
+
+    sized = 3 << 30
+    replay = replayer(nats, feed, tmp_path, "--rate", "20000", "--loop", "--bus-max-bytes", str(sized))
+    try:
+        assert run(limits()) == sized
+        late = gateway(nats, tmp_path)
+        try:
+            assert late.port and run(limits()) == sized  # started: it has declared the streams
+        finally:
+            late.stop()
+    finally:
+        replay.stop()
+    again = replayer(nats, feed, tmp_path, "--rate", "20000", "--bus-max-bytes", str(2 << 30), name="replay-2")
+    try:
+        assert run(limits()) == 2 << 30
+    finally:
+        again.stop()
+
+
 def test_nats_killed_and_restarted_no_gap_no_duplicate(nats, feed, tmp_path) -> None:
     """Test 3: kill -9 the NATS server mid-replay and restart it on its store: a StreamEvents
     client of a gateway gets every position exactly once, in order."""

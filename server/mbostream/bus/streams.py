@@ -84,8 +84,11 @@ def stream_configs(max_age_seconds: float, max_bytes: int) -> list[StreamConfig]
     ]
 
 
-async def ensure_streams(js: JetStreamContext, *, max_age_seconds: float, max_bytes: int) -> None:
-    """Creates the streams, or updates their limits to these settings; idempotent."""
+async def ensure_streams(js: JetStreamContext, *, max_age_seconds: float, max_bytes: int, update: bool = True) -> None:
+    """Creates the streams; with ``update``, also sets an existing stream's limits to these
+    settings. Idempotent. Only the replayer (the writer, whose settings size the stream) updates: a
+    gateway declaring the streams with its own defaults once shrank a bigger record stream the
+    replayer had sized, and retention then dropped the run's start under it."""
     for config in stream_configs(max_age_seconds, max_bytes):
         try:
             await js.stream_info(config.name)
@@ -93,7 +96,8 @@ async def ensure_streams(js: JetStreamContext, *, max_age_seconds: float, max_by
             await js.add_stream(config)
             log.info("bus stream created", extra={"stream": config.name})
         else:
-            await js.update_stream(config)
+            if update:
+                await js.update_stream(config)
 
 
 class BusTlsFiles(Protocol):

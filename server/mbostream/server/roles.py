@@ -73,11 +73,13 @@ def clear_records(keys: list[BookKey]) -> np.ndarray:
 class _BusApp(App):
     """What both roles share: the connection, opened at start and closed last."""
 
-    async def _connect(self, name: str) -> None:
+    async def _connect(self, name: str, *, owns_limits: bool) -> None:
+        """Connects and declares the streams; ``owns_limits``: the replayer, whose retention
+        settings are applied to streams that exist already (a gateway's only to ones it creates)."""
         s = self.settings
         self.nc = await connect(_require_nats(s), name=name, tls=tls_context(s))
         self.js = self.nc.jetstream()
-        await ensure_streams(self.js, max_age_seconds=s.bus_max_age_seconds, max_bytes=s.bus_max_bytes)
+        await ensure_streams(self.js, max_age_seconds=s.bus_max_age_seconds, max_bytes=s.bus_max_bytes, update=owns_limits)
 
     async def _close_source(self) -> None:
         nc = getattr(self, "nc", None)
@@ -90,7 +92,7 @@ class ReplayerApp(_BusApp):
 
     async def _open_source(self) -> tuple[list[str], dict[int, str], str, str]:
         files, symbols, dataset, epoch = await super()._open_source()
-        await self._connect("mbostream-replay")
+        await self._connect("mbostream-replay", owns_limits=True)
         self.writer = secrets.token_hex(8)
         self.last_stream_seq = (await self.js.stream_info(RECORDS_STREAM)).state.last_seq
         self.resume_position = 0
@@ -161,7 +163,7 @@ class GatewayApp(_BusApp):
     """``mbostream gateway --nats URL``: a stateless replica fed from the bus."""
 
     async def _open_source(self) -> tuple[list[str], dict[int, str], str, str]:
-        await self._connect("mbostream-gateway")
+        await self._connect("mbostream-gateway", owns_limits=False)
         try:
             msg = await self.js.get_last_msg(META_STREAM, META_SUBJECT)
         except NotFoundError:

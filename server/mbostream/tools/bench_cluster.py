@@ -4,7 +4,8 @@ One ``mbostream run --gateways N --no-store`` (nats-server, the replayer, N gate
 phase, measured from outside:
 
 * **each role alone** (a nats-server and one role at a time, nothing else of ours running):
-  the replayer's ``--max`` publishing rate (replay positions acknowledged by JetStream per second)
+  the latency the bus adds at ``--rate R`` (below) with only the replayer publishing, the
+  replayer's ``--max`` publishing rate (replay positions acknowledged by JetStream per second)
   with its CPU, then — the replayer stopped, its stream left full — one new gateway applying that
   whole stream from position 1: its ingest rate between 10% and 90% of the stream, with its CPU.
   These are each role's ceilings on one core, as the targets are stated;
@@ -165,6 +166,8 @@ class _Nats:
         from mbostream.edge.cluster import find_nats_server
 
         self.store = tempfile.mkdtemp(prefix="mbostream-bench-nats-")
+        #: The roles' errors (``_role``), kept with the store and removed with it.
+        self.log = Path(self.store) / "roles.log"
         self.port, monitor = _free_port(), _free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         argv = [find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-m", str(monitor), "-sd", self.store]
@@ -200,17 +203,22 @@ def _stop(process: subprocess.Popen[Any]) -> None:
             process.wait(10)
 
 
-def _role(role: str, nats_url: str, *extra: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    """``mbostream ROLE --nats URL ...`` started and its JSON ready line read."""
+def _role(role: str, nats_url: str, log: Path, *extra: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """``mbostream ROLE --nats URL ...`` started (its errors to ``log``) and its JSON ready line read."""
     command = [sys.executable, "-m", "mbostream.cli", "--log-level", "error", role, *extra, "--nats", nats_url, "--port", "0"]
     env = {**os.environ, "MBOSTREAM_CONTROL_TOKEN": os.environ.get("MBOSTREAM_CONTROL_TOKEN") or "bench-cluster-token"}
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    with log.open("a") as errors:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
     assert process.stdout is not None
     line = process.stdout.readline()
     if not line.startswith("{"):
         _stop(process)
-        raise BenchError(f"mbostream {role} did not print its ready line")
+        raise BenchError(f"mbostream {role} did not print its ready line: {_tail(log)}")
     return process, json.loads(line)
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:].strip() or "(nothing logged)"
 
 
 def _alone(cfg: ClusterBenchConfig) -> dict[str, Any]:
@@ -218,12 +226,17 @@ def _alone(cfg: ClusterBenchConfig) -> dict[str, Any]:
     from mbostream.tools.bench_server import process_cpu_seconds
 
     nats = _Nats()
+    # No snapshots (the gateway below starts at position 1) and room for the whole fill.
+    quiet_stream = ("--loop", "--no-store", "--metrics-port", "-1", "--snapshot-interval-seconds", "3600", "--bus-max-bytes", str(ALONE_STREAM_BYTES))
     try:
-        replayer, _ = _role(
-            "replay", nats.url, *cfg.files, "--max", "--loop", "--no-store", "--metrics-port", "-1",
-            # No snapshots (the gateway below starts at position 1) and room for the whole fill.
-            "--snapshot-interval-seconds", "3600", "--bus-max-bytes", str(ALONE_STREAM_BYTES),
-        )  # fmt: skip
+        replayer, _ = _role("replay", nats.url, nats.log, *cfg.files, "--rate", str(cfg.rate), *quiet_stream)
+        try:
+            _wait(lambda: _last_position_or_zero(nats.url) > 0, "the first record message", 60)
+            time.sleep(1.0)
+            latencies = asyncio.run(_bus_latency(nats.url, LATENCY_WINDOW_SECONDS))
+        finally:
+            _stop(replayer)
+        replayer, _ = _role("replay", nats.url, nats.log, *cfg.files, "--max", *quiet_stream)  # goes on from the positions above
         try:
             _wait(lambda: _last_position_or_zero(nats.url) > 0, "the first record message", 60)
             time.sleep(2.0)  # warm-up
@@ -234,11 +247,13 @@ def _alone(cfg: ClusterBenchConfig) -> dict[str, Any]:
             _stop(replayer)
         total = asyncio.run(_last_position(nats.url))[0]
         metrics_port = _free_port()
-        gateway, _ = _role("gateway", nats.url, "--metrics-port", str(metrics_port))
+        gateway, _ = _role("gateway", nats.url, nats.log, "--metrics-port", str(metrics_port))
         try:
             samples: list[tuple[float, float, float]] = []  # (time, records ingested, gateway CPU seconds)
 
             def caught_up() -> bool:
+                if gateway.poll() is not None:
+                    raise BenchError(f"the gateway exited with {gateway.returncode} while applying the stream: {_tail(nats.log)}")
                 samples.append((time.monotonic(), _metric(metrics_port, "mbostream_records_ingested_total"), process_cpu_seconds(gateway.pid)))
                 return samples[-1][1] >= total
 
@@ -248,6 +263,7 @@ def _alone(cfg: ClusterBenchConfig) -> dict[str, Any]:
         a = next(x for x in samples if x[1] >= 0.1 * total)
         b = next(x for x in samples if x[1] >= 0.9 * total)
         return {
+            "bus_latency_ms": _latency_summary(latencies, cfg.rate),
             "replayer_acked_records_per_second": round((pos1 - pos0) / (t1 - t0)),
             "replayer_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
             "gateway_records_applied": total,
@@ -283,6 +299,16 @@ async def _bus_latency(nats_url: str, seconds: float) -> list[float]:
     finally:
         await nc.close()
     return samples
+
+
+def _latency_summary(latencies: list[float], rate: float) -> dict[str, Any]:
+    return {
+        "rate_records_per_second": rate,
+        "messages": len(latencies),
+        "p50": round(_percentile(latencies, 0.5), 3),
+        "p99": round(_percentile(latencies, 0.99), 3),
+        "max": round(max(latencies), 3) if latencies else None,
+    }
 
 
 def _cold_start(nats_url: str) -> float:
@@ -403,13 +429,7 @@ def run_cluster_bench(cfg: ClusterBenchConfig) -> dict[str, Any]:
         results["cold_start_to_json_line_seconds"] = round(time.monotonic() - run.started, 2)
         _wait(lambda: _last_position_or_zero(run.ready["nats"]) > 0, "the first record message", 60)
         latencies = asyncio.run(_bus_latency(run.ready["nats"], LATENCY_WINDOW_SECONDS))
-        results["bus_latency_ms"] = {
-            "rate_records_per_second": cfg.rate,
-            "messages": len(latencies),
-            "p50": round(_percentile(latencies, 0.5), 3),
-            "p99": round(_percentile(latencies, 0.99), 3),
-            "max": round(max(latencies), 3) if latencies else None,
-        }
+        results["bus_latency_ms"] = _latency_summary(latencies, cfg.rate)
         results["gateway_cold_start_to_serving_seconds"] = round(_cold_start(run.ready["nats"]), 2)
         failovers = _failovers(run, cfg.failovers)
         results["failover_to_first_resumed_batch_seconds"] = {
@@ -429,10 +449,12 @@ def format_summary(r: dict[str, Any]) -> str:
             f"mbostream bench cluster: {r['gateways']} gateways on {r['cpus']} CPUs (load average {', '.join(f'{x:.1f}' for x in r['load_average'])})",
             f"  alone: replayer -> bus (--max) {a['replayer_acked_records_per_second']:,} records/s acknowledged at {a['replayer_cpu_percent']}% CPU; "
             f"one gateway applying the stream ({a['gateway_records_applied']:,} records) {a['gateway_ingest_records_per_second']:,} records/s at {a['gateway_cpu_percent']}% CPU",
+            f"  alone: bus latency at {a['bus_latency_ms']['rate_records_per_second']:,.0f} records/s: p50 {a['bus_latency_ms']['p50']} ms, "
+            f"p99 {a['bus_latency_ms']['p99']} ms (max {a['bus_latency_ms']['max']} ms, {a['bus_latency_ms']['messages']} messages)",
             f"  with {r['gateways']} gateways, replayer -> bus (--max): {m['bus_acked_records_per_second']:,} records/s acknowledged, "
             f"{m['bus_messages_per_second']:,} messages/s, {m['stream_bytes_per_record']} stream bytes/record",
             f"  gateway ingest (same window): {', '.join(f'{x:,}' for x in m['gateway_ingest_records_per_second'])} records/s (CPU: {cpu})",
-            f"  bus latency at {lat['rate_records_per_second']:,.0f} records/s: p50 {lat['p50']} ms, p99 {lat['p99']} ms "
+            f"  with {r['gateways']} gateways, bus latency at {lat['rate_records_per_second']:,.0f} records/s: p50 {lat['p50']} ms, p99 {lat['p99']} ms "
             f"(max {lat['max']} ms, {lat['messages']} messages)",
             f"  cold start: run --gateways to its JSON line {r['cold_start_to_json_line_seconds']} s; "
             f"one more gateway to SERVING {r['gateway_cold_start_to_serving_seconds']} s",
