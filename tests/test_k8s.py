@@ -9,7 +9,10 @@ here (k8s/README.md says so).
 The TLS component (k8s/components/tls, enabled by every overlay): its Issuers and Certificates are
 checked by kubeconform against schemas converted from cert-manager's own CRDs (from its Go module,
 fetched by scripts/install-k8s-tools); every TLS file a role reads comes from a Secret a Certificate
-writes; its Envoy config is the renderer's current output and Envoy itself accepts it; the NATS and
+writes; its Envoy config is the renderer's current output, Envoy itself accepts it and, run in front
+of a real gRPC server over TLS, serves TLS only and follows the server's health in the edge's
+readiness command; the web Ingress verifies the edge by the component's CA and the name of the
+edge's Certificate (the gRPC Ingress: GRPCS, not verified by ingress-nginx); the NATS and
 InfluxDB Helm values (not rendered: no chart here) name the Secrets of its Certificates. The browser
 hop: each Ingress serves its hosts over TLS with a Secret that cert-manager's ingress-shim makes; the
 Certificates the shim would keep and the ClusterIssuer they name (k8s/cluster) are checked against
@@ -22,12 +25,17 @@ import json
 import re
 import shutil
 import subprocess
+import time
+from concurrent import futures
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from k8s_tools import REPO, k8s_tools, load_yaml
+from server_harness import free_port
 
 K8S = REPO / "k8s"
 OVERLAYS = ("dev", "staging", "prod")
@@ -319,7 +327,14 @@ def test_tls_servers_are_probed_by_the_tls_aware_health_check(overlay: str) -> N
                 if probe not in container:
                     continue
                 kind = {"grpc", "exec", "tcpSocket", "httpGet"} & set(container[probe])
-                if tls and probe == "livenessProbe":
+                if container["name"] == "edge":
+                    # Envoy serves HTTPS only: readiness asks its admin for a healthy gateway.
+                    expected = {"readinessProbe": {"exec"}, "livenessProbe": {"tcpSocket"}}[probe]
+                    assert kind == expected, f"edge {probe}: {kind}"
+                    if probe == "readinessProbe":
+                        assert container[probe]["exec"]["command"][:2] == ["bash", "-c"]
+                        assert container[probe]["exec"]["command"][2] == EDGE_READINESS
+                elif tls and probe == "livenessProbe":
                     assert kind == {"tcpSocket"}, f"{container['name']} {probe}: {kind}"
                 elif tls:
                     assert kind == {"exec"}, f"{container['name']} {probe}: {kind}"
@@ -327,6 +342,35 @@ def test_tls_servers_are_probed_by_the_tls_aware_health_check(overlay: str) -> N
                     assert container[probe]["timeoutSeconds"] >= 3
                 else:
                     assert "exec" not in kind, f"{container['name']} {probe}: {kind}"
+
+
+#: The edge's readiness with the component (its listener is HTTPS, which the kubelet's grpc probe
+#: cannot speak): a host of the gateways' cluster that passes Envoy's own gRPC health checks.
+EDGE_READINESS = (
+    "exec 3<>/dev/tcp/127.0.0.1/9901 && "
+    "printf 'GET /clusters HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n' >&3 && "
+    "grep -q '^mbostream_grpc::.*::health_flags::healthy' <&3"
+)
+#: Where the component's Envoy config reads the edge's certificate and key (the edge Secret's keys).
+EDGE_CERT_FILE = "/etc/mbostream/edge-tls/tls.crt"
+EDGE_KEY_FILE = "/etc/mbostream/edge-tls/tls.key"
+
+
+def _openssl_leaf(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A leaf for ``name`` signed by the test's CA in ``tmp_path`` (ca.crt, made by the first call):
+    (leaf certificate, leaf key)."""
+    ca_key, ca = tmp_path / "ca.key", tmp_path / "ca.crt"
+    key, csr, leaf = tmp_path / f"{name}.key", tmp_path / f"{name}.csr", tmp_path / f"{name}.crt"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    make_ca = [] if ca.exists() else [["req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-subj", "/CN=test CA", "-days", "1"]]
+    for command in (
+        *make_ca,
+        ["req", "-new", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}"],
+        ["x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(leaf),
+         "-days", "1", "-extfile", "/dev/stdin"],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *command], check=True, capture_output=True, timeout=60, input=f"subjectAltName=DNS:{name}\n".encode())
+    return leaf, key
 
 
 def test_the_components_envoy_config_is_the_renderers_output_and_envoy_accepts_it(tmp_path: Path) -> None:
@@ -339,22 +383,143 @@ def test_the_components_envoy_config_is_the_renderers_output_and_envoy_accepts_i
     # The upstream cluster validates the gateways by the mounted CA and their Service name.
     assert '"trusted_ca": {"filename": "/etc/mbostream/upstream-tls/ca.crt"}' in committed
     assert '"matcher": {"exact": "gateway"}' in committed and '"sni": "gateway"' in committed
-    # Envoy loads it (with a CA of the test's own at the CA's path).
-    ca = tmp_path / "ca.crt"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-         str(tmp_path / "ca.key"), "-out", str(ca), "-subj", "/CN=test CA", "-days", "1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    config = tmp_path / "envoy-test.yaml"
-    config.write_text(committed.replace("/etc/mbostream/upstream-tls/ca.crt", str(ca)))
+    # The listener serves TLS only (one filter chain, with the edge Secret's certificate and key).
+    assert committed.count("DownstreamTlsContext") == 1 and committed.count("filter_chains:") == 1
+    assert f'"certificate_chain": {{"filename": "{EDGE_CERT_FILE}"}}, "private_key": {{"filename": "{EDGE_KEY_FILE}"}}' in committed
+    # Envoy loads it (with a CA and an edge certificate of the test's own at the mounted paths).
+    leaf, key = _openssl_leaf(tmp_path, "edge")
+    files = {"/etc/mbostream/upstream-tls/ca.crt": tmp_path / "ca.crt", EDGE_CERT_FILE: leaf, EDGE_KEY_FILE: key}
     envoy = REPO / ".venv" / "bin" / "envoy"
-    result = subprocess.run([str(envoy), "--mode", "validate", "-c", str(config)], capture_output=True, text=True, timeout=120)
+
+    def validate(missing: str = "") -> subprocess.CompletedProcess[str]:
+        text = committed
+        for path, local in files.items():
+            text = text.replace(path, str(tmp_path / "missing") if path == missing else str(local))
+        config = tmp_path / "envoy-test.yaml"
+        config.write_text(text)
+        return subprocess.run([str(envoy), "--mode", "validate", "-c", str(config)], capture_output=True, text=True, timeout=120)
+
+    result = validate()
     assert result.returncode == 0 and "OK" in result.stdout + result.stderr, result.stdout + result.stderr
-    # and refuses it when the CA file is not there, so the check above read the CA.
-    config.write_text(committed.replace("/etc/mbostream/upstream-tls/ca.crt", str(tmp_path / "missing.crt")))
-    result = subprocess.run([str(envoy), "--mode", "validate", "-c", str(config)], capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0, result.stdout + result.stderr
+    # and refuses it when the CA or the listener's key is not there, so the check above read them.
+    for missing in ("/etc/mbostream/upstream-tls/ca.crt", EDGE_KEY_FILE):
+        result = validate(missing)
+        assert result.returncode != 0, (missing, result.stdout + result.stderr)
+
+
+def _until(check: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def test_the_components_edge_serves_tls_and_its_readiness_follows_the_gateways_health(tmp_path: Path) -> None:
+    """The component's Envoy config run by a real Envoy (paths and ports moved to the test's own)
+    in front of a real gRPC server over TLS standing in for a gateway (certificate for `gateway` of
+    the test's CA): a client that verifies `edge` by that CA, as ingress-nginx does, gets the
+    gateway's health through the HTTPS listener; a plaintext client is refused; the edge's readiness
+    command succeeds while the gateway is SERVING and fails once it is NOT_SERVING."""
+    committed = (TLS_COMPONENT / "envoy.yaml").read_text()
+    edge_cert, edge_key = _openssl_leaf(tmp_path, "edge")
+    gateway_cert, gateway_key = _openssl_leaf(tmp_path, "gateway")
+    ca = (tmp_path / "ca.crt").read_bytes()
+    status = health.HealthServicer()
+    status.set("", health_pb2.HealthCheckResponse.SERVING)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    health_pb2_grpc.add_HealthServicer_to_server(status, server)
+    gateway_port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(gateway_key.read_bytes(), gateway_cert.read_bytes())]))
+    server.start()
+    listen_port, admin_port = free_port(), free_port()
+    text = committed
+    for old, new in (
+        ("/etc/mbostream/upstream-tls/ca.crt", str(tmp_path / "ca.crt")), (EDGE_CERT_FILE, str(edge_cert)), (EDGE_KEY_FILE, str(edge_key)),
+        ("address: gateway, port_value: 50051", f"address: 127.0.0.1, port_value: {gateway_port}"),
+        ("address: 0.0.0.0, port_value: 8080", f"address: 127.0.0.1, port_value: {listen_port}"),
+        ("address: 127.0.0.1, port_value: 9901", f"address: 127.0.0.1, port_value: {admin_port}"),
+    ):  # fmt: skip
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    config = tmp_path / "envoy-run.yaml"
+    config.write_text(text)
+    readiness = ["bash", "-c", EDGE_READINESS.replace("/127.0.0.1/9901", f"/127.0.0.1/{admin_port}")]
+
+    def ready() -> bool:
+        return subprocess.run(readiness, capture_output=True, timeout=10).returncode == 0
+
+    envoy = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "envoy"), "-c", str(config), "--disable-hot-restart", "--log-level", "warn"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "envoy.log", "wb"),
+    )  # fmt: skip
+    try:
+        assert _until(ready, 30), "the readiness command never succeeded:\n" + (tmp_path / "envoy.log").read_text()[-3000:]
+        verified = grpc.ssl_channel_credentials(root_certificates=ca)
+        with grpc.secure_channel(f"127.0.0.1:{listen_port}", verified, options=[("grpc.ssl_target_name_override", "edge")]) as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(f"127.0.0.1:{listen_port}") as channel, pytest.raises(grpc.RpcError) as refused:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+        status.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert _until(lambda: not ready(), 30), "the readiness command still succeeds with the gateway NOT_SERVING"
+    finally:
+        envoy.terminate()
+        envoy.wait(timeout=30)
+        server.stop(grace=None)
+
+
+@pytest.mark.parametrize("overlay", TLS_OVERLAYS)
+def test_ingress_nginx_reaches_the_edge_over_tls_verified_by_the_components_ca(overlay: str) -> None:
+    """ingress-nginx -> edge: the web Ingress proxies HTTPS and verifies the edge by the ca.crt of a
+    Secret a Certificate of the component writes (issued by the CA that issues the edge's), in the
+    Ingress's namespace as namespace/name, and by a name the edge's Certificate carries, which is
+    the Service every Ingress points at; that Certificate's Secret is what the edge's Envoy serves
+    (its listener's files, on the port behind that Service). The gRPC Ingress proxies GRPCS."""
+    objects = load_yaml(build(K8S / "overlays" / overlay))
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for o in objects:
+        # A generated ConfigMap's name ends in its content hash.
+        name = re.sub(r"-[a-z0-9]{10}$", "", o["metadata"]["name"]) if o["kind"] == "ConfigMap" else o["metadata"]["name"]
+        by_kind.setdefault(o["kind"], {})[name] = o
+    ingresses, certificates = by_kind["Ingress"], list(by_kind["Certificate"].values())
+    web = ingresses["edge-web"]["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    assert web[prefix + "backend-protocol"] == "HTTPS" and web[prefix + "proxy-ssl-verify"] == "on"
+    assert ingresses["edge-grpc"]["metadata"]["annotations"][prefix + "backend-protocol"] == "GRPCS"
+    namespace, secret = web[prefix + "proxy-ssl-secret"].split("/")
+    assert namespace == ingresses["edge-web"]["metadata"]["namespace"], "ingress-nginx refuses a Secret of another namespace"
+    client = [c for c in certificates if c["spec"]["secretName"] == secret]
+    assert len(client) == 1, f"proxy-ssl-secret {secret}: no Certificate of the component writes it"
+    name = web[prefix + "proxy-ssl-name"]
+    edge = [c for c in certificates if name in c["spec"].get("dnsNames", [])]
+    assert len(edge) == 1, f"proxy-ssl-name {name}: no Certificate carries it"
+    # ca.crt of the client Secret is the edge's CA: both issued by the one CA Issuer.
+    assert client[0]["spec"]["issuerRef"] == edge[0]["spec"]["issuerRef"] == {"name": "mbostream-ca", "kind": "Issuer"}
+    for ingress in ingresses.values():
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["name"] == name, f"{ingress['metadata']['name']} points at another Service"
+    # The edge serves exactly that Certificate's Secret at the files its Envoy config names.
+    spec = by_kind["Deployment"]["edge"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    container = next(c for c in spec["containers"] if c["name"] == "edge")
+    served = {}
+    for mount in container["volumeMounts"]:
+        secret_volume = volumes[mount["name"]].get("secret")
+        if secret_volume:
+            for item in secret_volume["items"]:
+                served[f"{mount['mountPath']}/{item['path']}"] = (secret_volume["secretName"], item["key"])
+    assert served[EDGE_CERT_FILE] == (edge[0]["spec"]["secretName"], "tls.crt")
+    assert served[EDGE_KEY_FILE] == (edge[0]["spec"]["secretName"], "tls.key")
+    envoy_config = by_kind["ConfigMap"]["edge-envoy-tls"]["data"]["envoy.yaml"]
+    assert EDGE_CERT_FILE in envoy_config and EDGE_KEY_FILE in envoy_config
+    # The Service port the Ingresses name reaches the container port Envoy's TLS listener is on.
+    service_port = next(p for p in by_kind["Service"][name]["spec"]["ports"] if p["name"] == "http")
+    container_port = next(p for p in container["ports"] if p["name"] == service_port["targetPort"])
+    assert f"port_value: {container_port['containerPort']} }}" in envoy_config.split("filter_chains:")[0]
+    assert service_port["appProtocol"] == "https"
 
 
 # --- the browser hop: HTTPS at the Ingress, the Secret made by cert-manager ---------------------

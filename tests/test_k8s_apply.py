@@ -214,8 +214,9 @@ def check_tls_secrets_mounted(cluster: ControlPlane, namespace: str, objects: li
             volumes = {v["name"]: v.get("secret", {}).get("secretName") for v in pod["spec"]["volumes"]}
             assert all(volumes.get(n) == s["secretName"] for n, s in secret_volumes.items()), (pod["metadata"]["name"], volumes)
     # The CA's Secret is the Issuer's, read by cert-manager only; nats-tls is mounted by the nats
-    # chart's pods (a Helm release, not in the overlay); influxdb-tls's CA by the store.
-    assert mounted == set(by_secret) - {"mbostream-ca", "nats-tls"}, (sorted(mounted), sorted(by_secret))
+    # chart's pods (a Helm release, not in the overlay); edge-ingress-client-tls is read by
+    # ingress-nginx (the web Ingress's proxy-ssl-secret); influxdb-tls's CA by the store.
+    assert mounted == set(by_secret) - {"mbostream-ca", "nats-tls", "edge-ingress-client-tls"}, (sorted(mounted), sorted(by_secret))
 
 
 @pytest.mark.timeout(600)
@@ -241,7 +242,7 @@ def test_overlay_applies_and_every_deployment_becomes_available(cluster: Control
     kinds = Counter(o["kind"] for o in read_back)
     assert (kinds["HorizontalPodAutoscaler"], kinds["PodDisruptionBudget"]) == (1, 2) and kinds["NetworkPolicy"] >= 5, kinds
     # Issuers and Certificates exist only where the TLS component is; the CRDs validated them.
-    assert (kinds["Issuer"], kinds["Certificate"]) == ((2, 5) if tls else (0, 0)), kinds
+    assert (kinds["Issuer"], kinds["Certificate"]) == ((2, 7) if tls else (0, 0)), kinds
     for obj in read_back:
         key = f"{obj['kind']}/{obj['metadata']['name']}"
         assert not contains(on_server[key]["spec"], obj["spec"]), f"{key} reads back changed: {contains(on_server[key]['spec'], obj['spec'])}"
