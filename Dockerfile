@@ -111,12 +111,25 @@ ARG OTEL_EXPORTER_OTLP_ENDPOINT=
 COPY --from=dist /web /srv/mbostream/web
 COPY envoy/envoy.template.yaml /src/envoy.template.yaml
 COPY docker/envoy/render.py /src/render.py
+# Two configs. envoy.yaml, the image's default (compose's): TLS as the arguments above say. And
+# envoy-k8s-tls.yaml, the Kubernetes TLS component's (k8s/components/tls starts Envoy with it): the
+# same arguments, plus TLS to the gateways validated by the gRPC Secret's CA and the upstream's name,
+# and an HTTPS-only listener with the edge Secret's certificate, at the paths where the component
+# mounts them. Rendered here, where the UI's files are, so that its routes serve them
+# (tests/test_k8s.py runs this command).
 RUN /opt/mbostream/bin/python /src/render.py --template /src/envoy.template.yaml \
       --static-dir /srv/mbostream/web --upstream-host "${EDGE_UPSTREAM_HOST}" \
       --upstream-port "${EDGE_UPSTREAM_PORT}" --replayer-host "${EDGE_REPLAYER_HOST}" \
       --listen-port "${EDGE_LISTEN_PORT}" --upstream-ca-file "${EDGE_UPSTREAM_CA_FILE}" \
       --listen-cert-file "${EDGE_TLS_CERT_FILE}" --listen-key-file "${EDGE_TLS_KEY_FILE}" \
-      --allowed-origins "${EDGE_ALLOWED_ORIGINS}" --out /src/envoy.yaml
+      --allowed-origins "${EDGE_ALLOWED_ORIGINS}" --out /src/envoy.yaml \
+ && /opt/mbostream/bin/python /src/render.py --template /src/envoy.template.yaml \
+      --static-dir /srv/mbostream/web --upstream-host "${EDGE_UPSTREAM_HOST}" \
+      --upstream-port "${EDGE_UPSTREAM_PORT}" --replayer-host "${EDGE_REPLAYER_HOST}" \
+      --listen-port "${EDGE_LISTEN_PORT}" --upstream-ca-file /etc/mbostream/upstream-tls/ca.crt \
+      --upstream-server-name "${EDGE_UPSTREAM_HOST}" --listen-cert-file /etc/mbostream/edge-tls/tls.crt \
+      --listen-key-file /etc/mbostream/edge-tls/tls.key \
+      --allowed-origins "${EDGE_ALLOWED_ORIGINS}" --out /src/envoy-k8s-tls.yaml
 
 # --- target `edge`: Envoy with our config and the UI -----------------------------------------------
 FROM ${ENVOY_IMAGE} AS edge
@@ -130,6 +143,7 @@ LABEL org.opencontainers.image.title="mbostream-edge" \
       org.opencontainers.image.source="https://github.com/mbostream/mbostream"
 COPY --from=edge-config /srv/mbostream/web /srv/mbostream/web
 COPY --from=edge-config /src/envoy.yaml /etc/envoy/envoy.yaml
+COPY --from=edge-config /src/envoy-k8s-tls.yaml /etc/envoy/envoy-k8s-tls.yaml
 COPY docker/envoy/ready.sh /usr/local/bin/envoy-ready
 # The official image's entrypoint switches users at start; ours runs as Envoy's uid from the start.
 USER 101:101

@@ -9,11 +9,12 @@ here (k8s/README.md says so).
 The TLS component (k8s/components/tls, enabled by every overlay): its Issuers and Certificates are
 checked by kubeconform against schemas converted from cert-manager's own CRDs (from its Go module,
 fetched by scripts/install-k8s-tools); every TLS file a role reads comes from a Secret a Certificate
-writes; its Envoy config is the renderer's current output, Envoy itself accepts it and, run in front
-of a real gRPC server over TLS, serves TLS only and follows the server's health in the edge's
-readiness command; the web Ingress verifies the edge by the component's CA and the name of the
-edge's Certificate (the gRPC Ingress: GRPCS, not verified by ingress-nginx); the NATS and
-InfluxDB Helm values (not rendered: no chart here) name the Secrets of its Certificates. The browser
+writes; the edge starts Envoy with the image's envoy-k8s-tls.yaml, which the test renders by the
+Dockerfile's own command with a built UI: its routes serve the UI's files, its TLS files are the
+component's mounts, Envoy itself accepts it and, run in front of a real gRPC server over TLS, serves
+the UI and gRPC over TLS only and follows the server's health in the edge's readiness command;
+the web Ingress verifies the edge by the component's CA and the name of the edge's Certificate
+(the gRPC Ingress: GRPCS, not verified by ingress-nginx); the NATS and InfluxDB Helm values (not rendered: no chart here) name the Secrets of its Certificates. The browser
 hop: each Ingress serves its hosts over TLS with a Secret that cert-manager's ingress-shim makes; the
 Certificates the shim would keep and the ClusterIssuer they name (k8s/cluster) are checked against
 cert-manager's schemas too.
@@ -21,9 +22,12 @@ cert-manager's schemas too.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import time
 from concurrent import futures
@@ -34,6 +38,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from k8s_edge import DEFAULT_CONFIG, K8S_TLS_CONFIG, edge_image_command, edge_image_copies, release_edge_build_args, render_k8s_tls_config
 from k8s_tools import REPO, k8s_tools, load_yaml
 from server_harness import free_port
 
@@ -351,9 +356,49 @@ EDGE_READINESS = (
     "printf 'GET /clusters HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n' >&3 && "
     "grep -q '^mbostream_grpc::.*::health_flags::healthy' <&3"
 )
-#: Where the component's Envoy config reads the edge's certificate and key (the edge Secret's keys).
+#: Where the component's Envoy config reads the edge's certificate and key (the edge Secret's keys)
+#: and the gateways' CA (the gRPC Secret's ca.crt).
 EDGE_CERT_FILE = "/etc/mbostream/edge-tls/tls.crt"
 EDGE_KEY_FILE = "/etc/mbostream/edge-tls/tls.key"
+UPSTREAM_CA_FILE = "/etc/mbostream/upstream-tls/ca.crt"
+#: A built UI as web/ builds it: index.html and a content-hashed asset under assets/.
+FAKE_UI = {"index.html": "<!doctype html><title>mbostream test UI</title>\n", "assets/index-3f2a9c1b.js": "console.log('test UI');\n"}
+
+
+@pytest.fixture(scope="module")
+def k8s_tls_config(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """The edge image's /etc/envoy/envoy-k8s-tls.yaml, rendered by the Dockerfile's own command
+    with release.yml's build arguments and :data:`FAKE_UI` as the built UI: (its text, the UI's folder)."""
+    folder = tmp_path_factory.mktemp("edge-config")
+    static = folder / "web"
+    for relative, text in FAKE_UI.items():
+        (static / relative).parent.mkdir(parents=True, exist_ok=True)
+        (static / relative).write_text(text)
+    return render_k8s_tls_config(folder / "envoy-k8s-tls.yaml", static, release_edge_build_args()), static
+
+
+def _edge_secret_files(objects: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """The files the edge container reads from Secrets: {path: (Secret, key)}."""
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "edge"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "edge"]
+    files = {}
+    for mount in container["volumeMounts"]:
+        secret = volumes[mount["name"]].get("secret")
+        if secret:
+            for item in secret["items"]:
+                files[f"{mount['mountPath']}/{item['path']}"] = (secret["secretName"], item["key"])
+    return files
+
+
+def _tls_files(node: Any) -> set[str]:
+    """Every file an Envoy config's TLS contexts read (CA, certificate chain, private key)."""
+    if isinstance(node, list):
+        return {f for item in node for f in _tls_files(item)}
+    if not isinstance(node, dict):
+        return set()
+    found = {node[k]["filename"] for k in ("trusted_ca", "certificate_chain", "private_key") if isinstance(node.get(k), dict)}
+    return found | {f for value in node.values() for f in _tls_files(value)}
 
 
 def _openssl_leaf(tmp_path: Path, name: str) -> tuple[Path, Path]:
@@ -373,36 +418,68 @@ def _openssl_leaf(tmp_path: Path, name: str) -> tuple[Path, Path]:
     return leaf, key
 
 
-def test_the_components_envoy_config_is_the_renderers_output_and_envoy_accepts_it(tmp_path: Path) -> None:
-    fresh = tmp_path / "envoy.yaml"
-    subprocess.run([str(TLS_COMPONENT / "generate-envoy-config"), str(fresh)], check=True, capture_output=True, timeout=60)
-    committed = (TLS_COMPONENT / "envoy.yaml").read_text()
-    assert fresh.read_text() == committed, "k8s/components/tls/envoy.yaml is stale: run k8s/components/tls/generate-envoy-config"
-    config_maps = [d for d in load_yaml(build(K8S / "overlays" / "prod")) if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("edge-envoy-tls-")]
-    assert len(config_maps) == 1 and config_maps[0]["data"] == {"envoy.yaml": committed}
-    # The upstream cluster validates the gateways by the mounted CA and their Service name.
-    assert '"trusted_ca": {"filename": "/etc/mbostream/upstream-tls/ca.crt"}' in committed
-    assert '"matcher": {"exact": "gateway"}' in committed and '"sni": "gateway"' in committed
-    # The listener serves TLS only (one filter chain, with the edge Secret's certificate and key).
-    assert committed.count("DownstreamTlsContext") == 1 and committed.count("filter_chains:") == 1
-    assert f'"certificate_chain": {{"filename": "{EDGE_CERT_FILE}"}}, "private_key": {{"filename": "{EDGE_KEY_FILE}"}}' in committed
+@pytest.mark.parametrize("overlay", TLS_OVERLAYS)
+def test_every_overlays_edge_starts_envoy_with_the_images_tls_config(overlay: str) -> None:
+    """The edge container runs the image's entrypoint with the image's CMD, its config swapped for
+    /etc/envoy/envoy-k8s-tls.yaml, a file the edge stage copies from edge-config's render; no volume
+    is mounted over it."""
+    (deployment,) = [o for o in load_yaml(build(K8S / "overlays" / overlay)) if o["kind"] == "Deployment" and o["metadata"]["name"] == "edge"]
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "edge"]
+    entrypoint, *cmd = edge_image_command()
+    assert entrypoint == "envoy" and "command" not in container, container.get("command")
+    assert cmd.count(DEFAULT_CONFIG) == 1
+    assert container["args"] == [K8S_TLS_CONFIG if arg == DEFAULT_CONFIG else arg for arg in cmd]
+    assert K8S_TLS_CONFIG in edge_image_copies()
+    hidden = [m["mountPath"] for m in container["volumeMounts"] if K8S_TLS_CONFIG.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert hidden == [], f"{overlay}: mounted over {K8S_TLS_CONFIG}"
+
+
+def test_the_images_tls_config_serves_the_ui_reads_the_components_mounts_and_envoy_accepts_it(k8s_tls_config: tuple[str, Path], tmp_path: Path) -> None:
+    """The Dockerfile's render of envoy-k8s-tls.yaml (release.yml's build arguments, a built UI):
+    the UI's files are routes that serve them (not the 'not built' 503); every TLS file it reads is
+    one the component mounts into the edge in every overlay, and all of them are read; the gateways
+    are validated by their Certificate's name; the listener serves TLS only; Envoy loads it with a
+    test CA and edge certificate at those paths and refuses it when the CA or the key is missing."""
+    text, static = k8s_tls_config
+    config = load_yaml(text)[0]
+    (listener,) = config["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    (manager,) = [f["typed_config"] for f in chain["filters"] if f["name"] == "envoy.filters.network.http_connection_manager"]
+    routes = [r for host in manager["route_config"]["virtual_hosts"] for r in host["routes"]]
+    served = {r["match"]["path"]: r["direct_response"]["body"].get("filename") for r in routes if "direct_response" in r and "path" in r["match"]}
+    expected = {"/": str(static / "index.html"), **{f"/{relative}": str(static / relative) for relative in FAKE_UI}}
+    assert {path: served.get(path) for path in expected} == expected
+    assert not [r for r in routes if r.get("direct_response", {}).get("status") == 503], "the UI route is the 'not built' 503"
+    # The listener serves TLS only, with the edge Secret's files; the gateways are validated by the CA.
+    assert chain["transport_socket"]["typed_config"]["@type"].endswith("DownstreamTlsContext")
+    (gateways,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "mbostream_grpc"]
+    upstream = gateways["transport_socket"]["typed_config"]
+    name = release_edge_build_args()["EDGE_UPSTREAM_HOST"]
+    assert upstream["sni"] == name and upstream["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [{"san_type": "DNS", "matcher": {"exact": name}}]
+    assert _tls_files(config) == {UPSTREAM_CA_FILE, EDGE_CERT_FILE, EDGE_KEY_FILE}
+    for overlay in TLS_OVERLAYS:
+        objects = load_yaml(build(K8S / "overlays" / overlay))
+        mounted = _edge_secret_files(objects)
+        assert set(mounted) == _tls_files(config), f"{overlay}: the edge mounts {sorted(mounted)}"
+        secret_names = {c["spec"]["secretName"]: c["spec"].get("dnsNames", []) for c in objects if c["kind"] == "Certificate"}
+        assert mounted[UPSTREAM_CA_FILE] == ("mbostream-grpc-tls", "ca.crt") and name in secret_names["mbostream-grpc-tls"]
     # Envoy loads it (with a CA and an edge certificate of the test's own at the mounted paths).
     leaf, key = _openssl_leaf(tmp_path, "edge")
-    files = {"/etc/mbostream/upstream-tls/ca.crt": tmp_path / "ca.crt", EDGE_CERT_FILE: leaf, EDGE_KEY_FILE: key}
+    files = {UPSTREAM_CA_FILE: tmp_path / "ca.crt", EDGE_CERT_FILE: leaf, EDGE_KEY_FILE: key}
     envoy = REPO / ".venv" / "bin" / "envoy"
 
     def validate(missing: str = "") -> subprocess.CompletedProcess[str]:
-        text = committed
+        moved = text
         for path, local in files.items():
-            text = text.replace(path, str(tmp_path / "missing") if path == missing else str(local))
+            moved = moved.replace(path, str(tmp_path / "missing") if path == missing else str(local))
         config = tmp_path / "envoy-test.yaml"
-        config.write_text(text)
+        config.write_text(moved)
         return subprocess.run([str(envoy), "--mode", "validate", "-c", str(config)], capture_output=True, text=True, timeout=120)
 
     result = validate()
     assert result.returncode == 0 and "OK" in result.stdout + result.stderr, result.stdout + result.stderr
     # and refuses it when the CA or the listener's key is not there, so the check above read them.
-    for missing in ("/etc/mbostream/upstream-tls/ca.crt", EDGE_KEY_FILE):
+    for missing in (UPSTREAM_CA_FILE, EDGE_KEY_FILE):
         result = validate(missing)
         assert result.returncode != 0, (missing, result.stdout + result.stderr)
 
@@ -416,13 +493,27 @@ def _until(check: Any, timeout: float) -> bool:
     return False
 
 
-def test_the_components_edge_serves_tls_and_its_readiness_follows_the_gateways_health(tmp_path: Path) -> None:
-    """The component's Envoy config run by a real Envoy (paths and ports moved to the test's own)
-    in front of a real gRPC server over TLS standing in for a gateway (certificate for `gateway` of
-    the test's CA): a client that verifies `edge` by that CA, as ingress-nginx does, gets the
-    gateway's health through the HTTPS listener; a plaintext client is refused; the edge's readiness
-    command succeeds while the gateway is SERVING and fails once it is NOT_SERVING."""
-    committed = (TLS_COMPONENT / "envoy.yaml").read_text()
+def _https_get(port: int, path: str, ca: Path, name: str) -> tuple[int, bytes]:
+    """GET ``path`` over HTTPS from 127.0.0.1:``port``, verifying ``name`` by ``ca``: (status, body)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname=name)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_the_components_edge_serves_tls_and_its_readiness_follows_the_gateways_health(k8s_tls_config: tuple[str, Path], tmp_path: Path) -> None:
+    """The image's envoy-k8s-tls.yaml (as the Dockerfile renders it) run by a real Envoy (paths
+    and ports moved to the test's own) in front of a real gRPC server over TLS standing in for a
+    gateway (certificate for `gateway` of the test's CA): a client that verifies `edge` by that CA,
+    as ingress-nginx does, gets the UI's files and the gateway's health through the HTTPS listener;
+    a plaintext client is refused; the edge's readiness command succeeds while the gateway is
+    SERVING and fails once it is NOT_SERVING."""
+    text, _ = k8s_tls_config
     edge_cert, edge_key = _openssl_leaf(tmp_path, "edge")
     gateway_cert, gateway_key = _openssl_leaf(tmp_path, "gateway")
     ca = (tmp_path / "ca.crt").read_bytes()
@@ -433,9 +524,8 @@ def test_the_components_edge_serves_tls_and_its_readiness_follows_the_gateways_h
     gateway_port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(gateway_key.read_bytes(), gateway_cert.read_bytes())]))
     server.start()
     listen_port, admin_port = free_port(), free_port()
-    text = committed
     for old, new in (
-        ("/etc/mbostream/upstream-tls/ca.crt", str(tmp_path / "ca.crt")), (EDGE_CERT_FILE, str(edge_cert)), (EDGE_KEY_FILE, str(edge_key)),
+        (UPSTREAM_CA_FILE, str(tmp_path / "ca.crt")), (EDGE_CERT_FILE, str(edge_cert)), (EDGE_KEY_FILE, str(edge_key)),
         ("address: gateway, port_value: 50051", f"address: 127.0.0.1, port_value: {gateway_port}"),
         ("address: 0.0.0.0, port_value: 8080", f"address: 127.0.0.1, port_value: {listen_port}"),
         ("address: 127.0.0.1, port_value: 9901", f"address: 127.0.0.1, port_value: {admin_port}"),
@@ -455,6 +545,8 @@ def test_the_components_edge_serves_tls_and_its_readiness_follows_the_gateways_h
     )  # fmt: skip
     try:
         assert _until(ready, 30), "the readiness command never succeeded:\n" + (tmp_path / "envoy.log").read_text()[-3000:]
+        for path, body in (("/", FAKE_UI["index.html"]), *((f"/{relative}", content) for relative, content in FAKE_UI.items())):
+            assert _https_get(listen_port, path, tmp_path / "ca.crt", "edge") == (200, body.encode()), path
         verified = grpc.ssl_channel_credentials(root_certificates=ca)
         with grpc.secure_channel(f"127.0.0.1:{listen_port}", verified, options=[("grpc.ssl_target_name_override", "edge")]) as channel:
             answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
@@ -471,7 +563,7 @@ def test_the_components_edge_serves_tls_and_its_readiness_follows_the_gateways_h
 
 
 @pytest.mark.parametrize("overlay", TLS_OVERLAYS)
-def test_ingress_nginx_reaches_the_edge_over_tls_verified_by_the_components_ca(overlay: str) -> None:
+def test_ingress_nginx_reaches_the_edge_over_tls_verified_by_the_components_ca(overlay: str, k8s_tls_config: tuple[str, Path]) -> None:
     """ingress-nginx -> edge: the web Ingress proxies HTTPS and verifies the edge by the ca.crt of a
     Secret a Certificate of the component writes (issued by the CA that issues the edge's), in the
     Ingress's namespace as namespace/name, and by a name the edge's Certificate carries, which is
@@ -513,7 +605,7 @@ def test_ingress_nginx_reaches_the_edge_over_tls_verified_by_the_components_ca(o
                 served[f"{mount['mountPath']}/{item['path']}"] = (secret_volume["secretName"], item["key"])
     assert served[EDGE_CERT_FILE] == (edge[0]["spec"]["secretName"], "tls.crt")
     assert served[EDGE_KEY_FILE] == (edge[0]["spec"]["secretName"], "tls.key")
-    envoy_config = by_kind["ConfigMap"]["edge-envoy-tls"]["data"]["envoy.yaml"]
+    envoy_config, _ = k8s_tls_config
     assert EDGE_CERT_FILE in envoy_config and EDGE_KEY_FILE in envoy_config
     # The Service port the Ingresses name reaches the container port Envoy's TLS listener is on.
     service_port = next(p for p in by_kind["Service"][name]["spec"]["ports"] if p["name"] == "http")
