@@ -219,6 +219,33 @@ def test_snapshot_cold_start_after_retention_dropped_the_start(nats, feed, tmp_p
         replay.stop()
 
 
+def test_cold_start_begins_at_the_snapshots_even_when_the_stream_starts_at_position_1(nats, feed, tmp_path) -> None:
+    """With a snapshot round stored, a new gateway starts from it (a snapshot interval of records to
+    apply), not by re-applying the whole stream although it still begins at position 1: its books
+    equal the replayer's at the end, statistics included."""
+    replay = replayer(nats, feed, tmp_path, "--rate", "100000", "--snapshot-interval-seconds", "0.2")
+    try:
+        deadline = time.monotonic() + 60
+        while replay_position(replay) < RECORDS // 2:
+            assert time.monotonic() < deadline, "the replay never got halfway"
+            time.sleep(0.1)
+        late = ServeProcess("--nats", nats.url, command="gateway", log_path=tmp_path / "late.log", log_level="info").start()
+        try:
+            final = finished_position(replay)
+            wait_position(late, final)
+            assert run(first_position(nats.url)) == 1  # the whole run is still on the stream
+            log = (tmp_path / "late.log").read_text()
+            assert "gateway cold start from snapshots" in log, log[-3000:]
+            replayed, rebuilt = books(replay), books(late)
+            assert rebuilt.keys() == replayed.keys()
+            for key, book in replayed.items():
+                assert rebuilt[key].book == book.book, key
+        finally:
+            late.stop()
+    finally:
+        replay.stop()
+
+
 def test_a_gateway_keeps_the_retention_the_replayer_set(nats, feed, tmp_path) -> None:
     """The replayer sizes the record stream (--bus-max-bytes); a gateway started after it with the
     default 1 GiB must not shrink it (it once did, and retention then dropped the run's start under
@@ -441,7 +468,9 @@ def test_late_gateway_is_not_serving_until_it_is_at_the_live_edge(nats, feed, tm
     # A backlog the late gateway needs seconds to apply (one applies millions of records a second
     # alone), built at --max; then a pace well under its ingest even on a loaded 2-core machine, so
     # it does catch up while the replay moves on.
-    replay = replayer(nats, feed, tmp_path, "--max", "--loop")
+    # No snapshot round (a cold start would begin at the latest one): the late gateway applies the
+    # whole stream from position 1.
+    replay = replayer(nats, feed, tmp_path, "--max", "--loop", "--snapshot-interval-seconds", "3600")
     late = role("gateway", "--nats", nats.url, tmp_path=tmp_path, name="late")
     late.requested_port = free_port()
     starting = threading.Thread(target=late.start, kwargs={"timeout": 240}, daemon=True)
