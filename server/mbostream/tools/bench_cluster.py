@@ -47,7 +47,8 @@ from typing import Any, Final
 
 from mbostream.errors import BenchError
 
-#: The record stream's byte limit while each role is measured alone (the gateway applies all of it).
+#: The record stream's byte limit in every phase (the lone gateway applies all of it; no window
+#: loses messages to retention).
 ALONE_STREAM_BYTES: Final = 8 << 30
 #: Seconds allowed for ``mbostream run --gateways`` to print its JSON line.
 START_TIMEOUT_SECONDS: Final = 240.0
@@ -77,7 +78,12 @@ class _Run:
             "--gateways", str(cfg.gateways), "--edge-port", "0", "--no-store",
         ]  # fmt: skip
         self.started = time.monotonic()
-        env = {**os.environ, "MBOSTREAM_CONTROL_TOKEN": os.environ.get("MBOSTREAM_CONTROL_TOKEN") or "bench-cluster-token"}
+        env = {
+            **os.environ,
+            "MBOSTREAM_CONTROL_TOKEN": os.environ.get("MBOSTREAM_CONTROL_TOKEN") or "bench-cluster-token",
+            # Retention must drop nothing during a window, or the stream's bytes per record read low.
+            "MBOSTREAM_BUS_MAX_BYTES": str(ALONE_STREAM_BYTES),
+        }
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         assert self.process.stdout is not None
         ready: list[str] = []
