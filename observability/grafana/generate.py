@@ -413,12 +413,13 @@ BUS = Board(
                     "mbostream_bus_redeliveries_total", BY_PROCESS, by="role, instance",
                 ),
                 Chart(
-                    "Duplicates dropped and gaps (gateways)",
-                    "Record messages a gateway dropped as already applied, and gaps in the replay positions it saw "
-                    "(after a gap it resyncs in place from the snapshots: mbostream_bus_resyncs_total).",
+                    "Duplicates dropped, gaps and resyncs (gateways)",
+                    "Record messages a gateway dropped as already applied, gaps in the replay positions it saw, "
+                    "and the resyncs in place from the snapshots that each gap starts.",
                     (
                         q(f"sum by (instance) (increase(mbostream_bus_duplicates_dropped_total[{RATE}]))", "duplicates {{instance}}"),
                         q(f"sum by (instance) (increase(mbostream_bus_gaps_total[{RATE}]))", "gaps {{instance}}"),
+                        q(f"sum by (instance) (increase(mbostream_bus_resyncs_total[{RATE}]))", "resyncs {{instance}}"),
                     ),
                     "short",
                     width=24,
