@@ -50,6 +50,7 @@ BUS_ROLE_METRICS: Final = frozenset(
         "mbostream_resumes_total",
         "mbostream_bus_duplicates_dropped_total",
         "mbostream_bus_gaps_total",
+        "mbostream_bus_resyncs_total",
     }
 )
 #: Labelled series that appear with their first label value, which the test's server never has:
