@@ -53,7 +53,8 @@ def test_bench_cluster_reports_every_phase_consistently() -> None:
     assert set(m["cpu_percent"]) == {"replayer", "gateway-1", "gateway-2"} and all(map(_percent, m["cpu_percent"].values()))
     for lat in (r["bus_latency_ms"], alone["bus_latency_ms"]):
         assert lat["rate_records_per_second"] == 50_000 and lat["messages"] > 0
-        assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+        assert 0 <= lat["p50"] <= lat["p99"] <= lat["max"]  # ms, rounded to 3 places
     assert r["cold_start_to_json_line_seconds"] > 0 and r["gateway_cold_start_to_serving_seconds"] > 0
     fo = r["failover_to_first_resumed_batch_seconds"]
-    assert len(fo["each"]) == 1 and fo["each"][0] > 0 and fo["median"] == fo["each"][0]
+    # Seconds rounded to 3 places: 0.0 when the next batch was already on its way (CI measured one).
+    assert len(fo["each"]) == 1 and 0 <= fo["each"][0] < 60 and fo["median"] == fo["each"][0]
