@@ -594,15 +594,8 @@ def test_ingress_nginx_reaches_the_edge_over_tls_verified_by_the_components_ca(o
             for path in rule["http"]["paths"]:
                 assert path["backend"]["service"]["name"] == name, f"{ingress['metadata']['name']} points at another Service"
     # The edge serves exactly that Certificate's Secret at the files its Envoy config names.
-    spec = by_kind["Deployment"]["edge"]["spec"]["template"]["spec"]
-    volumes = {v["name"]: v for v in spec["volumes"]}
-    container = next(c for c in spec["containers"] if c["name"] == "edge")
-    served = {}
-    for mount in container["volumeMounts"]:
-        secret_volume = volumes[mount["name"]].get("secret")
-        if secret_volume:
-            for item in secret_volume["items"]:
-                served[f"{mount['mountPath']}/{item['path']}"] = (secret_volume["secretName"], item["key"])
+    served = _edge_secret_files(objects)
+    container = next(c for c in by_kind["Deployment"]["edge"]["spec"]["template"]["spec"]["containers"] if c["name"] == "edge")
     assert served[EDGE_CERT_FILE] == (edge[0]["spec"]["secretName"], "tls.crt")
     assert served[EDGE_KEY_FILE] == (edge[0]["spec"]["secretName"], "tls.key")
     envoy_config, _ = k8s_tls_config
