@@ -175,11 +175,21 @@ def find_nats_server(explicit: str | None = None) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def nats_healthy(monitor_port: int) -> bool:
+    """nats-server's ``/healthz`` on 127.0.0.1:``monitor_port`` says ok (JetStream included)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/healthz", timeout=1) as reply:
+            return bool(json.load(reply).get("status") == "ok")
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
 
 
 @dataclass
@@ -211,8 +221,8 @@ class Cluster:
         self.spec = spec
         self.nats_binary = find_nats_server(spec.nats_server)
         self._store_dir = Path(tempfile.mkdtemp(prefix="mbostream-nats-"))
-        self.nats_port = _free_port()
-        self._monitor_port = _free_port()
+        self.nats_port = free_port()
+        self._monitor_port = free_port()
         self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
         self.nats = _Child("nats-server", self._nats_argv, ready_line=False, probe=self._nats_healthy)
         role_env = {**os.environ, **spec.tls.role_env()}
@@ -252,11 +262,7 @@ class Cluster:
         ]  # fmt: skip
 
     def _nats_healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self._monitor_port}/healthz", timeout=1) as reply:
-                return bool(json.load(reply).get("status") == "ok")
-        except (OSError, urllib.error.URLError, ValueError):
-            return False
+        return nats_healthy(self._monitor_port)
 
     # -- life cycle -------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -24,7 +24,6 @@ import asyncio
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,12 +55,6 @@ class _Nowhere:
 
     async def wait_ready(self) -> None:
         return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _steps(path: str, batch_records: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], Market]:
@@ -145,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         [str(Path(__file__).resolve().parents[3] / "scripts" / "install-nats-server")], capture_output=True, text=True, check=True
     ).stdout.split()[-1]
     store = tempfile.mkdtemp(prefix="mbostream-bench-bus-")
-    port = _free_port()
+    from mbostream.edge.cluster import free_port
+
+    port = free_port()
     server = subprocess.Popen(
         [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -102,13 +101,7 @@ class _Run:
             pass
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        _stop(self.process)
 
 
 def _metric(port: int, name: str) -> float:
@@ -169,34 +162,20 @@ class _Nats:
     """A nats-server of its own (JetStream, a temp store) on 127.0.0.1, stopped by PID."""
 
     def __init__(self) -> None:
-        from mbostream.edge.cluster import find_nats_server
+        from mbostream.edge.cluster import find_nats_server, free_port, nats_healthy
 
         self.store = tempfile.mkdtemp(prefix="mbostream-bench-nats-")
         #: The roles' errors (``_role``), kept with the store and removed with it.
         self.log = Path(self.store) / "roles.log"
-        self.port, monitor = _free_port(), _free_port()
+        self.port, monitor = free_port(), free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         argv = [find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-m", str(monitor), "-sd", self.store]
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/healthz", timeout=1) as reply:
-                    return bool(json.load(reply).get("status") == "ok")
-            except (OSError, ValueError):
-                return False
-
-        _wait(healthy, "nats-server", 30)
+        _wait(lambda: nats_healthy(monitor), "nats-server", 30)
 
     def stop(self) -> None:
         _stop(self.process)
         shutil.rmtree(self.store, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _stop(process: subprocess.Popen[Any]) -> None:
@@ -252,7 +231,9 @@ def _alone(cfg: ClusterBenchConfig) -> dict[str, Any]:
         finally:
             _stop(replayer)
         total = asyncio.run(_last_position(nats.url))[0]
-        metrics_port = _free_port()
+        from mbostream.edge.cluster import free_port
+
+        metrics_port = free_port()
         gateway, _ = _role("gateway", nats.url, nats.log, "--metrics-port", str(metrics_port))
         try:
             samples: list[tuple[float, float, float]] = []  # (time, records ingested, gateway CPU seconds)
