@@ -47,10 +47,10 @@ DUPLICATE_WINDOW_SECONDS: Final = 120.0
 
 #: Bytes nats-py reads from the socket at a time (its ``DEFAULT_BUFFER_SIZE``, also its stream
 #: reader's limit). Its 32 KiB default cut a record message of ~200 KB into seven reads, each a trip
-#: through the event loop, the reader pausing and resuming the socket and a parser pass: a
-#: gateway applying the stream spent 0.35-0.40 µs of CPU per record with it, 0.29-0.30 with 1 MiB
-#: (the real CLX5 file looped, the gateway alone on its nats-server). It is a module global of
-#: nats-py: :func:`connect` sets it for every connection of the process.
+#: through the event loop, the reader pausing and resuming the socket and a parser pass (a
+#: throw-away script saw a gateway's CPU per record fall by about a fifth with 1 MiB; ``mbostream
+#: bench cluster``'s lone-gateway phase gives the CPU per record as it is). It is a module global
+#: of nats-py: :func:`connect` sets it for every connection of the process.
 READ_BUFFER_BYTES: Final = 1 << 20
 
 
