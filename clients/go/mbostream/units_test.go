@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/mbostream/mbostream/clients/go/gen/mbostream/v1"
 	"github.com/mbostream/mbostream/clients/go/internal/testserver"
@@ -233,6 +234,17 @@ func TestDecodeEventsSharesColumnsAndRejectsRaggedOnes(t *testing.T) {
 	}
 	if allocs := testing.AllocsPerRun(100, func() { _ = b.Record(0) }); allocs != 0 {
 		t.Errorf("Record allocates %v times", allocs)
+	}
+	// Wrapping a received message allocates the batch and nothing per record: a 4,096-record
+	// message costs the same one allocation as a 2-record one.
+	large := &v1.StreamEventsResponse{}
+	if err := proto.Unmarshal(realisticBatch(4096), large); err != nil {
+		t.Fatal(err)
+	}
+	for _, msg := range []*v1.StreamEventsResponse{m, large} {
+		if allocs := testing.AllocsPerRun(100, func() { _, _ = mbostream.DecodeEvents(msg) }); allocs != 1 {
+			t.Errorf("DecodeEvents of %d records allocates %v times, want 1 (the batch)", len(msg.ReplaySequence), allocs)
+		}
 	}
 	m.Side = m.Side[:1]
 	var malformed *mbostream.MalformedBatchError
