@@ -2,9 +2,11 @@ package mbostream_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
+	"os"
 	"time"
 
 	v1 "github.com/mbostream/mbostream/clients/go/gen/mbostream/v1"
@@ -31,6 +33,53 @@ func Example() {
 	fmt.Printf("%s  bid %s x %d  ask %s x %d\n", book.Snapshot.GetSymbol(),
 		mbostream.FormatPrice(bbo.GetBidPrice()), bbo.GetBidSize(),
 		mbostream.FormatPrice(bbo.GetAskPrice()), bbo.GetAskSize())
+}
+
+// Dial a remote server over TLS with the operator token, a keepalive that notices a dead link
+// within 20 s, and room for full books larger than the default 64 MiB message limit.
+func ExampleDial() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client, err := mbostream.Dial(ctx, "mbostream.example.com:443",
+		mbostream.WithTLS(&tls.Config{MinVersion: tls.VersionTLS13}),
+		mbostream.WithBearerToken(os.Getenv("MBOSTREAM_CONTROL_TOKEN")),
+		mbostream.WithKeepalive(15*time.Second, 5*time.Second),
+		mbostream.WithMaxMessageSize(128<<20),
+	)
+	var cfg *mbostream.ConfigError
+	switch {
+	case errors.As(err, &cfg):
+		log.Fatalf("bad option %s: %s", cfg.Setting, cfg.Reason)
+	case errors.Is(err, mbostream.ErrUnavailable):
+		log.Fatal("server not reachable: ", err)
+	case err != nil:
+		log.Fatal(err)
+	}
+	defer client.Close()
+	fmt.Println("connected to", client.Target())
+}
+
+// List every book the replay has seen, then read each one by instrument id on its publisher.
+func ExampleClient_ListInstruments() {
+	ctx := context.Background()
+	client, err := mbostream.Dial(ctx, "127.0.0.1:50051")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	infos, err := client.ListInstruments(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, info := range infos {
+		book, err := client.GetBook(ctx, mbostream.ID(info.GetInstrumentId()).OnPublisher(info.GetPublisherId()),
+			mbostream.BookOptions{Depth: 5})
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(info.GetSymbol(), len(book.Snapshot.GetBids()), "bid levels,", len(book.Snapshot.GetAsks()), "ask levels")
+	}
 }
 
 // Follow every MBO record from a snapshot on, across reconnections; rebuild local state whenever
