@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import random
 import signal
 import struct
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import pytest
 import zstandard
 from conftest import SHARED_DATA
 from grpc import aio as grpc_aio
@@ -54,6 +56,17 @@ SERVE_SAMPLE = 16
 SERVE_SECONDS = 30.0
 #: Records in each source slice: small, so thousands of runs take seconds.
 SLICE_RECORDS = 240
+#: Every way a mutant is made (see :func:`_mutant`); each must be drawn.
+MUTANT_KINDS = ("flip", "flip-records", "truncate", "splice", "metadata-length", "cut-record")
+#: Slices of real Databento files (../shared/data), beside the generated ones: (file, first record).
+REAL_SLICES = (
+    ("CLX5_mbo.dbn", 0),
+    ("CLX5_mbo.dbn", 20_000),
+    ("glbx-mdp3-esm4-20240508T0000.mbo.dbn.zst", 0),
+    ("glbx-mdp3-esh4-20231225.mbo.dbn.zst", 9_000),
+)
+#: The generated file the generated slices come from.
+GENERATED_NAME = "fuzz-source.mbo.dbn"
 
 
 @dataclass(frozen=True)
@@ -84,21 +97,19 @@ def _slice(path: Path, start: int, records: int, *, compress: bool) -> Source:
 
 
 def _sources(tmp: Path) -> list[Source]:
-    """Generated slices always; real Databento slices when ../shared/data is there."""
-    generated = tmp / "fuzz-source.mbo.dbn"
+    """Generated slices always; real Databento slices when ../shared/data is there, which CI
+    (CI=true) requires: there the fuzz must damage real files too, not only generated ones."""
+    missing = [name for name, _ in REAL_SLICES if not (SHARED_DATA / name).exists()]
+    if missing and os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
+        pytest.fail(f"CI fuzzes real files too, and {sorted(set(missing))} are absent from {SHARED_DATA}")
+    generated = tmp / GENERATED_NAME
     generate_file(generated, records=2_000, instruments=3, seed=7)
     sources = [
         _slice(generated, 0, SLICE_RECORDS, compress=False),  # the snapshot start of each book
         _slice(generated, 1_200, SLICE_RECORDS, compress=False),
         _slice(generated, 600, SLICE_RECORDS, compress=True),
     ]
-    real = [
-        ("CLX5_mbo.dbn", 0),
-        ("CLX5_mbo.dbn", 20_000),
-        ("glbx-mdp3-esm4-20240508T0000.mbo.dbn.zst", 0),
-        ("glbx-mdp3-esh4-20231225.mbo.dbn.zst", 9_000),
-    ]
-    for name, start in real:
+    for name, start in REAL_SLICES:
         if (SHARED_DATA / name).exists():
             sources.append(_slice(SHARED_DATA / name, start, SLICE_RECORDS, compress=name.endswith(".zst")))
     return sources
@@ -119,7 +130,7 @@ def _recompress(source: Source, dbn: bytes) -> bytes:
 def _mutant(rng: random.Random, sources: list[Source]) -> tuple[str, bytes]:
     """One damaged file: (what was done, its bytes)."""
     source = rng.choice(sources)
-    kind = rng.choice(["flip", "flip-records", "truncate", "splice", "metadata-length", "cut-record"])
+    kind = rng.choice(MUTANT_KINDS)
     if kind == "flip":  # anywhere in the stored bytes: compressed streams get damaged frames
         return f"{kind} {source.name}", _flip(rng, source.data)
     if kind == "flip-records":  # the records themselves, then stored as the source is
@@ -275,6 +286,8 @@ def test_damaged_files_give_exit_0_or_one_line_and_exit_2(tmp_path: Path) -> Non
     sources = _sources(tmp_path)
     parser = build_parser()
     outcomes: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    damaged: Counter[str] = Counter()  # mutants per origin: a generated or a real file
     served_in_process: Counter[str] = Counter()
     serve_candidates: list[tuple[Path, str, int]] = []
     path = tmp_path / "mutant.dbn"
@@ -282,6 +295,8 @@ def test_damaged_files_give_exit_0_or_one_line_and_exit_2(tmp_path: Path) -> Non
         for i in range(MUTANTS):
             what, data = _mutant(rng, sources)
             path.write_bytes(data)
+            kinds[what.split()[0]] += 1
+            damaged["generated" if what.split()[1].startswith(GENERATED_NAME) else "real"] += 1
             codes = []
             for command in ("book", "audit"):
                 code, stderr = _run_in_process(parser, [command, str(path)])
@@ -301,10 +316,16 @@ def test_damaged_files_give_exit_0_or_one_line_and_exit_2(tmp_path: Path) -> Non
         served = Counter(pool.map(lambda item: _serve(*item), sample))
     print(
         f"\nfuzz: {MUTANTS} mutants of {len(sources)} sources through book, audit and an in-process "
-        f"server in {in_process:.1f} s ({dict(sorted(outcomes.items()))}; server: {dict(served_in_process)}); "
+        f"server in {in_process:.1f} s ({dict(sorted(outcomes.items()))}; server: {dict(served_in_process)}; "
+        f"kinds: {dict(sorted(kinds.items()))}; origins: {dict(damaged)}); "
         f"{len(sample)} through a serve subprocess: {dict(served)}; {time.monotonic() - started:.1f} s in all"
     )
     assert MUTANTS >= 2_000 and sum(served_in_process.values()) == MUTANTS and len(sample) == SERVE_SAMPLE
+    # Byte flips, truncations and splices (and the rest), of generated files and, with the shared
+    # data there (always in CI), of real ones.
+    assert set(kinds) == set(MUTANT_KINDS), kinds
+    real_sources = sum(not s.name.startswith(GENERATED_NAME) for s in sources)
+    assert damaged["generated"] and (damaged["real"] > 0) == (real_sources > 0), (damaged, real_sources)
     # The mutants must exercise every outcome, or the fuzz proves nothing.
     assert outcomes["book exit 0"] and outcomes["book exit 2"] and outcomes["audit exit 0"] and outcomes["audit exit 2"]
     assert all(served_in_process[o] for o in ("refused", "served", "stopped by damage")), served_in_process
