@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mbostream.storage.blocks import encode_block
 from mbostream.storage.cli import register_cli
+from mbostream.storage.settings import STALL_TIMEOUT_SECONDS
 from mbostream.storage.spool import Spool
 
 
@@ -72,6 +75,19 @@ def test_drain_gives_up_when_the_database_is_unreachable(tmp_path: Path) -> None
     assert done.returncode == 1, done.stderr
     assert "bytes left" in done.stdout
 
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-1", "0", "1e300"])
+def test_drain_refuses_a_stall_timeout_outside_its_range(text: str, tmp_path: Path) -> None:
+    """``--stall-timeout`` is checked like every number (issue 10): NaN or infinity never gave up,
+    a negative number gave up at once."""
+    done = run_cli(
+        "drain", "--url", "http://127.0.0.1:9", "--org", "o", "--bucket", "b", "--spool-dir", str(tmp_path),
+        f"--stall-timeout={text}", env={"INFLUX_TOKEN": "t"},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "argument --stall-timeout" in done.stderr and STALL_TIMEOUT_SECONDS.describe() in done.stderr
+    assert "Traceback" not in done.stderr
 
 def test_the_storage_bench_module_runs_on_its_own() -> None:
     """``python -m mbostream.tools.bench_storage`` (its documented entry) parses the same flags as

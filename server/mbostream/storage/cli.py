@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from mbostream.errors import ConfigError
 from mbostream.storage.errors import SpoolError
-from mbostream.storage.settings import DEFAULT_STALL_TIMEOUT_SECONDS, StorageSettings
+from mbostream.storage.settings import DEFAULT_STALL_TIMEOUT_SECONDS, STALL_TIMEOUT_SECONDS, StorageSettings
 
 EXIT_INCOMPLETE: Final = 1
 EXIT_USAGE: Final = 2
@@ -38,9 +38,9 @@ def register_cli(subparsers: Any) -> None:
     drain.add_argument("--spool-dir", help="spool directory (default: MBOSTREAM_SPOOL_DIR or var/spool)")
     drain.add_argument(
         "--stall-timeout",
-        type=float,
+        type=STALL_TIMEOUT_SECONDS.argtype,
         default=DEFAULT_STALL_TIMEOUT_SECONDS,
-        help="give up after this many seconds without progress (default: %(default)s)",
+        help=f"give up after this many seconds without progress ({STALL_TIMEOUT_SECONDS.describe()}; default: %(default)s)",
     )
     drain.set_defaults(func=_drain)
 

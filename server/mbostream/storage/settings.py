@@ -24,6 +24,8 @@ DEFAULT_SPOOL_DIR: Final = Path("var/spool")
 MAX_DEPTH_LEVELS: Final = 50
 #: ``mbostream storage drain`` gives up after this many seconds without progress (``--stall-timeout``).
 DEFAULT_STALL_TIMEOUT_SECONDS: Final = 60.0
+#: The range of ``--stall-timeout`` (NaN or infinity would never give up, a negative number at once).
+STALL_TIMEOUT_SECONDS: Final = Range(low=0.1, high=86_400, unit="s")
 
 #: The range of every numeric storage setting (the same :class:`~mbostream_core.argtypes.Range` checks
 #: as the server's settings and flags: finite, both ends given).
