@@ -22,7 +22,7 @@ gzip reader, so several blocks are POSTed as one body with ``Content-Encoding: g
 The native formatter makes these bytes where the lines are made; :func:`encode_block` is the
 Python encoder (ISA-L's ``isal_zlib`` when the ``isal`` package is there, ~1.2 GB/s at level 1,
 else the standard ``zlib``, ~4x slower; both release the GIL), used where Python holds plain
-lines: narrowing down a refused request, converting a spool of an older version, tests.
+lines: narrowing down a refused request, tests.
 """
 
 from __future__ import annotations
