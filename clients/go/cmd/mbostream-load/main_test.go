@@ -72,6 +72,9 @@ func TestMeasuresARealServer(t *testing.T) {
 		if len(book.Errors)+len(events.Errors) != 0 || r.StreamsEndedEarly != 0 || r.ClientCPUPercent <= 0 {
 			t.Errorf("%v: errors %v %v, ended early %d, cpu %v", extra, book.Errors, events.Errors, r.StreamsEndedEarly, r.ClientCPUPercent)
 		}
+		if book.Unserved+events.Unserved != 0 {
+			t.Errorf("%v: %d book and %d events streams unserved", extra, book.Unserved, events.Unserved)
+		}
 		if spread := len(extra) > 0; spread != (len(r.Config.SpreadInstruments) == 4) {
 			t.Errorf("%v: spread over %v", extra, r.Config.SpreadInstruments)
 		}
@@ -83,9 +86,32 @@ func TestMeasuresARealServer(t *testing.T) {
 var documentKeys = map[string][]string{
 	"": {"book", "events", "client_cpu_percent", "streams_ended_early"},
 	"book": {"messages", "messages_per_second", "p50_ms", "p99_ms", "p999_ms", "max_ms",
-		"streams", "conflated", "samples", "worst_ms_each_second", "errors"},
+		"streams", "conflated", "samples", "worst_ms_each_second", "unserved", "errors"},
 	"events": {"records", "records_per_second", "lossless", "gaps", "duplicates", "resource_exhausted",
-		"streams", "batches", "records_missed", "out_of_range", "batch_p50_ms", "batch_p99_ms", "batch_max_ms", "errors"},
+		"streams", "batches", "records_missed", "out_of_range", "batch_p50_ms", "batch_p99_ms", "batch_max_ms", "unserved", "errors"},
+}
+
+// TestStreamsTheServerRefusedAreCountedUnserved: a server that lets one client address hold two
+// streams refuses the other two of four (RESOURCE_EXHAUSTED, retried by the library until the run
+// ends); they got nothing, so no figure covers them, and the document and the summary say so.
+func TestStreamsTheServerRefusedAreCountedUnserved(t *testing.T) {
+	srv := testserver.Start(t, testserver.Options{Args: []string{"--rate", "20000", "--loop", "--max-streams-per-peer", "2"}})
+	var stdout, stderr bytes.Buffer
+	args := []string{"--target", srv.Address, "--book-streams", "3", "--events-streams", "1", "--seconds", "1", "--warmup", "0.5", "--json"}
+	if code := mainWith(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var r result
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("not one JSON document: %v\n%s", err, stdout.String())
+	}
+	if r.Book.Unserved+r.Events.Unserved != 2 || r.Book.Messages == 0 && r.Events.Records == 0 {
+		t.Errorf("4 streams, 2 allowed: %d book and %d events streams unserved, %d messages, %d records",
+			r.Book.Unserved, r.Events.Unserved, r.Book.Messages, r.Events.Records)
+	}
+	if summary := formatSummary(r); !strings.Contains(summary, "UNSERVED: ") {
+		t.Errorf("the summary does not say streams went unserved:\n%s", summary)
+	}
 }
 
 // TestFlagsReachTheServer runs the tool through a counting proxy: --connections K opens exactly K

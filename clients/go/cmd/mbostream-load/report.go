@@ -35,36 +35,41 @@ type configDoc struct {
 }
 
 type bookDoc struct {
-	Streams           int            `json:"streams"`
-	Messages          uint64         `json:"messages"`
-	MessagesPerSecond float64        `json:"messages_per_second"`
-	Conflated         uint64         `json:"conflated"`
-	Samples           int64          `json:"samples"`
-	P50Ms             *float64       `json:"p50_ms"`
-	P99Ms             *float64       `json:"p99_ms"`
-	P999Ms            *float64       `json:"p999_ms"`
-	MaxMs             *float64       `json:"max_ms"`
-	WorstMsEachSecond []float64      `json:"worst_ms_each_second"`
-	Reconnects        int            `json:"reconnects"`
-	Errors            map[string]int `json:"errors"`
+	Streams           int       `json:"streams"`
+	Messages          uint64    `json:"messages"`
+	MessagesPerSecond float64   `json:"messages_per_second"`
+	Conflated         uint64    `json:"conflated"`
+	Samples           int64     `json:"samples"`
+	P50Ms             *float64  `json:"p50_ms"`
+	P99Ms             *float64  `json:"p99_ms"`
+	P999Ms            *float64  `json:"p999_ms"`
+	MaxMs             *float64  `json:"max_ms"`
+	WorstMsEachSecond []float64 `json:"worst_ms_each_second"`
+	Reconnects        int       `json:"reconnects"`
+	// Unserved counts the streams that received no message in the window (refused by the
+	// server's stream limits and retrying, say): their latency is in no figure above.
+	Unserved int            `json:"unserved"`
+	Errors   map[string]int `json:"errors"`
 }
 
 type eventsDoc struct {
-	Streams           int            `json:"streams"`
-	Records           uint64         `json:"records"`
-	RecordsPerSecond  float64        `json:"records_per_second"`
-	Batches           uint64         `json:"batches"`
-	Lossless          bool           `json:"lossless"`
-	Gaps              int            `json:"gaps"`
-	Duplicates        int            `json:"duplicates"`
-	RecordsMissed     uint64         `json:"records_missed"`
-	ResourceExhausted int            `json:"resource_exhausted"`
-	OutOfRange        int            `json:"out_of_range"`
-	EpochChanges      int            `json:"epoch_changes"`
-	BatchP50Ms        *float64       `json:"batch_p50_ms"`
-	BatchP99Ms        *float64       `json:"batch_p99_ms"`
-	BatchMaxMs        *float64       `json:"batch_max_ms"`
-	Errors            map[string]int `json:"errors"`
+	Streams           int      `json:"streams"`
+	Records           uint64   `json:"records"`
+	RecordsPerSecond  float64  `json:"records_per_second"`
+	Batches           uint64   `json:"batches"`
+	Lossless          bool     `json:"lossless"`
+	Gaps              int      `json:"gaps"`
+	Duplicates        int      `json:"duplicates"`
+	RecordsMissed     uint64   `json:"records_missed"`
+	ResourceExhausted int      `json:"resource_exhausted"`
+	OutOfRange        int      `json:"out_of_range"`
+	EpochChanges      int      `json:"epoch_changes"`
+	BatchP50Ms        *float64 `json:"batch_p50_ms"`
+	BatchP99Ms        *float64 `json:"batch_p99_ms"`
+	BatchMaxMs        *float64 `json:"batch_max_ms"`
+	// Unserved counts the streams that received no record in the window.
+	Unserved int            `json:"unserved"`
+	Errors   map[string]int `json:"errors"`
 }
 
 func summarise(m *measurement) result {
@@ -87,6 +92,9 @@ func summarise(m *measurement) result {
 		r.Book.Messages += c.messages
 		r.Book.Conflated += c.conflated
 		r.Book.Reconnects += c.reconnects
+		if c.messages == 0 {
+			r.Book.Unserved++
+		}
 		countError(r.Book.Errors, c.err)
 	}
 	r.Book.MessagesPerSecond = round(float64(r.Book.Messages)/seconds, 1)
@@ -111,6 +119,9 @@ func summarise(m *measurement) result {
 		r.Events.ResourceExhausted += c.resourceExhausted
 		r.Events.OutOfRange += c.outOfRange
 		r.Events.EpochChanges += c.epochChanges
+		if c.records == 0 {
+			r.Events.Unserved++
+		}
 		countError(r.Events.Errors, c.err)
 	}
 	r.Events.RecordsPerSecond = round(float64(r.Events.Records)/seconds, 1)
@@ -171,6 +182,10 @@ func formatSummary(r result) string {
 		fmt.Fprintf(&b, "StreamEvents x%-4d %12.0f records/s  batch latency p50 %s ms  p99 %s ms   %s (gaps %d, duplicates %d, resource_exhausted %d, out_of_range %d, epoch changes %d)\n",
 			r.Events.Streams, r.Events.RecordsPerSecond, text(r.Events.BatchP50Ms), text(r.Events.BatchP99Ms), verdict,
 			r.Events.Gaps, r.Events.Duplicates, r.Events.ResourceExhausted, r.Events.OutOfRange, r.Events.EpochChanges)
+	}
+	if unserved := r.Book.Unserved + r.Events.Unserved; unserved > 0 {
+		fmt.Fprintf(&b, "UNSERVED: %d book and %d events streams got nothing in the window (the server's stream limits?)\n",
+			r.Book.Unserved, r.Events.Unserved)
 	}
 	if errs := mergedErrors(r); len(errs) > 0 || r.StreamsEndedEarly > 0 {
 		fmt.Fprintf(&b, "errors: %s  streams ended early: %d\n", strings.Join(errs, "; "), r.StreamsEndedEarly)
