@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,21 @@ def test_the_bench_lets_all_of_its_streams_past_the_servers_limits() -> None:
     given = ("--max-streams-per-peer", "50", "--max-streams=60")
     assert _with_stream_limits(given, 1001) == given
     assert _with_stream_limits(("--max-streams-per-peer=50",), 1001) == ("--max-streams-per-peer=50", "--max-streams", wanted)
+
+
+@pytest.mark.parametrize("go_on_path", [True, False])
+def test_the_go_client_is_the_default_where_go_is_installed(go_on_path: bool, generated_small: Path, tmp_path: Path) -> None:
+    """No ``--client``: ``mbostream-load`` measures when a Go toolchain is on PATH, the Python client otherwise."""
+    assert shutil.which("go") is not None, "the Go toolchain is not on PATH (the Go client's tests need it too)"
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if go_on_path or not Path(d, "go").exists())
+    assert (shutil.which("go", path=path) is not None) == go_on_path
+    command = [
+        sys.executable, "-m", "mbostream.cli", "bench", "e2e", str(generated_small), "--scenario", "max",
+        "--seconds", "0.5", "--warmup", "0.2", "--server-arg=--no-store", "--json",
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": path, "MBOSTREAM_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-3000:]}"
+    doc = json.loads(proc.stdout)
+    assert doc["config"]["client"] == ("go" if go_on_path else "python")
+    assert doc["scenarios"]["max"]["client"]["events"]["records"] > 0
