@@ -66,6 +66,8 @@ func (l *latencies) merge(other *latencies) {
 type bookCounters struct {
 	lat        *latencies
 	messages   uint64
+	books      uint64 // books in those messages: more than messages with --combine
+	deepest    int    // levels of the deepest side received: at most --depth
 	conflated  uint64
 	reconnects int
 	err        error
@@ -206,6 +208,10 @@ func readBooks(ctx context.Context, client *mbostream.Client, cfg config, instru
 			continue
 		}
 		c.messages++
+		c.books += uint64(len(u.Books))
+		for _, b := range u.Books {
+			c.deepest = max(c.deepest, len(b.GetBids()), len(b.GetAsks()))
+		}
 		c.conflated += u.Conflated
 		c.lat.record(w, now, u.TsOut)
 	}

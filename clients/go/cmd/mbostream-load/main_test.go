@@ -85,7 +85,7 @@ func TestMeasuresARealServer(t *testing.T) {
 // (server/mbostream/tools/bench_e2e.py, _from_go_result) reads: renaming one breaks the bench.
 var documentKeys = map[string][]string{
 	"": {"book", "events", "client_cpu_percent", "streams_ended_early"},
-	"book": {"messages", "messages_per_second", "p50_ms", "p99_ms", "p999_ms", "max_ms",
+	"book": {"messages", "messages_per_second", "books", "deepest_side", "p50_ms", "p99_ms", "p999_ms", "max_ms",
 		"streams", "conflated", "samples", "worst_ms_each_second", "unserved", "errors"},
 	"events": {"records", "records_per_second", "lossless", "gaps", "duplicates", "resource_exhausted",
 		"streams", "batches", "records_missed", "out_of_range", "batch_p50_ms", "batch_p99_ms", "batch_max_ms", "unserved", "errors"},
@@ -111,6 +111,37 @@ func TestStreamsTheServerRefusedAreCountedUnserved(t *testing.T) {
 	}
 	if summary := formatSummary(r); !strings.Contains(summary, "UNSERVED: ") {
 		t.Errorf("the summary does not say streams went unserved:\n%s", summary)
+	}
+}
+
+// TestCombineAndDepthChangeWhatTheServerSends: one book stream over every instrument, as asked
+// three ways. Without --combine each message carries one book; with it a message carries every
+// book that changed (more books than messages); --depth cuts each side to that many levels.
+func TestCombineAndDepthChangeWhatTheServerSends(t *testing.T) {
+	srv := testserver.Start(t, testserver.Options{Args: []string{"--rate", "20000", "--loop"}})
+	run := func(extra ...string) bookDoc {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"--target", srv.Address, "--book-streams", "1", "--seconds", "1.5", "--warmup", "0.5", "--json"}, extra...)
+		if code := mainWith(args, &stdout, &stderr); code != 0 {
+			t.Fatalf("%v: exit %d: %s", extra, code, stderr.String())
+		}
+		var r result
+		if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+			t.Fatalf("%v: not one JSON document: %v", extra, err)
+		}
+		if r.Book.Messages == 0 {
+			t.Fatalf("%v: no book message", extra)
+		}
+		return r.Book
+	}
+	if b := run("--depth", "10"); b.Books != b.Messages || b.DeepestSide <= 3 || b.DeepestSide > 10 {
+		t.Errorf("--depth 10: %d books in %d messages, deepest side %d levels (want one book a message, 4-10 levels)", b.Books, b.Messages, b.DeepestSide)
+	}
+	if b := run("--depth", "3"); b.DeepestSide != 3 {
+		t.Errorf("--depth 3: deepest side %d levels, want 3", b.DeepestSide)
+	}
+	if b := run("--depth", "10", "--combine"); b.Books <= b.Messages {
+		t.Errorf("--combine: %d books in %d messages, want several books in some messages", b.Books, b.Messages)
 	}
 }
 

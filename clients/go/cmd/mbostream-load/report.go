@@ -35,9 +35,13 @@ type configDoc struct {
 }
 
 type bookDoc struct {
-	Streams           int       `json:"streams"`
-	Messages          uint64    `json:"messages"`
-	MessagesPerSecond float64   `json:"messages_per_second"`
+	Streams           int     `json:"streams"`
+	Messages          uint64  `json:"messages"`
+	MessagesPerSecond float64 `json:"messages_per_second"`
+	// Books counts the books those messages carried (several a message with --combine).
+	Books uint64 `json:"books"`
+	// DeepestSide is the most levels one side of a received book had (at most --depth).
+	DeepestSide       int       `json:"deepest_side"`
 	Conflated         uint64    `json:"conflated"`
 	Samples           int64     `json:"samples"`
 	P50Ms             *float64  `json:"p50_ms"`
@@ -90,6 +94,8 @@ func summarise(m *measurement) result {
 	for _, c := range m.book {
 		bookLat.merge(c.lat)
 		r.Book.Messages += c.messages
+		r.Book.Books += c.books
+		r.Book.DeepestSide = max(r.Book.DeepestSide, c.deepest)
 		r.Book.Conflated += c.conflated
 		r.Book.Reconnects += c.reconnects
 		if c.messages == 0 {
