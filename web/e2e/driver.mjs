@@ -313,7 +313,15 @@ async function run(context) {
   });
 
   await step("ladder-ordered", async () => {
-    const ladder = await scrapeLadder(page);
+    // A looping replay clears its books each time the file starts over, so the ladder can be
+    // empty for a moment after "load" saw levels: read it again until it holds levels (or the
+    // step's time runs out), then check the order on what it shows.
+    const deadline = Date.now() + STEP_TIMEOUT_MS;
+    let ladder = await scrapeLadder(page);
+    while (ladder.asks.length === 0 && ladder.bids.length === 0 && Date.now() < deadline) {
+      await page.waitForTimeout(50);
+      ladder = await scrapeLadder(page);
+    }
     const asks = ladder.asks.map((r) => BigInt(r.price));
     const bids = ladder.bids.map((r) => BigInt(r.price));
     if (asks.length === 0 && bids.length === 0) throw new Error("empty ladder");
