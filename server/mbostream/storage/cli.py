@@ -1,4 +1,4 @@
-"""Storage command room: ``mbostream storage drain`` and ``mbostream storage bench``.
+"""Storage command room: ``mbostream storage drain``, ``repair-wal`` and ``bench``.
 
 :func:`register_cli` adds the ``storage`` group to the ``mbostream`` command; :func:`main` runs
 the group alone (``python -m mbostream.storage.cli drain ...``). Each command sets ``func``, a
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any, Final
 
 from mbostream.errors import ConfigError
@@ -44,6 +45,17 @@ def register_cli(subparsers: Any) -> None:
     )
     drain.set_defaults(func=_drain)
 
+    repair = commands.add_parser(
+        "repair-wal",
+        help="cut torn entries off an InfluxDB WAL before influxd starts (see docs/storage.md)",
+        description="Truncates each InfluxDB WAL segment (_NNNNN.wal) under the given directories "
+        "to its whole entries, as influxd's own loader would, but before influxd opens the last "
+        "segment for writing: InfluxDB 1.8 and 2.7 otherwise lose the points acknowledged after a "
+        "restart that followed an unclean stop. Run it while influxd is stopped, before every start.",
+    )
+    repair.add_argument("wal_dir", nargs="+", type=Path, help="the engine's WAL directory (2.x: ENGINE_PATH/wal; 1.x: [data] wal-dir)")
+    repair.set_defaults(func=_repair_wal)
+
     from mbostream.tools.bench_storage_cli import register_storage_bench
 
     register_storage_bench(commands)
@@ -71,6 +83,20 @@ def _drain(args: argparse.Namespace) -> int:
         return 0
     print(f"stopped with {report.bytes_left} bytes left in {settings.spool_dir}: {summary}")
     return EXIT_INCOMPLETE
+
+
+def _repair_wal(args: argparse.Namespace) -> int:
+    from mbostream.storage.influx_wal import repair_wal
+
+    for wal_dir in args.wal_dir:
+        if wal_dir.exists() and not wal_dir.is_dir():
+            print(f"mbostream storage repair-wal: {wal_dir} is not a directory", file=sys.stderr)
+            return EXIT_USAGE
+        repairs = repair_wal(wal_dir)
+        for repair in repairs:
+            print(repair.describe())
+        print(f"{wal_dir}: {len(repairs)} segment(s) repaired")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
