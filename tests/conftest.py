@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Tests press Ctrl-C on the programs they start (SIGINT), as a user at a terminal would. A suite
+# started as a background job of a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored,
+# and so would every child: Python then installs no KeyboardInterrupt handler, and a client told
+# to stop keeps running (a CI rehearsal started that way failed so). A handler here becomes the
+# default action in each child at exec, which is what a terminal gives them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 SHARED_DATA = REPO.parent / "shared" / "data"
 #: The documents whose example queries the tests check.
 DOCUMENTED_QUERIES = (REPO / "README.md", REPO / "docs" / "storage.md")
