@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+#: The documents whose example queries the tests check.
+DOCUMENTED_QUERIES = (REPO / "README.md", REPO / "docs" / "storage.md")
 
 # Tests press Ctrl-C on the programs they start (SIGINT), as a user at a terminal would. A suite
 # started as a background job of a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored,
@@ -20,9 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 # default action in each child at exec, which is what a terminal gives them.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-SHARED_DATA = REPO.parent / "shared" / "data"
-#: The documents whose example queries the tests check.
-DOCUMENTED_QUERIES = (REPO / "README.md", REPO / "docs" / "storage.md")
 
 
 def shared_file(name: str) -> Path:

@@ -553,12 +553,6 @@ def compare_points(engine: InfluxEngine, measurement: str) -> dict[str, Any]:
     return out
 
 
-def wal_repairs(engine: InfluxEngine) -> int:
-    """Torn WAL segments cut before the engine's starts (one line each in ``repair-wal.log``)."""
-    log = engine.directory / "repair-wal.log"
-    return len(log.read_text().splitlines()) if log.exists() else 0
-
-
 @pytest.mark.timeout(HARD_BOUND_SECONDS)
 def test_faults_on_every_hop_and_kills_of_every_role_lose_nothing(tmp_path: Path) -> None:
     began = time.monotonic()
@@ -645,7 +639,7 @@ def test_faults_on_every_hop_and_kills_of_every_role_lose_nothing(tmp_path: Path
                 "unplanned_exits": system.unplanned_exits,
                 # Torn WAL entries cut before an influxd start (mbostream storage repair-wal; without
                 # the cut InfluxDB loses points it acknowledged: docs/storage.md, "After a crash").
-                "influx_wal_repairs": wal_repairs(system.engine),
+                "influx_wal_repairs": len(system.engine.wal_repairs()),
                 "ui_loads": len(ui_runs),
                 "seconds": round(time.monotonic() - began, 1),
             }

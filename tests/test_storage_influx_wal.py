@@ -81,7 +81,7 @@ def test_with_the_repair_before_each_start_every_acknowledged_point_stays(tmp_pa
     engine.directory.mkdir()
     before, stored = crash_twice(engine)
     assert stored == 2 * before
-    repaired = (engine.directory / "repair-wal.log").read_text().splitlines()
+    repaired = engine.wal_repairs()
     assert len(repaired) == 1 and "cut 105 torn bytes" in repaired[0], repaired
 
 

@@ -205,7 +205,7 @@ class InfluxEngine:
         # without it InfluxDB loses the points acknowledged after a restart that followed a
         # kill -9 in the middle of a WAL write (mbostream.storage.influx_wal tells why).
         if self.repair_wal:
-            with (self.directory / "repair-wal.log").open("a") as log:
+            with self.repair_log.open("a") as log:
                 for repair in repair_wal(self.directory / "wal"):
                     log.write(repair.describe() + "\n")
         self.process = Process("influxd", [binary, "-config", str(config)], self.directory / "influxd.log")
@@ -219,6 +219,15 @@ class InfluxEngine:
             # With authentication on and no user yet, 1.x accepts exactly this statement unauthenticated.
             self.query(f"CREATE USER \"{TEST_USER}\" WITH PASSWORD '{TEST_PASSWORD}' WITH ALL PRIVILEGES")
             self.user_created = True
+
+    @property
+    def repair_log(self) -> Path:
+        """Where each start logs the WAL segments it cut, one line each (``Repair.describe``)."""
+        return self.directory / "repair-wal.log"
+
+    def wal_repairs(self) -> list[str]:
+        """The WAL segments cut before this engine's starts so far (empty: none)."""
+        return self.repair_log.read_text().splitlines() if self.repair_log.exists() else []
 
     def stop(self) -> None:
         if self.process is not None:
