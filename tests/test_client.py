@@ -171,14 +171,52 @@ async def running(replica: BookReplica) -> AsyncIterator[asyncio.Task[None]]:
             await within(task)
 
 
-class DroppingProxy:
-    """A real TCP proxy in front of the server whose connections can all be cut at once."""
+class Http2Calls:
+    """Counts the calls a client opens on one HTTP/2 connection from the bytes it sends."""
 
-    def __init__(self, upstream: str) -> None:
+    PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    HEADERS: Final = 0x1
+
+    def __init__(self) -> None:
+        self.pending = bytearray()
+        self.skip = len(self.PREFACE)
+        self.streams: set[int] = set()
+
+    def feed(self, data: bytes) -> int:
+        """Takes the next bytes the client sent; returns how many calls it has opened so far."""
+        self.pending += data
+        while True:
+            if self.skip:
+                taken = min(self.skip, len(self.pending))
+                del self.pending[:taken]
+                self.skip -= taken
+                if self.skip:
+                    break
+            if len(self.pending) < 9:
+                break
+            length = int.from_bytes(self.pending[:3], "big")
+            if self.pending[3] == self.HEADERS:
+                self.streams.add(int.from_bytes(self.pending[5:9], "big") & 0x7FFF_FFFF)
+            del self.pending[:9]
+            self.skip = length
+        return len(self.streams)
+
+
+class DroppingProxy:
+    """A real TCP proxy in front of the server whose connections can all be cut at once.
+
+    With ``cut_second_calls=N`` it also cuts a connection (both sides) when the client opens a
+    second call on it, the first N times: it reads the frame headers of the client's HTTP/2
+    stream as they pass (RFC 9113 §4.1) and sees each call's opening HEADERS frame.
+    """
+
+    def __init__(self, upstream: str, *, cut_second_calls: int = 0) -> None:
         self.host, port = upstream.rsplit(":", 1)
         self.upstream_port = int(port)
         self.transports: set[asyncio.WriteTransport] = set()
         self.server: asyncio.Server | None = None
+        self.cut_second_calls = cut_second_calls
+        self.second_calls_cut = 0
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -188,15 +226,20 @@ class DroppingProxy:
         up_reader, up_writer = await within(asyncio.open_connection(self.host, self.upstream_port))
         for w in (writer, up_writer):
             self.transports.add(w.transport)  # type: ignore[arg-type]
+        calls = Http2Calls()
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
             with contextlib.suppress(ConnectionError, OSError):
                 while data := await src.read(1 << 16):
+                    if upstream and self.second_calls_cut < self.cut_second_calls and calls.feed(data) > 1:
+                        self.second_calls_cut += 1
+                        writer.transport.abort()
+                        break
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()
 
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
 
     def drop_all(self) -> int:
         """Resets every proxied connection (both sides); returns how many were cut."""
@@ -280,6 +323,43 @@ def test_replica_equals_getbook_at_the_same_sequence(servers: list[Server], gene
                 orders = await assert_replica_matches_server(replica, client, position)
                 assert orders > 0
                 assert replica.stats.snapshots == 1 and replica.stats.rebuilds == 0
+
+    run(scenario())
+
+
+def test_replica_survives_a_drop_during_its_symbol_lookup(small_server: Server) -> None:
+    """A connection cut during the replica's ListInstruments costs a reconnect, never the run.
+
+    CI caught a drop landing on the ListInstruments the replica makes when new books appear: its
+    UNAVAILABLE ended ``run``. The proxy here cuts the connection on the first call a connection
+    opens after its StreamEvents, which is that ListInstruments, so the drop lands on it every time.
+    """
+
+    async def scenario() -> None:
+        proxy = DroppingProxy(small_server.address, cut_second_calls=1)
+        proxied = await proxy.start()
+        try:
+            async with (
+                MarketDataClient(proxied) as via_proxy,
+                MarketDataClient(small_server.address) as client,
+                ReplayClient(small_server.address, token=TOKEN) as replay,
+            ):
+                infos = await instruments_seen(client, 3)
+                replica = BookReplica(via_proxy, backoff=Backoff(base=0.05, cap=0.5))
+                async with running(replica) as task:
+                    await wait_until(lambda: replica.stats.records_applied > 2_000, "live records after the cut")
+                    assert not task.done()
+                    assert proxy.second_calls_cut == 1
+                    assert replica.market.symbols == {i.instrument_id: i.symbol for i in infos}
+                    symbol = infos[0].symbol
+                    assert replica.view(symbol, orders=True) == replica.view(infos[0].instrument_id, orders=True)
+                    position = await paused_position(replay)
+                    await assert_replica_matches_server(replica, client, position)
+                # The cut came mid-snapshot: the replica started over from a second one, no rebuild.
+                assert replica.stats.connections == replica.stats.snapshots == 2
+                assert replica.stats.rebuilds == 0
+        finally:
+            await proxy.close()
 
     run(scenario())
 

@@ -11,14 +11,18 @@ replica replaces every book with it: it never guesses and never mixes two runs.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 from mbostream_core.market import BookKey, BookView, Market
 
 from mbostream_client._backoff import Backoff
 from mbostream_client._decode import EventBatch
+from mbostream_client._exceptions import DeadlineExceededError, ServerUnavailableError
 from mbostream_client._follow import EventFollower, StreamStats
 from mbostream_client._market_data import Instrument, MarketDataClient
+
+log = logging.getLogger(__name__)
 
 
 class BookReplica:
@@ -51,6 +55,8 @@ class BookReplica:
         self._follower = EventFollower(client, instruments, with_snapshot=True, backoff=backoff)
         #: Replay position of the last record applied; None until the first snapshot arrived.
         self.last_sequence: int | None = None
+        # New books whose symbols ListInstruments has not yet told us (the call failed in a drop).
+        self._symbols_pending = False
         self._changed = asyncio.Condition()
 
     @property
@@ -119,7 +125,7 @@ class BookReplica:
                 self.last_sequence = None
             known = len(self.market.books())
             self._apply(batch)
-            if len(self.market.books()) > known:
+            if len(self.market.books()) > known or self._symbols_pending:
                 await self._learn_symbols()
             async with self._changed:
                 self._changed.notify_all()
@@ -129,6 +135,16 @@ class BookReplica:
         self.last_sequence = int(batch.replay_sequence[-1])
 
     async def _learn_symbols(self) -> None:
-        """Instrument id → symbol from ListInstruments, so :meth:`view` accepts symbols."""
-        infos = await self.client.list_instruments()
+        """Instrument id → symbol from ListInstruments, so :meth:`view` accepts symbols.
+
+        The books do not depend on it: when the connection drops during the call (the stream's
+        follower reconnects on its own), the symbols are asked for again with the next batch.
+        """
+        try:
+            infos = await self.client.list_instruments()
+        except (ServerUnavailableError, DeadlineExceededError) as exc:
+            self._symbols_pending = True
+            log.info("symbols not learned (%s); asking again with the next batch", exc.code.name)
+            return
+        self._symbols_pending = False
         self.market.symbols.update({i.instrument_id: i.symbol for i in infos if i.symbol})
