@@ -55,7 +55,8 @@ FLAT_RSS_MIB_PER_MINUTE: Final = 1.0
 FLAT_P99_RATIO: Final = 1.5
 #: Seconds the Go clients stream before their latency window opens (dialling, first snapshot).
 _GO_WARMUP: Final = 1.0
-#: A Go group is not started for less than this much of the soak left.
+#: A Go group is not started, and no StreamEvents client churned, with less than this much of the
+#: soak left: a client that joins in its last instant gets no data before the soak ends.
 _MIN_GROUP_SECONDS: Final = 3.0
 #: Bound on one events client's connect + first read (the server answers at once when healthy).
 _EVENTS_TIMEOUT: Final = 30.0
@@ -328,6 +329,18 @@ def verdict(samples: list[dict[str, Any]], groups: list[BookGroup], t0: float, d
     }
 
 
+def churn_offsets(duration: float, churn_seconds: float) -> list[float]:
+    """Seconds into the soak at which StreamEvents clients churn: every ``churn_seconds``, but
+    none in the last ``_MIN_GROUP_SECONDS`` (a client replaced at the very end would leave with
+    no record and count as a client that got no data)."""
+    offsets: list[float] = []
+    k = 1
+    while k * churn_seconds <= duration - _MIN_GROUP_SECONDS:
+        offsets.append(k * churn_seconds)
+        k += 1
+    return offsets
+
+
 async def _soak(cfg: SoakConfig, server: BenchServer, client_cpus: set[int] | None) -> dict[str, Any]:
     binary = _go_load_binary()
     duration = cfg.minutes * 60
@@ -358,17 +371,17 @@ async def _soak(cfg: SoakConfig, server: BenchServer, client_cpus: set[int] | No
 
     samples: list[dict[str, Any]] = []
     churns = 0
-    next_churn = t0 + cfg.churn_seconds
+    churn_at = [t0 + offset for offset in churn_offsets(duration, cfg.churn_seconds)]
     next_sample = t0 + cfg.interval_seconds
     previous = await loop.run_in_executor(None, server.read)
     while True:
         now = time.monotonic()
         if now >= end:
             break
+        next_churn = churn_at[churns] if churns < len(churn_at) else end
         await asyncio.sleep(max(0.0, min(next_churn, next_sample, end) - now))
         now = time.monotonic()
-        if now >= next_churn:
-            next_churn += cfg.churn_seconds
+        if churns < len(churn_at) and now >= churn_at[churns]:
             if slots:
                 await slots[churns % len(slots)].reconnect()
                 if len(slots) > 1:
