@@ -749,6 +749,38 @@ def _browse_through_envoy_restart(stack: Stack, url: str, ca: bytes, tmp_path: P
     return report
 
 
+#: Run in a one-off container with InfluxDB's data volume at /d (python3 -c): appends to the last
+#: WAL segment a write entry's header and a third of its block, what a kill mid-write leaves.
+_TEAR_WAL = """
+import pathlib, struct
+segment = sorted(pathlib.Path("/d/engine/wal").rglob("_*.wal"))[-1]
+with segment.open("ab") as f:
+    f.write(bytes([1]) + struct.pack(">I", 300) + b"x" * 100)
+print(segment.relative_to("/d"))
+"""
+
+
+def _influx_wal_repaired_at_start(stack: Stack, influx: str, ca: bytes) -> str:
+    """InfluxDB stopped, a torn entry put at the end of its WAL, started again: its entrypoint's
+    repair (compose.yaml, docker/influxdb/repair-wal) cut exactly those bytes before influxd opened
+    the segment, influxd found nothing corrupt, and the points stored before are all there."""
+    before = _influx_count(influx, ca, "trades")
+    stack.run("stop", "--timeout", "20", "influxdb")
+    volume = f"{PROJECT}_influxdb-data"
+    one_off = ["run", "--rm", "--network", "none", "--user", "0", "-v", f"{volume}:/d", "--entrypoint", "python3"]
+    segment = stack.docker(*one_off, stack.env["MBOSTREAM_IMAGE"], "-c", _TEAR_WAL).strip()
+    since = stack.docker("info", "--format", "{{.SystemTime}}").strip()
+    stack.run("start", "influxdb")
+    influx = stack.published("influxdb", 8086)
+    after = _wait("InfluxDB serving again after the repair", lambda: _influx_count(influx, ca, "trades"), timeout=120)
+    logs = stack.run("logs", "--no-color", "--since", since, "influxdb")
+    cut = [line for line in logs.splitlines() if f"/var/lib/influxdb2/{segment}: kept" in line]
+    assert len(cut) == 1 and cut[0].endswith("cut 105 torn bytes"), logs[-3000:]
+    assert "File corrupt" not in logs, "influxd met the torn entry: the repair did not run before it"
+    assert after >= before, f"InfluxDB holds {after} trades after the restart, {before} before"
+    return cut[0].split("| ", 1)[-1]
+
+
 def test_default_profile(stack: Stack, tmp_path: Path) -> None:
     started = time.monotonic()
     stack.up()
@@ -818,6 +850,7 @@ def test_default_profile(stack: Stack, tmp_path: Path) -> None:
     influx = stack.published("influxdb", 8086)
     _wait("trades in InfluxDB", lambda: _influx_count(influx, ca, "trades") > 0)
     plain_influx = _influx_refuses_plain_http(influx)
+    wal_repair = _influx_wal_repaired_at_start(stack, influx, ca)
 
     # Envoy restarts under a live stream: the client (TLS, trusting the copied CA) reconnects and
     # resumes with no gap.
@@ -827,6 +860,7 @@ def test_default_profile(stack: Stack, tmp_path: Path) -> None:
     print(f"compose test: default profile up --wait {up_seconds:.0f} s; envoy restart: {stats}; trace {trace_id}: {spans}")
     print(f"compose test: the UI in Chromium through Envoy: {browser}")
     print(f"compose test: plain HTTP to the edge: {plain_edge}; to InfluxDB: {plain_influx}")
+    print(f"compose test: InfluxDB's start after a torn WAL entry: {wal_repair}")
 
 
 def test_secrets_are_random_per_project_and_yours_win(stack: Stack, tmp_path: Path) -> None:

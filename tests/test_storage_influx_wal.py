@@ -5,6 +5,10 @@ has the same code) then loses every point acknowledged after the next start, at 
 that (``mbostream.storage.influx_wal`` explains how). The torn entry is made here by appending the
 first bytes of an entry to the last segment of a killed engine: exactly what a kill between the
 writer's ``write`` calls leaves, made deterministic. The engine is real; nothing is mocked.
+
+The repair exists twice: ``mbostream storage repair-wal`` (Python, for operators) and
+``docker/influxdb/repair-wal`` (Perl, which compose.yaml runs inside the influxdb image, where there
+is no Python, before every start). Every case here runs both.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from influx.harness import InfluxEngine, influxd_binary
+from influx.harness import DEPLOYED_REPAIR, InfluxEngine, influxd_binary
 from mbostream.storage.influx_wal import HEADER_BYTES, repair_wal, whole_prefix
 
 DATABASE = "wal"
@@ -75,9 +80,10 @@ def test_the_engine_loses_acknowledged_points_after_two_crashes_without_the_repa
     assert b"File corrupt" in (engine.directory / "influxd.log").read_bytes()
 
 
-def test_with_the_repair_before_each_start_every_acknowledged_point_stays(tmp_path: Path) -> None:
+@pytest.mark.parametrize("deployed", [False, True], ids=["mbostream storage repair-wal", "docker/influxdb/repair-wal"])
+def test_with_the_repair_before_each_start_every_acknowledged_point_stays(tmp_path: Path, deployed: bool) -> None:
     influxd_binary()
-    engine = InfluxEngine(tmp_path / "influx")
+    engine = InfluxEngine(tmp_path / "influx", deployed_repair=deployed)
     engine.directory.mkdir()
     before, stored = crash_twice(engine)
     assert stored == 2 * before
@@ -85,6 +91,23 @@ def test_with_the_repair_before_each_start_every_acknowledged_point_stays(tmp_pa
     assert len(repaired) == 1 and "cut 105 torn bytes" in repaired[0], repaired
 
 
+def _python_cuts(wal_dir: Path) -> list[str]:
+    return [repair.describe() for repair in repair_wal(wal_dir)]
+
+
+def _deployed_cuts(wal_dir: Path) -> list[str]:
+    run = subprocess.run([str(DEPLOYED_REPAIR), str(wal_dir)], capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0 and not run.stderr, run
+    *cuts, summary = run.stdout.splitlines()
+    assert summary == f"{wal_dir}: {len(cuts)} segment(s) repaired"
+    return cuts
+
+
+#: Each implementation as a function of a WAL directory to the lines of what it cut.
+REPAIRS = [pytest.param(_python_cuts, id="python"), pytest.param(_deployed_cuts, id="deployed-perl")]
+
+
+@pytest.mark.parametrize("cuts", REPAIRS)
 @pytest.mark.parametrize(
     "tail",
     [
@@ -93,38 +116,47 @@ def test_with_the_repair_before_each_start_every_acknowledged_point_stays(tmp_pa
         pytest.param(b"\x01" + struct.pack(">I", 64) + b"x" * 10, id="part of the block"),
         pytest.param(b"\x00" * 4096, id="a hole of zeros"),
         pytest.param(b"\x09" + struct.pack(">I", 3) + b"abc", id="an unknown type"),
+        pytest.param(b"\x01" + struct.pack(">I", 0) + b"\x02" + struct.pack(">I", 3) + b"key", id="an empty block"),
     ],
 )
-def test_a_torn_tail_is_cut_at_the_last_whole_entry(tmp_path: Path, tail: bytes) -> None:
+def test_a_torn_tail_is_cut_at_the_last_whole_entry(tmp_path: Path, tail: bytes, cuts: Callable[[Path], list[str]]) -> None:
     segment = tmp_path / "db" / "autogen" / "1" / "_00001.wal"
     segment.parent.mkdir(parents=True)
     whole = b"".join(bytes([kind]) + struct.pack(">I", len(block)) + block for kind, block in ((1, b"a" * 40), (2, b"key"), (3, b"r" * 9)))
     segment.write_bytes(whole + tail)
-    (repair,) = repair_wal(tmp_path)
-    assert (repair.size, repair.kept, repair.entries) == (len(whole) + len(tail), len(whole), 3)
-    assert segment.read_bytes() == whole
-    assert repair_wal(tmp_path) == [], "a second run finds nothing to cut"
+    # A clean segment of another shard beside it, and a file that is not a segment, are not touched.
+    clean = tmp_path / "db" / "autogen" / "2" / "_00003.wal"
+    clean.parent.mkdir()
+    clean.write_bytes(whole)
+    other = tmp_path / "db" / "autogen" / "1" / "fields.idx"
+    other.write_bytes(tail)
+    assert cuts(tmp_path) == [f"{segment}: kept 3 whole entries ({len(whole)} bytes), cut {len(tail)} torn bytes"]
+    assert segment.read_bytes() == whole and clean.read_bytes() == whole and other.read_bytes() == tail
+    assert cuts(tmp_path) == [], "a second run finds nothing to cut"
 
 
-def test_a_clean_wal_and_a_missing_directory_are_left_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cuts", REPAIRS)
+def test_a_clean_wal_and_a_missing_directory_are_left_alone(tmp_path: Path, cuts: Callable[[Path], list[str]]) -> None:
     segment = tmp_path / "_00001.wal"
     entry = bytes([1]) + struct.pack(">I", 5) + b"hello"
     segment.write_bytes(entry * 3)
-    assert repair_wal(tmp_path) == [] and segment.read_bytes() == entry * 3
+    assert cuts(tmp_path) == [] and segment.read_bytes() == entry * 3
     assert whole_prefix(segment) == (3 * (HEADER_BYTES + 5), 3)
-    assert repair_wal(tmp_path / "absent") == []
+    assert cuts(tmp_path / "absent") == []
 
 
-def test_the_command_prints_what_it_cut(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param([sys.executable, "-m", "mbostream.cli", "storage", "repair-wal"], id="mbostream storage repair-wal"),
+        pytest.param([str(DEPLOYED_REPAIR)], id="docker/influxdb/repair-wal"),
+    ],
+)
+def test_the_command_prints_what_it_cut(tmp_path: Path, command: list[str]) -> None:
     segment = tmp_path / "_00007.wal"
     segment.write_bytes(bytes([1]) + struct.pack(">I", 2) + b"ok" + b"\x01\x00")
-    run = subprocess.run(
-        [sys.executable, "-m", "mbostream.cli", "storage", "repair-wal", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
-    )
+    run = subprocess.run([*command, str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stderr
-    assert f"{segment}: kept 1 whole entries (7 bytes), cut 2 torn bytes" in run.stdout
-    assert run.stdout.rstrip().endswith("1 segment(s) repaired")
-    refused = subprocess.run(
-        [sys.executable, "-m", "mbostream.cli", "storage", "repair-wal", str(segment)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert refused.returncode == 2 and "is not a directory" in refused.stderr
+    assert run.stdout.splitlines() == [f"{segment}: kept 1 whole entries (7 bytes), cut 2 torn bytes", f"{tmp_path}: 1 segment(s) repaired"]
+    refused = subprocess.run([*command, str(segment)], capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2 and "is not a directory" in refused.stderr and not refused.stdout

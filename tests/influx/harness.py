@@ -40,6 +40,10 @@ from typing import Any, Final
 
 from mbostream.storage.influx_wal import repair_wal
 
+#: The repair compose.yaml runs in the influxdb container before every start (Perl: that image has
+#: no Python); the same cut as ``mbostream storage repair-wal``.
+DEPLOYED_REPAIR: Final = Path(__file__).resolve().parents[2] / "docker" / "influxdb" / "repair-wal"
+
 HERE: Final = Path(__file__).resolve().parent
 START_TIMEOUT_SECONDS: Final = 90.0  # a start with Flux takes ~20 s on two busy cores
 STOP_TIMEOUT_SECONDS: Final = 10.0
@@ -183,6 +187,8 @@ class InfluxEngine:
     flux: bool = False
     #: Cut torn WAL entries before each start, as operators must (off only to show the engine's loss).
     repair_wal: bool = True
+    #: Cut them with the deployed script (``DEPLOYED_REPAIR``) rather than ``mbostream.storage``.
+    deployed_repair: bool = False
     process: Process | None = None
     user_created: bool = False
 
@@ -205,9 +211,14 @@ class InfluxEngine:
         # without it InfluxDB loses the points acknowledged after a restart that followed a
         # kill -9 in the middle of a WAL write (mbostream.storage.influx_wal tells why).
         if self.repair_wal:
+            wal = self.directory / "wal"
+            if self.deployed_repair:
+                run = subprocess.run([str(DEPLOYED_REPAIR), str(wal)], capture_output=True, text=True, timeout=120, check=True)
+                cuts = run.stdout.splitlines()[:-1]  # the last line is the directory's count
+            else:
+                cuts = [repair.describe() for repair in repair_wal(wal)]
             with self.repair_log.open("a") as log:
-                for repair in repair_wal(self.directory / "wal"):
-                    log.write(repair.describe() + "\n")
+                log.writelines(cut + "\n" for cut in cuts)
         self.process = Process("influxd", [binary, "-config", str(config)], self.directory / "influxd.log")
         self.process.start()
         _wait_until(lambda: _http(f"{self.url}/ping", timeout=1)[0] == 204, "influxd", self.process)

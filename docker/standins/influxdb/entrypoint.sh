@@ -1,5 +1,6 @@
 #!/bin/bash
-# influxd 1.8 in the place of 2.7: data under /var/lib/influxdb2 (the 2.x image's volume), Flux on,
+# influxd 1.8 in the place of 2.7: data under /var/lib/influxdb2 (the 2.x image's volume; the data
+# and the WAL in engine/, where 2.x keeps them, so compose.yaml's WAL repair finds them), Flux on,
 # no auth (the 2.x token is not checked), and the database DOCKER_INFLUXDB_INIT_BUCKET created
 # before the health check can pass (it waits for /health, then /ping says ready only after).
 # INFLUXD_TLS_CERT and INFLUXD_TLS_KEY (both set): HTTPS only on 8086, as the 2.x image serves it;
@@ -12,8 +13,8 @@ bind-address = "127.0.0.1:8088"
 [meta]
   dir = "/var/lib/influxdb2/meta"
 [data]
-  dir = "/var/lib/influxdb2/data"
-  wal-dir = "/var/lib/influxdb2/wal"
+  dir = "/var/lib/influxdb2/engine/data"
+  wal-dir = "/var/lib/influxdb2/engine/wal"
   index-version = "inmem"
   query-log-enabled = false
 [monitor]
