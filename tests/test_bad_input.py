@@ -117,6 +117,30 @@ def test_a_trade_before_any_f_last_is_audited_like_book_and_serve_handle_it(tmp_
         assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr
 
+    # serve applies the same records and serves the book they leave: one bid of 2 at 59.
+    log_path = tmp_path / "serve.log"
+    server = ServeProcess("--max", str(path), log_path=log_path).start(timeout=60)
+    try:
+
+        async def book_when_applied() -> md.GetBookResponse:
+            async with grpc_aio.insecure_channel(server.address) as channel:
+                market, _ = stubs(channel)
+                async with asyncio.timeout(30):
+                    while True:
+                        reply = await market.GetBook(md.GetBookRequest(instrument_id=432669), timeout=RPC_TIMEOUT)
+                        if reply.book.bid_level_count:
+                            return reply
+                        await asyncio.sleep(0.05)
+
+        reply = run(book_when_applied(), timeout=40)
+        assert server.process is not None and server.process.poll() is None  # still serving
+    finally:
+        code = server.stop()
+    assert code == 0
+    assert [(level.price, level.size) for level in reply.book.bids] == [(px(59), 2)] and not reply.book.asks
+    log = log_path.read_text()
+    assert "Traceback" not in log and " ERROR " not in log, log[-2000:]
+
 
 # --- files that cannot be read --------------------------------------------------------------------
 
