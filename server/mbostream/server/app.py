@@ -18,8 +18,10 @@ import os
 import secrets
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc import aio as grpc_aio
@@ -141,6 +143,9 @@ class App:
         self._tasks: list[asyncio.Task[Any]] = []
         self.server: grpc_aio.Server | None = None
         self._started_sinks: list[Sink] = []
+        #: The metrics HTTP server and the storage metrics' unregistering, once started.
+        self._httpd: WSGIServer | None = None
+        self._unregister_storage_metrics: Callable[[], None] | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
         #: What the process should exit with once stopped: 0 unless a background task failed.
@@ -280,14 +285,20 @@ class App:
         stop after the event loop is closed."""
         if self.server is not None:
             await self.server.stop(None)
-        if hasattr(self, "_httpd"):
-            self._httpd.shutdown()
-            self._httpd.server_close()
         for sink in self._started_sinks:
             await sink.stop(0)
-        if hasattr(self, "_unregister_storage_metrics"):
-            self._unregister_storage_metrics()
+        self._close_metrics()
         await self._close_source()
+
+    def _close_metrics(self) -> None:
+        """Stops serving /metrics and unregisters the storage metrics (each once, if started)."""
+        unregister, self._unregister_storage_metrics = self._unregister_storage_metrics, None
+        if unregister is not None:
+            unregister()
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
 
     def _storage_sink(self) -> Any:
         from mbostream.storage.prometheus import register_storage_metrics
@@ -352,11 +363,7 @@ class App:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for sink in self.extra_sinks:
             await sink.stop(s.grace_seconds)
-        if hasattr(self, "_unregister_storage_metrics"):
-            self._unregister_storage_metrics()
-        if hasattr(self, "_httpd"):
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        self._close_metrics()
         await self._close_source()
         log.info("stopped")
         self._stopped.set()
