@@ -4,6 +4,9 @@
 #                         npx), and nothing else, into DIR (put DIR first on the clean PATH)
 #   machine_settings ARR  appends to the array named ARR the NAME=VALUE of the machine's certificate
 #                         and proxy settings that are set (how it reaches its registries)
+#   toolchain_settings ARR  appends where the toolchains keep themselves and their caches, where set
+#                         (CARGO_HOME, RUSTUP_HOME, GOPATH, GOMODCACHE, GOCACHE, XDG_CACHE_HOME):
+#                         a rustup proxy without its RUSTUP_HOME finds no toolchain
 # A tool installed by hand (a global maturin, grpcurl in ~/go/bin, anything in /usr/local) is not
 # on a PATH made of DIR and the base system's folders, so a command that needs it fails there.
 
@@ -25,6 +28,14 @@ machine_settings() {
   local var
   for var in SSL_CERT_FILE SSL_CERT_DIR PIP_CERT REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS CURL_CA_BUNDLE \
     http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+    if [[ -n "${!var:-}" ]]; then into+=("$var=${!var}"); fi
+  done
+}
+
+toolchain_settings() {
+  local -n into="$1"
+  local var
+  for var in CARGO_HOME RUSTUP_HOME GOPATH GOMODCACHE GOCACHE XDG_CACHE_HOME; do
     if [[ -n "${!var:-}" ]]; then into+=("$var=${!var}"); fi
   done
 }
