@@ -26,7 +26,7 @@ from conftest import shared_file
 from grpc import aio as grpc_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mbo_records import Rec, px, records
-from server_harness import RPC_TIMEOUT, ServeProcess, in_process, run, settings, stubs
+from server_harness import RPC_TIMEOUT, ServeProcess, in_process, run, settings, stubs, wait_for
 
 from mbostream_core.dbn import DbnReader
 from mbostream.errors import MAX_MESSAGE_CHARS
@@ -123,14 +123,16 @@ def test_a_trade_before_any_f_last_is_audited_like_book_and_serve_handle_it(tmp_
     try:
 
         async def book_when_applied() -> md.GetBookResponse:
+            replies: list[md.GetBookResponse] = []
             async with grpc_aio.insecure_channel(server.address) as channel:
                 market, _ = stubs(channel)
-                async with asyncio.timeout(30):
-                    while True:
-                        reply = await market.GetBook(md.GetBookRequest(instrument_id=432669), timeout=RPC_TIMEOUT)
-                        if reply.book.bid_level_count:
-                            return reply
-                        await asyncio.sleep(0.05)
+
+                async def applied() -> bool:
+                    replies.append(await market.GetBook(md.GetBookRequest(instrument_id=432669), timeout=RPC_TIMEOUT))
+                    return replies[-1].book.bid_level_count > 0
+
+                await wait_for(applied, timeout=30)
+            return replies[-1]
 
         reply = run(book_when_applied(), timeout=40)
         assert server.process is not None and server.process.poll() is None  # still serving

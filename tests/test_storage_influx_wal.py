@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from influx.harness import DEPLOYED_REPAIR, InfluxEngine, influxd_binary
-from mbostream.storage.influx_wal import HEADER_BYTES, repair_wal, whole_prefix
+from influx.harness import DEPLOYED_REPAIR, InfluxEngine, deployed_repair_cuts, influxd_binary, python_repair_cuts
+from mbostream.storage.influx_wal import HEADER_BYTES, whole_prefix
 
 DATABASE = "wal"
 POINTS = 500
@@ -91,20 +91,8 @@ def test_with_the_repair_before_each_start_every_acknowledged_point_stays(tmp_pa
     assert len(repaired) == 1 and "cut 105 torn bytes" in repaired[0], repaired
 
 
-def _python_cuts(wal_dir: Path) -> list[str]:
-    return [repair.describe() for repair in repair_wal(wal_dir)]
-
-
-def _deployed_cuts(wal_dir: Path) -> list[str]:
-    run = subprocess.run([str(DEPLOYED_REPAIR), str(wal_dir)], capture_output=True, text=True, timeout=60, check=False)
-    assert run.returncode == 0 and not run.stderr, run
-    *cuts, summary = run.stdout.splitlines()
-    assert summary == f"{wal_dir}: {len(cuts)} segment(s) repaired"
-    return cuts
-
-
 #: Each implementation as a function of a WAL directory to the lines of what it cut.
-REPAIRS = [pytest.param(_python_cuts, id="python"), pytest.param(_deployed_cuts, id="deployed-perl")]
+REPAIRS = [pytest.param(python_repair_cuts, id="python"), pytest.param(deployed_repair_cuts, id="deployed-perl")]
 
 
 @pytest.mark.parametrize("cuts", REPAIRS)

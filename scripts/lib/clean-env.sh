@@ -1,5 +1,5 @@
 # Sourced by scripts/rehearse-fresh-install and .ci/run: the environment of a new machine, for
-# commands run under `env -i`. Two functions:
+# commands run under `env -i`. Three functions:
 #   toolchain_links DIR   links the toolchains found on PATH (python3, cargo, rustc, go, node, npm,
 #                         npx), and nothing else, into DIR (put DIR first on the clean PATH)
 #   machine_settings ARR  appends to the array named ARR the NAME=VALUE of the machine's certificate
@@ -23,19 +23,21 @@ toolchain_links() {
   done
 }
 
-machine_settings() {
+# _pass_set ARR NAME...: appends NAME=VALUE to the array named ARR for each NAME that is set.
+_pass_set() {
   local -n into="$1"
+  shift
   local var
-  for var in SSL_CERT_FILE SSL_CERT_DIR PIP_CERT REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS CURL_CA_BUNDLE \
-    http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+  for var in "$@"; do
     if [[ -n "${!var:-}" ]]; then into+=("$var=${!var}"); fi
   done
 }
 
+machine_settings() {
+  _pass_set "$1" SSL_CERT_FILE SSL_CERT_DIR PIP_CERT REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS CURL_CA_BUNDLE \
+    http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY
+}
+
 toolchain_settings() {
-  local -n into="$1"
-  local var
-  for var in CARGO_HOME RUSTUP_HOME GOPATH GOMODCACHE GOCACHE XDG_CACHE_HOME; do
-    if [[ -n "${!var:-}" ]]; then into+=("$var=${!var}"); fi
-  done
+  _pass_set "$1" CARGO_HOME RUSTUP_HOME GOPATH GOMODCACHE GOCACHE XDG_CACHE_HOME
 }

@@ -59,6 +59,21 @@ TEST_PASSWORD: Final = "test-password-not-a-secret"
 TEST_TOKEN: Final = f"{TEST_USER}:{TEST_PASSWORD}"
 
 
+def python_repair_cuts(wal_dir: Path) -> list[str]:
+    """``mbostream storage repair-wal`` on ``wal_dir``: one line per segment it cut."""
+    return [repair.describe() for repair in repair_wal(wal_dir)]
+
+
+def deployed_repair_cuts(wal_dir: Path) -> list[str]:
+    """``DEPLOYED_REPAIR`` on ``wal_dir``: one line per segment it cut (exit 0, nothing on stderr,
+    and its last line the directory's count of them, or AssertionError)."""
+    run = subprocess.run([str(DEPLOYED_REPAIR), str(wal_dir)], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0 and not run.stderr, run
+    *cuts, summary = run.stdout.splitlines()
+    assert summary == f"{wal_dir}: {len(cuts)} segment(s) repaired", run.stdout
+    return cuts
+
+
 class InfluxdNotFoundError(RuntimeError):
     """No InfluxDB 1.8 binary where the harness looks for one."""
 
@@ -212,11 +227,7 @@ class InfluxEngine:
         # kill -9 in the middle of a WAL write (mbostream.storage.influx_wal tells why).
         if self.repair_wal:
             wal = self.directory / "wal"
-            if self.deployed_repair:
-                run = subprocess.run([str(DEPLOYED_REPAIR), str(wal)], capture_output=True, text=True, timeout=120, check=True)
-                cuts = run.stdout.splitlines()[:-1]  # the last line is the directory's count
-            else:
-                cuts = [repair.describe() for repair in repair_wal(wal)]
+            cuts = deployed_repair_cuts(wal) if self.deployed_repair else python_repair_cuts(wal)
             with self.repair_log.open("a") as log:
                 log.writelines(cut + "\n" for cut in cuts)
         self.process = Process("influxd", [binary, "-config", str(config)], self.directory / "influxd.log")
