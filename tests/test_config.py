@@ -91,6 +91,7 @@ BAD_NUMBERS = {
     "batch_records": ["0", "1000000000"],
     "max_streams": ["0", "1000000000"],
     "max_streams_per_peer": ["0", "1000000000"],
+    "listeners": ["0", "65"],
     "subscriber_buffer_batches": ["0"],
     "replay_buffer_records": ["0"],
     "metrics_port": ["-2", "65536"],

@@ -1,7 +1,9 @@
 """Ports are bound exclusively: a second server on a taken port fails at start, naming the port.
 
 Before, gRPC's SO_REUSEPORT let a second ``mbostream serve`` share the first one's port, and the
-kernel spread new clients between two different replays.
+kernel spread new clients between two different replays. The server's own ``listeners`` gRPC
+servers do share the port (SO_REUSEPORT, so each has its own accept queue); what keeps other
+processes out is the probe bind without SO_REUSEPORT before it, which fails on any bound port.
 """
 
 from __future__ import annotations
@@ -79,8 +81,46 @@ def test_a_taken_metrics_port_fails_naming_it() -> None:
     assert_refused(proc, "serve", "--metrics-port / MBOSTREAM_METRICS_PORT", port)
 
 
+def _listening_sockets(pid: int, port: int) -> int:
+    """How many TCP sockets of process ``pid`` listen on ``port`` (from /proc: inodes of its fds
+    matched against the kernel's socket tables)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:  # 0A: LISTEN
+                count += 1
+    return count
+
+
+def test_the_listeners_share_the_port_and_every_one_serves(tmp_path: Path) -> None:
+    """``--listeners 3``: three listening sockets of the one process on the port, and new
+    connections, spread over them by the kernel, all reach a serving server of the one replay."""
+    port = free_port()
+    server = ServeProcess(
+        "--listeners", "3", "--rate", "1000", str(shared_file("CLX5_mbo.dbn")), port=port, log_path=tmp_path / "serve.log"
+    )
+    server.start()
+    try:
+        assert server.process is not None
+        assert _listening_sockets(server.process.pid, port) == 3
+        assert len(_epochs_of_new_connections(port, server.token, check_health=True)) == 1
+    finally:
+        assert server.stop() == 0
+
+
 def test_a_port_shared_by_a_reuseport_listener_is_still_refused() -> None:
-    """Another process that opted into SO_REUSEPORT does not make our bind shared: we never opt in."""
+    """Another process that opted into SO_REUSEPORT does not make our bind shared: the probe bind
+    before ours does not opt in, so it fails on the port the other process holds."""
     with socket.socket() as other:
         other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         other.bind(("127.0.0.1", 0))

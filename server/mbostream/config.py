@@ -34,6 +34,7 @@ RANGES: Final[Mapping[str, Range]] = {
     "speed": Range(low=0.001, high=1e6, unit="(multiplier of recorded time)"),
     "max_streams": Range(low=1, high=100_000, integer=True),
     "max_streams_per_peer": Range(low=1, high=100_000, integer=True),
+    "listeners": Range(low=1, high=64, integer=True),
     "subscriber_buffer_batches": Range(low=1, high=1_000_000, integer=True),
     "replay_buffer_records": Range(low=1, high=1_000_000_000, integer=True),
     "batch_records": Range(low=1, high=1_048_576, integer=True),
@@ -75,6 +76,10 @@ class Settings:
     max_streams: int = 1000
     #: Concurrent streams one client address (IP, any port) may hold: one host cannot take them all.
     max_streams_per_peer: int = 256
+    #: gRPC servers listening on the one port (SO_REUSEPORT), each with its own accept queue. A busy
+    #: event loop admits about one new stream per server per turn, so more servers admit a crowd of
+    #: new clients faster; the kernel spreads new connections over them.
+    listeners: int = 4
     #: gRPC over TLS: the server's certificate chain and private key (PEM files; both or neither).
     tls_cert_file: str = ""
     tls_key_file: str = ""

@@ -3,7 +3,7 @@
 Start-up: resolve the data (the generated sample when no file is given), build the market, hub and
 replayer, start gRPC (health NOT_SERVING), start the replay, and flip health to SERVING once the
 first data is applied. Shutdown, on the first SIGTERM/SIGINT: health NOT_SERVING → stop the
-replay → end every stream gracefully → ``server.stop(grace)`` (stop accepting, let RPCs finish
+replay → end every stream gracefully → ``stop(grace)`` on every gRPC server (stop accepting, let RPCs finish
 within the grace period) → stop sinks → exit 0. A second signal exits at once. A background task
 that fails (the replay, the book ticker) takes the same shutdown path, and the process exits 2 for
 an mbostream error (a data file found bad mid-replay) or 1 for anything else, never 0.
@@ -66,9 +66,12 @@ _GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    # Exclusive: with SO_REUSEPORT a second server on the same port would start "fine" and the
-    # kernel would spread new clients between two different replays.
-    ("grpc.so_reuseport", 0),
+    # SO_REUSEPORT, so that the process's ``listeners`` gRPC servers share the one port, the kernel
+    # spreading new connections over their accept queues. Another process cannot join them: start-up
+    # first probes the port with a bind that does not set SO_REUSEPORT (:func:`_check_port_free`),
+    # and that bind fails while any socket is bound to it, so a second server on an occupied port is
+    # an error, never a silent split of the clients between two replays.
+    ("grpc.so_reuseport", 1),
 ]
 
 
@@ -141,7 +144,8 @@ class App:
         self.port = 0
         self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
-        self.server: grpc_aio.Server | None = None
+        #: The gRPC servers on the one port (``listeners`` of them), once listening.
+        self.servers: list[grpc_aio.Server] = []
         self._started_sinks: list[Sink] = []
         #: The metrics HTTP server and the storage metrics' unregistering, once started.
         self._httpd: WSGIServer | None = None
@@ -239,21 +243,34 @@ class App:
         )
 
     async def _listen(self, dataset: str) -> None:
-        """gRPC (health NOT_SERVING), then metrics, then the sinks (the storage opens its spool)."""
+        """gRPC (health NOT_SERVING), then metrics, then the sinks (the storage opens its spool).
+
+        ``listeners`` gRPC servers share the port. grpc.aio admits one new call per server at a
+        time (the next is requested once the loop has run the last one's admission), and while the
+        loop is busy serving streams each admission waits its turn, so one server admitted about 15
+        new streams a second under load and a crowd of 1,000 clients waited most of a minute
+        (docs/performance.md). Each server has its own accept queue and its own call in flight.
+        """
         s = self.settings
         quiet_client_disconnects()
-        self.server = grpc_aio.server(interceptors=[ErrorMappingInterceptor()], options=_GRPC_OPTIONS)
-        self.server.add_generic_rpc_handlers(self._handlers(dataset))
         self.health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), self.server)
+        handlers = self._handlers(dataset)
         _check_port_free("port", s.host, s.port)
-        try:
-            self.port = self._add_port(f"{s.host}:{s.port}")
-        except RuntimeError as exc:  # grpc's "Failed to bind": the port was taken since, or a bad host
-            raise ConfigError(_setting_names("port"), f"cannot listen on {s.host}:{s.port} ({exc})") from None
-        await self.server.start()
+        port = s.port
+        for _ in range(s.listeners):
+            server = grpc_aio.server(interceptors=[ErrorMappingInterceptor()], options=_GRPC_OPTIONS)
+            self.servers.append(server)
+            server.add_generic_rpc_handlers(handlers)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
+            try:
+                port = self._add_port(server, f"{s.host}:{port}")  # the first picks the port when 0
+            except RuntimeError as exc:  # grpc's "Failed to bind": the port was taken since, or a bad host
+                raise ConfigError(_setting_names("port"), f"cannot listen on {s.host}:{s.port} ({exc})") from None
+        self.port = port
+        for server in self.servers:
+            await server.start()
         if s.metrics_port >= 0:
             _check_port_free("metrics_port", s.host, s.metrics_port)
             try:
@@ -269,22 +286,20 @@ class App:
             await sink.start()
             self._started_sinks.append(sink)
 
-    def _add_port(self, address: str) -> int:
+    def _add_port(self, server: grpc_aio.Server, address: str) -> int:
         """Binds ``address``: over TLS when a certificate is configured (mTLS with a client CA)."""
-        assert self.server is not None
         tls = read_tls_files(self.settings)
         if tls is None:
-            return self.server.add_insecure_port(address)
+            return server.add_insecure_port(address)
         chain, key, client_ca = tls
         credentials = grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None)
-        return self.server.add_secure_port(address, credentials)
+        return server.add_secure_port(address, credentials)
 
     async def _abandon_start(self) -> None:
         """Undoes a start that failed half-way (a port taken, the spool locked): nothing is left
         listening, running or registered, and no gRPC server is left for the garbage collector to
         stop after the event loop is closed."""
-        if self.server is not None:
-            await self.server.stop(None)
+        await asyncio.gather(*(server.stop(None) for server in self.servers))
         for sink in self._started_sinks:
             await sink.stop(0)
         self._close_metrics()
@@ -357,7 +372,7 @@ class App:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.feed.stop()
         self.hub.close()
-        await self.server.stop(s.grace_seconds)
+        await asyncio.gather(*(server.stop(s.grace_seconds) for server in self.servers))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -116,6 +116,7 @@ SERVING_SETTINGS = (
     "metrics_port",
     "max_streams",
     "max_streams_per_peer",
+    "listeners",
     "tls_cert_file",
     "tls_key_file",
     "tls_client_ca_file",
@@ -150,6 +151,7 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add_setting_argument(p, "--max-streams", "max_streams", "concurrent streams allowed", "1000")
     add_setting_argument(p, "--max-streams-per-peer", "max_streams_per_peer", "concurrent streams one client address may hold", "256")
+    add_setting_argument(p, "--listeners", "listeners", "gRPC servers sharing the port, each admitting new streams on its own", "4")
     p.add_argument("--tls-cert-file", default=None, help="serve gRPC over TLS: the certificate chain (PEM; with --tls-key-file)")
     p.add_argument("--tls-key-file", default=None, help="the TLS private key (PEM)")
     p.add_argument("--tls-client-ca-file", default=None, help="mTLS: require client certificates signed by this CA (PEM)")
