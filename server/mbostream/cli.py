@@ -15,7 +15,6 @@ from mbostream.errors import MbostreamError
 from mbostream.server.cli import register_cli as register_server_cli
 from mbostream.server.cluster_cli import register_cli as register_cluster_cli
 from mbostream.server.roles_cli import register_cli as register_roles_cli
-from mbostream.server import grpc_core
 from mbostream.storage.cli import register_cli as register_storage_cli
 from mbostream.tools import bench_cli
 
@@ -138,10 +137,7 @@ def execute(args: argparse.Namespace) -> int:
     A deliberate error (:class:`~mbostream.errors.MbostreamError`: bad input, a bad setting) is one
     line on stderr, ``mbostream COMMAND: error: …``, and exit code 2; never a traceback.
     """
-    serving = args.command in ("serve", "run", "replay", "gateway")
-    if serving:
-        grpc_core.configure()
-    default_level = "info" if serving else "error"
+    default_level = "info" if args.command in ("serve", "run", "replay", "gateway") else "error"
     logs.configure(args.log_level or default_level, args.log_format)
     try:
         return int(args.func(args))
