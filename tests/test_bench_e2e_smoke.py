@@ -109,6 +109,12 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
     assert book["messages_per_second"] == pytest.approx(book["messages"] / SECONDS, abs=0.1)
     assert_ordered_latency(book["latency_ms"], book["messages"])
     assert book["worst_ms_each_second"] and max(book["worst_ms_each_second"]) > 0
+    if client == "go":
+        # Issue 13's book age: every book each stream holds (the 3 instruments of generated_small,
+        # held from their snapshots in the warm-up), sampled every millisecond of the window.
+        held = book["held_age_ms"]
+        assert held["samples"] == BOOK_STREAMS * 3 * round(SECONDS * 1000)
+        assert 0 <= held["p50"] <= held["p99"] <= held["max"]
     # Well within what one reader takes at this rate: no cut-off, nothing to resume.
     assert events["lossless"] is True
     assert (events["resource_exhausted"], events["out_of_range"]) == (0, 0)

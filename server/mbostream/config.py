@@ -94,8 +94,10 @@ class Settings:
     #: Book streams are refreshed at most this often (ms); updates in between are conflated.
     book_interval_ms: float = 5.0
     #: Longest the book refresh interval stretches to while the event loop is behind (more book
-    #: streams than the core can serve): a bound on how old a streamed book can be. Below
-    #: ``book_interval_ms`` it is that (the refresh never stretches).
+    #: streams than the core can serve). It bounds how old a streamed book can be only while the
+    #: loop can send every subscriber's books within it: 1,000 streams on one core cannot
+    #: (docs/performance.md, "Held book age"). Below ``book_interval_ms`` it is that (the refresh
+    #: never stretches).
     book_interval_max_ms: float = 50.0
     #: Seconds open streams get to finish on shutdown.
     grace_seconds: float = 5.0

@@ -178,6 +178,10 @@ def _from_go_result(doc: dict[str, Any]) -> dict[str, Any]:
             "latency_ms": {"samples": book["samples"], "p50": book["p50_ms"], "p99": book["p99_ms"],
                            "p99.9": book["p999_ms"], "max": book["max_ms"]},  # fmt: skip
             "worst_ms_each_second": book["worst_ms_each_second"] or [],
+            # Issue 13's book age: how far the book each stream holds trails the live one, at every
+            # millisecond of the window (mbostream-load's heldage.go; the Python client has none).
+            "held_age_ms": {"samples": book["held_age_samples"], "p50": book["held_age_p50_ms"],
+                            "p99": book["held_age_p99_ms"], "max": book["held_age_max_ms"]},  # fmt: skip
             "unserved": book["unserved"],
             "errors": book["errors"],
         },
@@ -329,6 +333,12 @@ def format_summary(results: dict[str, Any]) -> str:
                 f"({lat['samples']:,} samples, {book['conflated']:,} states conflated)"
             )
             lines.append(f"    worst latency in each second (ms): {book['worst_ms_each_second']}")
+            held = book.get("held_age_ms")
+            if held and held["samples"]:
+                lines.append(
+                    f"    held book age (every held book, every ms of the window): p50 {held['p50']} ms  "
+                    f"p99 {held['p99']} ms  max {held['max']} ms"
+                )
         if events["streams"]:
             lat = events["latency_ms"]
             lines.append(

@@ -65,6 +65,7 @@ func (l *latencies) merge(other *latencies) {
 // bookCounters is what one StreamBook stream saw in the window.
 type bookCounters struct {
 	lat        *latencies
+	held       *heldAges
 	messages   uint64
 	books      uint64 // books in those messages: more than messages with --combine
 	deepest    int    // levels of the deepest side received: at most --depth
@@ -140,7 +141,7 @@ func run(cfg config, logger *slog.Logger) (*measurement, error) {
 	var wg sync.WaitGroup
 	ended := make(chan struct{}, total)
 	for i := range cfg.bookStreams {
-		c := &bookCounters{lat: newLatencies(m.window)}
+		c := &bookCounters{lat: newLatencies(m.window), held: newHeldAges()}
 		m.book = append(m.book, c)
 		wg.Go(func() {
 			readBooks(ctx, clients[i%connections], cfg, selections[i], m.window, c)
@@ -204,6 +205,9 @@ func readBooks(ctx context.Context, client *mbostream.Client, cfg config, instru
 	for s.Next() {
 		now := time.Now().UnixNano()
 		u := s.Update()
+		for _, b := range u.Books { // snapshots too: they are what the client holds first
+			c.held.observe(w, bookKey{b.GetInstrumentId(), b.GetPublisherId()}, now, int64(u.TsOut))
+		}
 		if u.Snapshot || !w.contains(now) {
 			continue
 		}
@@ -215,6 +219,7 @@ func readBooks(ctx context.Context, client *mbostream.Client, cfg config, instru
 		c.conflated += u.Conflated
 		c.lat.record(w, now, u.TsOut)
 	}
+	c.held.finish(w)
 	c.reconnects = s.Stats().Connections - 1
 	c.err = streamError(s.Err())
 }

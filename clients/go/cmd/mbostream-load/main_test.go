@@ -75,6 +75,17 @@ func TestMeasuresARealServer(t *testing.T) {
 		if book.Unserved+events.Unserved != 0 {
 			t.Errorf("%v: %d book and %d events streams unserved", extra, book.Unserved, events.Unserved)
 		}
+		// Every stream holds its books from their snapshots in the warm-up: each is sampled every
+		// millisecond of the 1.5 s window (every instrument of the sample, or 1 when spread).
+		held := 4 * testserver.SampleInstruments
+		if len(extra) > 0 {
+			held = 4
+		}
+		if book.HeldAgeSamples != int64(held*1500) || book.HeldAgeP50Ms == nil {
+			t.Errorf("%v: %d held-age samples, want %d", extra, book.HeldAgeSamples, held*1500)
+		} else if !(0 <= *book.HeldAgeP50Ms && *book.HeldAgeP50Ms <= *book.HeldAgeP99Ms && *book.HeldAgeP99Ms <= *book.HeldAgeMaxMs) {
+			t.Errorf("%v: held age out of order: %v %v %v", extra, *book.HeldAgeP50Ms, *book.HeldAgeP99Ms, *book.HeldAgeMaxMs)
+		}
 		if spread := len(extra) > 0; spread != (len(r.Config.SpreadInstruments) == 4) {
 			t.Errorf("%v: spread over %v", extra, r.Config.SpreadInstruments)
 		}
@@ -86,7 +97,8 @@ func TestMeasuresARealServer(t *testing.T) {
 var documentKeys = map[string][]string{
 	"": {"book", "events", "client_cpu_percent", "streams_ended_early"},
 	"book": {"messages", "messages_per_second", "books", "deepest_side", "p50_ms", "p99_ms", "p999_ms", "max_ms",
-		"streams", "conflated", "samples", "worst_ms_each_second", "unserved", "errors"},
+		"streams", "conflated", "samples", "worst_ms_each_second", "unserved", "errors",
+		"held_age_samples", "held_age_p50_ms", "held_age_p99_ms", "held_age_max_ms"},
 	"events": {"records", "records_per_second", "lossless", "gaps", "duplicates", "resource_exhausted",
 		"streams", "batches", "records_missed", "out_of_range", "batch_p50_ms", "batch_p99_ms", "batch_max_ms", "unserved", "errors"},
 }

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 type result struct {
@@ -49,7 +51,14 @@ type bookDoc struct {
 	P999Ms            *float64  `json:"p999_ms"`
 	MaxMs             *float64  `json:"max_ms"`
 	WorstMsEachSecond []float64 `json:"worst_ms_each_second"`
-	Reconnects        int       `json:"reconnects"`
+	// HeldAge* is the age of the book each stream holds against the live book, sampled every
+	// millisecond of the window for every book it holds (heldAges: an upper bound, tight when
+	// books change at every replay step).
+	HeldAgeSamples int64    `json:"held_age_samples"`
+	HeldAgeP50Ms   *float64 `json:"held_age_p50_ms"`
+	HeldAgeP99Ms   *float64 `json:"held_age_p99_ms"`
+	HeldAgeMaxMs   *float64 `json:"held_age_max_ms"`
+	Reconnects     int      `json:"reconnects"`
 	// Unserved counts the streams that received no message in the window (refused by the
 	// server's stream limits and retrying, say): their latency is in no figure above.
 	Unserved int            `json:"unserved"`
@@ -89,10 +98,11 @@ func summarise(m *measurement) result {
 		ClientCPUPercent:  round(100*m.cpuSeconds/m.wallSeconds, 1),
 	}
 
-	bookLat := newLatencies(m.window)
+	bookLat, held := newLatencies(m.window), newHeldAges()
 	r.Book = bookDoc{Streams: len(m.book), Errors: map[string]int{}}
 	for _, c := range m.book {
 		bookLat.merge(c.lat)
+		held.merge(c.held)
 		r.Book.Messages += c.messages
 		r.Book.Books += c.books
 		r.Book.DeepestSide = max(r.Book.DeepestSide, c.deepest)
@@ -111,6 +121,11 @@ func summarise(m *measurement) result {
 		for _, worst := range bookLat.worst {
 			r.Book.WorstMsEachSecond = append(r.Book.WorstMsEachSecond, round(float64(worst)/1e6, 2))
 		}
+	}
+	r.Book.HeldAgeSamples = held.hist.TotalCount()
+	if r.Book.HeldAgeSamples > 0 {
+		r.Book.HeldAgeP50Ms, r.Book.HeldAgeP99Ms = histQuantileMs(held.hist, held.max, 50), histQuantileMs(held.hist, held.max, 99)
+		r.Book.HeldAgeMaxMs = ms(held.max)
 	}
 
 	eventLat := newLatencies(m.window)
@@ -150,7 +165,12 @@ func countError(errs map[string]int, err error) {
 // quantileMs is the histogram's value at quantile q (0–100), in ms: the highest value of its
 // bucket, but never above the exact maximum.
 func quantileMs(l *latencies, q float64) *float64 {
-	return ms(min(l.hist.ValueAtQuantile(q)*int64(time.Microsecond), l.max))
+	return histQuantileMs(l.hist, l.max, q)
+}
+
+// histQuantileMs is quantileMs of a histogram in µs whose exact maximum is maxNs.
+func histQuantileMs(h *hdrhistogram.Histogram, maxNs int64, q float64) *float64 {
+	return ms(min(h.ValueAtQuantile(q)*int64(time.Microsecond), maxNs))
 }
 
 func ms(ns int64) *float64 {
@@ -179,6 +199,8 @@ func formatSummary(r result) string {
 			r.Book.Streams, r.Book.MessagesPerSecond, text(r.Book.P50Ms), text(r.Book.P99Ms), text(r.Book.P999Ms),
 			text(r.Book.MaxMs), r.Book.Conflated, r.Book.Reconnects)
 		fmt.Fprintf(&b, "             worst latency in each second (ms): %v\n", r.Book.WorstMsEachSecond)
+		fmt.Fprintf(&b, "             held book age p50 %s ms  p99 %s ms  max %s ms  (every held book, every ms of the window)\n",
+			text(r.Book.HeldAgeP50Ms), text(r.Book.HeldAgeP99Ms), text(r.Book.HeldAgeMaxMs))
 	}
 	if r.Events.Streams > 0 {
 		verdict := "lossless"
