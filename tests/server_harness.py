@@ -91,6 +91,28 @@ def free_port() -> int:
         return port
 
 
+def listening_sockets(port: int, pid: int | None = None) -> int:
+    """How many TCP sockets listen on ``port`` (any address), from the kernel's tables; with
+    ``pid``, only that process's (the inodes of its file descriptors)."""
+    inodes: set[str] | None = None
+    if pid is not None:
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    count += inodes is None or inode in inodes
+    return count
+
+
 class ServeProcess:
     """A real ``mbostream serve`` (or ``run``) subprocess on 127.0.0.1, stopped by PID by whoever started it.
 

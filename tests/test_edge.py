@@ -44,7 +44,7 @@ from mbostream.edge.errors import EdgeError, EdgeStartError, EnvoyNotFoundError 
 from mbostream.edge.render import render_config  # noqa: E402
 from mbostream.edge.supervisor import Edge  # noqa: E402
 from mbostream.errors import ConfigError  # noqa: E402
-from server_harness import ServeProcess  # noqa: E402
+from server_harness import ServeProcess, listening_sockets  # noqa: E402
 from mbostream_core.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc, replay_pb2, replay_pb2_grpc  # noqa: E402
 
 from server_harness import TOKEN  # noqa: E402
@@ -231,17 +231,6 @@ def _http(
         connection.close()
 
 
-def _listening_sockets(port: int) -> int:
-    """How many TCP sockets listen on ``port`` (any address), from the kernel's tables."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as rows:
-            for row in list(rows)[1:]:
-                local, state = row.split()[1], row.split()[3]
-                count += state == "0A" and int(local.rsplit(":", 1)[1], 16) == port  # 0A: LISTEN
-    return count
-
-
 def _preflight(port: int, origin: str) -> tuple[int, dict[str, str]]:
     """A browser's CORS preflight for a gRPC-Web call from ``origin``: status and headers."""
     status, headers, _ = _http(
@@ -372,7 +361,7 @@ def test_a_second_edge_on_a_running_edges_port_fails_and_the_first_keeps_it(tmp_
             assert second.pid is None
             assert any("already in use" in line.lower() for line in raised.value.log_tail), raised.value.log_tail
             # The first edge keeps the port, alone, and answers on it (no UI built: 503).
-            assert _listening_sockets(first.port) == 1
+            assert listening_sockets(first.port) == 1
             status, _, _ = await asyncio.to_thread(_http, first.port, "GET", "/")
             assert status == 503
 

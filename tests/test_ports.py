@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 from conftest import shared_file
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_harness import RPC_TIMEOUT, ServeProcess, free_port
+from server_harness import RPC_TIMEOUT, ServeProcess, free_port, listening_sockets
 
 from mbostream_core.v1 import replay_pb2_grpc
 from mbostream_core.v1 import replay_pb2 as rp
@@ -81,27 +81,6 @@ def test_a_taken_metrics_port_fails_naming_it() -> None:
     assert_refused(proc, "serve", "--metrics-port / MBOSTREAM_METRICS_PORT", port)
 
 
-def _listening_sockets(pid: int, port: int) -> int:
-    """How many TCP sockets of process ``pid`` listen on ``port`` (from /proc: inodes of its fds
-    matched against the kernel's socket tables)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue  # closed meanwhile
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:  # 0A: LISTEN
-                count += 1
-    return count
-
-
 def test_the_listeners_share_the_port_and_every_one_serves(tmp_path: Path) -> None:
     """``--listeners 3``: three listening sockets of the one process on the port, and new
     connections, spread over them by the kernel, all reach a serving server of the one replay."""
@@ -112,7 +91,7 @@ def test_the_listeners_share_the_port_and_every_one_serves(tmp_path: Path) -> No
     server.start()
     try:
         assert server.process is not None
-        assert _listening_sockets(server.process.pid, port) == 3
+        assert listening_sockets(port, server.process.pid) == 3
         assert len(_epochs_of_new_connections(port, server.token, check_health=True)) == 1
     finally:
         assert server.stop() == 0
