@@ -257,6 +257,7 @@ class App:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         handlers = self._handlers(dataset)
         _check_port_free("port", s.host, s.port)
+        credentials = self._server_credentials()
         port = s.port
         for _ in range(s.listeners):
             server = grpc_aio.server(interceptors=[ErrorMappingInterceptor()], options=_GRPC_OPTIONS)
@@ -264,8 +265,9 @@ class App:
             server.add_generic_rpc_handlers(handlers)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME, "grpc.health.v1.Health"), server)
+            address = f"{s.host}:{port}"  # the first listener picks the port when it is 0
             try:
-                port = self._add_port(server, f"{s.host}:{port}")  # the first picks the port when 0
+                port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
             except RuntimeError as exc:  # grpc's "Failed to bind": the port was taken since, or a bad host
                 raise ConfigError(_setting_names("port"), f"cannot listen on {s.host}:{s.port} ({exc})") from None
         self.port = port
@@ -286,14 +288,14 @@ class App:
             await sink.start()
             self._started_sinks.append(sink)
 
-    def _add_port(self, server: grpc_aio.Server, address: str) -> int:
-        """Binds ``address``: over TLS when a certificate is configured (mTLS with a client CA)."""
+    def _server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS for the listeners when a certificate is configured (mTLS with a client CA), read once
+        for all of them; None: plaintext."""
         tls = read_tls_files(self.settings)
         if tls is None:
-            return server.add_insecure_port(address)
+            return None
         chain, key, client_ca = tls
-        credentials = grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None)
-        return server.add_secure_port(address, credentials)
+        return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
     async def _abandon_start(self) -> None:
         """Undoes a start that failed half-way (a port taken, the spool locked): nothing is left
