@@ -33,7 +33,7 @@ type heldAges struct {
 }
 
 func newHeldAges() *heldAges {
-	return &heldAges{hist: hdrhistogram.New(histogramLowest, histogramHighest, histogramDigits), held: map[bookKey]heldBook{}}
+	return &heldAges{hist: newHistogram(), held: map[bookKey]heldBook{}}
 }
 
 // observe takes one message carrying book key's state, taken by the server at published and
@@ -52,12 +52,13 @@ func (h *heldAges) finish(w window) {
 	}
 }
 
-// sample records the age of a state taken at taken at each step of the window's grid in [from, to).
+// sample records, at each step of the window's grid in [from, to), the age of a state the server
+// took at taken.
 func (h *heldAges) sample(w window, from, to, taken int64) {
 	start, end := max(from, w.opens), min(to, w.closes)
 	for t := w.opens + (start-w.opens+heldAgeStep-1)/heldAgeStep*heldAgeStep; t < end; t += heldAgeStep {
 		age := max(t-taken, 0)
-		_ = h.hist.RecordValue(min(max(age/int64(time.Microsecond), histogramLowest), histogramHighest))
+		recordNs(h.hist, age)
 		h.max = max(h.max, age)
 	}
 }

@@ -39,16 +39,23 @@ type latencies struct {
 
 func newLatencies(w window) *latencies {
 	seconds := (w.closes - w.opens + int64(time.Second) - 1) / int64(time.Second)
-	return &latencies{
-		hist:  hdrhistogram.New(histogramLowest, histogramHighest, histogramDigits),
-		worst: make([]int64, max(seconds, 1)),
-	}
+	return &latencies{hist: newHistogram(), worst: make([]int64, max(seconds, 1))}
+}
+
+// newHistogram is a histogram of durations in µs, over the range the constants above give.
+func newHistogram() *hdrhistogram.Histogram {
+	return hdrhistogram.New(histogramLowest, histogramHighest, histogramDigits)
+}
+
+// recordNs adds a duration in ns to a histogram in µs, clamped to its range.
+func recordNs(h *hdrhistogram.Histogram, ns int64) {
+	_ = h.RecordValue(min(max(ns/int64(time.Microsecond), histogramLowest), histogramHighest))
 }
 
 // record adds one publish→receive latency observed at now (inside the window).
 func (l *latencies) record(w window, now int64, tsOut uint64) {
 	latency := max(now-int64(tsOut), 0) // one machine, one clock: never negative but by rounding
-	_ = l.hist.RecordValue(min(max(latency/int64(time.Microsecond), histogramLowest), histogramHighest))
+	recordNs(l.hist, latency)
 	l.max = max(l.max, latency)
 	second := min(int((now-w.opens)/int64(time.Second)), len(l.worst)-1)
 	l.worst[second] = max(l.worst[second], latency)
