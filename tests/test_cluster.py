@@ -31,6 +31,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mbostream.bus.codec import Meta, record_headers, record_payload
 from mbostream.bus.streams import META_SUBJECT, RECORDS_SUBJECT, connect, ensure_streams
+from mbostream.edge.cluster import MAX_RESTARTS, RESTART_WINDOW_SECONDS
 from mbostream.feed import Batch
 from mbostream_core.dbn import FileInfo, read_records
 from mbostream_core.records import F_LAST
@@ -211,13 +212,38 @@ class ClusterRun:
         if line is None:
             raise AssertionError(f"mbostream run --gateways did not start:\n{log.read_text()[-4000:]}")
         self.ready: dict[str, Any] = json.loads(line)
+        self.log = log
         self.first_pids = {g["port"]: g["pid"] for g in self.ready["gateways"]}
         self.killed: set[int] = set()
+        self.kill_times: dict[int, list[float]] = {}
 
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(60)
+
+    def stop_cleanly(self) -> None:
+        """Stops the run and asserts it exits 0, with the end of its log if it does not."""
+        code = self.stop()
+        assert code == 0, f"mbostream run exited {code}:\n{self.log.read_text(errors='replace')[-4000:]}"
+
+    def kill_gateway(self, port: int) -> None:
+        """kill -9 the gateway on ``port``, noting when (see :meth:`within_restart_budget`)."""
+        pid = self.gateway_pid(port)
+        assert pid is not None, f"the gateway on {port} is not running"
+        os.kill(pid, signal.SIGKILL)
+        self.killed.add(pid)
+        self.kill_times.setdefault(port, []).append(time.monotonic())
+
+    def within_restart_budget(self, port: int) -> bool:
+        """Whether killing the gateway on ``port`` now keeps it inside the run's crash-loop policy.
+
+        ``mbostream run`` gives up (exit 1) on a child that exits more than ``MAX_RESTARTS`` times
+        within ``RESTART_WINDOW_SECONDS``; a test that kills faster than that tests the policy, not
+        failover. The window is widened by a few seconds: the run dates an exit when it sees it.
+        """
+        since = time.monotonic() - RESTART_WINDOW_SECONDS - 5
+        return sum(1 for t in self.kill_times.get(port, []) if t > since) < MAX_RESTARTS
 
     def clusters(self) -> str:
         with urllib.request.urlopen(f"{self.ready['admin']}/clusters", timeout=5) as reply:
@@ -303,22 +329,21 @@ def test_clients_resume_on_another_gateway_when_theirs_is_killed_20_times(tmp_pa
         wait_until(lambda: len(python.batches) > 5 and len(go.batches) > 5, "both clients streaming")
         for kill in range(KILLS):
             # Kill only when another gateway serves: one killed earlier is restarted by then (by
-            # `mbostream run`, on the same port), so there is always one to fail over to.
+            # `mbostream run`, on the same port), so there is always one to fail over to; and only as
+            # often as the run's crash-loop policy allows (within_restart_budget).
             active: list[int] = []
 
             def ready_to_kill() -> bool:
                 active[:] = [port for port, value in run.gateway_stat("rq_active").items() if int(value) > 0]
                 # Envoy may still count a stream on a gateway killed a moment ago: only live ones are targets.
                 alive = all(run.gateway_pid(p) not in (None, *run.killed) for p in active)
-                return bool(active) and alive and any(run.serving_again(p) for p in ports if p not in active)
+                budget = all(run.within_restart_budget(p) for p in active)
+                return bool(active) and alive and budget and any(run.serving_again(p) for p in ports if p not in active)
 
             wait_until(ready_to_kill, f"a gateway serving a client and another one up, before kill {kill}")
             seen = (len(python.batches), len(go.batches))
             for port in active:
-                pid = run.gateway_pid(port)
-                assert pid is not None, f"kill {kill}: the gateway on {port} is not running"
-                os.kill(pid, signal.SIGKILL)
-                run.killed.add(pid)
+                run.kill_gateway(port)
             wait_until(lambda: len(python.batches) > seen[0] + 3 and len(go.batches) > seen[1] + 3, f"both clients resumed after kill {kill}")
         python.stop()
         python.join(30)
@@ -332,7 +357,7 @@ def test_clients_resume_on_another_gateway_when_theirs_is_killed_20_times(tmp_pa
         for follower in followers:
             if isinstance(follower, GoFollower) and follower.process.poll() is None:
                 follower.process.kill()
-        assert run.stop() == 0
+        run.stop_cleanly()  # exit 1: the run judged a gateway crash-looping and gave up
 
 
 def test_run_whose_envoy_dies_stops_with_exit_1_and_one_error_line(tmp_path: Path, generated_small: Path) -> None:
