@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import Final
 
 import pytest
 
@@ -62,6 +63,20 @@ def _strict_ci() -> bool:
 
 
 _unexpected_skips: list[tuple[str, str]] = []
+
+
+#: Test files run after all the others, in this order: scripts/test builds what they need in the
+#: background while the rest of the suite runs (the Kubernetes control plane, ~13 min cold).
+RUN_LAST: Final = ("test_k8s_apply.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Moves the tests of RUN_LAST to the end, keeping every other order as collected."""
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return RUN_LAST.index(name) + 1 if name in RUN_LAST else 0
+
+    items.sort(key=rank)  # stable: equal ranks keep their order
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
