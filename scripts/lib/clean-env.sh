@@ -1,6 +1,6 @@
 # Sourced by scripts/rehearse-fresh-install and .ci/run: the environment of a new machine, for
 # commands run under `env -i`. Three functions:
-#   toolchain_links DIR   links the toolchains found on PATH (python3, cargo, rustc, go, node, npm,
+#   toolchain_links DIR   links the toolchains found on PATH (python3, cargo, rustc, rustdoc, go, node, npm,
 #                         npx), and nothing else, into DIR (put DIR first on the clean PATH)
 #   machine_settings ARR  appends to the array named ARR the NAME=VALUE of the machine's certificate
 #                         and proxy settings that are set (how it reaches its registries)
@@ -16,7 +16,7 @@ toolchain_links() {
   python_exe="$(python3 -c 'import sys; print(sys.executable)')" ||
     { echo "clean-env: toolchain 'python3' is not on PATH" >&2; return 127; }
   ln -sfn "$python_exe" "$dir/python3"
-  for name in cargo rustc go node npm npx; do
+  for name in cargo rustc rustdoc go node npm npx; do
     path="$(command -v "$name" 2>/dev/null)" ||
       { echo "clean-env: toolchain '$name' is not on PATH" >&2; return 127; }
     ln -sfn "$path" "$dir/$name"
