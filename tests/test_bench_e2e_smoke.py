@@ -37,16 +37,18 @@ LATENCY_KEYS: Final = {"samples", "p50", "p99", "p99.9", "max"}
 SCENARIO_KEYS: Final = {
     "scenario", "pacing", "server", "client", "client_cpus", "other_processes_cpu_percent", "interrupts_cpu_percent",
 }  # fmt: skip
-SERVER_KEYS: Final = {"replayed_records_per_second", "cpu_percent", "cpus", "exit_code"}
+SERVER_KEYS: Final = {"replayed_records_per_second", "cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code"}
+#: The cap of the capped run: far below what the server takes at --max (a whole core).
+CPU_SHARE: Final = 0.3
 CHECKS: Final = {"max_events_records_per_second", "rate_book_p99_ms", "rate_events_lossless"}
 VERDICTS: Final = {"meets aim", "meets floor", "BELOW FLOOR", "no data"}
 
 
-def bench_e2e(client: str, data: Path, cache: Path) -> dict[str, Any]:
+def bench_e2e(client: str, data: Path, cache: Path, *more: str, scenario: str = "both") -> dict[str, Any]:
     command = [
-        sys.executable, "-m", "mbostream.cli", "bench", "e2e", str(data), "--scenario", "both", "--client", client,
+        sys.executable, "-m", "mbostream.cli", "bench", "e2e", str(data), "--scenario", scenario, "--client", client,
         "--rate", str(RATE), "--book-streams", str(BOOK_STREAMS), "--events-streams", "1",
-        "--seconds", str(SECONDS), "--warmup", str(WARMUP), "--server-arg=--no-store", "--json",
+        "--seconds", str(SECONDS), "--warmup", str(WARMUP), "--server-arg=--no-store", "--json", *more,
     ]  # fmt: skip
     env = {**os.environ, "MBOSTREAM_CACHE_DIR": str(cache)}
     proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env)
@@ -82,6 +84,7 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
         assert scenario["pacing"] == ("--max" if name == "max" else f"--rate {RATE}")
         server = scenario["server"]
         assert set(server) == SERVER_KEYS
+        assert (server["cpu_share_cap"], server["throttled_percent"]) == (None, None)
         assert server["exit_code"] == 0
         assert server["replayed_records_per_second"] > 0
         result = scenario["client"]
@@ -163,3 +166,32 @@ def test_the_go_client_is_the_default_where_go_is_installed(go_on_path: bool, ge
     doc = json.loads(proc.stdout)
     assert doc["config"]["client"] == ("go" if go_on_path else "python")
     assert doc["scenarios"]["max"]["client"]["events"]["records"] > 0
+
+
+def bench_cgroups() -> set[str]:
+    return {p.name for root in (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")) for p in root.glob("mbostream-bench-*")}
+
+
+def test_bench_e2e_caps_the_server_at_a_share_of_its_cpu(generated_small: Path, tmp_path: Path) -> None:
+    """``--server-cpu-share``: the server of a --max run (a whole core uncapped) is held to the share by
+    the kernel (a cpu cgroup), the run says so, and the cgroup is gone afterwards."""
+    before = bench_cgroups()
+    doc = bench_e2e("python", generated_small, tmp_path / "cache", "--server-cpu-share", str(CPU_SHARE), scenario="max")
+    assert doc["config"]["server_cpu_share"] == CPU_SHARE
+    server = doc["scenarios"]["max"]["server"]
+    assert server["exit_code"] == 0 and server["replayed_records_per_second"] > 0
+    assert server["cpu_share_cap"] == CPU_SHARE
+    # /proc's CPU time over the window against the cgroup's quota per 10 ms period; the kernel held
+    # the server back for part of the window, which it would not have needed uncapped at --max.
+    assert 0 < server["cpu_percent"] <= 100 * CPU_SHARE + 5, server
+    assert server["throttled_percent"] > 0, server
+    assert bench_cgroups() == before
+
+
+def test_bench_e2e_refuses_a_share_out_of_range() -> None:
+    for share in ("0", "1.5", "nan"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "mbostream.cli", "bench", "e2e", "--server-cpu-share", share],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 2 and "--server-cpu-share: must be a finite number from 0.01 to 1" in proc.stderr, proc.stderr

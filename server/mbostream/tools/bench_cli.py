@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from mbostream.tools.bench_server import CPU_SHARE  # stdlib only: no benchmark imported
 from mbostream_core.argtypes import non_negative_int, positive_float, positive_int
 
 
@@ -71,6 +72,13 @@ def add_e2e_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--combine", action="store_true", help="book streams ask for combine_books (one message per refresh)")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and client to separate CPUs")
+    p.add_argument(
+        "--server-cpu-share",
+        type=CPU_SHARE.argtype,
+        metavar="F",
+        help=f"cap the server's CPU time at F ({CPU_SHARE.describe()}; a cpu cgroup, as root): "
+        "the figures on a core that much slower; e.g. 0.6 for issue 13's 60%% headroom",
+    )
     p.add_argument(
         "--server-arg",
         action="append",

@@ -69,6 +69,9 @@ class E2eConfig:
     #: Book streams ask for combine_books (one message per refresh with every changed book).
     combine: bool = False
     pin: bool = True
+    #: The server's CPU time capped at this share of its one CPU (a cpu cgroup; None: no cap): how
+    #: the figures hold on a core this much slower, which is what "at most 60% busy" is for.
+    server_cpu_share: float | None = None
     #: Extra ``mbostream serve`` flags, e.g. ``("--book-interval-ms", "20")``.
     server_args: tuple[str, ...] = ()
     #: The measuring client: "go" (mbostream-load) or "python" (mbostream-client latency).
@@ -231,10 +234,14 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
     else:
         pacing, streams, events_streams = ["--rate", f"{cfg.rate:g}"], cfg.book_streams, cfg.events_streams
     server_args = _with_stream_limits(cfg.server_args, streams + events_streams)
-    with BenchServer(pacing, files=cfg.files, server_args=server_args, cpus=server_cpus) as server:
+    with BenchServer(
+        pacing, files=cfg.files, server_args=server_args, cpus=server_cpus, cpu_share=cfg.server_cpu_share
+    ) as server:
+        throttled0 = server.cpu_cap.throttled_seconds() if server.cpu_cap else None
         before, client0 = server.read(), _children_cpu_seconds()
         client = _run_client(cfg, server.target, streams, events_streams, client_cpus)
         client1, after = _children_cpu_seconds(), server.read()
+        throttled = server.cpu_cap.throttled_seconds() - throttled0 if server.cpu_cap and throttled0 is not None else None
     window = Window(before, after)
     return {
         # Whatever else kept the CPUs busy meanwhile (other test suites, builds) skews the numbers.
@@ -246,6 +253,9 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
             "replayed_records_per_second": window.replayed_records_per_second,
             "cpu_percent": window.server_cpu_percent,
             "cpus": sorted(server_cpus) if server_cpus else None,
+            "cpu_share_cap": cfg.server_cpu_share,
+            # The time the kernel held the server back for its cap, within the window.
+            "throttled_percent": None if throttled is None else round(100 * throttled / window.seconds, 1),
             "exit_code": server.exit_code,
         },
         "client_cpus": sorted(client_cpus) if client_cpus else None,
@@ -320,6 +330,11 @@ def format_summary(results: dict[str, Any]) -> str:
             f"client CPU {cl['client_cpu_percent']}%, interrupts {r['interrupts_cpu_percent']}%, "
             f"server exit {srv['exit_code']}"
         )
+        if srv.get("cpu_share_cap") is not None:
+            lines.append(
+                f"  server capped at {100 * srv['cpu_share_cap']:g}% of its CPU (cpu cgroup, 10 ms periods): "
+                f"held back {srv['throttled_percent']}% of the window"
+            )
         if r["other_processes_cpu_percent"] > 10:
             lines.append(
                 f"  WARNING: other processes used {r['other_processes_cpu_percent']}% CPU during this run; "
@@ -377,6 +392,7 @@ def _cmd_e2e(args: argparse.Namespace) -> int:
         spread=args.spread,
         combine=args.combine,
         pin=not args.no_pin,
+        server_cpu_share=args.server_cpu_share,
         server_args=tuple(arg for option in args.server_arg for arg in option.split()),
         client=args.client or ("go" if go_available() else "python"),
     )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Final
 
 from mbostream.errors import BenchError
+from mbostream_core.argtypes import Range
 
 #: How long the bench waits for the server to answer a status call.
 STATUS_TIMEOUT_SECONDS: Final = 30.0
@@ -54,6 +55,82 @@ def pin(pid: int, cpus: set[int] | None) -> None:
     """
     if cpus is not None:
         os.sched_setaffinity(pid, cpus)
+
+
+#: The CFS bandwidth period of a :class:`CpuCap`: short, so that a capped server waits at most
+#: (1 - share) x 10 ms before it runs again. The kernel's default, 100 ms, would stall it for up to
+#: 40 ms at a 0.6 share: that measures the throttle, not a slower core.
+CPU_CAP_PERIOD_US: Final = 10_000
+#: The shares a :class:`CpuCap` takes (``bench e2e --server-cpu-share``).
+CPU_SHARE: Final = Range(low=0.01, high=1.0, unit="of one CPU")
+_CGROUP_V1_CPU: Final = "/sys/fs/cgroup/cpu"
+_CGROUP_V2: Final = "/sys/fs/cgroup"
+
+
+class CpuCap:
+    """A cpu cgroup that caps the processes added to it at ``share`` of one CPU (CFS bandwidth
+    control, a quota per :data:`CPU_CAP_PERIOD_US`): the bench's stand-in for a slower core.
+
+    cgroup v1 (``/sys/fs/cgroup/cpu``) or v2 (``cpu.max``, the root cgroup's cpu controller
+    enabled); it needs the right to make a cgroup there (root). A :class:`BenchError` says when it
+    cannot, and nothing is measured. :meth:`close` removes the cgroup once its processes are gone.
+    """
+
+    def __init__(self, share: float) -> None:
+        try:
+            self.share = CPU_SHARE.check(share)
+        except ValueError as exc:
+            raise BenchError(f"the server's CPU share {exc}") from None
+        quota = max(1000, round(share * CPU_CAP_PERIOD_US))
+        name = f"mbostream-bench-{os.getpid()}-{secrets.token_hex(3)}"
+        try:
+            if os.path.isfile(os.path.join(_CGROUP_V1_CPU, "cpu.cfs_quota_us")):
+                self.path = os.path.join(_CGROUP_V1_CPU, name)
+                os.mkdir(self.path)
+                self._write("cpu.cfs_period_us", str(CPU_CAP_PERIOD_US))
+                self._write("cpu.cfs_quota_us", str(quota))
+            elif "cpu" in _read(os.path.join(_CGROUP_V2, "cgroup.subtree_control")).split():
+                self.path = os.path.join(_CGROUP_V2, name)
+                os.mkdir(self.path)
+                self._write("cpu.max", f"{quota} {CPU_CAP_PERIOD_US}")
+            else:
+                raise OSError("no cpu controller: neither cgroup v1's cpu hierarchy nor v2's cpu.max")
+        except OSError as exc:
+            self.close()
+            raise BenchError(
+                f"cannot cap the server's CPU (a cpu cgroup under /sys/fs/cgroup, as root): {exc}; not measured"
+            ) from None
+
+    def _write(self, name: str, value: str) -> None:
+        with open(os.path.join(self.path, name), "w") as f:
+            f.write(value)
+
+    def add(self, pid: int) -> None:
+        """Moves a just-started process (all its threads, and every thread it starts later) in."""
+        self._write("cgroup.procs", str(pid))
+
+    def throttled_seconds(self) -> float:
+        """How long the kernel has held the cgroup's processes back for their quota, so far."""
+        for line in _read(os.path.join(self.path, "cpu.stat")).splitlines():
+            key, _, value = line.partition(" ")
+            if key == "throttled_time":  # v1, ns
+                return int(value) / 1e9
+            if key == "throttled_usec":  # v2
+                return int(value) / 1e6
+        return 0.0
+
+    def close(self) -> None:
+        path = getattr(self, "path", None)
+        if path and os.path.isdir(path):
+            os.rmdir(path)  # its processes have exited: an empty cgroup is removed like a folder
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def _stat_fields(pid: int | str) -> list[str]:
@@ -205,7 +282,8 @@ class BenchServer:
 
     ``pacing``: the serve flags of the replay's pace (``--max``, ``--rate R``); ``files``: the data
     (the generated sample by default); ``server_args``: more serve flags; ``cpus``: the CPUs to pin
-    it to; ``log``: where its output goes after the ready line (by default it stays in the pipes).
+    it to; ``cpu_share``: a cap on its CPU time, as a share of one CPU (:class:`CpuCap`); ``log``:
+    where its output goes after the ready line (by default it stays in the pipes).
     Used as a context manager it waits for the replay to start and stops the server on exit;
     :attr:`exit_code` is then its exit status.
     """
@@ -217,8 +295,11 @@ class BenchServer:
         files: Sequence[str] = (),
         server_args: Sequence[str] = (),
         cpus: set[int] | None = None,
+        cpu_share: float | None = None,
         log: IO[str] | None = None,
     ) -> None:
+        # The cap first: it may refuse (not root), and then nothing is started.
+        self.cpu_cap = CpuCap(cpu_share) if cpu_share is not None else None
         self.token = secrets.token_urlsafe(18)
         self.exit_code: int | None = None
         self._drains: list[threading.Thread] = []
@@ -238,6 +319,8 @@ class BenchServer:
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         pin(self.proc.pid, cpus)
+        if self.cpu_cap is not None:
+            self.cpu_cap.add(self.proc.pid)
         self.target = self._read_ready_line()
         if log is not None:
             self._drains = [_drain(self.proc.stderr, log), _drain(self.proc.stdout, log)]
@@ -323,5 +406,7 @@ class BenchServer:
             if stream is not None:
                 stream.close()
         self._spool.cleanup()
+        if self.cpu_cap is not None:
+            self.cpu_cap.close()
         self.exit_code = code
         return code
