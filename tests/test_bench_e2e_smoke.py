@@ -195,3 +195,13 @@ def test_bench_e2e_refuses_a_share_out_of_range() -> None:
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert proc.returncode == 2 and "--server-cpu-share: must be a finite number from 0.01 to 1" in proc.stderr, proc.stderr
+
+
+def test_a_capped_server_that_fails_to_start_leaves_no_cgroup(tmp_path: Path) -> None:
+    from mbostream.errors import BenchError
+    from mbostream.tools.bench_server import BenchServer
+
+    before = bench_cgroups()
+    with pytest.raises(BenchError, match="before listening"):
+        BenchServer(["--max"], files=[str(tmp_path / "missing.dbn")], cpu_share=CPU_SHARE)
+    assert bench_cgroups() == before

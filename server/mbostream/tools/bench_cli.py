@@ -77,7 +77,7 @@ def add_e2e_arguments(p: argparse.ArgumentParser) -> None:
         type=CPU_SHARE.argtype,
         metavar="F",
         help=f"cap the server's CPU time at F ({CPU_SHARE.describe()}; a cpu cgroup, as root): "
-        "the figures on a core that much slower; e.g. 0.6 for issue 13's 60%% headroom",
+        "the figures with the rest of the core taken; e.g. 0.6 for issue 13's 60%% headroom",
     )
     p.add_argument(
         "--server-arg",

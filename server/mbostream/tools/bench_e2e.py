@@ -69,8 +69,8 @@ class E2eConfig:
     #: Book streams ask for combine_books (one message per refresh with every changed book).
     combine: bool = False
     pin: bool = True
-    #: The server's CPU time capped at this share of its one CPU (a cpu cgroup; None: no cap): how
-    #: the figures hold on a core this much slower, which is what "at most 60% busy" is for.
+    #: The server's CPU time capped at this share of its one CPU (a cpu cgroup; None: no cap): do
+    #: the figures hold when the rest of the core is taken, which is what "at most 60% busy" is for.
     server_cpu_share: float | None = None
     #: Extra ``mbostream serve`` flags, e.g. ``("--book-interval-ms", "20")``.
     server_args: tuple[str, ...] = ()

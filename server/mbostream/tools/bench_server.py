@@ -59,7 +59,7 @@ def pin(pid: int, cpus: set[int] | None) -> None:
 
 #: The CFS bandwidth period of a :class:`CpuCap`: short, so that a capped server waits at most
 #: (1 - share) x 10 ms before it runs again. The kernel's default, 100 ms, would stall it for up to
-#: 40 ms at a 0.6 share: that measures the throttle, not a slower core.
+#: 40 ms at a 0.6 share, and the figures would mostly measure those stalls.
 CPU_CAP_PERIOD_US: Final = 10_000
 #: The shares a :class:`CpuCap` takes (``bench e2e --server-cpu-share``).
 CPU_SHARE: Final = Range(low=0.01, high=1.0, unit="of one CPU")
@@ -69,7 +69,9 @@ _CGROUP_V2: Final = "/sys/fs/cgroup"
 
 class CpuCap:
     """A cpu cgroup that caps the processes added to it at ``share`` of one CPU (CFS bandwidth
-    control, a quota per :data:`CPU_CAP_PERIOD_US`): the bench's stand-in for a slower core.
+    control, a quota per :data:`CPU_CAP_PERIOD_US`): the bench's stand-in for a neighbour taking
+    the rest of the core. It is not a slower core: capped, the server runs at full speed until its
+    quota is spent, then waits (docs/performance.md, "Headroom, measured").
 
     cgroup v1 (``/sys/fs/cgroup/cpu``) or v2 (``cpu.max``, the root cgroup's cpu controller
     enabled); it needs the right to make a cgroup there (root). A :class:`BenchError` says when it
@@ -81,7 +83,7 @@ class CpuCap:
             self.share = CPU_SHARE.check(share)
         except ValueError as exc:
             raise BenchError(f"the server's CPU share {exc}") from None
-        quota = max(1000, round(share * CPU_CAP_PERIOD_US))
+        quota = max(1000, round(self.share * CPU_CAP_PERIOD_US))
         name = f"mbostream-bench-{os.getpid()}-{secrets.token_hex(3)}"
         try:
             if os.path.isfile(os.path.join(_CGROUP_V1_CPU, "cpu.cfs_quota_us")):
@@ -318,10 +320,14 @@ class BenchServer:
             "--port", "0", "--metrics-port", "-1", "--loop", *pacing, *server_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        pin(self.proc.pid, cpus)
-        if self.cpu_cap is not None:
-            self.cpu_cap.add(self.proc.pid)
-        self.target = self._read_ready_line()
+        try:
+            pin(self.proc.pid, cpus)
+            if self.cpu_cap is not None:
+                self.cpu_cap.add(self.proc.pid)
+            self.target = self._read_ready_line()
+        except BaseException:
+            self.stop()  # the process, its spool and its cgroup: nothing is left behind
+            raise
         if log is not None:
             self._drains = [_drain(self.proc.stderr, log), _drain(self.proc.stdout, log)]
 
