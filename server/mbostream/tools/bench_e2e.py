@@ -237,11 +237,9 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
     with BenchServer(
         pacing, files=cfg.files, server_args=server_args, cpus=server_cpus, cpu_share=cfg.server_cpu_share
     ) as server:
-        throttled0 = server.cpu_cap.throttled_seconds() if server.cpu_cap else None
         before, client0 = server.read(), _children_cpu_seconds()
         client = _run_client(cfg, server.target, streams, events_streams, client_cpus)
         client1, after = _children_cpu_seconds(), server.read()
-        throttled = server.cpu_cap.throttled_seconds() - throttled0 if server.cpu_cap and throttled0 is not None else None
     window = Window(before, after)
     return {
         # Whatever else kept the CPUs busy meanwhile (other test suites, builds) skews the numbers.
@@ -255,7 +253,7 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
             "cpus": sorted(server_cpus) if server_cpus else None,
             "cpu_share_cap": cfg.server_cpu_share,
             # The time the kernel held the server back for its cap, within the window.
-            "throttled_percent": None if throttled is None else round(100 * throttled / window.seconds, 1),
+            "throttled_percent": window.throttled_percent,
             "exit_code": server.exit_code,
         },
         "client_cpus": sorted(client_cpus) if client_cpus else None,

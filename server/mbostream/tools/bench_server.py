@@ -220,6 +220,9 @@ class Reading:
     #: CPU seconds of every process on the machine, and of interrupts (:func:`machine_busy_seconds`).
     machine_cpu: float
     interrupts: float
+    #: Seconds the kernel has held the server back for its cap (:meth:`CpuCap.throttled_seconds`);
+    #: None when it runs uncapped.
+    throttled: float | None = None
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,13 @@ class Window:
     @property
     def interrupts_cpu_percent(self) -> float:
         return self.percent(self.end.interrupts - self.start.interrupts)
+
+    @property
+    def throttled_percent(self) -> float | None:
+        """The share of the window the kernel held a capped server back (None: uncapped)."""
+        if self.start.throttled is None or self.end.throttled is None:
+            return None
+        return self.percent(self.end.throttled - self.start.throttled)
 
     def others_cpu_percent(self, *measured: float) -> float:
         """The CPU share of every process but the server and the ``measured`` ones (CPU seconds each
@@ -376,7 +386,8 @@ class BenchServer:
                 ) from None
 
     def read(self) -> Reading:
-        """The replay position (a status call), then the server's CPU time and RSS and the machine's."""
+        """The replay position (a status call), then the server's CPU time, RSS and time held back by
+        its cap, and the machine's CPU time."""
         status = self.status()
         at = time.monotonic()
         server_cpu, rss = process_cpu_seconds(self.proc.pid), rss_mib(self.proc.pid)
@@ -388,6 +399,7 @@ class BenchServer:
             rss_mib=rss,
             machine_cpu=machine,
             interrupts=interrupts,
+            throttled=self.cpu_cap.throttled_seconds() if self.cpu_cap is not None else None,
         )
 
     def wait_replaying(self, timeout: float = 60.0) -> None:
