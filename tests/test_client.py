@@ -14,7 +14,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -58,27 +57,38 @@ T = TypeVar("T")
 Server = ServeProcess
 
 
-def start_server(files: list[Path], *args: str, port: int = 0) -> ServeProcess:
-    """Starts ``mbostream serve`` (storage off: these tests are about the gRPC API) and waits until
-    it is SERVING; stopped by PID by the ``servers`` fixture."""
-    log_path = Path(tempfile.mkdtemp(prefix="mbostream-client-test-")) / "serve.log"
-    return ServeProcess(*map(str, files), "--no-store", *args, port=port, log_path=log_path, token=TOKEN).start()
+class Servers:
+    """Servers a test starts, each logging under the test's own tmp_path (pytest keeps the last
+    few runs' and removes older ones); each is stopped by PID at the end, even when the test fails."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[Server] = []
+
+    def start(self, files: list[Path], *args: str, port: int = 0) -> Server:
+        """Starts ``mbostream serve`` (storage off: these tests are about the gRPC API) and waits
+        until it is SERVING."""
+        log_path = self.log_dir / f"serve-{len(self.started)}.log"
+        server = ServeProcess(*map(str, files), "--no-store", *args, port=port, log_path=log_path, token=TOKEN)
+        self.started.append(server)
+        return server.start()
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            server.stop()
 
 
 @pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    """Servers a test starts; each is stopped by PID at the end, even when the test fails."""
-    started: list[Server] = []
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    started = Servers(tmp_path)
     yield started
-    for server in started:
-        server.stop()
+    started.stop_all()
 
 
 @pytest.fixture
-def small_server(servers: list[Server], generated_small: Path) -> Server:
+def small_server(servers: Servers, generated_small: Path) -> Server:
     """The 60,000-record generated file replayed at 20,000 records/s, looping."""
-    servers.append(start_server([generated_small], "--rate", "20000", "--loop"))
-    return servers[-1]
+    return servers.start([generated_small], "--rate", "20000", "--loop")
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -309,10 +319,9 @@ def test_replay_client_needs_the_right_token(small_server: Server) -> None:
 
 # -- the replica ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("data", ["generated", "clx5"])
-def test_replica_equals_getbook_at_the_same_sequence(servers: list[Server], generated_small: Path, data: str) -> None:
+def test_replica_equals_getbook_at_the_same_sequence(servers: Servers, generated_small: Path, data: str) -> None:
     path = generated_small if data == "generated" else shared_file("CLX5_mbo.dbn")
-    server = start_server([path], "--rate", "20000", "--loop")
-    servers.append(server)
+    server = servers.start([path], "--rate", "20000", "--loop")
 
     async def scenario() -> None:
         async with MarketDataClient(server.address) as client, ReplayClient(server.address, token=TOKEN) as replay:
@@ -392,10 +401,9 @@ def test_replica_resumes_after_a_forced_disconnect(small_server: Server) -> None
 
 
 def test_replica_rebuilds_after_the_server_restarts_on_the_same_port(
-    servers: list[Server], generated_small: Path
+    servers: Servers, generated_small: Path
 ) -> None:
-    first = start_server([generated_small], "--rate", "50000", "--loop")
-    servers.append(first)
+    first = servers.start([generated_small], "--rate", "50000", "--loop")
 
     async def scenario() -> None:
         async with MarketDataClient(first.address) as client:
@@ -404,8 +412,7 @@ def test_replica_rebuilds_after_the_server_restarts_on_the_same_port(
                 # Far enough that the new server's position is behind the resume point.
                 await wait_until(lambda: (replica.last_sequence or 0) > 100_000, "100,000 records", seconds=30)
                 assert first.stop() == 0
-                second = start_server([generated_small], "--rate", "20000", "--loop", port=first.port)
-                servers.append(second)
+                second = servers.start([generated_small], "--rate", "20000", "--loop", port=first.port)
                 # Past the file's opening snapshots, so every book's last record is a live one.
                 await wait_until(
                     lambda: replica.stats.rebuilds >= 1 and (replica.last_sequence or 0) > 30_000,
@@ -452,11 +459,10 @@ def test_resume_with_start_after_sequence_is_contiguous(small_server: Server) ->
 
 
 def test_a_slow_reader_is_cut_off_and_resumes_where_it_stopped(
-    servers: list[Server], generated_small: Path, monkeypatch: pytest.MonkeyPatch
+    servers: Servers, generated_small: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MBOSTREAM_SUBSCRIBER_BUFFER_BATCHES", "4")
-    server = start_server([generated_small], "--rate", "100000", "--loop")
-    servers.append(server)
+    server = servers.start([generated_small], "--rate", "100000", "--loop")
 
     async def scenario() -> None:
         # Without BDP probing the receive window stays small, so falling behind reaches the server.

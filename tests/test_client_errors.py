@@ -9,7 +9,6 @@ message too large ends a followed stream instead of reconnecting to it forever.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Final, TypeVar
@@ -51,18 +50,18 @@ MAX_AUTH_FAILURES: Final = 10
 T = TypeVar("T")
 
 
-def start_server(files: list[Path], *args: str) -> ServeProcess:
-    log_path = Path(tempfile.mkdtemp(prefix="mbostream-client-errors-")) / "serve.log"
-    return ServeProcess(*map(str, files), "--no-store", *args, log_path=log_path, token=TOKEN).start()
+def start_server(log_dir: Path, files: list[Path], *args: str) -> ServeProcess:
+    """A ``mbostream serve`` logging to ``log_dir`` (a pytest tmp path: pytest removes old runs')."""
+    return ServeProcess(*map(str, files), "--no-store", *args, log_path=log_dir / "serve.log", token=TOKEN).start()
 
 
 @pytest.fixture(scope="module")
-def server(generated_small: Path) -> Iterator[ServeProcess]:
+def server(generated_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """The 60,000-record generated file at 20,000 records/s, looping; stopped by PID.
 
     Only the throttle test makes control calls here (it leaves 127.0.0.1 throttled for a minute).
     """
-    started = start_server([generated_small], "--rate", "20000", "--loop")
+    started = start_server(tmp_path_factory.mktemp("client-errors"), [generated_small], "--rate", "20000", "--loop")
     try:
         yield started
     finally:
@@ -174,8 +173,8 @@ def test_wrong_tokens_from_one_address_are_throttled(server: ServeProcess) -> No
 
 
 # -- the stream limit ---------------------------------------------------------------------------------
-def test_a_stream_over_the_servers_limit_is_stream_limit(generated_small: Path) -> None:
-    limited = start_server([generated_small], "--rate", "20000", "--loop", "--max-streams", "1")
+def test_a_stream_over_the_servers_limit_is_stream_limit(generated_small: Path, tmp_path: Path) -> None:
+    limited = start_server(tmp_path, [generated_small], "--rate", "20000", "--loop", "--max-streams", "1")
     try:
 
         async def scenario() -> None:
