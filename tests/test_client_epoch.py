@@ -19,13 +19,12 @@ from pathlib import Path
 import pytest
 from test_client import (  # noqa: F401 (servers is a pytest fixture, used by name)
     TOKEN,
-    Server,
+    Servers,
     assert_replica_matches_server,
     paused_position,
     run,
     running,
     servers,
-    start_server,
     wait_until,
     within,
 )
@@ -39,15 +38,14 @@ REPLICA_POSITION = 5_000
 
 @pytest.mark.parametrize("second_file", ["another file", "the same file"])
 def test_replica_rebuilds_when_the_restarted_server_runs_another_epoch(
-    servers: list[Server], generated_small: Path, tmp_path: Path, second_file: str
+    servers: Servers, generated_small: Path, tmp_path: Path, second_file: str
 ) -> None:
     if second_file == "another file":
         other = tmp_path / "other.mbo.dbn"
         generate_file(other, records=60_000, instruments=4, seed=99)
     else:
         other = generated_small
-    first = start_server([generated_small], "--rate", "20000", "--loop")
-    servers.append(first)
+    first = servers.start([generated_small], "--rate", "20000", "--loop")
 
     async def scenario() -> None:
         async with MarketDataClient(first.address) as client:
@@ -59,8 +57,7 @@ def test_replica_rebuilds_when_the_restarted_server_runs_another_epoch(
                 )
                 old_epoch = replica.epoch
                 assert first.stop() == 0
-                second = start_server([other], "--rate", "200000", "--loop", port=first.port)
-                servers.append(second)
+                second = servers.start([other], "--rate", "200000", "--loop", port=first.port)
                 async with ReplayClient(second.address, token=TOKEN) as replay:
                     # The new run passes the replica's resume point: by number it is valid there, and
                     # only the epoch can tell the runs apart (the server checks it before the range).
@@ -82,20 +79,18 @@ def test_replica_rebuilds_when_the_restarted_server_runs_another_epoch(
 
 
 def test_events_cli_reconnects_and_resumes_without_gap_or_duplicate(
-    servers: list[Server], generated_small: Path
+    servers: Servers, generated_small: Path
 ) -> None:
     """``mbostream-client events`` across a server restart: resumes in place after UNAVAILABLE when
     it can, and restarts from a snapshot (printed as such) when the server runs another epoch."""
-    first = start_server([generated_small], "--rate", "20000", "--loop")
-    servers.append(first)
+    first = servers.start([generated_small], "--rate", "20000", "--loop")
     command = [sys.executable, "-m", "mbostream_client", "--target", first.address, "events", "--json"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as cli:
         try:
             assert cli.stdout is not None
             before = _read_records(cli.stdout, 3_000)
             assert first.stop() == 0
-            second = start_server([generated_small], "--rate", "20000", "--loop", port=first.port)
-            servers.append(second)
+            second = servers.start([generated_small], "--rate", "20000", "--loop", port=first.port)
             after = _read_records(cli.stdout, 3_000, after_snapshot=True)
         finally:
             cli.send_signal(signal.SIGINT)
@@ -109,12 +104,11 @@ def test_events_cli_reconnects_and_resumes_without_gap_or_duplicate(
 
 
 def test_events_cli_with_no_reconnect_ends_on_the_first_error_with_one_line(
-    servers: list[Server], generated_small: Path
+    servers: Servers, generated_small: Path
 ) -> None:
     """``--no-reconnect``: the server going away ends the command, exit 1 and one stderr line that
     names the status, instead of the reconnects and resumes the command does by default."""
-    first = start_server([generated_small], "--rate", "20000", "--loop")
-    servers.append(first)
+    first = servers.start([generated_small], "--rate", "20000", "--loop")
     command = [sys.executable, "-m", "mbostream_client", "--target", first.address, "events", "--json", "--no-reconnect"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as cli:
         try:
