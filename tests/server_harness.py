@@ -144,6 +144,8 @@ class ServeProcess:
         self.cwd = cwd
         self.port = 0
         self.metrics_port = -1
+        #: StreamBook on the native transport (``--book-port``); -1 when not served.
+        self.book_port = -1
         self.url = ""
         self.page_url = ""
         self.process: subprocess.Popen[str] | None = None
@@ -193,6 +195,7 @@ class ServeProcess:
         ready = json.loads(line)
         self.port = int(ready["listening"].rsplit(":", 1)[1])
         self.metrics_port = int(ready["metrics_port"])
+        self.book_port = int(ready.get("book_port", -1))
         if "url" in ready:
             self.url = ready["url"]
             self.page_url = next_line().split("open ", 1)[1].split()[0]

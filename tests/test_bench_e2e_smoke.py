@@ -37,7 +37,7 @@ LATENCY_KEYS: Final = {"samples", "p50", "p99", "p99.9", "max"}
 SCENARIO_KEYS: Final = {
     "scenario", "pacing", "server", "client", "client_cpus", "other_processes_cpu_percent", "interrupts_cpu_percent",
 }  # fmt: skip
-SERVER_KEYS: Final = {"replayed_records_per_second", "cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code"}
+SERVER_KEYS: Final = {"replayed_records_per_second", "cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code", "book_target"}
 #: The cap of the capped run: far below what the server takes at --max (a whole core).
 CPU_SHARE: Final = 0.3
 CHECKS: Final = {"max_events_records_per_second", "rate_book_p99_ms", "rate_events_lossless"}
@@ -84,7 +84,7 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
         assert scenario["pacing"] == ("--max" if name == "max" else f"--rate {RATE}")
         server = scenario["server"]
         assert set(server) == SERVER_KEYS
-        assert (server["cpu_share_cap"], server["throttled_percent"]) == (None, None)
+        assert (server["cpu_share_cap"], server["throttled_percent"], server["book_target"]) == (None, None, None)
         assert server["exit_code"] == 0
         assert server["replayed_records_per_second"] > 0
         result = scenario["client"]
@@ -186,6 +186,30 @@ def test_bench_e2e_caps_the_server_at_a_share_of_its_cpu(generated_small: Path, 
     assert 0 < server["cpu_percent"] <= 100 * CPU_SHARE + 5, server
     assert server["throttled_percent"] > 0, server
     assert bench_cgroups() == before
+
+
+def test_bench_e2e_native_books_reads_the_book_streams_from_the_book_port(generated_small: Path, tmp_path: Path) -> None:
+    """``--native-books``: the server also serves StreamBook on a --book-port, the Go client's book
+    streams read it (the events stream the gRPC port), and the run names the port."""
+    doc = bench_e2e("go", generated_small, tmp_path / "cache", "--native-books", scenario="rate")
+    assert doc["config"]["native_books"] is True
+    rate = doc["scenarios"]["rate"]
+    target = rate["server"]["book_target"]
+    assert target and target.startswith("127.0.0.1:"), rate["server"]
+    go_config = rate["client"]["go"]["config"]
+    assert go_config["book_target"] == target and go_config["target"] != target
+    book, events = rate["client"]["book"], rate["client"]["events"]
+    assert book["streams"] == BOOK_STREAMS and book["messages"] > 0 and book["unserved"] == 0 and not book["errors"], book
+    assert events["lossless"] and events["records"] > 0, events
+    assert doc["checks"]["rate_events_lossless"]["value"] is True
+
+
+def test_bench_e2e_native_books_needs_the_go_client(generated_small: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbostream.cli", "bench", "e2e", str(generated_small), "--native-books", "--client", "python"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "--native-books needs the Go client" in proc.stderr, proc.stderr
 
 
 def test_bench_e2e_refuses_a_share_out_of_range() -> None:

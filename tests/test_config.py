@@ -95,6 +95,7 @@ BAD_NUMBERS = {
     "subscriber_buffer_batches": ["0"],
     "replay_buffer_records": ["0"],
     "metrics_port": ["-2", "65536"],
+    "book_port": ["-2", "65536"],
     "port": ["-1", "65536"],
     "edge_port": ["-1", "65536"],
     "sample_records": ["0"],

@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import importlib.util
 import os
+import re
 import select
 import shutil
 import signal
@@ -39,7 +40,7 @@ import grpc  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
 
 from mbostream.edge.binary import find_envoy, validate_config  # noqa: E402
-from mbostream.edge.config import EdgeConfig  # noqa: E402
+from mbostream.edge.config import EdgeConfig, EdgeTls  # noqa: E402
 from mbostream.edge.errors import EdgeError, EdgeStartError, EnvoyNotFoundError  # noqa: E402
 from mbostream.edge.render import render_config  # noqa: E402
 from mbostream.edge.supervisor import Edge  # noqa: E402
@@ -128,7 +129,7 @@ def _write_ui(static_dir: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _edge(upstream_port: int, tmp_path: Path) -> AsyncIterator[Edge]:
+async def _edge(upstream_port: int, tmp_path: Path, book_port: int | None = None) -> AsyncIterator[Edge]:
     static_dir = tmp_path / "dist"
     if not static_dir.exists():
         _write_ui(static_dir)
@@ -138,6 +139,7 @@ async def _edge(upstream_port: int, tmp_path: Path) -> AsyncIterator[Edge]:
         static_dir=static_dir,
         allowed_origins=[ALLOWED_ORIGIN],
         envoy=envoy_or_skip(),
+        book_port=book_port,
     )
     async with _running(edge):
         yield edge
@@ -678,6 +680,48 @@ def test_admin_is_on_loopback_with_prometheus_stats_and_stop_ends_envoy(
                 os.kill(pid, 0)
 
     _run(scenario)
+
+
+def test_streambook_is_routed_to_the_servers_native_book_port(tmp_path: Path) -> None:
+    """With the server's --book-port, Envoy sends StreamBook (gRPC and gRPC-Web) to the native
+    transport and everything else to the gRPC port: both clusters count their requests."""
+    server_or_skip()
+    server = ServeProcess("--rate", "5000", "--loop", "--book-port", "0", log_path=tmp_path / "serve.log").start()
+    try:
+
+        async def scenario() -> None:
+            async with _edge(server.port, tmp_path, book_port=server.book_port) as edge, _channel(edge) as channel:
+                info = await _first_instrument(channel)
+                call = market_data_pb2_grpc.MarketDataServiceStub(channel).StreamBook(_book_request(info))
+                received = [await asyncio.wait_for(call.read(), RPC_TIMEOUT_SECONDS) for _ in range(3)]
+                call.cancel()
+                assert received[0].is_snapshot and all(r.book.instrument_id == info.instrument_id for r in received)
+                streamed = await asyncio.to_thread(
+                    _grpc_web_call, edge.port, "/mbostream.v1.MarketDataService/StreamBook",
+                    _book_request(info).SerializeToString(), max_messages=2,
+                )  # fmt: skip
+                assert streamed.http_status == 200 and len(streamed.messages) == 2
+                stats = await _bounded(edge.prometheus_stats(), RPC_TIMEOUT_SECONDS)
+                requests = {
+                    cluster: int(re.search(rf'envoy_cluster_upstream_rq_total{{envoy_cluster_name="{cluster}"}} (\d+)', stats).group(1))
+                    for cluster in ("mbostream_books", "mbostream_grpc")
+                }
+                assert requests["mbostream_books"] == 2, requests  # the two StreamBook calls
+                assert requests["mbostream_grpc"] >= 1, requests  # ListInstruments
+
+        _run(scenario)
+    finally:
+        server.stop()
+
+
+def test_the_native_book_port_is_refused_with_gateways_or_tls_to_the_server(tmp_path: Path) -> None:
+    for overrides, reason in (
+        ({"upstream_ports": (50051, 50052)}, "not with gateways"),
+        ({"tls": EdgeTls(upstream_cert_file=str(tmp_path / "server.crt"))}, "not with TLS"),
+        ({"book_port": 0}, "not a port number"),
+    ):
+        with pytest.raises(ConfigError, match=reason):
+            EdgeConfig(listen_port=0, upstream_port=50051, static_dir=None, **{"book_port": 50060, **overrides})
 
 
 # --- Envoy's health checking, against a server that turns NOT_SERVING on demand ------------------

@@ -2,9 +2,10 @@
 //!
 //! Thin by design: argument conversion, GIL release and delegation only. The rules live in the
 //! crates under `native/`: the book engine and DBN records (`mbostream-book`), line protocol and
-//! the storage pipeline (`mbostream-lineproto`), the event-batch wire encoding (`mbostream-wire`)
-//! and the synthetic feed (`mbostream-synth`).
+//! the storage pipeline (`mbostream-lineproto`), the event-batch wire encoding (`mbostream-wire`),
+//! the native streaming transport (`mbostream-h2serve`) and the synthetic feed (`mbostream-synth`).
 mod dbn;
+mod h2serve;
 mod layout;
 mod lineproto;
 mod market;
@@ -31,6 +32,7 @@ pub(crate) fn bytes_of(buf: &PyBuffer<u8>) -> PyResult<&[u8]> {
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     market::register(m)?;
     dbn::register(m)?;
+    h2serve::register(m)?;
     layout::register(m)?;
     lineproto::register(m)?;
     pipeline::register(m)?;

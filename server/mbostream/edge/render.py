@@ -32,6 +32,9 @@ UPSTREAM_CLUSTER: Final = "mbostream_grpc"
 OTLP_CLUSTER: Final = "otel_collector"
 EDGE_SERVICE_NAME: Final = "mbostream-edge"
 REPLAYER_CLUSTER: Final = "mbostream_replayer"
+#: StreamBook on the server's native transport (``--book-port``).
+BOOK_CLUSTER: Final = "mbostream_books"
+_STREAM_BOOK_PATH: Final = "/mbostream.v1.MarketDataService/StreamBook"
 _REPLAY_SERVICE_PREFIX: Final = "/mbostream.v1.ReplayService/"
 # A request that found no gateway (refused, reset before a response, or UNAVAILABLE in its
 # headers: not caught up) is tried again on another one, after a short backoff.
@@ -183,6 +186,34 @@ def _cluster_parts(config: EdgeConfig, upstream_tls: str) -> dict[str, str]:
     }
 
 
+def _book_parts(config: EdgeConfig) -> dict[str, str]:
+    """StreamBook's route to the server's native transport and its cluster, when ``book_port`` is
+    set. No health check there (the port serves StreamBook only): the gRPC cluster's says whether
+    the server is up, and a refused connection fails the call as it would there."""
+    if config.book_port is None:
+        return {"book_route": "", "book_cluster": ""}
+    route = {
+        "match": {"path": _STREAM_BOOK_PATH},
+        "route": {"cluster": BOOK_CLUSTER, "timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"}},
+    }
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": config.upstream_host, "port_value": config.book_port}}}}
+    load_assignment = {"cluster_name": BOOK_CLUSTER, "endpoints": [{"lb_endpoints": [endpoint]}]}
+    protocol = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}},
+        }
+    }
+    cluster = (
+        f"    - name: {BOOK_CLUSTER}\n"
+        "      type: STATIC\n"
+        "      connect_timeout: 1s\n"
+        f"      load_assignment: {json.dumps(load_assignment)}\n"
+        f"      typed_extension_protocol_options: {json.dumps(protocol)}\n"
+    )
+    return {"book_route": f"{_ROUTE_INDENT}- {json.dumps(route)}\n", "book_cluster": cluster}
+
+
 def _tracing_parts(config: EdgeConfig) -> dict[str, str]:
     """Envoy's OpenTelemetry tracer and its collector cluster, when ``config.otlp_endpoint`` is set.
 
@@ -291,6 +322,7 @@ def render_config(config: EdgeConfig) -> str:
         "static_routes": "\n".join(f"{_ROUTE_INDENT}- {json.dumps(route)}" for route in routes),
         **_cluster_parts(config, tls["upstream_tls"]),
         **_tracing_parts(config),
+        **_book_parts(config),
         **tls,
     }
     return Template(config.template.read_text()).substitute(values)

@@ -76,6 +76,7 @@ class Edge:
         upstream_ports: Sequence[int] = (),
         replayer_port: int | None = None,
         tls: EdgeTls | None = None,
+        book_port: int | None = None,
     ) -> None:
         self.config = EdgeConfig(
             listen_port=listen_port,
@@ -89,6 +90,7 @@ class Edge:
             upstream_ports=tuple(upstream_ports),
             replayer_port=replayer_port,
             tls=tls or EdgeTls(),
+            book_port=book_port,
         )
         if concurrency < 1:
             raise ConfigError("concurrency", "must be at least 1 worker thread")

@@ -42,6 +42,7 @@ from mbostream.replay import Replayer, ReplayState
 from mbostream.server import market_data, replay_control
 from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
 from mbostream.server.interceptors import ErrorMappingInterceptor, quiet_client_disconnects
+from mbostream.server.native_books import NativeBookTransport
 from mbostream_core.synth import ensure_sample
 from mbostream_core.v1 import market_data_pb2, replay_pb2
 
@@ -146,6 +147,9 @@ class App:
         self._tasks: list[asyncio.Task[Any]] = []
         #: The gRPC servers on the one port (``listeners`` of them), once listening.
         self.servers: list[grpc_aio.Server] = []
+        #: StreamBook on the native transport (``book_port``), once listening; its port.
+        self.books: NativeBookTransport | None = None
+        self.book_port = -1
         self._started_sinks: list[Sink] = []
         #: The metrics HTTP server and the storage metrics' unregistering, once started.
         self._httpd: WSGIServer | None = None
@@ -191,8 +195,9 @@ class App:
 
     def _handlers(self, dataset: str) -> tuple[grpc.GenericRpcHandler, ...]:
         """The gRPC services besides health and reflection."""
+        self.service = market_data.MarketDataService(self.market, self.hub, dataset)
         return (
-            market_data.handler(market_data.MarketDataService(self.market, self.hub, dataset)),
+            market_data.handler(self.service),
             replay_control.handler(replay_control.ReplayControlService(self.replayer, self.settings.control_token, self.hub.epoch)),
         )
 
@@ -273,6 +278,8 @@ class App:
         self.port = port
         for server in self.servers:
             await server.start()
+        if s.book_port >= 0:
+            self._listen_books(s.host, s.book_port)
         if s.metrics_port >= 0:
             _check_port_free("metrics_port", s.host, s.metrics_port)
             try:
@@ -288,6 +295,19 @@ class App:
             await sink.start()
             self._started_sinks.append(sink)
 
+    def _listen_books(self, host: str, port: int) -> None:
+        """StreamBook on the native transport (mbostream.server.native_books), on ``book_port``."""
+        _check_port_free("book_port", host, port)
+        self.books = NativeBookTransport(lambda: self.service, host, port)
+        try:
+            self.books.start()
+        except OSError as exc:
+            self.books = None
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressInUseError(_setting_names("book_port"), host, port) from None
+            raise ConfigError(_setting_names("book_port"), f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+        self.book_port = self.books.port
+
     def _server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS for the listeners when a certificate is configured (mTLS with a client CA), read once
         for all of them; None: plaintext."""
@@ -302,6 +322,8 @@ class App:
         listening, running or registered, and no gRPC server is left for the garbage collector to
         stop after the event loop is closed."""
         await asyncio.gather(*(server.stop(None) for server in self.servers))
+        if self.books is not None:
+            await self.books.stop(0)
         for sink in self._started_sinks:
             await sink.stop(0)
         self._close_metrics()
@@ -374,7 +396,10 @@ class App:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.feed.stop()
         self.hub.close()
-        await asyncio.gather(*(server.stop(s.grace_seconds) for server in self.servers))
+        await asyncio.gather(
+            *(server.stop(s.grace_seconds) for server in self.servers),
+            *([self.books.stop(s.grace_seconds)] if self.books is not None else []),
+        )
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -424,6 +449,8 @@ async def serve(
     await app.start()
     edge = None
     ready: dict[str, Any] = {"listening": f"{settings.host}:{app.port}", "metrics_port": app.metrics_port}
+    if app.books is not None:
+        ready["book_port"] = app.book_port
     if with_edge:
         from mbostream.edge.config import EdgeTls
         from mbostream.edge.supervisor import Edge
@@ -443,6 +470,7 @@ async def serve(
                 upstream_client_cert_file=settings.edge_tls_client_cert_file,
                 upstream_client_key_file=settings.edge_tls_client_key_file,
             ),
+            book_port=app.book_port if app.books is not None else None,
         )
         try:
             await edge.start()

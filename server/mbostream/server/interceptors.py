@@ -107,7 +107,7 @@ class ErrorMappingInterceptor(AsyncExceptionToStatusInterceptor):
                 yield item
                 # grpc.aio asks for the next message once the previous write completed: now.
                 if delivery is not None and sent % DELIVERY_SAMPLE_EVERY == 0:
-                    _observe_delivery(delivery, item)
+                    observe_delivery(delivery, item)
                 sent += 1
             failed = False
         finally:
@@ -171,7 +171,7 @@ def message_ts_out(payload: bytes) -> int:
     return found
 
 
-def _observe_delivery(histogram: Any, payload: Any) -> None:
+def observe_delivery(histogram: Any, payload: Any) -> None:
     ts_out = message_ts_out(payload) if isinstance(payload, bytes) else 0
     if ts_out:
         histogram.observe(max(0.0, (time.time_ns() - ts_out) / 1e9))

@@ -100,6 +100,12 @@ class MarketDataService:
 
     async def StreamBook(self, request: pb.StreamBookRequest, context: grpc_aio.ServicerContext) -> AsyncIterator[bytes]:
         """A full snapshot per book first, then the latest consistent book at each refresh."""
+        async for payload in self.book_payloads(request, peer_address(context.peer())):
+            yield payload
+
+    async def book_payloads(self, request: pb.StreamBookRequest, peer: str) -> AsyncIterator[bytes]:
+        """StreamBook's messages, encoded, for a client at ``peer`` (an address without its port):
+        what grpc.aio and the native transport (:mod:`mbostream.server.native_books`) both send."""
         try:
             MAX_UPDATES_PER_SECOND.check(request.max_updates_per_second)
         except ValueError as exc:
@@ -111,7 +117,7 @@ class MarketDataService:
             orders=request.include_orders,
             max_rate=request.max_updates_per_second,
             combine=request.combine_books,
-            peer=peer_address(context.peer()),
+            peer=peer,
         )
         epoch = self.hub.epoch
         try:

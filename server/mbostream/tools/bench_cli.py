@@ -80,6 +80,12 @@ def add_e2e_arguments(p: argparse.ArgumentParser) -> None:
         "the figures with the rest of the core taken; e.g. 0.6 for issue 13's 60%% headroom",
     )
     p.add_argument(
+        "--native-books",
+        action="store_true",
+        help="book streams read the server's --book-port (StreamBook on the native HTTP/2 transport), "
+        "events its gRPC port (Go client only)",
+    )
+    p.add_argument(
         "--server-arg",
         action="append",
         default=[],

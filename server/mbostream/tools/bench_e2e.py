@@ -72,6 +72,9 @@ class E2eConfig:
     #: The server's CPU time capped at this share of its one CPU (a cpu cgroup; None: no cap): do
     #: the figures hold when the rest of the core is taken, which is what "at most 60% busy" is for.
     server_cpu_share: float | None = None
+    #: Book streams read the server's ``--book-port`` (StreamBook on the native transport), the
+    #: events stream its gRPC port (Go client only).
+    native_books: bool = False
     #: Extra ``mbostream serve`` flags, e.g. ``("--book-interval-ms", "20")``.
     server_args: tuple[str, ...] = ()
     #: The measuring client: "go" (mbostream-load) or "python" (mbostream-client latency).
@@ -84,11 +87,11 @@ def _children_cpu_seconds() -> float:
 
 
 def _run_client(
-    cfg: E2eConfig, target: str, streams: int, events_streams: int, cpus: set[int] | None
+    cfg: E2eConfig, target: str, streams: int, events_streams: int, cpus: set[int] | None, book_target: str | None = None
 ) -> dict[str, Any]:
     """Runs the client in its own process and returns its result (in the Python client's shape)."""
     if cfg.client == "go":
-        return _run_go_client(cfg, target, streams, events_streams, cpus)
+        return _run_go_client(cfg, target, streams, events_streams, cpus, book_target)
     cmd = [
         sys.executable, "-m", "mbostream_client", "--target", target, "latency",
         "--streams", str(streams), "--events-streams", str(events_streams), *_client_flags(cfg),
@@ -158,12 +161,13 @@ def _go_load_binary() -> Path:
 
 
 def _run_go_client(
-    cfg: E2eConfig, target: str, streams: int, events_streams: int, cpus: set[int] | None
+    cfg: E2eConfig, target: str, streams: int, events_streams: int, cpus: set[int] | None, book_target: str | None = None
 ) -> dict[str, Any]:
     """Runs ``mbostream-load --json`` in its own process (as many Go threads as pinned CPUs)."""
     cmd = [
         str(_go_load_binary()), "--target", target, "--book-streams", str(streams),
         "--events-streams", str(events_streams), *_client_flags(cfg),
+        *(["--book-target", book_target] if book_target is not None else []),
     ]  # fmt: skip
     env = {**os.environ, **({"GOMAXPROCS": str(len(cpus))} if cpus else {})}
     return _from_go_result(json.loads(_run_client_process("mbostream-load", cmd, cfg, cpus, env)))
@@ -234,11 +238,17 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
     else:
         pacing, streams, events_streams = ["--rate", f"{cfg.rate:g}"], cfg.book_streams, cfg.events_streams
     server_args = _with_stream_limits(cfg.server_args, streams + events_streams)
+    native = cfg.native_books and streams > 0
+    if native:
+        server_args = (*server_args, "--book-port", "0")
     with BenchServer(
         pacing, files=cfg.files, server_args=server_args, cpus=server_cpus, cpu_share=cfg.server_cpu_share
     ) as server:
         before, client0 = server.read(), _children_cpu_seconds()
-        client = _run_client(cfg, server.target, streams, events_streams, client_cpus)
+        book_target = server.book_target if native else None
+        if native and book_target is None:
+            raise BenchError("the server printed no book_port: it does not serve StreamBook on the native transport")
+        client = _run_client(cfg, server.target, streams, events_streams, client_cpus, book_target)
         client1, after = _children_cpu_seconds(), server.read()
     window = Window(before, after)
     return {
@@ -255,6 +265,8 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
             # The time the kernel held the server back for its cap, within the window.
             "throttled_percent": window.throttled_percent,
             "exit_code": server.exit_code,
+            # Where the book streams read: the native transport's port, or the gRPC port (None).
+            "book_target": book_target,
         },
         "client_cpus": sorted(client_cpus) if client_cpus else None,
         "client": client,
@@ -274,6 +286,8 @@ def _verdict(value: float | None, floor: float, aim: float, higher_is_better: bo
 def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
     """Runs the chosen scenarios in turn (never in parallel); returns the result document."""
     results: dict[str, Any] = {"config": asdict(cfg), "scenarios": {}}
+    if cfg.native_books and cfg.client != "go":
+        raise BenchError("--native-books needs the Go client (--client go): mbostream-client latency has one target")
     if cfg.client == "go":
         _go_load_binary()  # built before any server runs, not inside a measured interval
     checks: dict[str, Any] = {}
@@ -328,6 +342,8 @@ def format_summary(results: dict[str, Any]) -> str:
             f"client CPU {cl['client_cpu_percent']}%, interrupts {r['interrupts_cpu_percent']}%, "
             f"server exit {srv['exit_code']}"
         )
+        if srv.get("book_target"):
+            lines.append(f"  book streams on the native transport ({srv['book_target']}, --book-port); events on gRPC")
         if srv.get("cpu_share_cap") is not None:
             lines.append(
                 f"  server capped at {100 * srv['cpu_share_cap']:g}% of its CPU (cpu cgroup, 10 ms periods): "
@@ -391,6 +407,7 @@ def _cmd_e2e(args: argparse.Namespace) -> int:
         combine=args.combine,
         pin=not args.no_pin,
         server_cpu_share=args.server_cpu_share,
+        native_books=args.native_books,
         server_args=tuple(arg for option in args.server_arg for arg in option.split()),
         client=args.client or ("go" if go_available() else "python"),
     )

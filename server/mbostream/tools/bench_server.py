@@ -329,6 +329,8 @@ class BenchServer:
             sys.executable, "-m", "mbostream.cli", "--log-level", "warning", "serve", *files,
             "--port", "0", "--metrics-port", "-1", "--loop", *pacing, *server_args,
         ]  # fmt: skip
+        #: The server's JSON ready line, once read.
+        self.ready: dict[str, Any] = {}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
             pin(self.proc.pid, cpus)
@@ -365,7 +367,14 @@ class BenchServer:
         if not line:
             err = self.proc.stderr.read() if self.proc.stderr else ""
             raise BenchError(f"server exited with {self.proc.wait()} before listening: {err.strip()[-2000:]}")
-        return str(json.loads(line)["listening"])
+        self.ready = json.loads(line)
+        return str(self.ready["listening"])
+
+    @property
+    def book_target(self) -> str | None:
+        """``host:port`` of StreamBook on the native transport (``--book-port``), if it serves it."""
+        port = self.ready.get("book_port")
+        return None if port is None else f"{self.target.rsplit(':', 1)[0]}:{port}"
 
     def status(self) -> Any:
         """The replay status over ReplayService (bearer token of this server)."""

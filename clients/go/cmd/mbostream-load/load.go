@@ -108,28 +108,88 @@ type measurement struct {
 	instruments []string
 }
 
+// dial connects one client, within 10 s.
+func dial(ctx context.Context, target string, logger *slog.Logger) (*mbostream.Client, error) {
+	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return mbostream.Dial(dialCtx, target, mbostream.WithLogger(logger))
+}
+
+// dialPools connects the clients the book and the events streams take turns on: one pool of
+// --connections (or one per stream) for both, or with --book-target one pool each, the book
+// streams' to that target; and every client, to close.
+func dialPools(ctx context.Context, cfg config, logger *slog.Logger) (books, events, all []*mbostream.Client, err error) {
+	size := func(streams int) int {
+		if cfg.connections > 0 {
+			return max(1, min(cfg.connections, streams))
+		}
+		return max(1, streams)
+	}
+	pool := func(target string, n int) ([]*mbostream.Client, error) {
+		clients := make([]*mbostream.Client, 0, n)
+		for range n {
+			client, err := dial(ctx, target, logger)
+			if err != nil {
+				for _, c := range clients {
+					c.Close()
+				}
+				return nil, err
+			}
+			clients = append(clients, client)
+		}
+		return clients, nil
+	}
+	if cfg.bookTarget == "" {
+		shared, err := pool(cfg.target, size(cfg.bookStreams+cfg.eventsStreams))
+		return shared, shared, shared, err
+	}
+	if cfg.bookStreams > 0 {
+		if books, err = pool(cfg.bookTarget, size(cfg.bookStreams)); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	if cfg.eventsStreams > 0 {
+		if events, err = pool(cfg.target, size(cfg.eventsStreams)); err != nil {
+			for _, c := range books {
+				c.Close()
+			}
+			return nil, nil, nil, err
+		}
+	}
+	return books, events, append(append([]*mbostream.Client{}, books...), events...), nil
+}
+
 // run dials the connections, runs every stream until the window closes, and collects counters.
 func run(cfg config, logger *slog.Logger) (*measurement, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	total := cfg.bookStreams + cfg.eventsStreams
-	connections := total
-	if cfg.connections > 0 {
-		connections = min(cfg.connections, total)
+	// With --book-target the book streams have connections of their own, to that port.
+	bookClients, eventClients, all, err := dialPools(ctx, cfg, logger)
+	if err != nil {
+		return nil, err
 	}
-	clients := make([]*mbostream.Client, connections)
-	for i := range clients {
-		dialCtx, dialCancel := context.WithTimeout(ctx, 10*time.Second)
-		client, err := mbostream.Dial(dialCtx, cfg.target, mbostream.WithLogger(logger))
-		dialCancel()
+	defer func() {
+		for _, c := range all {
+			c.Close()
+		}
+	}()
+	m := &measurement{cfg: cfg}
+	// ListInstruments (for --spread) is served on --target only.
+	var lister *mbostream.Client
+	if len(eventClients) > 0 {
+		lister = eventClients[0]
+	} else if cfg.bookTarget == "" {
+		lister = bookClients[0]
+	}
+	if lister == nil && cfg.spread {
+		lister, err = dial(ctx, cfg.target, logger)
 		if err != nil {
 			return nil, err
 		}
-		defer client.Close()
-		clients[i] = client
+		defer lister.Close()
 	}
-	m := &measurement{cfg: cfg}
-	selections, err := bookSelections(ctx, cfg, clients[0])
+	selections, err := bookSelections(ctx, cfg, lister)
 	if err != nil {
 		return nil, err
 	}
@@ -151,7 +211,7 @@ func run(cfg config, logger *slog.Logger) (*measurement, error) {
 		c := &bookCounters{lat: newLatencies(m.window), held: newHeldAges()}
 		m.book = append(m.book, c)
 		wg.Go(func() {
-			readBooks(ctx, clients[i%connections], cfg, selections[i], m.window, c)
+			readBooks(ctx, bookClients[i%len(bookClients)], cfg, selections[i], m.window, c)
 			ended <- struct{}{}
 		})
 	}
@@ -159,7 +219,7 @@ func run(cfg config, logger *slog.Logger) (*measurement, error) {
 		c := &eventCounters{lat: newLatencies(m.window)}
 		m.events = append(m.events, c)
 		wg.Go(func() {
-			readEvents(ctx, clients[(cfg.bookStreams+i)%connections], m.window, c)
+			readEvents(ctx, eventClients[(cfg.bookStreams+i)%len(eventClients)], m.window, c)
 			ended <- struct{}{}
 		})
 	}

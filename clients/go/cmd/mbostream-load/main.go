@@ -29,6 +29,7 @@ import (
 // config is the validated command line.
 type config struct {
 	target              string
+	bookTarget          string
 	bookStreams         int
 	eventsStreams       int
 	combine             bool
@@ -78,6 +79,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("mbostream-load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.target, "target", "127.0.0.1:50051", "HOST:PORT of the server")
+	fs.StringVar(&cfg.bookTarget, "book-target", "", "HOST:PORT the StreamBook streams use instead of --target (a server's --book-port)")
 	fs.IntVar(&cfg.bookStreams, "book-streams", 1, "concurrent StreamBook streams")
 	fs.IntVar(&cfg.eventsStreams, "events-streams", 0, "concurrent StreamEvents streams (every instrument each)")
 	fs.BoolVar(&cfg.combine, "combine", false, "book streams ask for combine_books (one message per refresh)")

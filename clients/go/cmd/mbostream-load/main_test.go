@@ -208,3 +208,36 @@ func TestFlagsReachTheServer(t *testing.T) {
 		}
 	}
 }
+
+// TestBookTargetTakesTheBookStreamsToTheNativePort: with --book-target the book streams read a
+// server's --book-port (StreamBook on the native transport) and the events stream its gRPC port;
+// with --spread and no events stream, the instruments are still listed on --target.
+func TestBookTargetTakesTheBookStreamsToTheNativePort(t *testing.T) {
+	bookPort := testserver.FreePort(t)
+	srv := testserver.Start(t, testserver.Options{Args: []string{"--rate", "20000", "--loop", "--book-port", fmt.Sprint(bookPort)}})
+	bookTarget := fmt.Sprintf("127.0.0.1:%d", bookPort)
+	for _, extra := range [][]string{{"--events-streams", "1", "--combine"}, {"--events-streams", "0", "--spread"}} {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"--target", srv.Address, "--book-target", bookTarget, "--book-streams", "4",
+			"--seconds", "1", "--warmup", "0.5", "--json"}, extra...)
+		if code := mainWith(args, &stdout, &stderr); code != 0 {
+			t.Fatalf("%v: exit %d: %s", extra, code, stderr.String())
+		}
+		var r result
+		if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+			t.Fatalf("%v: not one JSON document: %v\n%s", extra, err, stdout.String())
+		}
+		if r.Config.BookTarget != bookTarget || r.Book.Streams != 4 || r.Book.Messages == 0 || r.Book.Unserved != 0 || len(r.Book.Errors) != 0 {
+			t.Fatalf("%v: book streams over %s: %+v", extra, bookTarget, r.Book)
+		}
+		if wantEvents := extra[1] == "1"; wantEvents && (r.Events.Records == 0 || !r.Events.Lossless) {
+			t.Errorf("%v: events over %s: %+v", extra, srv.Address, r.Events)
+		}
+		if spread := extra[2] == "--spread"; spread != (len(r.Config.SpreadInstruments) == 4) {
+			t.Errorf("%v: spread over %v", extra, r.Config.SpreadInstruments)
+		}
+		if summary := formatSummary(r); !strings.Contains(summary, "(book streams: "+bookTarget+")") {
+			t.Errorf("%v: the summary does not name the book target:\n%s", extra, summary)
+		}
+	}
+}

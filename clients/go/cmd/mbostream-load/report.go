@@ -24,6 +24,7 @@ type result struct {
 
 type configDoc struct {
 	Target              string   `json:"target"`
+	BookTarget          string   `json:"book_target,omitempty"`
 	BookStreams         int      `json:"book_streams"`
 	EventsStreams       int      `json:"events_streams"`
 	Combine             bool     `json:"combine"`
@@ -89,7 +90,7 @@ func summarise(m *measurement) result {
 	seconds := m.cfg.seconds.Seconds()
 	r := result{
 		Config: configDoc{
-			Target: m.cfg.target, BookStreams: m.cfg.bookStreams, EventsStreams: m.cfg.eventsStreams,
+			Target: m.cfg.target, BookTarget: m.cfg.bookTarget, BookStreams: m.cfg.bookStreams, EventsStreams: m.cfg.eventsStreams,
 			Combine: m.cfg.combine, Spread: m.cfg.spread, Depth: m.cfg.depth,
 			MaxUpdatesPerSecond: m.cfg.maxUpdatesPerSecond, Connections: m.cfg.connections,
 			Seconds: seconds, Warmup: m.cfg.warmup.Seconds(), SpreadInstruments: m.instruments,
@@ -192,7 +193,11 @@ func writeJSON(w io.Writer, r result) error {
 // formatSummary is a few readable lines of a result.
 func formatSummary(r result) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "target %s: %g s measured after %g s warm-up, %s\n", r.Config.Target, r.Config.Seconds, r.Config.Warmup,
+	target := r.Config.Target
+	if r.Config.BookTarget != "" {
+		target += " (book streams: " + r.Config.BookTarget + ")"
+	}
+	fmt.Fprintf(&b, "target %s: %g s measured after %g s warm-up, %s\n", target, r.Config.Seconds, r.Config.Warmup,
 		connectionsText(r.Config))
 	if r.Book.Streams > 0 {
 		fmt.Fprintf(&b, "StreamBook   x%-4d %12.0f msg/s   publish→receive p50 %s ms  p99 %s ms  p99.9 %s ms  max %s ms  (conflated %d, reconnects %d)\n",

@@ -1,0 +1,629 @@
+//! A plaintext HTTP/2 gRPC server for server-streaming calls whose messages come from another
+//! thread.
+//!
+//! It accepts calls to the methods it was given and hands each call's request to its owner as an
+//! [`Event::Call`]; the owner answers with [`Server::send`] (one gRPC message each) and ends the
+//! call with [`Server::finish`] (a status). It frames, flow-controls and writes; what the messages
+//! mean is the owner's business. Everything network-facing runs on one thread of its own (a tokio
+//! current-thread runtime), so the owner's thread only queues bytes.
+//!
+//! **Backpressure.** A call's queue counts the bytes HTTP/2 flow control has not taken yet. `send`
+//! returns that count; once it reached `high_water`, an [`Event::Writable`] says when it fell back
+//! to `low_water`, so an owner that waits for it never queues much more than `high_water` for a
+//! client that does not read.
+//!
+//! **Waking the owner.** Events wait in a queue; when the queue stops being empty, one byte is
+//! written to a socket whose other end is [`Server::wake_fd`], so an event loop can watch it.
+//! [`Server::take_events`] drains both.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::SendStream;
+use http::{HeaderMap, HeaderValue, Response};
+use tokio::sync::{watch, Notify};
+
+/// gRPC status codes this crate sends on its own (the owner may send any).
+pub mod code {
+    pub const OK: u32 = 0;
+    pub const INVALID_ARGUMENT: u32 = 3;
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    pub const UNIMPLEMENTED: u32 = 12;
+    pub const INTERNAL: u32 = 13;
+    pub const UNAVAILABLE: u32 = 14;
+}
+
+/// What the server is told at start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub host: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// Full method paths served (`/package.Service/Method`); any other answers UNIMPLEMENTED.
+    pub methods: Vec<String>,
+    /// Largest request message accepted (RESOURCE_EXHAUSTED beyond).
+    pub max_request_bytes: usize,
+    /// Queued bytes of a call at which `send` callers should wait for [`Event::Writable`].
+    pub high_water: usize,
+    /// Queued bytes below which a call that reached `high_water` is writable again.
+    pub low_water: usize,
+    /// Concurrent calls one HTTP/2 connection may open.
+    pub max_concurrent_streams: u32,
+    /// How often a connection is PINGed, and how long its answer may take before the connection is
+    /// dropped (its calls end, their subscriptions with them): the gRPC listeners' 30 s and 10 s.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+/// What the owner is told.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A new call: its id, method path, request message (unframed) and the client's address as
+    /// gRPC spells it (`ipv4:127.0.0.1:PORT`, `ipv6:[::1]:PORT`).
+    Call { id: u64, method: String, request: Bytes, peer: String },
+    /// A call that had reached `high_water` fell back to `low_water`.
+    Writable { id: u64 },
+    /// The client went away (cancelled, reset, or its connection closed) before `finish`.
+    Closed { id: u64 },
+}
+
+struct Outgoing {
+    frames: VecDeque<Bytes>,
+    queued: usize,
+    finish: Option<(u32, String)>,
+    blocked: bool,
+    notify: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct State {
+    events: Vec<Event>,
+    calls: HashMap<u64, Outgoing>,
+    next_id: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: UnixStream,
+    stop: watch::Sender<bool>,
+    config: Config,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push_event(&self, state: &mut State, event: Event) {
+        if state.events.is_empty() {
+            // Non-blocking: a full socket already says "look".
+            let _ = (&self.wake).write(&[1]);
+        }
+        state.events.push(event);
+    }
+}
+
+/// The running server; [`Server::stop`] (or dropping it) stops its thread.
+pub struct Server {
+    shared: Arc<Shared>,
+    wake_read: UnixStream,
+    port: u16,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Server {
+    /// Binds (errors come back here, not later) and starts the server's thread.
+    pub fn start(config: Config) -> io::Result<Server> {
+        if config.methods.is_empty() || config.low_water > config.high_water || config.max_concurrent_streams == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "methods must not be empty, low_water <= high_water, max_concurrent_streams >= 1"));
+        }
+        let listener = std::net::TcpListener::bind((config.host.as_str(), config.port))?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let (wake_read, wake) = UnixStream::pair()?;
+        wake_read.set_nonblocking(true)?;
+        wake.set_nonblocking(true)?;
+        let (stop, _) = watch::channel(false);
+        let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake, stop, config });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new().name("mbostream-h2".into()).spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => accept(listener, thread_shared).await,
+                    Err(_) => {}
+                }
+            });
+        })?;
+        Ok(Server { shared, wake_read, port, thread: Mutex::new(Some(thread)) })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Readable when events are waiting.
+    pub fn wake_fd(&self) -> RawFd {
+        self.wake_read.as_raw_fd()
+    }
+
+    /// The events so far, oldest first.
+    pub fn take_events(&self) -> Vec<Event> {
+        let mut sink = [0u8; 256];
+        while matches!((&self.wake_read).read(&mut sink), Ok(n) if n > 0) {}
+        std::mem::take(&mut self.shared.lock().events)
+    }
+
+    /// Queues one message of call `id`; the call's queued bytes after it, or None when the call is
+    /// gone (finished, or closed by the client).
+    pub fn send(&self, id: u64, message: &[u8]) -> Option<usize> {
+        let mut state = self.shared.lock();
+        let call = state.calls.get_mut(&id)?;
+        if call.finish.is_some() {
+            return None;
+        }
+        let mut frame = BytesMut::with_capacity(5 + message.len());
+        frame.put_u8(0);
+        frame.put_u32(message.len() as u32);
+        frame.put_slice(message);
+        call.queued += frame.len();
+        call.frames.push_back(frame.freeze());
+        if call.queued >= self.shared.config.high_water {
+            call.blocked = true;
+        }
+        call.notify.notify_one();
+        Some(call.queued)
+    }
+
+    /// Ends call `id` with a status once its queued messages are written; false when it is gone.
+    pub fn finish(&self, id: u64, status: u32, message: &str) -> bool {
+        let mut state = self.shared.lock();
+        match state.calls.get_mut(&id) {
+            Some(call) if call.finish.is_none() => {
+                call.finish = Some((status, message.to_owned()));
+                call.notify.notify_one();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Calls open now (not yet finished and written, nor closed).
+    pub fn open_calls(&self) -> usize {
+        self.shared.lock().calls.len()
+    }
+
+    /// Stops accepting, tells clients to go (GOAWAY), waits up to `grace` for the open calls to
+    /// be finished and written, then closes everything and joins the thread.
+    pub fn stop(&self, grace: Duration) {
+        self.shared.stop.send_replace(true);
+        let deadline = Instant::now() + grace;
+        while self.open_calls() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        {
+            // Calls still open are ended as the thread stops: a status, not a hang.
+            let mut state = self.shared.lock();
+            for call in state.calls.values_mut() {
+                if call.finish.is_none() {
+                    call.finish = Some((code::UNAVAILABLE, "the server is shutting down".into()));
+                }
+                call.notify.notify_one();
+            }
+        }
+        self.shared.stop.send_replace(true);
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            // The thread ends once its connections have closed (bounded below).
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop(Duration::ZERO);
+    }
+}
+
+/// How long connections get, once told to go, to finish writing before they are dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Pings the client every `interval`; returns once one PING went unanswered within `timeout`.
+async fn keepalive(mut ping_pong: h2::PingPong, interval: Duration, timeout: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+    }
+}
+
+async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let mut stop = shared.stop.subscribe();
+    let mut connections = Vec::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((socket, peer)) = accepted {
+                    connections.push(tokio::task::spawn_local(connection(socket, peer, shared.clone())));
+                }
+            }
+            _ = stop.wait_for(|stopping| *stopping) => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        for connection in connections {
+            let _ = connection.await;
+        }
+    })
+    .await;
+}
+
+fn peer_name(peer: SocketAddr) -> String {
+    match peer {
+        SocketAddr::V4(a) => format!("ipv4:{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("ipv6:[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+async fn connection(socket: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = socket.set_nodelay(true);
+    let peer = peer_name(peer);
+    let mut stop = shared.stop.subscribe();
+    let handshake = h2::server::Builder::new().max_concurrent_streams(shared.config.max_concurrent_streams).handshake::<_, Bytes>(socket);
+    let mut conn = tokio::select! {
+        conn = handshake => match conn { Ok(conn) => conn, Err(_) => return },
+        _ = stop.wait_for(|stopping| *stopping) => return,
+    };
+    let mut stopping = false;
+    let (interval, timeout) = (shared.config.keepalive_interval, shared.config.keepalive_timeout);
+    let alive = conn.ping_pong().map(|ping_pong| keepalive(ping_pong, interval, timeout));
+    tokio::pin!(alive);
+    loop {
+        tokio::select! {
+            _ = async { alive.as_mut().as_pin_mut().expect("checked").await }, if alive.is_some() => break,
+            next = conn.accept() => match next {
+                Some(Ok((request, respond))) => {
+                    if stopping {
+                        trailers_only(respond, code::UNAVAILABLE, "the server is shutting down");
+                    } else {
+                        tokio::task::spawn_local(call(request, respond, peer.clone(), shared.clone()));
+                    }
+                }
+                _ => break,
+            },
+            _ = stop.wait_for(|stopping| *stopping), if !stopping => {
+                stopping = true;
+                conn.graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// `grpc-message`: percent-encoded outside printable ASCII, and `%` itself.
+fn grpc_message(message: &str) -> HeaderValue {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn status_headers(status: u32, message: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("grpc-status", HeaderValue::from(status));
+    if !message.is_empty() {
+        headers.insert("grpc-message", grpc_message(message));
+    }
+    headers
+}
+
+/// A call ended before any message: one HEADERS frame with the status (gRPC's Trailers-Only).
+fn trailers_only(mut respond: SendResponse<Bytes>, status: u32, message: &str) {
+    let mut response = Response::builder().status(200).header("content-type", "application/grpc").body(()).unwrap();
+    response.headers_mut().extend(status_headers(status, message));
+    let _ = respond.send_response(response, true);
+}
+
+/// What a request's body holds: the one request message, unframed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    Message(Bytes),
+    Compressed,
+    TooLarge,
+    Malformed,
+}
+
+/// Unframes a unary request (one length-prefixed message).
+pub fn unframe(body: &[u8], max: usize) -> Request {
+    if body.len() < 5 {
+        return Request::Malformed;
+    }
+    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if length > max {
+        return Request::TooLarge;
+    }
+    if body[0] != 0 {
+        return if body[0] == 1 { Request::Compressed } else { Request::Malformed };
+    }
+    if body.len() != 5 + length {
+        return Request::Malformed;
+    }
+    Request::Message(Bytes::copy_from_slice(&body[5..]))
+}
+
+async fn call(request: http::Request<h2::RecvStream>, respond: SendResponse<Bytes>, peer: String, shared: Arc<Shared>) {
+    let (parts, mut body) = request.into_parts();
+    let method = parts.uri.path().to_owned();
+    if !shared.config.methods.iter().any(|m| *m == method) {
+        return trailers_only(respond, code::UNIMPLEMENTED, &format!("method {method} is not served on this port"));
+    }
+    let grpc = parts.headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/grpc"));
+    if parts.method != http::Method::POST || !grpc {
+        let mut respond = respond;
+        let response = Response::builder().status(415).body(()).unwrap();
+        let _ = respond.send_response(response, true);
+        return;
+    }
+    let max = shared.config.max_request_bytes;
+    let mut buffer = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else { return };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buffer.extend_from_slice(&chunk);
+        if buffer.len() > max + 5 {
+            return trailers_only(respond, code::RESOURCE_EXHAUSTED, &format!("request larger than max ({max} bytes)"));
+        }
+    }
+    let message = match unframe(&buffer, max) {
+        Request::Message(message) => message,
+        Request::Compressed => return trailers_only(respond, code::UNIMPLEMENTED, "compressed requests are not supported on this port"),
+        Request::TooLarge => return trailers_only(respond, code::RESOURCE_EXHAUSTED, &format!("request larger than max ({max} bytes)")),
+        Request::Malformed => return trailers_only(respond, code::INVALID_ARGUMENT, "the request is not one gRPC message"),
+    };
+    let mut respond = respond;
+    let response = Response::builder().status(200).header("content-type", "application/grpc").body(()).unwrap();
+    let Ok(stream) = respond.send_response(response, false) else { return };
+    let notify = Arc::new(Notify::new());
+    let id = {
+        let mut state = shared.lock();
+        state.next_id += 1;
+        let id = state.next_id;
+        state.calls.insert(id, Outgoing { frames: VecDeque::new(), queued: 0, finish: None, blocked: false, notify: notify.clone() });
+        shared.push_event(&mut state, Event::Call { id, method, request: message, peer });
+        id
+    };
+    let closed = write(id, stream, &notify, &shared).await;
+    let mut state = shared.lock();
+    state.calls.remove(&id);
+    if closed {
+        shared.push_event(&mut state, Event::Closed { id });
+    }
+}
+
+/// Writes call `id`'s messages as flow control allows, then its status. True when the client went
+/// away first.
+async fn write(id: u64, mut stream: SendStream<Bytes>, notify: &Notify, shared: &Shared) -> bool {
+    loop {
+        let (frame, finish) = {
+            let mut state = shared.lock();
+            let Some(call) = state.calls.get_mut(&id) else { return true };
+            match call.frames.pop_front() {
+                Some(frame) => (Some(frame), None),
+                None => (None, call.finish.take()),
+            }
+        };
+        if let Some(mut frame) = frame {
+            let length = frame.len();
+            while !frame.is_empty() {
+                stream.reserve_capacity(frame.len());
+                // Capacity, or the client resetting the stream while we wait for it.
+                let granted = std::future::poll_fn(|cx| {
+                    if stream.poll_reset(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    stream.poll_capacity(cx).map(|capacity| match capacity {
+                        Some(Ok(n)) => Some(n),
+                        _ => None,
+                    })
+                })
+                .await;
+                let Some(granted) = granted else { return true };
+                if granted == 0 {
+                    continue;
+                }
+                let chunk = frame.split_to(granted.min(frame.len()));
+                if stream.send_data(chunk, false).is_err() {
+                    return true;
+                }
+            }
+            let mut state = shared.lock();
+            let low_water = shared.config.low_water;
+            if let Some(call) = state.calls.get_mut(&id) {
+                call.queued -= length;
+                if call.blocked && call.queued <= low_water {
+                    call.blocked = false;
+                    shared.push_event(&mut state, Event::Writable { id });
+                }
+            }
+            continue;
+        }
+        if let Some((status, message)) = finish {
+            let _ = stream.send_trailers(status_headers(status, &message));
+            return false;
+        }
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server's config for the tests: a free port, one method, small limits.
+    fn config() -> Config {
+        Config {
+            host: "127.0.0.1".into(),
+            port: 0,
+            methods: vec!["/a.B/C".into()],
+            max_request_bytes: 1024,
+            high_water: 10,
+            low_water: 5,
+            max_concurrent_streams: 10,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A socket that stops reading and writing (without closing) once `frozen` is set.
+    struct Freezable {
+        inner: tokio::net::TcpStream,
+        frozen: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Freezable {
+        fn frozen(&self) -> bool {
+            self.frozen.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl tokio::io::AsyncRead for Freezable {
+        fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+            if self.frozen() {
+                return Poll::Pending;
+            }
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Freezable {
+        fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+            if self.frozen() {
+                return Poll::Pending;
+            }
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+        }
+        fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[test]
+    fn a_request_is_one_uncompressed_message_within_the_limit() {
+        assert_eq!(unframe(&[0, 0, 0, 0, 2, 8, 1], 10), Request::Message(Bytes::from_static(&[8, 1])));
+        assert_eq!(unframe(&[0, 0, 0, 0, 0], 10), Request::Message(Bytes::new()));
+        assert_eq!(unframe(&[1, 0, 0, 0, 2, 8, 1], 10), Request::Compressed);
+        assert_eq!(unframe(&[0, 0, 0, 0, 11], 10), Request::TooLarge);
+        assert_eq!(unframe(&[0, 0, 0, 0, 3, 8, 1], 10), Request::Malformed); // short
+        assert_eq!(unframe(&[0, 0, 0, 0, 1, 8, 1], 10), Request::Malformed); // two messages' worth
+        assert_eq!(unframe(&[0, 0, 0], 10), Request::Malformed);
+        assert_eq!(unframe(&[7, 0, 0, 0, 0], 10), Request::Malformed);
+    }
+
+    #[test]
+    fn a_status_message_is_percent_encoded() {
+        assert_eq!(grpc_message("no book 'CLX5' (50%)").to_str().unwrap(), "no book 'CLX5' (50%25)");
+        assert_eq!(grpc_message("é\n").to_str().unwrap(), "%C3%A9%0A");
+    }
+
+    #[test]
+    fn peers_are_named_as_grpc_names_them() {
+        assert_eq!(peer_name("127.0.0.1:5000".parse().unwrap()), "ipv4:127.0.0.1:5000");
+        assert_eq!(peer_name("[::1]:5000".parse().unwrap()), "ipv6:[::1]:5000");
+    }
+
+    #[test]
+    fn a_bad_config_is_refused_before_binding() {
+        let config = Config {
+            methods: vec![],
+            ..config()
+        };
+        assert_eq!(Server::start(config).err().map(|e| e.kind()), Some(io::ErrorKind::InvalidInput));
+    }
+
+    /// A client that opens a call and then goes silent (never answers a PING) loses its
+    /// connection after one keepalive interval and timeout; its call is reported closed.
+    #[test]
+    fn a_client_that_does_not_answer_pings_is_dropped() {
+        let config = Config {
+            high_water: 1 << 20,
+            low_water: 1 << 19,
+            keepalive_interval: Duration::from_millis(200),
+            keepalive_timeout: Duration::from_millis(200),
+            ..config()
+        };
+        let server = Server::start(config).unwrap();
+        let port = server.port();
+        let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let released = release.clone();
+        let client = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (mut sender, connection) = h2::client::handshake(Freezable { inner: socket, frozen: frozen.clone() }).await.unwrap();
+                let driver = tokio::spawn(connection);
+                let request = http::Request::post("http://x/a.B/C").header("content-type", "application/grpc").body(()).unwrap();
+                let (response, mut body) = sender.send_request(request, false).unwrap();
+                body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true).unwrap();
+                let _ = response.await;
+                // From now on the client reads and writes nothing, its socket still open: the
+                // server's PINGs go unanswered.
+                frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+                let until = Instant::now() + Duration::from_secs(10);
+                while !released.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                driver.abort();
+            });
+        });
+        // The client holds its socket open until released: only the keepalive can close it.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline && !seen.iter().any(|e| matches!(e, Event::Closed { .. })) {
+            seen.extend(server.take_events());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(matches!(seen.first(), Some(Event::Call { id: 1, .. })), "{seen:?}");
+        assert!(seen.contains(&Event::Closed { id: 1 }), "{seen:?}");
+        assert_eq!(server.open_calls(), 0);
+        release.store(true, std::sync::atomic::Ordering::SeqCst);
+        server.stop(Duration::from_secs(1));
+        client.join().unwrap();
+    }
+
+    #[test]
+    fn a_server_starts_on_a_free_port_and_stops() {
+        let config = config();
+        let server = Server::start(config).unwrap();
+        assert_ne!(server.port(), 0);
+        assert!(server.take_events().is_empty());
+        assert_eq!(server.send(1, b"x"), None);
+        assert!(!server.finish(1, 0, ""));
+        let started = Instant::now();
+        server.stop(Duration::from_secs(1));
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,114 @@
+//! Python bindings for the native streaming transport (`mbostream_h2serve`).
+//!
+//! The event loop watches `fileno()`, takes the events, and answers each call with `send` and
+//! `finish`; nothing here waits, except `stop`, which releases the GIL.
+use std::time::Duration;
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use mbostream_h2serve::{Config, Event, Server};
+
+/// One event: `(kind, id, method, request, peer)`; kind is "call", "writable" or "closed", and
+/// the last three are empty but for a call.
+type PyEvent<'py> = (&'static str, u64, String, Bound<'py, PyBytes>, String);
+
+#[pyclass(module = "mbostream_core._engine", name = "StreamServer", frozen)]
+pub struct PyStreamServer {
+    inner: Server,
+}
+
+#[pymethods]
+impl PyStreamServer {
+    #[new]
+    #[pyo3(signature = (host, port, methods, *, max_request_bytes, high_water, low_water, max_concurrent_streams, keepalive_interval, keepalive_timeout))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        host: String,
+        port: u16,
+        methods: Vec<String>,
+        max_request_bytes: usize,
+        high_water: usize,
+        low_water: usize,
+        max_concurrent_streams: u32,
+        keepalive_interval: f64,
+        keepalive_timeout: f64,
+    ) -> PyResult<Self> {
+        for seconds in [keepalive_interval, keepalive_timeout] {
+            if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+                return Err(PyValueError::new_err("keepalive_interval and keepalive_timeout must be finite seconds in (0, 86400]"));
+            }
+        }
+        let config = Config {
+            host,
+            port,
+            methods,
+            max_request_bytes,
+            high_water,
+            low_water,
+            max_concurrent_streams,
+            keepalive_interval: Duration::from_secs_f64(keepalive_interval),
+            keepalive_timeout: Duration::from_secs_f64(keepalive_timeout),
+        };
+        match Server::start(config) {
+            Ok(inner) => Ok(PyStreamServer { inner }),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(PyValueError::new_err(e.to_string())),
+            Err(e) => Err(match e.raw_os_error() {
+                Some(errno) => PyOSError::new_err((errno, e.to_string())),
+                None => PyOSError::new_err(e.to_string()),
+            }),
+        }
+    }
+
+    #[getter]
+    fn port(&self) -> u16 {
+        self.inner.port()
+    }
+
+    /// Readable while events wait (for `loop.add_reader`).
+    fn fileno(&self) -> i32 {
+        self.inner.wake_fd()
+    }
+
+    fn take_events<'py>(&self, py: Python<'py>) -> Vec<PyEvent<'py>> {
+        let empty = PyBytes::new(py, b"");
+        self.inner
+            .take_events()
+            .into_iter()
+            .map(|event| match event {
+                Event::Call { id, method, request, peer } => ("call", id, method, PyBytes::new(py, &request), peer),
+                Event::Writable { id } => ("writable", id, String::new(), empty.clone(), String::new()),
+                Event::Closed { id } => ("closed", id, String::new(), empty.clone(), String::new()),
+            })
+            .collect()
+    }
+
+    /// Queues one message; the call's queued bytes after it, or -1 when the call is gone.
+    fn send(&self, id: u64, message: &[u8]) -> i64 {
+        self.inner.send(id, message).map_or(-1, |queued| queued as i64)
+    }
+
+    /// Ends a call with a gRPC status; False when the call is gone.
+    fn finish(&self, id: u64, status: u32, message: &str) -> bool {
+        self.inner.finish(id, status, message)
+    }
+
+    #[getter]
+    fn open_calls(&self) -> usize {
+        self.inner.open_calls()
+    }
+
+    /// GOAWAY, up to `grace` seconds for the open calls to be finished and written, then closes.
+    fn stop(&self, py: Python<'_>, grace: f64) -> PyResult<()> {
+        if !(grace.is_finite() && grace >= 0.0) {
+            return Err(PyValueError::new_err("grace must be a finite number of seconds >= 0"));
+        }
+        py.detach(|| self.inner.stop(Duration::from_secs_f64(grace)));
+        Ok(())
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyStreamServer>()
+}

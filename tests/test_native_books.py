@@ -1,0 +1,210 @@
+"""StreamBook on the native HTTP/2 transport (``serve --book-port``): a real server, real clients.
+
+The native port must be indistinguishable from the gRPC port for StreamBook: the same messages,
+the same status codes for the same mistakes, the same stream limits, the same end at shutdown;
+and a client that stops reading must cost the server a bounded queue, not a growing one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import grpc
+import pytest
+from mbostream_client import (
+    InstrumentNotFoundError,
+    InvalidRequestError,
+    MarketDataClient,
+    ReplayClient,
+    ServerUnavailableError,
+    StreamLimitError,
+)
+from server_harness import TOKEN, ServeProcess
+
+from mbostream.config import load_settings
+from mbostream.errors import ConfigError
+from mbostream.server.native_books import HIGH_WATER
+from mbostream_core.v1 import market_data_pb2 as pb
+
+#: Upper bound of any single await here.
+STEP: Final = 20.0
+STREAM_BOOK: Final = "/mbostream.v1.MarketDataService/StreamBook"
+
+
+def start(tmp_path: Path, files: list[Path], *args: str) -> ServeProcess:
+    server = ServeProcess(*map(str, files), "--no-store", "--book-port", "0", *args, log_path=tmp_path / "serve.log")
+    server.start()
+    assert server.book_port > 0 and server.book_port != server.port
+    return server
+
+
+@pytest.fixture
+def server(tmp_path: Path, generated_small: Path) -> Iterator[ServeProcess]:
+    """The generated file at 50,000 records/s, looping, StreamBook also on a native port."""
+    started = start(tmp_path, [generated_small], "--rate", "50000", "--loop")
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def native(server: ServeProcess, **kwargs: object) -> MarketDataClient:
+    return MarketDataClient(f"127.0.0.1:{server.book_port}", **kwargs)  # type: ignore[arg-type]
+
+
+def without_ts_out(message: pb.StreamBookResponse) -> bytes:
+    copy = pb.StreamBookResponse()
+    copy.CopyFrom(message)
+    copy.ClearField("ts_out")
+    return copy.SerializeToString(deterministic=True)
+
+
+async def first_messages(client: MarketDataClient, count: int, **request: object) -> list[pb.StreamBookResponse]:
+    stream = client.stream_book(**request)  # type: ignore[arg-type]
+    try:
+        return [await asyncio.wait_for(stream.__anext__(), STEP) for _ in range(count)]
+    finally:
+        await stream.aclose()
+
+
+def test_the_native_port_sends_what_the_grpc_port_sends(server: ServeProcess) -> None:
+    """With the replay paused the books stand still: both ports' snapshots of every book, and
+    their combined messages, are the same bytes (ts_out aside)."""
+
+    async def scenario() -> None:
+        async with ReplayClient(server.address, token=TOKEN) as replay, MarketDataClient(server.address) as grpc_port, native(server) as native_port:
+            deadline = time.monotonic() + STEP
+            while len(await grpc_port.list_instruments()) < 3:  # the file's three, seen
+                assert time.monotonic() < deadline, "the replay never showed the file's three books"
+                await asyncio.sleep(0.05)
+            await asyncio.wait_for(replay.pause(), STEP)
+            books = 3
+            for request in ({"depth": 5}, {"depth": 0, "include_orders": True}, {"depth": 3, "combine_books": True}):
+                over_grpc = await first_messages(grpc_port, books, **request)
+                over_native = await first_messages(native_port, books, **request)
+                assert all(m.is_snapshot for m in over_native), request
+                assert sorted(map(without_ts_out, over_native)) == sorted(map(without_ts_out, over_grpc)), request
+            await asyncio.wait_for(replay.resume(), STEP)
+            # Live again: the native stream moves on past its snapshots, like the gRPC one.
+            live = await first_messages(native_port, books + 20, depth=5)
+            assert not live[-1].is_snapshot and live[-1].book.bids
+
+    asyncio.run(scenario())
+
+
+def test_mistakes_get_the_grpc_ports_status_codes(server: ServeProcess) -> None:
+    async def scenario() -> None:
+        async with native(server) as client:
+            with pytest.raises(InstrumentNotFoundError) as unknown:
+                await first_messages(client, 1, instruments=["NO-SUCH-SYMBOL"])
+            assert unknown.value.code is grpc.StatusCode.NOT_FOUND and "NO-SUCH-SYMBOL" in unknown.value.details
+            with pytest.raises(InvalidRequestError) as invalid:
+                await first_messages(client, 1, max_updates_per_second=-1.0)
+            assert invalid.value.code is grpc.StatusCode.INVALID_ARGUMENT and "max_updates_per_second" in invalid.value.details
+        # Bytes that are no StreamBookRequest, and a method this port does not serve.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.book_port}") as channel:
+            garbage = channel.unary_stream(STREAM_BOOK)(b"\xff\xff\xff")
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await asyncio.wait_for(garbage.read(), STEP)
+            assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            other = channel.unary_unary("/mbostream.v1.MarketDataService/ListInstruments")(b"")
+            with pytest.raises(grpc.aio.AioRpcError) as unimplemented:
+                await asyncio.wait_for(other, STEP)
+            assert unimplemented.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            assert "not served on this port" in (unimplemented.value.details() or "")
+
+    asyncio.run(scenario())
+
+
+def test_native_streams_count_against_the_stream_limits(tmp_path: Path, generated_small: Path) -> None:
+    """One stream allowed: held on the gRPC port, a native one is refused; released, it is let in."""
+    limited = start(tmp_path, [generated_small], "--rate", "20000", "--loop", "--max-streams", "1")
+    try:
+
+        async def scenario() -> None:
+            async with MarketDataClient(limited.address) as grpc_port, native(limited) as native_port:
+                held = grpc_port.stream_events()
+                assert len(await asyncio.wait_for(held.__anext__(), STEP))
+                with pytest.raises(StreamLimitError) as over:
+                    await first_messages(native_port, 1)
+                assert over.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+                await held.aclose()
+                # The limit is a count of open streams: the closed one frees its place.
+                deadline = time.monotonic() + STEP
+                while True:
+                    try:
+                        assert (await first_messages(native_port, 1))[0].is_snapshot
+                        break
+                    except StreamLimitError:
+                        assert time.monotonic() < deadline, "the closed stream never freed its place"
+                        await asyncio.sleep(0.1)
+
+        asyncio.run(scenario())
+    finally:
+        limited.stop()
+
+
+def test_a_client_that_stops_reading_gets_fresh_books_after_not_a_backlog(server: ServeProcess) -> None:
+    """A reader that stops for 5 s at 50,000 records/s: what it finds queued when it reads again
+    is bounded by the HTTP/2 windows and the transport's high-water mark, and the messages after
+    say how many book states it missed (conflated), the newest book first."""
+    # No BDP probing: the client's window stays at HTTP/2's 64 KiB, so the bound is known.
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
+
+    async def scenario() -> None:
+        async with native(server, options=options) as client:
+            stream = client.stream_book(depth=10)
+            sizes = [len((await asyncio.wait_for(stream.__anext__(), STEP)).SerializeToString()) for _ in range(8)]
+            await asyncio.sleep(5.0)
+            resumed = time.time_ns()
+            stale = 0
+            conflated = 0
+            while True:
+                message = await asyncio.wait_for(stream.__anext__(), STEP)
+                conflated += message.conflated
+                if message.ts_out >= resumed:
+                    break
+                stale += 1
+            for _ in range(50):  # the books after: the states skipped meanwhile are counted there
+                conflated += (await asyncio.wait_for(stream.__anext__(), STEP)).conflated
+            await stream.aclose()
+            # 64 KiB stream window + 64 KiB connection window + the high-water mark, in the
+            # smallest messages seen, with half as much again for smaller ones and the client's own
+            # buffers (measured: ~840 against a bound of ~1,450). A queue of the 5 s would hold up to
+            # 3,000: 3 books x 200 refreshes a second.
+            bound = 3 * (2 * 64 * 1024 + HIGH_WATER) // (2 * min(sizes))
+            assert stale <= bound, f"{stale} stale messages queued for a reader that stopped (bound {bound})"
+            assert conflated > 0, "the missed book states were not counted as conflated"
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_ends_native_streams_with_unavailable(tmp_path: Path, generated_small: Path) -> None:
+    stopping = start(tmp_path, [generated_small], "--rate", "20000", "--loop")
+    try:
+
+        async def scenario() -> None:
+            async with native(stopping) as client:
+                stream = client.stream_book()
+                await asyncio.wait_for(stream.__anext__(), STEP)
+                stopping.signal()
+                with pytest.raises(ServerUnavailableError) as ended:
+                    while True:
+                        await asyncio.wait_for(stream.__anext__(), STEP)
+                assert "shutting down" in ended.value.details
+
+        asyncio.run(scenario())
+        assert stopping.wait(STEP) == 0
+    finally:
+        stopping.stop()
+
+
+def test_the_native_port_is_plaintext_only() -> None:
+    env = {"MBOSTREAM_TLS_CERT_FILE": "/nonexistent.crt", "MBOSTREAM_TLS_KEY_FILE": "/nonexistent.key"}
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"book_port": 0}, environ=env)
+    assert "--book-port" in str(refused.value) and "plaintext" in str(refused.value)
