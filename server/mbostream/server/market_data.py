@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -100,8 +101,10 @@ class MarketDataService:
 
     async def StreamBook(self, request: pb.StreamBookRequest, context: grpc_aio.ServicerContext) -> AsyncIterator[bytes]:
         """A full snapshot per book first, then the latest consistent book at each refresh."""
-        async for payload in self.book_payloads(request, peer_address(context.peer())):
-            yield payload
+        # Closed with this stream, so a cancelled call unsubscribes at once, not when collected.
+        async with contextlib.aclosing(self.book_payloads(request, peer_address(context.peer()))) as payloads:
+            async for payload in payloads:
+                yield payload
 
     async def book_payloads(self, request: pb.StreamBookRequest, peer: str) -> AsyncIterator[bytes]:
         """StreamBook's messages, encoded, for a client at ``peer`` (an address without its port):

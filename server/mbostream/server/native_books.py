@@ -23,6 +23,7 @@ this port: TLS (the setting refuses the pair), other methods (UNIMPLEMENTED), co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -119,18 +120,20 @@ class NativeBookTransport:
             except DecodeError:
                 raise InvalidArgumentError("request", "not a StreamBookRequest") from None
             sent = 0
-            async for payload in self.service().book_payloads(request, peer_address(peer)):
-                queued = server.send(call_id, payload)
-                if queued < 0:
-                    code = grpc.StatusCode.CANCELLED
-                    return  # the client went away
-                if sent % DELIVERY_SAMPLE_EVERY == 0:
-                    observe_delivery(METRICS.book_age_seconds, payload)
-                sent += 1
-                if queued >= HIGH_WATER:
-                    writable = self._writable.setdefault(call_id, asyncio.Event())
-                    writable.clear()  # nothing ran since `send`: the transport's word is still to come
-                    await writable.wait()
+            # Closed with the call, so a call that ends unsubscribes at once, not when collected.
+            async with contextlib.aclosing(self.service().book_payloads(request, peer_address(peer))) as payloads:
+                async for payload in payloads:
+                    queued = server.send(call_id, payload)
+                    if queued < 0:
+                        code = grpc.StatusCode.CANCELLED
+                        return  # the client went away
+                    if sent % DELIVERY_SAMPLE_EVERY == 0:
+                        observe_delivery(METRICS.book_age_seconds, payload)
+                    sent += 1
+                    if queued >= HIGH_WATER:
+                        writable = self._writable.setdefault(call_id, asyncio.Event())
+                        writable.clear()  # nothing ran since `send`: the transport's word is still to come
+                        await writable.wait()
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
