@@ -84,9 +84,16 @@ impl PyStreamServer {
             .collect()
     }
 
-    /// Queues one message; the call's queued bytes after it, or -1 when the call is gone.
+    /// Queues one message (written at the next `flush`); the call's queued bytes after it, or -1
+    /// when the call is gone.
     fn send(&self, id: u64, message: &[u8]) -> i64 {
         self.inner.send(id, message).map_or(-1, |queued| queued as i64)
+    }
+
+    /// Has every message queued since the last flush written: one wake-up of the server's thread
+    /// for a burst of sends.
+    fn flush(&self) {
+        self.inner.flush()
     }
 
     /// Ends a call with a gRPC status; False when the call is gone.

@@ -68,6 +68,8 @@ class NativeBookTransport:
         self.server: StreamServer | None = None
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._writable: dict[int, asyncio.Event] = {}
+        #: A flush is scheduled (once per turn of the loop: a refresh's sends leave together).
+        self._flush_due = False
 
     @property
     def port(self) -> int:
@@ -104,6 +106,11 @@ class NativeBookTransport:
                 if task is not None:
                     task.cancel()
 
+    def _flush(self, server: StreamServer) -> None:
+        """Writes what the calls queued since the last flush (the transport's thread woken once)."""
+        self._flush_due = False
+        server.flush()
+
     def _forget(self, call_id: int) -> None:
         self._calls.pop(call_id, None)
         self._writable.pop(call_id, None)
@@ -127,6 +134,9 @@ class NativeBookTransport:
                     if queued < 0:
                         code = grpc.StatusCode.CANCELLED
                         return  # the client went away
+                    if not self._flush_due:
+                        self._flush_due = True
+                        asyncio.get_running_loop().call_soon(self._flush, server)
                     if sent % DELIVERY_SAMPLE_EVERY == 0:
                         observe_delivery(METRICS.book_age_seconds, payload)
                     sent += 1
