@@ -16,6 +16,7 @@ from mbostream_core.dbn import read_records
 from mbostream.feed import Batch
 from mbostream.hub import BOOK_MESSAGES_PER_PHASE, BOOK_PHASES_MAX, DISTINCT_PEEL_MAX, BookPayload, Hub, Selection, distinct
 from mbostream_core.market import BookKey, Market
+from mbostream.server.market_data import book_message
 from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
 from mbostream_core.v1 import market_data_pb2 as md
 
@@ -43,15 +44,18 @@ class CountingBookEncoder(ProtobufBookEncoder):
         return super().encode(market, key, depth, orders, position)
 
 
-def _hub(market: Market, events: CountingEventEncoder, books: CountingBookEncoder) -> Hub:
+def _hub(
+    market: Market, events: CountingEventEncoder, books: CountingBookEncoder, book_interval: float = 0.0, max_streams: int = 100
+) -> Hub:
+    """A hub of the real encoders; ``book_interval`` 0 refreshes the books at every publish."""
     return Hub(
         market,
         event_encoder=events,
         book_encoder=books,
         replay_buffer_records=100_000,
         subscriber_buffer_batches=1_000,
-        max_streams=100,
-        book_interval=0.0,
+        max_streams=max_streams,
+        book_interval=book_interval,
         epoch="0011223344556677",
     )
 
@@ -214,15 +218,7 @@ def test_many_book_subscribers_are_refreshed_in_phases_each_once_per_change(gene
         _, records = read_records(generated_small)
         market = Market()
         events, books = CountingEventEncoder(""), CountingBookEncoder()
-        hub = Hub(
-            market,
-            event_encoder=events,
-            book_encoder=books,
-            replay_buffer_records=100_000,
-            subscriber_buffer_batches=1_000,
-            max_streams=1_000,
-            book_interval=0.005,
-        )
+        hub = _hub(market, events, books, book_interval=0.005, max_streams=1_000)
         _publish_all(market, hub, records[:5_000])
         n_books = len(market.books())
         assert n_books > 1
@@ -275,3 +271,87 @@ def test_distinct_book_keys_match_numpys_unique(books: int) -> None:
     found = distinct(keys)
     assert sorted(found) == np.unique(keys).tolist()
     assert len(found) == len(set(found)) == books
+
+
+class RecordingSink:
+    """A BookSink that keeps what the hub delivers, as the native transport would send it, and can
+    refuse more for a while (a client whose transport queue is full)."""
+
+    def __init__(self) -> None:
+        self.messages: list[md.StreamBookResponse] = []
+        self.flushes = 0
+        self.full = False
+
+    def deliver(self, sub) -> None:
+        if self.full:
+            return  # leaves the books pending: the hub conflates them
+        for channels, first, conflated in sub.take():
+            self.messages.append(md.StreamBookResponse.FromString(book_message(sub, channels, first, conflated, "e")))
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def test_a_book_sink_gets_each_refresh_as_it_happens_firsts_then_changes_conflated_while_full(generated_small) -> None:
+    """Subscribers with a sink (the native transport) are delivered to by the refresh itself: every
+    book's first message at once, then each changed book once per refresh, one flush per refresh;
+    while the sink cannot take more the books conflate, and the newest version goes out after."""
+    _, records = read_records(generated_small)
+    market = Market()
+    events, books = CountingEventEncoder(""), CountingBookEncoder()
+    hub = _hub(market, events, books, book_interval=0.005)  # refreshed by hand below, as the ticker does
+    _publish_all(market, hub, records[:5_000])
+    n_books = len(market.books())
+    assert n_books > 1
+    sink, combined_sink = RecordingSink(), RecordingSink()
+    sub = hub.subscribe_books(Selection(), depth=10, orders=False, max_rate=0.0)
+    combined = hub.subscribe_books(Selection(), depth=10, orders=False, max_rate=0.0, combine=True)
+    sub.deliver_to(sink)
+    combined.deliver_to(combined_sink)
+    for got in (sink.messages, combined_sink.messages):
+        assert [m.is_snapshot for m in got] == [True] * n_books
+        assert sorted(m.book.instrument_id for m in got) == sorted(k.instrument_id for k in market.books())
+    assert not sub.wakeup.is_set()  # no task is woken for a sink's subscriber
+
+    def refresh_after(lo: int, hi: int, subscribed: bool = True) -> set[int]:
+        sink.messages.clear()
+        combined_sink.messages.clear()
+        generation = hub.generation
+        _publish_all(market, hub, records[lo:hi])
+        flushes = sink.flushes
+        hub.refresh_books()
+        changed = {key.instrument_id for key in market.books() if hub.changed_at.get(key, 0) > generation}
+        # Once per refresh that had something for it, whatever the number of messages.
+        assert sink.flushes == flushes + (1 if changed and subscribed else 0)
+        return changed
+
+    changed = refresh_after(5_000, 6_000)
+    assert changed
+    assert sorted(m.book.instrument_id for m in sink.messages) == sorted(changed)  # each changed book once
+    assert all(not m.is_snapshot and m.conflated == 0 for m in sink.messages)
+    assert len(combined_sink.messages) == 1 and len(combined_sink.messages[0].books) == len(changed)
+    for message in sink.messages:
+        key = next(k for k in market.books() if k.instrument_id == message.book.instrument_id)
+        assert message.book.sequence == market.stats(key).sequence  # the book as it is now
+
+    # Nothing changed: a refresh delivers nothing.
+    assert refresh_after(6_000, 6_000) == set() and not sink.messages
+
+    # A full sink: three refreshes' changes stay pending and conflate; then the newest go out once.
+    sink.full = True
+    changed = refresh_after(6_000, 7_000) | refresh_after(7_000, 8_000) | refresh_after(8_000, 9_000)
+    assert not sink.messages and set(k.instrument_id for k in sub.pending) == changed
+    sink.full = False
+    hub.deliver_due()  # nothing due: the sink asks again itself once it has room (as "writable")
+    assert not sink.messages
+    sink.deliver(sub)
+    assert sorted(m.book.instrument_id for m in sink.messages) == sorted(changed)
+    assert any(m.conflated > 0 for m in sink.messages)
+    for message in sink.messages:
+        key = next(k for k in market.books() if k.instrument_id == message.book.instrument_id)
+        assert message.book.sequence == market.stats(key).sequence
+
+    # Unsubscribed: never delivered to again.
+    hub.unsubscribe_books(sub)
+    assert refresh_after(9_000, 10_000, subscribed=False)
+    assert not sink.messages and combined_sink.messages

@@ -182,6 +182,34 @@ def test_a_client_that_stops_reading_gets_fresh_books_after_not_a_backlog(server
     asyncio.run(scenario())
 
 
+def test_max_updates_per_second_paces_native_streams_and_counts_what_it_skips(server: ServeProcess) -> None:
+    """A client asking for 10 updates a second of a book that changes every few ms gets about 10,
+    never faster than its limit, each counting the book states it skipped (the hub delivers to
+    native streams itself, so the limit is kept there, by a timer, not by a waiting task)."""
+    rate = 10.0
+
+    async def scenario() -> None:
+        async with native(server) as client, MarketDataClient(server.address) as grpc_port:
+            instrument = (await grpc_port.list_instruments())[0].instrument_id
+            stream = client.stream_book([instrument], max_updates_per_second=rate)
+            first = await asyncio.wait_for(stream.__anext__(), STEP)
+            assert first.is_snapshot
+            arrivals, conflated = [], 0
+            window_end = time.monotonic() + 2.0
+            while time.monotonic() < window_end:
+                message = await asyncio.wait_for(stream.__anext__(), STEP)
+                arrivals.append(time.monotonic())
+                conflated += message.conflated
+                assert not message.is_snapshot and message.book.instrument_id == instrument
+            await stream.aclose()
+            gaps = sorted(b - a for a, b in zip(arrivals, arrivals[1:]))
+            assert 8 <= len(arrivals) <= 2.0 * rate + 2, f"{len(arrivals)} messages in 2 s at {rate}/s"
+            assert gaps[len(gaps) // 2] >= 0.8 / rate, f"median gap {gaps[len(gaps) // 2] * 1e3:.1f} ms at {rate}/s"
+            assert conflated > len(arrivals), f"only {conflated} skipped book states counted over {len(arrivals)} messages"
+
+    asyncio.run(scenario())
+
+
 def test_shutdown_ends_native_streams_with_unavailable(tmp_path: Path, generated_small: Path) -> None:
     stopping = start(tmp_path, [generated_small], "--rate", "20000", "--loop")
     try:

@@ -11,7 +11,10 @@
   next one arrives counts a conflation. Channels are refreshed on a timer (``book_interval_ms``)
   from the books that changed, so the cost grows with books, not with subscribers; the timer
   stretches (up to ``book_interval_max_ms``) while the event loop runs late, so book streams
-  conflate rather than queue when there are more of them than one core can serve.
+  conflate rather than queue when there are more of them than one core can serve. A subscriber
+  either has a task woken per refresh that takes its books (:meth:`BookSubscriber.updates`, the
+  grpc.aio path), or a :class:`BookSink` the refresh itself hands them to, with one flush per
+  refresh (the native transport): no task per message, and a book leaves in the refresh that made it.
 * **Sinks** (storage) get every batch through a non-blocking ``offer``; a sink that is behind
   makes the hub not ready, and the feed waits for :meth:`Hub.wait_ready` (backpressure).
 
@@ -26,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeAlias
 
@@ -126,6 +129,20 @@ class BookEncoder(Protocol):
 
     def encode(self, market: Market, key: BookKey, depth: int, orders: bool, position: int) -> BookPayload:
         """The book cut to ``depth`` (with its queues when ``orders``) at replay ``position``."""
+        ...
+
+
+class BookSink(Protocol):
+    """Takes book subscribers' messages as the hub refreshes them, on the loop, without a task
+    per message (the native transport): :meth:`BookSubscriber.deliver_to`."""
+
+    def deliver(self, sub: BookSubscriber) -> None:
+        """Sends what ``sub`` has pending now (:meth:`BookSubscriber.take`), or leaves it pending
+        (conflating) while the client cannot take more; never raises, never blocks."""
+        ...
+
+    def flush(self) -> None:
+        """Writes what :meth:`deliver` queued since the last flush (once per refresh)."""
         ...
 
 
@@ -273,6 +290,9 @@ class BookSubscriber:
         #: phase is ``int(slot * phases)``, so subscribers keep their order when phases change.
         self.slot = 0.0
         self.phase = 0
+        #: Where the hub hands this subscriber's books as it refreshes them (:meth:`deliver_to`);
+        #: None: the subscriber's task takes them from :meth:`updates`, woken per refresh.
+        self.sink: BookSink | None = None
 
     def notify(self, channel: BookChannel) -> None:
         if channel.key in self.pending:
@@ -280,7 +300,45 @@ class BookSubscriber:
             METRICS.conflations.inc()
         else:
             self.pending[channel.key] = 0
-        self.wakeup.set()
+        if self.sink is not None:
+            self.hub.due[self] = None  # delivered by the hub once this refresh is done
+        else:
+            self.wakeup.set()
+
+    def raise_if_closed(self) -> None:
+        """ShuttingDownError once the hub is closed (the stream's end, UNAVAILABLE)."""
+        if self.hub.closed:
+            raise ShuttingDownError("the server is shutting down; reconnect to keep streaming books")
+
+    def deliver_to(self, sink: BookSink) -> None:
+        """From now on the hub hands this subscriber's books to ``sink`` as it refreshes them,
+        starting with every watched book's first message, instead of waking a task per message."""
+        self.sink = sink
+        for key in self.channels:
+            if key not in self.seen_versions:
+                self.pending[key] = 0  # a first message: conflated 0, as :meth:`updates` sends it
+        self.hub.due[self] = None
+        self.hub.deliver_due()
+
+    def take(self) -> Iterator[tuple[list[BookChannel], bool, int]]:
+        """The messages due now from what is pending, taken as they are iterated: one per book,
+        or — with ``combine`` — every changed book (firsts aside) in one message last."""
+        pending, self.pending = self.pending, {}
+        combined: list[BookChannel] = []
+        conflated_total = 0
+        for key, conflated in pending.items():
+            channel = self.channels[key]
+            first = key not in self.seen_versions
+            if not first and self.seen_versions[key] == channel.version:
+                continue  # announced again by another phase, or taken already: nothing new
+            self.seen_versions[key] = channel.version
+            if self.combine and not first:
+                combined.append(channel)
+                conflated_total += conflated
+            else:
+                yield [channel], first, conflated
+        if combined:
+            yield combined, False, conflated_total
 
     async def updates(self) -> AsyncIterator[tuple[list[BookChannel], bool, int]]:
         """Yields ``(channels, is_first, conflated)``: every watched book first, then changes.
@@ -294,8 +352,7 @@ class BookSubscriber:
             yield [channel], True, 0
         last_sent = 0.0
         while True:
-            if self.hub.closed:
-                raise ShuttingDownError("the server is shutting down; reconnect to keep streaming books")
+            self.raise_if_closed()
             if not self.pending:
                 self.wakeup.clear()
                 await self.wakeup.wait()
@@ -304,22 +361,8 @@ class BookSubscriber:
                 wait = last_sent + self.min_interval - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-            pending, self.pending = self.pending, {}
-            combined: list[BookChannel] = []
-            conflated_total = 0
-            for key, conflated in pending.items():
-                channel = self.channels[key]
-                first = key not in self.seen_versions
-                if not first and self.seen_versions[key] == channel.version:
-                    continue  # announced again by another phase, or taken already: nothing new
-                self.seen_versions[key] = channel.version
-                if self.combine and not first:
-                    combined.append(channel)
-                    conflated_total += conflated
-                else:
-                    yield [channel], first, conflated
-            if combined:
-                yield combined, False, conflated_total
+            for message in self.take():
+                yield message
             last_sent = time.monotonic()
 
 
@@ -377,6 +420,8 @@ class Hub:
         self.book_phases = 1
         self._next_slot = 0.0
         self.known_books: set[BookKey] = set()
+        #: Subscribers with a sink that have books to deliver (insertion-ordered), and the sinks.
+        self.due: dict[BookSubscriber, None] = {}
         self.closed = False
         self._encoded: OrderedDict[tuple[Selection, int, int, int], list[tuple[int, Payload]]] = OrderedDict()
 
@@ -454,6 +499,28 @@ class Hub:
                     for sub in subs:
                         if sub.seen_versions.get(key) != channel.version:  # not the version it has
                             sub.notify(channel)
+        self.deliver_due()
+
+    def deliver_due(self) -> None:
+        """Hands the subscribers with a sink what they have pending, then flushes each sink once."""
+        if not self.due:
+            return
+        due, self.due = self.due, {}
+        sinks: dict[int, BookSink] = {}
+        for sub in due:
+            sink = sub.sink
+            if sink is None or sub not in self.book_subscribers:
+                continue
+            sinks[id(sink)] = sink
+            try:
+                sink.deliver(sub)
+            except Exception:  # a sink must never stop the refresh
+                log.exception("book sink failed to deliver")
+        for sink in sinks.values():
+            try:
+                sink.flush()
+            except Exception:
+                log.exception("book sink failed to flush")
 
     def _stale(self, channel: BookChannel) -> bool:
         return channel.book is None or channel.built_generation < self.changed_at.get(channel.key, 0)
@@ -642,9 +709,11 @@ class Hub:
                     self._attach(sub, key)
                     sub.notify(sub.channels[key])
         self._set_phases()
+        self.deliver_due()
 
     def unsubscribe_books(self, sub: BookSubscriber) -> None:
         self.book_subscribers.discard(sub)
+        self.due.pop(sub, None)
         self._uncount_peer(sub)
         for channel in sub.channels.values():
             channel.subscribers.discard(sub)

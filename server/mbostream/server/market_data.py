@@ -13,7 +13,7 @@ from mbostream.config import MAX_UPDATES_PER_SECOND
 from mbostream.errors import InvalidArgumentError, ReplayPositionError
 from mbostream.feed import Batch
 from mbostream.metrics import METRICS
-from mbostream.hub import EventSubscriber, Hub, Selection
+from mbostream.hub import BookChannel, BookSubscriber, EventSubscriber, Hub, Selection
 from mbostream_core.market import BookKey, Market
 from mbostream.server.convert import book_snapshot, instrument_info, per_client_suffix
 from mbostream.server.peers import peer_address
@@ -40,6 +40,16 @@ def _selection(market: Market, selectors: list[pb.InstrumentSelector], field: st
         else:
             any_publisher.add(iid)
     return Selection(frozenset(any_publisher), frozenset(exact))
+
+
+def book_message(sub: BookSubscriber, channels: list[BookChannel], first: bool, conflated: int, epoch: str) -> bytes:
+    """One StreamBook message (a ``StreamBookResponse``) from what :meth:`BookSubscriber.take`
+    gives: a book on its own (and every first message), or several books combined."""
+    books = [c.book for c in channels if c.book is not None]
+    if len(books) == 1 and not sub.combine or first:
+        return books[0].single + per_client_suffix(first, conflated, epoch=epoch)
+    oldest = min(b.ts_out for b in books)
+    return b"".join(b.multi for b in books) + per_client_suffix(False, conflated, oldest, epoch)
 
 
 def _depth(value: int) -> int:
@@ -106,15 +116,15 @@ class MarketDataService:
             async for payload in payloads:
                 yield payload
 
-    async def book_payloads(self, request: pb.StreamBookRequest, peer: str) -> AsyncIterator[bytes]:
-        """StreamBook's messages, encoded, for a client at ``peer`` (an address without its port):
-        what grpc.aio and the native transport (:mod:`mbostream.server.native_books`) both send."""
+    def open_books(self, request: pb.StreamBookRequest, peer: str) -> BookSubscriber:
+        """Validates a StreamBook request and subscribes it, for a client at ``peer`` (an address
+        without its port); the caller unsubscribes (``hub.unsubscribe_books``)."""
         try:
             MAX_UPDATES_PER_SECOND.check(request.max_updates_per_second)
         except ValueError as exc:
             raise InvalidArgumentError("max_updates_per_second", str(exc)) from None
         selection = _selection(self.market, list(request.instruments), "instruments")
-        sub = self.hub.subscribe_books(
+        return self.hub.subscribe_books(
             selection,
             depth=_depth(request.depth),
             orders=request.include_orders,
@@ -122,15 +132,15 @@ class MarketDataService:
             combine=request.combine_books,
             peer=peer,
         )
+
+    async def book_payloads(self, request: pb.StreamBookRequest, peer: str) -> AsyncIterator[bytes]:
+        """StreamBook's messages, encoded, for a client at ``peer``: what grpc.aio sends (the
+        native transport, :mod:`mbostream.server.native_books`, has the hub deliver the same)."""
+        sub = self.open_books(request, peer)
         epoch = self.hub.epoch
         try:
             async for channels, first, conflated in sub.updates():
-                books = [c.book for c in channels if c.book is not None]
-                if len(books) == 1 and not sub.combine or first:
-                    yield books[0].single + per_client_suffix(first, conflated, epoch=epoch)
-                else:
-                    oldest = min(b.ts_out for b in books)
-                    yield b"".join(b.multi for b in books) + per_client_suffix(False, conflated, oldest, epoch)
+                yield book_message(sub, channels, first, conflated, epoch)
         finally:
             self.hub.unsubscribe_books(sub)
 

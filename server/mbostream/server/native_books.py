@@ -3,17 +3,20 @@
 grpc.aio costs 31–33 µs of the event loop per streamed message (docs/performance.md, "A native
 send path, measured"); a book stream sends hundreds of small messages a second. Here the calls
 arrive on a native HTTP/2 server (``mbostream_core._engine.StreamServer``, its own thread) and the
-event loop only decides what to send: each call runs :meth:`MarketDataService.book_payloads`, the
-very generator the grpc.aio StreamBook runs, and hands each message to the transport, which
-frames, flow-controls and writes it off the loop.
+event loop only decides what to send. Each call is validated and subscribed as on the gRPC port
+(:meth:`MarketDataService.open_books`), and its subscriber is handed to the hub as a sink: the
+refresh that rebuilds a book queues its messages (:func:`~mbostream.server.market_data.book_message`,
+the very bytes the gRPC port sends) on the transport at once, and wakes the transport's thread once
+for all of them; the thread frames, flow-controls and writes them off the loop. No task wakes up
+per message.
 
 Everything the grpc.aio path does per call is done here too: the request is validated the same
 way, errors map to the same status codes (:data:`~mbostream.server.interceptors.STATUS_BY_ERROR`),
 the stream limits count these calls with the others (by client address), RPCs are counted in
 ``mbostream_rpcs_total`` and sampled in the delivery histogram. A client that stops reading is
 conflated, never queued: once a call has ``HIGH_WATER`` bytes the transport has not written yet,
-its task waits for the transport to say it fell back to ``LOW_WATER``, and meanwhile the hub keeps
-only the newest book for it.
+nothing more is queued for it until the transport says it fell back to ``LOW_WATER``; meanwhile
+the hub keeps only the newest book for it, which goes out then.
 
 Clients that stop answering HTTP/2 PINGs lose their connection, as on the gRPC listeners. Not on
 this port: TLS (the setting refuses the pair), other methods (UNIMPLEMENTED), compressed requests
@@ -23,10 +26,10 @@ this port: TLS (the setting refuses the pair), other methods (UNIMPLEMENTED), co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 import grpc
@@ -35,7 +38,8 @@ from google.protobuf.message import DecodeError
 from mbostream.errors import InvalidArgumentError, MbostreamError
 from mbostream.metrics import METRICS
 from mbostream.server.interceptors import DELIVERY_SAMPLE_EVERY, observe_delivery, status_for
-from mbostream.server.market_data import MarketDataService
+from mbostream.hub import BookSubscriber
+from mbostream.server.market_data import MarketDataService, book_message
 from mbostream.server.peers import peer_address
 from mbostream_core._engine import StreamServer
 from mbostream_core.v1 import market_data_pb2 as pb
@@ -57,8 +61,33 @@ KEEPALIVE_INTERVAL_SECONDS: Final = 30.0
 KEEPALIVE_TIMEOUT_SECONDS: Final = 10.0
 
 
+@dataclass(eq=False, slots=True)
+class _Stream:
+    """One StreamBook call on the native port, as the hub delivers to it."""
+
+    call_id: int
+    epoch: str
+    #: Messages sent (every DELIVERY_SAMPLE_EVERY-th is sampled into the delivery histogram).
+    sent: int = 0
+    #: The transport holds HIGH_WATER bytes of it not yet written: its books wait (conflating).
+    blocked: bool = False
+    #: When its last message was sent (``max_updates_per_second``), and the timer of the next.
+    last_sent: float = 0.0
+    timer: asyncio.TimerHandle | None = None
+    #: How the call ends: the client went away (CANCELLED), or a delivery failed (INTERNAL).
+    gone: bool = False
+    error: BaseException | None = None
+
+
 class NativeBookTransport:
-    """Serves StreamBook on its own port through the native transport, on the running loop."""
+    """Serves StreamBook on its own port through the native transport, on the running loop.
+
+    A call's task validates and subscribes it, then hands the subscriber to the hub as a sink
+    (:meth:`BookSubscriber.deliver_to`): as each refresh rebuilds the books, the hub calls
+    :meth:`deliver`, which queues the subscriber's messages on the transport, and :meth:`flush`
+    once, which wakes the transport's thread to write them. No task wakes up per message, and a
+    book leaves the loop in the refresh that made it. The task only waits for the call's end.
+    """
 
     def __init__(self, service: Callable[[], MarketDataService], host: str, port: int) -> None:
         #: The service whose StreamBook this serves (a gateway replaces its own as it resyncs).
@@ -67,8 +96,9 @@ class NativeBookTransport:
         self.requested_port = port
         self.server: StreamServer | None = None
         self._calls: dict[int, asyncio.Task[None]] = {}
-        self._writable: dict[int, asyncio.Event] = {}
-        #: A flush is scheduled (once per turn of the loop: a refresh's sends leave together).
+        self._streams: dict[BookSubscriber, _Stream] = {}
+        self._by_call: dict[int, BookSubscriber] = {}
+        #: Messages were queued since the last flush.
         self._flush_due = False
 
     @property
@@ -96,27 +126,68 @@ class NativeBookTransport:
             if kind == "call":
                 task = asyncio.get_running_loop().create_task(self._serve(call_id, request, peer), name=f"native-book-{call_id}")
                 self._calls[call_id] = task
-                task.add_done_callback(lambda _t, call_id=call_id: self._forget(call_id))
+                task.add_done_callback(lambda _t, call_id=call_id: self._calls.pop(call_id, None))
             elif kind == "writable":
-                event = self._writable.get(call_id)
-                if event is not None:
-                    event.set()
+                sub = self._by_call.get(call_id)
+                if sub is not None:
+                    self._streams[sub].blocked = False
+                    self.deliver(sub)  # what conflated while it was blocked: the newest books
+                    self.flush()
             elif kind == "closed":
                 task = self._calls.get(call_id)
                 if task is not None:
                     task.cancel()
 
-    def _flush(self, server: StreamServer) -> None:
-        """Writes what the calls queued since the last flush (the transport's thread woken once)."""
-        self._flush_due = False
-        server.flush()
+    # -- the hub's BookSink ------------------------------------------------------------------------
+    def deliver(self, sub: BookSubscriber) -> None:
+        """Queues ``sub``'s pending messages on its call (see :class:`~mbostream.hub.BookSink`)."""
+        stream = self._streams.get(sub)
+        server = self.server
+        if stream is None or server is None or stream.blocked or stream.gone or stream.error is not None:
+            return
+        try:
+            if sub.min_interval:
+                wait = stream.last_sent + sub.min_interval - time.monotonic()
+                if wait > 0:
+                    if stream.timer is None:
+                        stream.timer = asyncio.get_running_loop().call_later(wait, self._deliver_later, sub)
+                    return
+            sent = stream.sent
+            for channels, first, conflated in sub.take():
+                payload = book_message(sub, channels, first, conflated, stream.epoch)
+                queued = server.send(stream.call_id, payload)
+                if queued < 0:
+                    stream.gone = True  # the client went away: its task ends the call
+                    sub.wakeup.set()
+                    return
+                if stream.sent % DELIVERY_SAMPLE_EVERY == 0:
+                    observe_delivery(METRICS.book_age_seconds, payload)
+                stream.sent += 1
+                if queued >= HIGH_WATER:
+                    stream.blocked = True  # until the transport says "writable"; books conflate
+            if stream.sent != sent:
+                stream.last_sent = time.monotonic()
+                self._flush_due = True
+        except Exception as exc:  # ends this call with INTERNAL, never the refresh
+            stream.error = exc
+            sub.wakeup.set()
 
-    def _forget(self, call_id: int) -> None:
-        self._calls.pop(call_id, None)
-        self._writable.pop(call_id, None)
+    def flush(self) -> None:
+        """Wakes the transport's thread once for everything queued since the last flush."""
+        if self._flush_due and self.server is not None:
+            self._flush_due = False
+            self.server.flush()
 
+    def _deliver_later(self, sub: BookSubscriber) -> None:
+        stream = self._streams.get(sub)
+        if stream is not None:
+            stream.timer = None
+            self.deliver(sub)
+            self.flush()
+
+    # -- calls -------------------------------------------------------------------------------------
     async def _serve(self, call_id: int, raw: bytes, peer: str) -> None:
-        """One StreamBook call: its messages, then its status, both to the transport."""
+        """One StreamBook call: subscribed and delivered by the hub until it ends, then its status."""
         server = self.server
         assert server is not None
         started = time.perf_counter()
@@ -126,24 +197,28 @@ class NativeBookTransport:
                 request = pb.StreamBookRequest.FromString(raw)
             except DecodeError:
                 raise InvalidArgumentError("request", "not a StreamBookRequest") from None
-            sent = 0
-            # Closed with the call, so a call that ends unsubscribes at once, not when collected.
-            async with contextlib.aclosing(self.service().book_payloads(request, peer_address(peer))) as payloads:
-                async for payload in payloads:
-                    queued = server.send(call_id, payload)
-                    if queued < 0:
+            service = self.service()
+            sub = service.open_books(request, peer_address(peer))
+            stream = _Stream(call_id, service.hub.epoch)
+            self._streams[sub] = stream
+            self._by_call[call_id] = sub
+            try:
+                sub.deliver_to(self)  # its first messages now, then at each refresh
+                while True:
+                    if stream.gone:
                         code = grpc.StatusCode.CANCELLED
-                        return  # the client went away
-                    if not self._flush_due:
-                        self._flush_due = True
-                        asyncio.get_running_loop().call_soon(self._flush, server)
-                    if sent % DELIVERY_SAMPLE_EVERY == 0:
-                        observe_delivery(METRICS.book_age_seconds, payload)
-                    sent += 1
-                    if queued >= HIGH_WATER:
-                        writable = self._writable.setdefault(call_id, asyncio.Event())
-                        writable.clear()  # nothing ran since `send`: the transport's word is still to come
-                        await writable.wait()
+                        return
+                    if stream.error is not None:
+                        raise stream.error
+                    sub.raise_if_closed()
+                    sub.wakeup.clear()
+                    await sub.wakeup.wait()
+            finally:
+                if stream.timer is not None:
+                    stream.timer.cancel()
+                self._streams.pop(sub, None)
+                self._by_call.pop(call_id, None)
+                service.hub.unsubscribe_books(sub)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
