@@ -2,8 +2,10 @@
 result they did not get, and CycloneDX SBOMs that list real components.
 
 The first run builds govulncheck, vulndb's cmd/indexdb and the offline database, and installs the
-SBOM tools (cached by version under ~/.cache/mbostream/; scripts/bootstrap-dev installs them all
-before the tests); later runs reuse them.
+SBOM tools (cached by version under ~/.cache/mbostream/); later runs reuse them. scripts/test
+builds the SBOM tools in the background while the rest of the suite runs and runs this file near
+the end (tests/conftest.py RUN_LAST): the ``sbom_tools`` fixture waits for that build (the
+installer's lock), and the tests' own timeouts (``func_only``) bound their work, not that wait.
 
 The images' SBOMs are tested on a small image made here from a root filesystem that holds what
 syft reads in our real images: Debian's package database (this machine's), a Go binary of ours
@@ -33,8 +35,20 @@ from server_harness import repo
 
 #: Building govulncheck, indexdb (many modules) and the database on a fresh machine, then auditing.
 AUDIT_TIMEOUT = 1500
+#: Longest the SBOM tools' install (or the wait for scripts/test's background build of them) may take.
+SBOM_TOOLS_TIMEOUT = 3600
 DOCKER = "/usr/bin/docker"  # Debian's client, matching its dockerd (as tests/test_compose.py)
 PROBE_IMAGE = "mbostream-sbom-probe:1"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sbom_tools() -> None:
+    """The SBOM tools installed: at once when cached, else built (or waited for, see above)."""
+    out = subprocess.run(
+        [str(repo() / "scripts" / "install-sbom-tools")], capture_output=True, text=True, timeout=SBOM_TOOLS_TIMEOUT
+    )
+    assert out.returncode == 0, f"scripts/install-sbom-tools failed:\n{out.stderr[-3000:]}"
+    assert all(Path(line).is_file() for line in out.stdout.splitlines()) and len(out.stdout.splitlines()) == 4, out.stdout
 
 
 def _names(sbom_file: Path) -> set[str]:
@@ -89,7 +103,7 @@ def _dpkg_names() -> set[str]:
     return set(re.findall(r"^Package: (\S+)$", text, re.MULTILINE))
 
 
-@pytest.mark.timeout(AUDIT_TIMEOUT + 120)
+@pytest.mark.timeout(AUDIT_TIMEOUT + 120, func_only=True)
 def test_audit_deps_says_what_it_checked_and_what_it_could_not(tmp_path: Path) -> None:
     out = tmp_path / "out"
     archive = _docker_archive(_probe_rootfs(tmp_path / "rootfs"), tmp_path / "probe.tar", PROBE_IMAGE)
@@ -146,6 +160,7 @@ def test_audit_deps_says_what_it_checked_and_what_it_could_not(tmp_path: Path) -
     assert {"dpkg", "grpcio", "google.golang.org/grpc"} <= image_names, sorted(image_names)[:50]
 
 
+@pytest.mark.timeout(300, func_only=True)
 def test_sbom_of_an_image_by_name_in_a_private_engine_and_of_a_root_filesystem(tmp_path: Path) -> None:
     """scripts/sbom on an image in the engine (saved, then read offline) and on a folder."""
     rootfs = _probe_rootfs(tmp_path / "rootfs")
