@@ -420,7 +420,7 @@ class Hub:
         self.book_phases = 1
         self._next_slot = 0.0
         self.known_books: set[BookKey] = set()
-        #: Subscribers with a sink that have books to deliver (insertion-ordered), and the sinks.
+        #: Subscribers with a sink that have books to deliver now (insertion-ordered).
         self.due: dict[BookSubscriber, None] = {}
         self.closed = False
         self._encoded: OrderedDict[tuple[Selection, int, int, int], list[tuple[int, Payload]]] = OrderedDict()
