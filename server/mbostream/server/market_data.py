@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -110,11 +109,15 @@ class MarketDataService:
         return pb.GetBookResponse(book=book_snapshot(view, self.hub.position), epoch=self.hub.epoch)
 
     async def StreamBook(self, request: pb.StreamBookRequest, context: grpc_aio.ServicerContext) -> AsyncIterator[bytes]:
-        """A full snapshot per book first, then the latest consistent book at each refresh."""
-        # Closed with this stream, so a cancelled call unsubscribes at once, not when collected.
-        async with contextlib.aclosing(self.book_payloads(request, peer_address(context.peer()))) as payloads:
-            async for payload in payloads:
-                yield payload
+        """A full snapshot per book first, then the latest consistent book at each refresh (the
+        native transport, :mod:`mbostream.server.native_books`, has the hub deliver the same)."""
+        sub = self.open_books(request, peer_address(context.peer()))
+        epoch = self.hub.epoch
+        try:
+            async for channels, first, conflated in sub.updates():
+                yield book_message(sub, channels, first, conflated, epoch)
+        finally:
+            self.hub.unsubscribe_books(sub)
 
     def open_books(self, request: pb.StreamBookRequest, peer: str) -> BookSubscriber:
         """Validates a StreamBook request and subscribes it, for a client at ``peer`` (an address
@@ -132,17 +135,6 @@ class MarketDataService:
             combine=request.combine_books,
             peer=peer,
         )
-
-    async def book_payloads(self, request: pb.StreamBookRequest, peer: str) -> AsyncIterator[bytes]:
-        """StreamBook's messages, encoded, for a client at ``peer``: what grpc.aio sends (the
-        native transport, :mod:`mbostream.server.native_books`, has the hub deliver the same)."""
-        sub = self.open_books(request, peer)
-        epoch = self.hub.epoch
-        try:
-            async for channels, first, conflated in sub.updates():
-                yield book_message(sub, channels, first, conflated, epoch)
-        finally:
-            self.hub.unsubscribe_books(sub)
 
     async def StreamEvents(self, request: pb.StreamEventsRequest, context: grpc_aio.ServicerContext) -> AsyncIterator[bytes]:
         """Column-wise MBO batches: optional snapshot or backlog first, then live; never lossy."""
