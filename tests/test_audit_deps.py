@@ -42,13 +42,14 @@ PROBE_IMAGE = "mbostream-sbom-probe:1"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def sbom_tools() -> None:
+def sbom_tools() -> list[Path]:
     """The SBOM tools installed: at once when cached, else built (or waited for, see above)."""
     out = subprocess.run(
         [str(repo() / "scripts" / "install-sbom-tools")], capture_output=True, text=True, timeout=SBOM_TOOLS_TIMEOUT
     )
     assert out.returncode == 0, f"scripts/install-sbom-tools failed:\n{out.stderr[-3000:]}"
     assert all(Path(line).is_file() for line in out.stdout.splitlines()) and len(out.stdout.splitlines()) == 4, out.stdout
+    return [Path(line) for line in out.stdout.splitlines()]
 
 
 def _names(sbom_file: Path) -> set[str]:
@@ -199,3 +200,32 @@ def test_sbom_of_an_image_by_name_in_a_private_engine_and_of_a_root_filesystem(t
     )  # fmt: skip
     assert folder.returncode == 0, folder.stderr
     assert {"dpkg", "grpcio", "google.golang.org/grpc"} <= _names(tmp_path / "rootfs.cdx.json")
+
+
+@pytest.mark.timeout(600, func_only=True)
+def test_a_cached_cyclonedx_py_that_cannot_start_is_installed_again(tmp_path: Path, sbom_tools: list[Path]) -> None:
+    """Stop 27's CI: cyclonedx-py cached in a venv whose interpreter link had been deleted (.ci/run's
+    temporary toolchain links) passed the installer's "is it there" check and then failed to start.
+    The installer now checks the venv starts, and makes venvs with the interpreter's real path."""
+    cache = tmp_path / "cache" / "mbostream"
+    cache.mkdir(parents=True)
+    # The other three tools as cached (links to the real ones: nothing else is rebuilt).
+    cyclonedx_py, cyclonedx_npm, cargo_cyclonedx, syft = sbom_tools
+    for tool_dir in (cyclonedx_npm.parents[2], cargo_cyclonedx.parents[1], syft.parent):
+        (cache / tool_dir.name).symlink_to(tool_dir)
+    # cyclonedx-py as the CI found it: executable, its interpreter gone.
+    dead = cache / cyclonedx_py.parents[1].name / "bin"
+    dead.mkdir(parents=True)
+    (dead / "python").symlink_to(tmp_path / "gone" / "python3")
+    (dead / "cyclonedx-py").write_text(f"#!{dead / 'python'}\n")
+    (dead / "cyclonedx-py").chmod(0o755)
+
+    out = subprocess.run([str(repo() / "scripts" / "install-sbom-tools")], capture_output=True, text=True,
+                         timeout=540, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "install-sbom-tools: cyclonedx-bom" in out.stderr  # installed again, not taken from the cache
+    tool = Path(out.stdout.splitlines()[0])
+    assert tool == dead / "cyclonedx-py"
+    version = subprocess.run([str(tool), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and "7.5.0" in version.stdout + version.stderr, version
+    assert "npm" not in out.stderr and "cargo-cyclonedx" not in out.stderr and "syft" not in out.stderr, out.stderr

@@ -2,6 +2,8 @@ module github.com/mbostream/mbostream/clients/go
 
 go 1.26.0
 
+toolchain go1.26.11
+
 require (
 	github.com/HdrHistogram/hdrhistogram-go v1.4.0
 	google.golang.org/grpc v1.85.0
