@@ -40,7 +40,7 @@ import grpc  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
 
 from mbostream.edge.binary import find_envoy, validate_config  # noqa: E402
-from mbostream.edge.config import EdgeConfig, EdgeTls  # noqa: E402
+from mbostream.edge.config import EdgeConfig  # noqa: E402
 from mbostream.edge.errors import EdgeError, EdgeStartError, EnvoyNotFoundError  # noqa: E402
 from mbostream.edge.render import render_config  # noqa: E402
 from mbostream.edge.supervisor import Edge  # noqa: E402
@@ -714,10 +714,9 @@ def test_streambook_is_routed_to_the_servers_native_book_port(tmp_path: Path) ->
         server.stop()
 
 
-def test_the_native_book_port_is_refused_with_gateways_or_tls_to_the_server(tmp_path: Path) -> None:
+def test_the_native_book_port_is_refused_with_gateways(tmp_path: Path) -> None:
     for overrides, reason in (
         ({"upstream_ports": (50051, 50052)}, "not with gateways"),
-        ({"tls": EdgeTls(upstream_cert_file=str(tmp_path / "server.crt"))}, "not with TLS"),
         ({"book_port": 0}, "not a port number"),
     ):
         with pytest.raises(ConfigError, match=reason):

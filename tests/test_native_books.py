@@ -25,9 +25,8 @@ from mbostream_client import (
 )
 from server_harness import TOKEN, ServeProcess
 
-from mbostream.config import load_settings
-from mbostream.errors import ConfigError
 from mbostream.server.native_books import HIGH_WATER
+from mbostream_core._engine import StreamServer
 from mbostream_core.v1 import market_data_pb2 as pb
 
 #: Upper bound of any single await here.
@@ -230,8 +229,13 @@ def test_shutdown_ends_native_streams_with_unavailable(tmp_path: Path, generated
         stopping.stop()
 
 
-def test_the_native_port_is_plaintext_only() -> None:
-    env = {"MBOSTREAM_TLS_CERT_FILE": "/nonexistent.crt", "MBOSTREAM_TLS_KEY_FILE": "/nonexistent.key"}
-    with pytest.raises(ConfigError) as refused:
-        load_settings({"book_port": 0}, environ=env)
-    assert "--book-port" in str(refused.value) and "plaintext" in str(refused.value)
+def test_tls_material_the_transport_cannot_use_is_refused_at_once() -> None:
+    """The transport checks its TLS material before it binds (the app reports it as a setting error)."""
+    limits = {
+        "max_request_bytes": 1024, "high_water": 10, "low_water": 5, "max_concurrent_streams": 1,
+        "keepalive_interval": 30.0, "keepalive_timeout": 10.0,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="TLS certificate chain"):
+        StreamServer("127.0.0.1", 0, [STREAM_BOOK], **limits, tls_cert_chain=b"not PEM", tls_key=b"nor this")
+    with pytest.raises(ValueError, match="tls_cert_chain and tls_key"):
+        StreamServer("127.0.0.1", 0, [STREAM_BOOK], **limits, tls_client_ca=b"a CA alone")

@@ -9,9 +9,10 @@ import ipaddress
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -193,6 +194,63 @@ def test_mtls_refuses_clients_without_a_certificate_of_its_ca(pki: Pki) -> None:
     run(scenario())
 
 
+async def _books_on(target: str, tls: TlsConfig, count: int) -> list[market_data_pb2.StreamBookResponse]:
+    """The first ``count`` StreamBook messages a client with ``tls`` gets from ``target``."""
+    async with MarketDataClient(target, tls=tls) as client:
+        stream = client.stream_book(depth=5)
+        try:
+            return [await asyncio.wait_for(stream.__anext__(), RPC_TIMEOUT) for _ in range(count)]
+        finally:
+            await stream.aclose()
+
+
+async def _stream_book_refused(channel: grpc_aio.Channel) -> grpc.StatusCode:
+    """The status of a StreamBook that must not get through (the channel is closed after)."""
+    market, _ = stubs(channel)
+    try:
+        with pytest.raises(grpc_aio.AioRpcError) as failure:
+            async for _ in market.StreamBook(market_data_pb2.StreamBookRequest(depth=5), timeout=RPC_TIMEOUT):
+                pass
+    finally:
+        await channel.close()
+    return failure.value.code()
+
+
+def test_the_native_book_port_speaks_the_servers_tls_and_mtls(pki: Pki) -> None:
+    """``book_port`` with the gRPC port's certificate: TLS there too (rustls), and with a client CA
+    the same mTLS: no certificate, or a stranger's, gets nothing; the CA's client gets books."""
+
+    async def scenario() -> None:
+        for mutual in (False, True):
+            app = await _started(replace(_tls_settings(pki, mutual=mutual), book_port=0))  # type: ignore[type-var]
+            try:
+                assert app.book_port > 0 and app.books is not None
+                target = f"localhost:{app.book_port}"
+                operator = TlsConfig(ca_file=str(pki.ca), cert_file=str(pki.client_cert), key_file=str(pki.client_key))
+                anonymous = TlsConfig(ca_file=str(pki.ca))
+                messages = await _books_on(target, operator if mutual else anonymous, 3)
+                assert messages[0].is_snapshot and (messages[0].book.bids or messages[0].book.asks)
+                # The call closed by the client ends on the server too (its RST_STREAM arrives soon after).
+                server = app.books.server
+                assert server is not None
+                deadline = time.monotonic() + RPC_TIMEOUT
+                while server.open_calls:
+                    assert time.monotonic() < deadline, "the native call outlived its client"
+                    await asyncio.sleep(0.01)
+                # Plaintext to the TLS port, and TLS trusting only the system roots: nothing served.
+                assert await _stream_book_refused(grpc_aio.insecure_channel(target)) is grpc.StatusCode.UNAVAILABLE
+                system_roots = grpc_aio.secure_channel(target, grpc.ssl_channel_credentials())
+                assert await _stream_book_refused(system_roots) is grpc.StatusCode.UNAVAILABLE
+                if mutual:
+                    assert await _stream_book_refused(grpc_aio.secure_channel(target, anonymous.credentials())) is grpc.StatusCode.UNAVAILABLE
+                    stranger = TlsConfig(ca_file=str(pki.ca), cert_file=str(pki.stranger_cert), key_file=str(pki.stranger_key))
+                    assert await _stream_book_refused(grpc_aio.secure_channel(target, stranger.credentials())) is grpc.StatusCode.UNAVAILABLE
+            finally:
+                await asyncio.wait_for(app.shutdown(), 30)
+
+    run(scenario(), timeout=120)
+
+
 def test_grpcurl_with_the_ca_certificate(pki: Pki) -> None:
     async def scenario() -> None:
         for mutual in (False, True):
@@ -291,6 +349,31 @@ def test_edge_serves_https_and_reaches_a_tls_server(pki: Pki) -> None:
                 async with MarketDataClient(target, tls=TlsConfig(ca_file=str(pki.ca))) as client:
                     book = await _first_book(client)
                     assert book.bids or book.asks
+        finally:
+            await asyncio.wait_for(app.shutdown(), 30)
+
+    run(scenario(), timeout=120)
+
+
+def test_edge_routes_streambook_to_the_native_book_port_over_tls(pki: Pki) -> None:
+    """``mbostream run`` with TLS to the server and ``book_port``: Envoy reaches the book port with
+    the same upstream TLS (pinned certificate) and StreamBook is served there, not on the gRPC port."""
+
+    async def scenario() -> None:
+        app = await _started(replace(_tls_settings(pki, mutual=False), book_port=0))  # type: ignore[type-var]
+        tls = EdgeTls(cert_file=str(pki.server_cert), key_file=str(pki.server_key), upstream_cert_file=str(pki.server_cert))
+        try:
+            async with Edge(listen_port=0, upstream_port=app.port, static_dir=None, tls=tls, book_port=app.book_port) as edge:
+                target = edge.url.replace("127.0.0.1", "localhost").removeprefix("https://")
+                async with MarketDataClient(target, tls=TlsConfig(ca_file=str(pki.ca))) as client:
+                    stream = client.stream_book(depth=5)
+                    try:
+                        first = await asyncio.wait_for(stream.__anext__(), RPC_TIMEOUT)
+                        assert first.is_snapshot and (first.book.bids or first.book.asks)
+                        assert app.books is not None and app.books.server is not None
+                        assert app.books.server.open_calls == 1  # the call is on the native port
+                    finally:
+                        await stream.aclose()
         finally:
             await asyncio.wait_for(app.shutdown(), 30)
 

@@ -65,7 +65,7 @@ class Settings:
     port: int = 50051
     #: Prometheus port; 0 picks a free one, -1 disables the endpoint.
     metrics_port: int = 9464
-    #: StreamBook on the native HTTP/2 transport (plaintext; mbostream.server.native_books) on its
+    #: StreamBook on the native HTTP/2 transport (mbostream.server.native_books; TLS as ``port``) on its
     #: own port besides ``port``; 0 picks a free one, -1 (the default) disables it.
     book_port: int = -1
     #: ``rate`` (records/s), ``speed`` (recorded ts_recv gaps divided by ``speed``) or ``max``.
@@ -250,8 +250,6 @@ def _validate_tls(s: Settings) -> None:
         if bool(getattr(s, cert)) != bool(getattr(s, key)):
             given, missing = (cert, key) if getattr(s, cert) else (key, cert)
             raise ConfigError(_names(missing), f"must be set together with {_names(given)}")
-    if s.tls_cert_file and s.book_port >= 0:
-        raise ConfigError(_names("book_port"), f"the native book port serves plaintext HTTP/2 only: it cannot be combined with {_names('tls_cert_file')}")
     if s.tls_client_ca_file and not s.tls_cert_file:
         raise ConfigError(_names("tls_client_ca_file"), f"mTLS needs the server's own TLS: set {_names('tls_cert_file')} and the key")
     if s.nats_tls_cert_file and not s.nats_tls_ca_file:

@@ -8,7 +8,7 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use mbostream_h2serve::{Config, Event, Server};
+use mbostream_h2serve::{Config, Event, Server, Tls};
 
 /// One event: `(kind, id, method, request, peer)`; kind is "call", "writable" or "closed", and
 /// the last three are empty but for a call.
@@ -22,7 +22,7 @@ pub struct PyStreamServer {
 #[pymethods]
 impl PyStreamServer {
     #[new]
-    #[pyo3(signature = (host, port, methods, *, max_request_bytes, high_water, low_water, max_concurrent_streams, keepalive_interval, keepalive_timeout))]
+    #[pyo3(signature = (host, port, methods, *, max_request_bytes, high_water, low_water, max_concurrent_streams, keepalive_interval, keepalive_timeout, tls_cert_chain=None, tls_key=None, tls_client_ca=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: String,
@@ -34,12 +34,21 @@ impl PyStreamServer {
         max_concurrent_streams: u32,
         keepalive_interval: f64,
         keepalive_timeout: f64,
+        tls_cert_chain: Option<Vec<u8>>,
+        tls_key: Option<Vec<u8>>,
+        tls_client_ca: Option<Vec<u8>>,
     ) -> PyResult<Self> {
         for seconds in [keepalive_interval, keepalive_timeout] {
             if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
                 return Err(PyValueError::new_err("keepalive_interval and keepalive_timeout must be finite seconds in (0, 86400]"));
             }
         }
+        // TLS (PEM): a certificate chain and its key, and for mTLS the clients' CA.
+        let tls = match (tls_cert_chain, tls_key) {
+            (Some(cert_chain_pem), Some(key_pem)) => Some(Tls { cert_chain_pem, key_pem, client_ca_pem: tls_client_ca }),
+            (None, None) if tls_client_ca.is_none() => None,
+            _ => return Err(PyValueError::new_err("TLS needs tls_cert_chain and tls_key (tls_client_ca only with them)")),
+        };
         let config = Config {
             host,
             port,
@@ -50,6 +59,7 @@ impl PyStreamServer {
             max_concurrent_streams,
             keepalive_interval: Duration::from_secs_f64(keepalive_interval),
             keepalive_timeout: Duration::from_secs_f64(keepalive_timeout),
+            tls,
         };
         match Server::start(config) {
             Ok(inner) => Ok(PyStreamServer { inner }),

@@ -91,8 +91,9 @@ class EdgeConfig:
     otlp_endpoint: tuple[str, int] | None = field(default_factory=tracing.otlp_endpoint)
     #: TLS towards browsers and towards the server (:class:`EdgeTls`); plaintext by default.
     tls: EdgeTls = field(default_factory=EdgeTls)
-    #: The server's ``--book-port`` (StreamBook on its native transport, plaintext): StreamBook is
-    #: routed there, everything else to ``upstream_port``; None: StreamBook too goes to the latter.
+    #: The server's ``--book-port`` (StreamBook on its native transport, with the server's TLS when
+    #: ``tls.upstream``): StreamBook is routed there, everything else to ``upstream_port``; None:
+    #: StreamBook too goes to the latter.
     book_port: int | None = None
 
     def __post_init__(self) -> None:
@@ -112,8 +113,6 @@ class EdgeConfig:
                 raise ConfigError("book_port", f"{self.book_port} is not a port number (1-65535)")
             if self.upstream_ports or self.replayer_port is not None:
                 raise ConfigError("book_port", "the native book port is a single server's: not with gateways")
-            if self.tls.upstream:
-                raise ConfigError("book_port", "the native book port is plaintext: not with TLS to the server")
         if self.max_connections < 1:
             raise ConfigError("max_connections", "must be at least 1")
         if not self.template.is_file():

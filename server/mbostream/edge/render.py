@@ -186,10 +186,11 @@ def _cluster_parts(config: EdgeConfig, upstream_tls: str) -> dict[str, str]:
     }
 
 
-def _book_parts(config: EdgeConfig) -> dict[str, str]:
+def _book_parts(config: EdgeConfig, upstream_tls: str) -> dict[str, str]:
     """StreamBook's route to the server's native transport and its cluster, when ``book_port`` is
     set. No health check there (the port serves StreamBook only): the gRPC cluster's says whether
-    the server is up, and a refused connection fails the call as it would there."""
+    the server is up, and a refused connection fails the call as it would there. ``upstream_tls``
+    is the server cluster's transport socket: the book port speaks the same TLS (and mTLS)."""
     if config.book_port is None:
         return {"book_route": "", "book_cluster": ""}
     route = {
@@ -207,7 +208,7 @@ def _book_parts(config: EdgeConfig) -> dict[str, str]:
     cluster = (
         f"    - name: {BOOK_CLUSTER}\n"
         "      type: STATIC\n"
-        "      connect_timeout: 1s\n"
+        f"      connect_timeout: 1s{upstream_tls}\n"
         f"      load_assignment: {json.dumps(load_assignment)}\n"
         f"      typed_extension_protocol_options: {json.dumps(protocol)}\n"
     )
@@ -322,7 +323,7 @@ def render_config(config: EdgeConfig) -> str:
         "static_routes": "\n".join(f"{_ROUTE_INDENT}- {json.dumps(route)}" for route in routes),
         **_cluster_parts(config, tls["upstream_tls"]),
         **_tracing_parts(config),
-        **_book_parts(config),
+        **_book_parts(config, tls["upstream_tls"]),
         **tls,
     }
     return Template(config.template.read_text()).substitute(values)

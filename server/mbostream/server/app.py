@@ -298,9 +298,12 @@ class App:
     def _listen_books(self, host: str, port: int) -> None:
         """StreamBook on the native transport (mbostream.server.native_books), on ``book_port``."""
         _check_port_free("book_port", host, port)
-        self.books = NativeBookTransport(lambda: self.service, host, port)
+        self.books = NativeBookTransport(lambda: self.service, host, port, read_tls_files(self.settings))
         try:
             self.books.start()
+        except ValueError as exc:  # a certificate or key the gRPC listeners took but rustls refuses
+            self.books = None
+            raise ConfigError(_setting_names("tls_cert_file"), f"the native book port cannot use it: {exc}") from None
         except OSError as exc:
             self.books = None
             if exc.errno == errno.EADDRINUSE:

@@ -153,7 +153,7 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--book-port", type=RANGES["book_port"].argtype, default=None,
         help="also serve StreamBook on this port through the native HTTP/2 transport, ~10x less CPU a "
-        "message (plaintext only; default -1 off; 0 free)",
+        "message (TLS and mTLS as --port; default -1 off; 0 free)",
     )  # fmt: skip
     add_setting_argument(p, "--max-streams", "max_streams", "concurrent streams allowed", "1000")
     add_setting_argument(p, "--max-streams-per-peer", "max_streams_per_peer", "concurrent streams one client address may hold", "256")

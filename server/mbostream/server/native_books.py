@@ -18,9 +18,11 @@ conflated, never queued: once a call has ``HIGH_WATER`` bytes the transport has 
 nothing more is queued for it until the transport says it fell back to ``LOW_WATER``; meanwhile
 the hub keeps only the newest book for it, which goes out then.
 
-Clients that stop answering HTTP/2 PINGs lose their connection, as on the gRPC listeners. Not on
-this port: TLS (the setting refuses the pair), other methods (UNIMPLEMENTED), compressed requests
-(UNIMPLEMENTED), tracing spans, a limit on connections (Envoy's, in front, applies).
+Clients that stop answering HTTP/2 PINGs lose their connection, as on the gRPC listeners. TLS is
+the gRPC listeners' too: with ``tls_cert_file`` the port speaks TLS (ALPN ``h2``, rustls) with the
+same certificate, and with ``tls_client_ca_file`` it requires a client certificate of that CA
+(mTLS). Not on this port: other methods (UNIMPLEMENTED), compressed requests (UNIMPLEMENTED),
+tracing spans, a limit on connections (Envoy's, in front, applies).
 """
 
 from __future__ import annotations
@@ -89,11 +91,19 @@ class NativeBookTransport:
     book leaves the loop in the refresh that made it. The task only waits for the call's end.
     """
 
-    def __init__(self, service: Callable[[], MarketDataService], host: str, port: int) -> None:
+    def __init__(
+        self,
+        service: Callable[[], MarketDataService],
+        host: str,
+        port: int,
+        tls: tuple[bytes, bytes, bytes | None] | None = None,
+    ) -> None:
         #: The service whose StreamBook this serves (a gateway replaces its own as it resyncs).
         self.service = service
         self.host = host
         self.requested_port = port
+        #: ``(certificate chain, key, client CA or None)`` in PEM (:func:`~mbostream.config.read_tls_files`); None: plaintext.
+        self.tls = tls
         self.server: StreamServer | None = None
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._streams: dict[BookSubscriber, _Stream] = {}
@@ -106,7 +116,8 @@ class NativeBookTransport:
         return self.server.port if self.server is not None else 0
 
     def start(self) -> None:
-        """Binds (OSError when the port is taken) and starts taking calls."""
+        """Binds (OSError when the port is taken; ValueError for a certificate or key rustls refuses)
+        and starts taking calls."""
         self.server = StreamServer(
             self.host,
             self.requested_port,
@@ -117,6 +128,9 @@ class NativeBookTransport:
             max_concurrent_streams=MAX_CONCURRENT_STREAMS,
             keepalive_interval=KEEPALIVE_INTERVAL_SECONDS,
             keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
+            tls_cert_chain=self.tls[0] if self.tls else None,
+            tls_key=self.tls[1] if self.tls else None,
+            tls_client_ca=self.tls[2] if self.tls else None,
         )
         asyncio.get_running_loop().add_reader(self.server.fileno(), self._on_events)
 

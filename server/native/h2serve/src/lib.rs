@@ -1,5 +1,6 @@
-//! A plaintext HTTP/2 gRPC server for server-streaming calls whose messages come from another
-//! thread.
+//! An HTTP/2 gRPC server for server-streaming calls whose messages come from another thread;
+//! plaintext, or TLS (ALPN `h2`) with an optional client CA (mTLS: a client certificate of that CA
+//! is required), as the gRPC listeners' `ssl_server_credentials` are.
 //!
 //! It accepts calls to the methods it was given and hands each call's request to its owner as an
 //! [`Event::Call`]; the owner answers with [`Server::send`] (one gRPC message each, written at the
@@ -30,6 +31,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::SendStream;
 use http::{HeaderMap, HeaderValue, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
 
 /// gRPC status codes this crate sends on its own (the owner may send any).
@@ -62,6 +64,68 @@ pub struct Config {
     /// dropped (its calls end, their subscriptions with them): the gRPC listeners' 30 s and 10 s.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// TLS on the listener; None: plaintext.
+    pub tls: Option<Tls>,
+}
+
+/// The listener's certificate and key, and the CA of the clients' certificates when they must
+/// present one (mTLS). PEM, as the gRPC listeners read them.
+#[derive(Clone)]
+pub struct Tls {
+    /// The server's certificate, then its chain.
+    pub cert_chain_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// Clients must present a certificate this CA issued; None: no client certificate is asked for.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Tls").field("client_ca", &self.client_ca_pem.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// How long a client has to finish the TLS handshake before its connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn invalid(what: &str, error: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {error}"))
+}
+
+/// rustls' server configuration for [`Tls`]: TLS 1.2 and 1.3, ALPN `h2`; errors are InvalidInput.
+fn server_tls(tls: &Tls) -> io::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certificates = |pem: &[u8], what: &str| -> io::Result<Vec<CertificateDer<'static>>> {
+        let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| invalid(what, e))?;
+        if certs.is_empty() {
+            return Err(invalid(what, "no PEM certificate"));
+        }
+        Ok(certs)
+    };
+    let chain = certificates(&tls.cert_chain_pem, "TLS certificate chain")?;
+    let key = PrivateKeyDer::from_pem_slice(&tls.key_pem).map_err(|e| invalid("TLS private key", e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("TLS", e))?;
+    let builder = match &tls.client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certificates(pem, "TLS client CA")? {
+                roots.add(cert).map_err(|e| invalid("TLS client CA", e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| invalid("TLS client CA", e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| invalid("TLS certificate and key", e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// What the owner is told.
@@ -100,6 +164,7 @@ struct Shared {
     wake: UnixStream,
     stop: watch::Sender<bool>,
     config: Config,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Shared {
@@ -126,10 +191,12 @@ pub struct Server {
 
 impl Server {
     /// Binds (errors come back here, not later) and starts the server's thread.
-    pub fn start(config: Config) -> io::Result<Server> {
+    pub fn start(mut config: Config) -> io::Result<Server> {
         if config.methods.is_empty() || config.low_water > config.high_water || config.max_concurrent_streams == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "methods must not be empty, low_water <= high_water, max_concurrent_streams >= 1"));
         }
+        // The PEM (the key with it) is not kept once rustls holds what it needs.
+        let tls = config.tls.take().as_ref().map(server_tls).transpose()?.map(tokio_rustls::TlsAcceptor::from);
         let listener = std::net::TcpListener::bind((config.host.as_str(), config.port))?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
@@ -137,7 +204,7 @@ impl Server {
         wake_read.set_nonblocking(true)?;
         wake.set_nonblocking(true)?;
         let (stop, _) = watch::channel(false);
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake, stop, config });
+        let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake, stop, config, tls });
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new().name("mbostream-h2".into()).spawn(move || {
@@ -278,7 +345,8 @@ async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
         tokio::select! {
             accepted = listener.accept() => {
                 if let Ok((socket, peer)) = accepted {
-                    connections.push(tokio::task::spawn_local(connection(socket, peer, shared.clone())));
+                    connections.retain(|c: &tokio::task::JoinHandle<()>| !c.is_finished());
+                    connections.push(tokio::task::spawn_local(open(socket, peer, shared.clone())));
                 }
             }
             _ = stop.wait_for(|stopping| *stopping) => break,
@@ -300,8 +368,25 @@ fn peer_name(peer: SocketAddr) -> String {
     }
 }
 
-async fn connection(socket: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// An accepted connection: its TLS handshake first when the listener has TLS (bounded in time;
+/// a failed one just closes the socket), then HTTP/2.
+async fn open(socket: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = socket.set_nodelay(true);
+    let Some(acceptor) = shared.tls.clone() else {
+        return connection(socket, peer, shared).await;
+    };
+    let mut stop = shared.stop.subscribe();
+    let tls = tokio::select! {
+        handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)) => match handshake {
+            Ok(Ok(tls)) => tls,
+            _ => return,
+        },
+        _ = stop.wait_for(|stopping| *stopping) => return,
+    };
+    connection(tls, peer, shared).await
+}
+
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(socket: S, peer: SocketAddr, shared: Arc<Shared>) {
     let peer = peer_name(peer);
     let mut stop = shared.stop.subscribe();
     let handshake = h2::server::Builder::new().max_concurrent_streams(shared.config.max_concurrent_streams).handshake::<_, Bytes>(socket);
@@ -513,6 +598,7 @@ mod tests {
             max_concurrent_streams: 10,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 
@@ -682,6 +768,16 @@ mod tests {
         assert_eq!(server.open_calls(), 0);
         assert_eq!(server.send(call, b"late"), None);
         server.stop(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_tls_config_rustls_cannot_use_is_refused_before_binding() {
+        let garbage = Tls { cert_chain_pem: b"not PEM".to_vec(), key_pem: b"nor this".to_vec(), client_ca_pem: None };
+        let error = Server::start(Config { tls: Some(garbage), ..config() }).err().expect("refused");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(error.to_string().contains("TLS certificate chain"), "{error}");
+        let debug = format!("{:?}", Tls { cert_chain_pem: vec![], key_pem: b"SECRET".to_vec(), client_ca_pem: None });
+        assert!(!debug.contains("SECRET") && !debug.contains("83, 69"), "{debug}"); // never the key
     }
 
     #[test]
