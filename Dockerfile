@@ -99,6 +99,9 @@ ARG EDGE_REPLAYER_HOST=
 # Set (e.g. /run/mbostream/tls/ca.crt): TLS to the upstreams, validated by the CA Envoy reads from
 # that path when it starts (compose mounts the `certs` volume there) and by the upstream's name.
 ARG EDGE_UPSTREAM_CA_FILE=
+# Set (e.g. 50052, compose's): StreamBook goes to the server's native port (MBOSTREAM_BOOK_PORT) on
+# EDGE_UPSTREAM_HOST, with the same TLS. One server only (not with EDGE_REPLAYER_HOST).
+ARG EDGE_BOOK_PORT=
 # Set both (e.g. /run/mbostream/tls/edge.crt and .key): the listener serves HTTPS only (HTTP/2 or
 # HTTP/1.1 by ALPN) with the certificate Envoy reads from those paths when it starts.
 ARG EDGE_TLS_CERT_FILE=
@@ -122,7 +125,7 @@ RUN /opt/mbostream/bin/python /src/render.py --template /src/envoy.template.yaml
       --upstream-port "${EDGE_UPSTREAM_PORT}" --replayer-host "${EDGE_REPLAYER_HOST}" \
       --listen-port "${EDGE_LISTEN_PORT}" --upstream-ca-file "${EDGE_UPSTREAM_CA_FILE}" \
       --listen-cert-file "${EDGE_TLS_CERT_FILE}" --listen-key-file "${EDGE_TLS_KEY_FILE}" \
-      --allowed-origins "${EDGE_ALLOWED_ORIGINS}" --out /src/envoy.yaml \
+      --allowed-origins "${EDGE_ALLOWED_ORIGINS}" --book-port "${EDGE_BOOK_PORT}" --out /src/envoy.yaml \
  && /opt/mbostream/bin/python /src/render.py --template /src/envoy.template.yaml \
       --static-dir /srv/mbostream/web --upstream-host "${EDGE_UPSTREAM_HOST}" \
       --upstream-port "${EDGE_UPSTREAM_PORT}" --replayer-host "${EDGE_REPLAYER_HOST}" \

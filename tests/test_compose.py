@@ -344,7 +344,7 @@ def _render_edge(*args: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("upstream", "names"),
     [
-        (("--upstream-host", "serve"), {"mbostream_grpc": "serve"}),
+        (("--upstream-host", "serve", "--book-port", "50052"), {"mbostream_grpc": "serve", "mbostream_books": "serve"}),
         (("--upstream-host", "gateways", "--replayer-host", "replay"), {"mbostream_grpc": "gateways", "mbostream_replayer": "replay"}),
     ],
     ids=["envoy", "envoy-cluster"],
@@ -352,8 +352,9 @@ def _render_edge(*args: str) -> dict[str, Any]:
 def test_the_edges_serve_https_and_validate_their_upstreams_by_the_ca_and_their_names(upstream: tuple[str, ...], names: dict[str, str]) -> None:
     """docker/envoy/render.py with compose's build arguments for each edge: the listener serves TLS
     only, with edge.crt from the `certs` volume, HTTP/2 or HTTP/1.1 by ALPN; every upstream cluster
-    speaks TLS, trusts the CA at its in-container path and accepts only its own name. Without those
-    arguments (the image built alone) the config has no TLS at all."""
+    (serve's native book port's too) speaks TLS, trusts the CA at its in-container path and accepts
+    only its own name, and finds its host by DNS. Without those arguments (the image built alone)
+    the config has no TLS at all."""
     tls_args = ("--listen-cert-file", f"{CERTS_DIR}/edge.crt", "--listen-key-file", f"{CERTS_DIR}/edge.key", "--upstream-ca-file", f"{CERTS_DIR}/ca.crt")
     configs = {tls: _render_edge(*upstream, *(tls_args if tls else ())) for tls in (True, False)}
 
@@ -384,6 +385,12 @@ def test_the_edges_serve_https_and_validate_their_upstreams_by_the_ca_and_their_
     assert listener == [https], "the edge's one filter chain is not HTTPS with edge.crt"
     assert clusters == {cluster: validated(name) for cluster, name in names.items()}
     assert sockets(configs[False]) == ([None], dict.fromkeys(names))
+    for cluster in configs[True]["static_resources"]["clusters"]:
+        if cluster["name"] in names:
+            assert cluster["type"] == "STRICT_DNS", cluster["name"]
+            address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+            expected_port = 50052 if cluster["name"] == "mbostream_books" else 50051
+            assert (address["address"], address["port_value"]) == (names[cluster["name"]], expected_port), cluster["name"]
 
 
 def _image_default(reference: str) -> tuple[str, str]:
@@ -492,6 +499,24 @@ def _control(target: str, ca: bytes, rpc: str, token: str) -> None:
 def _secret(stack: Stack, service: str, name: str, profile: str | None = None) -> str:
     """A secret as ``service`` reads it (from the secrets volume, inside its container)."""
     return stack.run("exec", "-T", service, "cat", f"{SECRETS_DIR}/{name}", profile=profile).strip()
+
+
+#: bash: what the Envoy admin's /stats?filter=$2 prints ($1: the admin port; $2: a plain name part).
+_ENVOY_STATS_SCRIPT: Final = (
+    'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; '
+    "printf 'GET /stats?filter=%s HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n' \"$2\" >&3; "
+    "cat <&3"
+)
+
+
+def _envoy_counter(stack: Stack, name: str) -> int:
+    """A counter of the edge's Envoy, from its admin interface (loopback in its container; read as
+    its health check reads /ready)."""
+    cluster = name.split(".")[1]
+    answer = stack.run("exec", "-T", "envoy", "bash", "-c", _ENVOY_STATS_SCRIPT, "envoy-stats", "9901", cluster)
+    match = re.search(rf"^{re.escape(name)}: (\d+)\r?$", answer, flags=re.M)
+    assert match, answer[-2000:]
+    return int(match.group(1))
 
 
 def _wait(what: str, check: Any, timeout: float = 90.0) -> Any:
@@ -839,6 +864,9 @@ def test_default_profile(stack: Stack, tmp_path: Path) -> None:
     port = edge.rsplit(":", 1)[1]
     assert b"<html" in _https_get(f"https://localhost:{port}/", ca).lower()
     browser = _browse_through_envoy_restart(stack, f"https://{edge}/", ca, tmp_path)
+    # Its book streams went to serve's native book port (MBOSTREAM_BOOK_PORT), over TLS.
+    book_streams = _envoy_counter(stack, "cluster.mbostream_books.upstream_rq_total")
+    assert book_streams >= 1 and _envoy_counter(stack, "cluster.mbostream_books.ssl.handshake") >= 1, book_streams
 
     # Prometheus reports every target up (the server's metrics and its own).
     prometheus = stack.published("prometheus", 9090)

@@ -13,6 +13,9 @@ HTTPS at the listener (``--listen-cert-file``/``--listen-key-file``, in-containe
 Envoy starts): the edge serves browsers and clients over TLS only, HTTP/2 or HTTP/1.1 by ALPN, as
 ``mbostream run`` does with ``MBOSTREAM_EDGE_TLS_CERT_FILE``.
 
+StreamBook to the server's native port (``--book-port``, one server only): its own cluster, on the
+same host with the same upstream TLS, as ``mbostream run`` routes it (``MBOSTREAM_BOOK_PORT``).
+
 Upstream TLS (``--upstream-ca-file``): the servers' certificates are made when the stack first
 starts (compose's ``secrets-init``), after this config is rendered, so there is nothing to pin:
 Envoy validates each server by the CA file (read from that in-container path when it starts) and
@@ -26,7 +29,7 @@ import argparse
 from pathlib import Path
 
 from mbostream.edge.config import EdgeConfig, EdgeTls
-from mbostream.edge.render import UPSTREAM_CLUSTER, render_config
+from mbostream.edge.render import BOOK_CLUSTER, UPSTREAM_CLUSTER, render_config
 
 ADMIN_PORT = 9901
 REPLAYER_CLUSTER = "mbostream_replayer"
@@ -68,6 +71,7 @@ def main() -> None:
     parser.add_argument("--replayer-server-name", default="", help="the name the replayer's certificate carries (default: --replayer-host)")
     parser.add_argument("--listen-cert-file", default="", help="HTTPS at the listener: its certificate chain (its path in the container)")
     parser.add_argument("--listen-key-file", default="", help="HTTPS at the listener: its key (its path in the container)")
+    parser.add_argument("--book-port", default="", help="one server only: StreamBook to its native port (MBOSTREAM_BOOK_PORT), same TLS")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     gateways = bool(args.replayer_host)
@@ -89,8 +93,11 @@ def main() -> None:
             upstream_ca_file=args.upstream_ca_file,
             upstream_server_name=server_name,
         ),
+        book_port=int(args.book_port) if args.book_port else None,
     )
     text = _dns(render_config(config), UPSTREAM_CLUSTER)
+    if config.book_port is not None:
+        text = _dns(text, BOOK_CLUSTER)
     if gateways:
         text = _dns(text, REPLAYER_CLUSTER)
         # The renderer puts the replayer on the gateways' host (one machine); here it has its own.
