@@ -204,12 +204,26 @@ def test_bench_e2e_native_books_reads_the_book_streams_from_the_book_port(genera
     assert doc["checks"]["rate_events_lossless"]["value"] is True
 
 
-def test_bench_e2e_native_books_needs_the_go_client(generated_small: Path) -> None:
+def test_bench_e2e_tls_serves_and_measures_every_stream_over_tls(generated_small: Path, tmp_path: Path) -> None:
+    """``--tls --native-books``: the server serves both ports over TLS with a throw-away CA, the Go
+    client trusts it (``--ca-file``) for the book streams on the native port and the events stream."""
+    doc = bench_e2e("go", generated_small, tmp_path / "cache", "--native-books", "--tls", scenario="rate")
+    rate = doc["scenarios"]["rate"]
+    assert doc["config"]["tls"] is True and rate["server"]["tls"] is True, rate["server"]
+    go_config = rate["client"]["go"]["config"]
+    assert go_config["tls"] is True and go_config["book_target"] == rate["server"]["book_target"], go_config
+    book, events = rate["client"]["book"], rate["client"]["events"]
+    assert book["messages"] > 0 and book["unserved"] == 0 and not book["errors"], book
+    assert events["lossless"] and events["records"] > 0, events
+
+
+@pytest.mark.parametrize("flag", ["--native-books", "--tls"])
+def test_bench_e2e_native_books_and_tls_need_the_go_client(generated_small: Path, flag: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "mbostream.cli", "bench", "e2e", str(generated_small), "--native-books", "--client", "python"],
+        [sys.executable, "-m", "mbostream.cli", "bench", "e2e", str(generated_small), flag, "--client", "python"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert proc.returncode != 0 and "--native-books needs the Go client" in proc.stderr, proc.stderr
+    assert proc.returncode != 0 and f"{flag} needs the Go client" in proc.stderr, proc.stderr
 
 
 def test_bench_e2e_refuses_a_share_out_of_range() -> None:

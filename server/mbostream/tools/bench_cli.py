@@ -86,6 +86,12 @@ def add_e2e_arguments(p: argparse.ArgumentParser) -> None:
         "events its gRPC port (Go client only)",
     )
     p.add_argument(
+        "--tls",
+        action="store_true",
+        help="the server serves over TLS (every port, the native book port too; a throw-away CA) and "
+        "the client speaks TLS (Go client only): what TLS costs",
+    )
+    p.add_argument(
         "--server-arg",
         action="append",
         default=[],

@@ -75,6 +75,8 @@ class E2eConfig:
     #: Book streams read the server's ``--book-port`` (StreamBook on the native transport), the
     #: events stream its gRPC port (Go client only).
     native_books: bool = False
+    #: The server serves over TLS (every port; a throw-away CA) and the client speaks TLS (Go client only).
+    tls: bool = False
     #: Extra ``mbostream serve`` flags, e.g. ``("--book-interval-ms", "20")``.
     server_args: tuple[str, ...] = ()
     #: The measuring client: "go" (mbostream-load) or "python" (mbostream-client latency).
@@ -87,11 +89,17 @@ def _children_cpu_seconds() -> float:
 
 
 def _run_client(
-    cfg: E2eConfig, target: str, streams: int, events_streams: int, cpus: set[int] | None, book_target: str | None = None
+    cfg: E2eConfig,
+    target: str,
+    streams: int,
+    events_streams: int,
+    cpus: set[int] | None,
+    book_target: str | None = None,
+    ca_file: str | None = None,
 ) -> dict[str, Any]:
     """Runs the client in its own process and returns its result (in the Python client's shape)."""
     if cfg.client == "go":
-        return _run_go_client(cfg, target, streams, events_streams, cpus, book_target)
+        return _run_go_client(cfg, target, streams, events_streams, cpus, book_target, ca_file)
     cmd = [
         sys.executable, "-m", "mbostream_client", "--target", target, "latency",
         "--streams", str(streams), "--events-streams", str(events_streams), *_client_flags(cfg),
@@ -161,13 +169,20 @@ def _go_load_binary() -> Path:
 
 
 def _run_go_client(
-    cfg: E2eConfig, target: str, streams: int, events_streams: int, cpus: set[int] | None, book_target: str | None = None
+    cfg: E2eConfig,
+    target: str,
+    streams: int,
+    events_streams: int,
+    cpus: set[int] | None,
+    book_target: str | None = None,
+    ca_file: str | None = None,
 ) -> dict[str, Any]:
     """Runs ``mbostream-load --json`` in its own process (as many Go threads as pinned CPUs)."""
     cmd = [
         str(_go_load_binary()), "--target", target, "--book-streams", str(streams),
         "--events-streams", str(events_streams), *_client_flags(cfg),
         *(["--book-target", book_target] if book_target is not None else []),
+        *(["--ca-file", ca_file] if ca_file is not None else []),
     ]  # fmt: skip
     env = {**os.environ, **({"GOMAXPROCS": str(len(cpus))} if cpus else {})}
     return _from_go_result(json.loads(_run_client_process("mbostream-load", cmd, cfg, cpus, env)))
@@ -242,13 +257,13 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
     if native:
         server_args = (*server_args, "--book-port", "0")
     with BenchServer(
-        pacing, files=cfg.files, server_args=server_args, cpus=server_cpus, cpu_share=cfg.server_cpu_share
+        pacing, files=cfg.files, server_args=server_args, cpus=server_cpus, cpu_share=cfg.server_cpu_share, tls=cfg.tls
     ) as server:
         before, client0 = server.read(), _children_cpu_seconds()
         book_target = server.book_target if native else None
         if native and book_target is None:
             raise BenchError("the server printed no book_port: it does not serve StreamBook on the native transport")
-        client = _run_client(cfg, server.target, streams, events_streams, client_cpus, book_target)
+        client = _run_client(cfg, server.target, streams, events_streams, client_cpus, book_target, server.ca_file)
         client1, after = _children_cpu_seconds(), server.read()
     window = Window(before, after)
     return {
@@ -267,6 +282,7 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
             "exit_code": server.exit_code,
             # Where the book streams read: the native transport's port, or the gRPC port (None).
             "book_target": book_target,
+            "tls": cfg.tls,
         },
         "client_cpus": sorted(client_cpus) if client_cpus else None,
         "client": client,
@@ -288,6 +304,8 @@ def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"config": asdict(cfg), "scenarios": {}}
     if cfg.native_books and cfg.client != "go":
         raise BenchError("--native-books needs the Go client (--client go): mbostream-client latency has one target")
+    if cfg.tls and cfg.client != "go":
+        raise BenchError("--tls needs the Go client (--client go): mbostream-client latency speaks plaintext here")
     if cfg.client == "go":
         _go_load_binary()  # built before any server runs, not inside a measured interval
     checks: dict[str, Any] = {}
@@ -344,6 +362,8 @@ def format_summary(results: dict[str, Any]) -> str:
         )
         if srv.get("book_target"):
             lines.append(f"  book streams on the native transport ({srv['book_target']}, --book-port); events on gRPC")
+        if srv.get("tls"):
+            lines.append("  every stream over TLS (ECDSA P-256, a throw-away CA)")
         if srv.get("cpu_share_cap") is not None:
             lines.append(
                 f"  server capped at {100 * srv['cpu_share_cap']:g}% of its CPU (cpu cgroup, 10 ms periods): "
@@ -408,6 +428,7 @@ def _cmd_e2e(args: argparse.Namespace) -> int:
         pin=not args.no_pin,
         server_cpu_share=args.server_cpu_share,
         native_books=args.native_books,
+        tls=args.tls,
         server_args=tuple(arg for option in args.server_arg for arg in option.split()),
         client=args.client or ("go" if go_available() else "python"),
     )

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, Final
 
 from mbostream.errors import BenchError
@@ -295,7 +296,9 @@ class BenchServer:
     ``pacing``: the serve flags of the replay's pace (``--max``, ``--rate R``); ``files``: the data
     (the generated sample by default); ``server_args``: more serve flags; ``cpus``: the CPUs to pin
     it to; ``cpu_share``: a cap on its CPU time, as a share of one CPU (:class:`CpuCap`); ``log``:
-    where its output goes after the ready line (by default it stays in the pipes).
+    where its output goes after the ready line (by default it stays in the pipes); ``tls``: serve
+    over TLS (every port, the native book port too) with a throw-away CA whose certificate is
+    :attr:`ca_file` (:mod:`mbostream.tools.bench_tls`).
     Used as a context manager it waits for the replay to start and stops the server on exit;
     :attr:`exit_code` is then its exit status.
     """
@@ -309,6 +312,7 @@ class BenchServer:
         cpus: set[int] | None = None,
         cpu_share: float | None = None,
         log: IO[str] | None = None,
+        tls: bool = False,
     ) -> None:
         # The cap first: it may refuse (not root), and then nothing is started.
         self.cpu_cap = CpuCap(cpu_share) if cpu_share is not None else None
@@ -318,12 +322,23 @@ class BenchServer:
         # A private spool: the server's storage sink (on by default) must not share one with a
         # server already running here, and the bench leaves nothing behind.
         self._spool = tempfile.TemporaryDirectory(prefix="mbostream-e2e-spool-")
+        #: The CA a client trusts to reach this server over TLS (None: plaintext).
+        self.ca_file: str | None = None
+        tls_env: dict[str, str] = {}
+        self._tls_dir = tempfile.TemporaryDirectory(prefix="mbostream-e2e-tls-") if tls else None
+        if self._tls_dir is not None:
+            from mbostream.tools.bench_tls import make_bench_pki
+
+            pki = make_bench_pki(Path(self._tls_dir.name))
+            self.ca_file = str(pki.ca_file)
+            tls_env = {"MBOSTREAM_TLS_CERT_FILE": str(pki.cert_file), "MBOSTREAM_TLS_KEY_FILE": str(pki.key_file)}
         # Every client of the bench is this one host: the per-address stream limit must not cap it.
         env = {
             **os.environ,
             "MBOSTREAM_CONTROL_TOKEN": self.token,
             "MBOSTREAM_SPOOL_DIR": self._spool.name,
             "MBOSTREAM_MAX_STREAMS_PER_PEER": "100000",
+            **tls_env,
         }
         cmd = [
             sys.executable, "-m", "mbostream.cli", "--log-level", "warning", "serve", *files,
@@ -382,7 +397,12 @@ class BenchServer:
 
         from mbostream_core.v1 import replay_pb2, replay_pb2_grpc
 
-        with grpc.insecure_channel(self.target) as channel:
+        if self.ca_file is None:
+            channel = grpc.insecure_channel(self.target)
+        else:
+            with open(self.ca_file, "rb") as ca:
+                channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(ca.read()))
+        with channel:
             stub = replay_pb2_grpc.ReplayServiceStub(channel)
             metadata = (("authorization", f"Bearer {self.token}"),)
             try:
@@ -433,6 +453,8 @@ class BenchServer:
             if stream is not None:
                 stream.close()
         self._spool.cleanup()
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
         if self.cpu_cap is not None:
             self.cpu_cap.close()
         self.exit_code = code

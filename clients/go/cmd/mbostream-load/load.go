@@ -109,10 +109,14 @@ type measurement struct {
 }
 
 // dial connects one client, within 10 s.
-func dial(ctx context.Context, target string, logger *slog.Logger) (*mbostream.Client, error) {
+func dial(ctx context.Context, target string, cfg config, logger *slog.Logger) (*mbostream.Client, error) {
 	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	return mbostream.Dial(dialCtx, target, mbostream.WithLogger(logger))
+	options := []mbostream.Option{mbostream.WithLogger(logger)}
+	if cfg.tls != nil {
+		options = append(options, mbostream.WithTLS(cfg.tls.Clone()))
+	}
+	return mbostream.Dial(dialCtx, target, options...)
 }
 
 // dialPools connects the clients the book and the events streams take turns on: one pool of
@@ -128,7 +132,7 @@ func dialPools(ctx context.Context, cfg config, logger *slog.Logger) (books, eve
 	pool := func(target string, n int) ([]*mbostream.Client, error) {
 		clients := make([]*mbostream.Client, 0, n)
 		for range n {
-			client, err := dial(ctx, target, logger)
+			client, err := dial(ctx, target, cfg, logger)
 			if err != nil {
 				for _, c := range clients {
 					c.Close()
@@ -183,7 +187,7 @@ func run(cfg config, logger *slog.Logger) (*measurement, error) {
 		lister = bookClients[0]
 	}
 	if lister == nil && cfg.spread {
-		lister, err = dial(ctx, cfg.target, logger)
+		lister, err = dial(ctx, cfg.target, cfg, logger)
 		if err != nil {
 			return nil, err
 		}

@@ -18,6 +18,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
@@ -40,6 +42,9 @@ type config struct {
 	seconds             time.Duration
 	warmup              time.Duration
 	json                bool
+	// tls: connect over TLS (--ca-file: the servers' CA, --server-name: the name their
+	// certificates carry); nil: plaintext.
+	tls *tls.Config
 }
 
 func main() {
@@ -90,6 +95,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Float64Var(&seconds, "seconds", 10, "length of the measured window, seconds")
 	fs.Float64Var(&warmup, "warmup", 1, "seconds streamed before the window opens")
 	fs.BoolVar(&cfg.json, "json", false, "print one JSON object")
+	var caFile, serverName string
+	fs.StringVar(&caFile, "ca-file", "", "connect over TLS, trusting this CA (PEM); without it: plaintext")
+	fs.StringVar(&serverName, "server-name", "", "with --ca-file: the name the servers' certificates carry (default: the target's host)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -113,6 +121,20 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return cfg, fmt.Errorf("--seconds must be > 0, got %g", seconds)
 	case !(warmup >= 0):
 		return cfg, fmt.Errorf("--warmup must be >= 0, got %g", warmup)
+	}
+	if serverName != "" && caFile == "" {
+		return cfg, fmt.Errorf("--server-name needs --ca-file")
+	}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return cfg, fmt.Errorf("--ca-file: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return cfg, fmt.Errorf("--ca-file: no PEM certificate in %s", caFile)
+		}
+		cfg.tls = &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12}
 	}
 	cfg.seconds = time.Duration(seconds * float64(time.Second))
 	cfg.warmup = time.Duration(warmup * float64(time.Second))

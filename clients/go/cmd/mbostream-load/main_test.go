@@ -28,6 +28,9 @@ func TestBadFlagsNameTheFlag(t *testing.T) {
 		{[]string{"--connections", "-1"}, "--connections"},
 		{[]string{"--seconds", "0"}, "--seconds"},
 		{[]string{"--warmup", "-1"}, "--warmup"},
+		{[]string{"--ca-file", "/nonexistent/ca.pem"}, "--ca-file"},
+		{[]string{"--ca-file", "main.go"}, "--ca-file"},
+		{[]string{"--server-name", "serve"}, "--server-name"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 		{[]string{"stray"}, "stray"},
 	} {
@@ -239,5 +242,37 @@ func TestBookTargetTakesTheBookStreamsToTheNativePort(t *testing.T) {
 		if summary := formatSummary(r); !strings.Contains(summary, "(book streams: "+bookTarget+")") {
 			t.Errorf("%v: the summary does not name the book target:\n%s", extra, summary)
 		}
+	}
+}
+
+// TestCAFileSpeaksTLSToBothPorts: --ca-file connects every stream over TLS, the book streams to the
+// server's native book port (rustls there, grpc-go here), the events to its gRPC port; a server
+// name the certificate does not carry fails the dial.
+func TestCAFileSpeaksTLSToBothPorts(t *testing.T) {
+	pki := testserver.NewTLS(t)
+	bookPort := testserver.FreePort(t)
+	srv := testserver.Start(t, testserver.Options{Args: []string{"--rate", "20000", "--loop", "--book-port", fmt.Sprint(bookPort)}, TLS: pki})
+	bookTarget := fmt.Sprintf("127.0.0.1:%d", bookPort)
+	var stdout, stderr bytes.Buffer
+	args := []string{"--target", srv.Address, "--book-target", bookTarget, "--book-streams", "3", "--events-streams", "1",
+		"--ca-file", pki.CAFile(), "--seconds", "1", "--warmup", "0.5", "--json"}
+	if code := mainWith(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var r result
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("not one JSON document: %v\n%s", err, stdout.String())
+	}
+	if !r.Config.TLS || r.Book.Messages == 0 || r.Book.Unserved != 0 || len(r.Book.Errors) != 0 {
+		t.Fatalf("book streams over TLS to %s: tls=%v %+v", bookTarget, r.Config.TLS, r.Book)
+	}
+	if r.Events.Records == 0 || !r.Events.Lossless {
+		t.Errorf("events over TLS to %s: %+v", srv.Address, r.Events)
+	}
+	stdout.Reset()
+	stderr.Reset()
+	wrongName := append(args[:len(args)-1:len(args)-1], "--server-name", "not-the-server", "--json")
+	if code := mainWith(wrongName, &stdout, &stderr); code == 0 {
+		t.Errorf("--server-name not-the-server: exit 0, want a failed dial\n%s", stdout.String())
 	}
 }

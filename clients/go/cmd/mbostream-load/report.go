@@ -32,6 +32,7 @@ type configDoc struct {
 	Depth               int      `json:"depth"`
 	MaxUpdatesPerSecond float64  `json:"max_updates_per_second"`
 	Connections         int      `json:"connections"`
+	TLS                 bool     `json:"tls"`
 	Seconds             float64  `json:"seconds"`
 	Warmup              float64  `json:"warmup"`
 	SpreadInstruments   []string `json:"spread_instruments,omitempty"`
@@ -92,7 +93,7 @@ func summarise(m *measurement) result {
 		Config: configDoc{
 			Target: m.cfg.target, BookTarget: m.cfg.bookTarget, BookStreams: m.cfg.bookStreams, EventsStreams: m.cfg.eventsStreams,
 			Combine: m.cfg.combine, Spread: m.cfg.spread, Depth: m.cfg.depth,
-			MaxUpdatesPerSecond: m.cfg.maxUpdatesPerSecond, Connections: m.cfg.connections,
+			MaxUpdatesPerSecond: m.cfg.maxUpdatesPerSecond, Connections: m.cfg.connections, TLS: m.cfg.tls != nil,
 			Seconds: seconds, Warmup: m.cfg.warmup.Seconds(), SpreadInstruments: m.instruments,
 		},
 		StreamsEndedEarly: m.endedEarly,

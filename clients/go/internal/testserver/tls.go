@@ -60,6 +60,9 @@ func NewTLS(t testing.TB) *TLS {
 	return p
 }
 
+// CAFile is the CA certificate's PEM file (what a client's --ca-file names).
+func (p *TLS) CAFile() string { return p.caFile }
+
 // ClientConfig trusts the CA and, when withCert is set, presents the client certificate.
 func (p *TLS) ClientConfig(withCert bool) *tls.Config {
 	cfg := &tls.Config{RootCAs: p.Roots, MinVersion: tls.VersionTLS12}
