@@ -99,8 +99,9 @@ ARG EDGE_REPLAYER_HOST=
 # Set (e.g. /run/mbostream/tls/ca.crt): TLS to the upstreams, validated by the CA Envoy reads from
 # that path when it starts (compose mounts the `certs` volume there) and by the upstream's name.
 ARG EDGE_UPSTREAM_CA_FILE=
-# Set (e.g. 50052, compose's): StreamBook goes to the server's native port (MBOSTREAM_BOOK_PORT) on
-# EDGE_UPSTREAM_HOST, with the same TLS. One server only (not with EDGE_REPLAYER_HOST).
+# Set (e.g. 50052, compose's): StreamBook goes to the native port (MBOSTREAM_BOOK_PORT) of the
+# server, or of every gateway, on EDGE_UPSTREAM_HOST, with the same TLS (gateways: health-checked on
+# their gRPC port).
 ARG EDGE_BOOK_PORT=
 # Set both (e.g. /run/mbostream/tls/edge.crt and .key): the listener serves HTTPS only (HTTP/2 or
 # HTTP/1.1 by ALPN) with the certificate Envoy reads from those paths when it starts.

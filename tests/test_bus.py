@@ -6,6 +6,7 @@ them by PID. Every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import subprocess
@@ -637,3 +638,47 @@ def test_bus_connections_read_a_record_message_in_few_socket_reads(nats: NatsSer
 
     size, limit, whole = run(check())
     assert size == limit == READ_BUFFER_BYTES and whole
+
+
+def test_a_gateways_native_book_port_behind_the_edge_is_health_checked_on_its_grpc_port(nats, feed, tmp_path) -> None:
+    """A gateway with ``--book-port`` behind the edge in gateway mode (compose's cluster profile,
+    one gateway here): StreamBook is routed to the gateway's native port, whose host Envoy marks
+    healthy by gRPC health on the gateway's gRPC port (the native port serves StreamBook only)."""
+    from mbostream.edge.render import BOOK_CLUSTER
+    from mbostream.edge.supervisor import Edge
+    from mbostream_client import MarketDataClient
+
+    replay = replayer(nats, feed, tmp_path, "--rate", "20000", "--loop")
+    gate = gateway(nats, tmp_path, "--book-port", "0")
+    try:
+        assert gate.book_port > 0
+
+        def clusters(admin: str) -> str:
+            with urllib.request.urlopen(f"{admin}/clusters", timeout=5) as reply:
+                return str(reply.read().decode())
+
+        async def scenario() -> None:
+            edge = Edge(
+                listen_port=0, upstream_port=gate.port, upstream_ports=(gate.port,), replayer_port=replay.port,
+                static_dir=None, book_port=gate.book_port,
+            )  # fmt: skip
+            async with edge:
+                host = f"{BOOK_CLUSTER}::127.0.0.1:{gate.book_port}::health_flags::"
+                deadline = time.monotonic() + 30
+                while f"{host}healthy" not in clusters(edge.admin_url):
+                    assert time.monotonic() < deadline, clusters(edge.admin_url)
+                    await asyncio.sleep(0.1)
+                async with MarketDataClient(edge.url.removeprefix("http://")) as client:
+                    stream = client.stream_book(depth=5)
+                    try:
+                        first = await asyncio.wait_for(stream.__anext__(), RPC_TIMEOUT)
+                        assert first.is_snapshot and (first.book.bids or first.book.asks)
+                    finally:
+                        await stream.aclose()
+                stats = clusters(edge.admin_url)
+                assert f"{BOOK_CLUSTER}::127.0.0.1:{gate.book_port}::rq_total::1" in stats, stats
+
+        run(scenario(), timeout=90)
+    finally:
+        gate.stop()
+        replay.stop()

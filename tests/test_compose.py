@@ -196,6 +196,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         edge_book = [f"--build-arg=EDGE_BOOK_PORT={book_port}"]
         _run([DOCKER, "build", *args, *edge_tls, *edge_book, "--target", "edge", "-t", images["EDGE_IMAGE"], "."], env=build_env)
         upstream = ["--build-arg", "EDGE_UPSTREAM_HOST=gateways", "--build-arg", "EDGE_REPLAYER_HOST=replay"]
+        cluster_book_port = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]["envoy-cluster"]["build"]["args"]["EDGE_BOOK_PORT"]
+        upstream += [f"--build-arg=EDGE_BOOK_PORT={cluster_book_port}"]
         _run([DOCKER, "build", *args, *edge_tls, *upstream, "--target", "edge", "-t", images["EDGE_CLUSTER_IMAGE"], "."], env=build_env)
         stack.timings["images"] = time.monotonic() - built
         env.update(images)
@@ -348,16 +350,20 @@ def _render_edge(*args: str) -> dict[str, Any]:
     ("upstream", "names"),
     [
         (("--upstream-host", "serve", "--book-port", "50052"), {"mbostream_grpc": "serve", "mbostream_books": "serve"}),
-        (("--upstream-host", "gateways", "--replayer-host", "replay"), {"mbostream_grpc": "gateways", "mbostream_replayer": "replay"}),
+        (
+            ("--upstream-host", "gateways", "--replayer-host", "replay", "--book-port", "50052"),
+            {"mbostream_grpc": "gateways", "mbostream_replayer": "replay", "mbostream_books": "gateways"},
+        ),
     ],
     ids=["envoy", "envoy-cluster"],
 )
 def test_the_edges_serve_https_and_validate_their_upstreams_by_the_ca_and_their_names(upstream: tuple[str, ...], names: dict[str, str]) -> None:
     """docker/envoy/render.py with compose's build arguments for each edge: the listener serves TLS
     only, with edge.crt from the `certs` volume, HTTP/2 or HTTP/1.1 by ALPN; every upstream cluster
-    (serve's native book port's too) speaks TLS, trusts the CA at its in-container path and accepts
-    only its own name, and finds its host by DNS. Without those arguments (the image built alone)
-    the config has no TLS at all."""
+    (the native book port's too, serve's or the gateways') speaks TLS, trusts the CA at its
+    in-container path and accepts only its own name, and finds its hosts by DNS; the gateways' book
+    port is health-checked on their gRPC port. Without those arguments (the image built alone) the
+    config has no TLS at all."""
     tls_args = ("--listen-cert-file", f"{CERTS_DIR}/edge.crt", "--listen-key-file", f"{CERTS_DIR}/edge.key", "--upstream-ca-file", f"{CERTS_DIR}/ca.crt")
     configs = {tls: _render_edge(*upstream, *(tls_args if tls else ())) for tls in (True, False)}
 
@@ -391,9 +397,12 @@ def test_the_edges_serve_https_and_validate_their_upstreams_by_the_ca_and_their_
     for cluster in configs[True]["static_resources"]["clusters"]:
         if cluster["name"] in names:
             assert cluster["type"] == "STRICT_DNS", cluster["name"]
-            address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+            endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            address = endpoint["address"]["socket_address"]
             expected_port = 50052 if cluster["name"] == "mbostream_books" else 50051
             assert (address["address"], address["port_value"]) == (names[cluster["name"]], expected_port), cluster["name"]
+            if cluster["name"] == "mbostream_books" and "mbostream_replayer" in names:
+                assert endpoint["health_check_config"] == {"port_value": 50051} and cluster["health_checks"], cluster
 
 
 def _image_default(reference: str) -> tuple[str, str]:
@@ -512,11 +521,11 @@ _ENVOY_STATS_SCRIPT: Final = (
 )
 
 
-def _envoy_counter(stack: Stack, name: str) -> int:
-    """A counter of the edge's Envoy, from its admin interface (loopback in its container; read as
+def _envoy_counter(stack: Stack, name: str, service: str = "envoy", profile: str | None = None) -> int:
+    """A counter of an edge's Envoy, from its admin interface (loopback in its container; read as
     its health check reads /ready)."""
     cluster = name.split(".")[1]
-    answer = stack.run("exec", "-T", "envoy", "bash", "-c", _ENVOY_STATS_SCRIPT, "envoy-stats", "9901", cluster)
+    answer = stack.run("exec", "-T", service, "bash", "-c", _ENVOY_STATS_SCRIPT, "envoy-stats", "9901", cluster, profile=profile)
     match = re.search(rf"^{re.escape(name)}: (\d+)\r?$", answer, flags=re.M)
     assert match, answer[-2000:]
     return int(match.group(1))
@@ -1065,6 +1074,14 @@ def test_cluster_profile_gateway_killed(stack: Stack, tmp_path: Path) -> None:
             replay_pb2.GetStatusRequest(), timeout=RPC_TIMEOUT, metadata=(("authorization", f"Bearer {token}"),)
         )
     assert status.status.records_done > 0, status
+    # StreamBook through the cluster's edge goes to a gateway's native book port, over TLS.
+    with _channel(edge, ca) as channel:
+        stream = market_data_pb2_grpc.MarketDataServiceStub(channel).StreamBook(market_data_pb2.StreamBookRequest(depth=5), timeout=RPC_TIMEOUT)
+        first = next(stream)
+        stream.cancel()
+    assert first.is_snapshot and (first.book.bids or first.book.asks), first
+    book_streams = _envoy_counter(stack, "cluster.mbostream_books.upstream_rq_total", "envoy-cluster", "cluster")
+    assert book_streams >= 1 and _envoy_counter(stack, "cluster.mbostream_books.ssl.handshake", "envoy-cluster", "cluster") >= 1
 
     def kill_each_gateway() -> None:
         # One of the two carries the stream: kill the first, start it again (Docker's restart policy

@@ -714,9 +714,11 @@ def test_streambook_is_routed_to_the_servers_native_book_port(tmp_path: Path) ->
         server.stop()
 
 
-def test_the_native_book_port_is_refused_with_gateways(tmp_path: Path) -> None:
+def test_the_native_book_port_is_refused_with_gateways_on_several_ports(tmp_path: Path) -> None:
+    # Gateways behind one address (one upstream port, a name DNS resolves to each): accepted.
+    EdgeConfig(listen_port=0, upstream_port=50051, upstream_ports=(50051,), replayer_port=50053, static_dir=None, book_port=50052)
     for overrides, reason in (
-        ({"upstream_ports": (50051, 50052)}, "not with gateways"),
+        ({"upstream_ports": (50051, 50052)}, "not with several upstream ports"),
         ({"book_port": 0}, "not a port number"),
     ):
         with pytest.raises(ConfigError, match=reason):

@@ -13,8 +13,9 @@ HTTPS at the listener (``--listen-cert-file``/``--listen-key-file``, in-containe
 Envoy starts): the edge serves browsers and clients over TLS only, HTTP/2 or HTTP/1.1 by ALPN, as
 ``mbostream run`` does with ``MBOSTREAM_EDGE_TLS_CERT_FILE``.
 
-StreamBook to the server's native port (``--book-port``, one server only): its own cluster, on the
-same host with the same upstream TLS, as ``mbostream run`` routes it (``MBOSTREAM_BOOK_PORT``).
+StreamBook to the native port (``--book-port``, ``MBOSTREAM_BOOK_PORT``) of the server, or of every
+gateway behind the gateways' name: its own cluster on the same host(s) with the same upstream TLS,
+by DNS too; gateways are health-checked there on their gRPC port.
 
 Upstream TLS (``--upstream-ca-file``): the servers' certificates are made when the stack first
 starts (compose's ``secrets-init``), after this config is rendered, so there is nothing to pin:
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument("--replayer-server-name", default="", help="the name the replayer's certificate carries (default: --replayer-host)")
     parser.add_argument("--listen-cert-file", default="", help="HTTPS at the listener: its certificate chain (its path in the container)")
     parser.add_argument("--listen-key-file", default="", help="HTTPS at the listener: its key (its path in the container)")
-    parser.add_argument("--book-port", default="", help="one server only: StreamBook to its native port (MBOSTREAM_BOOK_PORT), same TLS")
+    parser.add_argument("--book-port", default="", help="StreamBook to the native port (MBOSTREAM_BOOK_PORT) of the server or the gateways, same TLS")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     gateways = bool(args.replayer_host)

@@ -93,7 +93,8 @@ class EdgeConfig:
     tls: EdgeTls = field(default_factory=EdgeTls)
     #: The server's ``--book-port`` (StreamBook on its native transport, with the server's TLS when
     #: ``tls.upstream``): StreamBook is routed there, everything else to ``upstream_port``; None:
-    #: StreamBook too goes to the latter.
+    #: StreamBook too goes to the latter. With gateways, only when they share one address and port
+    #: (one ``upstream_ports`` entry, a name DNS resolves to each of them).
     book_port: int | None = None
 
     def __post_init__(self) -> None:
@@ -111,8 +112,10 @@ class EdgeConfig:
         if self.book_port is not None:
             if not 1 <= self.book_port <= 65535:
                 raise ConfigError("book_port", f"{self.book_port} is not a port number (1-65535)")
-            if self.upstream_ports or self.replayer_port is not None:
-                raise ConfigError("book_port", "the native book port is a single server's: not with gateways")
+            if len(self.upstream_ports) > 1:
+                # Gateways on one host each have their own ports; behind one name (compose's
+                # cluster profile, Kubernetes) they share the gRPC and the book port.
+                raise ConfigError("book_port", "the native book port needs the gateways behind one address: not with several upstream ports")
         if self.max_connections < 1:
             raise ConfigError("max_connections", "must be at least 1")
         if not self.template.is_file():

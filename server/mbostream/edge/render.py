@@ -188,16 +188,27 @@ def _cluster_parts(config: EdgeConfig, upstream_tls: str) -> dict[str, str]:
 
 def _book_parts(config: EdgeConfig, upstream_tls: str) -> dict[str, str]:
     """StreamBook's route to the server's native transport and its cluster, when ``book_port`` is
-    set. No health check there (the port serves StreamBook only): the gRPC cluster's says whether
-    the server is up, and a refused connection fails the call as it would there. ``upstream_tls``
-    is the server cluster's transport socket: the book port speaks the same TLS (and mTLS)."""
+    set. ``upstream_tls`` is the server cluster's transport socket: the book port speaks the same
+    TLS (and mTLS). One server: no health check of its own (the port serves StreamBook only; the
+    gRPC cluster's says whether the server is up, and a refused connection fails the call as it
+    would there). Gateways: each is health-checked on its gRPC port (gRPC health: NOT_SERVING
+    while it catches up), the least loaded healthy one takes a stream, and a stream that found no
+    gateway is retried on another, as the API's cluster does."""
     if config.book_port is None:
         return {"book_route": "", "book_cluster": ""}
+    gateways = config.replayer_port is not None
     route = {
         "match": {"path": _STREAM_BOOK_PATH},
-        "route": {"cluster": BOOK_CLUSTER, "timeout": "0s", "max_stream_duration": {"grpc_timeout_header_max": "0s"}},
+        "route": {
+            "cluster": BOOK_CLUSTER,
+            "timeout": "0s",
+            **({"retry_policy": _GATEWAY_RETRY} if gateways else {}),
+            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+        },
     }
-    endpoint = {"endpoint": {"address": {"socket_address": {"address": config.upstream_host, "port_value": config.book_port}}}}
+    endpoint: dict[str, Any] = {"endpoint": {"address": {"socket_address": {"address": config.upstream_host, "port_value": config.book_port}}}}
+    if gateways:
+        endpoint["endpoint"]["health_check_config"] = {"port_value": (config.upstream_ports or (config.upstream_port,))[0]}
     load_assignment = {"cluster_name": BOOK_CLUSTER, "endpoints": [{"lb_endpoints": [endpoint]}]}
     protocol = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -212,6 +223,12 @@ def _book_parts(config: EdgeConfig, upstream_tls: str) -> dict[str, str]:
         f"      load_assignment: {json.dumps(load_assignment)}\n"
         f"      typed_extension_protocol_options: {json.dumps(protocol)}\n"
     )
+    if gateways:
+        cluster += (
+            "      lb_policy: LEAST_REQUEST\n"
+            "      common_lb_config: { healthy_panic_threshold: { value: 0 } }\n"
+            "      health_checks: *upstream_health_checks\n"
+        )
     return {"book_route": f"{_ROUTE_INDENT}- {json.dumps(route)}\n", "book_cluster": cluster}
 
 
