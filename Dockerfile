@@ -133,7 +133,7 @@ RUN /opt/mbostream/bin/python /src/render.py --template /src/envoy.template.yaml
       --listen-port "${EDGE_LISTEN_PORT}" --upstream-ca-file /etc/mbostream/upstream-tls/ca.crt \
       --upstream-server-name "${EDGE_UPSTREAM_HOST}" --listen-cert-file /etc/mbostream/edge-tls/tls.crt \
       --listen-key-file /etc/mbostream/edge-tls/tls.key \
-      --allowed-origins "${EDGE_ALLOWED_ORIGINS}" --out /src/envoy-k8s-tls.yaml
+      --allowed-origins "${EDGE_ALLOWED_ORIGINS}" --book-port "${EDGE_BOOK_PORT}" --out /src/envoy-k8s-tls.yaml
 
 # --- target `edge`: Envoy with our config and the UI -----------------------------------------------
 FROM ${ENVOY_IMAGE} AS edge

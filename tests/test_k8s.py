@@ -456,6 +456,11 @@ def test_the_images_tls_config_serves_the_ui_reads_the_components_mounts_and_env
     upstream = gateways["transport_socket"]["typed_config"]
     name = release_edge_build_args()["EDGE_UPSTREAM_HOST"]
     assert upstream["sni"] == name and upstream["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [{"san_type": "DNS", "matcher": {"exact": name}}]
+    # StreamBook goes to the gateways' native book port, with the same TLS, found by DNS.
+    (books,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "mbostream_books"]
+    assert books["transport_socket"] == gateways["transport_socket"] and books["type"] == "STRICT_DNS"
+    book_address = books["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert (book_address["address"], book_address["port_value"]) == (name, int(release_edge_build_args()["EDGE_BOOK_PORT"]))
     assert _tls_files(config) == {UPSTREAM_CA_FILE, EDGE_CERT_FILE, EDGE_KEY_FILE}
     for overlay in TLS_OVERLAYS:
         objects = load_yaml(build(K8S / "overlays" / overlay))
@@ -482,6 +487,36 @@ def test_the_images_tls_config_serves_the_ui_reads_the_components_mounts_and_env
     for missing in (UPSTREAM_CA_FILE, EDGE_KEY_FILE):
         result = validate(missing)
         assert result.returncode != 0, (missing, result.stdout + result.stderr)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateways_serve_the_book_port_the_edge_routes_to(overlay: str) -> None:
+    """release.yml builds the edge with EDGE_BOOK_PORT; in every overlay the gateways serve
+    StreamBook there (MBOSTREAM_BOOK_PORT, a named container port, the headless Service's port) and
+    the NetworkPolicies let the edge, and only the edge, reach it."""
+    port = int(release_edge_build_args()["EDGE_BOOK_PORT"])
+    objects = load_yaml(build(K8S / "overlays" / overlay))
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "gateway"]
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "gateway"]
+    assert {"name": "MBOSTREAM_BOOK_PORT", "value": str(port)} in container.get("env", [])
+    assert {"name": "books", "containerPort": port} in container["ports"]
+    (service,) = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "gateway"]
+    assert any(p["port"] == port and p["targetPort"] == "books" for p in service["spec"]["ports"]), service["spec"]["ports"]
+    policies = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "NetworkPolicy"}
+
+    def ports(rules: list[dict[str, Any]], peer: str) -> set[int]:
+        return {
+            p["port"]
+            for rule in rules
+            for selector in rule.get("to", rule.get("from", []))
+            if selector.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == peer
+            for p in rule.get("ports", [])
+        }
+
+    assert port in ports(policies["edge"]["egress"], "gateway")
+    assert port in ports(policies["gateway"]["ingress"], "edge")
+    others = [rule for rule in policies["gateway"]["ingress"] if any(p["port"] == port for p in rule.get("ports", []))]
+    assert all(ports([rule], "edge") for rule in others), "the book port is open to more than the edge"
 
 
 def _until(check: Any, timeout: float) -> bool:
@@ -524,9 +559,12 @@ def test_the_components_edge_serves_tls_and_its_readiness_follows_the_gateways_h
     gateway_port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(gateway_key.read_bytes(), gateway_cert.read_bytes())]))
     server.start()
     listen_port, admin_port = free_port(), free_port()
+    # The upstream CA is read by both gateway clusters (the API's and the book port's).
+    text = text.replace(UPSTREAM_CA_FILE, str(tmp_path / "ca.crt"))
     for old, new in (
-        (UPSTREAM_CA_FILE, str(tmp_path / "ca.crt")), (EDGE_CERT_FILE, str(edge_cert)), (EDGE_KEY_FILE, str(edge_key)),
+        (EDGE_CERT_FILE, str(edge_cert)), (EDGE_KEY_FILE, str(edge_key)),
         ("address: gateway, port_value: 50051", f"address: 127.0.0.1, port_value: {gateway_port}"),
+        ('{"address": "gateway", "port_value": 50052}', f'{{"address": "127.0.0.1", "port_value": {free_port()}}}'),
         ("address: 0.0.0.0, port_value: 8080", f"address: 127.0.0.1, port_value: {listen_port}"),
         ("address: 127.0.0.1, port_value: 9901", f"address: 127.0.0.1, port_value: {admin_port}"),
     ):  # fmt: skip
