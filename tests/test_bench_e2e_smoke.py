@@ -37,7 +37,7 @@ LATENCY_KEYS: Final = {"samples", "p50", "p99", "p99.9", "max"}
 SCENARIO_KEYS: Final = {
     "scenario", "pacing", "server", "client", "client_cpus", "other_processes_cpu_percent", "interrupts_cpu_percent",
 }  # fmt: skip
-SERVER_KEYS: Final = {"replayed_records_per_second", "cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code", "book_target"}
+SERVER_KEYS: Final = {"replayed_records_per_second", "cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code", "book_target", "tls"}
 #: The cap of the capped run: far below what the server takes at --max (a whole core).
 CPU_SHARE: Final = 0.3
 CHECKS: Final = {"max_events_records_per_second", "rate_book_p99_ms", "rate_events_lossless"}
@@ -84,7 +84,7 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
         assert scenario["pacing"] == ("--max" if name == "max" else f"--rate {RATE}")
         server = scenario["server"]
         assert set(server) == SERVER_KEYS
-        assert (server["cpu_share_cap"], server["throttled_percent"], server["book_target"]) == (None, None, None)
+        assert (server["cpu_share_cap"], server["throttled_percent"], server["book_target"], server["tls"]) == (None, None, None, False)
         assert server["exit_code"] == 0
         assert server["replayed_records_per_second"] > 0
         result = scenario["client"]
