@@ -191,12 +191,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # As compose.yaml builds the edges: HTTPS with edge.crt, TLS to the upstreams validated by the CA.
         edge_tls = [f"--build-arg=EDGE_TLS_CERT_FILE={CERTS_DIR}/edge.crt", f"--build-arg=EDGE_TLS_KEY_FILE={CERTS_DIR}/edge.key"]
         edge_tls += [f"--build-arg=EDGE_UPSTREAM_CA_FILE={CERTS_DIR}/ca.crt"]
-        # And the default edge's StreamBook route to serve's native book port, as compose.yaml sets it.
-        book_port = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]["envoy"]["build"]["args"]["EDGE_BOOK_PORT"]
+        # And each edge's StreamBook route to the native book port, as compose.yaml sets it.
+        compose_services = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]
+        book_port = compose_services["envoy"]["build"]["args"]["EDGE_BOOK_PORT"]
         edge_book = [f"--build-arg=EDGE_BOOK_PORT={book_port}"]
         _run([DOCKER, "build", *args, *edge_tls, *edge_book, "--target", "edge", "-t", images["EDGE_IMAGE"], "."], env=build_env)
         upstream = ["--build-arg", "EDGE_UPSTREAM_HOST=gateways", "--build-arg", "EDGE_REPLAYER_HOST=replay"]
-        cluster_book_port = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]["envoy-cluster"]["build"]["args"]["EDGE_BOOK_PORT"]
+        cluster_book_port = compose_services["envoy-cluster"]["build"]["args"]["EDGE_BOOK_PORT"]
         upstream += [f"--build-arg=EDGE_BOOK_PORT={cluster_book_port}"]
         _run([DOCKER, "build", *args, *edge_tls, *upstream, "--target", "edge", "-t", images["EDGE_CLUSTER_IMAGE"], "."], env=build_env)
         stack.timings["images"] = time.monotonic() - built

@@ -130,6 +130,15 @@ class Feed(Protocol):
     def stop(self) -> None: ...
 
 
+def _server_credentials(tls: tuple[bytes, bytes, bytes | None] | None) -> grpc.ServerCredentials | None:
+    """TLS for the gRPC listeners when a certificate is configured (mTLS with a client CA); None:
+    plaintext. ``tls``: :func:`~mbostream.config.read_tls_files`."""
+    if tls is None:
+        return None
+    chain, key, client_ca = tls
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
 class App:
     """One running mbostream server.
 
@@ -262,7 +271,10 @@ class App:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         handlers = self._handlers(dataset)
         _check_port_free("port", s.host, s.port)
-        credentials = self._server_credentials()
+        # Read once, for the gRPC listeners and the book port alike (the same bytes even if the
+        # files are replaced while the server starts).
+        tls = read_tls_files(s)
+        credentials = _server_credentials(tls)
         port = s.port
         for _ in range(s.listeners):
             server = grpc_aio.server(interceptors=[ErrorMappingInterceptor()], options=_GRPC_OPTIONS)
@@ -279,7 +291,7 @@ class App:
         for server in self.servers:
             await server.start()
         if s.book_port >= 0:
-            self._listen_books(s.host, s.book_port)
+            self._listen_books(s.host, s.book_port, tls)
         if s.metrics_port >= 0:
             _check_port_free("metrics_port", s.host, s.metrics_port)
             try:
@@ -295,10 +307,11 @@ class App:
             await sink.start()
             self._started_sinks.append(sink)
 
-    def _listen_books(self, host: str, port: int) -> None:
-        """StreamBook on the native transport (mbostream.server.native_books), on ``book_port``."""
+    def _listen_books(self, host: str, port: int, tls: tuple[bytes, bytes, bytes | None] | None) -> None:
+        """StreamBook on the native transport (mbostream.server.native_books), on ``book_port``,
+        with the gRPC listeners' TLS (``tls``: :func:`~mbostream.config.read_tls_files`)."""
         _check_port_free("book_port", host, port)
-        self.books = NativeBookTransport(lambda: self.service, host, port, read_tls_files(self.settings))
+        self.books = NativeBookTransport(lambda: self.service, host, port, tls)
         try:
             self.books.start()
         except ValueError as exc:  # a certificate or key the gRPC listeners took but rustls refuses
@@ -310,15 +323,6 @@ class App:
                 raise AddressInUseError(_setting_names("book_port"), host, port) from None
             raise ConfigError(_setting_names("book_port"), f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
         self.book_port = self.books.port
-
-    def _server_credentials(self) -> grpc.ServerCredentials | None:
-        """TLS for the listeners when a certificate is configured (mTLS with a client CA), read once
-        for all of them; None: plaintext."""
-        tls = read_tls_files(self.settings)
-        if tls is None:
-            return None
-        chain, key, client_ca = tls
-        return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
     async def _abandon_start(self) -> None:
         """Undoes a start that failed half-way (a port taken, the spool locked): nothing is left

@@ -118,6 +118,7 @@ class NativeBookTransport:
     def start(self) -> None:
         """Binds (OSError when the port is taken; ValueError for a certificate or key rustls refuses)
         and starts taking calls."""
+        chain, key, client_ca = self.tls if self.tls is not None else (None, None, None)
         self.server = StreamServer(
             self.host,
             self.requested_port,
@@ -128,9 +129,9 @@ class NativeBookTransport:
             max_concurrent_streams=MAX_CONCURRENT_STREAMS,
             keepalive_interval=KEEPALIVE_INTERVAL_SECONDS,
             keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
-            tls_cert_chain=self.tls[0] if self.tls else None,
-            tls_key=self.tls[1] if self.tls else None,
-            tls_client_ca=self.tls[2] if self.tls else None,
+            tls_cert_chain=chain,
+            tls_key=key,
+            tls_client_ca=client_ca,
         )
         asyncio.get_running_loop().add_reader(self.server.fileno(), self._on_events)
 

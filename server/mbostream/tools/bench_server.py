@@ -322,8 +322,9 @@ class BenchServer:
         # A private spool: the server's storage sink (on by default) must not share one with a
         # server already running here, and the bench leaves nothing behind.
         self._spool = tempfile.TemporaryDirectory(prefix="mbostream-e2e-spool-")
-        #: The CA a client trusts to reach this server over TLS (None: plaintext).
+        #: The CA a client trusts to reach this server over TLS (None: plaintext), and its PEM.
         self.ca_file: str | None = None
+        self._ca_pem: bytes | None = None
         tls_env: dict[str, str] = {}
         self._tls_dir = tempfile.TemporaryDirectory(prefix="mbostream-e2e-tls-") if tls else None
         if self._tls_dir is not None:
@@ -331,6 +332,7 @@ class BenchServer:
 
             pki = make_bench_pki(Path(self._tls_dir.name))
             self.ca_file = str(pki.ca_file)
+            self._ca_pem = pki.ca_file.read_bytes()
             tls_env = {"MBOSTREAM_TLS_CERT_FILE": str(pki.cert_file), "MBOSTREAM_TLS_KEY_FILE": str(pki.key_file)}
         # Every client of the bench is this one host: the per-address stream limit must not cap it.
         env = {
@@ -397,11 +399,10 @@ class BenchServer:
 
         from mbostream_core.v1 import replay_pb2, replay_pb2_grpc
 
-        if self.ca_file is None:
+        if self._ca_pem is None:
             channel = grpc.insecure_channel(self.target)
         else:
-            with open(self.ca_file, "rb") as ca:
-                channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(ca.read()))
+            channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(self._ca_pem))
         with channel:
             stub = replay_pb2_grpc.ReplayServiceStub(channel)
             metadata = (("authorization", f"Bearer {self.token}"),)
