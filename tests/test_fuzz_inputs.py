@@ -45,7 +45,7 @@ from mbostream.replay import ReplayState
 from mbostream.server.app import EXIT_BAD_INPUT, EXIT_OK, App
 from mbostream_core.dbn import DbnReader
 from mbostream_core.synth import generate_file
-from mbostream_core.v1 import market_data_pb2, market_data_pb2_grpc
+from mbostream_core.v1 import market_data_pb2, market_data_pb2_grpc, replay_pb2, replay_pb2_grpc
 
 SEED = 20_251_002
 #: Mutants made, each run through book, audit and an in-process server.
@@ -54,6 +54,8 @@ MUTANTS = 2_200
 SERVE_SAMPLE = 16
 #: A serve run: at most this long to listen, report SERVING and stop.
 SERVE_SECONDS = 30.0
+#: The ReplayService token of the serve subprocesses (asked for the replay's state).
+FUZZ_TOKEN = "fuzz-operator-token"
 #: Records in each source slice: small, so thousands of runs take seconds.
 SLICE_RECORDS = 240
 #: Every way a mutant is made (see :func:`_mutant`); each must be drawn.
@@ -237,9 +239,12 @@ def _serve(path: Path, what: str, book_code: int) -> str:
     SERVING and then stopped cleanly (exit 0), or up and then stopped by the damage (exit 2, one
     error line in its log). A file `book` takes must be served; one it refuses must not be.
     Returns which."""
+    token_file = path.with_suffix(".token")
+    token_file.write_text(FUZZ_TOKEN)
     command = [
         sys.executable, "-m", "mbostream.cli", "--log-format", "text", "--log-level", "error", "serve",
-        "--port", "0", "--metrics-port", "-1", "--no-store", "--max", str(path),
+        "--port", "0", "--metrics-port", "-1", "--no-store", "--max",
+        "--control-token-file", str(token_file), str(path),
     ]  # fmt: skip
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -251,16 +256,23 @@ def _serve(path: Path, what: str, book_code: int) -> str:
             deadline = time.monotonic() + SERVE_SECONDS
             with grpc.insecure_channel(address) as channel:
                 health = health_pb2_grpc.HealthStub(channel)
+                control = replay_pb2_grpc.ReplayServiceStub(channel)
+                auth = (("authorization", f"Bearer {FUZZ_TOKEN}"),)
+                # SERVING comes before the replay has read the whole file (the damage of a
+                # compressed file can show at its very end): wait for SERVING and a finished
+                # replay, or for the damage to stop it, so the outcome never depends on when
+                # our signal lands.
                 while process.poll() is None and time.monotonic() < deadline:
                     with contextlib.suppress(grpc.RpcError):
-                        if health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING:
+                        serving = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+                        state = control.GetStatus(replay_pb2.GetStatusRequest(), timeout=5, metadata=auth).status.state
+                        if serving and state == replay_pb2.REPLAY_STATE_FINISHED:
                             break
                     time.sleep(0.05)
             process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=SERVE_SECONDS)
         if ready:
-            # Served means it stopped cleanly on our SIGTERM. With --max the replay can reach
-            # the damage after SERVING and before the signal lands: that is a stop by damage.
+            # Served means it finished the replay and stopped cleanly on our SIGTERM.
             outcome = "served" if process.returncode == 0 else "stopped by damage"
     finally:
         if process.poll() is None:
