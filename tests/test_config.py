@@ -87,6 +87,7 @@ BAD_NUMBERS = {
     "speed": ["inf", "nan", "0", "1e-300", "1e300"],
     "book_interval_ms": ["nan", "inf", "0.0001", "-1", "1e9"],
     "book_interval_max_ms": ["nan", "inf", "0", "0.5", "1e9"],
+    "book_cpu_target": ["nan", "inf", "-1", "0.01", "1025"],
     "grace_seconds": ["nan", "inf", "-1", "1e9"],
     "batch_records": ["0", "1000000000"],
     "max_streams": ["0", "1000000000"],

@@ -14,7 +14,17 @@ from server_harness import run
 
 from mbostream_core.dbn import read_records
 from mbostream.feed import Batch
-from mbostream.hub import BOOK_MESSAGES_PER_PHASE, BOOK_PHASES_MAX, DISTINCT_PEEL_MAX, BookPayload, Hub, Selection, distinct
+from mbostream.hub import (
+    BOOK_MESSAGES_PER_PHASE,
+    BOOK_PHASES_MAX,
+    DISTINCT_PEEL_MAX,
+    FANOUT_GROUPS,
+    BookPayload,
+    Hub,
+    Selection,
+    groups_by_phase,
+    distinct,
+)
 from mbostream_core.market import BookKey, Market
 from mbostream.server.market_data import book_message
 from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
@@ -157,10 +167,9 @@ def test_a_reader_that_fell_behind_catches_up_in_few_messages_with_every_record(
     run(scenario())
 
 
-def test_the_book_refresh_stretches_while_the_loop_is_late_and_returns_after(generated_small) -> None:
-    """Late ticks (a loop with more to send than it can) stretch the refresh up to its bound; on-time
-    ticks bring it back to the configured interval."""
-    hub = Hub(
+def _ticker_hub(cpu_target: float = 0.0) -> Hub:
+    """A hub refreshing every 5 ms, stretching to 50 ms, with ``cpu_target`` (0: none)."""
+    return Hub(
         Market(),
         event_encoder=CountingEventEncoder(""),
         book_encoder=CountingBookEncoder(),
@@ -169,7 +178,14 @@ def test_the_book_refresh_stretches_while_the_loop_is_late_and_returns_after(gen
         max_streams=1,
         book_interval=0.005,
         book_interval_max=0.05,
+        book_cpu_target=cpu_target,
     )
+
+
+def test_the_book_refresh_stretches_while_the_loop_is_late_and_returns_after(generated_small) -> None:
+    """Late ticks (a loop with more to send than it can) stretch the refresh up to its bound; on-time
+    ticks bring it back to the configured interval."""
+    hub = _ticker_hub()
     interval = 0.005
     seen = [interval]
     for _ in range(20):
@@ -180,6 +196,36 @@ def test_the_book_refresh_stretches_while_the_loop_is_late_and_returns_after(gen
     for _ in range(200):
         interval = hub.adapt_interval(interval, late=0.0)
     assert interval == 0.005
+
+
+def test_the_book_refresh_stretches_while_the_process_is_over_its_cpu_target(generated_small) -> None:
+    """With a CPU target, a window over it stretches the refresh (the loop on time), one near it
+    holds the interval, one clearly under it lets it return; without a target CPU is ignored."""
+    targeted = _ticker_hub(0.6)
+    interval = 0.005
+    for _ in range(30):  # on time, but over the target at every window
+        interval = targeted.adapt_interval(interval, late=0.0, cpu=0.9)
+    assert interval == 0.05
+    stretched = interval
+    for _ in range(100):  # on time, windows just under the target, and ticks between windows
+        interval = targeted.adapt_interval(interval, late=0.0, cpu=0.58)
+        interval = targeted.adapt_interval(interval, late=0.0)
+    assert interval == stretched, "near the target the interval holds"
+    interval = targeted.adapt_interval(interval, late=0.0, cpu=0.3)
+    for _ in range(200):
+        interval = targeted.adapt_interval(interval, late=0.0)
+    assert interval == 0.005, "clearly under the target it returns"
+    # No target: CPU says nothing.
+    assert _ticker_hub(0.0).adapt_interval(0.005, late=0.0, cpu=5.0) == 0.005
+
+
+@pytest.mark.parametrize("phases", range(1, BOOK_PHASES_MAX + 1))
+def test_every_fanout_group_is_published_at_one_phase_in_slot_order(phases: int) -> None:
+    by_phase = groups_by_phase(phases)
+    assert len(by_phase) == phases
+    assert [g for groups in by_phase for g in groups] == list(range(FANOUT_GROUPS))
+    if phases == FANOUT_GROUPS:
+        assert all(len(groups) == 1 for groups in by_phase)
 
 
 def test_one_book_payload_per_refresh_shared_by_every_book_subscriber(generated_small) -> None:

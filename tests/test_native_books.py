@@ -23,7 +23,7 @@ from mbostream_client import (
     ServerUnavailableError,
     StreamLimitError,
 )
-from server_harness import TOKEN, ServeProcess
+from server_harness import TOKEN, ServeProcess, in_process, settings
 
 from mbostream.server.native_books import HIGH_WATER
 from mbostream_core._engine import StreamServer
@@ -177,6 +177,89 @@ def test_a_client_that_stops_reading_gets_fresh_books_after_not_a_backlog(server
             bound = 3 * (2 * 64 * 1024 + HIGH_WATER) // 2 + 2 * max(sizes)
             assert stale_bytes <= bound, f"{stale} stale messages, {stale_bytes} bytes, queued for a reader that stopped (bound {bound})"
             assert conflated > 0, f"the missed book states were not counted as conflated ({stale} stale messages, {stale_bytes} bytes)"
+
+    asyncio.run(scenario())
+
+
+def test_live_books_go_out_by_channel_with_the_grpc_ports_bytes(generated_small: Path) -> None:
+    """A plain native stream (one message per book, no rate limit) is moved to delivery by channel
+    once its first books are out: the refresh publishes each book once for all such streams and
+    the transport appends each call's own bytes. What they get live is what the gRPC port sends
+    for the same book state (the book, the epoch; ts_out and the per-client conflation count
+    aside), every book state in order, no state twice; a paced native stream stays per stream."""
+
+    async def collect(stream: object, until: float) -> list[pb.StreamBookResponse]:
+        messages = []
+        while time.monotonic() < until:
+            messages.append(await asyncio.wait_for(stream.__anext__(), STEP))  # type: ignore[attr-defined]
+        await stream.aclose()  # type: ignore[attr-defined]
+        return messages
+
+    async def scenario() -> None:
+        s = settings(files=(str(generated_small),), rate=20_000.0, loop=True, book_port=0)
+        async with in_process(s) as (app, _channel):
+            hub = app.hub
+            async with MarketDataClient(f"127.0.0.1:{app.port}") as grpc_port, MarketDataClient(f"127.0.0.1:{app.book_port}") as native_port:
+                instrument = (await grpc_port.list_instruments())[0].instrument_id
+                until = time.monotonic() + 2.0
+                streams = [native_port.stream_book([instrument], depth=5) for _ in range(2)]
+                paced = native_port.stream_book([instrument], depth=5, max_updates_per_second=50)
+                over_grpc, *over_native, over_paced = await asyncio.gather(
+                    collect(grpc_port.stream_book([instrument], depth=5), until),
+                    *(collect(stream, until) for stream in streams),
+                    collect(paced, until + 0.2),
+                )
+        grpc_books = {m.book.replay_sequence: m for m in over_grpc}
+        for messages in (*over_native, over_paced):
+            assert messages[0].is_snapshot and not any(m.is_snapshot for m in messages[1:])
+            sequences = [m.book.replay_sequence for m in messages]
+            assert sequences == sorted(set(sequences)), "a book state twice, or out of order"
+            assert len(messages) > 10, len(messages)
+            common = [m for m in messages[1:] if m.book.replay_sequence in grpc_books]
+            assert len(common) >= 5, (len(common), len(messages), len(grpc_books))
+            for message in common:
+                twin = grpc_books[message.book.replay_sequence]
+                assert message.epoch == twin.epoch == hub.epoch and message.epoch
+                assert message.book.SerializeToString(deterministic=True) == twin.book.SerializeToString(deterministic=True)
+        assert len(over_paced) <= 50 * 2.2 + 2, f"{len(over_paced)} messages in 2.2 s at 50/s"
+
+    asyncio.run(scenario())
+
+
+def test_a_plain_native_stream_is_delivered_by_channel_and_leaves_it_when_it_ends(generated_small: Path) -> None:
+    """The hub hands a plain native stream's books to the transport by channel (one publication
+    for every such stream), a paced one per stream; ended, neither is left anywhere."""
+
+    async def scenario() -> None:
+        s = settings(files=(str(generated_small),), rate=20_000.0, loop=True, book_port=0)
+        async with in_process(s) as (app, _channel):
+            hub = app.hub
+            deadline = time.monotonic() + STEP
+            while len(list(hub.market.books())) < 3:  # the file's three, seen
+                assert time.monotonic() < deadline, "the replay never showed the file's three books"
+                await asyncio.sleep(0.01)
+            async with MarketDataClient(f"127.0.0.1:{app.book_port}") as native_port:
+                plain = [native_port.stream_book(depth=3) for _ in range(3)]
+                paced = native_port.stream_book(depth=3, max_updates_per_second=20)
+                books = len(list(hub.market.books()))
+                for stream in (*plain, paced):  # every book's first message
+                    for _ in range(books):
+                        assert (await asyncio.wait_for(stream.__anext__(), STEP)).is_snapshot
+                for stream in plain:  # then books keep coming, by channel
+                    for _ in range(3 * books):
+                        message = await asyncio.wait_for(stream.__anext__(), STEP)
+                        assert not message.is_snapshot and message.epoch == hub.epoch
+                channels = [c for c in hub.channels.values() if c.depth == 3]
+                assert channels and all(len(c.fanout) == sum(c.groups.values()) == 3 and c.topic for c in channels), [(len(c.fanout), c.topic) for c in channels]
+                assert all(len(c.subscribers) == 1 for c in channels), "the paced stream stays per subscriber"
+                for stream in (*plain, paced):
+                    await stream.aclose()
+                deadline = time.monotonic() + STEP
+                while hub.book_subscribers:
+                    assert time.monotonic() < deadline, "the streams outlived their clients"
+                    await asyncio.sleep(0.01)
+                assert not [c for c in hub.channels.values() if c.depth == 3]
+                assert all(not c.groups and not c.fanout for c in channels), "a channel kept a stream that ended"
 
     asyncio.run(scenario())
 

@@ -42,6 +42,7 @@ RANGES: Final[Mapping[str, Range]] = {
     # Below 1 ms the ticker would spin the CPU for refreshes nobody can see.
     "book_interval_ms": Range(low=1, high=60_000, zero="refresh at every replay step", unit="ms"),
     "book_interval_max_ms": Range(low=1, high=60_000, unit="ms"),
+    "book_cpu_target": Range(low=0.05, high=1024, unit="cores", zero="no target: the refresh stretches only while the loop is late"),
     "grace_seconds": Range(low=0, high=3600, unit="s"),
     "sample_records": Range(low=1, high=100_000_000, integer=True),
     "sample_instruments": Range(low=1, high=1024, integer=True),
@@ -103,6 +104,11 @@ class Settings:
     #: (docs/performance.md, "Held book age"). Below ``book_interval_ms`` it is that (the refresh
     #: never stretches).
     book_interval_max_ms: float = 50.0
+    #: The server's CPU (cores, all its threads) above which the book refresh stretches (towards
+    #: ``book_interval_max_ms``), as it does while the loop is late: book streams are what gives
+    #: way, with fewer, fresher books, so that the replay and the event streams keep headroom.
+    #: 0: no target (docs/performance.md, "Fan-out by channel").
+    book_cpu_target: float = 0.6
     #: Seconds open streams get to finish on shutdown.
     grace_seconds: float = 5.0
     #: ``mbostream run`` only: the Envoy edge port (UI + gRPC-Web + gRPC on one origin).

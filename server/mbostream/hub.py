@@ -10,11 +10,17 @@
   A channel holds only the latest book payload (made once by the API layer's :class:`BookEncoder`); a subscriber that has not taken it before the
   next one arrives counts a conflation. Channels are refreshed on a timer (``book_interval_ms``)
   from the books that changed, so the cost grows with books, not with subscribers; the timer
-  stretches (up to ``book_interval_max_ms``) while the event loop runs late, so book streams
-  conflate rather than queue when there are more of them than one core can serve. A subscriber
+  stretches (up to ``book_interval_max_ms``) while the event loop runs late (unless every book
+  stream is delivered by channel, off the loop) or the process is over ``book_cpu_target``, so book
+  streams conflate rather than queue when there are more of them than one core can serve. A subscriber
   either has a task woken per refresh that takes its books (:meth:`BookSubscriber.updates`, the
   grpc.aio path), or a :class:`BookSink` the refresh itself hands them to, with one flush per
   refresh (the native transport): no task per message, and a book leaves in the refresh that made it.
+  A sink that is also a :class:`BookFanout` takes a plain subscriber's books (one per book, no
+  rate limit) per channel instead: once the subscriber's first message of a book is out, the sink
+  subscribes it to the channel, and each refresh publishes the channel's new book to the sink
+  once for all its subscribers (:meth:`Hub.fan_out`); the per-subscriber work (and conflation)
+  is then the sink's, off the loop.
 * **Sinks** (storage) get every batch through a non-blocking ``offer``; a sink that is behind
   makes the hub not ready, and the feed waits for :meth:`Hub.wait_ready` (backpressure).
 
@@ -26,6 +32,7 @@ here runs on the server's event loop thread; nothing blocks.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import Counter, OrderedDict, deque
@@ -61,16 +68,28 @@ ENCODED_CACHE_ENTRIES: Final = 32
 LOOP_LATE_SECONDS: Final = 0.002
 LOOP_ON_TIME_SECONDS: Final = 0.0005
 
+#: How long the process's CPU is measured over for the CPU target, and the share of the target
+#: it must be under before the refresh interval returns towards ``book_interval``.
+CPU_WINDOW_SECONDS: Final = 0.25
+CPU_RETURN_SHARE: Final = 0.9
+
 #: Book messages one refresh phase sends at most (about 60 µs of the loop each through grpc.aio):
 #: more book subscriptions than this are spread over several phases of the refresh interval, so a
 #: refresh leaves as small bursts instead of one burst of every message (whose last one waits for
 #: all the others), up to BOOK_PHASES_MAX phases.
 BOOK_MESSAGES_PER_PHASE: Final = 64
 BOOK_PHASES_MAX: Final = 8
+#: Fan-out subscribers are spread over this many groups by their slot, each group published at the
+#: refresh phase its slot falls in, so a channel's subscribers are written in small bursts too.
+FANOUT_GROUPS: Final = BOOK_PHASES_MAX
 
 #: How often a feed waiting for a sink that is behind looks again (sinks drain on their own threads).
 SINK_POLL_SECONDS: Final = 0.002
 
+
+#: Channel topics for fan-out sinks: unique in the process, never reused (a gateway's new hub
+#: must not publish to the topics of an old hub's calls still ending on the same transport).
+_TOPICS: Final = itertools.count(1)
 
 #: Distinct books :func:`distinct` peels off one by one before it hands the rest to ``np.unique``.
 DISTINCT_PEEL_MAX: Final = 8
@@ -93,6 +112,15 @@ def distinct(keys: np.ndarray) -> list[int]:
         found.append(int(first))
         rest = rest[rest != first]
     return found
+
+
+def groups_by_phase(phases: int) -> list[list[int]]:
+    """The fan-out groups each of ``phases`` refresh phases publishes: group g at the phase its
+    share of the interval falls in, as a subscriber's slot maps to its phase."""
+    by_phase: list[list[int]] = [[] for _ in range(phases)]
+    for group in range(FANOUT_GROUPS):
+        by_phase[group * phases // FANOUT_GROUPS].append(group)
+    return by_phase
 
 
 class Sink(Protocol):
@@ -143,6 +171,22 @@ class BookSink(Protocol):
 
     def flush(self) -> None:
         """Writes what :meth:`deliver` queued since the last flush (once per refresh)."""
+        ...
+
+
+class BookFanout(Protocol):
+    """A :class:`BookSink` that delivers channels rather than subscribers: it has each of its
+    subscribed clients sent a channel's newest book, conflating those a client has not been
+    sent yet, without work on the loop per client (the native transport)."""
+
+    def subscribe(self, sub: BookSubscriber, channel: BookChannel, topic: int) -> bool:
+        """From now on ``sub`` gets what is published on ``topic`` (one of ``channel``'s) after
+        the version it was sent (True), or it cannot (False: it stays with :meth:`BookSink.deliver`)."""
+        ...
+
+    def publish(self, channel: BookChannel, topic: int) -> None:
+        """Hands ``channel``'s new version to every subscriber of ``topic`` (written at the next
+        :meth:`BookSink.flush`); never raises, never blocks."""
         ...
 
 
@@ -268,6 +312,13 @@ class BookChannel:
     subscribers: set[BookSubscriber] = field(default_factory=set)
     #: The version each refresh phase last announced to its subscribers.
     announced: dict[int, int] = field(default_factory=dict)
+    #: For :class:`BookFanout` sinks: the channel's first topic (one per fan-out group from it),
+    #: the subscribers they deliver it to (not in ``subscribers``), how many of them each group
+    #: has, and the version last published to each group.
+    topic: int = 0
+    fanout: dict[BookSubscriber, BookFanout] = field(default_factory=dict)
+    groups: Counter[int] = field(default_factory=Counter)
+    published: dict[int, int] = field(default_factory=dict)
 
 
 class BookSubscriber:
@@ -293,6 +344,20 @@ class BookSubscriber:
         #: Where the hub hands this subscriber's books as it refreshes them (:meth:`deliver_to`);
         #: None: the subscriber's task takes them from :meth:`updates`, woken per refresh.
         self.sink: BookSink | None = None
+        #: The books its sink delivers by channel (:meth:`Hub.fan_out`), not by subscriber, and
+        #: whether that is all of them (counted in :attr:`Hub.fanned_out`).
+        self.fanout: set[BookKey] = set()
+        self.fanned_out = False
+
+    @property
+    def group(self) -> int:
+        """Its fan-out group: where in the refresh interval its books are published."""
+        return int(self.slot * FANOUT_GROUPS)
+
+    @property
+    def plain(self) -> bool:
+        """One message per book and no rate limit: its books can be delivered by channel."""
+        return not self.combine and not self.min_interval
 
     def notify(self, channel: BookChannel) -> None:
         if channel.key in self.pending:
@@ -381,6 +446,7 @@ class Hub:
         book_interval: float,
         max_streams_per_peer: int | None = None,
         book_interval_max: float | None = None,
+        book_cpu_target: float = 0.0,
         epoch: str = "",
     ) -> None:
         self.market = market
@@ -401,6 +467,11 @@ class Hub:
         self.book_interval_max = max(book_interval, book_interval_max if book_interval_max is not None else book_interval)
         #: The refresh interval in force now (``book_interval`` while the loop keeps up).
         self.effective_book_interval = book_interval
+        #: The process CPU (cores) above which the refresh stretches too (0: none), what the last
+        #: window measured, and whether that window was close enough to it to hold the interval.
+        self.book_cpu_target = book_cpu_target
+        self.cpu_busy = 0.0
+        self._cpu_hold = False
         self.buffer: deque[Batch] = deque()
         self.buffered_records = 0
         #: Replay position of the last published record (0 before the first).
@@ -418,10 +489,16 @@ class Hub:
         #: Refresh phases in force, and the slot the next book subscriber takes (a low-discrepancy
         #: sequence: any number of subscribers spreads evenly over any number of phases).
         self.book_phases = 1
+        #: The fan-out groups each phase publishes (phase -> groups).
+        self._phase_groups = groups_by_phase(1)
         self._next_slot = 0.0
         self.known_books: set[BookKey] = set()
         #: Subscribers with a sink that have books to deliver now (insertion-ordered).
         self.due: dict[BookSubscriber, None] = {}
+        #: Fan-out sinks a channel was published to since their last flush.
+        self.published_to: dict[int, BookSink] = {}
+        #: Book subscribers whose every book goes out by channel: none of their work is the loop's.
+        self.fanned_out = 0
         self.closed = False
         self._encoded: OrderedDict[tuple[Selection, int, int, int], list[tuple[int, Payload]]] = OrderedDict()
 
@@ -489,6 +566,8 @@ class Hub:
         self.dirty[phase] = set()
         for key in dirty:
             for channel in self.channels_by_book.get(key, ()):
+                if channel.groups:
+                    self._publish(channel, phase)
                 subs = [sub for sub in channel.subscribers if sub.phase == phase]
                 if not subs:
                     continue
@@ -501,12 +580,60 @@ class Hub:
                             sub.notify(channel)
         self.deliver_due()
 
+    def _publish(self, channel: BookChannel, phase: int) -> None:
+        """Publishes the channel's book as it is now to the fan-out groups of ``phase`` that
+        have subscribers, through each of its fan-out sinks."""
+        groups = [g for g in self._phase_groups[phase] if channel.groups[g]]
+        if not groups:
+            return
+        if self._stale(channel):
+            self._rebuild(channel)
+        sinks = None
+        for group in groups:
+            if channel.published.get(group) == channel.version:
+                continue
+            channel.published[group] = channel.version
+            if sinks is None:
+                sinks = set(channel.fanout.values())
+            for sink in sinks:
+                self.published_to[id(sink)] = sink
+                try:
+                    sink.publish(channel, channel.topic + group)
+                except Exception:  # a sink must never stop the refresh
+                    log.exception("book sink failed to publish")
+
+    def fan_out(self, sub: BookSubscriber, key: BookKey, sink: BookFanout) -> bool:
+        """Moves ``sub``'s book ``key`` (its first message sent) to delivery by channel through
+        ``sink``; False when the sink cannot take it (it stays with per-subscriber delivery)."""
+        channel = sub.channels.get(key)
+        if channel is None or key in sub.fanout or sub not in channel.subscribers:
+            return False
+        if not channel.topic:
+            channel.topic = next(_TOPICS) * FANOUT_GROUPS
+        group = sub.group
+        if not sink.subscribe(sub, channel, channel.topic + group):
+            return False
+        channel.published.setdefault(group, channel.version)
+        channel.subscribers.discard(sub)
+        channel.fanout[sub] = sink
+        channel.groups[group] += 1
+        sub.fanout.add(key)
+        self._count_fanned_out(sub)
+        return True
+
+    def _count_fanned_out(self, sub: BookSubscriber) -> None:
+        fanned_out = sub in self.book_subscribers and len(sub.fanout) == len(sub.channels)
+        if fanned_out != sub.fanned_out:
+            sub.fanned_out = fanned_out
+            self.fanned_out += 1 if fanned_out else -1
+
     def deliver_due(self) -> None:
-        """Hands the subscribers with a sink what they have pending, then flushes each sink once."""
-        if not self.due:
+        """Hands the subscribers with a sink what they have pending, then flushes each sink once
+        (and each fan-out sink a channel was published to)."""
+        sinks, self.published_to = self.published_to, {}
+        if not self.due and not sinks:
             return
         due, self.due = self.due, {}
-        sinks: dict[int, BookSink] = {}
         for sub in due:
             sink = sub.sink
             if sink is None or sub not in self.book_subscribers:
@@ -540,6 +667,7 @@ class Hub:
             return
         pending = set().union(*self.dirty.values())
         self.book_phases = phases
+        self._phase_groups = groups_by_phase(phases)
         self.dirty = {phase: set(pending) for phase in range(phases)}
         for sub in self.book_subscribers:
             sub.phase = int(sub.slot * phases)
@@ -554,13 +682,17 @@ class Hub:
         asked): the loop has more to send than it can, so every book stream gets fewer, fresher
         books (each client's conflation count says how many it skipped) instead of a queue of
         stale ones behind which the event streams starve. It stretches by half at a time, up to
-        ``book_interval_max``, and returns by 5% a tick once the loop is on time again.
+        ``book_interval_max``, and returns by 5% a tick once the loop is on time again. With a
+        CPU target it also stretches (by a quarter, once per CPU_WINDOW_SECONDS) while the
+        process used more CPU than that over the last window, and returns only once it is
+        clearly under it: book streams, the elastic part of the work, give way first.
         """
         if self.book_interval <= 0:
             return
         loop = asyncio.get_running_loop()
         interval = self.book_interval
         METRICS.book_refresh_interval_seconds.set(interval)
+        window = (loop.time(), time.process_time())
         while not self.closed:
             # One refresh interval, in as many phases as there are now: each phase refreshes its
             # own subscribers' books at its own moment of the interval.
@@ -573,17 +705,33 @@ class Hub:
                 late = max(late, loop.time() - due)
                 self.refresh_phase(phase)
                 phase += 1
-            adapted = self.adapt_interval(interval, late)
+            cpu = None
+            now = loop.time()
+            if self.book_cpu_target and now - window[0] >= CPU_WINDOW_SECONDS:
+                spent = time.process_time()
+                cpu = self.cpu_busy = (spent - window[1]) / (now - window[0])
+                window = (now, spent)
+            if self.fanned_out == len(self.book_subscribers):
+                # Every book stream is delivered by channel, off the loop: a late loop is the
+                # replay's doing and fewer books would not help it (the CPU target still applies).
+                late = 0.0
+            adapted = self.adapt_interval(interval, late, cpu)
             if adapted != interval:
                 interval = adapted
                 METRICS.book_refresh_interval_seconds.set(interval)
             self.effective_book_interval = interval
 
-    def adapt_interval(self, interval: float, late: float) -> float:
-        """The next refresh interval after a tick that woke up ``late`` seconds after it was due."""
+    def adapt_interval(self, interval: float, late: float, cpu: float | None = None) -> float:
+        """The next refresh interval after a tick that woke up ``late`` seconds after it was due;
+        ``cpu``: the process's CPU (cores) over the window that ended with this tick, or None
+        when no window ended (the last one's verdict holds)."""
         if late > max(LOOP_LATE_SECONDS, 0.25 * interval):
             return min(self.book_interval_max, interval * 1.5)
-        if late < LOOP_ON_TIME_SECONDS and interval > self.book_interval:
+        if cpu is not None and self.book_cpu_target:
+            self._cpu_hold = cpu > CPU_RETURN_SHARE * self.book_cpu_target
+            if cpu > self.book_cpu_target:
+                return min(self.book_interval_max, interval * 1.25)
+        if late < LOOP_ON_TIME_SECONDS and interval > self.book_interval and not self._cpu_hold:
             return max(self.book_interval, interval * 0.95)
         return interval
 
@@ -693,11 +841,12 @@ class Hub:
             channel = BookChannel(key, sub.depth, sub.orders)
             self.channels[ckey] = channel
             self.channels_by_book.setdefault(key, []).append(channel)
-        rebuilt = not channel.subscribers or self._stale(channel)
+        rebuilt = not (channel.subscribers or channel.fanout) or self._stale(channel)
         if rebuilt:
             self._rebuild(channel)
         channel.subscribers.add(sub)
         sub.channels[key] = channel
+        self._count_fanned_out(sub)
         return rebuilt
 
     def _attach_new_books(self, keys: Iterable[BookKey]) -> None:
@@ -713,11 +862,16 @@ class Hub:
 
     def unsubscribe_books(self, sub: BookSubscriber) -> None:
         self.book_subscribers.discard(sub)
+        self._count_fanned_out(sub)
         self.due.pop(sub, None)
         self._uncount_peer(sub)
         for channel in sub.channels.values():
             channel.subscribers.discard(sub)
-            if not channel.subscribers:
+            if channel.fanout.pop(sub, None) is not None:
+                channel.groups[sub.group] -= 1
+                if not channel.groups[sub.group]:
+                    del channel.groups[sub.group]
+            if not channel.subscribers and not channel.fanout:
                 self.channels.pop((channel.key, channel.depth, channel.orders), None)
                 siblings = self.channels_by_book.get(channel.key, [])
                 if channel in siblings:

@@ -22,7 +22,7 @@ pub struct PyStreamServer {
 #[pymethods]
 impl PyStreamServer {
     #[new]
-    #[pyo3(signature = (host, port, methods, *, max_request_bytes, high_water, low_water, max_concurrent_streams, keepalive_interval, keepalive_timeout, tls_cert_chain=None, tls_key=None, tls_client_ca=None))]
+    #[pyo3(signature = (host, port, methods, *, max_request_bytes, high_water, low_water, max_concurrent_streams, keepalive_interval, keepalive_timeout, tls_cert_chain=None, tls_key=None, tls_client_ca=None, conflated_field=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: String,
@@ -37,7 +37,11 @@ impl PyStreamServer {
         tls_cert_chain: Option<Vec<u8>>,
         tls_key: Option<Vec<u8>>,
         tls_client_ca: Option<Vec<u8>>,
+        conflated_field: u32,
     ) -> PyResult<Self> {
+        if conflated_field >= 1 << 29 {
+            return Err(PyValueError::new_err("conflated_field must be a protobuf field number (below 2**29), or 0"));
+        }
         for seconds in [keepalive_interval, keepalive_timeout] {
             if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
                 return Err(PyValueError::new_err("keepalive_interval and keepalive_timeout must be finite seconds in (0, 86400]"));
@@ -60,6 +64,7 @@ impl PyStreamServer {
             keepalive_interval: Duration::from_secs_f64(keepalive_interval),
             keepalive_timeout: Duration::from_secs_f64(keepalive_timeout),
             tls,
+            conflated_field,
         };
         match Server::start(config) {
             Ok(inner) => Ok(PyStreamServer { inner }),
@@ -98,6 +103,25 @@ impl PyStreamServer {
     /// when the call is gone.
     fn send(&self, id: u64, message: &[u8]) -> i64 {
         self.inner.send(id, message).map_or(-1, |queued| queued as i64)
+    }
+
+    /// Subscribes call `id` to `topic` (versions above `version`, each followed by `tail`); False
+    /// when the call is gone.
+    fn subscribe(&self, id: u64, topic: u64, version: u64, tail: &[u8]) -> bool {
+        self.inner.subscribe(id, topic, version, tail)
+    }
+
+    /// Hands `message` (version `version` of `topic`) to every call subscribed there, replacing
+    /// what a call has not written yet (conflated); written at the next `flush`. Returns how many
+    /// calls it reached.
+    fn publish(&self, topic: u64, version: u64, message: &[u8]) -> usize {
+        self.inner.publish(topic, version, message)
+    }
+
+    /// Topic messages replaced before they were written, since the start.
+    #[getter]
+    fn conflated(&self) -> u64 {
+        self.inner.conflated()
     }
 
     /// Has every message queued since the last flush written: one wake-up of the server's thread

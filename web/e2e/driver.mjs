@@ -431,6 +431,9 @@ async function run(context) {
 
   if (args.controlled) {
     await step("reconnects-after-server-restart", async () => {
+      // Live first: the observer below records changes only, so a stream already waiting to
+      // reconnect (after the high-rate step) would show no change when the server restarts.
+      await page.waitForSelector('[data-testid="connection"][data-state="live"]', { timeout: 60_000 });
       await page.evaluate(() => {
         const pill = /** @type {HTMLElement} */ (document.querySelector('[data-testid="connection"]'));
         const seen = /** @type {string[]} */ ([]);

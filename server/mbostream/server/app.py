@@ -231,6 +231,7 @@ class App:
             max_streams_per_peer=s.max_streams_per_peer,
             book_interval=s.book_interval_ms / 1000.0,
             book_interval_max=s.book_interval_max_ms / 1000.0,
+            book_cpu_target=s.book_cpu_target,
             epoch=epoch,
         )
         self.hub = hub

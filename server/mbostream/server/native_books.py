@@ -10,6 +10,17 @@ the very bytes the gRPC port sends) on the transport at once, and wakes the tran
 for all of them; the thread frames, flow-controls and writes them off the loop. No task wakes up
 per message.
 
+**Fan-out by channel.** A call that takes one message per book with no rate limit (most) goes
+further: once its first message of a book is out, the call is subscribed to that book's channel
+in the transport (a topic; :meth:`~mbostream.hub.Hub.fan_out`), and each refresh hands the
+channel's new book to the transport once for all its calls (:meth:`NativeBookTransport.publish`).
+The transport's thread appends each call's own bytes (its conflation count and epoch: the same
+bytes as :func:`~mbostream.server.market_data.book_message`) and keeps one slot per call and book:
+a book not written yet when the next one is published is replaced by it and counted as conflated.
+So the loop's work per refresh is per book, not per client, and a client the transport cannot
+write to at the refresh rate (a slow client, or too many clients for the thread) gets fewer,
+fresher books rather than a queue.
+
 Everything the grpc.aio path does per call is done here too: the request is validated the same
 way, errors map to the same status codes (:data:`~mbostream.server.interceptors.STATUS_BY_ERROR`),
 the stream limits count these calls with the others (by client address), RPCs are counted in
@@ -40,7 +51,8 @@ from google.protobuf.message import DecodeError
 from mbostream.errors import InvalidArgumentError, MbostreamError
 from mbostream.metrics import METRICS
 from mbostream.server.interceptors import DELIVERY_SAMPLE_EVERY, observe_delivery, status_for
-from mbostream.hub import BookSubscriber
+from mbostream.hub import BookChannel, BookSubscriber
+from mbostream.server.convert import per_client_suffix
 from mbostream.server.market_data import MarketDataService, book_message
 from mbostream.server.peers import peer_address
 from mbostream_core._engine import StreamServer
@@ -110,6 +122,10 @@ class NativeBookTransport:
         self._by_call: dict[int, BookSubscriber] = {}
         #: Messages were queued since the last flush.
         self._flush_due = False
+        #: Channel publications so far (every DELIVERY_SAMPLE_EVERY-th is sampled), and the
+        #: transport's conflation count already added to the metric.
+        self._published = 0
+        self._conflated = 0
 
     @property
     def port(self) -> int:
@@ -132,6 +148,7 @@ class NativeBookTransport:
             tls_cert_chain=chain,
             tls_key=key,
             tls_client_ca=client_ca,
+            conflated_field=pb.StreamBookResponse.CONFLATED_FIELD_NUMBER,
         )
         asyncio.get_running_loop().add_reader(self.server.fileno(), self._on_events)
 
@@ -178,6 +195,8 @@ class NativeBookTransport:
                 if stream.sent % DELIVERY_SAMPLE_EVERY == 0:
                     observe_delivery(METRICS.book_age_seconds, payload)
                 stream.sent += 1
+                if first and sub.plain:
+                    sub.hub.fan_out(sub, channels[0].key, self)  # its later books by channel
                 if queued >= HIGH_WATER:
                     stream.blocked = True  # until the transport says "writable"; books conflate
             if stream.sent != sent:
@@ -189,9 +208,35 @@ class NativeBookTransport:
 
     def flush(self) -> None:
         """Wakes the transport's thread once for everything queued since the last flush."""
-        if self._flush_due and self.server is not None:
+        server = self.server
+        if self._flush_due and server is not None:
             self._flush_due = False
-            self.server.flush()
+            server.flush()
+            conflated = server.conflated
+            if conflated != self._conflated:
+                METRICS.conflations.inc(conflated - self._conflated)
+                self._conflated = conflated
+
+    # -- the hub's BookFanout ----------------------------------------------------------------------
+    def subscribe(self, sub: BookSubscriber, channel: BookChannel, topic: int) -> bool:
+        """Subscribes ``sub``'s call to ``topic`` (``channel``'s) after the version it was sent."""
+        stream = self._streams.get(sub)
+        server = self.server
+        if stream is None or server is None or stream.gone or stream.error is not None:
+            return False
+        tail = per_client_suffix(False, 0, epoch=stream.epoch)  # what follows the conflation count
+        return server.subscribe(stream.call_id, topic, sub.seen_versions[channel.key], tail)
+
+    def publish(self, channel: BookChannel, topic: int) -> None:
+        """Hands the channel's new book to the transport once for every call subscribed to ``topic``."""
+        server, book = self.server, channel.book
+        if server is None or book is None:
+            return
+        if server.publish(topic, channel.version, book.single):
+            self._flush_due = True
+            if self._published % DELIVERY_SAMPLE_EVERY == 0:
+                observe_delivery(METRICS.book_age_seconds, book.single)
+            self._published += 1
 
     def _deliver_later(self, sub: BookSubscriber) -> None:
         stream = self._streams.get(sub)

@@ -227,6 +227,7 @@ _HUB_SETTINGS = (
     "max_streams_per_peer",
     "book_interval",
     "book_interval_max",
+    "book_cpu_target",
     "epoch",
 )
 

@@ -13,6 +13,16 @@
 //! to `low_water`, so an owner that waits for it never queues much more than `high_water` for a
 //! client that does not read.
 //!
+//! **Topics: one message for many calls, conflated.** A call can also be subscribed to topics
+//! ([`Server::subscribe`]); [`Server::publish`] hands one message to every call subscribed to a
+//! topic at once (the owner's thread does one call for all of them). A call keeps one slot per
+//! topic, not a queue: a message published before the previous one was written replaces it, and
+//! the message written then says how many it replaced (its conflation count, appended as the
+//! protobuf varint field `Config::conflated_field`), so a client that cannot keep up, or a thread
+//! that cannot write to every client at the rate messages are published, gets fewer and fresher
+//! messages instead of a queue of stale ones. What the per-call tail given at subscription
+//! holds is appended last (the owner's per-call bytes).
+//!
 //! **Waking the owner.** Events wait in a queue; when the queue stops being empty, one byte is
 //! written to a socket whose other end is [`Server::wake_fd`], so an event loop can watch it.
 //! [`Server::take_events`] drains both.
@@ -66,6 +76,9 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     /// TLS on the listener; None: plaintext.
     pub tls: Option<Tls>,
+    /// The protobuf field number (varint) a topic message's conflation count is appended as when
+    /// it is not 0; 0: never appended.
+    pub conflated_field: u32,
 }
 
 /// The listener's certificate and key, and the CA of the clients' certificates when they must
@@ -140,8 +153,21 @@ pub enum Event {
     Closed { id: u64 },
 }
 
+/// A call's slot for one topic.
+struct Slot {
+    /// The per-call bytes appended to each of the topic's messages.
+    tail: Bytes,
+    /// The newest version published to (or sent on) this call; older ones are ignored.
+    version: u64,
+    /// The newest message not written yet, and how many it replaced.
+    pending: Option<(Bytes, u64)>,
+}
+
 struct Outgoing {
     frames: VecDeque<Bytes>,
+    /// The topics the call is subscribed to, and the order their slots got a message in.
+    slots: HashMap<u64, Slot>,
+    ready: VecDeque<u64>,
     queued: usize,
     finish: Option<(u32, String)>,
     blocked: bool,
@@ -157,6 +183,10 @@ struct State {
     next_id: u64,
     /// Calls with messages queued since the last flush.
     unflushed: Vec<u64>,
+    /// The calls subscribed to each topic.
+    topics: HashMap<u64, Vec<u64>>,
+    /// Topic messages replaced before they were written, since the start.
+    conflated: u64,
 }
 
 struct Shared {
@@ -262,6 +292,63 @@ impl Server {
         Some(queued)
     }
 
+    /// Subscribes call `id` to `topic`: from now on it gets each message published there with a
+    /// version above `version` (the one the owner already sent it), followed by `tail`. False
+    /// when the call is gone. Subscribing again replaces the tail and the version.
+    pub fn subscribe(&self, id: u64, topic: u64, version: u64, tail: &[u8]) -> bool {
+        let mut state = self.shared.lock();
+        let Some(call) = state.calls.get_mut(&id) else { return false };
+        if call.finish.is_some() {
+            return false;
+        }
+        let slot = Slot { tail: Bytes::copy_from_slice(tail), version, pending: None };
+        if call.slots.insert(topic, slot).is_none() {
+            state.topics.entry(topic).or_default().push(id);
+        }
+        true
+    }
+
+    /// Publishes version `version` of `topic` to every call subscribed there (written at the next
+    /// [`Server::flush`]); a call whose slot still holds an earlier message gets this one instead,
+    /// counted as conflated. Returns how many calls it reached.
+    pub fn publish(&self, topic: u64, version: u64, message: &[u8]) -> usize {
+        let mut guard = self.shared.lock();
+        let State { topics, calls, unflushed, conflated, .. } = &mut *guard;
+        let Some(ids) = topics.get(&topic) else { return 0 };
+        let message = Bytes::copy_from_slice(message);
+        let mut reached = 0;
+        for id in ids {
+            let Some(call) = calls.get_mut(id) else { continue };
+            let Some(slot) = call.slots.get_mut(&topic) else { continue };
+            if call.finish.is_some() || version <= slot.version {
+                continue;
+            }
+            slot.version = version;
+            match &mut slot.pending {
+                Some((pending, replaced)) => {
+                    *pending = message.clone();
+                    *replaced += 1;
+                    *conflated += 1;
+                }
+                None => {
+                    slot.pending = Some((message.clone(), 0));
+                    call.ready.push_back(topic);
+                }
+            }
+            if !call.unflushed {
+                call.unflushed = true;
+                unflushed.push(*id);
+            }
+            reached += 1;
+        }
+        reached
+    }
+
+    /// Topic messages replaced before they were written, since the start.
+    pub fn conflated(&self) -> u64 {
+        self.shared.lock().conflated
+    }
+
     /// Wakes the writers of every call with messages queued since the last flush.
     pub fn flush(&self) {
         let mut state = self.shared.lock();
@@ -325,6 +412,10 @@ impl Drop for Server {
     }
 }
 
+/// Bytes of a call h2 holds before they reach the connection (its default is ~400 KB): kept small
+/// so that what a slow connection cannot take waits in the call's slots, where it conflates, and
+/// not in a buffer ahead of them.
+const MAX_SEND_BUFFER: usize = 32 * 1024;
 /// How long connections get, once told to go, to finish writing before they are dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Pings the client every `interval`; returns once one PING went unanswered within `timeout`.
@@ -389,7 +480,10 @@ async fn open(socket: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Share
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(socket: S, peer: SocketAddr, shared: Arc<Shared>) {
     let peer = peer_name(peer);
     let mut stop = shared.stop.subscribe();
-    let handshake = h2::server::Builder::new().max_concurrent_streams(shared.config.max_concurrent_streams).handshake::<_, Bytes>(socket);
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(shared.config.max_concurrent_streams)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .handshake::<_, Bytes>(socket);
     let mut conn = tokio::select! {
         conn = handshake => match conn { Ok(conn) => conn, Err(_) => return },
         _ = stop.wait_for(|stopping| *stopping) => return,
@@ -512,16 +606,58 @@ async fn call(request: http::Request<h2::RecvStream>, respond: SendResponse<Byte
         let mut state = shared.lock();
         state.next_id += 1;
         let id = state.next_id;
-        state.calls.insert(id, Outgoing { frames: VecDeque::new(), queued: 0, finish: None, blocked: false, unflushed: false, notify: notify.clone() });
+        state.calls.insert(id, Outgoing { frames: VecDeque::new(), slots: HashMap::new(), ready: VecDeque::new(), queued: 0, finish: None, blocked: false, unflushed: false, notify: notify.clone() });
         shared.push_event(&mut state, Event::Call { id, method, request: message, peer });
         id
     };
     let closed = write(id, stream, &notify, &shared).await;
     let mut state = shared.lock();
-    state.calls.remove(&id);
+    if let Some(call) = state.calls.remove(&id) {
+        for topic in call.slots.keys() {
+            if let Some(ids) = state.topics.get_mut(topic) {
+                if let Some(at) = ids.iter().position(|other| *other == id) {
+                    ids.swap_remove(at);
+                }
+                if ids.is_empty() {
+                    state.topics.remove(topic);
+                }
+            }
+        }
+    }
     if closed {
         shared.push_event(&mut state, Event::Closed { id });
     }
+}
+
+fn put_varint(out: &mut BytesMut, mut value: u64) {
+    while value >= 0x80 {
+        out.put_u8((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.put_u8(value as u8);
+}
+
+/// The next topic message of a call, framed: the message, its conflation count (when not 0 and
+/// a field is set), the call's tail. None when no slot holds one.
+fn topic_frame(call: &mut Outgoing, conflated_field: u32) -> Option<Bytes> {
+    while let Some(topic) = call.ready.pop_front() {
+        let Some(slot) = call.slots.get_mut(&topic) else { continue };
+        let Some((message, replaced)) = slot.pending.take() else { continue };
+        let mut count = BytesMut::new();
+        if replaced > 0 && conflated_field > 0 {
+            put_varint(&mut count, u64::from(conflated_field) << 3);
+            put_varint(&mut count, replaced);
+        }
+        let length = message.len() + count.len() + slot.tail.len();
+        let mut frame = BytesMut::with_capacity(5 + length);
+        frame.put_u8(0);
+        frame.put_u32(length as u32);
+        frame.put_slice(&message);
+        frame.put_slice(&count);
+        frame.put_slice(&slot.tail);
+        return Some(frame.freeze());
+    }
+    None
 }
 
 /// Writes call `id`'s messages as flow control allows, then its status. True when the client went
@@ -532,11 +668,14 @@ async fn write(id: u64, mut stream: SendStream<Bytes>, notify: &Notify, shared: 
             let mut state = shared.lock();
             let Some(call) = state.calls.get_mut(&id) else { return true };
             match call.frames.pop_front() {
-                Some(frame) => (Some(frame), None),
-                None => (None, call.finish.take()),
+                Some(frame) => (Some((frame, true)), None),
+                None => match topic_frame(call, shared.config.conflated_field) {
+                    Some(frame) => (Some((frame, false)), None),
+                    None => (None, call.finish.take()),
+                },
             }
         };
-        if let Some(mut frame) = frame {
+        if let Some((mut frame, counted)) = frame {
             let length = frame.len();
             while !frame.is_empty() {
                 stream.reserve_capacity(frame.len());
@@ -559,6 +698,9 @@ async fn write(id: u64, mut stream: SendStream<Bytes>, notify: &Notify, shared: 
                 if stream.send_data(chunk, false).is_err() {
                     return true;
                 }
+            }
+            if !counted {
+                continue; // a topic's message: never in `queued`
             }
             let mut state = shared.lock();
             let low_water = shared.config.low_water;
@@ -599,6 +741,7 @@ mod tests {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             tls: None,
+            conflated_field: 4,
         }
     }
 
@@ -722,21 +865,18 @@ mod tests {
         client.join().unwrap();
     }
 
-    /// A call end to end: its request reaches the owner, the messages the owner sends reach the
-    /// client (flushed), framed and in order, and the call ends with the owner's status.
-    #[test]
-    fn a_call_gets_the_messages_its_owner_sends_and_then_its_status() {
-        let server = Server::start(config()).unwrap();
-        let port = server.port();
-        let client = std::thread::spawn(move || {
+    /// A client thread making one call of `/a.B/C` with `body` and reading it to its end: the
+    /// bytes received, the grpc-status and grpc-message of its trailers.
+    fn call_and_read(port: u16, body: &'static [u8]) -> std::thread::JoinHandle<(Vec<u8>, Option<String>, Option<String>)> {
+        std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
                 let socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
                 let (mut sender, connection) = h2::client::handshake(socket).await.unwrap();
                 tokio::spawn(connection);
                 let request = http::Request::post("http://x/a.B/C").header("content-type", "application/grpc").body(()).unwrap();
-                let (response, mut body) = sender.send_request(request, false).unwrap();
-                body.send_data(Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1]), true).unwrap();
+                let (response, mut request_body) = sender.send_request(request, false).unwrap();
+                request_body.send_data(Bytes::from_static(body), true).unwrap();
                 let mut body = response.await.unwrap().into_body();
                 let mut received = Vec::new();
                 while let Some(chunk) = body.data().await {
@@ -744,10 +884,20 @@ mod tests {
                     let _ = body.flow_control().release_capacity(chunk.len());
                     received.extend_from_slice(&chunk);
                 }
-                let trailers = body.trailers().await.unwrap().unwrap();
-                (received, trailers.get("grpc-status").unwrap().to_str().unwrap().to_owned(), trailers.get("grpc-message").map(|v| v.to_str().unwrap().to_owned()))
+                let trailers = body.trailers().await.unwrap().unwrap_or_default();
+                let header = |name: &str| trailers.get(name).map(|v| v.to_str().unwrap().to_owned());
+                (received, header("grpc-status"), header("grpc-message"))
             })
-        });
+        })
+    }
+
+    /// A call end to end: its request reaches the owner, the messages the owner sends reach the
+    /// client (flushed), framed and in order, and the call ends with the owner's status.
+    #[test]
+    fn a_call_gets_the_messages_its_owner_sends_and_then_its_status() {
+        let server = Server::start(config()).unwrap();
+        let port = server.port();
+        let client = call_and_read(port, &[0, 0, 0, 0, 2, 8, 1]);
         let deadline = Instant::now() + Duration::from_secs(5);
         let call = loop {
             if let Some(Event::Call { id, method, request, peer }) = server.take_events().into_iter().next() {
@@ -763,11 +913,53 @@ mod tests {
         server.flush();
         assert!(server.finish(call, 5, "gone 100%"));
         let (received, status, message) = client.join().unwrap();
+        let (status, message) = (status.unwrap(), message);
         assert_eq!(received, [0, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 0, 0]);
         assert_eq!((status.as_str(), message.as_deref()), ("5", Some("gone 100%25")));
         assert_eq!(server.open_calls(), 0);
         assert_eq!(server.send(call, b"late"), None);
         server.stop(Duration::from_secs(1));
+    }
+
+    /// Topics: a call subscribed after its owner sent it a message gets that first, then the
+    /// newest version published since (older and already-sent versions ignored), with the count
+    /// of those it replaced and its own tail; nothing after its end.
+    #[test]
+    fn a_topic_message_replaces_the_one_not_written_yet_and_says_how_many() {
+        let server = Server::start(config()).unwrap();
+        let port = server.port();
+        let client = call_and_read(port, &[0, 0, 0, 0, 0]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let call = loop {
+            if let Some(Event::Call { id, .. }) = server.take_events().into_iter().next() {
+                break id;
+            }
+            assert!(Instant::now() < deadline, "no call arrived");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(server.publish(7, 1, b"unsubscribed"), 0);
+        assert_eq!(server.send(call, b"v1"), Some(7));
+        assert!(server.subscribe(call, 7, 1, b"T"));
+        assert!(server.subscribe(call, 8, 0, b"U"));
+        assert_eq!(server.publish(7, 1, b"sent already"), 0);
+        assert_eq!(server.publish(8, 5, b"x"), 1);
+        for (version, message) in [(2, &b"v2"[..]), (3, b"v3"), (4, b"v4")] {
+            assert_eq!(server.publish(7, version, message), 1);
+        }
+        assert_eq!(server.publish(7, 3, b"older"), 0);
+        assert_eq!(server.conflated(), 2);
+        server.flush();
+        assert!(server.finish(call, 0, ""));
+        assert_eq!(server.publish(7, 9, b"after the end"), 0);
+        let (received, _, _) = client.join().unwrap();
+        // "v1" as sent; topic 8's message (first to get one) with its tail; v4 replacing v2 and v3:
+        // field 4 (varint) = 2, then the tail.
+        let expected: Vec<u8> = [&[0, 0, 0, 0, 2][..], b"v1", &[0, 0, 0, 0, 2], b"xU", &[0, 0, 0, 0, 5], b"v4", &[0x20, 2], b"T"].concat();
+        assert_eq!(received, expected);
+        assert!(!server.subscribe(call, 7, 0, b""));
+        assert_eq!(server.publish(7, 10, b"gone"), 0);
+        server.stop(Duration::from_secs(1));
+        assert!(server.shared.lock().topics.is_empty(), "the ended call's subscriptions are dropped");
     }
 
     #[test]
