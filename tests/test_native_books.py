@@ -252,6 +252,9 @@ def test_a_plain_native_stream_is_delivered_by_channel_and_leaves_it_when_it_end
                 channels = [c for c in hub.channels.values() if c.depth == 3]
                 assert channels and all(len(c.fanout) == sum(c.groups.values()) == 3 and c.topic for c in channels), [(len(c.fanout), c.topic) for c in channels]
                 assert all(len(c.subscribers) == 1 for c in channels), "the paced stream stays per subscriber"
+                # Every book of the plain streams is out by channel (a late loop then says nothing
+                # about their books); the paced one keeps the refresh's lateness in play.
+                assert hub.fanned_out == 3 and len(hub.book_subscribers) == 4
                 for stream in (*plain, paced):
                     await stream.aclose()
                 deadline = time.monotonic() + STEP
@@ -260,6 +263,7 @@ def test_a_plain_native_stream_is_delivered_by_channel_and_leaves_it_when_it_end
                     await asyncio.sleep(0.01)
                 assert not [c for c in hub.channels.values() if c.depth == 3]
                 assert all(not c.groups and not c.fanout for c in channels), "a channel kept a stream that ended"
+                assert hub.fanned_out == 0
 
     asyncio.run(scenario())
 
