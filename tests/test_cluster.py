@@ -35,6 +35,7 @@ from mbostream.edge.cluster import MAX_RESTARTS, RESTART_WINDOW_SECONDS
 from mbostream.feed import Batch
 from mbostream_core.dbn import FileInfo, read_records
 from mbostream_core.records import F_LAST
+from mbostream_core.v1 import market_data_pb2
 
 from conftest import shared_file
 from influx.harness import InfluxStack, influx_stack
@@ -249,12 +250,13 @@ class ClusterRun:
         with urllib.request.urlopen(f"{self.ready['admin']}/clusters", timeout=5) as reply:
             return str(reply.read().decode())
 
-    def gateway_stat(self, stat: str) -> dict[int, str]:
-        """``port → value`` of one per-host stat of the gateways' cluster in Envoy's ``/clusters``."""
+    def gateway_stat(self, stat: str, cluster: str = "mbostream_grpc") -> dict[int, str]:
+        """``port → value`` of one per-host stat of a gateways' cluster in Envoy's ``/clusters``
+        (the API's; ``mbostream_books``: their native book ports)."""
         out = {}
         for line in self.clusters().splitlines():
             parts = line.split("::")
-            if len(parts) == 4 and parts[0] == "mbostream_grpc" and parts[2] == stat:
+            if len(parts) == 4 and parts[0] == cluster and parts[2] == stat:
                 out[int(parts[1].rsplit(":", 1)[1])] = parts[3]
         return out
 
@@ -358,6 +360,58 @@ def test_clients_resume_on_another_gateway_when_theirs_is_killed_20_times(tmp_pa
             if isinstance(follower, GoFollower) and follower.process.poll() is None:
                 follower.process.kill()
         run.stop_cleanly()  # exit 1: the run judged a gateway crash-looping and gave up
+
+
+def test_run_with_gateways_routes_streambook_to_each_gateways_native_book_port(tmp_path: Path, generated_small: Path) -> None:
+    """``run --gateways 2 --book-port 0``: each gateway serves StreamBook on a free native port of
+    its own, the edge health-checks each through its gRPC port and routes StreamBook there (the
+    books cluster counts the calls); a killed gateway comes back on the same book port, healthy
+    again, and a client's new StreamBook is served meanwhile."""
+    run = ClusterRun(
+        tmp_path / "run.log", str(generated_small), "--rate", "5000", "--loop", "--gateways", "2", "--book-port", "0",
+        "--edge-port", "0", "--no-store",
+    )  # fmt: skip
+    try:
+        gateways = run.ready["gateways"]
+        books = {g["port"]: g["book_port"] for g in gateways}
+        assert len(set(books.values())) == 2 and not set(books.values()) & set(books), books
+
+        def books_healthy() -> bool:
+            flags = run.gateway_stat("health_flags", "mbostream_books")
+            return sorted(flags) == sorted(books.values()) and all(v == "healthy" for v in flags.values())
+
+        wait_until(books_healthy, "both gateways' book ports healthy in Envoy")
+
+        def stream_books(count: int) -> list[Any]:
+            with grpc.insecure_channel(run.ready["grpc"]) as channel:
+                call = channel.unary_stream(
+                    "/mbostream.v1.MarketDataService/StreamBook",
+                    request_serializer=lambda r: r.SerializeToString(),
+                    response_deserializer=market_data_pb2.StreamBookResponse.FromString,
+                )(market_data_pb2.StreamBookRequest(depth=3), timeout=STEP_TIMEOUT)
+                messages = [next(call) for _ in range(count)]
+                call.cancel()
+                return messages
+
+        assert all(m.book.bids or m.book.asks for m in stream_books(5))
+        served = {int(port): int(value) for port, value in run.gateway_stat("rq_total", "mbostream_books").items()}
+        assert sum(served.values()) >= 1, served
+        victim = next(port for port, book in books.items() if served.get(book))
+        run.kill_gateway(victim)
+        other = next(book for port, book in books.items() if port != victim)
+
+        def only_the_victims_book_port_out() -> bool:
+            # Each book host is checked through its own gateway's gRPC port.
+            flags = run.gateway_stat("health_flags", "mbostream_books")
+            return flags.get(books[victim]) != "healthy" and flags.get(other) == "healthy"
+
+        wait_until(only_the_victims_book_port_out, "the killed gateway's book port out of the books cluster, the other's in")
+        assert len(stream_books(3)) == 3  # the other gateway serves meanwhile
+        wait_until(lambda: run.serving_again(victim) and books_healthy(), "the killed gateway back on its book port")
+        after = {int(port): int(value) for port, value in run.gateway_stat("rq_total", "mbostream_books").items()}
+        assert sum(after.values()) >= sum(served.values()) + 1, (served, after)
+    finally:
+        run.stop_cleanly()
 
 
 def test_run_whose_envoy_dies_stops_with_exit_1_and_one_error_line(tmp_path: Path, generated_small: Path) -> None:

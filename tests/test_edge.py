@@ -38,6 +38,7 @@ if str(SERVER_DIR) not in sys.path:
 
 import grpc  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
+import yaml  # noqa: E402
 
 from mbostream.edge.binary import find_envoy, validate_config  # noqa: E402
 from mbostream.edge.config import EdgeConfig  # noqa: E402
@@ -723,6 +724,32 @@ def test_the_native_book_port_is_refused_with_gateways_on_several_ports(tmp_path
     ):
         with pytest.raises(ConfigError, match=reason):
             EdgeConfig(listen_port=0, upstream_port=50051, static_dir=None, **{"book_port": 50060, **overrides})
+    # Gateways on one host (`run --gateways N`): one book port each, in their order.
+    for overrides, reason in (
+        ({"book_ports": (50061,)}, "one book port per upstream port"),
+        ({"book_ports": (50061, 50062), "book_port": 50060}, "not both"),
+        ({"book_ports": (50061, 0)}, "not a port number"),
+    ):
+        with pytest.raises(ConfigError, match=reason):
+            EdgeConfig(listen_port=0, upstream_port=50051, upstream_ports=(50051, 50052), replayer_port=50053, static_dir=None, **overrides)
+
+
+def test_gateways_on_one_host_each_have_their_book_port_checked_through_their_grpc_port(tmp_path: Path) -> None:
+    """The books cluster of `run --gateways 2 --book-port 0`: one endpoint per gateway's book port,
+    each health-checked on that gateway's gRPC port; Envoy accepts the config."""
+    config = EdgeConfig(
+        listen_port=8080, upstream_port=50051, upstream_ports=(50051, 50052), replayer_port=50053,
+        book_ports=(50061, 50062), static_dir=None,
+    )  # fmt: skip
+    text = render_config(config)
+    books = next(c for c in yaml.safe_load(text)["static_resources"]["clusters"] if c["name"] == "mbostream_books")
+    endpoints = books["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert [(e["endpoint"]["address"]["socket_address"]["port_value"], e["endpoint"]["health_check_config"]["port_value"]) for e in endpoints] == [
+        (50061, 50051),
+        (50062, 50052),
+    ]
+    assert books["health_checks"] and books["lb_policy"] == "LEAST_REQUEST"
+    validate_config(text, envoy=envoy_or_skip())
 
 
 # --- Envoy's health checking, against a server that turns NOT_SERVING on demand ------------------

@@ -153,6 +153,9 @@ class ClusterSpec:
     log_level: str = "info"
     log_format: str = "json"
     tls: ClusterTls = field(default_factory=ClusterTls)
+    #: Each gateway also serves StreamBook on a native port of its own (a free one, kept across
+    #: its restarts), which the edge routes StreamBook to.
+    book_ports: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.gateways <= 64:
@@ -194,16 +197,18 @@ def nats_healthy(monitor_port: int) -> bool:
 
 @dataclass
 class _Child:
-    """One supervised process; ``argv(port, metrics_port)`` makes its command line (0s on the first start)."""
+    """One supervised process; ``argv(child)`` makes its command line from its ports (0s on the first start)."""
 
     name: str
-    argv: Callable[[int, int], list[str]]
+    argv: Callable[[_Child], list[str]]
     env: dict[str, str] | None = None
     #: Python roles print a JSON ready line with their port; nats-server is probed instead.
     ready_line: bool = True
     probe: Callable[[], bool] | None = None
     port: int = 0
     metrics_port: int = 0
+    #: A gateway's native book port once it listened (-1: none).
+    book_port: int = -1
     process: asyncio.subprocess.Process | None = None
     restarts: deque[float] = field(default_factory=deque)
     drain: asyncio.Task[None] | None = None
@@ -229,14 +234,9 @@ class Cluster:
         replayer_env = dict(role_env)
         if spec.control_token:
             replayer_env["MBOSTREAM_CONTROL_TOKEN"] = spec.control_token
-        self.replayer = _Child(
-            "replayer", lambda port, metrics: self._role("replay", port, metrics, *spec.files, "--no-store", *spec.replay_flags), replayer_env
-        )
-        self.gateways = [
-            _Child(f"gateway-{i + 1}", lambda port, metrics: self._role("gateway", port, metrics, *spec.gateway_flags), role_env)
-            for i in range(spec.gateways)
-        ]
-        self.store = _Child("store", lambda port, metrics: self._role("store", port, metrics), role_env) if spec.store else None
+        self.replayer = _Child("replayer", lambda c: self._role("replay", c, *spec.files, "--no-store", *spec.replay_flags), replayer_env)
+        self.gateways = [_Child(f"gateway-{i + 1}", self._gateway_argv, role_env) for i in range(spec.gateways)]
+        self.store = _Child("store", lambda c: self._role("store", c), role_env) if spec.store else None
         self.edge: Edge | None = None
         self.failed: str | None = None
         self._stopping = False
@@ -248,18 +248,23 @@ class Cluster:
         """Roles in start order (nats-server excluded)."""
         return [self.replayer, *self.gateways, *([self.store] if self.store else [])]
 
-    def _nats_argv(self, port: int, metrics_port: int) -> list[str]:
+    def _nats_argv(self, _child: _Child) -> list[str]:
         return [
             self.nats_binary, "-js", "-a", "127.0.0.1", "-p", str(self.nats_port),
             "-m", str(self._monitor_port), "-sd", str(self._store_dir), *self.spec.tls.nats_args(),
         ]  # fmt: skip
 
-    def _role(self, role: str, port: int, metrics_port: int, *extra: str) -> list[str]:
+    def _role(self, role: str, child: _Child, *extra: str) -> list[str]:
         s = self.spec
         return [
             sys.executable, "-m", "mbostream.cli", "--log-level", s.log_level, "--log-format", s.log_format,
-            role, "--nats", self.nats_url, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port), *extra,
+            role, "--nats", self.nats_url, "--host", "127.0.0.1", "--port", str(child.port), "--metrics-port", str(child.metrics_port), *extra,
         ]  # fmt: skip
+
+    def _gateway_argv(self, gateway: _Child) -> list[str]:
+        """A gateway's command line; with book ports, its own (free on its first start, then the same)."""
+        books = ("--book-port", str(max(gateway.book_port, 0))) if self.spec.book_ports else ()
+        return self._role("gateway", gateway, *self.spec.gateway_flags, *books)
 
     def _nats_healthy(self) -> bool:
         return nats_healthy(self._monitor_port)
@@ -276,6 +281,7 @@ class Cluster:
                 listen_port=s.edge_port,
                 upstream_port=self.gateways[0].port,
                 upstream_ports=[g.port for g in self.gateways],
+                book_ports=[g.book_port for g in self.gateways] if s.book_ports else (),
                 replayer_port=self.replayer.port,
                 static_dir=s.static_dir,
                 allowed_origins=s.allowed_origins,
@@ -325,7 +331,7 @@ class Cluster:
 
     # -- one child --------------------------------------------------------------------------------
     async def _start(self, child: _Child) -> None:
-        argv = [*_die_with_parent(), *child.argv(child.port, child.metrics_port)]
+        argv = [*_die_with_parent(), *child.argv(child)]
         try:
             child.process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -364,6 +370,7 @@ class Cluster:
                 ready = json.loads(text)
                 child.port = int(ready["listening"].rsplit(":", 1)[1])
                 child.metrics_port = int(ready.get("metrics_port", -1))
+                child.book_port = int(ready.get("book_port", -1))
                 child.drain = asyncio.create_task(_drain(process.stdout))
                 return
 
@@ -427,7 +434,10 @@ class Cluster:
 
 
 def _entry(child: _Child) -> dict[str, int]:
-    return {"pid": child.pid, "port": child.port, "metrics_port": child.metrics_port}
+    entry = {"pid": child.pid, "port": child.port, "metrics_port": child.metrics_port}
+    if child.book_port >= 0:
+        entry["book_port"] = child.book_port
+    return entry
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:

@@ -96,6 +96,9 @@ class EdgeConfig:
     #: StreamBook too goes to the latter. With gateways, only when they share one address and port
     #: (one ``upstream_ports`` entry, a name DNS resolves to each of them).
     book_port: int | None = None
+    #: ``mbostream run --gateways N`` with native book ports: each gateway's book port, in the
+    #: order of ``upstream_ports`` (each gateway health-checked on its own gRPC port); empty: none.
+    book_ports: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("listen_port", "admin_port"):
@@ -109,13 +112,21 @@ class EdgeConfig:
         for port in (*self.upstream_ports, *([self.replayer_port] if self.replayer_port is not None else [])):
             if not 1 <= port <= 65535:
                 raise ConfigError("upstream_ports", f"{port} is not a port number (1-65535)")
+        if self.book_ports:
+            if self.book_port is not None:
+                raise ConfigError("book_ports", "either book_port (one address) or book_ports (one per upstream port), not both")
+            if len(self.book_ports) != len(self.upstream_ports):
+                raise ConfigError("book_ports", "one book port per upstream port")
+            for port in self.book_ports:
+                if not 1 <= port <= 65535:
+                    raise ConfigError("book_ports", f"{port} is not a port number (1-65535)")
         if self.book_port is not None:
             if not 1 <= self.book_port <= 65535:
                 raise ConfigError("book_port", f"{self.book_port} is not a port number (1-65535)")
             if len(self.upstream_ports) > 1:
                 # Gateways on one host each have their own ports; behind one name (compose's
                 # cluster profile, Kubernetes) they share the gRPC and the book port.
-                raise ConfigError("book_port", "the native book port needs the gateways behind one address: not with several upstream ports")
+                raise ConfigError("book_port", "the native book port needs the gateways behind one address: not with several upstream ports (book_ports)")
         if self.max_connections < 1:
             raise ConfigError("max_connections", "must be at least 1")
         if not self.template.is_file():

@@ -194,7 +194,7 @@ def _book_parts(config: EdgeConfig, upstream_tls: str) -> dict[str, str]:
     would there). Gateways: each is health-checked on its gRPC port (gRPC health: NOT_SERVING
     while it catches up), the least loaded healthy one takes a stream, and a stream that found no
     gateway is retried on another, as the API's cluster does."""
-    if config.book_port is None:
+    if config.book_port is None and not config.book_ports:
         return {"book_route": "", "book_cluster": ""}
     gateways = config.replayer_port is not None
     route = {
@@ -206,10 +206,15 @@ def _book_parts(config: EdgeConfig, upstream_tls: str) -> dict[str, str]:
             "max_stream_duration": {"grpc_timeout_header_max": "0s"},
         },
     }
-    endpoint: dict[str, Any] = {"endpoint": {"address": {"socket_address": {"address": config.upstream_host, "port_value": config.book_port}}}}
-    if gateways:
-        endpoint["endpoint"]["health_check_config"] = {"port_value": (config.upstream_ports or (config.upstream_port,))[0]}
-    load_assignment = {"cluster_name": BOOK_CLUSTER, "endpoints": [{"lb_endpoints": [endpoint]}]}
+    # (gRPC port, book port) of each server: one address, or each gateway of `run --gateways N`.
+    servers = list(zip(config.upstream_ports, config.book_ports)) or [((config.upstream_ports or (config.upstream_port,))[0], config.book_port)]
+    endpoints: list[dict[str, Any]] = []
+    for grpc_port, book_port in servers:
+        endpoint: dict[str, Any] = {"endpoint": {"address": {"socket_address": {"address": config.upstream_host, "port_value": book_port}}}}
+        if gateways:
+            endpoint["endpoint"]["health_check_config"] = {"port_value": grpc_port}
+        endpoints.append(endpoint)
+    load_assignment = {"cluster_name": BOOK_CLUSTER, "endpoints": [{"lb_endpoints": endpoints}]}
     protocol = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",

@@ -77,6 +77,7 @@ class Edge:
         replayer_port: int | None = None,
         tls: EdgeTls | None = None,
         book_port: int | None = None,
+        book_ports: Sequence[int] = (),
     ) -> None:
         self.config = EdgeConfig(
             listen_port=listen_port,
@@ -91,6 +92,7 @@ class Edge:
             replayer_port=replayer_port,
             tls=tls or EdgeTls(),
             book_port=book_port,
+            book_ports=tuple(book_ports),
         )
         if concurrency < 1:
             raise ConfigError("concurrency", "must be at least 1 worker thread")

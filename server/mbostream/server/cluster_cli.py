@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from mbostream import logs
+from mbostream.errors import ConfigError
 from mbostream.server.cli import _settings_from_args
 
 
@@ -18,6 +19,9 @@ def _cmd_run_cluster(args: argparse.Namespace) -> int:
 
     settings = _settings_from_args(args)
     logs.configure(settings.log_level, settings.log_format)
+    if settings.book_port > 0:
+        # N gateways on one host cannot share a port: each takes a free one, the edge knows which.
+        raise ConfigError("--book-port / MBOSTREAM_BOOK_PORT", "with --gateways each gateway picks a free book port: give 0 (or -1 for none)")
     page_token = None
     if settings.control_token is None:
         # As the single-server run: a token made for this run, handed to the UI in its URL.
@@ -30,6 +34,7 @@ def _cmd_run_cluster(args: argparse.Namespace) -> int:
         replay_flags=spec_flags([pacing, ("--loop", settings.loop), ("--batch-records", settings.batch_records)]),
         gateway_flags=spec_flags([("--max-streams", settings.max_streams), ("--book-interval-ms", settings.book_interval_ms)]),
         store=settings.store,
+        book_ports=settings.book_port == 0,
         control_token=settings.control_token,
         nats_server=args.nats_server,
         edge_port=settings.edge_port,
