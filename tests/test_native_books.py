@@ -250,7 +250,7 @@ def test_a_plain_native_stream_is_delivered_by_channel_and_leaves_it_when_it_end
                         message = await asyncio.wait_for(stream.__anext__(), STEP)
                         assert not message.is_snapshot and message.epoch == hub.epoch
                 channels = [c for c in hub.channels.values() if c.depth == 3]
-                assert channels and all(len(c.fanout) == sum(c.groups.values()) == 3 and c.topic for c in channels), [(len(c.fanout), c.topic) for c in channels]
+                assert channels and all(len(c.fanout) == sum(c.groups.values()) == sum(c.sinks.values()) == 3 and c.topic for c in channels), [(len(c.fanout), c.topic) for c in channels]
                 assert all(len(c.subscribers) == 1 for c in channels), "the paced stream stays per subscriber"
                 # Every book of the plain streams is out by channel (a late loop then says nothing
                 # about their books); the paced one keeps the refresh's lateness in play.
@@ -262,7 +262,7 @@ def test_a_plain_native_stream_is_delivered_by_channel_and_leaves_it_when_it_end
                     assert time.monotonic() < deadline, "the streams outlived their clients"
                     await asyncio.sleep(0.01)
                 assert not [c for c in hub.channels.values() if c.depth == 3]
-                assert all(not c.groups and not c.fanout for c in channels), "a channel kept a stream that ended"
+                assert all(not c.groups and not c.fanout and not c.sinks for c in channels), "a channel kept a stream that ended"
                 assert hub.fanned_out == 0
 
     asyncio.run(scenario())

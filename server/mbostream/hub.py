@@ -314,10 +314,12 @@ class BookChannel:
     announced: dict[int, int] = field(default_factory=dict)
     #: For :class:`BookFanout` sinks: the channel's first topic (one per fan-out group from it),
     #: the subscribers they deliver it to (not in ``subscribers``), how many of them each group
-    #: has, and the version last published to each group.
+    #: and each sink has (a refresh publishes per group and sink, never per subscriber), and the
+    #: version last published to each group.
     topic: int = 0
     fanout: dict[BookSubscriber, BookFanout] = field(default_factory=dict)
     groups: Counter[int] = field(default_factory=Counter)
+    sinks: Counter[BookFanout] = field(default_factory=Counter)
     published: dict[int, int] = field(default_factory=dict)
 
 
@@ -467,10 +469,9 @@ class Hub:
         self.book_interval_max = max(book_interval, book_interval_max if book_interval_max is not None else book_interval)
         #: The refresh interval in force now (``book_interval`` while the loop keeps up).
         self.effective_book_interval = book_interval
-        #: The process CPU (cores) above which the refresh stretches too (0: none), what the last
-        #: window measured, and whether that window was close enough to it to hold the interval.
+        #: The process CPU (cores) above which the refresh stretches too (0: none), and whether the
+        #: last window measured was close enough to it to hold the interval.
         self.book_cpu_target = book_cpu_target
-        self.cpu_busy = 0.0
         self._cpu_hold = False
         self.buffer: deque[Batch] = deque()
         self.buffered_records = 0
@@ -588,14 +589,11 @@ class Hub:
             return
         if self._stale(channel):
             self._rebuild(channel)
-        sinks = None
         for group in groups:
             if channel.published.get(group) == channel.version:
                 continue
             channel.published[group] = channel.version
-            if sinks is None:
-                sinks = set(channel.fanout.values())
-            for sink in sinks:
+            for sink in channel.sinks:
                 self.published_to[id(sink)] = sink
                 try:
                     sink.publish(channel, channel.topic + group)
@@ -617,6 +615,7 @@ class Hub:
         channel.subscribers.discard(sub)
         channel.fanout[sub] = sink
         channel.groups[group] += 1
+        channel.sinks[sink] += 1
         sub.fanout.add(key)
         self._count_fanned_out(sub)
         return True
@@ -709,7 +708,7 @@ class Hub:
             now = loop.time()
             if self.book_cpu_target and now - window[0] >= CPU_WINDOW_SECONDS:
                 spent = time.process_time()
-                cpu = self.cpu_busy = (spent - window[1]) / (now - window[0])
+                cpu = (spent - window[1]) / (now - window[0])
                 window = (now, spent)
             if self.fanned_out == len(self.book_subscribers):
                 # Every book stream is delivered by channel, off the loop: a late loop is the
@@ -867,10 +866,12 @@ class Hub:
         self._uncount_peer(sub)
         for channel in sub.channels.values():
             channel.subscribers.discard(sub)
-            if channel.fanout.pop(sub, None) is not None:
-                channel.groups[sub.group] -= 1
-                if not channel.groups[sub.group]:
-                    del channel.groups[sub.group]
+            sink = channel.fanout.pop(sub, None)
+            if sink is not None:
+                for counts, counted in ((channel.groups, sub.group), (channel.sinks, sink)):
+                    counts[counted] -= 1
+                    if not counts[counted]:
+                        del counts[counted]
             if not channel.subscribers and not channel.fanout:
                 self.channels.pop((channel.key, channel.depth, channel.orders), None)
                 siblings = self.channels_by_book.get(channel.key, [])
