@@ -254,6 +254,17 @@ def test_one_book_payload_per_refresh_shared_by_every_book_subscriber(generated_
     run(scenario())
 
 
+def _phased_hub(path) -> tuple[Market, CountingBookEncoder, Hub, np.ndarray]:
+    """A hub refreshing every 5 ms (room for 1,000 streams) after the sample's first 5,000
+    records; the sample's records, for more."""
+    _, records = read_records(path)
+    market = Market()
+    books = CountingBookEncoder()
+    hub = _hub(market, CountingEventEncoder(""), books, book_interval=0.005, max_streams=1_000)
+    _publish_all(market, hub, records[:5_000])
+    return market, books, hub, records
+
+
 def test_many_book_subscribers_are_refreshed_in_phases_each_once_per_change(generated_small) -> None:
     """More book messages per refresh than one phase sends are spread over phases: each phase
     notifies only its own subscribers, every subscriber is notified once per interval in which its
@@ -261,11 +272,7 @@ def test_many_book_subscribers_are_refreshed_in_phases_each_once_per_change(gene
     version it already has."""
 
     async def scenario() -> None:
-        _, records = read_records(generated_small)
-        market = Market()
-        events, books = CountingEventEncoder(""), CountingBookEncoder()
-        hub = _hub(market, events, books, book_interval=0.005, max_streams=1_000)
-        _publish_all(market, hub, records[:5_000])
+        market, books, hub, records = _phased_hub(generated_small)
         n_books = len(market.books())
         assert n_books > 1
         subs = [hub.subscribe_books(Selection(), depth=10, orders=False, max_rate=0.0) for _ in range(300)]
@@ -304,6 +311,50 @@ def test_many_book_subscribers_are_refreshed_in_phases_each_once_per_change(gene
             hub.unsubscribe_books(sub)
         assert hub.book_phases == max(1, min(BOOK_PHASES_MAX, -(-50 * n_books // BOOK_MESSAGES_PER_PHASE)))
         assert all(sub.phase < hub.book_phases for sub in subs[250:])
+
+    run(scenario())
+
+
+def test_a_book_a_later_phase_sends_unchanged_says_when_it_was_sent(generated_small) -> None:
+    """A phase sends a book an earlier phase took (unchanged since): it is not taken again, but
+    its ts_out says when this phase sent it, the API's "when this message was published" (it
+    had said when the earlier phase took it: up to a refresh interval older than it was). The
+    book, the version and the message's size stay as they were."""
+
+    async def scenario() -> None:
+        market, books, hub, records = _phased_hub(generated_small)
+        subs = [hub.subscribe_books(Selection(), depth=10, orders=False, max_rate=0.0) for _ in range(300)]
+        assert hub.book_phases >= 3
+        for stream in [sub.updates() for sub in subs]:
+            for _ in range(len(market.books())):
+                await asyncio.wait_for(stream.__anext__(), 5)
+
+        generation = hub.generation
+        _publish_all(market, hub, records[5_000:6_000])
+        changed = [c for c in hub.channels.values() if hub.changed_at.get(c.key, 0) > generation]
+        assert changed
+        hub.refresh_phase(0)
+        taken = {c.key: (c.book, c.version) for c in changed}
+        built = books.calls
+        for phase in (1, 2):
+            time.sleep(0.002)
+            sent_after = time.time_ns()
+            hub.refresh_phase(phase)
+            assert books.calls == built  # unchanged: not taken again
+            for channel in changed:
+                first, version = taken[channel.key]
+                book = channel.book
+                assert book is not None and first is not None
+                assert channel.version == version
+                assert book.ts_out >= sent_after > first.ts_out
+                message, original = md.StreamBookResponse.FromString(book.single), md.StreamBookResponse.FromString(first.single)
+                assert message.ts_out == book.ts_out and message.book == original.book
+                assert len(book.single) <= len(first.single) + 10  # a restamp replaces the last one
+                sub = next(s for s in subs if s.phase == phase)
+                sent = md.StreamBookResponse.FromString(book_message(sub, [channel], False, 0, hub.epoch))
+                assert sent.ts_out == book.ts_out and sent.book == original.book
+                combined = md.StreamBookResponse.FromString(book_message(sub, changed, False, 0, hub.epoch))
+                assert combined.ts_out == min(c.book.ts_out for c in changed if c.book is not None)
 
     run(scenario())
 

@@ -159,6 +159,10 @@ class BookEncoder(Protocol):
         """The book cut to ``depth`` (with its queues when ``orders``) at replay ``position``."""
         ...
 
+    def restamp(self, book: BookPayload, ts_out: int) -> BookPayload:
+        """``book``, unchanged since it was taken, stamped as published at ``ts_out``."""
+        ...
+
 
 class BookSink(Protocol):
     """Takes book subscribers' messages as the hub refreshes them, on the loop, without a task
@@ -196,8 +200,11 @@ class BookPayload:
 
     single: Payload
     multi: Payload
-    #: When the book was taken (ns since the UNIX epoch).
+    #: When the book was published (ns since the UNIX epoch): when it was taken, or when a later
+    #: refresh sent it again unchanged (:meth:`BookEncoder.restamp`).
     ts_out: int
+    #: Bytes a restamp appended to ``single`` (the next restamp replaces them).
+    stamp: int = 0
 
 
 @dataclass(frozen=True)
@@ -572,8 +579,7 @@ class Hub:
                 subs = [sub for sub in channel.subscribers if sub.phase == phase]
                 if not subs:
                     continue
-                if self._stale(channel):
-                    self._rebuild(channel)
+                self._take(channel)
                 if channel.announced.get(phase) != channel.version:
                     channel.announced[phase] = channel.version
                     for sub in subs:
@@ -587,8 +593,7 @@ class Hub:
         groups = [g for g in self._phase_groups[phase] if channel.groups[g]]
         if not groups:
             return
-        if self._stale(channel):
-            self._rebuild(channel)
+        self._take(channel)
         for group in groups:
             if channel.published.get(group) == channel.version:
                 continue
@@ -650,6 +655,17 @@ class Hub:
 
     def _stale(self, channel: BookChannel) -> bool:
         return channel.book is None or channel.built_generation < self.changed_at.get(channel.key, 0)
+
+    def _take(self, channel: BookChannel) -> None:
+        """The channel's book for a refresh that sends it now: taken again when the book changed
+        since, else restamped. A book taken by an earlier phase of the refresh (or at an earlier
+        refresh) and unchanged since is the live book now; its ts_out says when it is published
+        (the API's meaning), not when another phase took it: without this, a phase's books said
+        they were up to a refresh interval older than they were."""
+        if self._stale(channel):
+            self._rebuild(channel)
+        elif channel.book is not None:
+            channel.book = self.book_encoder.restamp(channel.book, time.time_ns())
 
     def _rebuild(self, channel: BookChannel) -> None:
         """Takes the channel's book as it is now (a new version), encoded once for everyone."""
@@ -832,21 +848,22 @@ class Hub:
         METRICS.subscribers.labels("book").set(len(self.book_subscribers))
         return sub
 
-    def _attach(self, sub: BookSubscriber, key: BookKey) -> bool:
-        """Adds ``sub`` to the book's channel; True when that built the channel's book now."""
+    def _attach(self, sub: BookSubscriber, key: BookKey) -> None:
+        """Adds ``sub`` to the book's channel (its book taken now, or restamped: its first
+        message goes out now)."""
         ckey = (key, sub.depth, sub.orders)
         channel = self.channels.get(ckey)
         if channel is None:
             channel = BookChannel(key, sub.depth, sub.orders)
             self.channels[ckey] = channel
             self.channels_by_book.setdefault(key, []).append(channel)
-        rebuilt = not (channel.subscribers or channel.fanout) or self._stale(channel)
-        if rebuilt:
+        if channel.subscribers or channel.fanout:
+            self._take(channel)
+        else:
             self._rebuild(channel)
         channel.subscribers.add(sub)
         sub.channels[key] = channel
         self._count_fanned_out(sub)
-        return rebuilt
 
     def _attach_new_books(self, keys: Iterable[BookKey]) -> None:
         """Attaches books seen for the first time to the subscribers that want them (built as

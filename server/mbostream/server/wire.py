@@ -9,6 +9,7 @@ Each payload is made once and the same bytes go to every subscriber that wants i
 from __future__ import annotations
 
 import time
+from typing import Final
 
 import numpy as np
 
@@ -59,6 +60,19 @@ class ProtobufEventEncoder:
         return out
 
 
+#: ``StreamBookResponse.ts_out``'s key (field 3, varint).
+_TS_OUT_KEY: Final = bytes([3 << 3])
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 class ProtobufBookEncoder:
     """A book as the shared parts of ``StreamBookResponse``, stamped with the time it was taken.
 
@@ -80,3 +94,10 @@ class ProtobufBookEncoder:
             ts_out=ts_out,
         )
         return BookPayload(single, multi, ts_out)
+
+    def restamp(self, book: BookPayload, ts_out: int) -> BookPayload:
+        """``book`` with ts_out (field 3) set to ``ts_out``: the field appended to the message as
+        taken (a parser keeps a scalar's last occurrence; a previous restamp's is replaced)."""
+        taken = book.single[: len(book.single) - book.stamp] if book.stamp else book.single
+        stamp = _TS_OUT_KEY + _varint(ts_out)
+        return BookPayload(taken + stamp, book.multi, ts_out, len(stamp))
