@@ -217,6 +217,14 @@ def test_the_book_refresh_stretches_while_the_process_is_over_its_cpu_target(gen
     assert interval == 0.005, "clearly under the target it returns"
     # No target: CPU says nothing.
     assert _ticker_hub(0.0).adapt_interval(0.005, late=0.0, cpu=5.0) == 0.005
+    # With a target, a late loop says nothing the CPU does not: it neither stretches the refresh
+    # nor keeps it from returning.
+    assert targeted.adapt_interval(0.005, late=0.5) == 0.005
+    interval = 0.05
+    targeted.adapt_interval(interval, late=0.0, cpu=0.3)
+    for _ in range(200):
+        interval = targeted.adapt_interval(interval, late=0.5)
+    assert interval == 0.005
 
 
 @pytest.mark.parametrize("phases", range(1, BOOK_PHASES_MAX + 1))
@@ -311,6 +319,14 @@ def test_many_book_subscribers_are_refreshed_in_phases_each_once_per_change(gene
             hub.unsubscribe_books(sub)
         assert hub.book_phases == max(1, min(BOOK_PHASES_MAX, -(-50 * n_books // BOOK_MESSAGES_PER_PHASE)))
         assert all(sub.phase < hub.book_phases for sub in subs[250:])
+        # A combined message counts its books: 50 combined streams take as many phases as 50 plain.
+        combined = [hub.subscribe_books(Selection(), depth=10, orders=False, max_rate=0.0, combine=True) for _ in range(50)]
+        for sub in subs[250:]:
+            hub.unsubscribe_books(sub)
+        books_now = len(market.books())
+        assert all(len(sub.channels) == books_now for sub in combined)
+        assert hub.book_phases == max(1, min(BOOK_PHASES_MAX, -(-50 * books_now // BOOK_MESSAGES_PER_PHASE))) > 1
+        assert {sub.phase for sub in combined} == set(range(hub.book_phases))
 
     run(scenario())
 

@@ -98,16 +98,17 @@ class Settings:
     batch_records: int = 4096
     #: Book streams are refreshed at most this often (ms); updates in between are conflated.
     book_interval_ms: float = 5.0
-    #: Longest the book refresh interval stretches to while the event loop is behind (more book
-    #: streams than the core can serve). It bounds how old a streamed book can be only while the
+    #: Longest the book refresh interval stretches to while the server is over its CPU target (or,
+    #: with no target, while the event loop is behind: more book streams than the core can serve). It bounds how old a streamed book can be only while the
     #: loop can send every subscriber's books within it: 1,000 streams on one core cannot
     #: (docs/performance.md, "Held book age"). Below ``book_interval_ms`` it is that (the refresh
     #: never stretches).
     book_interval_max_ms: float = 50.0
     #: The server's CPU (cores, all its threads) above which the book refresh stretches (towards
-    #: ``book_interval_max_ms``), as it does while the loop is late: book streams are what gives
-    #: way, with fewer, fresher books, so that the replay and the event streams keep headroom.
-    #: 0: no target (docs/performance.md, "Fan-out by channel").
+    #: ``book_interval_max_ms``): book streams are what gives way, with fewer, fresher books, so
+    #: that the replay and the event streams keep headroom. With a target, the CPU alone decides
+    #: (a late loop does not stretch the refresh). 0: no target, the refresh stretches while the
+    #: loop is late (docs/performance.md, "Fan-out by channel", "Stamped when sent").
     book_cpu_target: float = 0.6
     #: Seconds open streams get to finish on shutdown.
     grace_seconds: float = 5.0

@@ -73,10 +73,11 @@ LOOP_ON_TIME_SECONDS: Final = 0.0005
 CPU_WINDOW_SECONDS: Final = 0.25
 CPU_RETURN_SHARE: Final = 0.9
 
-#: Book messages one refresh phase sends at most (about 60 µs of the loop each through grpc.aio):
-#: more book subscriptions than this are spread over several phases of the refresh interval, so a
-#: refresh leaves as small bursts instead of one burst of every message (whose last one waits for
-#: all the others), up to BOOK_PHASES_MAX phases.
+#: Books one refresh phase sends at most (about 60 µs of the loop each through grpc.aio; a combined
+#: message counts its books: its bytes, and its client's work, grow with them): more book
+#: subscriptions than this are spread over several phases of the refresh interval, so a refresh
+#: leaves as small bursts instead of one burst of every message (whose last one waits for all the
+#: others), up to BOOK_PHASES_MAX phases.
 BOOK_MESSAGES_PER_PHASE: Final = 64
 BOOK_PHASES_MAX: Final = 8
 #: Fan-out subscribers are spread over this many groups by their slot, each group published at the
@@ -675,8 +676,10 @@ class Hub:
 
     def _set_phases(self) -> None:
         """Spreads book subscribers over enough phases that none sends more than
-        BOOK_MESSAGES_PER_PHASE messages a refresh (one per book, or one if combined)."""
-        messages = sum(1 if sub.combine else len(sub.channels) for sub in self.book_subscribers)
+        BOOK_MESSAGES_PER_PHASE books a refresh (a combined message counts its books: counted as
+        one, 100 clients of 4 books each left in 2 bursts of 50 messages of 4 books, and book p99
+        with ``combine_books`` was 5.6-6.0 ms against 3.2-3.7 in 7 bursts, docs/performance.md)."""
+        messages = sum(len(sub.channels) for sub in self.book_subscribers)
         phases = max(1, min(BOOK_PHASES_MAX, -(-messages // BOOK_MESSAGES_PER_PHASE)))
         if phases == self.book_phases:
             return
@@ -693,14 +696,17 @@ class Hub:
     async def run_ticker(self) -> None:
         """Refreshes book channels every ``book_interval`` seconds until closed.
 
-        The interval stretches while the event loop runs late (the ticker wakes up later than it
-        asked): the loop has more to send than it can, so every book stream gets fewer, fresher
-        books (each client's conflation count says how many it skipped) instead of a queue of
-        stale ones behind which the event streams starve. It stretches by half at a time, up to
-        ``book_interval_max``, and returns by 5% a tick once the loop is on time again. With a
-        CPU target it also stretches (by a quarter, once per CPU_WINDOW_SECONDS) while the
+        Without a CPU target, the interval stretches while the event loop runs late (the ticker
+        wakes up later than it asked): the loop has more to send than it can, so every book
+        stream gets fewer, fresher books (each client's conflation count says how many it
+        skipped) instead of a queue of stale ones behind which the event streams starve. It
+        stretches by half at a time, up to ``book_interval_max``, and returns by 5% a tick once
+        the loop is on time again. With a CPU target (the default) the process's CPU is the
+        brake instead: the refresh stretches (by a quarter, once per CPU_WINDOW_SECONDS) while the
         process used more CPU than that over the last window, and returns only once it is
-        clearly under it: book streams, the elastic part of the work, give way first.
+        clearly under it: book streams, the elastic part of the work, give way first. A late
+        tick then says nothing the CPU does not: the loop is late by a replay step as often as by
+        books, and while the CPU is under its target fewer books would not make it earlier.
         """
         if self.book_interval <= 0:
             return
@@ -728,7 +734,7 @@ class Hub:
                 window = (now, spent)
             if self.fanned_out == len(self.book_subscribers):
                 # Every book stream is delivered by channel, off the loop: a late loop is the
-                # replay's doing and fewer books would not help it (the CPU target still applies).
+                # replay's doing and fewer books would not help it (without a CPU target too).
                 late = 0.0
             adapted = self.adapt_interval(interval, late, cpu)
             if adapted != interval:
@@ -739,14 +745,16 @@ class Hub:
     def adapt_interval(self, interval: float, late: float, cpu: float | None = None) -> float:
         """The next refresh interval after a tick that woke up ``late`` seconds after it was due;
         ``cpu``: the process's CPU (cores) over the window that ended with this tick, or None
-        when no window ended (the last one's verdict holds)."""
-        if late > max(LOOP_LATE_SECONDS, 0.25 * interval):
+        when no window ended (the last one's verdict holds). With a CPU target only ``cpu``
+        counts (see :meth:`run_ticker`)."""
+        if late > max(LOOP_LATE_SECONDS, 0.25 * interval) and not self.book_cpu_target:
             return min(self.book_interval_max, interval * 1.5)
         if cpu is not None and self.book_cpu_target:
             self._cpu_hold = cpu > CPU_RETURN_SHARE * self.book_cpu_target
             if cpu > self.book_cpu_target:
                 return min(self.book_interval_max, interval * 1.25)
-        if late < LOOP_ON_TIME_SECONDS and interval > self.book_interval and not self._cpu_hold:
+        on_time = late < LOOP_ON_TIME_SECONDS or self.book_cpu_target
+        if on_time and interval > self.book_interval and not self._cpu_hold:
             return max(self.book_interval, interval * 0.95)
         return interval
 
