@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.register_e2e(bench)
     bench_cli.register_soak(bench)
     bench_cli.register_web(bench)
+    bench_cli.register_wire(bench)
     return parser
 
 

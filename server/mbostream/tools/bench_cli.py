@@ -1,4 +1,4 @@
-"""The flags of ``mbostream bench cluster|costs|e2e|soak|web``, parsed without importing the
+"""The flags of ``mbostream bench cluster|costs|e2e|soak|web|wire``, parsed without importing the
 benchmarks: they bring numpy, gRPC, the edge and the browser driver, which only running one needs.
 Each handler imports its benchmark when the command runs. ``mbostream storage bench``'s flags are
 in :mod:`.bench_storage_cli`."""
@@ -6,6 +6,7 @@ in :mod:`.bench_storage_cli`."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from mbostream.tools.bench_server import CPU_SHARE  # stdlib only: no benchmark imported
 from mbostream_core.argtypes import non_negative_int, positive_float, positive_int
@@ -39,6 +40,21 @@ def _cmd_web(args: argparse.Namespace) -> int:
     from mbostream.tools.bench_web import _cmd_web as run
 
     return run(args)
+
+
+def _cmd_wire(args: argparse.Namespace) -> int:
+    from mbostream.tools.bench_wire import _cmd_wire as run
+
+    return run(args)
+
+
+def register_wire(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds ``wire`` to ``mbostream bench``."""
+    p = bench.add_parser("wire", help="the server's share of publish→client latency, from a packet capture (pcap)")
+    p.add_argument("capture", type=Path, help="a pcap file of the server's traffic (tcpdump -w, plaintext gRPC)")
+    p.add_argument("--port", type=positive_int, action="append", help="a server port to read (repeatable; default every port)")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(func=_cmd_wire)
 
 
 def register_cluster(bench: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
