@@ -252,9 +252,19 @@ def test_a_plain_native_stream_is_delivered_by_channel_and_leaves_it_when_it_end
                 channels = [c for c in hub.channels.values() if c.depth == 3]
                 assert channels and all(len(c.fanout) == sum(c.groups.values()) == sum(c.sinks.values()) == 3 and c.topic for c in channels), [(len(c.fanout), c.topic) for c in channels]
                 assert all(len(c.subscribers) == 1 for c in channels), "the paced stream stays per subscriber"
-                # Every book of the plain streams is out by channel (a late loop then says nothing
-                # about their books); the paced one keeps the refresh's lateness in play.
-                assert hub.fanned_out == 3 and len(hub.book_subscribers) == 4
+                # Every native stream goes through the transport (by channel or, paced, per
+                # stream): none is the loop's to send, so a late loop does not stretch the refresh;
+                # a stream on the gRPC port is.
+                assert hub.loop_streams == 0 and len(hub.book_subscribers) == 4
+                async with MarketDataClient(f"127.0.0.1:{app.port}") as grpc_port:
+                    on_loop = grpc_port.stream_book(depth=3)
+                    assert (await asyncio.wait_for(on_loop.__anext__(), STEP)).is_snapshot
+                    assert hub.loop_streams == 1 and len(hub.book_subscribers) == 5
+                    await on_loop.aclose()
+                    deadline = time.monotonic() + STEP
+                    while hub.loop_streams:
+                        assert time.monotonic() < deadline, "the gRPC port's stream outlived its client"
+                        await asyncio.sleep(0.01)
                 for stream in (*plain, paced):
                     await stream.aclose()
                 deadline = time.monotonic() + STEP
@@ -263,7 +273,7 @@ def test_a_plain_native_stream_is_delivered_by_channel_and_leaves_it_when_it_end
                     await asyncio.sleep(0.01)
                 assert not [c for c in hub.channels.values() if c.depth == 3]
                 assert all(not c.groups and not c.fanout and not c.sinks for c in channels), "a channel kept a stream that ended"
-                assert hub.fanned_out == 0
+                assert hub.loop_streams == 0
 
     asyncio.run(scenario())
 

@@ -42,7 +42,7 @@ RANGES: Final[Mapping[str, Range]] = {
     # Below 1 ms the ticker would spin the CPU for refreshes nobody can see.
     "book_interval_ms": Range(low=1, high=60_000, zero="refresh at every replay step", unit="ms"),
     "book_interval_max_ms": Range(low=1, high=60_000, unit="ms"),
-    "book_cpu_target": Range(low=0.05, high=1024, unit="cores", zero="no target: the refresh stretches only while the loop is late"),
+    "book_cpu_target": Range(low=0.05, high=1024, unit="cores", zero="no target: only a late loop with gRPC-port book streams stretches the refresh"),
     "grace_seconds": Range(low=0, high=3600, unit="s"),
     "sample_records": Range(low=1, high=100_000_000, integer=True),
     "sample_instruments": Range(low=1, high=1024, integer=True),
@@ -98,17 +98,17 @@ class Settings:
     batch_records: int = 4096
     #: Book streams are refreshed at most this often (ms); updates in between are conflated.
     book_interval_ms: float = 5.0
-    #: Longest the book refresh interval stretches to while the server is over its CPU target (or,
-    #: with no target, while the event loop is behind: more book streams than the core can serve). It bounds how old a streamed book can be only while the
+    #: Longest the book refresh interval stretches to while the server is over its CPU target, or
+    #: while its event loop is behind with book streams on the gRPC port (more than it can send). It bounds how old a streamed book can be only while the
     #: loop can send every subscriber's books within it: 1,000 streams on one core cannot
     #: (docs/performance.md, "Held book age"). Below ``book_interval_ms`` it is that (the refresh
     #: never stretches).
     book_interval_max_ms: float = 50.0
     #: The server's CPU (cores, all its threads) above which the book refresh stretches (towards
     #: ``book_interval_max_ms``): book streams are what gives way, with fewer, fresher books, so
-    #: that the replay and the event streams keep headroom. With a target, the CPU alone decides
-    #: (a late loop does not stretch the refresh). 0: no target, the refresh stretches while the
-    #: loop is late (docs/performance.md, "Fan-out by channel", "Stamped when sent").
+    #: that the replay and the event streams keep headroom. A late event loop stretches it too
+    #: while gRPC-port book streams are open (their sends are the loop's). 0: no target
+    #: (docs/performance.md, "Fan-out by channel", "Stamped when sent").
     book_cpu_target: float = 0.6
     #: Seconds open streams get to finish on shutdown.
     grace_seconds: float = 5.0

@@ -354,10 +354,8 @@ class BookSubscriber:
         #: Where the hub hands this subscriber's books as it refreshes them (:meth:`deliver_to`);
         #: None: the subscriber's task takes them from :meth:`updates`, woken per refresh.
         self.sink: BookSink | None = None
-        #: The books its sink delivers by channel (:meth:`Hub.fan_out`), not by subscriber, and
-        #: whether that is all of them (counted in :attr:`Hub.fanned_out`).
+        #: The books its sink delivers by channel (:meth:`Hub.fan_out`), not by subscriber.
         self.fanout: set[BookKey] = set()
-        self.fanned_out = False
 
     @property
     def group(self) -> int:
@@ -388,6 +386,8 @@ class BookSubscriber:
     def deliver_to(self, sink: BookSink) -> None:
         """From now on the hub hands this subscriber's books to ``sink`` as it refreshes them,
         starting with every watched book's first message, instead of waking a task per message."""
+        if self.sink is None and self in self.hub.book_subscribers:
+            self.hub.loop_streams -= 1
         self.sink = sink
         for key in self.channels:
             if key not in self.seen_versions:
@@ -506,8 +506,9 @@ class Hub:
         self.due: dict[BookSubscriber, None] = {}
         #: Fan-out sinks a channel was published to since their last flush.
         self.published_to: dict[int, BookSink] = {}
-        #: Book subscribers whose every book goes out by channel: none of their work is the loop's.
-        self.fanned_out = 0
+        #: Book subscribers served by a task of their own on the loop (no sink: the gRPC port's
+        #: grpc.aio streams), whose sends make the loop late.
+        self.loop_streams = 0
         self.closed = False
         self._encoded: OrderedDict[tuple[Selection, int, int, int], list[tuple[int, Payload]]] = OrderedDict()
 
@@ -623,14 +624,7 @@ class Hub:
         channel.groups[group] += 1
         channel.sinks[sink] += 1
         sub.fanout.add(key)
-        self._count_fanned_out(sub)
         return True
-
-    def _count_fanned_out(self, sub: BookSubscriber) -> None:
-        fanned_out = sub in self.book_subscribers and len(sub.fanout) == len(sub.channels)
-        if fanned_out != sub.fanned_out:
-            sub.fanned_out = fanned_out
-            self.fanned_out += 1 if fanned_out else -1
 
     def deliver_due(self) -> None:
         """Hands the subscribers with a sink what they have pending, then flushes each sink once
@@ -696,17 +690,17 @@ class Hub:
     async def run_ticker(self) -> None:
         """Refreshes book channels every ``book_interval`` seconds until closed.
 
-        Without a CPU target, the interval stretches while the event loop runs late (the ticker
-        wakes up later than it asked): the loop has more to send than it can, so every book
-        stream gets fewer, fresher books (each client's conflation count says how many it
-        skipped) instead of a queue of stale ones behind which the event streams starve. It
-        stretches by half at a time, up to ``book_interval_max``, and returns by 5% a tick once
-        the loop is on time again. With a CPU target (the default) the process's CPU is the
-        brake instead: the refresh stretches (by a quarter, once per CPU_WINDOW_SECONDS) while the
-        process used more CPU than that over the last window, and returns only once it is
-        clearly under it: book streams, the elastic part of the work, give way first. A late
-        tick then says nothing the CPU does not: the loop is late by a replay step as often as by
-        books, and while the CPU is under its target fewer books would not make it earlier.
+        While book streams are served by tasks of their own on the loop (the gRPC port), the
+        interval stretches while the event loop runs late (the ticker wakes up later than it
+        asked): the loop has more to send than it can, so every book stream gets fewer, fresher
+        books (each client's conflation count says how many it skipped) instead of a queue of
+        stale ones behind which the event streams starve. It stretches by half at a time, up to
+        ``book_interval_max``, and returns by 5% a tick once the loop is on time again. When every
+        book stream goes through a sink (the native transport) a late loop is the replay's doing
+        and is not looked at. With a CPU target it also stretches (by a quarter, once per
+        CPU_WINDOW_SECONDS) while the process used more CPU than that over the last window, and
+        returns only once it is clearly under it: book streams, the elastic part of the work,
+        give way first.
         """
         if self.book_interval <= 0:
             return
@@ -732,9 +726,10 @@ class Hub:
                 spent = time.process_time()
                 cpu = (spent - window[1]) / (now - window[0])
                 window = (now, spent)
-            if self.fanned_out == len(self.book_subscribers):
-                # Every book stream is delivered by channel, off the loop: a late loop is the
-                # replay's doing and fewer books would not help it (without a CPU target too).
+            if not self.loop_streams:
+                # Every book stream is delivered through a sink (the native transport: by
+                # channel, or per subscriber at a few µs a message), none by a grpc.aio task: a
+                # late loop is the replay's doing, and fewer books would not make it earlier.
                 late = 0.0
             adapted = self.adapt_interval(interval, late, cpu)
             if adapted != interval:
@@ -745,16 +740,14 @@ class Hub:
     def adapt_interval(self, interval: float, late: float, cpu: float | None = None) -> float:
         """The next refresh interval after a tick that woke up ``late`` seconds after it was due;
         ``cpu``: the process's CPU (cores) over the window that ended with this tick, or None
-        when no window ended (the last one's verdict holds). With a CPU target only ``cpu``
-        counts (see :meth:`run_ticker`)."""
-        if late > max(LOOP_LATE_SECONDS, 0.25 * interval) and not self.book_cpu_target:
+        when no window ended (the last one's verdict holds)."""
+        if late > max(LOOP_LATE_SECONDS, 0.25 * interval):
             return min(self.book_interval_max, interval * 1.5)
         if cpu is not None and self.book_cpu_target:
             self._cpu_hold = cpu > CPU_RETURN_SHARE * self.book_cpu_target
             if cpu > self.book_cpu_target:
                 return min(self.book_interval_max, interval * 1.25)
-        on_time = late < LOOP_ON_TIME_SECONDS or self.book_cpu_target
-        if on_time and interval > self.book_interval and not self._cpu_hold:
+        if late < LOOP_ON_TIME_SECONDS and interval > self.book_interval and not self._cpu_hold:
             return max(self.book_interval, interval * 0.95)
         return interval
 
@@ -851,6 +844,7 @@ class Hub:
             if selection.matches(key):
                 self._attach(sub, key)
         self.book_subscribers.add(sub)
+        self.loop_streams += 1  # until it is given a sink (:meth:`BookSubscriber.deliver_to`)
         self._set_phases()
         self._count_peer(sub, peer)
         METRICS.subscribers.labels("book").set(len(self.book_subscribers))
@@ -871,7 +865,6 @@ class Hub:
             self._rebuild(channel)
         channel.subscribers.add(sub)
         sub.channels[key] = channel
-        self._count_fanned_out(sub)
 
     def _attach_new_books(self, keys: Iterable[BookKey]) -> None:
         """Attaches books seen for the first time to the subscribers that want them (built as
@@ -885,8 +878,9 @@ class Hub:
         self.deliver_due()
 
     def unsubscribe_books(self, sub: BookSubscriber) -> None:
+        if sub in self.book_subscribers and sub.sink is None:
+            self.loop_streams -= 1
         self.book_subscribers.discard(sub)
-        self._count_fanned_out(sub)
         self.due.pop(sub, None)
         self._uncount_peer(sub)
         for channel in sub.channels.values():
