@@ -106,7 +106,8 @@ METRICS = Metrics(
     ),
     book_age_seconds=Histogram(
         "mbostream_book_age_seconds",
-        "StreamBook: age of the book a client receives, from when it was taken (ts_out; the oldest of a combined message) "
+        "StreamBook: age of the book a client receives, from when it was published (ts_out: taken, or sent again unchanged "
+        "by a later refresh phase; the oldest of a combined message) "
         "to the completed stream write; sampled per stream",
         buckets=DELIVERY_BUCKETS,
     ),
