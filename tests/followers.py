@@ -53,7 +53,12 @@ class PythonFollower(threading.Thread):
         self.error: BaseException | None = None
         self.start_over = StartOverCauses()
         self._stopping = False
-        logging.getLogger("mbostream_client._follow").addHandler(self.start_over)
+        # Its warnings are seen whatever level an earlier test left the root logger at (a CLI run
+        # in the test process configures logging for the whole process).
+        self._logger = logging.getLogger("mbostream_client._follow")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.WARNING)
+        self._logger.addHandler(self.start_over)
 
     @property
     def batches(self) -> list[tuple[int, int, int, bool]]:
@@ -84,7 +89,8 @@ class PythonFollower(threading.Thread):
         """Ends the follow after the batch in hand and waits for the thread (bounded)."""
         self._stopping = True
         self.join(30)
-        logging.getLogger("mbostream_client._follow").removeHandler(self.start_over)
+        self._logger.removeHandler(self.start_over)
+        self._logger.setLevel(self._level)
 
 
 class GoFollower:

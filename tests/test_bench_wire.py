@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from mbostream.cli import main
 from mbostream.server.wire import ProtobufBookEncoder
 from mbostream.hub import BookPayload
 from mbostream.tools.bench_wire import CaptureError, server_delays, summarize
@@ -20,6 +21,13 @@ from mbostream_core.v1 import book_pb2
 from mbostream_core.v1 import market_data_pb2 as md
 
 SERVER = 50051
+
+
+def bench_wire(*args: str) -> subprocess.CompletedProcess[str]:
+    """``mbostream bench wire`` in a process of its own (the CLI configures logging for its process)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mbostream.cli", "bench", "wire", *args], capture_output=True, text=True, timeout=120
+    )
 T0 = 1_800_000_000_000_000_000  # ns: a ts_out the size of today's
 
 
@@ -101,16 +109,20 @@ def test_the_server_share_of_each_message_is_read_from_a_capture(tmp_path: Path)
     assert row["port"] == SERVER and row["messages"] == 6
     assert row["p50_ms"] == 0.051 and row["max_ms"] == 0.075
 
-    # The command: its table, and --json.
-    assert main(["bench", "wire", str(capture), "--port", str(SERVER), "--json"]) == 0
-    assert main(["bench", "wire", str(capture), "--port", "40001"]) == 1
+    # The command: --json, its table, and a port that sent nothing.
+    done = bench_wire(str(capture), "--port", str(SERVER), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [row]
+    done = bench_wire(str(capture))
+    assert done.returncode == 0 and f"{SERVER}: 6 messages; p50 0.051 ms" in done.stdout, done.stdout
+    assert bench_wire(str(capture), "--port", "40001").returncode == 1
 
 
-def test_a_file_that_is_not_a_pcap_capture_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_file_that_is_not_a_pcap_capture_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "x.pcapng"
     path.write_bytes(b"\x0a\x0d\x0d\x0a" + bytes(40))
     with pytest.raises(CaptureError, match="pcapng"):
         server_delays(path)
-    assert main(["bench", "wire", str(path)]) == 2
-    assert "pcapng" in capsys.readouterr().err
-    assert json.loads(json.dumps(summarize({}))) == []
+    done = bench_wire(str(path))
+    assert done.returncode == 2 and "pcapng" in done.stderr, done
+    assert summarize({}) == []
