@@ -97,6 +97,7 @@ BAD_NUMBERS = {
     "replay_buffer_records": ["0"],
     "metrics_port": ["-2", "65536"],
     "book_port": ["-2", "65536"],
+    "book_threads": ["0", "65"],
     "port": ["-1", "65536"],
     "edge_port": ["-1", "65536"],
     "sample_records": ["0"],

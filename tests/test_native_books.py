@@ -326,6 +326,70 @@ def test_shutdown_ends_native_streams_with_unavailable(tmp_path: Path, generated
         stopping.stop()
 
 
+def _transport_threads(pid: int) -> dict[str, int]:
+    """The server's transport threads by name, each with the nanoseconds it has run so far."""
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            if name.startswith("mbostream-h2"):
+                threads[name] = int((task / "schedstat").read_text().split()[0])
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+    return threads
+
+
+def test_book_threads_deal_connections_out_and_each_serves_its_own(tmp_path: Path, generated_small: Path) -> None:
+    """``--book-threads 4`` runs four transport threads; three clients, each on a connection of its
+    own, land on the first three (dealt out in turn) and each thread writes its client's books, the
+    fourth idle; at shutdown every stream, whichever thread holds it, ends with UNAVAILABLE."""
+    served = start(tmp_path, [generated_small], "--rate", "20000", "--loop", "--book-threads", "4")
+    try:
+        assert served.process is not None
+        pid = served.process.pid
+        deadline = time.monotonic() + STEP
+        while len(_transport_threads(pid)) < 4:  # a thread names itself once it runs
+            assert time.monotonic() < deadline, _transport_threads(pid)
+            time.sleep(0.01)
+        assert sorted(_transport_threads(pid)) == [f"mbostream-h2-{n}" for n in range(4)]
+
+        async def scenario() -> None:
+            clients = [native(served, own_connection=True) for _ in range(3)]
+            try:
+                streams = []
+                for client in clients:  # one at a time: the connections arrive in this order
+                    stream = client.stream_book(depth=5)
+                    assert (await asyncio.wait_for(stream.__anext__(), STEP)).is_snapshot
+                    streams.append(stream)
+                before = _transport_threads(pid)
+                counts = [0, 0, 0]
+                until = time.monotonic() + 1.5
+                while time.monotonic() < until:
+                    for n, stream in enumerate(streams):
+                        message = await asyncio.wait_for(stream.__anext__(), STEP)
+                        counts[n] += not message.is_snapshot
+                ran = {name: _transport_threads(pid)[name] - before[name] for name in before}
+                assert all(count >= 20 for count in counts), counts
+                # The three with a client each ran while they wrote books; the fourth, with none,
+                # hardly at all (no connection ever reached it).
+                busy = [ran[f"mbostream-h2-{n}"] for n in range(3)]
+                assert min(busy) > 20 * ran["mbostream-h2-3"] and min(busy) > 200_000, ran
+                served.signal()
+                for stream in streams:
+                    with pytest.raises(ServerUnavailableError) as ended:
+                        while True:
+                            await asyncio.wait_for(stream.__anext__(), STEP)
+                    assert "shutting down" in ended.value.details
+            finally:
+                for client in clients:
+                    await client.close()
+
+        asyncio.run(scenario())
+        assert served.wait(STEP) == 0
+    finally:
+        served.stop()
+
+
 def test_tls_material_the_transport_cannot_use_is_refused_at_once() -> None:
     """The transport checks its TLS material before it binds (the app reports it as a setting error)."""
     limits = {

@@ -31,6 +31,7 @@ RANGES: Final[Mapping[str, Range]] = {
     "edge_port": _PORT,
     "metrics_port": Range(low=-1, high=65535, integer=True),
     "book_port": Range(low=-1, high=65535, integer=True),
+    "book_threads": Range(low=1, high=64, integer=True),
     "rate": Range(low=0.01, high=1e9, unit="records/s"),
     "speed": Range(low=0.001, high=1e6, unit="(multiplier of recorded time)"),
     "max_streams": Range(low=1, high=100_000, integer=True),
@@ -69,6 +70,10 @@ class Settings:
     #: StreamBook on the native HTTP/2 transport (mbostream.server.native_books; TLS as ``port``) on its
     #: own port besides ``port``; 0 picks a free one, -1 (the default) disables it.
     book_port: int = -1
+    #: Threads of the native book transport: its connections are dealt out to them, each thread
+    #: writing to its own clients, so the per-client cost of book streams (framing, flow control,
+    #: TLS, syscalls) spreads over that many cores; the replay and the hub stay on one.
+    book_threads: int = 1
     #: ``rate`` (records/s), ``speed`` (recorded ts_recv gaps divided by ``speed``) or ``max``.
     pacing: str = "rate"
     rate: float = 100_000.0

@@ -22,7 +22,7 @@ pub struct PyStreamServer {
 #[pymethods]
 impl PyStreamServer {
     #[new]
-    #[pyo3(signature = (host, port, methods, *, max_request_bytes, high_water, low_water, max_concurrent_streams, keepalive_interval, keepalive_timeout, tls_cert_chain=None, tls_key=None, tls_client_ca=None, conflated_field=0))]
+    #[pyo3(signature = (host, port, methods, *, max_request_bytes, high_water, low_water, max_concurrent_streams, keepalive_interval, keepalive_timeout, tls_cert_chain=None, tls_key=None, tls_client_ca=None, conflated_field=0, threads=1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: String,
@@ -38,6 +38,7 @@ impl PyStreamServer {
         tls_key: Option<Vec<u8>>,
         tls_client_ca: Option<Vec<u8>>,
         conflated_field: u32,
+        threads: usize,
     ) -> PyResult<Self> {
         if conflated_field >= 1 << 29 {
             return Err(PyValueError::new_err("conflated_field must be a protobuf field number (below 2**29), or 0"));
@@ -65,6 +66,7 @@ impl PyStreamServer {
             keepalive_timeout: Duration::from_secs_f64(keepalive_timeout),
             tls,
             conflated_field,
+            threads,
         };
         match Server::start(config) {
             Ok(inner) => Ok(PyStreamServer { inner }),

@@ -312,7 +312,7 @@ class App:
         """StreamBook on the native transport (mbostream.server.native_books), on ``book_port``,
         with the gRPC listeners' TLS (``tls``: :func:`~mbostream.config.read_tls_files`)."""
         _check_port_free("book_port", host, port)
-        self.books = NativeBookTransport(lambda: self.service, host, port, tls)
+        self.books = NativeBookTransport(lambda: self.service, host, port, tls, threads=self.settings.book_threads)
         try:
             self.books.start()
         except ValueError as exc:  # a certificate or key the gRPC listeners took but rustls refuses

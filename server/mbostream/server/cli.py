@@ -115,6 +115,7 @@ SERVING_SETTINGS = (
     "port",
     "metrics_port",
     "book_port",
+    "book_threads",
     "max_streams",
     "max_streams_per_peer",
     "listeners",
@@ -156,6 +157,7 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
         help="also serve StreamBook on this port through the native HTTP/2 transport, ~10x less CPU a "
         "message (TLS and mTLS as --port; default -1 off; 0 free)",
     )  # fmt: skip
+    add_setting_argument(p, "--book-threads", "book_threads", "threads writing to the --book-port clients (each its share of the connections)", "1")
     add_setting_argument(p, "--max-streams", "max_streams", "concurrent streams allowed", "1000")
     add_setting_argument(p, "--max-streams-per-peer", "max_streams_per_peer", "concurrent streams one client address may hold", "256")
     add_setting_argument(p, "--listeners", "listeners", "gRPC servers sharing the port, each admitting new streams on its own", "4")

@@ -2,8 +2,9 @@
 
 grpc.aio costs 31–33 µs of the event loop per streamed message (docs/performance.md, "A native
 send path, measured"); a book stream sends hundreds of small messages a second. Here the calls
-arrive on a native HTTP/2 server (``mbostream_core._engine.StreamServer``, its own thread) and the
-event loop only decides what to send. Each call is validated and subscribed as on the gRPC port
+arrive on a native HTTP/2 server (``mbostream_core._engine.StreamServer``, threads of its own:
+``book_threads``, each writing to its share of the connections) and the event loop only decides
+what to send. Each call is validated and subscribed as on the gRPC port
 (:meth:`MarketDataService.open_books`), and its subscriber is handed to the hub as a sink: the
 refresh that rebuilds a book queues its messages (:func:`~mbostream.server.market_data.book_message`,
 the very bytes the gRPC port sends) on the transport at once, and wakes the transport's thread once
@@ -109,6 +110,7 @@ class NativeBookTransport:
         host: str,
         port: int,
         tls: tuple[bytes, bytes, bytes | None] | None = None,
+        threads: int = 1,
     ) -> None:
         #: The service whose StreamBook this serves (a gateway replaces its own as it resyncs).
         self.service = service
@@ -116,6 +118,8 @@ class NativeBookTransport:
         self.requested_port = port
         #: ``(certificate chain, key, client CA or None)`` in PEM (:func:`~mbostream.config.read_tls_files`); None: plaintext.
         self.tls = tls
+        #: Transport threads: each writes to its share of the connections (``book_threads``).
+        self.threads = threads
         self.server: StreamServer | None = None
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._streams: dict[BookSubscriber, _Stream] = {}
@@ -149,6 +153,7 @@ class NativeBookTransport:
             tls_key=key,
             tls_client_ca=client_ca,
             conflated_field=pb.StreamBookResponse.CONFLATED_FIELD_NUMBER,
+            threads=self.threads,
         )
         asyncio.get_running_loop().add_reader(self.server.fileno(), self._on_events)
 

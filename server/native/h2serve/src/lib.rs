@@ -5,8 +5,14 @@
 //! It accepts calls to the methods it was given and hands each call's request to its owner as an
 //! [`Event::Call`]; the owner answers with [`Server::send`] (one gRPC message each, written at the
 //! next [`Server::flush`]) and ends the call with [`Server::finish`] (a status). It frames, flow-controls and writes; what the messages
-//! mean is the owner's business. Everything network-facing runs on one thread of its own (a tokio
+//! mean is the owner's business. Everything network-facing runs on threads of its own (each a tokio
 //! current-thread runtime), so the owner's thread only queues bytes.
+//!
+//! **Threads.** With `Config::threads` N above 1, accepted connections are dealt out to N threads in
+//! turn, and each thread keeps its own calls, topics and lock (a shard): nothing is shared between
+//! them but the listener and the owner's wake-up socket, so the writing (framing, flow control,
+//! TLS, the syscalls: the per-client cost) uses up to N cores. A call's id says its shard
+//! (`id % N`); [`Server::publish`] and [`Server::flush`] go to every shard.
 //!
 //! **Backpressure.** A call's queue counts the bytes HTTP/2 flow control has not taken yet. `send`
 //! returns that count; once it reached `high_water`, an [`Event::Writable`] says when it fell back
@@ -42,7 +48,7 @@ use h2::server::SendResponse;
 use h2::SendStream;
 use http::{HeaderMap, HeaderValue, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// gRPC status codes this crate sends on its own (the owner may send any).
 pub mod code {
@@ -79,7 +85,13 @@ pub struct Config {
     /// The protobuf field number (varint) a topic message's conflation count is appended as when
     /// it is not 0; 0: never appended.
     pub conflated_field: u32,
+    /// Threads writing to the clients, 1 to [`MAX_THREADS`]: connections are dealt out to them in
+    /// turn as they are accepted.
+    pub threads: usize,
 }
+
+/// The most threads a server runs.
+pub const MAX_THREADS: usize = 64;
 
 /// The listener's certificate and key, and the CA of the clients' certificates when they must
 /// present one (mTLS). PEM, as the gRPC listeners read them.
@@ -189,8 +201,12 @@ struct State {
     conflated: u64,
 }
 
+/// One thread's calls and topics (a shard), behind a lock of its own.
 struct Shared {
     state: Mutex<State>,
+    /// This shard's index and the number of shards: its calls' ids are `n * count + index`.
+    index: u64,
+    count: u64,
     wake: UnixStream,
     stop: watch::Sender<bool>,
     config: Config,
@@ -211,19 +227,19 @@ impl Shared {
     }
 }
 
-/// The running server; [`Server::stop`] (or dropping it) stops its thread.
+/// The running server; [`Server::stop`] (or dropping it) stops its threads.
 pub struct Server {
-    shared: Arc<Shared>,
+    shards: Vec<Arc<Shared>>,
     wake_read: UnixStream,
     port: u16,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Server {
     /// Binds (errors come back here, not later) and starts the server's thread.
     pub fn start(mut config: Config) -> io::Result<Server> {
-        if config.methods.is_empty() || config.low_water > config.high_water || config.max_concurrent_streams == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "methods must not be empty, low_water <= high_water, max_concurrent_streams >= 1"));
+        if config.methods.is_empty() || config.low_water > config.high_water || config.max_concurrent_streams == 0 || !(1..=MAX_THREADS).contains(&config.threads) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("methods must not be empty, low_water <= high_water, max_concurrent_streams >= 1, threads in 1..={MAX_THREADS}")));
         }
         // The PEM (the key with it) is not kept once rustls holds what it needs.
         let tls = config.tls.take().as_ref().map(server_tls).transpose()?.map(tokio_rustls::TlsAcceptor::from);
@@ -233,20 +249,47 @@ impl Server {
         let (wake_read, wake) = UnixStream::pair()?;
         wake_read.set_nonblocking(true)?;
         wake.set_nonblocking(true)?;
-        let (stop, _) = watch::channel(false);
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake, stop, config, tls });
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new().name("mbostream-h2".into()).spawn(move || {
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, async move {
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => accept(listener, thread_shared).await,
-                    Err(_) => {}
-                }
-            });
-        })?;
-        Ok(Server { shared, wake_read, port, thread: Mutex::new(Some(thread)) })
+        let count = config.threads;
+        let mut shards = Vec::with_capacity(count);
+        for index in 0..count {
+            let (stop, _) = watch::channel(false);
+            let state = Mutex::new(State::default());
+            let wake = wake.try_clone()?;
+            shards.push(Arc::new(Shared { state, index: index as u64, count: count as u64, wake, stop, config: config.clone(), tls: tls.clone() }));
+        }
+        // Each thread takes the connections handed to it; the first also accepts them.
+        let mut inboxes = Vec::with_capacity(count);
+        let mut receivers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (send, receive) = mpsc::unbounded_channel();
+            inboxes.push(send);
+            receivers.push(receive);
+        }
+        let server = Server { shards: shards.clone(), wake_read, port, threads: Mutex::new(Vec::with_capacity(count)) };
+        let mut listener = Some(listener);
+        for (shared, inbox) in shards.into_iter().zip(receivers) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let listener = listener.take().map(|listener| (listener, inboxes.clone()));
+            let name = if count == 1 { "mbostream-h2".to_owned() } else { format!("mbostream-h2-{}", shared.index) };
+            let thread = std::thread::Builder::new().name(name).spawn(move || {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, async move {
+                    if let Some((listener, inboxes)) = listener {
+                        if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                            tokio::task::spawn_local(accept(listener, inboxes, shared.clone()));
+                        }
+                    }
+                    serve(inbox, shared).await;
+                });
+            })?;
+            server.threads.lock().unwrap_or_else(|p| p.into_inner()).push(thread);
+        }
+        Ok(server)
+    }
+
+    /// The shard that holds call `id`.
+    fn shard(&self, id: u64) -> &Shared {
+        &self.shards[(id % self.shards.len() as u64) as usize]
     }
 
     pub fn port(&self) -> u16 {
@@ -262,7 +305,13 @@ impl Server {
     pub fn take_events(&self) -> Vec<Event> {
         let mut sink = [0u8; 256];
         while matches!((&self.wake_read).read(&mut sink), Ok(n) if n > 0) {}
-        std::mem::take(&mut self.shared.lock().events)
+        // Drained before the shards are read: a shard whose queue was empty when it got an event
+        // writes a byte, so an event taken here or not, the owner looks again.
+        let mut events = Vec::new();
+        for shared in &self.shards {
+            events.append(&mut shared.lock().events);
+        }
+        events
     }
 
     /// Queues one message of call `id`; the call's queued bytes after it, or None when the call is
@@ -270,7 +319,8 @@ impl Server {
     /// the owner sends a burst, then flushes once, so the server's thread is woken once a burst,
     /// not once a message (on a shared core, each wake-up can be a context switch).
     pub fn send(&self, id: u64, message: &[u8]) -> Option<usize> {
-        let mut state = self.shared.lock();
+        let shared = self.shard(id);
+        let mut state = shared.lock();
         let call = state.calls.get_mut(&id)?;
         if call.finish.is_some() {
             return None;
@@ -281,7 +331,7 @@ impl Server {
         frame.put_slice(message);
         call.queued += frame.len();
         call.frames.push_back(frame.freeze());
-        if call.queued >= self.shared.config.high_water {
+        if call.queued >= shared.config.high_water {
             call.blocked = true;
         }
         let queued = call.queued;
@@ -296,7 +346,7 @@ impl Server {
     /// version above `version` (the one the owner already sent it), followed by `tail`. False
     /// when the call is gone. Subscribing again replaces the tail and the version.
     pub fn subscribe(&self, id: u64, topic: u64, version: u64, tail: &[u8]) -> bool {
-        let mut state = self.shared.lock();
+        let mut state = self.shard(id).lock();
         let Some(call) = state.calls.get_mut(&id) else { return false };
         if call.finish.is_some() {
             return false;
@@ -312,58 +362,63 @@ impl Server {
     /// [`Server::flush`]); a call whose slot still holds an earlier message gets this one instead,
     /// counted as conflated. Returns how many calls it reached.
     pub fn publish(&self, topic: u64, version: u64, message: &[u8]) -> usize {
-        let mut guard = self.shared.lock();
-        let State { topics, calls, unflushed, conflated, .. } = &mut *guard;
-        let Some(ids) = topics.get(&topic) else { return 0 };
-        let message = Bytes::copy_from_slice(message);
+        let mut copied = None; // the message's bytes, copied once for every shard
         let mut reached = 0;
-        for id in ids {
-            let Some(call) = calls.get_mut(id) else { continue };
-            let Some(slot) = call.slots.get_mut(&topic) else { continue };
-            if call.finish.is_some() || version <= slot.version {
-                continue;
-            }
-            slot.version = version;
-            match &mut slot.pending {
-                Some((pending, replaced)) => {
-                    *pending = message.clone();
-                    *replaced += 1;
-                    *conflated += 1;
+        for shared in &self.shards {
+            let mut guard = shared.lock();
+            let State { topics, calls, unflushed, conflated, .. } = &mut *guard;
+            let Some(ids) = topics.get(&topic) else { continue };
+            let message = copied.get_or_insert_with(|| Bytes::copy_from_slice(message));
+            for id in ids {
+                let Some(call) = calls.get_mut(id) else { continue };
+                let Some(slot) = call.slots.get_mut(&topic) else { continue };
+                if call.finish.is_some() || version <= slot.version {
+                    continue;
                 }
-                None => {
-                    slot.pending = Some((message.clone(), 0));
-                    call.ready.push_back(topic);
+                slot.version = version;
+                match &mut slot.pending {
+                    Some((pending, replaced)) => {
+                        *pending = message.clone();
+                        *replaced += 1;
+                        *conflated += 1;
+                    }
+                    None => {
+                        slot.pending = Some((message.clone(), 0));
+                        call.ready.push_back(topic);
+                    }
                 }
+                if !call.unflushed {
+                    call.unflushed = true;
+                    unflushed.push(*id);
+                }
+                reached += 1;
             }
-            if !call.unflushed {
-                call.unflushed = true;
-                unflushed.push(*id);
-            }
-            reached += 1;
         }
         reached
     }
 
     /// Topic messages replaced before they were written, since the start.
     pub fn conflated(&self) -> u64 {
-        self.shared.lock().conflated
+        self.shards.iter().map(|shared| shared.lock().conflated).sum()
     }
 
     /// Wakes the writers of every call with messages queued since the last flush.
     pub fn flush(&self) {
-        let mut state = self.shared.lock();
-        let ids = std::mem::take(&mut state.unflushed);
-        for id in ids {
-            if let Some(call) = state.calls.get_mut(&id) {
-                call.unflushed = false;
-                call.notify.notify_one();
+        for shared in &self.shards {
+            let mut state = shared.lock();
+            let ids = std::mem::take(&mut state.unflushed);
+            for id in ids {
+                if let Some(call) = state.calls.get_mut(&id) {
+                    call.unflushed = false;
+                    call.notify.notify_one();
+                }
             }
         }
     }
 
     /// Ends call `id` with a status once its queued messages are written; false when it is gone.
     pub fn finish(&self, id: u64, status: u32, message: &str) -> bool {
-        let mut state = self.shared.lock();
+        let mut state = self.shard(id).lock();
         match state.calls.get_mut(&id) {
             Some(call) if call.finish.is_none() => {
                 call.finish = Some((status, message.to_owned()));
@@ -376,20 +431,22 @@ impl Server {
 
     /// Calls open now (not yet finished and written, nor closed).
     pub fn open_calls(&self) -> usize {
-        self.shared.lock().calls.len()
+        self.shards.iter().map(|shared| shared.lock().calls.len()).sum()
     }
 
     /// Stops accepting, tells clients to go (GOAWAY), waits up to `grace` for the open calls to
-    /// be finished and written, then closes everything and joins the thread.
+    /// be finished and written, then closes everything and joins the threads.
     pub fn stop(&self, grace: Duration) {
-        self.shared.stop.send_replace(true);
+        for shared in &self.shards {
+            shared.stop.send_replace(true);
+        }
         let deadline = Instant::now() + grace;
         while self.open_calls() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        {
-            // Calls still open are ended as the thread stops: a status, not a hang.
-            let mut state = self.shared.lock();
+        for shared in &self.shards {
+            // Calls still open are ended as the threads stop: a status, not a hang.
+            let mut state = shared.lock();
             for call in state.calls.values_mut() {
                 if call.finish.is_none() {
                     call.finish = Some((code::UNAVAILABLE, "the server is shutting down".into()));
@@ -397,10 +454,9 @@ impl Server {
                 call.notify.notify_one();
             }
         }
-        self.shared.stop.send_replace(true);
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = thread {
-            // The thread ends once its connections have closed (bounded below).
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for thread in threads {
+            // A thread ends once its connections have closed (bounded below).
             let _ = thread.join();
         }
     }
@@ -429,21 +485,44 @@ async fn keepalive(mut ping_pong: h2::PingPong, interval: Duration, timeout: Dur
     }
 }
 
-async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+/// A connection handed to a thread: the socket (non-blocking) and the client's address.
+type Accepted = (std::net::TcpStream, SocketAddr);
+
+/// Accepts connections until the server stops, dealing them out to the threads' inboxes in turn.
+async fn accept(listener: tokio::net::TcpListener, inboxes: Vec<mpsc::UnboundedSender<Accepted>>, shared: Arc<Shared>) {
     let mut stop = shared.stop.subscribe();
-    let mut connections = Vec::new();
+    let mut next = 0;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                if let Ok((socket, peer)) = accepted {
-                    connections.retain(|c: &tokio::task::JoinHandle<()>| !c.is_finished());
-                    connections.push(tokio::task::spawn_local(open(socket, peer, shared.clone())));
-                }
+                let Ok((socket, peer)) = accepted else { continue };
+                // Left non-blocking; registered again on the thread that takes it.
+                let Ok(socket) = socket.into_std() else { continue };
+                let _ = inboxes[next].send((socket, peer));
+                next = (next + 1) % inboxes.len();
             }
             _ = stop.wait_for(|stopping| *stopping) => break,
         }
     }
-    drop(listener);
+}
+
+/// One thread's connections: those handed to it, served until the server stops, then given
+/// CLOSE_GRACE to finish.
+async fn serve(mut inbox: mpsc::UnboundedReceiver<Accepted>, shared: Arc<Shared>) {
+    let mut stop = shared.stop.subscribe();
+    let mut connections = Vec::new();
+    loop {
+        tokio::select! {
+            handed = inbox.recv() => {
+                let Some((socket, peer)) = handed else { break };
+                let Ok(socket) = tokio::net::TcpStream::from_std(socket) else { continue };
+                connections.retain(|c: &tokio::task::JoinHandle<()>| !c.is_finished());
+                connections.push(tokio::task::spawn_local(open(socket, peer, shared.clone())));
+            }
+            _ = stop.wait_for(|stopping| *stopping) => break,
+        }
+    }
+    drop(inbox);
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         for connection in connections {
             let _ = connection.await;
@@ -605,7 +684,7 @@ async fn call(request: http::Request<h2::RecvStream>, respond: SendResponse<Byte
     let id = {
         let mut state = shared.lock();
         state.next_id += 1;
-        let id = state.next_id;
+        let id = state.next_id * shared.count + shared.index;
         state.calls.insert(id, Outgoing { frames: VecDeque::new(), slots: HashMap::new(), ready: VecDeque::new(), queued: 0, finish: None, blocked: false, unflushed: false, notify: notify.clone() });
         shared.push_event(&mut state, Event::Call { id, method, request: message, peer });
         id
@@ -742,6 +821,7 @@ mod tests {
             keepalive_timeout: Duration::from_secs(10),
             tls: None,
             conflated_field: 4,
+            threads: 1,
         }
     }
 
@@ -812,6 +892,10 @@ mod tests {
             ..config()
         };
         assert_eq!(Server::start(config).err().map(|e| e.kind()), Some(io::ErrorKind::InvalidInput));
+        for threads in [0, MAX_THREADS + 1] {
+            let refused = Server::start(Config { threads, ..self::config() }).err().map(|e| e.kind());
+            assert_eq!(refused, Some(io::ErrorKind::InvalidInput), "{threads} threads");
+        }
     }
 
     /// A client that opens a call and then goes silent (never answers a PING) loses its
@@ -959,7 +1043,65 @@ mod tests {
         assert!(!server.subscribe(call, 7, 0, b""));
         assert_eq!(server.publish(7, 10, b"gone"), 0);
         server.stop(Duration::from_secs(1));
-        assert!(server.shared.lock().topics.is_empty(), "the ended call's subscriptions are dropped");
+        assert!(server.shards[0].lock().topics.is_empty(), "the ended call's subscriptions are dropped");
+    }
+
+    /// With three threads, three connections land on one each (the threads are there, by name);
+    /// a call's messages and status reach it through its own thread, and a publication reaches
+    /// the subscribed calls of every thread, each with its own tail.
+    #[test]
+    fn connections_are_dealt_out_to_the_threads_and_a_publication_reaches_all() {
+        let server = Server::start(Config { threads: 3, high_water: 1 << 20, low_water: 1 << 19, ..config() }).unwrap();
+        // A thread names itself once it runs.
+        let named = |names: &[String]| (0..3).all(|n| names.contains(&format!("mbostream-h2-{n}")));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+                .map(|name| name.trim().to_owned())
+                .collect();
+            if named(&names) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{names:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let port = server.port();
+        let mut clients = Vec::new();
+        let mut calls = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for _ in 0..3 {
+            // One connection at a time, so that which thread takes each is known.
+            clients.push(call_and_read(port, &[0, 0, 0, 0, 0]));
+            let id = loop {
+                if let Some(Event::Call { id, .. }) = server.take_events().into_iter().next() {
+                    break id;
+                }
+                assert!(Instant::now() < deadline, "no call arrived");
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            calls.push(id);
+        }
+        assert_eq!(calls.iter().map(|id| id % 3).collect::<Vec<_>>(), [0, 1, 2], "{calls:?}");
+        for (n, &id) in calls.iter().enumerate() {
+            assert_eq!(server.send(id, &[b'a' + n as u8]), Some(6));
+            assert!(server.subscribe(id, 7, 0, &[b'0' + n as u8]));
+        }
+        assert_eq!(server.publish(7, 1, b"b"), 3);
+        assert_eq!(server.publish(7, 2, b"c"), 3);
+        assert_eq!(server.conflated(), 3);
+        server.flush();
+        for (n, &id) in calls.iter().enumerate() {
+            assert!(server.finish(id, n as u32, ""));
+        }
+        for (n, client) in clients.into_iter().enumerate() {
+            let (received, status, _) = client.join().unwrap();
+            let expected: Vec<u8> = [&[0, 0, 0, 0, 1, b'a' + n as u8][..], &[0, 0, 0, 0, 4, b'c', 0x20, 1, b'0' + n as u8]].concat();
+            assert_eq!((received, status), (expected, Some(n.to_string())));
+        }
+        assert_eq!(server.open_calls(), 0);
+        server.stop(Duration::from_secs(1));
     }
 
     #[test]
