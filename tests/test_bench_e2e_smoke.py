@@ -37,7 +37,7 @@ LATENCY_KEYS: Final = {"samples", "p50", "p99", "p99.9", "max"}
 SCENARIO_KEYS: Final = {
     "scenario", "pacing", "server", "client", "client_cpus", "other_processes_cpu_percent", "interrupts_cpu_percent",
 }  # fmt: skip
-SERVER_KEYS: Final = {"replayed_records_per_second", "cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code", "book_target", "tls"}
+SERVER_KEYS: Final = {"replayed_records_per_second", "cpu_percent", "threads_cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code", "book_target", "tls"}
 #: The cap of the capped run: far below what the server takes at --max (a whole core).
 CPU_SHARE: Final = 0.3
 CHECKS: Final = {"max_events_records_per_second", "rate_book_p99_ms", "rate_events_lossless"}
@@ -87,6 +87,10 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
         assert (server["cpu_share_cap"], server["throttled_percent"], server["book_target"], server["tls"]) == (None, None, None, False)
         assert server["exit_code"] == 0
         assert server["replayed_records_per_second"] > 0
+        # By thread: busiest first, each a part of the process's share (rounded to 0.1 each).
+        threads = server["threads_cpu_percent"]
+        assert threads and list(threads.values()) == sorted(threads.values(), reverse=True), threads
+        assert 0 < sum(threads.values()) <= server["cpu_percent"] + 0.1 * len(threads), server
         result = scenario["client"]
         assert BOOK_KEYS <= set(result["book"]) and EVENTS_KEYS <= set(result["events"])
         assert result["streams_ended_early"] == 0
@@ -196,6 +200,7 @@ def test_bench_e2e_native_books_reads_the_book_streams_from_the_book_port(genera
     rate = doc["scenarios"]["rate"]
     target = rate["server"]["book_target"]
     assert target and target.startswith("127.0.0.1:"), rate["server"]
+    assert rate["server"]["threads_cpu_percent"].get("mbostream-h2", 0) > 0, rate["server"]  # the transport's thread wrote
     go_config = rate["client"]["go"]["config"]
     assert go_config["book_target"] == target and go_config["target"] != target
     book, events = rate["client"]["book"], rate["client"]["events"]

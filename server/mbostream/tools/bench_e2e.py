@@ -275,6 +275,8 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
         "server": {
             "replayed_records_per_second": window.replayed_records_per_second,
             "cpu_percent": window.server_cpu_percent,
+            # The same by thread name: the event loop's thread, the book transport's, storage's.
+            "threads_cpu_percent": window.thread_cpu_percent,
             "cpus": sorted(server_cpus) if server_cpus else None,
             "cpu_share_cap": cfg.server_cpu_share,
             # The time the kernel held the server back for its cap, within the window.
@@ -360,6 +362,8 @@ def format_summary(results: dict[str, Any]) -> str:
             f"client CPU {cl['client_cpu_percent']}%, interrupts {r['interrupts_cpu_percent']}%, "
             f"server exit {srv['exit_code']}"
         )
+        if srv.get("threads_cpu_percent"):
+            lines.append("  server CPU by thread: " + ", ".join(f"{name} {share}%" for name, share in srv["threads_cpu_percent"].items()))
         if srv.get("book_target"):
             lines.append(f"  book streams on the native transport ({srv['book_target']}, --book-port); events on gRPC")
         if srv.get("tls"):

@@ -20,8 +20,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -155,6 +155,25 @@ def process_cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU time of a process's living threads, by thread name (threads of one name
+    summed), from /proc; empty once the process is gone."""
+    by_name: dict[str, float] = {}
+    try:
+        tasks = list(os.scandir(f"/proc/{pid}/task"))
+    except OSError:
+        return by_name
+    for task in tasks:
+        try:
+            with open(f"{task.path}/stat") as f:
+                line = f.read()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = line[line.index("(") + 1 : line.rindex(")")]
+        by_name[name] = by_name.get(name, 0.0) + _cpu_seconds(line.rsplit(")", 1)[1].split())
+    return by_name
+
+
 def tree_cpu_seconds(root: int) -> float:
     """User + system CPU time of a process and all its living descendants, from /proc."""
     parents: dict[int, int] = {}
@@ -224,6 +243,8 @@ class Reading:
     #: Seconds the kernel has held the server back for its cap (:meth:`CpuCap.throttled_seconds`);
     #: None when it runs uncapped.
     throttled: float | None = None
+    #: The server's CPU seconds by thread name (:func:`thread_cpu_seconds`).
+    threads: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -248,6 +269,13 @@ class Window:
     @property
     def server_cpu_percent(self) -> float:
         return self.percent(self.server_cpu)
+
+    @property
+    def thread_cpu_percent(self) -> dict[str, float]:
+        """The server's CPU share by thread name over the window, busiest first (threads alive at
+        its end; what threads that ended meanwhile used is in :attr:`server_cpu_percent` only)."""
+        shares = {name: self.percent(cpu - self.start.threads.get(name, 0.0)) for name, cpu in self.end.threads.items()}
+        return {name: share for name, share in sorted(shares.items(), key=lambda item: -item[1]) if share > 0}
 
     @property
     def replayed_records_per_second(self) -> int:
@@ -420,7 +448,7 @@ class BenchServer:
         its cap, and the machine's CPU time."""
         status = self.status()
         at = time.monotonic()
-        server_cpu, rss = process_cpu_seconds(self.proc.pid), rss_mib(self.proc.pid)
+        server_cpu, rss, threads = process_cpu_seconds(self.proc.pid), rss_mib(self.proc.pid), thread_cpu_seconds(self.proc.pid)
         machine, interrupts = machine_busy_seconds()
         return Reading(
             at=at,
@@ -430,6 +458,7 @@ class BenchServer:
             machine_cpu=machine,
             interrupts=interrupts,
             throttled=self.cpu_cap.throttled_seconds() if self.cpu_cap is not None else None,
+            threads=threads,
         )
 
     def wait_replaying(self, timeout: float = 60.0) -> None:
