@@ -29,6 +29,11 @@
 //! messages instead of a queue of stale ones. What the per-call tail given at subscription
 //! holds is appended last (the owner's per-call bytes).
 //!
+//! **Gathered writes.** A call's writer takes every message ready when it runs (what `send`
+//! queued, then the topics' pending ones) as one buffer, up to `MAX_BATCH`: a refresh's books for a
+//! call leave in one DATA frame and one syscall. Written one at a time, each cost a `writev` and
+//! the loopback TCP path behind it, three quarters of the thread's time.
+//!
 //! **Waking the owner.** Events wait in a queue; when the queue stops being empty, one byte is
 //! written to a socket whose other end is [`Server::wake_fd`], so an event loop can watch it.
 //! [`Server::take_events`] drains both.
@@ -708,54 +713,78 @@ async fn call(request: http::Request<h2::RecvStream>, respond: SendResponse<Byte
     }
 }
 
-fn put_varint(out: &mut BytesMut, mut value: u64) {
+/// Writes `value` as a protobuf varint at the start of `out` (10 bytes at most); its length.
+fn put_varint(out: &mut [u8], mut value: u64) -> usize {
+    let mut n = 0;
     while value >= 0x80 {
-        out.put_u8((value as u8 & 0x7f) | 0x80);
+        out[n] = (value as u8 & 0x7f) | 0x80;
         value >>= 7;
+        n += 1;
     }
-    out.put_u8(value as u8);
+    out[n] = value as u8;
+    n + 1
 }
 
-/// The next topic message of a call, framed: the message, its conflation count (when not 0 and
-/// a field is set), the call's tail. None when no slot holds one.
-fn topic_frame(call: &mut Outgoing, conflated_field: u32) -> Option<Bytes> {
+/// Appends the next topic message of a call to `out`, framed: the message, its conflation count
+/// (when not 0 and a field is set), the call's tail. False when no slot holds one.
+fn put_topic_frame(call: &mut Outgoing, conflated_field: u32, out: &mut BytesMut) -> bool {
     while let Some(topic) = call.ready.pop_front() {
         let Some(slot) = call.slots.get_mut(&topic) else { continue };
         let Some((message, replaced)) = slot.pending.take() else { continue };
-        let mut count = BytesMut::new();
+        let mut count = [0u8; 20];
+        let mut count_len = 0;
         if replaced > 0 && conflated_field > 0 {
-            put_varint(&mut count, u64::from(conflated_field) << 3);
-            put_varint(&mut count, replaced);
+            count_len = put_varint(&mut count, u64::from(conflated_field) << 3);
+            count_len += put_varint(&mut count[count_len..], replaced);
         }
-        let length = message.len() + count.len() + slot.tail.len();
-        let mut frame = BytesMut::with_capacity(5 + length);
-        frame.put_u8(0);
-        frame.put_u32(length as u32);
-        frame.put_slice(&message);
-        frame.put_slice(&count);
-        frame.put_slice(&slot.tail);
-        return Some(frame.freeze());
+        let length = message.len() + count_len + slot.tail.len();
+        out.reserve(5 + length);
+        out.put_u8(0);
+        out.put_u32(length as u32);
+        out.put_slice(&message);
+        out.put_slice(&count[..count_len]);
+        out.put_slice(&slot.tail);
+        return true;
     }
-    None
+    false
+}
+
+/// Bytes a call's writer gathers from its queue and slots into one write (it takes at least one
+/// message, however large).
+const MAX_BATCH: usize = 32 * 1024;
+
+/// What a call's writer takes at once: every message ready (queued by `send` first, then the
+/// topics' in the order their slots filled), up to MAX_BATCH, as one buffer, and how many of its
+/// bytes were `send`'s (counted in `queued`). Gathered, a refresh's books for a call go out in one
+/// DATA frame and one syscall, not one each: the kernel's TCP path is most of the transport's cost
+/// (a write per message measured ~10 µs a message, three quarters of it in the kernel).
+fn gather(call: &mut Outgoing, conflated_field: u32) -> Option<(Bytes, usize)> {
+    let mut batch = BytesMut::new();
+    let mut counted = 0;
+    while batch.len() < MAX_BATCH {
+        if let Some(frame) = call.frames.pop_front() {
+            counted += frame.len();
+            batch.extend_from_slice(&frame);
+        } else if !put_topic_frame(call, conflated_field, &mut batch) {
+            break;
+        }
+    }
+    (!batch.is_empty()).then(|| (batch.freeze(), counted))
 }
 
 /// Writes call `id`'s messages as flow control allows, then its status. True when the client went
 /// away first.
 async fn write(id: u64, mut stream: SendStream<Bytes>, notify: &Notify, shared: &Shared) -> bool {
     loop {
-        let (frame, finish) = {
+        let (batch, finish) = {
             let mut state = shared.lock();
             let Some(call) = state.calls.get_mut(&id) else { return true };
-            match call.frames.pop_front() {
-                Some(frame) => (Some((frame, true)), None),
-                None => match topic_frame(call, shared.config.conflated_field) {
-                    Some(frame) => (Some((frame, false)), None),
-                    None => (None, call.finish.take()),
-                },
+            match gather(call, shared.config.conflated_field) {
+                Some(batch) => (Some(batch), None),
+                None => (None, call.finish.take()),
             }
         };
-        if let Some((mut frame, counted)) = frame {
-            let length = frame.len();
+        if let Some((mut frame, counted)) = batch {
             while !frame.is_empty() {
                 stream.reserve_capacity(frame.len());
                 // Capacity, or the client resetting the stream while we wait for it.
@@ -778,13 +807,13 @@ async fn write(id: u64, mut stream: SendStream<Bytes>, notify: &Notify, shared: 
                     return true;
                 }
             }
-            if !counted {
-                continue; // a topic's message: never in `queued`
+            if counted == 0 {
+                continue; // topics' messages only: never in `queued`
             }
             let mut state = shared.lock();
             let low_water = shared.config.low_water;
             if let Some(call) = state.calls.get_mut(&id) {
-                call.queued -= length;
+                call.queued -= counted;
                 if call.blocked && call.queued <= low_water {
                     call.blocked = false;
                     shared.push_event(&mut state, Event::Writable { id });
@@ -949,9 +978,12 @@ mod tests {
         client.join().unwrap();
     }
 
-    /// A client thread making one call of `/a.B/C` with `body` and reading it to its end: the
-    /// bytes received, the grpc-status and grpc-message of its trailers.
-    fn call_and_read(port: u16, body: &'static [u8]) -> std::thread::JoinHandle<(Vec<u8>, Option<String>, Option<String>)> {
+    /// What a call's client got: the bytes, the grpc-status and grpc-message of its trailers, and
+    /// the size of each DATA frame.
+    type Read = (Vec<u8>, Option<String>, Option<String>, Vec<usize>);
+
+    /// A client thread making one call of `/a.B/C` with `body` and reading it to its end.
+    fn call_and_read(port: u16, body: &'static [u8]) -> std::thread::JoinHandle<Read> {
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
@@ -962,15 +994,16 @@ mod tests {
                 let (response, mut request_body) = sender.send_request(request, false).unwrap();
                 request_body.send_data(Bytes::from_static(body), true).unwrap();
                 let mut body = response.await.unwrap().into_body();
-                let mut received = Vec::new();
+                let (mut received, mut frames) = (Vec::new(), Vec::new());
                 while let Some(chunk) = body.data().await {
                     let chunk = chunk.unwrap();
                     let _ = body.flow_control().release_capacity(chunk.len());
                     received.extend_from_slice(&chunk);
+                    frames.push(chunk.len());
                 }
                 let trailers = body.trailers().await.unwrap().unwrap_or_default();
                 let header = |name: &str| trailers.get(name).map(|v| v.to_str().unwrap().to_owned());
-                (received, header("grpc-status"), header("grpc-message"))
+                (received, header("grpc-status"), header("grpc-message"), frames)
             })
         })
     }
@@ -996,9 +1029,11 @@ mod tests {
         assert_eq!(server.send(call, b""), Some(12));
         server.flush();
         assert!(server.finish(call, 5, "gone 100%"));
-        let (received, status, message) = client.join().unwrap();
+        let (received, status, message, frames) = client.join().unwrap();
         let (status, message) = (status.unwrap(), message);
         assert_eq!(received, [0, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 0, 0]);
+        // Both messages, sent before one flush, leave together: one DATA frame, one write.
+        assert_eq!(frames, [12]);
         assert_eq!((status.as_str(), message.as_deref()), ("5", Some("gone 100%25")));
         assert_eq!(server.open_calls(), 0);
         assert_eq!(server.send(call, b"late"), None);
@@ -1035,7 +1070,8 @@ mod tests {
         server.flush();
         assert!(server.finish(call, 0, ""));
         assert_eq!(server.publish(7, 9, b"after the end"), 0);
-        let (received, _, _) = client.join().unwrap();
+        let (received, _, _, frames) = client.join().unwrap();
+        assert_eq!(frames, [received.len()], "what one flush queued goes out as one DATA frame");
         // "v1" as sent; topic 8's message (first to get one) with its tail; v4 replacing v2 and v3:
         // field 4 (varint) = 2, then the tail.
         let expected: Vec<u8> = [&[0, 0, 0, 0, 2][..], b"v1", &[0, 0, 0, 0, 2], b"xU", &[0, 0, 0, 0, 5], b"v4", &[0x20, 2], b"T"].concat();
@@ -1096,7 +1132,7 @@ mod tests {
             assert!(server.finish(id, n as u32, ""));
         }
         for (n, client) in clients.into_iter().enumerate() {
-            let (received, status, _) = client.join().unwrap();
+            let (received, status, ..) = client.join().unwrap();
             let expected: Vec<u8> = [&[0, 0, 0, 0, 1, b'a' + n as u8][..], &[0, 0, 0, 0, 4, b'c', 0x20, 1, b'0' + n as u8]].concat();
             assert_eq!((received, status), (expected, Some(n.to_string())));
         }
