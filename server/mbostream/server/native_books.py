@@ -7,19 +7,19 @@ arrive on a native HTTP/2 server (``mbostream_core._engine.StreamServer``, threa
 what to send. Each call is validated and subscribed as on the gRPC port
 (:meth:`MarketDataService.open_books`), and its subscriber is handed to the hub as a sink: the
 refresh that rebuilds a book queues its messages (:func:`~mbostream.server.market_data.book_message`,
-the very bytes the gRPC port sends) on the transport at once, and wakes the transport's thread once
-for all of them; the thread frames, flow-controls and writes them off the loop. No task wakes up
+the very bytes the gRPC port sends) on the transport at once, and wakes the transport's threads once
+for all of them; each frames, flow-controls and writes its calls' messages off the loop. No task wakes up
 per message.
 
 **Fan-out by channel.** A call that takes one message per book with no rate limit (most) goes
 further: once its first message of a book is out, the call is subscribed to that book's channel
 in the transport (a topic; :meth:`~mbostream.hub.Hub.fan_out`), and each refresh hands the
 channel's new book to the transport once for all its calls (:meth:`NativeBookTransport.publish`).
-The transport's thread appends each call's own bytes (its conflation count and epoch: the same
-bytes as :func:`~mbostream.server.market_data.book_message`) and keeps one slot per call and book:
+The transport's threads append each call's own bytes (its conflation count and epoch: the same
+bytes as :func:`~mbostream.server.market_data.book_message`) and keep one slot per call and book:
 a book not written yet when the next one is published is replaced by it and counted as conflated.
 So the loop's work per refresh is per book, not per client, and a client the transport cannot
-write to at the refresh rate (a slow client, or too many clients for the thread) gets fewer,
+write to at the refresh rate (a slow client, or too many clients for its thread) gets fewer,
 fresher books rather than a queue.
 
 Everything the grpc.aio path does per call is done here too: the request is validated the same
@@ -100,7 +100,7 @@ class NativeBookTransport:
     A call's task validates and subscribes it, then hands the subscriber to the hub as a sink
     (:meth:`BookSubscriber.deliver_to`): as each refresh rebuilds the books, the hub calls
     :meth:`deliver`, which queues the subscriber's messages on the transport, and :meth:`flush`
-    once, which wakes the transport's thread to write them. No task wakes up per message, and a
+    once, which wakes the transport's threads to write them. No task wakes up per message, and a
     book leaves the loop in the refresh that made it. The task only waits for the call's end.
     """
 
@@ -212,7 +212,7 @@ class NativeBookTransport:
             sub.wakeup.set()
 
     def flush(self) -> None:
-        """Wakes the transport's thread once for everything queued since the last flush."""
+        """Wakes the transport's threads once for everything queued since the last flush."""
         server = self.server
         if self._flush_due and server is not None:
             self._flush_due = False
