@@ -1,14 +1,18 @@
 package mbostream_test
 
 // Dial's transport options against real servers: TLS and mutual TLS with a throw-away CA, the
-// operator token over TLS and the server's throttle of wrong ones, the message size limit, and
-// keepalive noticing a link that went silent (a proxy that stops forwarding without closing).
+// operator token over TLS and the server's throttle of wrong ones, the message size limit,
+// keepalive noticing a link that went silent (a proxy that stops forwarding without closing), and
+// the flow-control windows (the frames the client sends, read off a proxy).
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
 
 	v1 "github.com/mbostream/mbostream/clients/go/gen/mbostream/v1"
 	"github.com/mbostream/mbostream/clients/go/internal/testserver"
@@ -168,5 +172,88 @@ func TestKeepaliveNoticesADeadLink(t *testing.T) {
 	}
 	if n := proxy.Accepted(); n != 2 {
 		t.Errorf("the proxy accepted %d connections, want the first and one after the dead link", n)
+	}
+}
+
+// TestFlowControlWindowsSpareTheServerAPingPerBurst reads what the client sends while events
+// stream in. By default it opens fixed windows (SETTINGS_INITIAL_WINDOW_SIZE DefaultStreamWindow;
+// the connection's raised to DefaultConnWindow by its first WINDOW_UPDATE) and sends no PING. With
+// WithFlowControlWindows(0, 0), gRPC-Go's bandwidth estimate sends PINGs as data arrives (each of
+// which the server must read and answer): what shows that this test sees them.
+func TestFlowControlWindowsSpareTheServerAPingPerBurst(t *testing.T) {
+	srv := testserver.Start(t, testserver.Options{Args: []string{"--rate", "20000", "--loop"}})
+	for _, tc := range []struct {
+		name      string
+		opts      []mbostream.Option
+		estimated bool
+	}{
+		{"default", nil, false},
+		{"estimated", []mbostream.Option{mbostream.WithFlowControlWindows(0, 0)}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), scenarioTimeout)
+			defer cancel()
+			proxy := testserver.StartProxy(t, srv.Address)
+			client := dial(t, proxy.Address(), tc.opts...)
+			events := client.StreamEvents(ctx, mbostream.EventsRequest{})
+			for range 50 {
+				next(t, events)
+			}
+			_ = client.Close()
+			sent := readClientFrames(t, proxy.ClientBytes())
+			if tc.estimated {
+				if sent.pings == 0 {
+					t.Errorf("with the windows estimated the client sent no PING: %+v", sent)
+				}
+				return
+			}
+			if sent.pings != 0 {
+				t.Errorf("with fixed windows the client sent %d PINGs", sent.pings)
+			}
+			if got := sent.settings[http2.SettingInitialWindowSize]; got != mbostream.DefaultStreamWindow {
+				t.Errorf("SETTINGS_INITIAL_WINDOW_SIZE %d, want %d", got, mbostream.DefaultStreamWindow)
+			}
+			if len(sent.connUpdates) == 0 || sent.connUpdates[0] != mbostream.DefaultConnWindow-65535 {
+				t.Errorf("the connection's WINDOW_UPDATEs %v, want the first to raise it from 65,535 to %d", sent.connUpdates, mbostream.DefaultConnWindow)
+			}
+		})
+	}
+}
+
+// clientFrames is what a client sent on one connection: its SETTINGS, the increments of its
+// connection-level WINDOW_UPDATEs in order, and its PINGs (not acknowledgements).
+type clientFrames struct {
+	settings    map[http2.SettingID]uint32
+	connUpdates []uint32
+	pings       int
+}
+
+func readClientFrames(t *testing.T, b []byte) clientFrames {
+	t.Helper()
+	if !bytes.HasPrefix(b, []byte(http2.ClientPreface)) {
+		t.Fatalf("the client's bytes do not start with HTTP/2's preface: %q", b[:min(len(b), 24)])
+	}
+	framer := http2.NewFramer(nil, bytes.NewReader(b[len(http2.ClientPreface):]))
+	framer.SetMaxReadFrameSize(1 << 24)
+	sent := clientFrames{settings: map[http2.SettingID]uint32{}}
+	for {
+		f, err := framer.ReadFrame()
+		if err != nil { // the end of what was recorded
+			return sent
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = f.ForeachSetting(func(s http2.Setting) error { sent.settings[s.ID] = s.Val; return nil })
+			}
+		case *http2.WindowUpdateFrame:
+			if f.StreamID == 0 {
+				sent.connUpdates = append(sent.connUpdates, f.Increment)
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				sent.pings++
+			}
+		}
 	}
 }

@@ -265,6 +265,9 @@ func TestDialRejectsBadSettings(t *testing.T) {
 		{"127.0.0.1:1", mbostream.WithKeepalive(time.Second, time.Second), "WithKeepalive"},
 		{"127.0.0.1:1", mbostream.WithMaxMessageSize(0), "WithMaxMessageSize"},
 		{"127.0.0.1:1", mbostream.WithCallTimeout(-time.Second), "WithCallTimeout"},
+		{"127.0.0.1:1", mbostream.WithFlowControlWindows(1<<20, 1<<19), "WithFlowControlWindows"},
+		{"127.0.0.1:1", mbostream.WithFlowControlWindows(1<<15, 1<<20), "WithFlowControlWindows"},
+		{"127.0.0.1:1", mbostream.WithFlowControlWindows(0, 1<<20), "WithFlowControlWindows"},
 		{"example.com:443", mbostream.WithBearerToken("secret"), "WithBearerToken"},
 	} {
 		var cfg *mbostream.ConfigError

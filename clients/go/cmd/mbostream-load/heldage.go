@@ -12,6 +12,18 @@ import (
 // heldAgeStep is how often, in wall time, each held book's age is sampled.
 const heldAgeStep = int64(time.Millisecond)
 
+// Samples younger than heldAgeBins*heldAgeBin are counted in bins of heldAgeBin (their histogram
+// gets each bin's middle), so that a state held for n steps costs O(1), not n histogram updates:
+// the ages it is sampled at are a, a+step, a+2*step, ..., so their bins are b, b+stride,
+// b+2*stride, ..., a run one difference array per residue of stride counts with two updates.
+// With 1,000 streams the per-sample histogram took a tenth of the load tool's CPU. Older samples
+// (rare) go to the histogram one by one.
+const (
+	heldAgeBin    = 100 * int64(time.Microsecond)
+	heldAgeBins   = 10_000 // 1 s
+	heldAgeStride = heldAgeStep / heldAgeBin
+)
+
 // bookKey names one book: the server keeps books per (instrument, publisher).
 type bookKey struct{ instrument, publisher uint32 }
 
@@ -30,6 +42,9 @@ type heldAges struct {
 	hist *hdrhistogram.Histogram
 	max  int64
 	held map[bookKey]heldBook
+	// runs is the difference array of the binned samples not yet in hist (nil until the first):
+	// bin i's count is the sum of runs[i], runs[i-stride], runs[i-2*stride], ...
+	runs []int32
 }
 
 func newHeldAges() *heldAges {
@@ -45,21 +60,55 @@ func (h *heldAges) observe(w window, key bookKey, now, published int64) {
 	h.held[key] = heldBook{received: now, published: published}
 }
 
-// finish samples every book still held from its arrival to the window's close.
+// finish samples every book still held from its arrival to the window's close, and moves the
+// binned samples into the histogram.
 func (h *heldAges) finish(w window) {
 	for _, b := range h.held {
 		h.sample(w, b.received, w.closes, b.published)
 	}
+	if h.runs == nil {
+		return
+	}
+	for i := range heldAgeBins {
+		if i >= int(heldAgeStride) {
+			h.runs[i] += h.runs[i-int(heldAgeStride)]
+		}
+		if h.runs[i] > 0 {
+			_ = h.hist.RecordValues((int64(i)*heldAgeBin+heldAgeBin/2)/int64(time.Microsecond), int64(h.runs[i]))
+		}
+	}
+	h.runs = nil
 }
 
 // sample records, at each step of the window's grid in [from, to), the age of a state the server
 // took at taken.
 func (h *heldAges) sample(w window, from, to, taken int64) {
 	start, end := max(from, w.opens), min(to, w.closes)
-	for t := w.opens + (start-w.opens+heldAgeStep-1)/heldAgeStep*heldAgeStep; t < end; t += heldAgeStep {
-		age := max(t-taken, 0)
+	t := w.opens + (start-w.opens+heldAgeStep-1)/heldAgeStep*heldAgeStep
+	if t >= end {
+		return
+	}
+	n := (end - t + heldAgeStep - 1) / heldAgeStep // grid points t, t+step, ... before end
+	h.max = max(h.max, t+(n-1)*heldAgeStep-taken)
+	// Ages below zero (a state stamped after it was received: rounding) count as zero.
+	if age := t - taken; age < 0 {
+		zeros := min(n, (-age+heldAgeStep-1)/heldAgeStep)
+		_ = h.hist.RecordValues(0, zeros)
+		t, n = t+zeros*heldAgeStep, n-zeros
+	}
+	age := t - taken
+	if binned := min(n, max(0, (heldAgeBins*heldAgeBin-age+heldAgeStep-1)/heldAgeStep)); binned > 0 {
+		if h.runs == nil {
+			h.runs = make([]int32, heldAgeBins+heldAgeStride)
+		}
+		first := age / heldAgeBin
+		h.runs[first]++
+		h.runs[first+binned*heldAgeStride]--
+		age, n = age+binned*heldAgeStep, n-binned
+	}
+	for ; n > 0; n-- {
 		recordNs(h.hist, age)
-		h.max = max(h.max, age)
+		age += heldAgeStep
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -72,5 +73,38 @@ func TestOnlyTheWindowIsSampledAndEachBookOnItsOwn(t *testing.T) {
 	// Book 2 is 2..11 ms old from 100 to 109 ms; the max is 54 ms.
 	if h.max != 54*msec {
 		t.Fatalf("max %d ms, want 54", h.max/msec)
+	}
+}
+
+// TestBinnedHeldAgesMatchSampleBySample: held states of random lengths, ages from below zero
+// (clamped) to past the binned range (1 s), recorded as runs, against the same samples recorded
+// one by one: the same count and max, and every quantile within the bins' half width (50 µs)
+// plus the histogram's own precision.
+func TestBinnedHeldAgesMatchSampleBySample(t *testing.T) {
+	w := window{opens: 0, closes: 3000 * msec}
+	rng := rand.New(rand.NewPCG(1, 2))
+	h := newHeldAges()
+	want, wantMax := newHistogram(), int64(0)
+	at := int64(0)
+	for at < w.closes {
+		until := at + rng.Int64N(1500*msec)
+		taken := at - rng.Int64N(1200*msec) + 3*msec // from 3 ms after arrival (below zero) to 1.2 s before
+		h.sample(w, at, until, taken)
+		for g := (at + msec - 1) / msec * msec; g < min(until, w.closes); g += msec {
+			age := max(g-taken, 0)
+			recordNs(want, age)
+			wantMax = max(wantMax, age)
+		}
+		at = until
+	}
+	h.finish(w)
+	if h.hist.TotalCount() != want.TotalCount() || h.max != wantMax {
+		t.Fatalf("%d samples, max %d ns; one by one %d, max %d ns", h.hist.TotalCount(), h.max, want.TotalCount(), wantMax)
+	}
+	for _, q := range []float64{0.1, 1, 10, 25, 50, 75, 90, 99, 99.9, 100} {
+		got, exp := h.hist.ValueAtQuantile(q), want.ValueAtQuantile(q)
+		if tolerance := 50 + exp/500 + 1; got < exp-tolerance || got > exp+tolerance {
+			t.Errorf("p%g: %d µs binned, %d µs one by one", q, got, exp)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package testserver
 
 import (
+	"bytes"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -16,10 +17,17 @@ type Proxy struct {
 	accepted atomic.Int64
 	mu       sync.Mutex
 	links    map[*link]struct{}
+	// sent is what clients sent, every connection's bytes one after the other (the first
+	// maxRecorded of them): what ClientBytes returns.
+	sent bytes.Buffer
 }
+
+// maxRecorded bounds what a proxy keeps of what clients send.
+const maxRecorded = 4 << 20
 
 // link is one proxied connection: the client's side and the server's.
 type link struct {
+	proxy    *Proxy
 	down, up net.Conn
 	frozen   atomic.Bool
 	done     chan struct{}
@@ -61,7 +69,7 @@ func (p *Proxy) accept() {
 			_ = down.Close()
 			continue
 		}
-		l := &link{down: down, up: up, done: make(chan struct{})}
+		l := &link{proxy: p, down: down, up: up, done: make(chan struct{})}
 		p.mu.Lock()
 		p.links[l] = struct{}{}
 		p.mu.Unlock()
@@ -82,6 +90,9 @@ func (l *link) pump(src, dst net.Conn) {
 				return
 			case <-time.After(10 * time.Millisecond):
 			}
+		}
+		if n > 0 && src == l.down {
+			l.proxy.record(buf[:n])
 		}
 		if n > 0 {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
@@ -105,6 +116,20 @@ func (l *link) close() {
 			_ = c.Close()
 		}
 	})
+}
+
+func (p *Proxy) record(b []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sent.Write(b[:min(len(b), maxRecorded-p.sent.Len())])
+}
+
+// ClientBytes is a copy of what clients sent through the proxy so far (the first 4 MiB): with one
+// connection, its HTTP/2 preface and frames.
+func (p *Proxy) ClientBytes() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return bytes.Clone(p.sent.Bytes())
 }
 
 // DropAll resets every proxied connection (both sides) and returns how many sockets it cut.
