@@ -115,10 +115,10 @@ func WithLogger(logger *slog.Logger) Option {
 // WithFlowControlWindows sets the HTTP/2 receive windows, in bytes: each stream's and the
 // connection's (defaults DefaultStreamWindow and DefaultConnWindow). They bound what the server may
 // send ahead of the application's reading: a stream's window, what one slow stream holds in
-// memory; the connection's, what all its streams do. A link's bandwidth times its round trip is
-// the most a stream can then receive a second, at least 64 KiB each, the connection's at least
-// the stream's. (0, 0) lets gRPC-Go size them from its bandwidth estimate instead (a PING after
-// each burst of data, which the server answers).
+// memory; the connection's, what all its streams do. A stream receives at most its window per
+// round trip (4 MiB over a 50 ms one: 80 MiB/s). The stream's at least 64 KiB, the connection's at
+// least the stream's; (0, 0) lets gRPC-Go size them from its bandwidth estimate instead (a PING
+// after each burst of data, which the server answers).
 func WithFlowControlWindows(stream, conn int32) Option {
 	return func(s *settings) { s.streamWindow, s.connWindow = stream, conn }
 }
