@@ -156,8 +156,10 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """User + system CPU time of a process's living threads, by thread name (threads of one name
-    summed), from /proc; empty once the process is gone."""
+    """CPU time of a process's living threads, by thread name (threads of one name summed), from
+    /proc; empty once the process is gone. In nanoseconds where the kernel keeps them (``schedstat``:
+    a thread that ran 6 ms in a 1.5 s window is 0.4% of it, not 0 or 10 ms by clock ticks), else
+    ``stat``'s user + system clock ticks."""
     by_name: dict[str, float] = {}
     try:
         tasks = list(os.scandir(f"/proc/{pid}/task"))
@@ -167,10 +169,15 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
         try:
             with open(f"{task.path}/stat") as f:
                 line = f.read()
+            try:
+                with open(f"{task.path}/schedstat") as f:
+                    seconds = int(f.read().split()[0]) / 1e9
+            except (FileNotFoundError, ValueError, IndexError):
+                seconds = _cpu_seconds(line.rsplit(")", 1)[1].split())
         except OSError:
             continue  # the thread ended meanwhile
         name = line[line.index("(") + 1 : line.rindex(")")]
-        by_name[name] = by_name.get(name, 0.0) + _cpu_seconds(line.rsplit(")", 1)[1].split())
+        by_name[name] = by_name.get(name, 0.0) + seconds
     return by_name
 
 
