@@ -93,7 +93,7 @@ func (h *heldAges) sample(w window, from, to, taken int64) {
 	// Ages below zero (a state stamped after it was received: rounding) count as zero.
 	if age := t - taken; age < 0 {
 		zeros := min(n, (-age+heldAgeStep-1)/heldAgeStep)
-		_ = h.hist.RecordValues(0, zeros)
+		_ = h.hist.RecordValues(histogramLowest, zeros) // as recordNs clamps them
 		t, n = t+zeros*heldAgeStep, n-zeros
 	}
 	age := t - taken
