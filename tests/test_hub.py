@@ -26,6 +26,7 @@ from mbostream.hub import (
     distinct,
 )
 from mbostream_core.market import BookKey, Market
+from mbostream_core.records import concat_records
 from mbostream.server.market_data import book_message
 from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
 from mbostream_core.v1 import market_data_pb2 as md
@@ -161,10 +162,27 @@ def test_a_reader_that_fell_behind_catches_up_in_few_messages_with_every_record(
         assert events.calls == len(received[0])
         positions = [seq for payload in received[0] for seq in md.StreamEventsResponse.FromString(payload).replay_sequence]
         assert positions == list(range(1, published[-1].last_replay_seq + 1))
+        # The merged messages carry the records themselves, field for field (copied as bytes).
+        for name, field in (("order_id", "order_id"), ("price", "price"), ("ts_recv", "ts_recv"), ("size", "size")):
+            got = [v for payload in received[0] for v in getattr(md.StreamEventsResponse.FromString(payload), field)]
+            assert got == records[name][: len(got)].tolist() and len(got) == len(records), name
         # The merged message is as late as its oldest batch.
         assert md.StreamEventsResponse.FromString(received[0][0]).ts_out == published[0].ts_out
 
     run(scenario())
+
+
+def test_concat_records_is_numpys_concatenate_copied_as_bytes(generated_small) -> None:
+    _, records = read_records(generated_small)
+    parts = [records[:7], records[7:1000], records[1000:1001], records[2000:3000:2]]  # the last strided
+    joined = concat_records(parts)
+    assert joined.dtype == records.dtype and joined.flags.c_contiguous
+    assert joined.tobytes() == np.concatenate(parts).tobytes()
+    assert concat_records([records[:0]]).shape == (0,)
+    with pytest.raises(ValueError, match="one dtype"):
+        concat_records([records[:2], np.zeros(2, dtype=np.uint64)])
+    with pytest.raises(ValueError, match="at least one"):
+        concat_records([])
 
 
 def _ticker_hub(cpu_target: float = 0.0) -> Hub:

@@ -21,7 +21,7 @@ import numpy as np
 import zstandard
 
 from mbostream_core import _engine
-from mbostream_core.records import MBO_DTYPE, MBO_LENGTH_WORDS, MBO_RECORD_SIZE, RTYPE_MBO
+from mbostream_core.records import MBO_DTYPE, MBO_LENGTH_WORDS, MBO_RECORD_SIZE, RTYPE_MBO, concat_records
 from mbostream_core.errors import (
     CorruptFileError,
     DataFileNotFoundError,
@@ -217,7 +217,7 @@ class DbnReader:
     def read_all(self) -> np.ndarray:
         """Every MBO record of the file in one array (for small files and tests)."""
         parts = list(self.chunks())
-        return np.concatenate(parts) if parts else np.empty(0, dtype=MBO_DTYPE)
+        return concat_records(parts) if parts else np.empty(0, dtype=MBO_DTYPE)
 
     def close(self) -> None:
         self._stream.close()

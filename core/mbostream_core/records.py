@@ -6,6 +6,7 @@ engine's own tables (``_engine.MBO_FIELDS``, ``_engine.EVENT_ROW_FIELDS``), so t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
@@ -48,3 +49,19 @@ MBO_DTYPE: Final = _dtype(_engine.MBO_FIELDS, _engine.MBO_RECORD_SIZE)
 MBO_RECORD_SIZE: Final[int] = _engine.MBO_RECORD_SIZE
 #: One event row: a book right after an F_LAST (``index`` is the record's position in its batch).
 EVENT_DTYPE: Final = _dtype(_engine.EVENT_ROW_FIELDS, _engine.EVENT_ROW_SIZE)
+
+
+def concat_records(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The record arrays ``parts`` (one structured dtype) end to end, in a new array.
+
+    Copied as bytes: numpy copies a structured array with explicit offsets field by field (MBO's
+    15 fields: 222 µs for 4,000 records here, against 8 µs as bytes). It was 8% of the event
+    loop's time at 500k records/s, merging the batches of a StreamEvents reader a step behind.
+    """
+    if not parts:
+        raise ValueError("concat_records needs at least one array (its dtype)")
+    dtype = parts[0].dtype
+    for part in parts:
+        if part.dtype != dtype or part.ndim != 1:
+            raise ValueError(f"concat_records takes 1-d arrays of one dtype, not {part.dtype} next to {dtype}")
+    return np.concatenate([np.ascontiguousarray(part).view(np.uint8) for part in parts]).view(dtype)

@@ -51,6 +51,7 @@ from mbostream.errors import (
 )
 from mbostream.feed import Batch
 from mbostream_core.market import BookKey, Market
+from mbostream_core.records import concat_records
 from mbostream.metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -911,7 +912,7 @@ class Hub:
             if len(batches) == 1:
                 merged = first
             else:
-                records = np.concatenate([b.records for b in batches])
+                records = concat_records([b.records for b in batches])
                 # The oldest publication time: a merged message is as late as its first record.
                 merged = Batch(first.first_replay_seq, records, records[:0], first.ts_out)
             encoded = self.event_encoder.encode(merged, selection, max_records)

@@ -49,6 +49,7 @@ class Metrics:
     book_refresh_interval_seconds: Gauge
     book_refresh_phases: Gauge
     conflations: Counter
+    book_transport_writes: Counter
     slow_reader_disconnects: Counter
     rpcs: Counter
     rpc_seconds: Histogram
@@ -94,6 +95,10 @@ METRICS = Metrics(
         "small bursts (at most 64 book messages each)",
     ),
     conflations=Counter("mbostream_book_updates_conflated", "Book updates replaced by a newer one before sending"),
+    book_transport_writes=Counter(
+        "mbostream_book_transport_writes",
+        "Writes to book clients' sockets on the native book port: one per connection per refresh, whatever the calls it carries",
+    ),
     slow_reader_disconnects=Counter("mbostream_slow_reader_disconnects", "StreamEvents clients cut off for lagging"),
     rpcs=Counter(
         "mbostream_rpcs", "Finished RPCs (unary calls and streams) by method and status code: the stream outcomes", ["method", "code"]

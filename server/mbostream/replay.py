@@ -29,7 +29,7 @@ from mbostream.feed import Batch, Publisher
 from mbostream_core.market import Market
 from mbostream.metrics import METRICS
 from mbostream_core.prices import UNDEF_PRICE
-from mbostream_core.records import F_LAST, MBO_DTYPE, MBO_LENGTH_WORDS, RTYPE_MBO
+from mbostream_core.records import F_LAST, MBO_DTYPE, MBO_LENGTH_WORDS, RTYPE_MBO, concat_records
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ class Replayer:
         async with contextlib.aclosing(_read_ahead(self._chunks())) as chunks:
             async for chunk in chunks:
                 if carry is not None and len(carry):
-                    chunk = np.concatenate([carry, chunk])
+                    chunk = concat_records([carry, chunk])
                 carry = None
                 pos = 0
                 while pos < len(chunk):

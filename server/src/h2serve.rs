@@ -126,6 +126,13 @@ impl PyStreamServer {
         self.inner.conflated()
     }
 
+    /// Writes to the clients' sockets since the start (one a turn of a connection, whatever the
+    /// number of calls' messages it carries).
+    #[getter]
+    fn writes(&self) -> u64 {
+        self.inner.writes()
+    }
+
     /// Has every message queued since the last flush written: one wake-up of the server's thread
     /// for a burst of sends.
     fn flush(&self) {

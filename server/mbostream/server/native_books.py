@@ -127,9 +127,10 @@ class NativeBookTransport:
         #: Messages were queued since the last flush.
         self._flush_due = False
         #: Channel publications so far (every DELIVERY_SAMPLE_EVERY-th is sampled), and the
-        #: transport's conflation count already added to the metric.
+        #: transport's conflation and write counts already added to the metrics.
         self._published = 0
         self._conflated = 0
+        self._writes = 0
 
     @property
     def port(self) -> int:
@@ -217,10 +218,13 @@ class NativeBookTransport:
         if self._flush_due and server is not None:
             self._flush_due = False
             server.flush()
-            conflated = server.conflated
+            conflated, writes = server.conflated, server.writes
             if conflated != self._conflated:
                 METRICS.conflations.inc(conflated - self._conflated)
                 self._conflated = conflated
+            if writes != self._writes:
+                METRICS.book_transport_writes.inc(writes - self._writes)
+                self._writes = writes
 
     # -- the hub's BookFanout ----------------------------------------------------------------------
     def subscribe(self, sub: BookSubscriber, channel: BookChannel, topic: int) -> bool:

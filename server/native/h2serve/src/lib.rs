@@ -34,15 +34,24 @@
 //! call leave in one DATA frame and one syscall. Written one at a time, each cost a `writev` and
 //! the loopback TCP path behind it, three quarters of the thread's time.
 //!
+//! **One write a turn of a connection.** What h2 writes while it serves a connection once (the
+//! frames of every call on it that were ready) leaves in one syscall at the end of that turn
+//! (`coalesce`), not one a frame: a connection that carries many calls (a client process's
+//! streams, or the clients behind an edge) costs a write a refresh, not a write a call.
+//!
 //! **Waking the owner.** Events wait in a queue; when the queue stops being empty, one byte is
 //! written to a socket whose other end is [`Server::wake_fd`], so an event loop can watch it.
 //! [`Server::take_events`] drains both.
 
+mod coalesce;
+
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::thread::JoinHandle;
@@ -200,6 +209,8 @@ struct State {
     next_id: u64,
     /// Calls with messages queued since the last flush.
     unflushed: Vec<u64>,
+    /// Calls flushed whose writers the shard's thread has not woken yet (`wake_writers`).
+    flushed: Vec<u64>,
     /// The calls subscribed to each topic.
     topics: HashMap<u64, Vec<u64>>,
     /// Topic messages replaced before they were written, since the start.
@@ -216,6 +227,10 @@ struct Shared {
     stop: watch::Sender<bool>,
     config: Config,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Writes to this shard's sockets since the start.
+    writes: Arc<AtomicU64>,
+    /// Notified by [`Server::flush`] when `State::flushed` has calls to wake.
+    flushed: Notify,
 }
 
 impl Shared {
@@ -260,7 +275,7 @@ impl Server {
             let (stop, _) = watch::channel(false);
             let state = Mutex::new(State::default());
             let wake = wake.try_clone()?;
-            shards.push(Arc::new(Shared { state, index: index as u64, count: count as u64, wake, stop, config: config.clone(), tls: tls.clone() }));
+            shards.push(Arc::new(Shared { state, index: index as u64, count: count as u64, wake, stop, config: config.clone(), tls: tls.clone(), writes: Arc::default(), flushed: Notify::new() }));
         }
         // Each thread takes the connections handed to it; the first also accepts them.
         let mut inboxes = Vec::with_capacity(count);
@@ -284,6 +299,7 @@ impl Server {
                             tokio::task::spawn_local(accept(listener, inboxes, shared.clone()));
                         }
                     }
+                    tokio::task::spawn_local(wake_writers(shared.clone()));
                     serve(inbox, shared).await;
                 });
             })?;
@@ -407,17 +423,25 @@ impl Server {
         self.shards.iter().map(|shared| shared.lock().conflated).sum()
     }
 
-    /// Wakes the writers of every call with messages queued since the last flush.
+    /// Writes to the clients' sockets since the start (a turn of a connection makes one, whatever
+    /// number of calls' messages it carries; TLS writes its records under it).
+    pub fn writes(&self) -> u64 {
+        self.shards.iter().map(|shared| shared.writes.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Wakes the writers of every call with messages queued since the last flush: the shard's
+    /// thread wakes them (`wake_writers`), all of them before any connection writes, so a
+    /// connection with many of them writes once.
     pub fn flush(&self) {
         for shared in &self.shards {
             let mut state = shared.lock();
-            let ids = std::mem::take(&mut state.unflushed);
-            for id in ids {
-                if let Some(call) = state.calls.get_mut(&id) {
-                    call.unflushed = false;
-                    call.notify.notify_one();
-                }
+            if state.unflushed.is_empty() {
+                continue;
             }
+            let ids = std::mem::take(&mut state.unflushed);
+            state.flushed.extend(ids);
+            drop(state);
+            shared.flushed.notify_one();
         }
     }
 
@@ -511,6 +535,28 @@ async fn accept(listener: tokio::net::TcpListener, inboxes: Vec<mpsc::UnboundedS
     }
 }
 
+/// Wakes the writers of the calls [`Server::flush`] flushed, from the shard's own thread: woken
+/// here, they all run before the connections they wake (a thread's tasks run in the order they
+/// were woken), so each connection then writes every call's frames at once (`coalesce`). Woken
+/// from the owner's thread one by one, a writer and its connection took turns: a write a call.
+async fn wake_writers(shared: Arc<Shared>) {
+    let mut stop = shared.stop.subscribe();
+    loop {
+        tokio::select! {
+            _ = shared.flushed.notified() => {}
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+        let mut state = shared.lock();
+        let ids = std::mem::take(&mut state.flushed);
+        for id in ids {
+            if let Some(call) = state.calls.get_mut(&id) {
+                call.unflushed = false;
+                call.notify.notify_one();
+            }
+        }
+    }
+}
+
 /// One thread's connections: those handed to it, served until the server stops, then given
 /// CLOSE_GRACE to finish.
 async fn serve(mut inbox: mpsc::UnboundedReceiver<Accepted>, shared: Arc<Shared>) {
@@ -564,12 +610,23 @@ async fn open(socket: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Share
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(socket: S, peer: SocketAddr, shared: Arc<Shared>) {
     let peer = peer_name(peer);
     let mut stop = shared.stop.subscribe();
-    let handshake = h2::server::Builder::new()
+    let (socket, flusher) = coalesce::coalescing(socket, shared.writes.clone());
+    // After each turn of the connection (the handshake's, then each of h2's), what it wrote goes
+    // out in one write; a socket that cannot take it wakes the task when it can.
+    let write_out = |cx: &mut std::task::Context<'_>| matches!(flusher.poll_write_out(cx), Poll::Ready(Err(_)));
+    let mut handshake = std::pin::pin!(h2::server::Builder::new()
         .max_concurrent_streams(shared.config.max_concurrent_streams)
         .max_send_buffer_size(MAX_SEND_BUFFER)
-        .handshake::<_, Bytes>(socket);
+        .handshake::<_, Bytes>(socket));
+    let handshake = std::future::poll_fn(|cx| {
+        let done = handshake.as_mut().poll(cx);
+        if write_out(cx) {
+            return Poll::Ready(None);
+        }
+        done.map(Some)
+    });
     let mut conn = tokio::select! {
-        conn = handshake => match conn { Ok(conn) => conn, Err(_) => return },
+        conn = handshake => match conn { Some(Ok(conn)) => conn, _ => return },
         _ = stop.wait_for(|stopping| *stopping) => return,
     };
     let mut stopping = false;
@@ -577,9 +634,16 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(socket: S, peer: SocketAd
     let alive = conn.ping_pong().map(|ping_pong| keepalive(ping_pong, interval, timeout));
     tokio::pin!(alive);
     loop {
+        let turn = std::future::poll_fn(|cx| {
+            let next = conn.poll_accept(cx);
+            if write_out(cx) {
+                return Poll::Ready(None);
+            }
+            next
+        });
         tokio::select! {
             _ = async { alive.as_mut().as_pin_mut().expect("checked").await }, if alive.is_some() => break,
-            next = conn.accept() => match next {
+            next = turn => match next {
                 Some(Ok((request, respond))) => {
                     if stopping {
                         trailers_only(respond, code::UNAVAILABLE, "the server is shutting down");
@@ -1085,6 +1149,88 @@ mod tests {
     /// With three threads, three connections land on one each (the threads are there, by name);
     /// a call's messages and status reach it through its own thread, and a publication reaches
     /// the subscribed calls of every thread, each with its own tail.
+    /// The calls that arrive within 5 s, at least `n` of them.
+    fn calls(server: &Server, n: usize) -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            ids.extend(server.take_events().into_iter().filter_map(|event| match event {
+                Event::Call { id, .. } => Some(id),
+                _ => None,
+            }));
+            assert!(Instant::now() < deadline, "{} calls of {n} arrived", ids.len());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        ids
+    }
+
+    #[test]
+    fn the_calls_of_one_connection_published_together_leave_in_one_write() {
+        const CALLS: usize = 50;
+        let server = Server::start(Config { max_concurrent_streams: CALLS as u32, high_water: 1024, ..config() }).unwrap();
+        let port = server.port();
+        // One client connection, CALLS calls on it; each reads its first two messages.
+        let client = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                let (sender, connection) = h2::client::handshake(socket).await.unwrap();
+                tokio::spawn(connection);
+                let mut reads = Vec::new();
+                for _ in 0..CALLS {
+                    let mut sender = sender.clone().ready().await.unwrap();
+                    let request = http::Request::post("http://x/a.B/C").header("content-type", "application/grpc").body(()).unwrap();
+                    let (response, mut request_body) = sender.send_request(request, false).unwrap();
+                    request_body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true).unwrap();
+                    reads.push(tokio::spawn(async move {
+                        let mut body = response.await.unwrap().into_body();
+                        let mut received = Vec::new();
+                        while received.len() < 2 * 5 + 2 + 400 + 1 {
+                            let chunk = body.data().await.unwrap().unwrap();
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            received.extend_from_slice(&chunk);
+                        }
+                        received
+                    }));
+                }
+                let mut all = Vec::new();
+                for read in reads {
+                    all.push(read.await.unwrap());
+                }
+                all
+            })
+        });
+        let ids = calls(&server, CALLS);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(server.send(*id, b"hi"), Some(7));
+            assert!(server.subscribe(*id, 1, 0, &[b'a' + i as u8]));
+        }
+        server.flush();
+        // Once every call's first message is out, the next publication: 50 frames of 405 bytes,
+        // each of which h2 alone would write on its own (a frame of 256 bytes or more is).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.shards[0].lock().calls.values().any(|call| !call.frames.is_empty()) {
+            assert!(Instant::now() < deadline, "the first messages were not taken");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let before = server.writes();
+        assert_eq!(server.publish(1, 1, &[7; 400]), CALLS);
+        server.flush();
+        let received = client.join().unwrap();
+        let writes = server.writes() - before;
+        assert!(writes <= 3, "{writes} writes for one publication to {CALLS} calls of a connection");
+        let mut tails: Vec<u8> = received.iter().map(|bytes| {
+            assert_eq!(&bytes[..7], &[0, 0, 0, 0, 2, b'h', b'i']);
+            assert_eq!(&bytes[7..12], &[0, 0, 0, 1, 145]);
+            assert!(bytes[12..412].iter().all(|b| *b == 7));
+            bytes[412]
+        }).collect();
+        tails.sort_unstable();
+        assert_eq!(tails, (0..CALLS as u8).map(|i| b'a' + i).collect::<Vec<_>>());
+        server.stop(Duration::from_secs(1));
+    }
+
     #[test]
     fn connections_are_dealt_out_to_the_threads_and_a_publication_reaches_all() {
         let server = Server::start(Config { threads: 3, high_water: 1 << 20, low_water: 1 << 19, ..config() }).unwrap();
