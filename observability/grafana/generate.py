@@ -228,6 +228,11 @@ LATENCY = Board(
                     "The book channels' refresh interval: the configured one, stretched while the event loop runs late.",
                     "mbostream_book_refresh_interval_seconds", unit="s",
                 ),
+                per_second(
+                    "Book port writes",
+                    "Writes to client sockets on the native book port: one per connection per refresh, whatever the number of calls it carries (behind the edge, Envoy's few upstream connections).",
+                    "mbostream_book_transport_writes_total",
+                ),
                 chart(
                     "Book age p99 per process",
                     "The SLO threshold is 250 ms.",
