@@ -66,6 +66,16 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
                 }
             }
         }
+        // What the socket took may still sit in a layer of its own (TLS records the socket could
+        // not take yet): pushed on now, as h2's own flush did, or it would wait for the next write.
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(error)) => {
+                self.failed = Some(error.kind());
+                return Poll::Ready(Err(error));
+            }
+            Poll::Ready(Ok(())) => {}
+        }
         self.buffer.clear();
         if self.buffer.capacity() > HIGH_WATER {
             // A burst's buffer is not kept for the life of the connection.
@@ -202,6 +212,7 @@ mod tests {
         shut: bool,
         /// Bytes it takes before it is full (None: all it is given).
         budget: Option<usize>,
+        flushes: usize,
     }
 
     impl AsyncRead for Socket {
@@ -230,7 +241,8 @@ mod tests {
             self.written.extend_from_slice(&data[..n]);
             Poll::Ready(Ok(n))
         }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
             Poll::Ready(Ok(()))
         }
         fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -274,6 +286,7 @@ mod tests {
         assert_eq!(socket(&io).writes, 0, "nothing reaches the socket inside the turn");
         assert!(matches!(poll(|cx| flusher.poll_write_out(cx)), Poll::Ready(Ok(()))));
         assert_eq!(socket(&io).writes, 1);
+        assert_eq!(socket(&io).flushes, 1, "a layer of the socket's own (TLS) is flushed after the write");
         assert_eq!(counted.load(Ordering::Relaxed), 1);
         assert_eq!(socket(&io).written, expected);
         assert!(matches!(poll(|cx| flusher.poll_write_out(cx)), Poll::Ready(Ok(()))));
