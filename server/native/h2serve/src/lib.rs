@@ -1112,14 +1112,7 @@ mod tests {
         let server = Server::start(config()).unwrap();
         let port = server.port();
         let client = call_and_read(port, &[0, 0, 0, 0, 0]);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let call = loop {
-            if let Some(Event::Call { id, .. }) = server.take_events().into_iter().next() {
-                break id;
-            }
-            assert!(Instant::now() < deadline, "no call arrived");
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let call = calls(&server, 1, Instant::now() + Duration::from_secs(5))[0];
         assert_eq!(server.publish(7, 1, b"unsubscribed"), 0);
         assert_eq!(server.send(call, b"v1"), Some(7));
         assert!(server.subscribe(call, 7, 1, b"T"));
@@ -1146,12 +1139,8 @@ mod tests {
         assert!(server.shards[0].lock().topics.is_empty(), "the ended call's subscriptions are dropped");
     }
 
-    /// With three threads, three connections land on one each (the threads are there, by name);
-    /// a call's messages and status reach it through its own thread, and a publication reaches
-    /// the subscribed calls of every thread, each with its own tail.
-    /// The calls that arrive within 5 s, at least `n` of them.
-    fn calls(server: &Server, n: usize) -> Vec<u64> {
-        let deadline = Instant::now() + Duration::from_secs(5);
+    /// The calls that arrive before `deadline`, at least `n` of them.
+    fn calls(server: &Server, n: usize, deadline: Instant) -> Vec<u64> {
         let mut ids = Vec::new();
         while ids.len() < n {
             ids.extend(server.take_events().into_iter().filter_map(|event| match event {
@@ -1200,7 +1189,7 @@ mod tests {
                 all
             })
         });
-        let ids = calls(&server, CALLS);
+        let ids = calls(&server, CALLS, Instant::now() + Duration::from_secs(5));
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(server.send(*id, b"hi"), Some(7));
             assert!(server.subscribe(*id, 1, 0, &[b'a' + i as u8]));
@@ -1231,6 +1220,9 @@ mod tests {
         server.stop(Duration::from_secs(1));
     }
 
+    /// With three threads, three connections land on one each (the threads are there, by name);
+    /// a call's messages and status reach it through its own thread, and a publication reaches
+    /// the subscribed calls of every thread, each with its own tail.
     #[test]
     fn connections_are_dealt_out_to_the_threads_and_a_publication_reaches_all() {
         let server = Server::start(Config { threads: 3, high_water: 1 << 20, low_water: 1 << 19, ..config() }).unwrap();
@@ -1251,22 +1243,15 @@ mod tests {
         }
         let port = server.port();
         let mut clients = Vec::new();
-        let mut calls = Vec::new();
+        let mut ids = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(5);
         for _ in 0..3 {
             // One connection at a time, so that which thread takes each is known.
             clients.push(call_and_read(port, &[0, 0, 0, 0, 0]));
-            let id = loop {
-                if let Some(Event::Call { id, .. }) = server.take_events().into_iter().next() {
-                    break id;
-                }
-                assert!(Instant::now() < deadline, "no call arrived");
-                std::thread::sleep(Duration::from_millis(5));
-            };
-            calls.push(id);
+            ids.extend(calls(&server, 1, deadline));
         }
-        assert_eq!(calls.iter().map(|id| id % 3).collect::<Vec<_>>(), [0, 1, 2], "{calls:?}");
-        for (n, &id) in calls.iter().enumerate() {
+        assert_eq!(ids.iter().map(|id| id % 3).collect::<Vec<_>>(), [0, 1, 2], "{ids:?}");
+        for (n, &id) in ids.iter().enumerate() {
             assert_eq!(server.send(id, &[b'a' + n as u8]), Some(6));
             assert!(server.subscribe(id, 7, 0, &[b'0' + n as u8]));
         }
@@ -1274,7 +1259,7 @@ mod tests {
         assert_eq!(server.publish(7, 2, b"c"), 3);
         assert_eq!(server.conflated(), 3);
         server.flush();
-        for (n, &id) in calls.iter().enumerate() {
+        for (n, &id) in ids.iter().enumerate() {
             assert!(server.finish(id, n as u32, ""));
         }
         for (n, client) in clients.into_iter().enumerate() {
