@@ -78,7 +78,7 @@ from mbostream.lifecycle import on_stop_signals, print_ready_line
 from mbostream.storage import StorageSink
 from mbostream.storage.prometheus import StorageCollector
 from mbostream_core.market import Market
-from mbostream_core.records import MBO_DTYPE
+from mbostream_core.records import MBO_DTYPE, concat_records
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ class BusStore:
     def _save_state(self) -> None:
         """Every book's snapshot and the position they reflect: written, fsync'ed, renamed."""
         books = self.market.books()
-        snapshot = np.concatenate([self.market.snapshot(key, 0) for key in books]) if books else np.empty(0, MBO_DTYPE)
+        snapshot = concat_records([self.market.snapshot(key, 0) for key in books]) if books else np.empty(0, MBO_DTYPE)
         meta = json.dumps({"epoch": self.epoch, "replay_seq": self.replay_seq, "stream_seq": self._stream_seq, "skip": [[*key, seq] for key, seq in self._skip.items()]})
         path = self.state_path
         tmp = path.with_suffix(".tmp")

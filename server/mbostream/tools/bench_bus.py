@@ -62,7 +62,7 @@ def _steps(path: str, batch_records: int) -> tuple[list[tuple[np.ndarray, np.nda
     market = Market()
     with DbnReader(path) as reader:
         market.symbols.update(reader.info.symbols)
-        records = np.concatenate(list(reader.chunks()))
+        records = reader.read_all()
     steps, pos = [], 0
     while pos < len(records):
         result = market.apply(records, pos, min(len(records), pos + batch_records), complete_events=True)

@@ -42,6 +42,7 @@ from mbostream_core import _engine
 from mbostream_core.dbn import FileInfo, read_records
 from mbostream.feed import Batch
 from mbostream_core.market import Market
+from mbostream_core.records import concat_records
 from mbostream.storage.lineproto import LineFormatter
 from mbostream.storage.settings import StorageSettings
 from mbostream.storage.sink import StorageSink
@@ -67,7 +68,7 @@ def tile(records: np.ndarray, copies: int) -> np.ndarray:
         part["ts_recv"] += span * np.uint64(k)
         part["instrument_id"] += np.uint32(k * INSTRUMENT_STRIDE)
         parts.append(part)
-    return np.concatenate(parts)
+    return concat_records(parts)
 
 
 def load(path: str, copies: int) -> tuple[FileInfo, np.ndarray]:
