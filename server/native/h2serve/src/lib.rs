@@ -613,14 +613,14 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(socket: S, peer: SocketAd
     let (socket, flusher) = coalesce::coalescing(socket, shared.writes.clone());
     // After each turn of the connection (the handshake's, then each of h2's), what it wrote goes
     // out in one write; a socket that cannot take it wakes the task when it can.
-    let write_out = |cx: &mut std::task::Context<'_>| matches!(flusher.poll_write_out(cx), Poll::Ready(Err(_)));
+    let write_out_failed = |cx: &mut std::task::Context<'_>| matches!(flusher.poll_write_out(cx), Poll::Ready(Err(_)));
     let mut handshake = std::pin::pin!(h2::server::Builder::new()
         .max_concurrent_streams(shared.config.max_concurrent_streams)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .handshake::<_, Bytes>(socket));
     let handshake = std::future::poll_fn(|cx| {
         let done = handshake.as_mut().poll(cx);
-        if write_out(cx) {
+        if write_out_failed(cx) {
             return Poll::Ready(None);
         }
         done.map(Some)
@@ -636,7 +636,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(socket: S, peer: SocketAd
     loop {
         let turn = std::future::poll_fn(|cx| {
             let next = conn.poll_accept(cx);
-            if write_out(cx) {
+            if write_out_failed(cx) {
                 return Poll::Ready(None);
             }
             next
