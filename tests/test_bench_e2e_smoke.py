@@ -20,6 +20,8 @@ from typing import Any, Final
 
 import pytest
 
+from mbostream.tools.bench_e2e import format_summary
+
 RATE: Final = 20_000
 BOOK_STREAMS: Final = 2
 SECONDS: Final = 1.5
@@ -35,7 +37,8 @@ EVENTS_KEYS: Final = {
 }  # fmt: skip
 LATENCY_KEYS: Final = {"samples", "p50", "p99", "p99.9", "max"}
 SCENARIO_KEYS: Final = {
-    "scenario", "pacing", "server", "client", "client_cpus", "other_processes_cpu_percent", "interrupts_cpu_percent",
+    "scenario", "pacing", "server", "client", "client_cpus", "client_bound", "other_processes_cpu_percent",
+    "interrupts_cpu_percent",
 }  # fmt: skip
 SERVER_KEYS: Final = {"replayed_records_per_second", "cpu_percent", "threads_cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code", "book_target", "tls"}
 #: The cap of the capped run: far below what the server takes at --max (a whole core).
@@ -97,6 +100,9 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
         assert BOOK_KEYS <= set(result["book"]) and EVENTS_KEYS <= set(result["events"])
         assert result["streams_ended_early"] == 0
         assert result["client_cpu_percent"] > 0
+        # Flagged when the client was busy enough to be the limit (90% of its CPUs, or all of them).
+        cpus = len(scenario["client_cpus"]) if scenario["client_cpus"] else os.cpu_count()
+        assert scenario["client_bound"] is (result["client_cpu_percent"] >= 90 * cpus)
         events = result["events"]
         # Every record delivered in the window is counted once, in contiguous batches.
         assert events["streams"] == 1
@@ -127,6 +133,10 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
     # Well within what one reader takes at this rate: no cut-off, nothing to resume.
     assert events["lossless"] is True
     assert (events["resource_exhausted"], events["out_of_range"]) == (0, 0)
+
+    # The readable report warns of a client-bound scenario, and only of one.
+    doc["scenarios"]["rate"]["client_bound"], doc["scenarios"]["max"]["client_bound"] = True, False
+    assert format_summary(doc).count("WARNING: the measuring client used") == 1
 
     checks = doc["checks"]
     # mbostream-load also counts streams that got nothing (refused by the stream limits, say).

@@ -43,6 +43,10 @@ FLOOR_P99_MS: Final = 10.0
 AIM_P99_MS: Final = 2.0
 #: Streams the server admits beyond the bench's own (a reconnecting stream's old call may linger).
 STREAM_LIMIT_MARGIN: Final = 8
+#: A measuring client busier than this share of its CPUs may be what bounds a scenario's figures:
+#: what it has no time to read waits in its flow-control windows, and ages there, where the server
+#: neither sees nor conflates it (docs/performance.md, "When the measuring client is the limit").
+CLIENT_BOUND_SHARE: Final = 0.9
 
 #: The Go client module (absent from an installed wheel: the bench then uses the Python client).
 _GO_MODULE: Final = Path(__file__).resolve().parents[3] / "clients" / "go"
@@ -266,6 +270,7 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
         client = _run_client(cfg, server.target, streams, events_streams, client_cpus, book_target, server.ca_file)
         client1, after = _children_cpu_seconds(), server.read()
     window = Window(before, after)
+    client_cpu_count = len(client_cpus) if client_cpus else os.cpu_count() or 1
     return {
         # Whatever else kept the CPUs busy meanwhile (other test suites, builds) skews the numbers.
         "other_processes_cpu_percent": window.others_cpu_percent(client1 - client0),
@@ -288,6 +293,7 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
         },
         "client_cpus": sorted(client_cpus) if client_cpus else None,
         "client": client,
+        "client_bound": client["client_cpu_percent"] >= 100 * CLIENT_BOUND_SHARE * client_cpu_count,
     }
 
 
@@ -377,6 +383,12 @@ def format_summary(results: dict[str, Any]) -> str:
             lines.append(
                 f"  WARNING: other processes used {r['other_processes_cpu_percent']}% CPU during this run; "
                 "numbers are skewed — rerun on a quiet machine"
+            )
+        if r["client_bound"]:
+            lines.append(
+                f"  WARNING: the measuring client used {cl['client_cpu_percent']}% CPU (of "
+                f"{len(r['client_cpus']) if r['client_cpus'] else 'all'} CPUs): these figures may measure it, not the server; "
+                "what it has no time to read waits, and ages, in its flow-control windows"
             )
         if book["streams"]:
             lat = book["latency_ms"]
