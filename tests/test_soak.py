@@ -1,4 +1,4 @@
-"""``mbostream bench soak``, three minutes: a real server at 200k records/s with 100 clients that
+"""``mbostream bench soak``, two minutes: a real server at 200k records/s with 100 clients that
 connect and leave (Go StreamBook groups replaced every 10 s, StreamEvents clients resuming with
 start_after_sequence or replaced by new ones).
 
@@ -13,8 +13,10 @@ RSS_GROWTH_BOUND_MIB. By the end of the first third the server's bounded buffers
 ~220 MiB, filled in 10 s at 200k/s; at 20k/s it fills in 100 s and RSS is flat after). What moves
 after that is the backlog queued while the server runs late on two cores shared with other jobs:
 measured +12 MiB without churn and +45 MiB with it, under heavy load. 128 MiB catches a leak of a
-byte per record streamed (~136M records in three minutes) or of ~250 KiB per client connection
-(~520 connections).
+byte and a half per record streamed (~90M records in two minutes) or of ~370 KiB per client
+connection (~350 connections). Two minutes, not the command's default 30 (nor the three this test ran
+until 2026-12-06): CI's budget on a cold 2-core machine is 30 minutes; `mbostream bench soak` runs
+the long one (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -29,14 +31,14 @@ import pytest
 from mbostream.tools.bench_soak import churn_offsets
 from server_harness import repo
 
-MINUTES = 3
+MINUTES = 2
 #: Server start (the generated sample, cached by the suite) and the Go load client's first build.
 STARTUP_BUDGET = 1200
 RSS_GROWTH_BOUND_MIB = 128
 
 
 @pytest.mark.timeout(MINUTES * 60 + STARTUP_BUDGET + 60)
-def test_soak_three_minutes_with_churn_loses_nothing_and_stays_bounded(tmp_path: Path) -> None:
+def test_soak_two_minutes_with_churn_loses_nothing_and_stays_bounded(tmp_path: Path) -> None:
     result_file, log = tmp_path / "soak.json", tmp_path / "server.log"
     cmd = [
         sys.executable, "-m", "mbostream.cli", "bench", "soak", "--minutes", str(MINUTES),
