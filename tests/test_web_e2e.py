@@ -166,7 +166,12 @@ def test_web_ui_end_to_end(tmp_path: Path) -> None:
     assert SCREENSHOT.stat().st_size > 0
 
     reconnect = steps["reconnects-after-server-restart"]["value"]
-    assert "reconnecting" in reconnect["states"] and reconnect["states"][-1] == "live"
+    # The live connection lost (again if it reached the old server while that drained), as the
+    # page counts it; which transient states were drawn (reconnecting, connecting) depends on how
+    # many frames a loaded machine draws meanwhile.
+    assert reconnect["losses"] >= 1, reconnect
+    assert reconnect["lossTitle"].startswith("The connection to the server was lost"), reconnect
+    assert reconnect["states"][-1] == "live", reconnect
     # The restarted server is another run (epoch): the page says so and starts its history over.
     assert any("server restarted" in toast for toast in reconnect["toasts"]), reconnect["toasts"]
     unauthenticated = steps["pause-without-token-fails-visibly"]["value"]

@@ -444,8 +444,14 @@ async function run(context) {
         }).observe(pill, { attributes: true, attributeFilter: ["data-state"] });
       });
       const before = await scrapeLadder(page);
+      const lossesBefore = Number(await page.getByTestId("connection").getAttribute("data-losses"));
       await control("restart-server", {}, 120_000);
-      await page.waitForFunction(() => /** @type {any} */ (window).__connectionStates.includes("reconnecting"));
+      // The loss count, not the pill's states: a reconnect quicker than a frame (a loaded machine
+      // draws few) shows no "reconnecting" state at all, but it is still counted.
+      await page.waitForFunction(
+        (n) => Number(document.querySelector('[data-testid="connection"]')?.getAttribute("data-losses")) > n,
+        lossesBefore,
+      );
       await page.waitForSelector('[data-testid="connection"][data-state="live"]', { timeout: 60_000 });
       await page.waitForFunction(
         (seq) => (/** @type {HTMLElement | null} */ (document.querySelector(".ladder-wrap"))?.dataset.replaySequence ?? seq) !== seq,
@@ -454,8 +460,10 @@ async function run(context) {
       const after = await scrapeLadder(page);
       const states = await page.evaluate(() => /** @type {any} */ (window).__connectionStates);
       const toasts = await page.locator('[data-testid="toast"]').allTextContents();
+      const losses = Number(await page.getByTestId("connection").getAttribute("data-losses")) - lossesBefore;
+      const lossTitle = await page.getByTestId("connection").getAttribute("title");
       if (after.asks.length + after.bids.length === 0) throw new Error("the ladder is empty after reconnecting");
-      return { states, before: before.replaySequence, after: after.replaySequence, toasts };
+      return { states, losses, lossTitle, before: before.replaySequence, after: after.replaySequence, toasts };
     });
   }
 }

@@ -23,7 +23,7 @@ import { PriceSeries } from "./model/series";
 import { latencyMs, nowNs, Percentiles, RateMeter } from "./model/stats";
 import { Tape } from "./model/trades";
 import { EventsFeed } from "./net/events-feed";
-import { type LinkState, runResilient } from "./net/resilient";
+import { isLoss, type LinkState, runResilient } from "./net/resilient";
 import { ChartView } from "./ui/chart-view";
 import { h } from "./ui/dom";
 import { HeaderView } from "./ui/header-view";
@@ -81,6 +81,7 @@ export class App {
   private ladder: Ladder | undefined;
   private bookChanged = false;
   private bookLink: LinkState | undefined;
+  private bookLosses = 0;
   private readonly tape: Tape;
   private tapeChanged = false;
   private readonly series: PriceSeries;
@@ -218,6 +219,8 @@ export class App {
     this.seriesChanged = true;
     this.instrumentsChanged = true;
     this.lastReplaySequence = undefined;
+    this.bookLink = undefined;
+    this.bookLosses = 0;
     this.epoch.reset();
     for (const meter of [this.bookReceived, this.bookShown, this.feedRate, this.eventsReceived]) meter.reset();
     this.latency.reset();
@@ -237,6 +240,9 @@ export class App {
         ),
       onMessage: (reply) => this.onBook(reply),
       onState: (state) => {
+        // A stream of an earlier selection reports its stop after the new one started.
+        if (this.selection !== selection) return;
+        if (isLoss(this.bookLink, state)) this.bookLosses += 1;
         this.bookLink = state;
         this.requestFrame();
       },
@@ -469,6 +475,7 @@ export class App {
       title,
       subtitle,
       link: this.selected ? this.bookLink : undefined,
+      losses: this.bookLosses,
       nowMs: Date.now(),
       stats: [
         { label: "feed", value: `${formatRate(this.feedRate.rate(nowMs))} msg/s`, testid: "stat-feed", title: "Records/s the server replays (from replay_sequence)" },

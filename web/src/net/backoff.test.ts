@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { Backoff } from "./backoff";
-import { type LinkState, runResilient, StreamEndedError } from "./resilient";
+import { isLoss, type LinkState, runResilient, StreamEndedError } from "./resilient";
 
 const policy = { initialMs: 100, maxMs: 1000, multiplier: 2 };
 
@@ -59,13 +59,19 @@ describe("runResilient", () => {
     const states: LinkState["kind"][] = [];
     const delays: number[] = [];
     const errors: string[] = [];
+    let previous: LinkState | undefined;
+    let losses = 0;
     await runResilient({
       open: server.open,
       onMessage: (m) => {
         received.push(m);
         if (m === 4) stop.abort();
       },
-      onState: (s) => states.push(s.kind),
+      onState: (s) => {
+        states.push(s.kind);
+        if (isLoss(previous, s)) losses += 1;
+        previous = s;
+      },
       onError: (e) => errors.push(e instanceof StreamEndedError ? "ended" : String((e as Error).message)),
       signal: stop.signal,
       backoff: new Backoff(policy, () => 1),
@@ -78,6 +84,9 @@ describe("runResilient", () => {
     expect(delays).toEqual([100, 200, 100, 100]);
     expect(errors).toEqual(["refused", "refused", "server restarted", "ended"]);
     expect(states.filter((s) => s === "live")).toHaveLength(3);
+    // Lost twice (the third connection failed, the fourth ended); the refusals before any
+    // message and the stop at the end are not losses.
+    expect(losses).toBe(2);
     expect(states.at(-1)).toBe("stopped");
     expect(server.opened()).toBe(5);
   });

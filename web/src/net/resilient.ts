@@ -23,6 +23,15 @@ export interface ResilientStreamOptions<T> {
   readonly sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
 }
 
+/**
+ * Whether the change from `previous` to `next` is a live connection lost: counted once per loss,
+ * whatever the retries after it, so a page can say how often it lost the server even when a
+ * reconnect is quicker than a frame and no "reconnecting" state is ever drawn.
+ */
+export function isLoss(previous: LinkState | undefined, next: LinkState): boolean {
+  return previous?.kind === "live" && next.kind === "waiting";
+}
+
 /** The error a stream that ended without one is retried with: the server closed it. */
 export class StreamEndedError extends Error {
   constructor() {

@@ -9,6 +9,8 @@ export interface HeaderModel {
   readonly subtitle: string;
   readonly stats: readonly { readonly label: string; readonly value: string; readonly testid: string; readonly title: string }[];
   readonly link: LinkState | undefined;
+  /** Live connections lost since this book was opened. */
+  readonly losses: number;
   readonly nowMs: number;
 }
 
@@ -68,6 +70,11 @@ export class HeaderView {
     });
     const link = describeLink(model.link, model.nowMs);
     setData(this.link, "state", link.state);
+    setData(this.link, "losses", String(model.losses));
     setText(this.link, link.text);
+    const title = model.losses
+      ? `The connection to the server was lost ${model.losses === 1 ? "once" : `${model.losses} times`} since this book was opened`
+      : "";
+    if (this.link.title !== title) this.link.title = title;
   }
 }
