@@ -1,10 +1,14 @@
 //! The L3 book of one (instrument_id, publisher_id): orders by id, two ladders of FIFO queues,
 //! and the statistics that are kept incrementally as records are applied.
 use crate::anomaly::{Anomaly, AnomalyKind, ANOMALY_KIND_COUNT};
-use crate::hash::IdMap;
+use crate::hash::{prefetch, OrderIndex};
 use crate::ladder::Ladder;
 use crate::level::{Level, LevelView, NIL};
 use crate::record::*;
+
+/// Below this size of order index a book's orders are left to the cache (see [`Book::prefetch_index`]):
+/// 64 KiB of buckets, about 2,600 orders.
+const PREFETCH_MIN_INDEX_BYTES: usize = 64 * 1024;
 
 /// A resting order. `priority` is the market-wide stamp of the record that gave it its queue place.
 #[derive(Clone, Copy, Debug)]
@@ -191,7 +195,7 @@ pub struct Book {
     pub publisher_id: u16,
     slab: Vec<Order>,
     free: Vec<u32>,
-    index: IdMap<u64, u32>,
+    index: OrderIndex,
     pub bids: Ladder,
     pub asks: Ladder,
     pub stats: BookStats,
@@ -209,7 +213,7 @@ impl Book {
             publisher_id,
             slab: Vec::new(),
             free: Vec::new(),
-            index: IdMap::default(),
+            index: OrderIndex::new(),
             bids: Ladder::new(true),
             asks: Ladder::new(false),
             stats: BookStats { last_trade_price: UNDEF_PRICE, last_trade_side: SIDE_NONE, ..Default::default() },
@@ -226,7 +230,7 @@ impl Book {
 
     /// The resting order with this id.
     pub fn order(&self, order_id: u64) -> Option<&Order> {
-        self.index.get(&order_id).map(|&s| &self.slab[s as usize])
+        self.index.get(order_id).map(|s| &self.slab[s as usize])
     }
 
     pub fn ladder(&self, is_bid: bool) -> &Ladder {
@@ -241,6 +245,27 @@ impl Book {
     #[inline]
     pub fn bbo(&self) -> Bbo {
         Bbo { bid: self.bids.best().map(LevelView::from), ask: self.asks.best().map(LevelView::from) }
+    }
+
+    /// Asks for the cache line of `order_id`'s index bucket: a hint for a record a few ahead
+    /// (see `Market::apply_slice`), with no effect on the book. False (and no hint) for a book small
+    /// enough to stay in the cache, where the hint costs more than it saves.
+    #[inline(always)]
+    pub fn prefetch_index(&self, order_id: u64) -> bool {
+        if self.index.table_bytes() < PREFETCH_MIN_INDEX_BYTES {
+            return false;
+        }
+        self.index.prefetch(order_id);
+        true
+    }
+
+    /// Asks for the cache lines of the resting order `order_id`, if it rests here: the second stage
+    /// of the hint, taken when its index bucket should already be cached.
+    #[inline(always)]
+    pub fn prefetch_order(&self, order_id: u64) {
+        if let Some(slot) = self.index.get(order_id) {
+            prefetch(&self.slab[slot as usize]);
+        }
     }
 
     /// Orders of a level in queue priority order.
@@ -341,7 +366,7 @@ impl Book {
         if m.price == UNDEF_PRICE {
             return self.report(AnomalyKind::UndefinedPrice, m, stamp, log);
         }
-        if let Some(&slot) = self.index.get(&m.order_id) {
+        if let Some(slot) = self.index.get(m.order_id) {
             // The newest message about an id wins: the old order leaves, the new one queues at the back.
             self.report(AnomalyKind::DuplicateAdd, m, stamp, log);
             self.remove_slot(slot);
@@ -350,7 +375,7 @@ impl Book {
     }
 
     fn cancel(&mut self, m: &Mbo, stamp: u64, log: &mut AnomalyLog) {
-        let Some(&slot) = self.index.get(&m.order_id) else {
+        let Some(slot) = self.index.get(m.order_id) else {
             return self.report(AnomalyKind::CancelUnknownOrder, m, stamp, log);
         };
         if m.size == 0 {
@@ -375,7 +400,7 @@ impl Book {
         let Some(is_bid) = Self::side_of(m) else {
             return self.report(AnomalyKind::UnknownSide, m, stamp, log);
         };
-        let Some(&slot) = self.index.get(&m.order_id) else {
+        let Some(slot) = self.index.get(m.order_id) else {
             // An unknown id is treated as an add (Databento's reference book does the same).
             self.report(AnomalyKind::ModifyUnknownOrder, m, stamp, log);
             if m.size == 0 {
@@ -426,10 +451,10 @@ impl Book {
 
     fn fill(&mut self, m: &Mbo, stamp: u64, log: &mut AnomalyLog) {
         self.stats.fill_count += 1;
-        match self.index.get(&m.order_id) {
+        match self.index.get(m.order_id) {
             None if m.side == SIDE_NONE => self.stats.unattributed_fills += 1,
             None => self.report(AnomalyKind::FillUnknownOrder, m, stamp, log),
-            Some(&slot) if m.size > self.slab[slot as usize].size => self.stats.fills_over_displayed += 1,
+            Some(slot) if m.size > self.slab[slot as usize].size => self.stats.fills_over_displayed += 1,
             Some(_) => {}
         }
     }
@@ -464,7 +489,7 @@ impl Book {
             let mut cur = level.head;
             while cur != NIL {
                 let o = self.slab[cur as usize];
-                self.index.remove(&o.order_id);
+                self.index.remove(o.order_id);
                 self.free.push(cur);
                 cur = o.next;
             }
@@ -546,7 +571,7 @@ impl Book {
     fn remove_slot(&mut self, slot: u32) {
         self.unlink(slot);
         let id = self.slab[slot as usize].order_id;
-        self.index.remove(&id);
+        self.index.remove(id);
         self.free.push(slot);
     }
 
@@ -650,7 +675,7 @@ impl Book {
                     if o.prev != prev {
                         errors.push(format!("{side} {price}: broken queue link at order {}", o.order_id));
                     }
-                    if self.index.get(&o.order_id) != Some(&cur) {
+                    if self.index.get(o.order_id) != Some(cur) {
                         errors.push(format!("{side} {price}: order {} not indexed at its slot", o.order_id));
                     }
                     if prev_priority.is_some_and(|p| p >= o.priority) {

@@ -2,7 +2,9 @@
 //! raw DBN records, emitting one BBO row per F_LAST (the only moments a book may be read).
 use crate::book::{AnomalyLog, Bbo, Book};
 use crate::hash::IdMap;
-use crate::record::{u32_at, u64_at, Mbo, F_LAST, MBO_RECORD_SIZE, UNDEF_PRICE};
+use crate::record::{
+    u16_at, u32_at, u64_at, Mbo, ACTION_ADD, ACTION_CANCEL, ACTION_FILL, ACTION_MODIFY, F_LAST, MBO_RECORD_SIZE, UNDEF_PRICE,
+};
 
 /// Default bound of the anomaly log between two drains.
 pub const DEFAULT_ANOMALY_LOG_CAPACITY: usize = 100_000;
@@ -16,6 +18,14 @@ pub const STATE_CROSSED: u32 = 1;
 pub const STATE_LOCKED: u32 = 2;
 /// `EventRow::state` bit: the BBO differs from the book's previous F_LAST.
 pub const STATE_TOP_CHANGED: u32 = 4;
+
+/// How many records ahead `apply_slice` asks for a record's order index bucket, and then for the
+/// order itself (once its bucket should be cached): hints that let the lookups of the records in
+/// between overlap with memory, instead of each waiting for its own.
+const PREFETCH_INDEX_AHEAD: usize = 16;
+const PREFETCH_ORDER_AHEAD: usize = 8;
+/// No book to prefetch for (a record of another action, or of a book not seen yet).
+const NO_BOOK: u32 = u32::MAX;
 
 /// The book key: instrument id and publisher id in one integer.
 #[inline(always)]
@@ -174,6 +184,31 @@ impl Market {
         i as usize
     }
 
+    /// The book of the record at `at` if it names an order (`A`, `C`, `M`, `F`) of a known book,
+    /// after asking for that order's index bucket to be brought into the cache (a hint).
+    #[inline(always)]
+    fn prefetch_index(&self, buf: &[u8], stride: usize, at: usize) -> u32 {
+        let b = &buf[at * stride..at * stride + MBO_RECORD_SIZE];
+        if !matches!(b[38], ACTION_CANCEL | ACTION_MODIFY | ACTION_FILL | ACTION_ADD) {
+            return NO_BOOK;
+        }
+        let key = book_key(u32_at(b, 4), u16_at(b, 2));
+        let i = if key == self.last_key {
+            self.last_book
+        } else {
+            match self.index.get(&key) {
+                Some(&i) => i,
+                None => return NO_BOOK,
+            }
+        };
+        // An add's order is new: nothing of it rests yet to fetch.
+        if !self.books[i as usize].prefetch_index(u64_at(b, 16)) || b[38] == ACTION_ADD {
+            NO_BOOK
+        } else {
+            i
+        }
+    }
+
     /// Applies one record; returns the index of the book it went to.
     #[inline]
     pub fn apply(&mut self, m: &Mbo) -> usize {
@@ -212,9 +247,20 @@ impl Market {
         let stop = stop.min(total);
         let hard_stop = if complete_events { stop.saturating_add(max_extra).min(total) } else { stop };
         let mut i = start;
+        // Records before PREFETCH_ORDER_AHEAD past the start had no bucket asked for: nothing to fetch.
+        let mut ahead = [NO_BOOK; PREFETCH_INDEX_AHEAD];
         while i < hard_stop {
             if i >= stop && self.pending == 0 {
                 break;
+            }
+            // Hints only: the bucket of the order PREFETCH_INDEX_AHEAD records on, then (its book
+            // remembered in `ahead`) the order PREFETCH_ORDER_AHEAD records on.
+            let j = i + PREFETCH_INDEX_AHEAD;
+            ahead[j % PREFETCH_INDEX_AHEAD] = if j < hard_stop { self.prefetch_index(buf, stride, j) } else { NO_BOOK };
+            let k = i + PREFETCH_ORDER_AHEAD;
+            let book = ahead[k % PREFETCH_INDEX_AHEAD];
+            if book != NO_BOOK {
+                self.books[book as usize].prefetch_order(u64_at(&buf[k * stride..], 16));
             }
             let m = Mbo::decode(&buf[i * stride..]);
             let b = self.apply(&m);

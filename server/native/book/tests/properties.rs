@@ -522,16 +522,99 @@ fn generated_sequences_reach_every_rule_and_anomaly() {
     assert!(reached.iter().all(|&n| n > 0), "a rule the sequences never reach: {reach:?}");
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 400,
-        // Failing cases are saved next to this file (tests/properties.proptest-regressions) and replayed first.
+/// `cases` generated cases; failing ones are saved next to this file
+/// (tests/properties.proptest-regressions) and replayed first.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
         ..ProptestConfig::default()
-    })]
+    }
+}
+
+proptest! {
+    #![proptest_config(config(400))]
 
     #[test]
     fn engine_matches_the_model_at_every_f_last(steps in prop::collection::vec(step(), 1..160)) {
         run(&steps)?;
+    }
+}
+
+/// The records a sequence of steps stands for, resolved against a model fed as it goes.
+fn records_of(steps: &[Step]) -> Vec<Mbo> {
+    let mut models: HashMap<(u32, u16), ModelBook> = HashMap::new();
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let model = models.entry(KEYS[s.key]).or_default();
+            let m = resolve(s, model, i as u32 + 1);
+            model.apply(&m);
+            m
+        })
+        .collect()
+}
+
+/// A book as compared across ways of feeding a market: its key, bid and ask levels with their
+/// queues, resting orders and records applied.
+type BookDump = ((u32, u16), Vec<LevelDump>, Vec<LevelDump>, usize, u64);
+
+/// What a market holds after a run, book by book.
+fn dump(market: &Market) -> Vec<BookDump> {
+    let mut books: Vec<_> = market
+        .books()
+        .iter()
+        .map(|b| ((b.instrument_id, b.publisher_id), levels(b, true), levels(b, false), b.order_count(), b.stats.record_count))
+        .collect();
+    books.sort_by_key(|b| b.0);
+    books
+}
+
+proptest! {
+    #![proptest_config(config(200))]
+
+    /// `apply_slice` looks records ahead (cache hints for their orders): however a run is cut into
+    /// slices, and whatever the stride, the books, event rows and anomalies are those of applying
+    /// it one record at a time.
+    #[test]
+    fn slices_of_any_size_and_stride_apply_as_records_one_by_one(
+        steps in prop::collection::vec(step(), 1..400),
+        chunk in 1usize..40,
+        padding in prop_oneof![Just(0usize), Just(8usize), Just(200usize)],
+    ) {
+        let records = records_of(&steps);
+        let stride = MBO_RECORD_SIZE + padding;
+        let mut buf = Vec::new();
+        for m in &records {
+            m.encode_into(&mut buf);
+            buf.resize(buf.len() + padding, 0xA5);
+        }
+
+        let mut one_by_one = Market::new();
+        let mut rows_one_by_one = Vec::new();
+        for (i, m) in records.iter().enumerate() {
+            let mut single = Vec::new();
+            m.encode_into(&mut single);
+            let mut events = Vec::new();
+            one_by_one.apply_slice(&single, MBO_RECORD_SIZE, 0, 1, false, 0, &mut events, None);
+            if !events.is_empty() {
+                let mut row = EventRow::decode(&events);
+                row.index = i as u64;
+                rows_one_by_one.push(row);
+            }
+        }
+
+        let mut sliced = Market::new();
+        let mut events = Vec::new();
+        let mut start = 0;
+        while start < records.len() {
+            start = sliced.apply_slice(&buf, stride, start, start + chunk, false, 0, &mut events, None).end;
+        }
+        let rows_sliced: Vec<EventRow> = events.chunks(EVENT_ROW_SIZE).map(EventRow::decode).collect();
+
+        prop_assert_eq!(rows_sliced, rows_one_by_one);
+        prop_assert_eq!(dump(&sliced), dump(&one_by_one));
+        prop_assert_eq!(&sliced.log.entries, &one_by_one.log.entries);
     }
 }
