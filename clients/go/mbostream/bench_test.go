@@ -1,12 +1,14 @@
 package mbostream_test
 
-// The event stream's hot path, measured: parsing one 4,096-record StreamEventsResponse and
-// wrapping it as an EventBatch (`go test -run - -bench . ./mbostream/`).
+// The streams' hot paths, measured (`go test -run - -bench . ./mbostream/`): decoding a book
+// message and an event batch, by protobuf-go's reflection, by the generated UnmarshalVT and by the
+// client's codec; parsing one 4,096-record StreamEventsResponse and wrapping it as an EventBatch.
 
 import (
 	"math/rand/v2"
 	"testing"
 
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/mbostream/mbostream/clients/go/gen/mbostream/v1"
@@ -57,4 +59,109 @@ func BenchmarkParseAndDecodeEvents(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(records*b.N)/b.Elapsed().Seconds(), "records/s")
+}
+
+// sampleBook is a depth-10 book shaped like the test sample's busiest (ESZ6 near 6,650.00 on a
+// 0.25 tick, about 190 levels a side, 15 to 95 orders a level, small sizes; GetBook of the sample
+// with orders), with the fields the server sets (server/native/wire/src/book.rs): no anomaly.
+func sampleBook(withOrders bool) *v1.BookSnapshot {
+	rng := rand.New(rand.NewPCG(3, 4))
+	const (
+		tick   = 250_000_000
+		bestAt = 6_650_000_000_000
+	)
+	ts := uint64(1_767_623_401_612_863_722)
+	book := &v1.BookSnapshot{
+		InstrumentId: 5002, PublisherId: 1, Symbol: "ESZ6", BidLevelCount: 185, AskLevelCount: 184,
+		LastTrade: &v1.Trade{Price: bestAt, Size: 7, Side: v1.Side_SIDE_ASK, TsEvent: ts},
+		Volume:    10_250, TradeCount: 1_930, Sequence: 9_732_221, ReplaySequence: 148_681,
+		TsEvent: ts, TsRecv: ts + 15_049,
+	}
+	nextOrder := uint64(6_223_274_254_162)
+	side := func(best int64, step int64) []*v1.Level {
+		levels := make([]*v1.Level, 10)
+		for i := range levels {
+			level := &v1.Level{Price: best + int64(i)*step, Count: uint32(15 + rng.IntN(81))}
+			for range level.Count {
+				size := uint32(1 + rng.IntN(10))
+				level.Size += uint64(size)
+				if withOrders {
+					level.Orders = append(level.Orders, &v1.Order{OrderId: nextOrder, Size: size})
+				}
+				nextOrder += uint64(1 + rng.IntN(40))
+			}
+			levels[i] = level
+		}
+		return levels
+	}
+	book.Bids, book.Asks = side(bestAt, -tick), side(bestAt+tick, tick)
+	bid, ask := book.Bids[0], book.Asks[0]
+	book.Bbo = &v1.Bbo{
+		HasBid: true, BidPrice: bid.Price, BidSize: bid.Size, BidCount: bid.Count,
+		HasAsk: true, AskPrice: ask.Price, AskSize: ask.Size, AskCount: ask.Count,
+	}
+	return book
+}
+
+// sampleBookMessage is a StreamBookResponse as the server writes it: the book and ts_out shared by
+// every client of the book, then the client's own fields (conflated, the 16-hex-digit epoch)
+// appended (server/mbostream/server/market_data.py, book_message).
+func sampleBookMessage(withOrders bool) []byte {
+	shared, err := proto.Marshal(&v1.StreamBookResponse{Book: sampleBook(withOrders), TsOut: 1_767_623_401_613_102_417})
+	if err != nil {
+		panic(err)
+	}
+	own, err := proto.Marshal(&v1.StreamBookResponse{Conflated: 2, Epoch: "5f0c3a9e7d21b846"})
+	if err != nil {
+		panic(err)
+	}
+	return append(shared, own...)
+}
+
+// apiMessage is a message of the API: protobuf-go's, with the generated UnmarshalVT.
+type apiMessage interface {
+	proto.Message
+	UnmarshalVT([]byte) error
+}
+
+// received is a message as gRPC hands it to the codec, and as its bytes.
+type received struct {
+	data    []byte
+	buffers mem.BufferSlice
+}
+
+// BenchmarkDecode decodes each message into a new one, as gRPC does for every message received.
+func BenchmarkDecode(b *testing.B) {
+	codec := mbostream.Codec()
+	decoders := []struct {
+		name   string
+		decode func(in received, m apiMessage) error
+	}{
+		{"proto.Unmarshal", func(in received, m apiMessage) error { return proto.Unmarshal(in.data, m) }},
+		{"UnmarshalVT", func(in received, m apiMessage) error { return m.UnmarshalVT(in.data) }},
+		{"Codec", func(in received, m apiMessage) error { return codec.Unmarshal(in.buffers, m) }},
+	}
+	messages := []struct {
+		name string
+		data []byte
+		new  func() apiMessage
+	}{
+		{"book-depth10", sampleBookMessage(false), func() apiMessage { return &v1.StreamBookResponse{} }},
+		{"book-depth10-orders", sampleBookMessage(true), func() apiMessage { return &v1.StreamBookResponse{} }},
+		{"events-4096", realisticBatch(4096), func() apiMessage { return &v1.StreamEventsResponse{} }},
+	}
+	for _, msg := range messages {
+		in := received{msg.data, mem.BufferSlice{mem.SliceBuffer(msg.data)}}
+		for _, dec := range decoders {
+			b.Run(msg.name+"/"+dec.name, func(b *testing.B) {
+				b.SetBytes(int64(len(msg.data)))
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := dec.decode(in, msg.new()); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
 }

@@ -45,6 +45,7 @@ func TestAgainstOneServer(t *testing.T) {
 	t.Run("ErrorsAreTyped", func(t *testing.T) { testErrors(ctx, t, client, infos[0]) })
 	t.Run("MessageSizeLimit", func(t *testing.T) { testMessageSize(ctx, t, srv, infos[0]) })
 	t.Run("StreamBook", func(t *testing.T) { testStreamBook(ctx, t, client, infos) })
+	t.Run("CodecReadsTheServersMessages", func(t *testing.T) { testCodecReadsTheServersMessages(ctx, t, client, infos) })
 	t.Run("StreamEventsSnapshotThenLive", func(t *testing.T) { testSnapshotThenLive(ctx, t, client, len(infos)) })
 	t.Run("FilteredStreamEvents", func(t *testing.T) { testFiltered(ctx, t, client, infos[1]) })
 	t.Run("ResumesAfterDroppedConnections", func(t *testing.T) { testResumeAfterDrops(ctx, t, srv) })

@@ -1,15 +1,19 @@
 package mbostream_test
 
-// Shared test helpers: a Client on a real server (internal/testserver), the test's own continuity
-// check of what a stream handed out, and bounds on every wait.
+// Shared test helpers: a Client on a real server (internal/testserver), a Go gRPC server of the
+// test's own, the test's own continuity check of what a stream handed out, and bounds on every wait.
 
 import (
 	"context"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
+	v1 "github.com/mbostream/mbostream/clients/go/gen/mbostream/v1"
 	"github.com/mbostream/mbostream/clients/go/internal/testserver"
 	"github.com/mbostream/mbostream/clients/go/mbostream"
 )
@@ -35,6 +39,21 @@ func dial(t *testing.T, target string, opts ...mbostream.Option) *mbostream.Clie
 	}
 	t.Cleanup(func() { _ = client.Close() })
 	return client
+}
+
+// serveMarketData serves impl from a gRPC server on a free loopback port, stopped at the end of the
+// test, and returns its address.
+func serveMarketData(t *testing.T, impl v1.MarketDataServiceServer) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	v1.RegisterMarketDataServiceServer(srv, impl)
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+	return l.Addr().String()
 }
 
 // testLogger sends the client's log to the test's log.

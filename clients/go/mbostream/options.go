@@ -176,7 +176,7 @@ func (s *settings) dialOptions() []grpc.DialOption {
 	}
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(transport),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(s.maxMessageSize)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(s.maxMessageSize), grpc.ForceCodecV2(Codec())),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: s.keepaliveTime, Timeout: s.keepaliveTimeout}),
 		// Fail fast while the server is down; the reconnect policy belongs to the streams (Backoff).
 		grpc.WithConnectParams(grpc.ConnectParams{

@@ -7,7 +7,6 @@ package mbostream_test
 import (
 	"context"
 	"errors"
-	"net"
 	"slices"
 	"sync"
 	"testing"
@@ -54,16 +53,8 @@ func (s *scriptedServer) StreamEvents(req *v1.StreamEventsRequest, stream grpc.S
 
 func startScripted(t *testing.T, script ...call) (*scriptedServer, *mbostream.Client) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	impl := &scriptedServer{script: script}
-	srv := grpc.NewServer()
-	v1.RegisterMarketDataServiceServer(srv, impl)
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(srv.Stop)
-	return impl, dial(t, l.Addr().String())
+	return impl, dial(t, serveMarketData(t, impl))
 }
 
 // live is a batch of live records at positions seqs (every column filled).
