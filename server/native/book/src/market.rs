@@ -164,14 +164,21 @@ impl Market {
         self.pending == 0
     }
 
+    /// The index of the book of `key`, if records for it were seen (the last book's is kept at hand).
+    #[inline(always)]
+    fn known_book(&self, key: u64) -> Option<u32> {
+        if key == self.last_key {
+            Some(self.last_book)
+        } else {
+            self.index.get(&key).copied()
+        }
+    }
+
     #[inline]
     fn book_index(&mut self, m: &Mbo) -> usize {
         let key = book_key(m.instrument_id, m.publisher_id);
-        if key == self.last_key {
-            return self.last_book as usize;
-        }
-        let i = match self.index.get(&key) {
-            Some(&i) => i,
+        let i = match self.known_book(key) {
+            Some(i) => i,
             None => {
                 self.books.push(Book::new(m.instrument_id, m.publisher_id));
                 let i = (self.books.len() - 1) as u32;
@@ -192,14 +199,8 @@ impl Market {
         if !matches!(b[38], ACTION_CANCEL | ACTION_MODIFY | ACTION_FILL | ACTION_ADD) {
             return NO_BOOK;
         }
-        let key = book_key(u32_at(b, 4), u16_at(b, 2));
-        let i = if key == self.last_key {
-            self.last_book
-        } else {
-            match self.index.get(&key) {
-                Some(&i) => i,
-                None => return NO_BOOK,
-            }
+        let Some(i) = self.known_book(book_key(u32_at(b, 4), u16_at(b, 2))) else {
+            return NO_BOOK;
         };
         // An add's order is new: nothing of it rests yet to fetch.
         if !self.books[i as usize].prefetch_index(u64_at(b, 16)) || b[38] == ACTION_ADD {
