@@ -67,16 +67,36 @@ _unexpected_skips: list[tuple[str, str]] = []
 
 #: Test files run after all the others, in this order: scripts/test builds what they need in the
 #: background while the rest of the suite runs (cold: the OpenTelemetry Collector ~3 min, Docker
-#: Compose ~4.5 min, the SBOM tools ~8 min, the Kubernetes control plane ~13 min).
+#: Compose ~4.5 min, the SBOM tools ~8 min, the Kubernetes control plane ~5.5 min). scripts/test runs
+#: them in a second pytest beside the rest (``--run-last only`` there, ``skip`` here).
 RUN_LAST: Final = ("test_tracing.py", "test_compose.py", "test_audit_deps.py", "test_k8s_apply.py")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Moves the tests of RUN_LAST to the end, keeping every other order as collected."""
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-last",
+        choices=("after", "skip", "only"),
+        default="after",
+        help="the test files of tests/conftest.py RUN_LAST: after all the others (default), "
+        "left out (skip), or alone (only); scripts/test runs 'skip' and 'only' side by side",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Moves the tests of RUN_LAST to the end, keeping every other order as collected; with
+    ``--run-last skip`` or ``only``, deselects them or all the others (reported as deselected,
+    which strict CI does not count as skipped)."""
     def rank(item: pytest.Item) -> int:
         name = item.path.name
         return RUN_LAST.index(name) + 1 if name in RUN_LAST else 0
 
+    mode = config.getoption("--run-last")
+    if mode != "after":
+        keep = [item for item in items if (rank(item) > 0) == (mode == "only")]
+        dropped = [item for item in items if (rank(item) > 0) != (mode == "only")]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
     items.sort(key=rank)  # stable: equal ranks keep their order
 
 
