@@ -34,9 +34,10 @@ def test_browser_layer():
 
 
 def _pytest_in(folder: Path, module: str, *, ci: str | None, allowed: dict[str, str] | None = None,
-               env: dict[str, str] | None = None, other: str | None = None) -> subprocess.CompletedProcess[str]:
-    """pytest on ``folder`` holding ``test_layer.py`` (``module``), ``test_other.py`` (``other``) if
-    given, and a copy of tests/conftest.py."""
+               env: dict[str, str] | None = None, other: str | None = None,
+               files: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """pytest (with ``args``) on ``folder`` holding ``test_layer.py`` (``module``), ``test_other.py``
+    (``other``) if given, ``files`` (name: text), and a copy of tests/conftest.py."""
     conftest = (HERE / "conftest.py").read_text()
     empty = "ALLOWED_SKIPS: dict[str, str] = {}"
     assert conftest.count(empty) == 1, "tests/conftest.py no longer declares an empty ALLOWED_SKIPS"
@@ -46,13 +47,15 @@ def _pytest_in(folder: Path, module: str, *, ci: str | None, allowed: dict[str, 
     (folder / "test_layer.py").write_text(module)
     if other is not None:
         (folder / "test_other.py").write_text(other)
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
     (folder / "pytest.ini").write_text("[pytest]\n")
     child_env = {key: value for key, value in os.environ.items() if key != "CI"}
     if ci is not None:
         child_env["CI"] = ci
     child_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", "."],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", *args, "."],
         cwd=folder, env=child_env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_SECONDS, check=False,
     )  # fmt: skip
 
@@ -109,3 +112,27 @@ def test_a_ci_run_without_skips_passes_and_a_failing_one_keeps_its_failure(tmp_p
     )
     assert both.returncode == pytest.ExitCode.TESTS_FAILED, both.stdout[-3000:]
     assert "1 failed" in both.stdout and f"CI=true: 1 {SUMMARY}" in both.stdout, both.stdout[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("mode", "ran", "deselected"),
+    [
+        ("after", ["test_layer.py::test_a", "test_tracing.py::test_t", "test_compose.py::test_c"], 0),
+        ("skip", ["test_layer.py::test_a"], 2),
+        ("only", ["test_tracing.py::test_t", "test_compose.py::test_c"], 1),
+    ],
+)
+def test_run_last_splits_the_suite_in_two_that_strict_ci_counts_as_whole(
+    tmp_path: Path, mode: str, ran: list[str], deselected: int
+) -> None:
+    """scripts/test runs ``--run-last skip`` and ``--run-last only`` side by side: together they run
+    every test once, the files of RUN_LAST in RUN_LAST's order (test_tracing.py before
+    test_compose.py, against the order of their names), and what each leaves to the other is
+    deselected, which strict CI does not take for a skip. Without the option (``after``) the files
+    of RUN_LAST run after the rest."""
+    run_last = {name: f"def test_{name[5]}():\n    pass\n" for name in ("test_compose.py", "test_tracing.py")}
+    out = _pytest_in(tmp_path, "def test_a():\n    pass\n", ci="true", files=run_last, args=("-v", "--run-last", mode))
+    assert out.returncode == pytest.ExitCode.OK, out.stdout[-3000:] + out.stderr[-2000:]
+    assert [line.split(" ")[0] for line in out.stdout.splitlines() if " PASSED" in line] == ran, out.stdout[-3000:]
+    assert f"{len(ran)} passed" in out.stdout and SUMMARY not in out.stdout, out.stdout[-3000:]
+    assert (f"{deselected} deselected" in out.stdout) == (deselected > 0), out.stdout[-3000:]
