@@ -34,10 +34,10 @@ def test_browser_layer():
 
 
 def _pytest_in(folder: Path, module: str, *, ci: str | None, allowed: dict[str, str] | None = None,
-               env: dict[str, str] | None = None, other: str | None = None,
-               files: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    """pytest (with ``args``) on ``folder`` holding ``test_layer.py`` (``module``), ``test_other.py``
-    (``other``) if given, ``files`` (name: text), and a copy of tests/conftest.py."""
+               env: dict[str, str] | None = None, files: dict[str, str] | None = None,
+               args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """pytest (with ``args``) on ``folder`` holding ``test_layer.py`` (``module``), ``files`` (name:
+    text) if given, and a copy of tests/conftest.py."""
     conftest = (HERE / "conftest.py").read_text()
     empty = "ALLOWED_SKIPS: dict[str, str] = {}"
     assert conftest.count(empty) == 1, "tests/conftest.py no longer declares an empty ALLOWED_SKIPS"
@@ -45,8 +45,6 @@ def _pytest_in(folder: Path, module: str, *, ci: str | None, allowed: dict[str, 
         conftest = conftest.replace(empty, f"ALLOWED_SKIPS: dict[str, str] = {allowed!r}")
     (folder / "conftest.py").write_text(conftest)
     (folder / "test_layer.py").write_text(module)
-    if other is not None:
-        (folder / "test_other.py").write_text(other)
     for name, text in (files or {}).items():
         (folder / name).write_text(text)
     (folder / "pytest.ini").write_text("[pytest]\n")
@@ -93,13 +91,13 @@ def test_every_kind_of_skip_fails_a_ci_run_unless_the_allow_list_names_it(
     # Beside a test that runs, as in the suite (a module skipped whole with nothing else collected
     # ends with pytest's own exit code 5, which fails the run anyway).
     passing = "def test_ok():\n    pass\n"
-    strict = _pytest_in(tmp_path, module, ci="true", other=passing)
+    strict = _pytest_in(tmp_path, module, ci="true", files={"test_other.py": passing})
     assert strict.returncode == pytest.ExitCode.TESTS_FAILED, strict.stdout[-3000:]
     assert f"CI=true: 1 {SUMMARY}" in strict.stdout, strict.stdout[-3000:]
     listed = [line for line in strict.stdout.splitlines() if line.startswith(f"  {nodeid}: ")]
     assert len(listed) == 1 and reason in listed[0], strict.stdout[-3000:]
     # An allow-list entry (with its reason) lets that one skip pass under CI.
-    allowed = _pytest_in(tmp_path, module, ci="true", allowed={nodeid: "documented reason"}, other=passing)
+    allowed = _pytest_in(tmp_path, module, ci="true", allowed={nodeid: "documented reason"}, files={"test_other.py": passing})
     assert allowed.returncode == pytest.ExitCode.OK, allowed.stdout[-3000:]
     assert SUMMARY not in allowed.stdout, allowed.stdout[-3000:]
 
