@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
 
@@ -25,6 +26,7 @@ from mbostream_client import (
 )
 from server_harness import TOKEN, ServeProcess, in_process, settings
 
+from mbostream.server.app import App
 from mbostream.server.native_books import HIGH_WATER
 from mbostream_core._engine import StreamServer
 from mbostream_core.v1 import market_data_pb2 as pb
@@ -49,6 +51,18 @@ def server(tmp_path: Path, generated_small: Path) -> Iterator[ServeProcess]:
         yield started
     finally:
         started.stop()
+
+
+@asynccontextmanager
+async def three_books(generated_small: Path) -> AsyncIterator[App]:
+    """The generated file served in process (native port on), once its three books are seen."""
+    s = settings(files=(str(generated_small),), rate=20_000.0, loop=True, book_port=0)
+    async with in_process(s) as (app, _channel):
+        deadline = time.monotonic() + STEP
+        while len(list(app.hub.market.books())) < 3:
+            assert time.monotonic() < deadline, "the replay never showed the file's three books"
+            await asyncio.sleep(0.01)
+        yield app
 
 
 def native(server: ServeProcess, **kwargs: object) -> MarketDataClient:
@@ -231,13 +245,8 @@ def test_a_plain_native_stream_is_delivered_by_channel_and_leaves_it_when_it_end
     for every such stream), a paced one per stream; ended, neither is left anywhere."""
 
     async def scenario() -> None:
-        s = settings(files=(str(generated_small),), rate=20_000.0, loop=True, book_port=0)
-        async with in_process(s) as (app, _channel):
+        async with three_books(generated_small) as app:
             hub = app.hub
-            deadline = time.monotonic() + STEP
-            while len(list(hub.market.books())) < 3:  # the file's three, seen
-                assert time.monotonic() < deadline, "the replay never showed the file's three books"
-                await asyncio.sleep(0.01)
             async with MarketDataClient(f"127.0.0.1:{app.book_port}") as native_port:
                 plain = [native_port.stream_book(depth=3) for _ in range(3)]
                 paced = native_port.stream_book(depth=3, max_updates_per_second=20)
@@ -274,6 +283,57 @@ def test_a_plain_native_stream_is_delivered_by_channel_and_leaves_it_when_it_end
                 assert not [c for c in hub.channels.values() if c.depth == 3]
                 assert all(not c.groups and not c.fanout and not c.sinks for c in channels), "a channel kept a stream that ended"
                 assert hub.loop_streams == 0
+
+    asyncio.run(scenario())
+
+
+def test_combined_native_streams_go_out_by_channel_one_message_a_refresh(generated_small: Path) -> None:
+    """A ``combine_books`` native stream is delivered by channel too: after its snapshots, each
+    message the transport makes carries the books that changed (each once, in ``books``), the
+    epoch, and book states as the gRPC port's combined stream has them, every state of a book in
+    order and none twice; the loop publishes each book once for all such streams."""
+
+    async def collect(stream: object, until: float) -> list[pb.StreamBookResponse]:
+        messages = []
+        while time.monotonic() < until:
+            messages.append(await asyncio.wait_for(stream.__anext__(), STEP))  # type: ignore[attr-defined]
+        return messages
+
+    async def scenario() -> None:
+        async with three_books(generated_small) as app:
+            hub = app.hub
+            async with MarketDataClient(f"127.0.0.1:{app.port}") as grpc_port, MarketDataClient(f"127.0.0.1:{app.book_port}") as native_port:
+                streams = [native_port.stream_book(depth=5, combine_books=True) for _ in range(2)]
+                on_grpc = grpc_port.stream_book(depth=5, combine_books=True)
+                until = time.monotonic() + 2.0
+                *over_native, over_grpc = await asyncio.gather(*(collect(stream, until) for stream in (*streams, on_grpc)))
+                channels = [c for c in hub.channels.values() if c.depth == 5]
+                assert len(channels) == 3 and all(len(c.fanout) == 2 and len(c.subscribers) == 1 for c in channels), [
+                    (len(c.fanout), len(c.subscribers)) for c in channels
+                ]
+                for stream in (*streams, on_grpc):
+                    await stream.aclose()
+        grpc_books = {(b.instrument_id, b.replay_sequence): b for m in over_grpc for b in [m.book, *m.books] if m.book.instrument_id or m.books}
+        for messages in over_native:
+            snapshots = [m for m in messages if m.is_snapshot]
+            assert len(snapshots) == 3 and messages[:3] == snapshots, "the snapshots first, one a book"
+            combined = messages[3:]
+            assert len(combined) > 10, len(combined)
+            assert all(m.books and not m.HasField("book") and m.epoch == hub.epoch and m.ts_out > 0 for m in combined)
+            assert any(len(m.books) > 1 for m in combined), "no message combined two books"
+            last: dict[int, int] = {s.book.instrument_id: s.book.replay_sequence for s in snapshots}
+            common = 0
+            for message in combined:
+                instruments = [b.instrument_id for b in message.books]
+                assert len(set(instruments)) == len(instruments), "a book twice in one message"
+                for book in message.books:
+                    assert book.replay_sequence > last[book.instrument_id], "a book state twice, or out of order"
+                    last[book.instrument_id] = book.replay_sequence
+                    twin = grpc_books.get((book.instrument_id, book.replay_sequence))
+                    if twin is not None:
+                        common += 1
+                        assert book.SerializeToString(deterministic=True) == twin.SerializeToString(deterministic=True)
+            assert common >= 5, common
 
     asyncio.run(scenario())
 

@@ -22,7 +22,7 @@ pub struct PyStreamServer {
 #[pymethods]
 impl PyStreamServer {
     #[new]
-    #[pyo3(signature = (host, port, methods, *, max_request_bytes, high_water, low_water, max_concurrent_streams, keepalive_interval, keepalive_timeout, tls_cert_chain=None, tls_key=None, tls_client_ca=None, conflated_field=0, threads=1))]
+    #[pyo3(signature = (host, port, methods, *, max_request_bytes, high_water, low_water, max_concurrent_streams, keepalive_interval, keepalive_timeout, tls_cert_chain=None, tls_key=None, tls_client_ca=None, conflated_field=0, stamp_field=0, threads=1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: String,
@@ -38,10 +38,11 @@ impl PyStreamServer {
         tls_key: Option<Vec<u8>>,
         tls_client_ca: Option<Vec<u8>>,
         conflated_field: u32,
+        stamp_field: u32,
         threads: usize,
     ) -> PyResult<Self> {
-        if conflated_field >= 1 << 29 {
-            return Err(PyValueError::new_err("conflated_field must be a protobuf field number (below 2**29), or 0"));
+        if conflated_field >= 1 << 29 || stamp_field >= 1 << 29 {
+            return Err(PyValueError::new_err("conflated_field and stamp_field must be protobuf field numbers (below 2**29), or 0"));
         }
         for seconds in [keepalive_interval, keepalive_timeout] {
             if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
@@ -66,6 +67,7 @@ impl PyStreamServer {
             keepalive_timeout: Duration::from_secs_f64(keepalive_timeout),
             tls,
             conflated_field,
+            stamp_field,
             threads,
         };
         match Server::start(config) {
@@ -108,16 +110,18 @@ impl PyStreamServer {
     }
 
     /// Subscribes call `id` to `topic` (versions above `version`, each followed by `tail`); False
-    /// when the call is gone.
-    fn subscribe(&self, id: u64, topic: u64, version: u64, tail: &[u8]) -> bool {
-        self.inner.subscribe(id, topic, version, tail)
+    /// when the call is gone. With `combine` the call takes its topics' parts in one message.
+    #[pyo3(signature = (id, topic, version, tail, combine=false))]
+    fn subscribe(&self, id: u64, topic: u64, version: u64, tail: &[u8], combine: bool) -> bool {
+        self.inner.subscribe(id, topic, version, tail, combine)
     }
 
-    /// Hands `message` (version `version` of `topic`) to every call subscribed there, replacing
-    /// what a call has not written yet (conflated); written at the next `flush`. Returns how many
-    /// calls it reached.
-    fn publish(&self, topic: u64, version: u64, message: &[u8]) -> usize {
-        self.inner.publish(topic, version, message)
+    /// Hands version `version` of `topic` to every call subscribed there: `message` to plain calls,
+    /// `part` stamped `stamp` to combining ones; replaces what a call has not written yet
+    /// (conflated); written at the next `flush`. Returns how many calls it reached.
+    #[pyo3(signature = (topic, version, message, part=b"".as_slice(), stamp=0))]
+    fn publish(&self, topic: u64, version: u64, message: &[u8], part: &[u8], stamp: u64) -> usize {
+        self.inner.publish(topic, version, message, part, stamp)
     }
 
     /// Topic messages replaced before they were written, since the start.

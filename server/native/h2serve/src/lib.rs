@@ -29,6 +29,13 @@
 //! messages instead of a queue of stale ones. What the per-call tail given at subscription
 //! holds is appended last (the owner's per-call bytes).
 //!
+//! **Combining calls.** A call subscribed with `combine` gets what its slots hold as one message
+//! instead of one a slot: the published `part`s concatenated (each a repeated field's entry),
+//! then the smallest of their `stamp`s as the varint field `Config::stamp_field`, the sum of
+//! their conflation counts, and the call's tail. So a client that asked for all its books in one
+//! message a refresh is served by the same one-publish-for-all-calls path, the message made on
+//! the transport's thread.
+//!
 //! **Gathered writes.** A call's writer takes every message ready when it runs (what `send`
 //! queued, then the topics' pending ones) as one buffer, up to `MAX_BATCH`: a refresh's books for a
 //! call leave in one DATA frame and one syscall. Written one at a time, each cost a `writev` and
@@ -99,6 +106,9 @@ pub struct Config {
     /// The protobuf field number (varint) a topic message's conflation count is appended as when
     /// it is not 0; 0: never appended.
     pub conflated_field: u32,
+    /// The protobuf field number (varint) a combining call's message carries the smallest stamp
+    /// of its parts as (when not 0); 0: never written.
+    pub stamp_field: u32,
     /// Threads writing to the clients, 1 to [`MAX_THREADS`]: connections are dealt out to them in
     /// turn as they are accepted.
     pub threads: usize,
@@ -181,12 +191,19 @@ pub enum Event {
 
 /// A call's slot for one topic.
 struct Slot {
-    /// The per-call bytes appended to each of the topic's messages.
+    /// The per-call bytes appended to each of the topic's messages (not a combining call's).
     tail: Bytes,
     /// The newest version published to (or sent on) this call; older ones are ignored.
     version: u64,
-    /// The newest message not written yet, and how many it replaced.
-    pending: Option<(Bytes, u64)>,
+    /// The newest message not written yet (for a combining call, its part).
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    body: Bytes,
+    stamp: u64,
+    /// Messages of the topic it replaced before it was written.
+    replaced: u64,
 }
 
 struct Outgoing {
@@ -194,6 +211,8 @@ struct Outgoing {
     /// The topics the call is subscribed to, and the order their slots got a message in.
     slots: HashMap<u64, Slot>,
     ready: VecDeque<u64>,
+    /// A combining call's tail (its slots' messages leave as one): see [`Server::subscribe`].
+    combined: Option<Bytes>,
     queued: usize,
     finish: Option<(u32, String)>,
     blocked: bool,
@@ -366,13 +385,21 @@ impl Server {
     /// Subscribes call `id` to `topic`: from now on it gets each message published there with a
     /// version above `version` (the one the owner already sent it), followed by `tail`. False
     /// when the call is gone. Subscribing again replaces the tail and the version.
-    pub fn subscribe(&self, id: u64, topic: u64, version: u64, tail: &[u8]) -> bool {
+    ///
+    /// With `combine` the call becomes a combining one (for all its topics): what its slots hold
+    /// when its writer runs leaves as one message, the published parts followed by the smallest
+    /// stamp, the conflation count summed over them, and `tail` once.
+    pub fn subscribe(&self, id: u64, topic: u64, version: u64, tail: &[u8], combine: bool) -> bool {
         let mut state = self.shard(id).lock();
         let Some(call) = state.calls.get_mut(&id) else { return false };
         if call.finish.is_some() {
             return false;
         }
-        let slot = Slot { tail: Bytes::copy_from_slice(tail), version, pending: None };
+        let tail = Bytes::copy_from_slice(tail);
+        if combine {
+            call.combined = Some(tail.clone());
+        }
+        let slot = Slot { tail, version, pending: None };
         if call.slots.insert(topic, slot).is_none() {
             state.topics.entry(topic).or_default().push(id);
         }
@@ -380,16 +407,17 @@ impl Server {
     }
 
     /// Publishes version `version` of `topic` to every call subscribed there (written at the next
-    /// [`Server::flush`]); a call whose slot still holds an earlier message gets this one instead,
-    /// counted as conflated. Returns how many calls it reached.
-    pub fn publish(&self, topic: u64, version: u64, message: &[u8]) -> usize {
-        let mut copied = None; // the message's bytes, copied once for every shard
+    /// [`Server::flush`]): `message` to plain calls, `part` stamped `stamp` to combining ones. A
+    /// call whose slot still holds an earlier message gets this one instead, counted as
+    /// conflated. Returns how many calls it reached.
+    pub fn publish(&self, topic: u64, version: u64, message: &[u8], part: &[u8], stamp: u64) -> usize {
+        // The bytes, copied once for every shard (each only when a call needs it).
+        let (mut message_copy, mut part_copy) = (None, None);
         let mut reached = 0;
         for shared in &self.shards {
             let mut guard = shared.lock();
             let State { topics, calls, unflushed, conflated, .. } = &mut *guard;
             let Some(ids) = topics.get(&topic) else { continue };
-            let message = copied.get_or_insert_with(|| Bytes::copy_from_slice(message));
             for id in ids {
                 let Some(call) = calls.get_mut(id) else { continue };
                 let Some(slot) = call.slots.get_mut(&topic) else { continue };
@@ -397,14 +425,17 @@ impl Server {
                     continue;
                 }
                 slot.version = version;
+                let body = match call.combined {
+                    Some(_) => part_copy.get_or_insert_with(|| Bytes::copy_from_slice(part)),
+                    None => message_copy.get_or_insert_with(|| Bytes::copy_from_slice(message)),
+                };
                 match &mut slot.pending {
-                    Some((pending, replaced)) => {
-                        *pending = message.clone();
-                        *replaced += 1;
+                    Some(pending) => {
+                        *pending = Pending { body: body.clone(), stamp, replaced: pending.replaced + 1 };
                         *conflated += 1;
                     }
                     None => {
-                        slot.pending = Some((message.clone(), 0));
+                        slot.pending = Some(Pending { body: body.clone(), stamp, replaced: 0 });
                         call.ready.push_back(topic);
                     }
                 }
@@ -754,7 +785,7 @@ async fn call(request: http::Request<h2::RecvStream>, respond: SendResponse<Byte
         let mut state = shared.lock();
         state.next_id += 1;
         let id = state.next_id * shared.count + shared.index;
-        state.calls.insert(id, Outgoing { frames: VecDeque::new(), slots: HashMap::new(), ready: VecDeque::new(), queued: 0, finish: None, blocked: false, unflushed: false, notify: notify.clone() });
+        state.calls.insert(id, Outgoing { frames: VecDeque::new(), slots: HashMap::new(), ready: VecDeque::new(), combined: None, queued: 0, finish: None, blocked: false, unflushed: false, notify: notify.clone() });
         shared.push_event(&mut state, Event::Call { id, method, request: message, peer });
         id
     };
@@ -789,28 +820,67 @@ fn put_varint(out: &mut [u8], mut value: u64) -> usize {
     n + 1
 }
 
+/// Writes varint field `field` = `value` at the start of `out` (20 bytes at most) unless the field
+/// or the value is 0; its length.
+fn put_varint_field(out: &mut [u8], field: u32, value: u64) -> usize {
+    if field == 0 || value == 0 {
+        return 0;
+    }
+    let n = put_varint(out, u64::from(field) << 3);
+    n + put_varint(&mut out[n..], value)
+}
+
 /// Appends the next topic message of a call to `out`, framed: the message, its conflation count
-/// (when not 0 and a field is set), the call's tail. False when no slot holds one.
-fn put_topic_frame(call: &mut Outgoing, conflated_field: u32, out: &mut BytesMut) -> bool {
+/// (when not 0 and a field is set), the call's tail; for a combining call, every slot's pending
+/// part in one message (see [`Server::subscribe`]). False when no slot holds one.
+fn put_topic_frame(call: &mut Outgoing, config: &Config, out: &mut BytesMut) -> bool {
+    if let Some(tail) = call.combined.clone() {
+        return put_combined_frame(call, &tail, config, out);
+    }
     while let Some(topic) = call.ready.pop_front() {
         let Some(slot) = call.slots.get_mut(&topic) else { continue };
-        let Some((message, replaced)) = slot.pending.take() else { continue };
+        let Some(pending) = slot.pending.take() else { continue };
         let mut count = [0u8; 20];
-        let mut count_len = 0;
-        if replaced > 0 && conflated_field > 0 {
-            count_len = put_varint(&mut count, u64::from(conflated_field) << 3);
-            count_len += put_varint(&mut count[count_len..], replaced);
-        }
-        let length = message.len() + count_len + slot.tail.len();
+        let count_len = put_varint_field(&mut count, config.conflated_field, pending.replaced);
+        let length = pending.body.len() + count_len + slot.tail.len();
         out.reserve(5 + length);
         out.put_u8(0);
         out.put_u32(length as u32);
-        out.put_slice(&message);
+        out.put_slice(&pending.body);
         out.put_slice(&count[..count_len]);
         out.put_slice(&slot.tail);
         return true;
     }
     false
+}
+
+/// A combining call's one message from every slot that holds a part: the parts in the order their
+/// slots filled, the smallest stamp, the summed conflation count, the tail. False when none does.
+fn put_combined_frame(call: &mut Outgoing, tail: &Bytes, config: &Config, out: &mut BytesMut) -> bool {
+    let mut parts = Vec::with_capacity(call.ready.len());
+    let (mut stamp, mut replaced) = (u64::MAX, 0);
+    while let Some(topic) = call.ready.pop_front() {
+        let Some(pending) = call.slots.get_mut(&topic).and_then(|slot| slot.pending.take()) else { continue };
+        stamp = stamp.min(pending.stamp);
+        replaced += pending.replaced;
+        parts.push(pending.body);
+    }
+    if parts.is_empty() {
+        return false;
+    }
+    let mut fields = [0u8; 40];
+    let mut fields_len = put_varint_field(&mut fields, config.stamp_field, stamp);
+    fields_len += put_varint_field(&mut fields[fields_len..], config.conflated_field, replaced);
+    let length = parts.iter().map(Bytes::len).sum::<usize>() + fields_len + tail.len();
+    out.reserve(5 + length);
+    out.put_u8(0);
+    out.put_u32(length as u32);
+    for part in &parts {
+        out.put_slice(part);
+    }
+    out.put_slice(&fields[..fields_len]);
+    out.put_slice(tail);
+    true
 }
 
 /// Bytes a call's writer gathers from its queue and slots into one write (it takes at least one
@@ -822,14 +892,14 @@ const MAX_BATCH: usize = 32 * 1024;
 /// bytes were `send`'s (counted in `queued`). Gathered, a refresh's books for a call go out in one
 /// DATA frame and one syscall, not one each: the kernel's TCP path is most of the transport's cost
 /// (a write per message measured ~10 µs a message, three quarters of it in the kernel).
-fn gather(call: &mut Outgoing, conflated_field: u32) -> Option<(Bytes, usize)> {
+fn gather(call: &mut Outgoing, config: &Config) -> Option<(Bytes, usize)> {
     let mut batch = BytesMut::new();
     let mut counted = 0;
     while batch.len() < MAX_BATCH {
         if let Some(frame) = call.frames.pop_front() {
             counted += frame.len();
             batch.extend_from_slice(&frame);
-        } else if !put_topic_frame(call, conflated_field, &mut batch) {
+        } else if !put_topic_frame(call, config, &mut batch) {
             break;
         }
     }
@@ -843,7 +913,7 @@ async fn write(id: u64, mut stream: SendStream<Bytes>, notify: &Notify, shared: 
         let (batch, finish) = {
             let mut state = shared.lock();
             let Some(call) = state.calls.get_mut(&id) else { return true };
-            match gather(call, shared.config.conflated_field) {
+            match gather(call, &shared.config) {
                 Some(batch) => (Some(batch), None),
                 None => (None, call.finish.take()),
             }
@@ -914,6 +984,7 @@ mod tests {
             keepalive_timeout: Duration::from_secs(10),
             tls: None,
             conflated_field: 4,
+            stamp_field: 3,
             threads: 1,
         }
     }
@@ -1113,30 +1184,68 @@ mod tests {
         let port = server.port();
         let client = call_and_read(port, &[0, 0, 0, 0, 0]);
         let call = calls(&server, 1, Instant::now() + Duration::from_secs(5))[0];
-        assert_eq!(server.publish(7, 1, b"unsubscribed"), 0);
+        assert_eq!(server.publish(7, 1, b"unsubscribed", b"", 0), 0);
         assert_eq!(server.send(call, b"v1"), Some(7));
-        assert!(server.subscribe(call, 7, 1, b"T"));
-        assert!(server.subscribe(call, 8, 0, b"U"));
-        assert_eq!(server.publish(7, 1, b"sent already"), 0);
-        assert_eq!(server.publish(8, 5, b"x"), 1);
+        assert!(server.subscribe(call, 7, 1, b"T", false));
+        assert!(server.subscribe(call, 8, 0, b"U", false));
+        assert_eq!(server.publish(7, 1, b"sent already", b"", 0), 0);
+        assert_eq!(server.publish(8, 5, b"x", b"", 0), 1);
         for (version, message) in [(2, &b"v2"[..]), (3, b"v3"), (4, b"v4")] {
-            assert_eq!(server.publish(7, version, message), 1);
+            assert_eq!(server.publish(7, version, message, b"", 0), 1);
         }
-        assert_eq!(server.publish(7, 3, b"older"), 0);
+        assert_eq!(server.publish(7, 3, b"older", b"", 0), 0);
         assert_eq!(server.conflated(), 2);
         server.flush();
         assert!(server.finish(call, 0, ""));
-        assert_eq!(server.publish(7, 9, b"after the end"), 0);
+        assert_eq!(server.publish(7, 9, b"after the end", b"", 0), 0);
         let (received, _, _, frames) = client.join().unwrap();
         assert_eq!(frames, [received.len()], "what one flush queued goes out as one DATA frame");
         // "v1" as sent; topic 8's message (first to get one) with its tail; v4 replacing v2 and v3:
         // field 4 (varint) = 2, then the tail.
         let expected: Vec<u8> = [&[0, 0, 0, 0, 2][..], b"v1", &[0, 0, 0, 0, 2], b"xU", &[0, 0, 0, 0, 5], b"v4", &[0x20, 2], b"T"].concat();
         assert_eq!(received, expected);
-        assert!(!server.subscribe(call, 7, 0, b""));
-        assert_eq!(server.publish(7, 10, b"gone"), 0);
+        assert!(!server.subscribe(call, 7, 0, b"", false));
+        assert_eq!(server.publish(7, 10, b"gone", b"", 0), 0);
         server.stop(Duration::from_secs(1));
         assert!(server.shards[0].lock().topics.is_empty(), "the ended call's subscriptions are dropped");
+    }
+
+    /// Combining calls: what a call's slots hold when its writer runs leaves as one message, the
+    /// parts in the order the slots filled (a replaced part keeps its slot's place), the smallest
+    /// stamp (field 3), the summed conflation count (field 4), the tail once; what is published
+    /// after that write is the next message, and a part with nothing replaced has no count.
+    #[test]
+    fn a_combining_call_gets_its_slots_as_one_message() {
+        let server = Server::start(config()).unwrap();
+        let client = call_and_read(server.port(), &[0, 0, 0, 0, 0]);
+        let call = calls(&server, 1, Instant::now() + Duration::from_secs(5))[0];
+        assert_eq!(server.send(call, b"s"), Some(6));
+        assert!(server.subscribe(call, 7, 0, b"E", true));
+        assert!(server.subscribe(call, 8, 0, b"E", true));
+        assert_eq!(server.publish(7, 1, b"m7", b"p7", 300), 1);
+        assert_eq!(server.publish(8, 1, b"m8", b"P8", 200), 1);
+        assert_eq!(server.publish(7, 2, b"m7b", b"q7", 400), 1);
+        let written = server.writes();
+        server.flush();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.writes() == written {
+            assert!(Instant::now() < deadline, "the first message was not written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(server.publish(8, 2, b"m8b", b"R8", 500), 1);
+        server.flush();
+        assert!(server.finish(call, 0, ""));
+        let (received, status, _, _) = client.join().unwrap();
+        let expected: Vec<u8> = [
+            &[0, 0, 0, 0, 1][..], b"s",
+            &[0, 0, 0, 0, 10], b"q7", b"P8", &[0x18, 0xc8, 0x01], &[0x20, 1], b"E",
+            &[0, 0, 0, 0, 6], b"R8", &[0x18, 0xf4, 0x03], b"E",
+        ]
+        .concat();
+        assert_eq!(received, expected);
+        assert_eq!(status.as_deref(), Some("0"));
+        assert_eq!(server.conflated(), 1);
+        server.stop(Duration::from_secs(1));
     }
 
     /// The calls that arrive before `deadline`, at least `n` of them.
@@ -1192,7 +1301,7 @@ mod tests {
         let ids = calls(&server, CALLS, Instant::now() + Duration::from_secs(5));
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(server.send(*id, b"hi"), Some(7));
-            assert!(server.subscribe(*id, 1, 0, &[b'a' + i as u8]));
+            assert!(server.subscribe(*id, 1, 0, &[b'a' + i as u8], false));
         }
         server.flush();
         // Once every call's first message is out, the next publication: 50 frames of 405 bytes,
@@ -1204,7 +1313,7 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(50));
         let before = server.writes();
-        assert_eq!(server.publish(1, 1, &[7; 400]), CALLS);
+        assert_eq!(server.publish(1, 1, &[7; 400], b"", 0), CALLS);
         server.flush();
         let received = client.join().unwrap();
         let writes = server.writes() - before;
@@ -1253,10 +1362,10 @@ mod tests {
         assert_eq!(ids.iter().map(|id| id % 3).collect::<Vec<_>>(), [0, 1, 2], "{ids:?}");
         for (n, &id) in ids.iter().enumerate() {
             assert_eq!(server.send(id, &[b'a' + n as u8]), Some(6));
-            assert!(server.subscribe(id, 7, 0, &[b'0' + n as u8]));
+            assert!(server.subscribe(id, 7, 0, &[b'0' + n as u8], false));
         }
-        assert_eq!(server.publish(7, 1, b"b"), 3);
-        assert_eq!(server.publish(7, 2, b"c"), 3);
+        assert_eq!(server.publish(7, 1, b"b", b"", 0), 3);
+        assert_eq!(server.publish(7, 2, b"c", b"", 0), 3);
         assert_eq!(server.conflated(), 3);
         server.flush();
         for (n, &id) in ids.iter().enumerate() {
