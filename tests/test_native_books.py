@@ -200,7 +200,7 @@ def test_live_books_go_out_by_channel_with_the_grpc_ports_bytes(generated_small:
     once its first books are out: the refresh publishes each book once for all such streams and
     the transport appends each call's own bytes. What they get live is what the gRPC port sends
     for the same book state (the book, the epoch; ts_out and the per-client conflation count
-    aside), every book state in order, no state twice; a paced native stream stays per stream."""
+    aside), every book state in order, no state twice; a paced native stream too, at its rate."""
 
     async def collect(stream: object, until: float) -> list[pb.StreamBookResponse]:
         messages = []
@@ -240,9 +240,9 @@ def test_live_books_go_out_by_channel_with_the_grpc_ports_bytes(generated_small:
     asyncio.run(scenario())
 
 
-def test_a_plain_native_stream_is_delivered_by_channel_and_leaves_it_when_it_ends(generated_small: Path) -> None:
-    """The hub hands a plain native stream's books to the transport by channel (one publication
-    for every such stream), a paced one per stream; ended, neither is left anywhere."""
+def test_native_streams_are_delivered_by_channel_and_leave_it_when_they_end(generated_small: Path) -> None:
+    """The hub hands a native stream's books to the transport by channel (one publication for
+    every such stream), a paced one's too (the transport paces it); ended, none is left anywhere."""
 
     async def scenario() -> None:
         async with three_books(generated_small) as app:
@@ -259,11 +259,10 @@ def test_a_plain_native_stream_is_delivered_by_channel_and_leaves_it_when_it_end
                         message = await asyncio.wait_for(stream.__anext__(), STEP)
                         assert not message.is_snapshot and message.epoch == hub.epoch
                 channels = [c for c in hub.channels.values() if c.depth == 3]
-                assert channels and all(len(c.fanout) == sum(c.groups.values()) == sum(c.sinks.values()) == 3 and c.topic for c in channels), [(len(c.fanout), c.topic) for c in channels]
-                assert all(len(c.subscribers) == 1 for c in channels), "the paced stream stays per subscriber"
-                # Every native stream goes through the transport (by channel or, paced, per
-                # stream): none is the loop's to send, so a late loop does not stretch the refresh;
-                # a stream on the gRPC port is.
+                assert channels and all(len(c.fanout) == sum(c.groups.values()) == sum(c.sinks.values()) == 4 and c.topic for c in channels), [(len(c.fanout), c.topic) for c in channels]
+                assert not any(c.subscribers for c in channels), "a stream left per subscriber"
+                # Every native stream goes through the transport: none is the loop's to send, so a
+                # late loop does not stretch the refresh; a stream on the gRPC port is.
                 assert hub.loop_streams == 0 and len(hub.book_subscribers) == 4
                 async with MarketDataClient(f"127.0.0.1:{app.port}") as grpc_port:
                     on_loop = grpc_port.stream_book(depth=3)
@@ -340,8 +339,8 @@ def test_combined_native_streams_go_out_by_channel_one_message_a_refresh(generat
 
 def test_max_updates_per_second_paces_native_streams_and_counts_what_it_skips(server: ServeProcess) -> None:
     """A client asking for 10 updates a second of a book that changes every few ms gets about 10,
-    never faster than its limit, each counting the book states it skipped (the hub delivers to
-    native streams itself, so the limit is kept there, by a timer, not by a waiting task)."""
+    never faster than its limit, each counting the book states it skipped (the transport keeps the
+    limit: its slot for the call conflates between two writes, and counts what it replaced)."""
     rate = 10.0
 
     async def scenario() -> None:

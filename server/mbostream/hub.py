@@ -16,9 +16,9 @@
   either has a task woken per refresh that takes its books (:meth:`BookSubscriber.updates`, the
   grpc.aio path), or a :class:`BookSink` the refresh itself hands them to, with one flush per
   refresh (the native transport): no task per message, and a book leaves in the refresh that made it.
-  A sink that is also a :class:`BookFanout` takes the books of a subscriber with no rate limit
-  (one message per book, or every changed book in one with ``combine``; the sink makes the
-  messages) per channel instead: once the subscriber's first message of a book is out, the sink
+  A sink that is also a :class:`BookFanout` takes a subscriber's books per channel instead (one
+  message per book, or every changed book in one with ``combine``, at most ``min_interval`` apart:
+  the sink makes and paces the messages): once the subscriber's first message of a book is out, the sink
   subscribes it to the channel, and each refresh publishes the channel's new book to the sink
   once for all its subscribers (:meth:`Hub.fan_out`); the per-subscriber work (and conflation)
   is then the sink's, off the loop.
@@ -184,8 +184,8 @@ class BookSink(Protocol):
 class BookFanout(Protocol):
     """A :class:`BookSink` that delivers channels rather than subscribers: it has each of its
     subscribed clients sent a channel's newest book (a ``combine`` subscriber's changed books in
-    one message), conflating those a client has not been sent yet, without work on the loop per
-    client (the native transport)."""
+    one message; a paced subscriber's at most every ``min_interval``), conflating those a client
+    has not been sent yet, without work on the loop per client (the native transport)."""
 
     def subscribe(self, sub: BookSubscriber, channel: BookChannel, topic: int) -> bool:
         """From now on ``sub`` gets what is published on ``topic`` (one of ``channel``'s) after
@@ -364,12 +364,6 @@ class BookSubscriber:
     def group(self) -> int:
         """Its fan-out group: where in the refresh interval its books are published."""
         return int(self.slot * FANOUT_GROUPS)
-
-    @property
-    def by_channel(self) -> bool:
-        """No rate limit: its books can be delivered by channel, one message per book or (with
-        ``combine``) every changed book in one, as a :class:`BookFanout` sink makes them."""
-        return not self.min_interval
 
     def notify(self, channel: BookChannel) -> None:
         if channel.key in self.pending:

@@ -110,10 +110,14 @@ impl PyStreamServer {
     }
 
     /// Subscribes call `id` to `topic` (versions above `version`, each followed by `tail`); False
-    /// when the call is gone. With `combine` the call takes its topics' parts in one message.
-    #[pyo3(signature = (id, topic, version, tail, combine=false))]
-    fn subscribe(&self, id: u64, topic: u64, version: u64, tail: &[u8], combine: bool) -> bool {
-        self.inner.subscribe(id, topic, version, tail, combine)
+    /// when the call is gone. With `combine` the call takes its topics' parts in one message; with
+    /// `min_interval` (seconds) above 0 its topic messages are written at most once an interval.
+    #[pyo3(signature = (id, topic, version, tail, combine=false, min_interval=0.0))]
+    fn subscribe(&self, id: u64, topic: u64, version: u64, tail: &[u8], combine: bool, min_interval: f64) -> PyResult<bool> {
+        if !(min_interval.is_finite() && (0.0..=86_400.0).contains(&min_interval)) {
+            return Err(PyValueError::new_err("min_interval must be finite seconds in [0, 86400]"));
+        }
+        Ok(self.inner.subscribe(id, topic, version, tail, combine, Duration::from_secs_f64(min_interval)))
     }
 
     /// Hands version `version` of `topic` to every call subscribed there: `message` to plain calls,

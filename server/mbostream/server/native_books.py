@@ -11,8 +11,8 @@ the very bytes the gRPC port sends) on the transport at once, and wakes the tran
 for all of them; each frames, flow-controls and writes its calls' messages off the loop. No task wakes up
 per message.
 
-**Fan-out by channel.** A call with no rate limit (most) goes further: once its first message
-of a book is out, the call is subscribed to that book's channel
+**Fan-out by channel.** Once a call's first message of a book is out, the call is subscribed to
+that book's channel
 in the transport (a topic; :meth:`~mbostream.hub.Hub.fan_out`), and each refresh hands the
 channel's new book to the transport once for all its calls (:meth:`NativeBookTransport.publish`).
 The transport's threads append each call's own bytes (its conflation count and epoch: the same
@@ -23,7 +23,10 @@ write to at the refresh rate (a slow client, or too many clients for its thread)
 fresher books rather than a queue. A ``combine_books`` call is subscribed the same way, as a
 combining call: what its slots hold when the transport writes to it leaves as one message (the
 books' ``books`` entries, the oldest one's ``ts_out``, the conflation counts summed, its epoch:
-again the bytes ``book_message`` makes), so 1,000 such calls cost the loop no more than one.
+again the bytes ``book_message`` makes), so 1,000 such calls cost the loop no more than one. A
+call with ``max_updates_per_second`` is subscribed as a paced call: the transport writes its books
+at most once an interval (the first an interval after its snapshots), its slots conflating between,
+and the counts of what they replaced say what it skipped.
 
 Everything the grpc.aio path does per call is done here too: the request is validated the same
 way, errors map to the same status codes (:data:`~mbostream.server.interceptors.STATUS_BY_ERROR`),
@@ -205,7 +208,7 @@ class NativeBookTransport:
                 if stream.sent % DELIVERY_SAMPLE_EVERY == 0:
                     observe_delivery(METRICS.book_age_seconds, payload)
                 stream.sent += 1
-                if first and sub.by_channel:
+                if first:
                     sub.hub.fan_out(sub, channels[0].key, self)  # its later books by channel
                 if queued >= HIGH_WATER:
                     stream.blocked = True  # until the transport says "writable"; books conflate
@@ -238,7 +241,7 @@ class NativeBookTransport:
         if stream is None or server is None or stream.gone or stream.error is not None:
             return False
         tail = per_client_suffix(False, 0, epoch=stream.epoch)  # what follows the conflation count
-        return server.subscribe(stream.call_id, topic, sub.seen_versions[channel.key], tail, sub.combine)
+        return server.subscribe(stream.call_id, topic, sub.seen_versions[channel.key], tail, sub.combine, sub.min_interval)
 
     def publish(self, channel: BookChannel, topic: int) -> None:
         """Hands the channel's new book to the transport once for every call subscribed to ``topic``."""

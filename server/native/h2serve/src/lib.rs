@@ -36,6 +36,11 @@
 //! message a refresh is served by the same one-publish-for-all-calls path, the message made on
 //! the transport's thread.
 //!
+//! **Paced calls.** A call subscribed with a `min_interval` has its topic messages written at most
+//! once an interval (what its owner `send`s goes at once, and counts as a write): between two
+//! writes its slots conflate, so a client that asked for ten updates a second gets ten, each the
+//! newest, with the count of those it skipped, and its owner does nothing per message.
+//!
 //! **Gathered writes.** A call's writer takes every message ready when it runs (what `send`
 //! queued, then the topics' pending ones) as one buffer, up to `MAX_BATCH`: a refresh's books for a
 //! call leave in one DATA frame and one syscall. Written one at a time, each cost a `writev` and
@@ -213,6 +218,10 @@ struct Outgoing {
     ready: VecDeque<u64>,
     /// A combining call's tail (its slots' messages leave as one): see [`Server::subscribe`].
     combined: Option<Bytes>,
+    /// A paced call's interval between writes, and when its topic messages may be written next.
+    pace: Option<(Duration, Instant)>,
+    /// When the call's writer last took messages to write.
+    last_write: Option<Instant>,
     queued: usize,
     finish: Option<(u32, String)>,
     blocked: bool,
@@ -388,8 +397,10 @@ impl Server {
     ///
     /// With `combine` the call becomes a combining one (for all its topics): what its slots hold
     /// when its writer runs leaves as one message, the published parts followed by the smallest
-    /// stamp, the conflation count summed over them, and `tail` once.
-    pub fn subscribe(&self, id: u64, topic: u64, version: u64, tail: &[u8], combine: bool) -> bool {
+    /// stamp, the conflation count summed over them, and `tail` once. With a `min_interval` above
+    /// zero it becomes a paced one: its topic messages are written at most once an interval, the
+    /// first an interval after its last write.
+    pub fn subscribe(&self, id: u64, topic: u64, version: u64, tail: &[u8], combine: bool, min_interval: Duration) -> bool {
         let mut state = self.shard(id).lock();
         let Some(call) = state.calls.get_mut(&id) else { return false };
         if call.finish.is_some() {
@@ -398,6 +409,10 @@ impl Server {
         let tail = Bytes::copy_from_slice(tail);
         if combine {
             call.combined = Some(tail.clone());
+        }
+        if !min_interval.is_zero() {
+            let next = call.last_write.map_or_else(Instant::now, |at| at + min_interval);
+            call.pace = Some((min_interval, next));
         }
         let slot = Slot { tail, version, pending: None };
         if call.slots.insert(topic, slot).is_none() {
@@ -785,7 +800,7 @@ async fn call(request: http::Request<h2::RecvStream>, respond: SendResponse<Byte
         let mut state = shared.lock();
         state.next_id += 1;
         let id = state.next_id * shared.count + shared.index;
-        state.calls.insert(id, Outgoing { frames: VecDeque::new(), slots: HashMap::new(), ready: VecDeque::new(), combined: None, queued: 0, finish: None, blocked: false, unflushed: false, notify: notify.clone() });
+        state.calls.insert(id, Outgoing { frames: VecDeque::new(), slots: HashMap::new(), ready: VecDeque::new(), combined: None, pace: None, last_write: None, queued: 0, finish: None, blocked: false, unflushed: false, notify: notify.clone() });
         shared.push_event(&mut state, Event::Call { id, method, request: message, peer });
         id
     };
@@ -892,30 +907,48 @@ const MAX_BATCH: usize = 32 * 1024;
 /// bytes were `send`'s (counted in `queued`). Gathered, a refresh's books for a call go out in one
 /// DATA frame and one syscall, not one each: the kernel's TCP path is most of the transport's cost
 /// (a write per message measured ~10 µs a message, three quarters of it in the kernel).
-fn gather(call: &mut Outgoing, config: &Config) -> Option<(Bytes, usize)> {
+///
+/// A paced call's topic messages are left in their slots until its next write is due (unless the
+/// call is finishing: they go before its status), and any write makes the next one due an
+/// interval later.
+fn gather(call: &mut Outgoing, config: &Config, now: Instant) -> Option<(Bytes, usize)> {
+    let topics = call.finish.is_some() || call.pace.is_none_or(|(_, next)| now >= next);
     let mut batch = BytesMut::new();
     let mut counted = 0;
     while batch.len() < MAX_BATCH {
         if let Some(frame) = call.frames.pop_front() {
             counted += frame.len();
             batch.extend_from_slice(&frame);
-        } else if !put_topic_frame(call, config, &mut batch) {
+        } else if !topics || !put_topic_frame(call, config, &mut batch) {
             break;
         }
     }
-    (!batch.is_empty()).then(|| (batch.freeze(), counted))
+    if batch.is_empty() {
+        return None;
+    }
+    call.last_write = Some(now);
+    if let Some((interval, next)) = &mut call.pace {
+        *next = now + *interval;
+    }
+    Some((batch.freeze(), counted))
+}
+
+/// When a paced call whose slots hold messages may write them (None: not paced, or nothing held).
+fn held_until(call: &Outgoing) -> Option<Instant> {
+    let (_, next) = call.pace?;
+    call.slots.values().any(|slot| slot.pending.is_some()).then_some(next)
 }
 
 /// Writes call `id`'s messages as flow control allows, then its status. True when the client went
 /// away first.
 async fn write(id: u64, mut stream: SendStream<Bytes>, notify: &Notify, shared: &Shared) -> bool {
     loop {
-        let (batch, finish) = {
+        let (batch, finish, held) = {
             let mut state = shared.lock();
             let Some(call) = state.calls.get_mut(&id) else { return true };
-            match gather(call, &shared.config) {
-                Some(batch) => (Some(batch), None),
-                None => (None, call.finish.take()),
+            match gather(call, &shared.config, Instant::now()) {
+                Some(batch) => (Some(batch), None, None),
+                None => (None, call.finish.take(), held_until(call)),
             }
         };
         if let Some((mut frame, counted)) = batch {
@@ -959,8 +992,15 @@ async fn write(id: u64, mut stream: SendStream<Bytes>, notify: &Notify, shared: 
             let _ = stream.send_trailers(status_headers(status, &message));
             return false;
         }
+        let due = async {
+            match held {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = notify.notified() => {}
+            _ = due => {}
             _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return true,
         }
     }
@@ -1186,8 +1226,8 @@ mod tests {
         let call = calls(&server, 1, Instant::now() + Duration::from_secs(5))[0];
         assert_eq!(server.publish(7, 1, b"unsubscribed", b"", 0), 0);
         assert_eq!(server.send(call, b"v1"), Some(7));
-        assert!(server.subscribe(call, 7, 1, b"T", false));
-        assert!(server.subscribe(call, 8, 0, b"U", false));
+        assert!(server.subscribe(call, 7, 1, b"T", false, Duration::ZERO));
+        assert!(server.subscribe(call, 8, 0, b"U", false, Duration::ZERO));
         assert_eq!(server.publish(7, 1, b"sent already", b"", 0), 0);
         assert_eq!(server.publish(8, 5, b"x", b"", 0), 1);
         for (version, message) in [(2, &b"v2"[..]), (3, b"v3"), (4, b"v4")] {
@@ -1204,7 +1244,7 @@ mod tests {
         // field 4 (varint) = 2, then the tail.
         let expected: Vec<u8> = [&[0, 0, 0, 0, 2][..], b"v1", &[0, 0, 0, 0, 2], b"xU", &[0, 0, 0, 0, 5], b"v4", &[0x20, 2], b"T"].concat();
         assert_eq!(received, expected);
-        assert!(!server.subscribe(call, 7, 0, b"", false));
+        assert!(!server.subscribe(call, 7, 0, b"", false, Duration::ZERO));
         assert_eq!(server.publish(7, 10, b"gone", b"", 0), 0);
         server.stop(Duration::from_secs(1));
         assert!(server.shards[0].lock().topics.is_empty(), "the ended call's subscriptions are dropped");
@@ -1220,18 +1260,13 @@ mod tests {
         let client = call_and_read(server.port(), &[0, 0, 0, 0, 0]);
         let call = calls(&server, 1, Instant::now() + Duration::from_secs(5))[0];
         assert_eq!(server.send(call, b"s"), Some(6));
-        assert!(server.subscribe(call, 7, 0, b"E", true));
-        assert!(server.subscribe(call, 8, 0, b"E", true));
+        assert!(server.subscribe(call, 7, 0, b"E", true, Duration::ZERO));
+        assert!(server.subscribe(call, 8, 0, b"E", true, Duration::ZERO));
         assert_eq!(server.publish(7, 1, b"m7", b"p7", 300), 1);
         assert_eq!(server.publish(8, 1, b"m8", b"P8", 200), 1);
         assert_eq!(server.publish(7, 2, b"m7b", b"q7", 400), 1);
-        let written = server.writes();
         server.flush();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while server.writes() == written {
-            assert!(Instant::now() < deadline, "the first message was not written");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        taken_after(&server, call, None);
         assert_eq!(server.publish(8, 2, b"m8b", b"R8", 500), 1);
         server.flush();
         assert!(server.finish(call, 0, ""));
@@ -1246,6 +1281,55 @@ mod tests {
         assert_eq!(status.as_deref(), Some("0"));
         assert_eq!(server.conflated(), 1);
         server.stop(Duration::from_secs(1));
+    }
+
+    /// Paced calls: what the owner sends goes at once; a topic message published right after waits
+    /// until an interval has passed since that write, and what is published meanwhile replaces
+    /// it (counted); the status is not held back by the pace.
+    #[test]
+    fn a_paced_call_writes_its_topics_at_most_once_an_interval() {
+        const INTERVAL: Duration = Duration::from_secs(1);
+        let server = Server::start(config()).unwrap();
+        let client = call_and_read(server.port(), &[0, 0, 0, 0, 0]);
+        let call = calls(&server, 1, Instant::now() + Duration::from_secs(5))[0];
+        assert_eq!(server.send(call, b"s"), Some(6));
+        assert!(server.subscribe(call, 7, 0, b"T", false, INTERVAL));
+        server.flush();
+        let sent = taken_after(&server, call, None);
+        assert_eq!(server.publish(7, 1, b"a", b"", 0), 1);
+        server.flush();
+        std::thread::sleep(INTERVAL / 3);
+        assert_eq!(last_taken(&server, call), Some(sent), "a topic message taken before the interval was up");
+        assert_eq!(server.publish(7, 2, b"b", b"", 0), 1);
+        server.flush();
+        let paced = taken_after(&server, call, Some(sent));
+        assert!(paced - sent >= INTERVAL, "taken {:?} after the last write", paced - sent);
+        assert_eq!(server.publish(7, 3, b"c", b"", 0), 1);
+        server.flush();
+        assert!(server.finish(call, 0, ""));
+        let (received, status, _, _) = client.join().unwrap();
+        assert!(Instant::now() - paced < INTERVAL, "the status waited for the pace");
+        let expected: Vec<u8> = [&[0, 0, 0, 0, 1][..], b"s", &[0, 0, 0, 0, 4], b"b", &[0x20, 1], b"T", &[0, 0, 0, 0, 2], b"cT"].concat();
+        assert_eq!(received, expected);
+        assert_eq!(status.as_deref(), Some("0"));
+        server.stop(Duration::from_secs(1));
+    }
+
+    /// When call `id`'s writer last took messages to write.
+    fn last_taken(server: &Server, id: u64) -> Option<Instant> {
+        server.shard(id).lock().calls.get(&id).and_then(|call| call.last_write)
+    }
+
+    /// Waits (up to 5 s) until call `id`'s writer takes messages again after `after`; when it did.
+    fn taken_after(server: &Server, id: u64, after: Option<Instant>) -> Instant {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match last_taken(server, id) {
+                Some(at) if Some(at) != after => return at,
+                _ => assert!(Instant::now() < deadline, "the call's writer took nothing"),
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// The calls that arrive before `deadline`, at least `n` of them.
@@ -1301,7 +1385,7 @@ mod tests {
         let ids = calls(&server, CALLS, Instant::now() + Duration::from_secs(5));
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(server.send(*id, b"hi"), Some(7));
-            assert!(server.subscribe(*id, 1, 0, &[b'a' + i as u8], false));
+            assert!(server.subscribe(*id, 1, 0, &[b'a' + i as u8], false, Duration::ZERO));
         }
         server.flush();
         // Once every call's first message is out, the next publication: 50 frames of 405 bytes,
@@ -1362,7 +1446,7 @@ mod tests {
         assert_eq!(ids.iter().map(|id| id % 3).collect::<Vec<_>>(), [0, 1, 2], "{ids:?}");
         for (n, &id) in ids.iter().enumerate() {
             assert_eq!(server.send(id, &[b'a' + n as u8]), Some(6));
-            assert!(server.subscribe(id, 7, 0, &[b'0' + n as u8], false));
+            assert!(server.subscribe(id, 7, 0, &[b'0' + n as u8], false, Duration::ZERO));
         }
         assert_eq!(server.publish(7, 1, b"b", b"", 0), 3);
         assert_eq!(server.publish(7, 2, b"c", b"", 0), 3);
