@@ -206,8 +206,10 @@ def test_bench_e2e_caps_the_server_at_a_share_of_its_cpu(generated_small: Path, 
 
 def test_bench_e2e_native_books_reads_the_book_streams_from_the_book_port(generated_small: Path, tmp_path: Path) -> None:
     """``--native-books``: the server also serves StreamBook on a --book-port, the Go client's book
-    streams read it (the events stream the gRPC port), and the run names the port."""
-    doc = bench_e2e("go", generated_small, tmp_path / "cache", "--native-books", scenario="rate")
+    streams read it (the events stream the gRPC port), and the run names the port; ``--client-arg``
+    reaches mbostream-load (here the book connections' receive windows)."""
+    windows = "--client-arg=--book-windows=65536,131072"
+    doc = bench_e2e("go", generated_small, tmp_path / "cache", "--native-books", windows, scenario="rate")
     assert doc["config"]["native_books"] is True
     rate = doc["scenarios"]["rate"]
     target = rate["server"]["book_target"]
@@ -215,6 +217,7 @@ def test_bench_e2e_native_books_reads_the_book_streams_from_the_book_port(genera
     assert rate["server"]["threads_cpu_percent"].get("mbostream-h2", 0) > 0, rate["server"]  # the transport's thread wrote
     go_config = rate["client"]["go"]["config"]
     assert go_config["book_target"] == target and go_config["target"] != target
+    assert go_config["book_windows"] == [65536, 131072] and doc["config"]["client_args"] == ["--book-windows=65536,131072"]
     book, events = rate["client"]["book"], rate["client"]["events"]
     assert book["streams"] == BOOK_STREAMS and book["messages"] > 0 and book["unserved"] == 0 and not book["errors"], book
     assert events["lossless"] and events["records"] > 0, events
@@ -234,13 +237,13 @@ def test_bench_e2e_tls_serves_and_measures_every_stream_over_tls(generated_small
     assert events["lossless"] and events["records"] > 0, events
 
 
-@pytest.mark.parametrize("flag", ["--native-books", "--tls"])
+@pytest.mark.parametrize("flag", ["--native-books", "--tls", "--client-arg=--json"])
 def test_bench_e2e_native_books_and_tls_need_the_go_client(generated_small: Path, flag: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "mbostream.cli", "bench", "e2e", str(generated_small), flag, "--client", "python"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert proc.returncode != 0 and f"{flag} needs the Go client" in proc.stderr, proc.stderr
+    assert proc.returncode != 0 and f"{flag.split('=')[0]} needs the Go client" in proc.stderr, proc.stderr
 
 
 def test_bench_e2e_refuses_a_share_out_of_range() -> None:

@@ -6,7 +6,6 @@ package mbostream_test
 // the flow-control windows (the frames the client sends, read off a proxy).
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"testing"
@@ -200,60 +199,22 @@ func TestFlowControlWindowsSpareTheServerAPingPerBurst(t *testing.T) {
 				next(t, events)
 			}
 			_ = client.Close()
-			sent := readClientFrames(t, proxy.ClientBytes())
+			sent := testserver.ReadClientFrames(t, proxy.ClientBytes())
 			if tc.estimated {
-				if sent.pings == 0 {
+				if sent.Pings == 0 {
 					t.Errorf("with the windows estimated the client sent no PING: %+v", sent)
 				}
 				return
 			}
-			if sent.pings != 0 {
-				t.Errorf("with fixed windows the client sent %d PINGs", sent.pings)
+			if sent.Pings != 0 {
+				t.Errorf("with fixed windows the client sent %d PINGs", sent.Pings)
 			}
-			if got := sent.settings[http2.SettingInitialWindowSize]; got != mbostream.DefaultStreamWindow {
+			if got := sent.Settings[http2.SettingInitialWindowSize]; got != mbostream.DefaultStreamWindow {
 				t.Errorf("SETTINGS_INITIAL_WINDOW_SIZE %d, want %d", got, mbostream.DefaultStreamWindow)
 			}
-			if len(sent.connUpdates) == 0 || sent.connUpdates[0] != mbostream.DefaultConnWindow-65535 {
-				t.Errorf("the connection's WINDOW_UPDATEs %v, want the first to raise it from 65,535 to %d", sent.connUpdates, mbostream.DefaultConnWindow)
+			if len(sent.ConnUpdates) == 0 || sent.ConnUpdates[0] != mbostream.DefaultConnWindow-65535 {
+				t.Errorf("the connection's WINDOW_UPDATEs %v, want the first to raise it from 65,535 to %d", sent.ConnUpdates, mbostream.DefaultConnWindow)
 			}
 		})
-	}
-}
-
-// clientFrames is what a client sent on one connection: its SETTINGS, the increments of its
-// connection-level WINDOW_UPDATEs in order, and its PINGs (not acknowledgements).
-type clientFrames struct {
-	settings    map[http2.SettingID]uint32
-	connUpdates []uint32
-	pings       int
-}
-
-func readClientFrames(t *testing.T, b []byte) clientFrames {
-	t.Helper()
-	if !bytes.HasPrefix(b, []byte(http2.ClientPreface)) {
-		t.Fatalf("the client's bytes do not start with HTTP/2's preface: %q", b[:min(len(b), 24)])
-	}
-	framer := http2.NewFramer(nil, bytes.NewReader(b[len(http2.ClientPreface):]))
-	framer.SetMaxReadFrameSize(1 << 24)
-	sent := clientFrames{settings: map[http2.SettingID]uint32{}}
-	for {
-		f, err := framer.ReadFrame()
-		if err != nil { // the end of what was recorded
-			return sent
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				_ = f.ForeachSetting(func(s http2.Setting) error { sent.settings[s.ID] = s.Val; return nil })
-			}
-		case *http2.WindowUpdateFrame:
-			if f.StreamID == 0 {
-				sent.connUpdates = append(sent.connUpdates, f.Increment)
-			}
-		case *http2.PingFrame:
-			if !f.IsAck() {
-				sent.pings++
-			}
-		}
 	}
 }

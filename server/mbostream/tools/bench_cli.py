@@ -115,6 +115,14 @@ def add_e2e_arguments(p: argparse.ArgumentParser) -> None:
         help="extra flag for mbostream serve, repeatable (e.g. --server-arg=--no-store)",
     )
     p.add_argument(
+        "--client-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="extra flag for the Go load client mbostream-load, repeatable (e.g. "
+        "--client-arg=--book-windows=65536,65536 with --native-books)",
+    )
+    p.add_argument(
         "--client",
         choices=("go", "python"),
         help="the measuring client: go (mbostream-load, built on first use; the default when Go is installed) "

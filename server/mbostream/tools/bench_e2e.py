@@ -85,6 +85,8 @@ class E2eConfig:
     server_args: tuple[str, ...] = ()
     #: The measuring client: "go" (mbostream-load) or "python" (mbostream-client latency).
     client: str = "go"
+    #: Extra ``mbostream-load`` flags (Go client only), e.g. ``("--book-windows=65536,65536",)``.
+    client_args: tuple[str, ...] = ()
 
 
 def _children_cpu_seconds() -> float:
@@ -187,6 +189,7 @@ def _run_go_client(
         "--events-streams", str(events_streams), *_client_flags(cfg),
         *(["--book-target", book_target] if book_target is not None else []),
         *(["--ca-file", ca_file] if ca_file is not None else []),
+        *cfg.client_args,
     ]  # fmt: skip
     env = {**os.environ, **({"GOMAXPROCS": str(len(cpus))} if cpus else {})}
     return _from_go_result(json.loads(_run_client_process("mbostream-load", cmd, cfg, cpus, env)))
@@ -312,6 +315,8 @@ def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"config": asdict(cfg), "scenarios": {}}
     if cfg.native_books and cfg.client != "go":
         raise BenchError("--native-books needs the Go client (--client go): mbostream-client latency has one target")
+    if cfg.client_args and cfg.client != "go":
+        raise BenchError("--client-arg needs the Go client (--client go): the flags are mbostream-load's")
     if cfg.tls and cfg.client != "go":
         raise BenchError("--tls needs the Go client (--client go): mbostream-client latency speaks plaintext here")
     if cfg.client == "go":
@@ -447,6 +452,7 @@ def _cmd_e2e(args: argparse.Namespace) -> int:
         tls=args.tls,
         server_args=tuple(arg for option in args.server_arg for arg in option.split()),
         client=args.client or ("go" if go_available() else "python"),
+        client_args=tuple(arg for option in args.client_arg for arg in option.split()),
     )
     results = run_e2e(cfg)
     print(json.dumps(results, indent=2) if args.json else format_summary(results))

@@ -109,10 +109,10 @@ type measurement struct {
 }
 
 // dial connects one client, within 10 s.
-func dial(ctx context.Context, target string, cfg config, logger *slog.Logger) (*mbostream.Client, error) {
+func dial(ctx context.Context, target string, cfg config, logger *slog.Logger, extra ...mbostream.Option) (*mbostream.Client, error) {
 	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	options := []mbostream.Option{mbostream.WithLogger(logger)}
+	options := append([]mbostream.Option{mbostream.WithLogger(logger)}, extra...)
 	if cfg.tls != nil {
 		options = append(options, mbostream.WithTLS(cfg.tls.Clone()))
 	}
@@ -129,10 +129,10 @@ func dialPools(ctx context.Context, cfg config, logger *slog.Logger) (books, eve
 		}
 		return max(1, streams)
 	}
-	pool := func(target string, n int) ([]*mbostream.Client, error) {
+	pool := func(target string, n int, extra ...mbostream.Option) ([]*mbostream.Client, error) {
 		clients := make([]*mbostream.Client, 0, n)
 		for range n {
-			client, err := dial(ctx, target, cfg, logger)
+			client, err := dial(ctx, target, cfg, logger, extra...)
 			if err != nil {
 				for _, c := range clients {
 					c.Close()
@@ -148,7 +148,11 @@ func dialPools(ctx context.Context, cfg config, logger *slog.Logger) (books, eve
 		return shared, shared, shared, err
 	}
 	if cfg.bookStreams > 0 {
-		if books, err = pool(cfg.bookTarget, size(cfg.bookStreams)); err != nil {
+		var windows []mbostream.Option
+		if cfg.bookWindows != [2]int32{} {
+			windows = append(windows, mbostream.WithFlowControlWindows(cfg.bookWindows[0], cfg.bookWindows[1]))
+		}
+		if books, err = pool(cfg.bookTarget, size(cfg.bookStreams), windows...); err != nil {
 			return nil, nil, nil, err
 		}
 	}

@@ -25,6 +25,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -42,6 +44,9 @@ type config struct {
 	seconds             time.Duration
 	warmup              time.Duration
 	json                bool
+	// bookWindows: the HTTP/2 receive windows (stream, connection) of the book streams' own
+	// connections (--book-windows, with --book-target); zero: the client's defaults.
+	bookWindows [2]int32
 	// tls: connect over TLS (--ca-file: the servers' CA, --server-name: the name their
 	// certificates carry); nil: plaintext.
 	tls *tls.Config
@@ -92,6 +97,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.depth, "depth", 10, "levels per side of the book streams (0: full books)")
 	fs.Float64Var(&cfg.maxUpdatesPerSecond, "max-updates-per-second", 0, "per-book limit asked by the book streams (0: none)")
 	fs.IntVar(&cfg.connections, "connections", 0, "HTTP/2 connections the streams are spread over (0: one per stream)")
+	var bookWindows string
+	fs.StringVar(&bookWindows, "book-windows", "", "STREAM,CONN: the HTTP/2 receive windows, bytes, of the book streams' connections (needs --book-target; default: the client's, 4 MiB,16 MiB)")
 	fs.Float64Var(&seconds, "seconds", 10, "length of the measured window, seconds")
 	fs.Float64Var(&warmup, "warmup", 1, "seconds streamed before the window opens")
 	fs.BoolVar(&cfg.json, "json", false, "print one JSON object")
@@ -121,6 +128,18 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return cfg, fmt.Errorf("--seconds must be > 0, got %g", seconds)
 	case !(warmup >= 0):
 		return cfg, fmt.Errorf("--warmup must be >= 0, got %g", warmup)
+	}
+	if bookWindows != "" {
+		if cfg.bookTarget == "" {
+			return cfg, fmt.Errorf("--book-windows needs --book-target (the events streams' connections keep the client's windows)")
+		}
+		stream, conn, ok := strings.Cut(bookWindows, ",")
+		s, err1 := strconv.ParseInt(stream, 10, 32)
+		c, err2 := strconv.ParseInt(conn, 10, 32)
+		if !ok || err1 != nil || err2 != nil || s < 64<<10 || c < s {
+			return cfg, fmt.Errorf("--book-windows must be STREAM,CONN in bytes, the stream's at least 65536 and the connection's at least the stream's; got %q", bookWindows)
+		}
+		cfg.bookWindows = [2]int32{int32(s), int32(c)}
 	}
 	if serverName != "" && caFile == "" {
 		return cfg, fmt.Errorf("--server-name needs --ca-file")

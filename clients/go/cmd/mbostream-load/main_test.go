@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/mbostream/mbostream/clients/go/internal/testserver"
+	"golang.org/x/net/http2"
 )
 
 func TestMain(m *testing.M) { testserver.Main(m) }
@@ -31,6 +32,11 @@ func TestBadFlagsNameTheFlag(t *testing.T) {
 		{[]string{"--ca-file", "/nonexistent/ca.pem"}, "--ca-file"},
 		{[]string{"--ca-file", "main.go"}, "--ca-file"},
 		{[]string{"--server-name", "serve"}, "--server-name"},
+		{[]string{"--book-windows", "65536,65536"}, "--book-target"},
+		{[]string{"--book-target", "x:1", "--book-windows", "65536"}, "--book-windows"},
+		{[]string{"--book-target", "x:1", "--book-windows", "1024,65536"}, "--book-windows"},
+		{[]string{"--book-target", "x:1", "--book-windows", "131072,65536"}, "--book-windows"},
+		{[]string{"--book-target", "x:1", "--book-windows", "65536,9999999999"}, "--book-windows"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 		{[]string{"stray"}, "stray"},
 	} {
@@ -242,6 +248,40 @@ func TestBookTargetTakesTheBookStreamsToTheNativePort(t *testing.T) {
 		if summary := formatSummary(r); !strings.Contains(summary, "(book streams: "+bookTarget+")") {
 			t.Errorf("%v: the summary does not name the book target:\n%s", extra, summary)
 		}
+	}
+}
+
+// TestBookWindowsAreTheBookConnectionsOwn: --book-windows sets the receive windows of the book
+// streams' connections (SETTINGS_INITIAL_WINDOW_SIZE the stream's, the connection's raised to its
+// own by the first WINDOW_UPDATE), read off a proxy in front of the book port; the document and the
+// summary say so.
+func TestBookWindowsAreTheBookConnectionsOwn(t *testing.T) {
+	const stream, conn = 65536, 262144
+	bookPort := testserver.FreePort(t)
+	srv := testserver.Start(t, testserver.Options{Args: []string{"--rate", "20000", "--loop", "--book-port", fmt.Sprint(bookPort)}})
+	proxy := testserver.StartProxy(t, fmt.Sprintf("127.0.0.1:%d", bookPort))
+	var stdout, stderr bytes.Buffer
+	args := []string{"--target", srv.Address, "--book-target", proxy.Address(), "--book-streams", "2", "--connections", "1",
+		"--events-streams", "0", "--book-windows", fmt.Sprintf("%d,%d", stream, conn), "--seconds", "1", "--warmup", "0.5", "--json"}
+	if code := mainWith(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var r result
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("not one JSON document: %v\n%s", err, stdout.String())
+	}
+	if r.Config.BookWindows == nil || *r.Config.BookWindows != [2]int32{stream, conn} || r.Book.Messages == 0 {
+		t.Fatalf("book_windows %v, %d book messages", r.Config.BookWindows, r.Book.Messages)
+	}
+	if summary := formatSummary(r); !strings.Contains(summary, "receive windows 65536 B a stream, 262144 B the connection") {
+		t.Errorf("the summary does not give the windows:\n%s", summary)
+	}
+	sent := testserver.ReadClientFrames(t, proxy.ClientBytes())
+	if got := sent.Settings[http2.SettingInitialWindowSize]; got != stream {
+		t.Errorf("SETTINGS_INITIAL_WINDOW_SIZE %d, want %d", got, stream)
+	}
+	if len(sent.ConnUpdates) == 0 || sent.ConnUpdates[0] != conn-65535 {
+		t.Errorf("the connection's WINDOW_UPDATEs %v, want the first to raise it from 65,535 to %d", sent.ConnUpdates, conn)
 	}
 }
 

@@ -36,6 +36,8 @@ type configDoc struct {
 	Seconds             float64  `json:"seconds"`
 	Warmup              float64  `json:"warmup"`
 	SpreadInstruments   []string `json:"spread_instruments,omitempty"`
+	// BookWindows: the book connections' receive windows (stream, connection), when set.
+	BookWindows *[2]int32 `json:"book_windows,omitempty"`
 }
 
 type bookDoc struct {
@@ -98,6 +100,9 @@ func summarise(m *measurement) result {
 		},
 		StreamsEndedEarly: m.endedEarly,
 		ClientCPUPercent:  round(100*m.cpuSeconds/m.wallSeconds, 1),
+	}
+	if m.cfg.bookWindows != [2]int32{} {
+		r.Config.BookWindows = &m.cfg.bookWindows
 	}
 
 	bookLat, held := newLatencies(m.window), newHeldAges()
@@ -196,7 +201,11 @@ func formatSummary(r result) string {
 	var b strings.Builder
 	target := r.Config.Target
 	if r.Config.BookTarget != "" {
-		target += " (book streams: " + r.Config.BookTarget + ")"
+		target += " (book streams: " + r.Config.BookTarget
+		if w := r.Config.BookWindows; w != nil {
+			target += fmt.Sprintf(", receive windows %d B a stream, %d B the connection", w[0], w[1])
+		}
+		target += ")"
 	}
 	fmt.Fprintf(&b, "target %s: %g s measured after %g s warm-up, %s\n", target, r.Config.Seconds, r.Config.Warmup,
 		connectionsText(r.Config))
