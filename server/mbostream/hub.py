@@ -17,11 +17,11 @@
   grpc.aio path), or a :class:`BookSink` the refresh itself hands them to, with one flush per
   refresh (the native transport): no task per message, and a book leaves in the refresh that made it.
   A sink that is also a :class:`BookFanout` takes a subscriber's books per channel instead (one
-  message per book, or every changed book in one with ``combine``, at most ``min_interval`` apart:
-  the sink makes and paces the messages): once the subscriber's first message of a book is out, the sink
-  subscribes it to the channel, and each refresh publishes the channel's new book to the sink
-  once for all its subscribers (:meth:`Hub.fan_out`); the per-subscriber work (and conflation)
-  is then the sink's, off the loop.
+  message per book, or every changed book in one with ``combine``, at most ``min_interval``
+  apart: the sink makes and paces the messages): once the subscriber's first message of a book is
+  out, the sink subscribes it to the channel, and each refresh publishes the channel's new book
+  to the sink once for all its subscribers (:meth:`Hub.fan_out`); the per-subscriber work (and
+  conflation) is then the sink's, off the loop.
 * **Sinks** (storage) get every batch through a non-blocking ``offer``; a sink that is behind
   makes the hub not ready, and the feed waits for :meth:`Hub.wait_ready` (backpressure).
 

@@ -12,9 +12,9 @@ for all of them; each frames, flow-controls and writes its calls' messages off t
 per message.
 
 **Fan-out by channel.** Once a call's first message of a book is out, the call is subscribed to
-that book's channel
-in the transport (a topic; :meth:`~mbostream.hub.Hub.fan_out`), and each refresh hands the
-channel's new book to the transport once for all its calls (:meth:`NativeBookTransport.publish`).
+that book's channel in the transport (a topic; :meth:`~mbostream.hub.Hub.fan_out`), and each
+refresh hands the channel's new book to the transport once for all its calls
+(:meth:`NativeBookTransport.publish`).
 The transport's threads append each call's own bytes (its conflation count and epoch: the same
 bytes as :func:`~mbostream.server.market_data.book_message`) and keep one slot per call and book:
 a book not written yet when the next one is published is replaced by it and counted as conflated.

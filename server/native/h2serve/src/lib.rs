@@ -933,10 +933,11 @@ fn gather(call: &mut Outgoing, config: &Config, now: Instant) -> Option<(Bytes, 
     Some((batch.freeze(), counted))
 }
 
-/// When a paced call whose slots hold messages may write them (None: not paced, or nothing held).
+/// When a paced call whose slots hold messages may write them (None: not paced, or nothing held:
+/// `ready` lists the slots that hold one).
 fn held_until(call: &Outgoing) -> Option<Instant> {
     let (_, next) = call.pace?;
-    call.slots.values().any(|slot| slot.pending.is_some()).then_some(next)
+    (!call.ready.is_empty()).then_some(next)
 }
 
 /// Writes call `id`'s messages as flow control allows, then its status. True when the client went
