@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/rehearse-fresh-install and .ci/run: the environment of a new machine, for
 # commands run under `env -i`. Three functions:
 #   toolchain_links DIR   links the toolchains found on PATH (python3, cargo, rustc, rustdoc, go, node, npm,

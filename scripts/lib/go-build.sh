@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts that build test tools from the Go module proxy (scripts/install-*): every
 # such build compiles without DWARF (-gcflags=all=-dwarf=false) and links without symbol tables
 # (-ldflags=-s; a stack trace still names its functions), reproducibly (-trimpath, -buildvcs=false).

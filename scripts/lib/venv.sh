@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts that make virtualenvs (scripts/bootstrap, scripts/bootstrap-dev and the
 # installers that cache a tool in a venv of its own under ~/.cache/mbostream/). Two functions:
 #   make_venv DIR [PYTHON]  makes the virtualenv DIR with the real interpreter behind PYTHON
