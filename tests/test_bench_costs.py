@@ -4,6 +4,7 @@ arithmetic of its own measurements. The figures themselves are benchmarks, not c
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -30,3 +31,16 @@ def test_bench_costs_measures_every_unit_and_models_the_500k_scenario() -> None:
     assert model["book_core_share_per_refresh_hz"] == pytest.approx(per_refresh, rel=1e-3, abs=1e-5)
     budget = 0.6 - model["replay_core_share"] - model["events_core_share_one_stream"]
     assert model["refresh_hz_fitting_60_percent"] == pytest.approx(max(0.0, budget / per_refresh), abs=0.2)
+
+
+def test_calibrate_applies_on_the_cpus_given_and_gives_the_thread_its_cpus_back() -> None:
+    from mbostream.tools.bench_costs import calibrate
+
+    before = os.sched_getaffinity(0)
+    cpu = max(before)
+    result = calibrate({cpu}, records=20_000, passes=3)
+    assert os.sched_getaffinity(0) == before
+    assert (result["cpus"], result["records"], result["passes"]) == ([cpu], 20_000, 3)
+    assert 0 < result["apply_ns_per_record"] <= result["apply_wall_ns_per_record"] + 0.1
+    # None: wherever the thread runs, unpinned.
+    assert calibrate(None, records=20_000, passes=1)["cpus"] is None

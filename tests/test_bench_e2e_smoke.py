@@ -71,7 +71,15 @@ def assert_ordered_latency(latency: dict[str, Any], samples: int) -> None:
 def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_small: Path, tmp_path: Path) -> None:
     doc = bench_e2e(client, generated_small, tmp_path / "cache")
 
-    assert set(doc) == {"config", "scenarios", "checks", "passed"}
+    assert set(doc) == {"config", "machine", "scenarios", "checks", "passed"}
+    # The machine's speed, taken on the server's CPU before the scenarios (the same CPU each ran on).
+    machine = doc["machine"]
+    assert machine["cpus"] == doc["scenarios"]["rate"]["server"]["cpus"]
+    assert (machine["records"], machine["passes"]) == (400_000, 5)
+    assert 0 < machine["apply_ns_per_record"] < 100_000
+    # Thread CPU time cannot exceed the wall time it was spent in (rounded to 0.1 ns each).
+    assert machine["apply_wall_ns_per_record"] >= machine["apply_ns_per_record"] - 0.1
+    assert f"machine: apply {machine['apply_ns_per_record']} ns/record" in format_summary(doc)
     cfg = doc["config"]
     assert (cfg["client"], cfg["files"], cfg["scenarios"]) == (client, [str(generated_small)], ["max", "rate"])
     assert (cfg["seconds"], cfg["warmup"], cfg["rate"], cfg["book_streams"], cfg["events_streams"]) == (

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -98,6 +99,58 @@ def measure_engine(records: int, batch_records: int) -> dict[str, Any]:
         "book_payload_us": round(_per(book_ns, rounds * len(keys)) / 1000, 2),
         "book_message_bytes": int(np.median(book_sizes)),
         "books": len(keys),
+    }
+
+
+#: :func:`calibrate`'s work: the generated sample's first records, applied this many times over.
+CALIBRATION_RECORDS = 400_000
+CALIBRATION_PASSES = 5
+CALIBRATION_WARMUP_S = 0.2
+
+
+def calibrate(cpus: set[int] | None, records: int = CALIBRATION_RECORDS, passes: int = CALIBRATION_PASSES) -> dict[str, Any]:
+    """How fast this machine is now, in the cost model's first unit: ``apply`` ns per record (the
+    median of ``passes`` passes after untimed ones, each into a new market), on ``cpus`` (the
+    calling thread pinned there meanwhile; None: where it runs). Thread CPU time, and wall time
+    beside it: on a quiet machine the two agree, and wall above CPU says something else had the core.
+
+    Figures from different sittings on "the same" machine have differed by 10-25% with no change
+    to the code; this figure, taken beside them, tells a slower machine from a slower build. It is
+    half a second's: on the 2-core VM of docs/performance.md, 16 runs a second apart gave 110-117
+    ns/record, but a run after several idle seconds now and then 137-157 (the machine, not the code:
+    the same process gave 112 a moment later). Read it as "was the machine slow", not as a
+    correction factor."""
+    from mbostream_core.market import Market
+
+    data, symbols = _sample_records(records)
+    saved = os.sched_getaffinity(0)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)  # pid 0: the calling thread
+    try:
+        cpu, wall = [], []
+        # Untimed passes first, for CALIBRATION_WARMUP_S: the first pass pays for the market's
+        # allocations and the sample's pages.
+        warm_until = time.perf_counter() + CALIBRATION_WARMUP_S
+        while len(cpu) < passes:
+            timed = time.perf_counter() >= warm_until
+            market = Market(symbols)
+            started_cpu, started_wall, pos = time.thread_time_ns(), time.perf_counter_ns(), 0
+            while pos < len(data):
+                end = market.apply(data, pos, min(len(data), pos + 1000), complete_events=True).end
+                if end == pos:
+                    break
+                pos = end
+            if timed:
+                cpu.append((time.thread_time_ns() - started_cpu) / pos)
+                wall.append((time.perf_counter_ns() - started_wall) / pos)
+    finally:
+        os.sched_setaffinity(0, saved)
+    return {
+        "apply_ns_per_record": round(float(np.median(cpu)), 1),
+        "apply_wall_ns_per_record": round(float(np.median(wall)), 1),
+        "records": records,
+        "passes": passes,
+        "cpus": sorted(cpus) if cpus is not None else None,
     }
 
 

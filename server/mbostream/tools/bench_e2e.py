@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mbostream.errors import BenchError
+from mbostream.tools.bench_costs import calibrate
 from mbostream.tools.bench_server import BenchServer, Window, cpu_sets, pin
 
 #: The project's targets: the floor must hold, the aim is where we want to be.
@@ -321,6 +322,8 @@ def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
         raise BenchError("--tls needs the Go client (--client go): mbostream-client latency speaks plaintext here")
     if cfg.client == "go":
         _go_load_binary()  # built before any server runs, not inside a measured interval
+    # The machine's speed now, on the server's CPU, before any server runs (bench costs' unit).
+    results["machine"] = calibrate(cpu_sets(cfg.pin)[0])
     checks: dict[str, Any] = {}
     for name in cfg.scenarios:
         result = _scenario(cfg, name)
@@ -364,6 +367,13 @@ def format_summary(results: dict[str, Any]) -> str:
     lines = [f"mbostream bench e2e: {cfg['seconds']:g} s windows after {cfg['warmup']:g} s warm-up, data: "
              f"{', '.join(cfg['files']) or 'generated sample'} {' '.join(cfg['server_args'])}".rstrip()
              + f", {cfg['client']} client"]  # fmt: skip
+    machine = results.get("machine")
+    if machine:
+        lines.append(
+            f"machine: apply {machine['apply_ns_per_record']} ns/record (the sample's first {machine['records']:,} records; "
+            f"thread CPU, wall {machine['apply_wall_ns_per_record']}) on CPU {machine['cpus']}, to tell a slower machine "
+            "from a slower build"
+        )
     for name, r in results["scenarios"].items():
         srv, cl = r["server"], r["client"]
         book, events = cl["book"], cl["events"]
