@@ -435,6 +435,11 @@ impl Server {
             let Some(ids) = topics.get(&topic) else { continue };
             for id in ids {
                 let Some(call) = calls.get_mut(id) else { continue };
+                // A paced call whose slots already hold a message has a writer that either runs
+                // now or sleeps until its next write is due, and takes this one then: waking it for
+                // every publication, only to find it not due, cost the transport's thread a wake-up
+                // a call and a refresh.
+                let wake = call.pace.is_none() || call.ready.is_empty();
                 let Some(slot) = call.slots.get_mut(&topic) else { continue };
                 if call.finish.is_some() || version <= slot.version {
                     continue;
@@ -454,7 +459,7 @@ impl Server {
                         call.ready.push_back(topic);
                     }
                 }
-                if !call.unflushed {
+                if wake && !call.unflushed {
                     call.unflushed = true;
                     unflushed.push(*id);
                 }
@@ -1298,10 +1303,12 @@ mod tests {
         server.flush();
         let sent = taken_after(&server, call, None);
         assert_eq!(server.publish(7, 1, b"a", b"", 0), 1);
+        assert!(to_wake(&server, call), "a message in an empty slot wakes the writer (it is not due yet)");
         server.flush();
         std::thread::sleep(INTERVAL / 3);
         assert_eq!(last_taken(&server, call), Some(sent), "a topic message taken before the interval was up");
         assert_eq!(server.publish(7, 2, b"b", b"", 0), 1);
+        assert!(!to_wake(&server, call), "woken again while its writer sleeps until due");
         server.flush();
         let paced = taken_after(&server, call, Some(sent));
         assert!(paced - sent >= INTERVAL, "taken {:?} after the last write", paced - sent);
@@ -1314,6 +1321,11 @@ mod tests {
         assert_eq!(received, expected);
         assert_eq!(status.as_deref(), Some("0"));
         server.stop(Duration::from_secs(1));
+    }
+
+    /// Whether the next [`Server::flush`] wakes call `id`'s writer.
+    fn to_wake(server: &Server, id: u64) -> bool {
+        server.shard(id).lock().unflushed.contains(&id)
     }
 
     /// When call `id`'s writer last took messages to write.
