@@ -53,6 +53,9 @@ class PythonFollower(threading.Thread):
         self.error: BaseException | None = None
         self.start_over = StartOverCauses()
         self._stopping = False
+        # The thread's loop and the follow's task, for stop() to cancel from another thread.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
         # Its warnings are seen whatever level an earlier test left the root logger at (a CLI run
         # in the test process configures logging for the whole process).
         self._logger = logging.getLogger("mbostream_client._follow")
@@ -67,10 +70,17 @@ class PythonFollower(threading.Thread):
     def run(self) -> None:
         try:
             asyncio.run(self._follow())
+        except asyncio.CancelledError as exc:
+            if not self._stopping:
+                self.error = exc
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
 
     async def _follow(self) -> None:
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        if self._stopping:
+            return
         async with MarketDataClient(self.target) as client:
             follower = EventFollower(client, with_snapshot=False, backoff=Backoff(base=0.02, factor=2, cap=0.5))
             self.stats = follower.stats
@@ -86,8 +96,15 @@ class PythonFollower(threading.Thread):
                     follower.stop()
 
     def stop(self) -> None:
-        """Ends the follow after the batch in hand and waits for the thread (bounded)."""
+        """Ends the follow and waits for the thread (bounded): its task is cancelled, so a stream
+        with nothing coming (a paused replay) ends at once instead of after the join's timeout."""
         self._stopping = True
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:
+                pass  # the loop is closed: the follow has ended
         self.join(30)
         self._logger.removeHandler(self.start_over)
         self._logger.setLevel(self._level)

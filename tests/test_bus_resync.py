@@ -175,6 +175,7 @@ def test_gateway_resyncs_in_place_after_a_gap(nats, feed, tmp_path) -> None:
         }
 
         python.stop()
+        assert not python.is_alive(), "the Python follower did not stop"
         assert go.stop() == 0
         assert python.error is None, python.error
         for name, seen in (("python", python.seen), ("go", go.seen)):
