@@ -596,7 +596,7 @@ def test_store_keeps_one_storage_sink_for_its_lifetime(nats, feed, tmp_path) -> 
     """The store (spool only here) offers every round to one storage sink, started once and
     flushed durably each round (the log says "storage sink started" once, "stopped" once at exit,
     over many rounds); every record is stored and acknowledged, as with a sink per round."""
-    replay = replayer(nats, feed, tmp_path, "--rate", "8000")  # 15 s: the store starts while it flows
+    replay = replayer(nats, feed, tmp_path, "--rate", "12000")  # 10 s: the store starts while it flows
     store = ServeProcess(
         "--nats", nats.url, "--spool-dir", str(tmp_path / "spool"), "--metrics-port", "0", "--ack-interval", "0.2",
         command="store", log_path=tmp_path / "store.log", log_level="info", env={"INFLUX_URL": ""},
