@@ -92,8 +92,6 @@ class PythonFollower(threading.Thread):
                 elif len(seq):
                     inside = bool(np.all(np.diff(seq.astype(np.int64)) == 1))
                     self.seen.append(("live", int(seq[0]), int(seq[-1]), len(seq), inside))
-                if self._stopping:
-                    follower.stop()
 
     def stop(self) -> None:
         """Ends the follow and waits for the thread (bounded): its task is cancelled, so a stream

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
 
 # The largest file we mean to track is docs/screenshot.png (~270 KB).
 MAX_TRACKED_BYTES = 1 << 20

@@ -27,6 +27,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,18 @@ def _sample_records(records: int) -> tuple[np.ndarray, dict[int, str]]:
     return data, info.symbols
 
 
+def _apply_steps(market: Any, data: np.ndarray, batch_records: int) -> Iterator[tuple[int, Any]]:
+    """Applies ``data`` to ``market`` as the replay does, up to ``batch_records`` a step; yields
+    each step's first record and the engine's result (``result.end``: where the next starts)."""
+    pos = 0
+    while pos < len(data):
+        result = market.apply(data, pos, min(len(data), pos + batch_records), complete_events=True)
+        if result.end == pos:
+            break
+        yield pos, result
+        pos = result.end
+
+
 def measure_engine(records: int, batch_records: int) -> dict[str, Any]:
     """Apply, encode and book-payload costs, in this thread's CPU time."""
     from mbostream.feed import Batch
@@ -60,15 +73,11 @@ def measure_engine(records: int, batch_records: int) -> dict[str, Any]:
     data, symbols = _sample_records(records)
     market = Market(symbols)
     batches: list[Batch] = []
-    pos, position = 0, 0
+    position = 0
     started = time.thread_time_ns()
-    while pos < len(data):
-        result = market.apply(data, pos, min(len(data), pos + batch_records), complete_events=True)
-        if result.end == pos:
-            break
+    for pos, result in _apply_steps(market, data, batch_records):
         batches.append(Batch(position + 1, data[pos : result.end], result.events, 0))
         position += result.end - pos
-        pos = result.end
     apply_ns = time.thread_time_ns() - started
 
     encoder = ProtobufEventEncoder("0123456789abcdef")
@@ -134,15 +143,12 @@ def calibrate(cpus: set[int] | None, records: int = CALIBRATION_RECORDS, passes:
         while len(cpu) < passes:
             timed = time.perf_counter() >= warm_until
             market = Market(symbols)
-            started_cpu, started_wall, pos = time.thread_time_ns(), time.perf_counter_ns(), 0
-            while pos < len(data):
-                end = market.apply(data, pos, min(len(data), pos + 1000), complete_events=True).end
-                if end == pos:
-                    break
-                pos = end
+            started_cpu, started_wall, end = time.thread_time_ns(), time.perf_counter_ns(), 0
+            for _, result in _apply_steps(market, data, 1000):
+                end = result.end
             if timed:
-                cpu.append((time.thread_time_ns() - started_cpu) / pos)
-                wall.append((time.perf_counter_ns() - started_wall) / pos)
+                cpu.append((time.thread_time_ns() - started_cpu) / end)
+                wall.append((time.perf_counter_ns() - started_wall) / end)
     finally:
         os.sched_setaffinity(0, saved)
     return {

@@ -322,7 +322,7 @@ def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
         raise BenchError("--tls needs the Go client (--client go): mbostream-client latency speaks plaintext here")
     if cfg.client == "go":
         _go_load_binary()  # built before any server runs, not inside a measured interval
-    # The machine's speed now, on the server's CPU, before any server runs (bench costs' unit).
+    # The machine's speed now, on the server's CPU, before any server runs.
     results["machine"] = calibrate(cpu_sets(cfg.pin)[0])
     checks: dict[str, Any] = {}
     for name in cfg.scenarios:
