@@ -1,7 +1,8 @@
 """``mbostream bench wire``: a capture's server-to-client gRPC messages, each taken apart to its
 ``ts_out``, give the server's share of publish→client. The capture here is written byte by byte
 (Ethernet, IPv4 and IPv6, TCP, HTTP/2, gRPC framing) so that every delay is known in advance:
-split and padded frames, a retransmission, a connection caught mid-stream, the client's own
+split and padded frames, a retransmission, connections caught mid-stream (one frame a message, and
+frames that gather several), the client's own
 requests, a restamped book message (two ts_out fields: the last one counts)."""
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _pcap(path: Path, packets: list[tuple[int, bytes]]) -> None:
 
 def test_the_server_share_of_each_message_is_read_from_a_capture(tmp_path: Path) -> None:
     lo4, lo6 = bytes([127, 0, 0, 1]), bytes(15) + b"\x01"
-    server, client_a, client_b = (lo4, SERVER), (lo4, 40001), (lo4, 40002)
+    server, client_a, client_b, client_d = (lo4, SERVER), (lo4, 40001), (lo4, 40002), (lo4, 40004)
     server6, client_c = (lo6, SERVER), (lo6, 40003)
     # A book restamped by a later phase: the first ts_out is when it was taken, the last when sent.
     taken = BookPayload(_book(T0 - 9_000_000), b"", T0 - 9_000_000)
@@ -74,12 +75,14 @@ def test_the_server_share_of_each_message_is_read_from_a_capture(tmp_path: Path)
     m1 = restamped.single + md.StreamBookResponse(epoch="e").SerializeToString()
     m2, m3 = _book(T0 + 2_000, 8), _book(T0 + 3_000, 9)
     m4, m6 = _book(T0 + 4_000, 10), _book(T0 + 6_000, 11)
+    m7, m8 = _book(T0 + 7_000, 12), _book(T0 + 8_000, 13)
     m5 = md.StreamEventsResponse(batch_sequence=5, ts_out=T0 + 5_000).SerializeToString()
     request = md.StreamBookRequest(depth=10, max_updates_per_second=2.5).SerializeToString()
 
     settings = _frame(4, b"")
     one = settings + _frame(0, _grpc(m1))
     split = _frame(0, _grpc(m2), stream=3)
+    gathered = _frame(0, _grpc(m7) + _grpc(m8), stream=11)
     padded = _frame(0, bytes([4]) + _grpc(m3) + b"\x00" * 4, stream=5, flags=0x8)
     seq = 1001
     packets = [
@@ -93,6 +96,10 @@ def test_the_server_share_of_each_message_is_read_from_a_capture(tmp_path: Path)
         (T0 + 57_000, _ether(server, client_a, seq + len(one) + len(split) + len(padded) - 10, padded[-10:] + _frame(0, _grpc(m6), stream=7))),
         # Caught mid-stream: the end of an earlier frame, then a whole one.
         (T0 + 60_000, _ether(server, client_b, 77_000, b"\x17\x2a\x99\x10" + _frame(0, _grpc(m4), stream=9))),
+        # Caught mid-stream on a connection whose frames gather a call's messages (as the native
+        # transport writes a connection's turn): the first whole frame, two messages, spans two segments.
+        (T0 + 62_000, _ether(server, client_d, 9_000, b"\x00\x01" + gathered[:15])),
+        (T0 + 64_000, _ether(server, client_d, 9_017, gathered[15:])),
         (T0 + 70_000, _ether(server6, client_c, 5, b"", flags=0x12)),
         (T0 + 80_000, _ether(server6, client_c, 6, _frame(0, _grpc(m5)))),
     ]
@@ -102,19 +109,19 @@ def test_the_server_share_of_each_message_is_read_from_a_capture(tmp_path: Path)
     delays = server_delays(capture)
     assert set(delays) == {SERVER}  # the client's request has no ts_out varint: no delay
     assert sorted(delays[SERVER]) == sorted(
-        [20_000 - 1_000, 40_000 - 2_000, 40_000 - 3_000, 57_000 - 6_000, 60_000 - 4_000, 80_000 - 5_000]
+        [20_000 - 1_000, 40_000 - 2_000, 40_000 - 3_000, 57_000 - 6_000, 60_000 - 4_000, 64_000 - 7_000, 64_000 - 8_000, 80_000 - 5_000]
     )
     assert server_delays(capture, {40001}) == {}
     (row,) = summarize(delays)
-    assert row["port"] == SERVER and row["messages"] == 6
-    assert row["p50_ms"] == 0.051 and row["max_ms"] == 0.075
+    assert row["port"] == SERVER and row["messages"] == 8
+    assert row["p50_ms"] == 0.056 and row["max_ms"] == 0.075
 
     # The command: --json, its table, and a port that sent nothing.
     done = bench_wire(str(capture), "--port", str(SERVER), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [row]
     done = bench_wire(str(capture))
-    assert done.returncode == 0 and f"{SERVER}: 6 messages; p50 0.051 ms" in done.stdout, done.stdout
+    assert done.returncode == 0 and f"{SERVER}: 8 messages; p50 0.056 ms" in done.stdout, done.stdout
     assert bench_wire(str(capture), "--port", "40001").returncode == 1
 
 

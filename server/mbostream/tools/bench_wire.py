@@ -34,6 +34,9 @@ _LINK_HEADER = {0: 4, 1: 14, 113: 16, 276: 20}
 #: A frame longer than this is no frame of ours: the parser lost its place (max frame size 2**24-1).
 _MAX_FRAME = 1 << 24
 _SEQ_MASK = 0xFFFFFFFF
+#: The longest frame a connection caught mid-stream is taken up from (a frame is recognised only
+#: whole, so what one that begins in a segment has there is kept until the rest comes).
+_UNSYNCED_KEEP = 1 << 16
 
 
 class CaptureError(ValueError):
@@ -102,29 +105,43 @@ def _tcp(link: int, frame: bytes) -> tuple[tuple[bytes, int, bytes, int], int, i
     return (src, sport, dst, dport), seq, tcp[13], tcp[offset:]
 
 
-def _sync(data: bytes) -> int | None:
-    """Where the first whole DATA frame carrying the start of a gRPC message begins in bytes
-    caught mid-connection (the capture started after the connection did); None if nowhere."""
+def _tiled(body: bytes) -> bool:
+    """Whether ``body`` is one or more whole gRPC messages end to end."""
+    at = 0
+    while at < len(body):
+        if len(body) - at < 5 or body[at] not in (0, 1):
+            return False
+        at += 5 + int.from_bytes(body[at + 1 : at + 5], "big")
+    return 0 < at == len(body)
+
+
+def _sync(data: bytes) -> tuple[int | None, int]:
+    """Where the first DATA frame that is whole gRPC messages begins in bytes caught
+    mid-connection (the capture started after the connection did), or None; and where to look
+    again from with the next segment. The frame's body must be one or more whole messages end to
+    end (the native transport gathers a call's messages of a connection's turn into one frame),
+    so a frame is recognised only once all of it is here: the first that begins here and ends
+    later is looked at again (frames up to _UNSYNCED_KEEP long), else the last 13 bytes are."""
+    pending = None
     for at in range(max(0, len(data) - 13)):
         length = int.from_bytes(data[at : at + 3], "big")
-        if (
-            data[at + 3] == _DATA
-            and data[at + 4] in (0, 1)
-            and data[at + 9] == 0
-            and 5 <= length < _MAX_FRAME
-            and int.from_bytes(data[at + 10 : at + 14], "big") + 5 == length
-        ):
-            return at
-    return None
+        if data[at + 3] != _DATA or data[at + 4] not in (0, 1) or not 5 <= length <= _UNSYNCED_KEEP:
+            continue
+        end = at + 9 + length
+        if end > len(data):
+            pending = at if pending is None else pending
+        elif _tiled(data[at + 9 : end]):
+            return at, at
+    return None, max(0, len(data) - 13) if pending is None else pending
 
 
 def _messages(flow: _Flow, payload: bytes) -> Iterator[bytes]:
     """The gRPC messages ``payload`` completes on ``flow``."""
     data = flow.frames + payload
     if not flow.synced:
-        start = _sync(data)
+        start, again = _sync(data)
         if start is None:
-            flow.frames = data[-13:]
+            flow.frames = data[again:]
             return
         data, flow.synced = data[start:], True
     while len(data) >= 9:
