@@ -98,6 +98,7 @@ BAD_NUMBERS = {
     "metrics_port": ["-2", "65536"],
     "book_port": ["-2", "65536"],
     "book_threads": ["0", "65"],
+    "book_thread_priority": ["-1", "100"],
     "port": ["-1", "65536"],
     "edge_port": ["-1", "65536"],
     "sample_records": ["0"],

@@ -8,6 +8,10 @@ and a client that stops reading must cost the server a bounded queue, not a grow
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -398,18 +402,30 @@ def _transport_threads(pid: int) -> dict[str, int]:
     return threads
 
 
+def start_transport_threads(tmp_path: Path, file: Path, threads: int, *args: str) -> ServeProcess:
+    """A server looping ``file`` at 20,000 records/s with ``threads`` transport threads, returned
+    once all of them run (a thread names itself once it does)."""
+    served = start(tmp_path, [file], "--rate", "20000", "--loop", "--book-threads", str(threads), *args)
+    try:
+        assert served.process is not None
+        deadline = time.monotonic() + STEP
+        while len(_transport_threads(served.process.pid)) < threads:
+            assert time.monotonic() < deadline, _transport_threads(served.process.pid)
+            time.sleep(0.01)
+    except BaseException:
+        served.stop()
+        raise
+    return served
+
+
 def test_book_threads_deal_connections_out_and_each_serves_its_own(tmp_path: Path, generated_small: Path) -> None:
     """``--book-threads 4`` runs four transport threads; three clients, each on a connection of its
     own, land on the first three (dealt out in turn) and each thread writes its client's books, the
     fourth idle; at shutdown every stream, whichever thread holds it, ends with UNAVAILABLE."""
-    served = start(tmp_path, [generated_small], "--rate", "20000", "--loop", "--book-threads", "4")
+    served = start_transport_threads(tmp_path, generated_small, 4)
     try:
         assert served.process is not None
         pid = served.process.pid
-        deadline = time.monotonic() + STEP
-        while len(_transport_threads(pid)) < 4:  # a thread names itself once it runs
-            assert time.monotonic() < deadline, _transport_threads(pid)
-            time.sleep(0.01)
         assert sorted(_transport_threads(pid)) == [f"mbostream-h2-{n}" for n in range(4)]
 
         async def scenario() -> None:
@@ -447,6 +463,49 @@ def test_book_threads_deal_connections_out_and_each_serves_its_own(tmp_path: Pat
         assert served.wait(STEP) == 0
     finally:
         served.stop()
+
+
+def _may_sched_fifo(priority: int) -> bool:
+    """Whether this process may put threads under SCHED_FIFO at ``priority``: CAP_SYS_NICE (bit
+    23 of the effective set) or an RLIMIT_RTPRIO at least that high."""
+    effective = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapEff:"))
+    return bool(int(effective.split()[1], 16) >> 23 & 1) or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= priority
+
+
+def test_book_thread_priority_puts_the_transport_threads_under_sched_fifo(tmp_path: Path, generated_small: Path) -> None:
+    """``--book-thread-priority 7`` with two transport threads: both run under SCHED_FIFO at 7,
+    the event loop's thread as before, and books flow. A server without CAP_SYS_NICE (dropped with
+    setpriv; RLIMIT_RTPRIO is 0) refuses to start, naming the flag and what it needs."""
+    if not _may_sched_fifo(7):
+        pytest.skip("this process may not use SCHED_FIFO (no CAP_SYS_NICE, RLIMIT_RTPRIO below 7)")
+    served = start_transport_threads(tmp_path, generated_small, 2, "--book-thread-priority", "7")
+    try:
+        assert served.process is not None
+        pid = served.process.pid
+        tids = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir() if (task / "comm").read_text().startswith("mbostream-h2")]
+        assert [(os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority) for tid in tids] == [(os.SCHED_FIFO, 7)] * 2
+        assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+
+        async def books() -> list[pb.StreamBookResponse]:
+            client = native(served)
+            try:
+                return await first_messages(client, 40, depth=5)  # the snapshots, then live books
+            finally:
+                await client.close()
+
+        live = asyncio.run(books())
+        assert not live[-1].is_snapshot and live[-1].book.bids
+    finally:
+        served.stop()
+
+    refused = subprocess.run(
+        ["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice", sys.executable, "-m", "mbostream.cli", "--log-format", "text",
+         "serve", str(generated_small), "--no-store", "--port", "0", "--metrics-port", "-1", "--book-port", "0", "--book-thread-priority", "7"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert "--book-thread-priority" in refused.stderr and "CAP_SYS_NICE" in refused.stderr, refused.stderr[-3000:]
 
 
 def test_tls_material_the_transport_cannot_use_is_refused_at_once() -> None:

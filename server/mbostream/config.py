@@ -32,6 +32,7 @@ RANGES: Final[Mapping[str, Range]] = {
     "metrics_port": Range(low=-1, high=65535, integer=True),
     "book_port": Range(low=-1, high=65535, integer=True),
     "book_threads": Range(low=1, high=64, integer=True),
+    "book_thread_priority": Range(low=1, high=99, integer=True, zero="off: the process's own scheduling"),
     "rate": Range(low=0.01, high=1e9, unit="records/s"),
     "speed": Range(low=0.001, high=1e6, unit="(multiplier of recorded time)"),
     "max_streams": Range(low=1, high=100_000, integer=True),
@@ -74,6 +75,11 @@ class Settings:
     #: writing to its own clients, so the per-client cost of book streams (framing, flow control,
     #: TLS, syscalls) spreads over that many cores; the replay and the hub stay on one.
     book_threads: int = 1
+    #: SCHED_FIFO priority of those threads (1-99; 0: off), so that a thread woken by a refresh
+    #: writes at once instead of waiting for the event loop's thread to give up a shared core:
+    #: the server's share of publish→client p99 halves where they share one (docs/performance.md,
+    #: "The transport's threads at a real-time priority"). Needs CAP_SYS_NICE or RLIMIT_RTPRIO.
+    book_thread_priority: int = 0
     #: ``rate`` (records/s), ``speed`` (recorded ts_recv gaps divided by ``speed``) or ``max``.
     pacing: str = "rate"
     rate: float = 100_000.0

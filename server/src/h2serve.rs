@@ -4,7 +4,7 @@
 //! `finish`; nothing here waits, except `stop`, which releases the GIL.
 use std::time::Duration;
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyPermissionError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -22,7 +22,7 @@ pub struct PyStreamServer {
 #[pymethods]
 impl PyStreamServer {
     #[new]
-    #[pyo3(signature = (host, port, methods, *, max_request_bytes, high_water, low_water, max_concurrent_streams, keepalive_interval, keepalive_timeout, tls_cert_chain=None, tls_key=None, tls_client_ca=None, conflated_field=0, stamp_field=0, threads=1))]
+    #[pyo3(signature = (host, port, methods, *, max_request_bytes, high_water, low_water, max_concurrent_streams, keepalive_interval, keepalive_timeout, tls_cert_chain=None, tls_key=None, tls_client_ca=None, conflated_field=0, stamp_field=0, threads=1, realtime_priority=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: String,
@@ -40,6 +40,7 @@ impl PyStreamServer {
         conflated_field: u32,
         stamp_field: u32,
         threads: usize,
+        realtime_priority: u8,
     ) -> PyResult<Self> {
         if conflated_field >= 1 << 29 || stamp_field >= 1 << 29 {
             return Err(PyValueError::new_err("conflated_field and stamp_field must be protobuf field numbers (below 2**29), or 0"));
@@ -69,10 +70,12 @@ impl PyStreamServer {
             conflated_field,
             stamp_field,
             threads,
+            realtime_priority,
         };
         match Server::start(config) {
             Ok(inner) => Ok(PyStreamServer { inner }),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(PyValueError::new_err(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(PyPermissionError::new_err(e.to_string())),
             Err(e) => Err(match e.raw_os_error() {
                 Some(errno) => PyOSError::new_err((errno, e.to_string())),
                 None => PyOSError::new_err(e.to_string()),

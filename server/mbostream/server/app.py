@@ -312,9 +312,13 @@ class App:
         """StreamBook on the native transport (mbostream.server.native_books), on ``book_port``,
         with the gRPC listeners' TLS (``tls``: :func:`~mbostream.config.read_tls_files`)."""
         _check_port_free("book_port", host, port)
-        self.books = NativeBookTransport(lambda: self.service, host, port, tls, threads=self.settings.book_threads)
+        s = self.settings
+        self.books = NativeBookTransport(lambda: self.service, host, port, tls, threads=s.book_threads, realtime_priority=s.book_thread_priority)
         try:
             self.books.start()
+        except PermissionError as exc:  # SCHED_FIFO refused: no CAP_SYS_NICE, RLIMIT_RTPRIO too low
+            self.books = None
+            raise ConfigError(_setting_names("book_thread_priority"), str(exc)) from None
         except ValueError as exc:  # a certificate or key the gRPC listeners took but rustls refuses
             self.books = None
             raise ConfigError(_setting_names("tls_cert_file"), f"the native book port cannot use it: {exc}") from None

@@ -116,6 +116,7 @@ SERVING_SETTINGS = (
     "metrics_port",
     "book_port",
     "book_threads",
+    "book_thread_priority",
     "max_streams",
     "max_streams_per_peer",
     "listeners",
@@ -158,6 +159,11 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
         "message (TLS and mTLS as --port; default -1 off; 0 free)",
     )  # fmt: skip
     add_setting_argument(p, "--book-threads", "book_threads", "threads writing to the --book-port clients (each its share of the connections)", "1")
+    add_setting_argument(
+        p, "--book-thread-priority", "book_thread_priority",
+        "SCHED_FIFO priority of those threads, so they write as soon as a refresh wakes them (needs CAP_SYS_NICE "
+        "or RLIMIT_RTPRIO)", "0",
+    )  # fmt: skip
     add_setting_argument(p, "--max-streams", "max_streams", "concurrent streams allowed", "1000")
     add_setting_argument(p, "--max-streams-per-peer", "max_streams_per_peer", "concurrent streams one client address may hold", "256")
     add_setting_argument(p, "--listeners", "listeners", "gRPC servers sharing the port, each admitting new streams on its own", "4")

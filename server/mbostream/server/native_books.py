@@ -117,6 +117,7 @@ class NativeBookTransport:
         port: int,
         tls: tuple[bytes, bytes, bytes | None] | None = None,
         threads: int = 1,
+        realtime_priority: int = 0,
     ) -> None:
         #: The service whose StreamBook this serves (a gateway replaces its own as it resyncs).
         self.service = service
@@ -126,6 +127,8 @@ class NativeBookTransport:
         self.tls = tls
         #: Transport threads: each writes to its share of the connections (``book_threads``).
         self.threads = threads
+        #: Their SCHED_FIFO priority (``book_thread_priority``); 0: the process's scheduling.
+        self.realtime_priority = realtime_priority
         self.server: StreamServer | None = None
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._streams: dict[BookSubscriber, _Stream] = {}
@@ -143,8 +146,9 @@ class NativeBookTransport:
         return self.server.port if self.server is not None else 0
 
     def start(self) -> None:
-        """Binds (OSError when the port is taken; ValueError for a certificate or key rustls refuses)
-        and starts taking calls."""
+        """Binds (OSError when the port is taken; ValueError for a certificate or key rustls refuses;
+        PermissionError when the threads may not have their SCHED_FIFO priority) and starts taking
+        calls."""
         chain, key, client_ca = self.tls if self.tls is not None else (None, None, None)
         self.server = StreamServer(
             self.host,
@@ -162,6 +166,7 @@ class NativeBookTransport:
             conflated_field=pb.StreamBookResponse.CONFLATED_FIELD_NUMBER,
             stamp_field=pb.StreamBookResponse.TS_OUT_FIELD_NUMBER,
             threads=self.threads,
+            realtime_priority=self.realtime_priority,
         )
         asyncio.get_running_loop().add_reader(self.server.fileno(), self._on_events)
 

@@ -117,7 +117,15 @@ pub struct Config {
     /// Threads writing to the clients, 1 to [`MAX_THREADS`]: connections are dealt out to them in
     /// turn as they are accepted.
     pub threads: usize,
+    /// The threads' real-time priority (`SCHED_FIFO`, 1 to [`MAX_REALTIME_PRIORITY`]), so that a
+    /// thread woken by a publication runs at once instead of waiting for the thread that woke it to
+    /// give up the core; 0: the process's own scheduling. Needs `CAP_SYS_NICE` or an
+    /// `RLIMIT_RTPRIO` of at least this: [`Server::start`] fails with `PermissionDenied` otherwise.
+    pub realtime_priority: u8,
 }
+
+/// The highest `SCHED_FIFO` priority Linux gives.
+pub const MAX_REALTIME_PRIORITY: u8 = 99;
 
 /// The most threads a server runs.
 pub const MAX_THREADS: usize = 64;
@@ -286,8 +294,11 @@ pub struct Server {
 impl Server {
     /// Binds (errors come back here, not later) and starts the server's thread.
     pub fn start(mut config: Config) -> io::Result<Server> {
-        if config.methods.is_empty() || config.low_water > config.high_water || config.max_concurrent_streams == 0 || !(1..=MAX_THREADS).contains(&config.threads) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("methods must not be empty, low_water <= high_water, max_concurrent_streams >= 1, threads in 1..={MAX_THREADS}")));
+        if config.methods.is_empty() || config.low_water > config.high_water || config.max_concurrent_streams == 0 || !(1..=MAX_THREADS).contains(&config.threads) || config.realtime_priority > MAX_REALTIME_PRIORITY {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("methods must not be empty, low_water <= high_water, max_concurrent_streams >= 1, threads in 1..={MAX_THREADS}, realtime_priority in 0..={MAX_REALTIME_PRIORITY}"),
+            ));
         }
         // The PEM (the key with it) is not kept once rustls holds what it needs.
         let tls = config.tls.take().as_ref().map(server_tls).transpose()?.map(tokio_rustls::TlsAcceptor::from);
@@ -331,7 +342,9 @@ impl Server {
                     serve(inbox, shared).await;
                 });
             })?;
+            let scheduled = set_realtime(&thread, config.realtime_priority);
             server.threads.lock().unwrap_or_else(|p| p.into_inner()).push(thread);
+            scheduled?; // dropping the server stops the threads started so far
         }
         Ok(server)
     }
@@ -540,6 +553,22 @@ impl Server {
             let _ = thread.join();
         }
     }
+}
+
+/// Puts `thread` under `SCHED_FIFO` at `priority` (0: leaves it as it is).
+fn set_realtime(thread: &JoinHandle<()>, priority: u8) -> io::Result<()> {
+    use std::os::unix::thread::JoinHandleExt;
+    if priority == 0 {
+        return Ok(());
+    }
+    let param = libc::sched_param { sched_priority: i32::from(priority) };
+    // SAFETY: the handle's thread has not been joined, so its pthread_t is valid; param outlives the call.
+    let error = unsafe { libc::pthread_setschedparam(thread.as_pthread_t(), libc::SCHED_FIFO, &param) };
+    if error == 0 {
+        return Ok(());
+    }
+    let cause = io::Error::from_raw_os_error(error);
+    Err(io::Error::new(cause.kind(), format!("SCHED_FIFO priority {priority} for the transport's threads: {cause} (it needs CAP_SYS_NICE, or an RLIMIT_RTPRIO of at least {priority})")))
 }
 
 impl Drop for Server {
@@ -1032,6 +1061,7 @@ mod tests {
             conflated_field: 4,
             stamp_field: 3,
             threads: 1,
+            realtime_priority: 0,
         }
     }
 
@@ -1105,6 +1135,63 @@ mod tests {
         for threads in [0, MAX_THREADS + 1] {
             let refused = Server::start(Config { threads, ..self::config() }).err().map(|e| e.kind());
             assert_eq!(refused, Some(io::ErrorKind::InvalidInput), "{threads} threads");
+        }
+        let refused = Server::start(Config { realtime_priority: MAX_REALTIME_PRIORITY + 1, ..self::config() }).err().map(|e| e.kind());
+        assert_eq!(refused, Some(io::ErrorKind::InvalidInput));
+    }
+
+    /// The policy and priority the kernel reports for the process's threads named `prefix`*.
+    fn scheduling(prefix: &str) -> Vec<(i32, i32)> {
+        let mut found = vec![];
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if name.trim_end().starts_with(prefix) {
+                let tid: i32 = task.file_name().to_string_lossy().parse().unwrap();
+                let mut param = libc::sched_param { sched_priority: -1 };
+                // SAFETY: plain system calls about a thread of this process; param outlives them.
+                let policy = unsafe {
+                    libc::sched_getparam(tid, &mut param);
+                    libc::sched_getscheduler(tid)
+                };
+                found.push((policy, param.sched_priority));
+            }
+        }
+        found
+    }
+
+    /// With `realtime_priority`, every transport thread runs under SCHED_FIFO at it, where the
+    /// process may (CAP_SYS_NICE or RLIMIT_RTPRIO); where it may not, the start fails with
+    /// PermissionDenied and says what it needs. (Another test runs threads of the same names at
+    /// the same time, under SCHED_OTHER: these are told apart by their policy.)
+    #[test]
+    fn realtime_priority_puts_every_thread_under_sched_fifo() {
+        let fifo = || scheduling("mbostream-h2-").into_iter().filter(|&s| s == (libc::SCHED_FIFO, 7)).count();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let effective = status.lines().find_map(|line| line.strip_prefix("CapEff:")).map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap()).unwrap();
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: reads this process's limit into `limit`.
+        let rtprio = unsafe { libc::getrlimit(libc::RLIMIT_RTPRIO, &mut limit) } == 0 && limit.rlim_cur >= 7;
+        let permitted = effective & (1 << 23) != 0 || rtprio; // bit 23: CAP_SYS_NICE
+        match Server::start(Config { threads: 3, realtime_priority: 7, ..self::config() }) {
+            Ok(server) => {
+                assert!(permitted, "SCHED_FIFO was granted where it should not be");
+                // Threads are named as they start: wait for the three.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while fifo() < 3 {
+                    assert!(Instant::now() < deadline, "{:?}", scheduling("mbostream-h2-"));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                // SAFETY: reads the calling thread's policy: the owner's thread is left as it was.
+                assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+                server.stop(Duration::ZERO);
+                assert_eq!(fifo(), 0);
+            }
+            Err(error) => {
+                assert!(!permitted, "{error}");
+                assert_eq!(error.kind(), io::ErrorKind::PermissionDenied, "{error}");
+                assert!(error.to_string().contains("CAP_SYS_NICE"), "{error}");
+                assert_eq!(fifo(), 0);
+            }
         }
     }
 
