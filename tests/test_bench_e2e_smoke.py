@@ -38,7 +38,7 @@ EVENTS_KEYS: Final = {
 LATENCY_KEYS: Final = {"samples", "p50", "p99", "p99.9", "max"}
 SCENARIO_KEYS: Final = {
     "scenario", "pacing", "server", "client", "client_cpus", "client_bound", "other_processes_cpu_percent",
-    "interrupts_cpu_percent",
+    "interrupts_cpu_percent", "server_share",
 }  # fmt: skip
 SERVER_KEYS: Final = {"replayed_records_per_second", "cpu_percent", "threads_cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code", "book_target", "tls"}
 #: The cap of the capped run: far below what the server takes at --max (a whole core).
@@ -91,6 +91,7 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
 
     for name, scenario in doc["scenarios"].items():
         assert set(scenario) == SCENARIO_KEYS
+        assert scenario["server_share"] is None  # no --capture
         assert scenario["scenario"] == name
         assert scenario["pacing"] == ("--max" if name == "max" else f"--rate {RATE}")
         server = scenario["server"]
@@ -215,9 +216,10 @@ def test_bench_e2e_caps_the_server_at_a_share_of_its_cpu(generated_small: Path, 
 def test_bench_e2e_native_books_reads_the_book_streams_from_the_book_port(generated_small: Path, tmp_path: Path) -> None:
     """``--native-books``: the server also serves StreamBook on a --book-port, the Go client's book
     streams read it (the events stream the gRPC port), and the run names the port; ``--client-arg``
-    reaches mbostream-load (here the book connections' receive windows)."""
+    reaches mbostream-load (here the book connections' receive windows). ``--capture 1``: a second
+    of each port's traffic, taken apart as ``bench wire`` does, gives the server's share."""
     windows = "--client-arg=--book-windows=65536,131072"
-    doc = bench_e2e("go", generated_small, tmp_path / "cache", "--native-books", windows, scenario="rate")
+    doc = bench_e2e("go", generated_small, tmp_path / "cache", "--native-books", windows, "--capture", "1", scenario="rate")
     assert doc["config"]["native_books"] is True
     rate = doc["scenarios"]["rate"]
     target = rate["server"]["book_target"]
@@ -230,6 +232,16 @@ def test_bench_e2e_native_books_reads_the_book_streams_from_the_book_port(genera
     assert book["streams"] == BOOK_STREAMS and book["messages"] > 0 and book["unserved"] == 0 and not book["errors"], book
     assert events["lossless"] and events["records"] > 0, events
     assert doc["checks"]["rate_events_lossless"]["value"] is True
+    share = rate["server_share"]
+    assert share["seconds"] == 1 and doc["config"]["capture"] == 1, share
+    rows = {row["role"]: row for row in share["rows"]}
+    assert set(rows) == {"book", "gRPC"}, share
+    assert rows["book"]["port"] == int(target.rpartition(":")[2]) and rows["gRPC"]["port"] == int(go_config["target"].rpartition(":")[2])
+    for row in rows.values():
+        # About a second's messages of the window (its 1.5 s seen by the client), each delay in order.
+        assert 0 < row["messages"] and 0 <= row["p50_ms"] <= row["p99_ms"] <= row["p999_ms"] <= row["max_ms"] < 1000, row
+    assert rows["book"]["messages"] <= book["messages"], (rows, book)
+    assert "the server's share of publish→client" in format_summary(doc)
 
 
 def test_bench_e2e_tls_serves_and_measures_every_stream_over_tls(generated_small: Path, tmp_path: Path) -> None:
@@ -252,6 +264,33 @@ def test_bench_e2e_native_books_and_tls_need_the_go_client(generated_small: Path
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode != 0 and f"{flag.split('=')[0]} needs the Go client" in proc.stderr, proc.stderr
+
+
+def test_a_capture_without_tcpdump_is_reported_not_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Where tcpdump cannot be found, the capture is reported as not checked (and says what to
+    install), never as figures; its folder is removed."""
+    from mbostream.tools.bench_wire import Capture, format_share
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    capture = Capture(1.0, {"book": 1}, None)
+    capture.start(delay=0)
+    share = capture.finish(timeout=5)
+    assert share == {"not_checked": "tcpdump is not installed (Debian: apt-get install tcpdump)"}
+    assert "not checked (tcpdump is not installed" in format_share(share, None)
+    assert not capture.path.parent.exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--capture", "3", "--seconds", "2"], "--capture 3 s is longer than the 2 s window"),
+    (["--capture", "1", "--tls", "--native-books"], "--capture reads plaintext gRPC only"),
+    (["--capture", "-1"], "--capture"),
+])  # fmt: skip
+def test_bench_e2e_refuses_a_capture_it_cannot_take(generated_small: Path, flags: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbostream.cli", "bench", "e2e", str(generated_small), "--client", "go", *flags],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
 
 
 def test_bench_e2e_refuses_a_share_out_of_range() -> None:

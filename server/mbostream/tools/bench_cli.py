@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from mbostream.tools.bench_server import CPU_SHARE  # stdlib only: no benchmark imported
-from mbostream_core.argtypes import non_negative_int, positive_float, positive_int
+from mbostream_core.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
@@ -127,6 +127,14 @@ def add_e2e_arguments(p: argparse.ArgumentParser) -> None:
         choices=("go", "python"),
         help="the measuring client: go (mbostream-load, built on first use; the default when Go is installed) "
         "or python (mbostream-client latency)",
+    )
+    p.add_argument(
+        "--capture",
+        type=non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="capture the server's traffic for SECONDS of each window (tcpdump on the loopback, pinned to the "
+        "client's CPU; root) and report the server's share of publish→client, as bench wire does (default 0: off)",
     )
     p.add_argument("--strict", action="store_true", help="exit 1 when a floor is missed")
     p.add_argument("--json", action="store_true", help="machine-readable result")

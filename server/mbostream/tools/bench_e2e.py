@@ -36,6 +36,7 @@ from typing import Any, Final
 from mbostream.errors import BenchError
 from mbostream.tools.bench_costs import calibrate
 from mbostream.tools.bench_server import BenchServer, Window, cpu_sets, pin
+from mbostream.tools.bench_wire import Capture, format_share
 
 #: The project's targets: the floor must hold, the aim is where we want to be.
 FLOOR_RECORDS_PER_SECOND: Final = 500_000
@@ -88,6 +89,10 @@ class E2eConfig:
     client: str = "go"
     #: Extra ``mbostream-load`` flags (Go client only), e.g. ``("--book-windows=65536,65536",)``.
     client_args: tuple[str, ...] = ()
+    #: Seconds of each window the server's outgoing traffic is captured (tcpdump on the loopback,
+    #: pinned to the client's CPU), read as ``bench wire`` reads a capture: the server's share of
+    #: publish→client, split from the client's. 0: no capture.
+    capture: float = 0.0
 
 
 def _children_cpu_seconds() -> float:
@@ -271,8 +276,22 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
         book_target = server.book_target if native else None
         if native and book_target is None:
             raise BenchError("the server printed no book_port: it does not serve StreamBook on the native transport")
-        client = _run_client(cfg, server.target, streams, events_streams, client_cpus, book_target, server.ca_file)
+        capture = None
+        if cfg.capture:
+            ports = {"gRPC": int(server.target.rpartition(":")[2])}
+            if book_target is not None:
+                ports["book"] = int(book_target.rpartition(":")[2])
+            capture = Capture(cfg.capture, ports, client_cpus)
+            capture.start(delay=cfg.warmup)  # the client's window starts after its warm-up
+        try:
+            client = _run_client(cfg, server.target, streams, events_streams, client_cpus, book_target, server.ca_file)
+        except BaseException:
+            if capture is not None:
+                capture.abandon()
+            raise
         client1, after = _children_cpu_seconds(), server.read()
+    # Read once the server is stopped: a capture's parse takes seconds of a core.
+    server_share = capture.finish(timeout=cfg.warmup + cfg.capture) if capture is not None else None
     window = Window(before, after)
     client_cpu_count = len(client_cpus) if client_cpus else os.cpu_count() or 1
     return {
@@ -297,6 +316,8 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
         },
         "client_cpus": sorted(client_cpus) if client_cpus else None,
         "client": client,
+        # The server's share of publish→client from a capture (--capture), or None.
+        "server_share": server_share,
         "client_bound": client["client_cpu_percent"] >= 100 * CLIENT_BOUND_SHARE * client_cpu_count,
     }
 
@@ -320,6 +341,10 @@ def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
         raise BenchError("--client-arg needs the Go client (--client go): the flags are mbostream-load's")
     if cfg.tls and cfg.client != "go":
         raise BenchError("--tls needs the Go client (--client go): mbostream-client latency speaks plaintext here")
+    if cfg.capture > cfg.seconds:
+        raise BenchError(f"--capture {cfg.capture:g} s is longer than the {cfg.seconds:g} s window")
+    if cfg.capture and cfg.tls:
+        raise BenchError("--capture reads plaintext gRPC only: TLS traffic cannot be taken apart")
     if cfg.client == "go":
         _go_load_binary()  # built before any server runs, not inside a measured interval
     # The machine's speed now, on the server's CPU, before any server runs.
@@ -427,6 +452,8 @@ def format_summary(results: dict[str, Any]) -> str:
                 f"{'lossless' if events['lossless'] else 'NOT lossless'} (gaps {events['gaps']}, "
                 f"RESOURCE_EXHAUSTED {events['resource_exhausted']}, OUT_OF_RANGE {events['out_of_range']})"
             )
+        if r.get("server_share") is not None:
+            lines.append(format_share(r["server_share"], r["client_cpus"]))
         if book.get("unserved") or events.get("unserved"):
             lines.append(
                 f"  UNSERVED: {book['unserved']} book and {events['unserved']} events streams got nothing in the window; "
@@ -463,6 +490,7 @@ def _cmd_e2e(args: argparse.Namespace) -> int:
         server_args=tuple(arg for option in args.server_arg for arg in option.split()),
         client=args.client or ("go" if go_available() else "python"),
         client_args=tuple(arg for option in args.client_arg for arg in option.split()),
+        capture=args.capture,
     )
     results = run_e2e(cfg)
     print(json.dumps(results, indent=2) if args.json else format_summary(results))

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import struct
+import subprocess
 import sys
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from mbostream.server.interceptors import message_ts_out
 
@@ -222,6 +225,85 @@ def summarize(delays: dict[int, list[int]]) -> list[dict[str, float | int]]:
             }
         )
     return rows
+
+
+#: How long a capture may take to end after its seconds are up (tcpdump writes what it holds).
+_CAPTURE_GRACE_SECONDS = 30.0
+
+
+class Capture:
+    """tcpdump of what the server's ``ports`` send on the loopback, for ``seconds`` after a delay,
+    in a temp folder; :meth:`finish` reads it as ``bench wire`` does. The capture runs pinned to
+    ``cpus`` (the load client's: the server's core stays as it was) and needs what tcpdump needs
+    (root, or CAP_NET_RAW). What it cannot do it reports as not checked, never as a figure."""
+
+    def __init__(self, seconds: float, ports: dict[str, int], cpus: set[int] | None) -> None:
+        self.seconds = seconds
+        #: The server's ports by role ("book": the native book port, "gRPC").
+        self.ports = ports
+        self.cpus = cpus
+        self._dir = tempfile.TemporaryDirectory(prefix="mbostream-capture-")
+        self.path = Path(self._dir.name) / "server.pcap"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._missing = ""
+
+    def start(self, delay: float) -> None:
+        """Starts the capture ``delay`` seconds from now (the client's warm-up), in the background."""
+        tcpdump = shutil.which("tcpdump")
+        if tcpdump is None:
+            self._missing = "tcpdump is not installed (Debian: apt-get install tcpdump)"
+            return
+        sources = " or ".join(f"src port {port}" for port in sorted(set(self.ports.values())))
+        command = [
+            "sh", "-c", 'sleep "$0" && exec timeout "$1" "$2" -i lo -s 0 --time-stamp-precision=nano -w "$3" "$4"',
+            f"{delay:g}", f"{self.seconds:g}", tcpdump, str(self.path), f"tcp and ({sources})",
+        ]  # fmt: skip
+        if self.cpus is not None:
+            command = ["taskset", "-c", ",".join(map(str, sorted(self.cpus))), *command]
+        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def abandon(self) -> None:
+        """Stops the capture and removes its folder (the run it was for failed)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.communicate()
+        self._dir.cleanup()
+
+    def finish(self, timeout: float) -> dict[str, Any]:
+        """Waits for the capture (``timeout``: seconds until it must have ended) and reads it:
+        ``{"seconds", "rows": [{"role", "port", "messages", "p50_ms", ...}]}``, or ``{"not_checked": why}``."""
+        try:
+            if self._process is None:
+                return {"not_checked": self._missing}
+            try:
+                _, err = self._process.communicate(timeout=timeout + _CAPTURE_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.communicate()
+                return {"not_checked": "tcpdump did not end"}
+            # timeout(1) exits 124 when it ended tcpdump at the end of the seconds, as it should.
+            if self._process.returncode not in (0, 124) or not self.path.exists():
+                detail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {self._process.returncode}"]
+                return {"not_checked": f"tcpdump failed: {detail[0]}"}
+            rows = summarize(server_delays(self.path, set(self.ports.values())))
+            role = {port: name for name, port in self.ports.items()}
+            return {"seconds": self.seconds, "rows": [{"role": role[row["port"]], **row} for row in rows]}
+        finally:
+            self._dir.cleanup()
+
+
+def format_share(share: dict[str, Any], cpus: Any) -> str:
+    """One report line of a :class:`Capture`'s result."""
+    if "not_checked" in share:
+        return f"  the server's share of publish→client: not checked ({share['not_checked']})"
+    parts = [
+        f"{row['role']} port p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  p99.9 {row['p999_ms']} ms ({row['messages']:,} messages)"
+        for row in share["rows"]
+    ]
+    where = f"tcpdump on CPU {cpus}" if cpus else "tcpdump"
+    return f"  the server's share of publish→client (capture time - ts_out; a {share['seconds']:g} s capture, {where}): " + (
+        "; ".join(parts) or "no message with a ts_out captured"
+    )
 
 
 def _cmd_wire(args: argparse.Namespace) -> int:
