@@ -280,6 +280,26 @@ def test_a_capture_without_tcpdump_is_reported_not_checked(monkeypatch: pytest.M
     assert not capture.path.parent.exists()
 
 
+def test_an_abandoned_capture_stops_tcpdump_and_removes_its_folder() -> None:
+    """A run that fails with a capture going stops tcpdump itself, not only the timeout above it."""
+    import time
+
+    from mbostream.tools.bench_wire import Capture
+
+    if shutil.which("tcpdump") is None:
+        pytest.skip("tcpdump is not installed (scripts/bootstrap-dev installs it as root on Debian)")
+    port = 40_000 + os.getpid() % 20_000  # in tcpdump's filter, so its command line names it
+    running = lambda: subprocess.run(["pgrep", "-f", f"src port {port}"], capture_output=True, text=True).stdout.split()  # noqa: E731
+    capture = Capture(60.0, {"book": port}, None)
+    capture.start(delay=0)
+    deadline = time.monotonic() + 10
+    while not running():
+        assert time.monotonic() < deadline, "tcpdump did not start"
+        time.sleep(0.05)
+    capture.abandon()
+    assert running() == [] and not capture.path.parent.exists()
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--capture", "3", "--seconds", "2"], "--capture 3 s is longer than the 2 s window"),
     (["--capture", "1", "--tls", "--native-books"], "--capture reads plaintext gRPC only"),

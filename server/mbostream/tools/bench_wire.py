@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -260,13 +262,23 @@ class Capture:
         ]  # fmt: skip
         if self.cpus is not None:
             command = ["taskset", "-c", ",".join(map(str, sorted(self.cpus))), *command]
-        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # A session of its own: stopping it stops tcpdump too, not only the timeout(1) above it.
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+
+    def _kill(self) -> None:
+        assert self._process is not None
+        try:
+            os.killpg(self._process.pid, signal.SIGKILL)
+        except ProcessLookupError:  # ended meanwhile
+            pass
+        self._process.communicate()
 
     def abandon(self) -> None:
         """Stops the capture and removes its folder (the run it was for failed)."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.communicate()
+        if self._process is not None:
+            self._kill()
         self._dir.cleanup()
 
     def finish(self, timeout: float) -> dict[str, Any]:
@@ -278,8 +290,7 @@ class Capture:
             try:
                 _, err = self._process.communicate(timeout=timeout + _CAPTURE_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.communicate()
+                self._kill()
                 return {"not_checked": "tcpdump did not end"}
             # timeout(1) exits 124 when it ended tcpdump at the end of the seconds, as it should.
             if self._process.returncode not in (0, 124) or not self.path.exists():
