@@ -242,6 +242,10 @@ def test_bench_e2e_native_books_reads_the_book_streams_from_the_book_port(genera
         assert 0 < row["messages"] and 0 <= row["p50_ms"] <= row["p99_ms"] <= row["p999_ms"] <= row["max_ms"] < 1000, row
     assert rows["book"]["messages"] <= book["messages"], (rows, book)
     assert "the server's share of publish→client" in format_summary(doc)
+    # And its own line among the checks, against the same floor and aim as the client's p99.
+    check = doc["checks"]["rate_server_share_p99_ms"]
+    assert (check["value"], check["floor"], check["aim"]) == (rows["book"]["p99_ms"], 10.0, 2.0), check
+    assert check["verdict"] in VERDICTS and f"rate_server_share_p99_ms: {check['value']} (floor 10.0, aim 2.0)" in format_summary(doc)
 
 
 def test_bench_e2e_tls_serves_and_measures_every_stream_over_tls(generated_small: Path, tmp_path: Path) -> None:

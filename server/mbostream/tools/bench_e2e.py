@@ -374,6 +374,17 @@ def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
                 "value": events["lossless"] if cfg.events_streams else None,
                 "verdict": "no data" if not cfg.events_streams else "ok" if events["lossless"] else "LOSSY",
             }
+            # With a capture of the native book port: the same targets for the server's share alone.
+            share = result["server_share"] or {}
+            book_rows = [row for row in share.get("rows", ()) if row["role"] == "book"]
+            if book_rows:
+                p99 = book_rows[0]["p99_ms"]
+                checks["rate_server_share_p99_ms"] = {
+                    "value": p99,
+                    "floor": FLOOR_P99_MS,
+                    "aim": AIM_P99_MS,
+                    "verdict": _verdict(p99, FLOOR_P99_MS, AIM_P99_MS, False),
+                }
         # A stream that got nothing is in no figure: the figures then describe fewer clients.
         unserved = [result["client"][kind].get("unserved") for kind in ("book", "events")]
         if None not in unserved:
