@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import grpc
 import pytest
@@ -389,14 +389,19 @@ def test_shutdown_ends_native_streams_with_unavailable(tmp_path: Path, generated
         stopping.stop()
 
 
-def _transport_threads(pid: int) -> dict[str, int]:
-    """The server's transport threads by name, each with the nanoseconds it has run so far."""
+class _Thread(NamedTuple):
+    tid: int
+    ran_ns: int  # how long it has run so far
+
+
+def _transport_threads(pid: int) -> dict[str, _Thread]:
+    """The server's transport threads by name."""
     threads = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
             if name.startswith("mbostream-h2"):
-                threads[name] = int((task / "schedstat").read_text().split()[0])
+                threads[name] = _Thread(int(task.name), int((task / "schedstat").read_text().split()[0]))
         except FileNotFoundError:  # a thread that ended meanwhile
             continue
     return threads
@@ -443,7 +448,7 @@ def test_book_threads_deal_connections_out_and_each_serves_its_own(tmp_path: Pat
                     for n, stream in enumerate(streams):
                         message = await asyncio.wait_for(stream.__anext__(), STEP)
                         counts[n] += not message.is_snapshot
-                ran = {name: _transport_threads(pid)[name] - before[name] for name in before}
+                ran = {name: _transport_threads(pid)[name].ran_ns - before[name].ran_ns for name in before}
                 assert all(count >= 20 for count in counts), counts
                 # The three with a client each ran while they wrote books; the fourth, with none,
                 # hardly at all (no connection ever reached it).
@@ -482,7 +487,7 @@ def test_book_thread_priority_puts_the_transport_threads_under_sched_fifo(tmp_pa
     try:
         assert served.process is not None
         pid = served.process.pid
-        tids = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir() if (task / "comm").read_text().startswith("mbostream-h2")]
+        tids = [thread.tid for thread in _transport_threads(pid).values()]
         assert [(os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority) for tid in tids] == [(os.SCHED_FIFO, 7)] * 2
         assert os.sched_getscheduler(pid) == os.SCHED_OTHER
 
