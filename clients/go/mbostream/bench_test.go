@@ -124,10 +124,22 @@ type apiMessage interface {
 	UnmarshalVT([]byte) error
 }
 
-// received is a message as gRPC hands it to the codec, and as its bytes.
+// received is a message as gRPC hands it to the codec, whole and in frames, and as its bytes.
 type received struct {
 	data    []byte
 	buffers mem.BufferSlice
+	frames  mem.BufferSlice
+}
+
+// inFrames is data cut where HTTP/2's default 16 KiB frames would cut it.
+func inFrames(data []byte) mem.BufferSlice {
+	var frames mem.BufferSlice
+	for len(data) > 0 {
+		n := min(len(data), 16<<10)
+		frames = append(frames, mem.SliceBuffer(data[:n]))
+		data = data[n:]
+	}
+	return frames
 }
 
 // BenchmarkDecode decodes each message into a new one, as gRPC does for every message received.
@@ -140,6 +152,8 @@ func BenchmarkDecode(b *testing.B) {
 		{"proto.Unmarshal", func(in received, m apiMessage) error { return proto.Unmarshal(in.data, m) }},
 		{"UnmarshalVT", func(in received, m apiMessage) error { return m.UnmarshalVT(in.data) }},
 		{"Codec", func(in received, m apiMessage) error { return codec.Unmarshal(in.buffers, m) }},
+		// As gRPC hands over a message of more than one HTTP/2 DATA frame: in 16 KiB buffers.
+		{"Codec-frames", func(in received, m apiMessage) error { return codec.Unmarshal(in.frames, m) }},
 	}
 	messages := []struct {
 		name string
@@ -151,7 +165,7 @@ func BenchmarkDecode(b *testing.B) {
 		{"events-4096", realisticBatch(4096), func() apiMessage { return &v1.StreamEventsResponse{} }},
 	}
 	for _, msg := range messages {
-		in := received{msg.data, mem.BufferSlice{mem.SliceBuffer(msg.data)}}
+		in := received{msg.data, mem.BufferSlice{mem.SliceBuffer(msg.data)}, inFrames(msg.data)}
 		for _, dec := range decoders {
 			b.Run(msg.name+"/"+dec.name, func(b *testing.B) {
 				b.SetBytes(int64(len(msg.data)))
@@ -163,5 +177,32 @@ func BenchmarkDecode(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// BenchmarkDecodeReused decodes every book message into the same one, as a book stream with
+// ReuseUpdates does, against a new message each time.
+func BenchmarkDecodeReused(b *testing.B) {
+	codec := mbostream.Codec()
+	for _, orders := range []bool{false, true} {
+		data := mem.BufferSlice{mem.SliceBuffer(sampleBookMessage(orders))}
+		name := map[bool]string{false: "book-depth10", true: "book-depth10-orders"}[orders]
+		b.Run(name+"/new", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := codec.Unmarshal(data, &v1.StreamBookResponse{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(name+"/reused", func(b *testing.B) {
+			b.ReportAllocs()
+			m := &v1.StreamBookResponse{}
+			for b.Loop() {
+				if err := codec.Unmarshal(data, mbostream.DecodedAgain(m)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

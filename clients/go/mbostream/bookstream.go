@@ -32,6 +32,11 @@ type BookStreamRequest struct {
 	Backoff Backoff
 	// NoReconnect ends the stream at the first error instead of reconnecting.
 	NoReconnect bool
+	// ReuseUpdates decodes every message into the same memory, as bufio.Scanner's Bytes does: the
+	// BookUpdate that Update returns, its Books and their levels are valid only until the next call
+	// to Next, which overwrites them (proto.Clone what you keep). A 10-level book message then
+	// decodes with 2 allocations instead of 36, in a third of the time (clients/go/README.md).
+	ReuseUpdates bool
 }
 
 // BookUpdate is one StreamBook message: one or more whole top-N books, each consistent (taken at
@@ -88,6 +93,12 @@ type BookStream struct {
 	err    error
 	done   bool
 
+	// With ReuseUpdates: the message every Recv decodes into, and the update and books slice
+	// Next hands out, all overwritten by the next message.
+	reused       *v1.StreamBookResponse
+	reusedUpdate BookUpdate
+	reusedBooks  []*v1.BookSnapshot
+
 	mu    sync.Mutex
 	stats BookStreamStats
 }
@@ -132,24 +143,14 @@ func (s *BookStream) Next() bool {
 		if s.call == nil && !s.open() {
 			continue
 		}
-		m, err := s.call.Recv()
+		m, err := s.receive()
 		if err != nil {
 			s.hangUpCall()
 			s.recover(err)
 			continue
 		}
 		s.retry.reset()
-		u := &BookUpdate{
-			Books:       m.GetBooks(),
-			Snapshot:    m.GetIsSnapshot(),
-			TsOut:       m.GetTsOut(),
-			Conflated:   m.GetConflated(),
-			Epoch:       m.GetEpoch(),
-			Reconnected: s.reconnected,
-		}
-		if m.GetBook() != nil {
-			u.Books = append(u.Books, m.GetBook())
-		}
+		u := s.updateOf(m)
 		s.reconnected = false
 		s.mu.Lock()
 		if s.epoch != "" && u.Epoch != "" && u.Epoch != s.epoch {
@@ -164,6 +165,47 @@ func (s *BookStream) Next() bool {
 		return true
 	}
 	return false
+}
+
+// receive reads the call's next message: a new one, or with ReuseUpdates the stream's own, reset
+// (its slices and levels kept for the decode to fill again).
+func (s *BookStream) receive() (*v1.StreamBookResponse, error) {
+	if !s.opts.ReuseUpdates {
+		return s.call.Recv()
+	}
+	if s.reused == nil {
+		s.reused = &v1.StreamBookResponse{}
+	}
+	// The codec empties it with ResetVT before decoding (codec.go, reusable).
+	if err := s.call.RecvMsg(reusedBookResponse{s.reused}); err != nil {
+		return nil, err
+	}
+	return s.reused, nil
+}
+
+// updateOf is m as the update Next hands out. A reused message's Books are copied to a slice of
+// the stream's own: appending m's single Book to m's slice would leave it in the slice's spare
+// room, where the next decode would take it for an element to fill while the pool hands it out.
+func (s *BookStream) updateOf(m *v1.StreamBookResponse) *BookUpdate {
+	u, books := &BookUpdate{}, m.GetBooks()
+	if s.opts.ReuseUpdates {
+		u, books = &s.reusedUpdate, append(s.reusedBooks[:0], books...)
+	}
+	if m.GetBook() != nil {
+		books = append(books, m.GetBook())
+	}
+	if s.opts.ReuseUpdates {
+		s.reusedBooks = books
+	}
+	*u = BookUpdate{
+		Books:       books,
+		Snapshot:    m.GetIsSnapshot(),
+		TsOut:       m.GetTsOut(),
+		Conflated:   m.GetConflated(),
+		Epoch:       m.GetEpoch(),
+		Reconnected: s.reconnected,
+	}
+	return u
 }
 
 // Update is the update the last successful Next delivered.

@@ -4,12 +4,15 @@ package mbostream
 
 import (
 	"fmt"
+	"sync"
 
 	"google.golang.org/grpc/encoding"
 	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
+
+	v1 "github.com/mbostream/mbostream/clients/go/gen/mbostream/v1"
 )
 
 // vtMessage is a message with the methods protoc-gen-go-vtproto generates (every message of
@@ -19,6 +22,22 @@ type vtMessage interface {
 	UnmarshalVT(dAtA []byte) error
 	Reset()
 }
+
+// reusable is a message decoded into again and again (BookStreamRequest.ReuseUpdates). Its type
+// was generated with vtprotobuf's pool feature (the book messages: buf.gen.yaml), whose ResetVT
+// empties it but keeps its slices and their elements for the next decode to fill without
+// allocating. Only such a message is emptied that way: any other gets Reset, which leaves what a
+// caller kept of its previous contents alone.
+type reusable interface {
+	ResetVT()
+	decodedAgain()
+}
+
+// reusedBookResponse marks the one message a book stream with ReuseUpdates decodes into. It
+// embeds the message, so any codec can decode into it.
+type reusedBookResponse struct{ *v1.StreamBookResponse }
+
+func (reusedBookResponse) decodedAgain() {}
 
 // Codec is the gRPC codec Dial installs on its connection: protobuf, the same bytes as gRPC-Go's
 // own codec, through the generated MarshalVT/UnmarshalVT code of this API's messages instead of
@@ -33,8 +52,11 @@ type vtMessage interface {
 // entries go in Go's map order, as proto.Marshal's do by default; the client sends no map).
 //
 // Each decoded message is newly allocated and the caller's to keep (BookUpdate.Books hands them
-// out): the generated pools are not used, since a message given back to a pool while a caller
-// still holds it would be overwritten by the next one.
+// out), except in a book stream with BookStreamRequest.ReuseUpdates, which decodes every message
+// into one of its own (reusable, below). Only such a stream's message gives parts back to the
+// generated pools (its ResetVT puts its book, BBO and trade there before the next decode), once the
+// caller's hold on them has ended with the next Next; a message handed out for keeps never does, so
+// no decode anywhere in the process can overwrite it.
 func Codec() encoding.CodecV2 { return codec{} }
 
 type codec struct{}
@@ -60,20 +82,45 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 func (codec) Unmarshal(data mem.BufferSlice, v any) error {
-	// A message within one buffer is read where it is; one over several is joined first.
-	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-	defer buf.Free()
+	// A message within one buffer is read where it is; one over several (an event batch of more
+	// than one HTTP/2 frame) is joined in a scratch buffer first.
+	var b []byte
+	if len(data) == 1 {
+		b = data[0].ReadOnlyData()
+	} else {
+		scratch := joined.Get().(*[]byte)
+		defer joined.Put(scratch)
+		if n := data.Len(); cap(*scratch) < n {
+			*scratch = make([]byte, n)
+		} else {
+			*scratch = (*scratch)[:n]
+		}
+		b = *scratch
+		data.CopyTo(b)
+	}
+	// Both decoders copy every string and bytes field out of b, which is gRPC's or the pool's again
+	// on return.
 	if m, ok := v.(vtMessage); ok {
-		// UnmarshalVT merges into what m holds; proto.Unmarshal replaces it. It copies every string
-		// and bytes field out of buf, which goes back to gRPC's pool on return.
-		m.Reset()
-		return m.UnmarshalVT(buf.ReadOnlyData())
+		// UnmarshalVT merges into what m holds; proto.Unmarshal replaces it.
+		if r, ok := v.(reusable); ok {
+			r.ResetVT()
+		} else {
+			m.Reset()
+		}
+		return m.UnmarshalVT(b)
 	}
 	if pm, ok := protobufMessage(v); ok {
-		return proto.Unmarshal(buf.ReadOnlyData(), pm)
+		return proto.Unmarshal(b, pm)
 	}
 	return fmt.Errorf("mbostream codec: cannot unmarshal into %T, not a protobuf message", v)
 }
+
+// joined holds the scratch buffers Unmarshal joins a message of several buffers in. Unlike
+// gRPC's buffer pool (MaterializeToBuffer), which clears each buffer it hands out, it gives a
+// buffer back as it was: Unmarshal overwrites the part it reads. Clearing took an eighth of the Go
+// load client's CPU at 500k records/s, where a StreamEvents batch is hundreds of KiB
+// (docs/performance.md, "The Go client decodes into the same memory").
+var joined = sync.Pool{New: func() any { return new([]byte) }}
 
 // protobufMessage is v as a protobuf-go message, APIv2 or (adapted) the older APIv1.
 func protobufMessage(v any) (proto.Message, bool) {

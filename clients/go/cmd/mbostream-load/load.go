@@ -276,6 +276,7 @@ func readBooks(ctx context.Context, client *mbostream.Client, cfg config, instru
 		Depth:               uint32(cfg.depth),
 		MaxUpdatesPerSecond: cfg.maxUpdatesPerSecond,
 		CombineBooks:        cfg.combine,
+		ReuseUpdates:        !cfg.newUpdates, // nothing here outlives the loop's turn
 	})
 	for s.Next() {
 		now := time.Now().UnixNano()

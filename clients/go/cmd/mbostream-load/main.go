@@ -32,11 +32,14 @@ import (
 
 // config is the validated command line.
 type config struct {
-	target              string
-	bookTarget          string
-	bookStreams         int
-	eventsStreams       int
-	combine             bool
+	target        string
+	bookTarget    string
+	bookStreams   int
+	eventsStreams int
+	combine       bool
+	// newUpdates: each book message decoded into new memory (--new-updates), not into the stream's
+	// own (BookStreamRequest.ReuseUpdates).
+	newUpdates          bool
 	spread              bool
 	depth               int
 	maxUpdatesPerSecond float64
@@ -93,6 +96,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.bookStreams, "book-streams", 1, "concurrent StreamBook streams")
 	fs.IntVar(&cfg.eventsStreams, "events-streams", 0, "concurrent StreamEvents streams (every instrument each)")
 	fs.BoolVar(&cfg.combine, "combine", false, "book streams ask for combine_books (one message per refresh)")
+	fs.BoolVar(&cfg.newUpdates, "new-updates", false, "decode each book message into new memory, as a client that keeps every update does (default: into the same memory, the library's ReuseUpdates)")
 	fs.BoolVar(&cfg.spread, "spread", false, "each book stream watches one instrument (round-robin), not every book")
 	fs.IntVar(&cfg.depth, "depth", 10, "levels per side of the book streams (0: full books)")
 	fs.Float64Var(&cfg.maxUpdatesPerSecond, "max-updates-per-second", 0, "per-book limit asked by the book streams (0: none)")

@@ -51,7 +51,7 @@ func TestBadFlagsNameTheFlag(t *testing.T) {
 // checks the document's shape and its internal consistency; no figure depends on timing.
 func TestMeasuresARealServer(t *testing.T) {
 	srv := testserver.Start(t, testserver.Options{Args: []string{"--rate", "20000", "--loop"}})
-	for _, extra := range [][]string{{"--combine", "--spread", "--connections", "2"}, {}} {
+	for _, extra := range [][]string{{"--combine", "--spread", "--connections", "2", "--new-updates"}, {}} {
 		var stdout, stderr bytes.Buffer
 		args := append([]string{"--target", srv.Address, "--book-streams", "4", "--events-streams", "1",
 			"--seconds", "1.5", "--warmup", "0.5", "--json"}, extra...)
@@ -95,8 +95,8 @@ func TestMeasuresARealServer(t *testing.T) {
 		} else if !(0 <= *book.HeldAgeP50Ms && *book.HeldAgeP50Ms <= *book.HeldAgeP99Ms && *book.HeldAgeP99Ms <= *book.HeldAgeMaxMs) {
 			t.Errorf("%v: held age out of order: %v %v %v", extra, *book.HeldAgeP50Ms, *book.HeldAgeP99Ms, *book.HeldAgeMaxMs)
 		}
-		if spread := len(extra) > 0; spread != (len(r.Config.SpreadInstruments) == 4) {
-			t.Errorf("%v: spread over %v", extra, r.Config.SpreadInstruments)
+		if spread := len(extra) > 0; spread != (len(r.Config.SpreadInstruments) == 4) || spread != r.Config.NewUpdates {
+			t.Errorf("%v: spread over %v, new updates %v", extra, r.Config.SpreadInstruments, r.Config.NewUpdates)
 		}
 	}
 }

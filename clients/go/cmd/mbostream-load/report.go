@@ -28,6 +28,7 @@ type configDoc struct {
 	BookStreams         int      `json:"book_streams"`
 	EventsStreams       int      `json:"events_streams"`
 	Combine             bool     `json:"combine"`
+	NewUpdates          bool     `json:"new_updates"`
 	Spread              bool     `json:"spread"`
 	Depth               int      `json:"depth"`
 	MaxUpdatesPerSecond float64  `json:"max_updates_per_second"`
@@ -94,7 +95,7 @@ func summarise(m *measurement) result {
 	r := result{
 		Config: configDoc{
 			Target: m.cfg.target, BookTarget: m.cfg.bookTarget, BookStreams: m.cfg.bookStreams, EventsStreams: m.cfg.eventsStreams,
-			Combine: m.cfg.combine, Spread: m.cfg.spread, Depth: m.cfg.depth,
+			Combine: m.cfg.combine, NewUpdates: m.cfg.newUpdates, Spread: m.cfg.spread, Depth: m.cfg.depth,
 			MaxUpdatesPerSecond: m.cfg.maxUpdatesPerSecond, Connections: m.cfg.connections, TLS: m.cfg.tls != nil,
 			Seconds: seconds, Warmup: m.cfg.warmup.Seconds(), SpreadInstruments: m.instruments,
 		},

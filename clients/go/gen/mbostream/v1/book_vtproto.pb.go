@@ -9,6 +9,7 @@ import (
 	protohelpers "github.com/planetscale/vtprotobuf/protohelpers"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	io "io"
+	sync "sync"
 )
 
 const (
@@ -441,6 +442,106 @@ func (m *BookSnapshot) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	return len(dAtA) - i, nil
 }
 
+var vtprotoPool_Level = sync.Pool{
+	New: func() interface{} {
+		return &Level{}
+	},
+}
+
+func (m *Level) ResetVT() {
+	if m != nil {
+		for _, mm := range m.Orders {
+			mm.Reset()
+		}
+		f0 := m.Orders[:0]
+		m.Reset()
+		m.Orders = f0
+	}
+}
+func (m *Level) ReturnToVTPool() {
+	if m != nil {
+		m.ResetVT()
+		vtprotoPool_Level.Put(m)
+	}
+}
+func LevelFromVTPool() *Level {
+	return vtprotoPool_Level.Get().(*Level)
+}
+
+var vtprotoPool_Bbo = sync.Pool{
+	New: func() interface{} {
+		return &Bbo{}
+	},
+}
+
+func (m *Bbo) ResetVT() {
+	if m != nil {
+		m.Reset()
+	}
+}
+func (m *Bbo) ReturnToVTPool() {
+	if m != nil {
+		m.ResetVT()
+		vtprotoPool_Bbo.Put(m)
+	}
+}
+func BboFromVTPool() *Bbo {
+	return vtprotoPool_Bbo.Get().(*Bbo)
+}
+
+var vtprotoPool_Trade = sync.Pool{
+	New: func() interface{} {
+		return &Trade{}
+	},
+}
+
+func (m *Trade) ResetVT() {
+	if m != nil {
+		m.Reset()
+	}
+}
+func (m *Trade) ReturnToVTPool() {
+	if m != nil {
+		m.ResetVT()
+		vtprotoPool_Trade.Put(m)
+	}
+}
+func TradeFromVTPool() *Trade {
+	return vtprotoPool_Trade.Get().(*Trade)
+}
+
+var vtprotoPool_BookSnapshot = sync.Pool{
+	New: func() interface{} {
+		return &BookSnapshot{}
+	},
+}
+
+func (m *BookSnapshot) ResetVT() {
+	if m != nil {
+		for _, mm := range m.Bids {
+			mm.ResetVT()
+		}
+		f0 := m.Bids[:0]
+		for _, mm := range m.Asks {
+			mm.ResetVT()
+		}
+		f1 := m.Asks[:0]
+		m.Bbo.ReturnToVTPool()
+		m.LastTrade.ReturnToVTPool()
+		m.Reset()
+		m.Bids = f0
+		m.Asks = f1
+	}
+}
+func (m *BookSnapshot) ReturnToVTPool() {
+	if m != nil {
+		m.ResetVT()
+		vtprotoPool_BookSnapshot.Put(m)
+	}
+}
+func BookSnapshotFromVTPool() *BookSnapshot {
+	return vtprotoPool_BookSnapshot.Get().(*BookSnapshot)
+}
 func (m *Order) SizeVT() (n int) {
 	if m == nil {
 		return 0
@@ -823,7 +924,14 @@ func (m *Level) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Orders = append(m.Orders, &Order{})
+			if len(m.Orders) == cap(m.Orders) {
+				m.Orders = append(m.Orders, &Order{})
+			} else {
+				m.Orders = m.Orders[:len(m.Orders)+1]
+				if m.Orders[len(m.Orders)-1] == nil {
+					m.Orders[len(m.Orders)-1] = &Order{}
+				}
+			}
 			if err := m.Orders[len(m.Orders)-1].UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
 				return err
 			}
@@ -1310,7 +1418,14 @@ func (m *BookSnapshot) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Bids = append(m.Bids, &Level{})
+			if len(m.Bids) == cap(m.Bids) {
+				m.Bids = append(m.Bids, &Level{})
+			} else {
+				m.Bids = m.Bids[:len(m.Bids)+1]
+				if m.Bids[len(m.Bids)-1] == nil {
+					m.Bids[len(m.Bids)-1] = &Level{}
+				}
+			}
 			if err := m.Bids[len(m.Bids)-1].UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
 				return err
 			}
@@ -1344,7 +1459,14 @@ func (m *BookSnapshot) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Asks = append(m.Asks, &Level{})
+			if len(m.Asks) == cap(m.Asks) {
+				m.Asks = append(m.Asks, &Level{})
+			} else {
+				m.Asks = m.Asks[:len(m.Asks)+1]
+				if m.Asks[len(m.Asks)-1] == nil {
+					m.Asks[len(m.Asks)-1] = &Level{}
+				}
+			}
 			if err := m.Asks[len(m.Asks)-1].UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
 				return err
 			}
@@ -1417,7 +1539,7 @@ func (m *BookSnapshot) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if m.Bbo == nil {
-				m.Bbo = &Bbo{}
+				m.Bbo = BboFromVTPool()
 			}
 			if err := m.Bbo.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
 				return err
@@ -1453,7 +1575,7 @@ func (m *BookSnapshot) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if m.LastTrade == nil {
-				m.LastTrade = &Trade{}
+				m.LastTrade = TradeFromVTPool()
 			}
 			if err := m.LastTrade.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
 				return err

@@ -11,6 +11,7 @@ import (
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	io "io"
 	math "math"
+	sync "sync"
 )
 
 const (
@@ -910,6 +911,32 @@ func (m *StreamEventsResponse) MarshalToSizedBufferVT(dAtA []byte) (int, error) 
 	return len(dAtA) - i, nil
 }
 
+var vtprotoPool_StreamBookResponse = sync.Pool{
+	New: func() interface{} {
+		return &StreamBookResponse{}
+	},
+}
+
+func (m *StreamBookResponse) ResetVT() {
+	if m != nil {
+		m.Book.ReturnToVTPool()
+		for _, mm := range m.Books {
+			mm.ResetVT()
+		}
+		f0 := m.Books[:0]
+		m.Reset()
+		m.Books = f0
+	}
+}
+func (m *StreamBookResponse) ReturnToVTPool() {
+	if m != nil {
+		m.ResetVT()
+		vtprotoPool_StreamBookResponse.Put(m)
+	}
+}
+func StreamBookResponseFromVTPool() *StreamBookResponse {
+	return vtprotoPool_StreamBookResponse.Get().(*StreamBookResponse)
+}
 func (m *InstrumentSelector) SizeVT() (n int) {
 	if m == nil {
 		return 0
@@ -2325,7 +2352,7 @@ func (m *StreamBookResponse) UnmarshalVT(dAtA []byte) error {
 				return io.ErrUnexpectedEOF
 			}
 			if m.Book == nil {
-				m.Book = &BookSnapshot{}
+				m.Book = BookSnapshotFromVTPool()
 			}
 			if err := m.Book.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
 				return err
@@ -2418,7 +2445,14 @@ func (m *StreamBookResponse) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Books = append(m.Books, &BookSnapshot{})
+			if len(m.Books) == cap(m.Books) {
+				m.Books = append(m.Books, &BookSnapshot{})
+			} else {
+				m.Books = m.Books[:len(m.Books)+1]
+				if m.Books[len(m.Books)-1] == nil {
+					m.Books[len(m.Books)-1] = &BookSnapshot{}
+				}
+			}
 			if err := m.Books[len(m.Books)-1].UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
 				return err
 			}
