@@ -7,7 +7,10 @@ package mbostream_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math/rand/v2"
+	"sync"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -143,9 +146,10 @@ func (s *bookScript) StreamBook(_ *v1.StreamBookRequest, stream grpc.ServerStrea
 	return stream.Context().Err()
 }
 
-// TestBookStreamReuseUpdates: the same 300 messages read by a stream with ReuseUpdates (each update
-// copied as it comes) and by one without (each update kept as handed out) read the same; the first
-// hands out one BookUpdate, overwritten each time, the second a new one each time, never overwritten.
+// TestBookStreamReuseUpdates: the same 300 messages read at once by two streams with ReuseUpdates
+// (each update copied as it comes) and by one without (each update kept as handed out) read the
+// same; a reusing stream hands out one BookUpdate, overwritten each time, the other a new one each
+// time, never overwritten.
 func TestBookStreamReuseUpdates(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	script := &bookScript{}
@@ -153,27 +157,46 @@ func TestBookStreamReuseUpdates(t *testing.T) {
 		script.messages = append(script.messages, randomBookMessage(rng))
 	}
 	client := dial(t, serveMarketData(t, script))
-	read := func(reuse bool) (copies, kept []*mbostream.BookUpdate) {
+	type read struct{ copies, kept []*mbostream.BookUpdate }
+	readAll := func(reuse bool, into *read) error {
 		ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
 		defer cancel()
 		s := client.StreamBook(ctx, mbostream.BookStreamRequest{ReuseUpdates: reuse, NoReconnect: true})
 		defer s.Close()
-		for len(kept) < len(script.messages) && s.Next() {
+		for len(into.kept) < len(script.messages) && s.Next() {
 			u := s.Update()
 			c := *u
 			c.Books = nil
 			for _, b := range u.Books {
 				c.Books = append(c.Books, proto.CloneOf(b))
 			}
-			copies, kept = append(copies, &c), append(kept, u)
+			into.copies, into.kept = append(into.copies, &c), append(into.kept, u)
 		}
-		if len(kept) != len(script.messages) {
-			t.Fatalf("ReuseUpdates %v: %d updates, then %v", reuse, len(kept), s.Err())
+		if len(into.kept) != len(script.messages) {
+			return fmt.Errorf("ReuseUpdates %v: %d updates, then %v", reuse, len(into.kept), s.Err())
 		}
-		return copies, kept
+		return nil
 	}
-	reusedCopies, reusedKept := read(true)
-	newCopies, newKept := read(false)
+	// Three streams at once, two of them reusing: their books, BBOs and trades go through the same
+	// generated pools (go test -race sees any sharing).
+	var reused, reusedToo, fresh read
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	for n, r := range []*read{&reused, &reusedToo, &fresh} {
+		wg.Go(func() { errs[n] = readAll(r != &fresh, r) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	reusedCopies, reusedKept, newCopies, newKept := reused.copies, reused.kept, fresh.copies, fresh.kept
+	for i := range script.messages {
+		for j := range reusedCopies[i].Books {
+			if !proto.Equal(reusedCopies[i].Books[j], reusedToo.copies[i].Books[j]) {
+				t.Fatalf("message %d, book %d: the two reusing streams read it differently", i, j)
+			}
+		}
+	}
 	for i, m := range script.messages {
 		want := append(append([]*v1.BookSnapshot{}, m.GetBooks()...), m.GetBook())
 		if m.GetBook() == nil {
