@@ -142,6 +142,28 @@ func ExampleClient_StreamBook() {
 	}
 }
 
+// Every book of the server, each message decoded into the same memory: what outlives the loop's
+// turn is copied out of the update first (here a price, or proto.Clone of a book).
+func ExampleBookStreamRequest_reuseUpdates() {
+	ctx := context.Background()
+	client, err := mbostream.Dial(ctx, "127.0.0.1:50051")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	bestBid := map[uint32]int64{}
+	stream := client.StreamBook(ctx, mbostream.BookStreamRequest{Depth: 10, ReuseUpdates: true})
+	for update, err := range stream.All() {
+		if err != nil {
+			log.Fatal(err)
+		}
+		for _, book := range update.Books { // valid until the next turn of the loop
+			bestBid[book.GetInstrumentId()] = book.GetBbo().GetBidPrice()
+		}
+	}
+}
+
 // The ReplayService through the generated client, with the operator token.
 func ExampleClient_Conn() {
 	ctx := context.Background()
