@@ -332,6 +332,11 @@ def _verdict(value: float | None, floor: float, aim: float, higher_is_better: bo
     return "meets aim" if good(aim) else "meets floor" if good(floor) else "BELOW FLOOR"
 
 
+def _target_check(value: float | None, floor: float, aim: float, higher_is_better: bool) -> dict[str, Any]:
+    """A check line of the result document: a figure against its floor and aim."""
+    return {"value": value, "floor": floor, "aim": aim, "verdict": _verdict(value, floor, aim, higher_is_better)}
+
+
 def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
     """Runs the chosen scenarios in turn (never in parallel); returns the result document."""
     results: dict[str, Any] = {"config": asdict(cfg), "scenarios": {}}
@@ -355,21 +360,11 @@ def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
         results["scenarios"][name] = result
         events = result["client"]["events"]
         if name == "max":
-            rps = events["records_per_second"]
-            checks["max_events_records_per_second"] = {
-                "value": rps,
-                "floor": FLOOR_RECORDS_PER_SECOND,
-                "aim": AIM_RECORDS_PER_SECOND,
-                "verdict": _verdict(rps, FLOOR_RECORDS_PER_SECOND, AIM_RECORDS_PER_SECOND, True),
-            }
+            checks["max_events_records_per_second"] = _target_check(
+                events["records_per_second"], FLOOR_RECORDS_PER_SECOND, AIM_RECORDS_PER_SECOND, True
+            )
         else:
-            p99 = result["client"]["book"]["latency_ms"]["p99"]
-            checks["rate_book_p99_ms"] = {
-                "value": p99,
-                "floor": FLOOR_P99_MS,
-                "aim": AIM_P99_MS,
-                "verdict": _verdict(p99, FLOOR_P99_MS, AIM_P99_MS, False),
-            }
+            checks["rate_book_p99_ms"] = _target_check(result["client"]["book"]["latency_ms"]["p99"], FLOOR_P99_MS, AIM_P99_MS, False)
             checks["rate_events_lossless"] = {
                 "value": events["lossless"] if cfg.events_streams else None,
                 "verdict": "no data" if not cfg.events_streams else "ok" if events["lossless"] else "LOSSY",
@@ -378,13 +373,7 @@ def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
             share = result["server_share"] or {}
             book_rows = [row for row in share.get("rows", ()) if row["role"] == "book"]
             if book_rows:
-                p99 = book_rows[0]["p99_ms"]
-                checks["rate_server_share_p99_ms"] = {
-                    "value": p99,
-                    "floor": FLOOR_P99_MS,
-                    "aim": AIM_P99_MS,
-                    "verdict": _verdict(p99, FLOOR_P99_MS, AIM_P99_MS, False),
-                }
+                checks["rate_server_share_p99_ms"] = _target_check(book_rows[0]["p99_ms"], FLOOR_P99_MS, AIM_P99_MS, False)
         # A stream that got nothing is in no figure: the figures then describe fewer clients.
         unserved = [result["client"][kind].get("unserved") for kind in ("book", "events")]
         if None not in unserved:
