@@ -56,10 +56,16 @@ class CountingBookEncoder(ProtobufBookEncoder):
 
 
 def _hub(
-    market: Market, events: CountingEventEncoder, books: CountingBookEncoder, book_interval: float = 0.0, max_streams: int = 100
+    market: Market,
+    events: CountingEventEncoder,
+    books: CountingBookEncoder,
+    book_interval: float = 0.0,
+    max_streams: int = 100,
+    cls: type[Hub] = Hub,
+    **more: float,
 ) -> Hub:
-    """A hub of the real encoders; ``book_interval`` 0 refreshes the books at every publish."""
-    return Hub(
+    """A ``cls`` of the real encoders; ``book_interval`` 0 refreshes the books at every publish."""
+    return cls(
         market,
         event_encoder=events,
         book_encoder=books,
@@ -68,6 +74,7 @@ def _hub(
         max_streams=max_streams,
         book_interval=book_interval,
         epoch="0011223344556677",
+        **more,
     )
 
 
@@ -235,6 +242,48 @@ def test_the_book_refresh_stretches_while_the_process_is_over_its_cpu_target(gen
     assert interval == 0.005, "clearly under the target it returns"
     # No target: CPU says nothing.
     assert _ticker_hub(0.0).adapt_interval(0.005, late=0.0, cpu=5.0) == 0.005
+
+
+class PhaseCountingHub(Hub):
+    """The real hub, counting the refresh phases its ticker runs."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.phases_run: Counter[int] = Counter()
+
+    def refresh_phase(self, phase: int) -> None:
+        self.phases_run[phase] += 1
+        super().refresh_phase(phase)
+
+
+def test_the_refresh_keeps_its_interval_however_many_phases_it_has(generated_small) -> None:
+    """A refresh of 4 ms in 8 phases comes every 4 ms: each phase is due at a fixed point of the
+    schedule. Slept from the end of the phase before, each of the 8 sleeps of 0.5 ms took a whole
+    millisecond or more (epoll waits in whole ms, rounded up), and the refresh came every 8 ms or
+    later (at most 400 phases in the 0.4 s this runs, against 800)."""
+
+    async def scenario() -> None:
+        _, records = read_records(generated_small)
+        market = Market()
+        interval, seconds = 0.004, 0.4
+        # Never stretched (book_interval_max): the schedule alone is measured.
+        hub = _hub(market, CountingEventEncoder(""), CountingBookEncoder(), interval, 1_000, PhaseCountingHub, book_interval_max=interval)
+        assert isinstance(hub, PhaseCountingHub)
+        _publish_all(market, hub, records[:5_000])
+        for _ in range(300):
+            hub.subscribe_books(Selection(), depth=10, orders=False, max_rate=0.0)
+        assert hub.book_phases == BOOK_PHASES_MAX == 8
+        ticker = asyncio.create_task(hub.run_ticker())
+        await asyncio.sleep(seconds)
+        hub.close()
+        await asyncio.wait_for(ticker, 5)
+        nominal = seconds / interval * hub.book_phases
+        run = sum(hub.phases_run.values())
+        assert 0.7 * nominal <= run <= 1.05 * nominal, (run, nominal)
+        # In turn: no phase is run twice before another once.
+        assert set(hub.phases_run) == set(range(8)) and max(hub.phases_run.values()) - min(hub.phases_run.values()) <= 1
+
+    run(scenario())
 
 
 @pytest.mark.parametrize("phases", range(1, BOOK_PHASES_MAX + 1))

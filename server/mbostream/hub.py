@@ -706,15 +706,22 @@ class Hub:
         interval = self.book_interval
         METRICS.book_refresh_interval_seconds.set(interval)
         window = (loop.time(), time.process_time())
+        due = loop.time()
         while not self.closed:
             # One refresh interval, in as many phases as there are now: each phase refreshes its
-            # own subscribers' books at its own moment of the interval.
+            # own subscribers' books at its own moment of the interval. The moments are fixed
+            # points of the schedule, not a sleep from the end of the last phase: epoll waits in
+            # whole milliseconds, rounded up, so with 8 phases of a 5 ms interval each sleep took
+            # at least 1 ms and the refresh came every 11-12 ms, not 5 (docs/performance.md).
             late = 0.0
             phase = 0
             while phase < self.book_phases and not self.closed:
-                step = interval / self.book_phases
-                due = loop.time() + step
-                await asyncio.sleep(step)
+                due += interval / self.book_phases
+                now = loop.time()
+                if now - due > interval:  # more than an interval behind: start again from now
+                    late = max(late, now - due)
+                    due = now
+                await asyncio.sleep(max(0.0, due - now))
                 late = max(late, loop.time() - due)
                 self.refresh_phase(phase)
                 phase += 1
