@@ -223,10 +223,14 @@ LATENCY = Board(
                     "Book messages per age bucket over time.",
                     f"sum by (le) (increase(mbostream_book_age_seconds_bucket[{RATE}]))", "{{le}}", unit="s", kind="heatmap",
                 ),
-                chart(
+                Chart(
                     "Book refresh interval",
-                    "The book channels' refresh interval: the configured one, stretched while the event loop runs late.",
-                    "mbostream_book_refresh_interval_seconds", unit="s",
+                    "The book channels' refresh interval in force (the configured one, stretched while the server is over its CPU target or its event loop runs late), and the one achieved (1 / the rate of completed refreshes).",
+                    (
+                        q("mbostream_book_refresh_interval_seconds", "in force {{instance}}"),
+                        q(f"1 / rate(mbostream_book_refreshes_total[{RATE}])", "achieved {{instance}}"),
+                    ),
+                    "s",
                 ),
                 per_second(
                     "Book port writes",

@@ -725,6 +725,8 @@ class Hub:
                 late = max(late, loop.time() - due)
                 self.refresh_phase(phase)
                 phase += 1
+            if phase >= self.book_phases:  # every phase of this interval refreshed
+                METRICS.book_refreshes.inc()
             cpu = None
             now = loop.time()
             if self.book_cpu_target and now - window[0] >= CPU_WINDOW_SECONDS:

@@ -48,6 +48,7 @@ class Metrics:
     events_coalesced_batches: Counter
     book_refresh_interval_seconds: Gauge
     book_refresh_phases: Gauge
+    book_refreshes: Counter
     conflations: Counter
     book_transport_writes: Counter
     slow_reader_disconnects: Counter
@@ -88,6 +89,11 @@ METRICS = Metrics(
         "mbostream_book_refresh_interval_seconds",
         "Current book-channel refresh interval: the configured one, stretched up to MBOSTREAM_BOOK_INTERVAL_MAX_MS while "
         "the event loop runs late (book streams then conflate instead of queueing)",
+    ),
+    book_refreshes=Counter(
+        "mbostream_book_refreshes",
+        "Book refresh intervals completed (every phase refreshed once): 1 / rate() is the interval achieved, "
+        "against mbostream_book_refresh_interval_seconds, the one in force",
     ),
     book_refresh_phases=Gauge(
         "mbostream_book_refresh_phases",
