@@ -291,6 +291,40 @@ def test_the_refresh_keeps_its_interval_however_many_phases_it_has(generated_sma
     run(scenario())
 
 
+def test_a_refresh_stretched_by_a_late_loop_returns_once_the_loop_is_on_time(generated_small) -> None:
+    """Book streams served on the loop (no sink: the gRPC port) stretch the refresh while the loop
+    runs late and bring it back once it is on time. On time includes the whole millisecond epoll
+    rounds a sleep up to: a phase of a 4 ms refresh in 8 wakes up to 1 ms after its point of the
+    schedule on an idle loop, and that must not read as late, or a stretched refresh never returns."""
+
+    async def scenario() -> None:
+        _, records = read_records(generated_small)
+        market = Market()
+        interval = 0.004
+        hub = _hub(market, CountingEventEncoder(""), CountingBookEncoder(), interval, 1_000, book_interval_max=0.04)
+        _publish_all(market, hub, records[:5_000])
+        for _ in range(300):
+            hub.subscribe_books(Selection(), depth=10, orders=False, max_rate=0.0)
+        assert hub.book_phases == 8 and hub.loop_streams == 300  # served on the loop: lateness counts
+        ticker = asyncio.create_task(hub.run_ticker())
+        try:
+            await asyncio.sleep(0.1)
+            assert hub.effective_book_interval == interval, "an idle loop is not late"
+            for _ in range(3):  # the loop blocked for 30 ms, three times: late
+                time.sleep(0.03)
+                await asyncio.sleep(0.01)
+            assert hub.effective_book_interval > interval
+            deadline = time.monotonic() + 3.0
+            while hub.effective_book_interval != interval and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert hub.effective_book_interval == interval, "on time again, the refresh returns"
+        finally:
+            hub.close()
+            await asyncio.wait_for(ticker, 5)
+
+    run(scenario())
+
+
 @pytest.mark.parametrize("phases", range(1, BOOK_PHASES_MAX + 1))
 def test_every_fanout_group_is_published_at_one_phase_in_slot_order(phases: int) -> None:
     by_phase = groups_by_phase(phases)
