@@ -245,6 +245,19 @@ def test_the_book_refresh_stretches_while_the_process_is_over_its_cpu_target(gen
     assert _ticker_hub(0.0).adapt_interval(0.005, late=0.0, cpu=5.0) == 0.005
 
 
+def _phased_hub(
+    path, interval: float = 0.005, cls: type[Hub] = Hub, **more: float
+) -> tuple[Market, CountingBookEncoder, Hub, np.ndarray]:
+    """A ``cls`` refreshing every ``interval`` (room for 1,000 streams) after the sample's first
+    5,000 records; the sample's records, for more."""
+    _, records = read_records(path)
+    market = Market()
+    books = CountingBookEncoder()
+    hub = _hub(market, CountingEventEncoder(""), books, interval, 1_000, cls, **more)
+    _publish_all(market, hub, records[:5_000])
+    return market, books, hub, records
+
+
 class PhaseCountingHub(Hub):
     """The real hub, counting the refresh phases its ticker runs."""
 
@@ -264,13 +277,10 @@ def test_the_refresh_keeps_its_interval_however_many_phases_it_has(generated_sma
     later (at most 400 phases in the 0.4 s this runs, against 800)."""
 
     async def scenario() -> None:
-        _, records = read_records(generated_small)
-        market = Market()
         interval, seconds = 0.004, 0.4
         # Never stretched (book_interval_max): the schedule alone is measured.
-        hub = _hub(market, CountingEventEncoder(""), CountingBookEncoder(), interval, 1_000, PhaseCountingHub, book_interval_max=interval)
+        _, _, hub, _ = _phased_hub(generated_small, interval, PhaseCountingHub, book_interval_max=interval)
         assert isinstance(hub, PhaseCountingHub)
-        _publish_all(market, hub, records[:5_000])
         for _ in range(300):
             hub.subscribe_books(Selection(), depth=10, orders=False, max_rate=0.0)
         assert hub.book_phases == BOOK_PHASES_MAX == 8
@@ -298,11 +308,8 @@ def test_a_refresh_stretched_by_a_late_loop_returns_once_the_loop_is_on_time(gen
     schedule on an idle loop, and that must not read as late, or a stretched refresh never returns."""
 
     async def scenario() -> None:
-        _, records = read_records(generated_small)
-        market = Market()
         interval = 0.004
-        hub = _hub(market, CountingEventEncoder(""), CountingBookEncoder(), interval, 1_000, book_interval_max=0.04)
-        _publish_all(market, hub, records[:5_000])
+        _, _, hub, _ = _phased_hub(generated_small, interval, book_interval_max=0.04)
         for _ in range(300):
             hub.subscribe_books(Selection(), depth=10, orders=False, max_rate=0.0)
         assert hub.book_phases == 8 and hub.loop_streams == 300  # served on the loop: lateness counts
@@ -358,17 +365,6 @@ def test_one_book_payload_per_refresh_shared_by_every_book_subscriber(generated_
         assert single.book.instrument_id == channel.key.instrument_id and single.ts_out == channel.book.ts_out
 
     run(scenario())
-
-
-def _phased_hub(path) -> tuple[Market, CountingBookEncoder, Hub, np.ndarray]:
-    """A hub refreshing every 5 ms (room for 1,000 streams) after the sample's first 5,000
-    records; the sample's records, for more."""
-    _, records = read_records(path)
-    market = Market()
-    books = CountingBookEncoder()
-    hub = _hub(market, CountingEventEncoder(""), books, book_interval=0.005, max_streams=1_000)
-    _publish_all(market, hub, records[:5_000])
-    return market, books, hub, records
 
 
 def test_many_book_subscribers_are_refreshed_in_phases_each_once_per_change(generated_small) -> None:
