@@ -273,14 +273,18 @@ def test_sampled_replay_steps_are_traced_from_the_replayer_through_the_bus_to_a_
     collector: tuple[int, Path], generated_small: Path, tmp_path: Path
 ) -> None:
     """A sampled replay step's PRODUCER span (the replayer, ended at the bus's ack) and the
-    gateway's CONSUMER span applying that message are one trace: parent and child."""
+    gateway's CONSUMER span applying that message are one trace: parent and child.
+
+    The replay loops: a gateway that comes up after the replayer's first snapshot round (5 s;
+    a loaded machine starts a process that slowly) cold-starts from the snapshots and applies
+    none of the steps before them, so only steps published after it is live can be traced."""
     from nats_harness import nats_server
 
     port, spans_file = collector
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_BSP_SCHEDULE_DELAY": "100"}
     with nats_server(tmp_path) as nats:
         replay = ServeProcess(
-            str(generated_small), "--nats", nats.url, "--no-store", "--rate", "50000",
+            str(generated_small), "--nats", nats.url, "--no-store", "--rate", "50000", "--loop",
             command="replay", log_path=tmp_path / "replay.log", env={**otel, "OTEL_SERVICE_NAME": "mbostream-replay"},
         ).start()  # fmt: skip
         gateway = ServeProcess(
