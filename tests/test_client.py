@@ -14,6 +14,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -35,6 +36,8 @@ from mbostream_client import (  # noqa: E402
     BookReplica,
     InstrumentNotFoundError,
     InvalidRequestError,
+    MAX_RECEIVE_WINDOW,
+    MIN_RECEIVE_WINDOW,
     MarketDataClient,
     ReplayClient,
     ResumeOutOfRangeError,
@@ -483,6 +486,47 @@ def test_a_slow_reader_is_cut_off_and_resumes_where_it_stopped(
             assert int(batch.replay_sequence[0]) == last + 1
 
     run(scenario())
+
+
+def test_a_small_receive_window_bounds_the_old_books_a_slow_reader_holds(small_server: Server) -> None:
+    """A book stream not read for a while holds at most its receive window of old books (and the
+    message the server had begun): the server conflates the rest into the newest, so the reader is
+    back at live books after reading about a window. With gRPC's own windows (4 MiB, grown by its
+    probe) the same pause leaves seconds of old books to read first."""
+    window, pause = MIN_RECEIVE_WINDOW, 3.0
+
+    async def read_before_live(receive_window: int | None) -> tuple[int, int]:
+        """Bytes read after the pause before the first book published less than 0.5 s before the
+        reading resumed, and the largest message among them."""
+        async with MarketDataClient(small_server.address, own_connection=True, receive_window=receive_window) as client:
+            stream = client.stream_book(depth=0, include_orders=True)  # whole L3 books: large messages
+            await within(stream.__anext__())
+            await asyncio.sleep(pause)
+            resumed = time.time_ns()
+            read = largest = 0
+            async with asyncio.timeout(STEP):
+                async for update in stream:
+                    if update.ts_out >= resumed - 500_000_000:
+                        break
+                    size = update.ByteSize() + 5  # and gRPC's message prefix: what the window counts
+                    read, largest = read + size, max(largest, size)
+            await stream.aclose()
+            return read, largest
+
+    async def scenario() -> tuple[tuple[int, int], tuple[int, int]]:
+        small, default = await asyncio.gather(read_before_live(window), read_before_live(None))
+        return small, default
+
+    (small, largest), (default, _) = run(scenario())
+    bound = window + 2 * largest  # a message begun in the window, and one the server had queued
+    assert small <= bound, (small, largest)
+    assert default > 4 * bound, (default, bound)
+
+
+def test_a_receive_window_outside_http2s_range_is_refused() -> None:
+    for bad in (MIN_RECEIVE_WINDOW - 1, MAX_RECEIVE_WINDOW + 1, MIN_RECEIVE_WINDOW + 0.5, float("nan"), True):
+        with pytest.raises(ValueError, match="receive_window"):
+            MarketDataClient("127.0.0.1:1", receive_window=bad)
 
 
 # -- the command line -------------------------------------------------------------------------------

@@ -119,8 +119,9 @@ def add_e2e_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FLAG",
-        help="extra flag for the Go load client mbostream-load, repeatable (e.g. "
-        "--client-arg=--book-windows=65536,65536 with --native-books)",
+        help="extra flag for the measuring client, repeatable: mbostream-load's (e.g. "
+        "--client-arg=--book-windows=65536,65536 with --native-books), or mbostream-client latency's "
+        "with --client python (e.g. --client-arg=--receive-window=65536)",
     )
     p.add_argument(
         "--client",

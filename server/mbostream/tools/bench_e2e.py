@@ -114,7 +114,7 @@ def _run_client(
         return _run_go_client(cfg, target, streams, events_streams, cpus, book_target, ca_file)
     cmd = [
         sys.executable, "-m", "mbostream_client", "--target", target, "latency",
-        "--streams", str(streams), "--events-streams", str(events_streams), *_client_flags(cfg),
+        "--streams", str(streams), "--events-streams", str(events_streams), *_client_flags(cfg), *cfg.client_args,
     ]  # fmt: skip
     return dict(json.loads(_run_client_process("mbostream-client latency", cmd, cfg, cpus)))
 
@@ -342,8 +342,6 @@ def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"config": asdict(cfg), "scenarios": {}}
     if cfg.native_books and cfg.client != "go":
         raise BenchError("--native-books needs the Go client (--client go): mbostream-client latency has one target")
-    if cfg.client_args and cfg.client != "go":
-        raise BenchError("--client-arg needs the Go client (--client go): the flags are mbostream-load's")
     if cfg.tls and cfg.client != "go":
         raise BenchError("--tls needs the Go client (--client go): mbostream-client latency speaks plaintext here")
     if cfg.capture > cfg.seconds:

@@ -6,7 +6,7 @@ The public API is what this module exports; the underscored modules are private.
 from mbostream_core.records import F_LAST, F_SNAPSHOT
 
 from mbostream_client._backoff import Backoff
-from mbostream_client._channel import DEFAULT_TARGET, TlsConfig
+from mbostream_client._channel import DEFAULT_TARGET, MAX_RECEIVE_WINDOW, MIN_RECEIVE_WINDOW, TlsConfig
 from mbostream_client._decode import EventBatch, decode_events
 from mbostream_client._exceptions import (
     AuthThrottledError,
@@ -37,6 +37,8 @@ __all__ = [
     "DEFAULT_TARGET",
     "F_LAST",
     "F_SNAPSHOT",
+    "MAX_RECEIVE_WINDOW",
+    "MIN_RECEIVE_WINDOW",
     "AuthThrottledError",
     "AuthenticationError",
     "Backoff",

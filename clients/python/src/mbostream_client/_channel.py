@@ -9,6 +9,7 @@ from typing import Any, Final
 
 import grpc
 from grpc import aio as grpc_aio
+from mbostream_core.argtypes import Range
 
 DEFAULT_TARGET: Final = "127.0.0.1:50051"
 
@@ -21,6 +22,29 @@ _DEFAULT_OPTIONS: Final[tuple[tuple[str, Any], ...]] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
 )
+
+#: The HTTP/2 receive windows ``receive_window`` may set, in bytes: from HTTP/2's initial window
+#: (the Go client's floor too) to HTTP/2's largest.
+MIN_RECEIVE_WINDOW: Final = 64 * 1024
+MAX_RECEIVE_WINDOW: Final = 2**31 - 1
+RECEIVE_WINDOW: Final = Range(low=MIN_RECEIVE_WINDOW, high=MAX_RECEIVE_WINDOW, integer=True, unit="bytes")
+
+
+def receive_window_options(window: int) -> tuple[tuple[str, Any], ...]:
+    """The channel arguments that fix the channel's HTTP/2 receive windows (each stream's and the
+    connection's) at ``window`` bytes, instead of gRPC's 4 MiB grown by its bandwidth probe.
+
+    Raises
+    ------
+    ValueError
+        When ``window`` is not a whole number in :data:`RECEIVE_WINDOW`.
+    """
+    try:
+        bytes_ = int(RECEIVE_WINDOW.check(window))
+    except ValueError as exc:
+        raise ValueError(f"receive_window {exc}") from None
+    # gRPC core announces lookahead_bytes as both windows; without the probe they stay there.
+    return (("grpc.http2.lookahead_bytes", bytes_), ("grpc.http2.bdp_probe", 0))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +82,12 @@ class TlsConfig:
 
 
 def open_channel(
-    target: str, *, own_connection: bool = False, options: Sequence[tuple[str, Any]] = (), tls: TlsConfig | None = None
+    target: str,
+    *,
+    own_connection: bool = False,
+    options: Sequence[tuple[str, Any]] = (),
+    tls: TlsConfig | None = None,
+    receive_window: int | None = None,
 ) -> grpc_aio.Channel:
     """A ``grpc.aio`` channel with the client's defaults: over TLS with ``tls``, else plaintext.
 
@@ -73,8 +102,13 @@ def open_channel(
         Extra channel arguments; they override the defaults.
     tls
         Connect over TLS (see :class:`TlsConfig`); None: plaintext.
+    receive_window
+        Fix the HTTP/2 receive windows at this many bytes (see :func:`receive_window_options`);
+        None: gRPC's own (4 MiB a stream, grown by its bandwidth probe).
     """
     merged = dict(_DEFAULT_OPTIONS)
+    if receive_window is not None:
+        merged.update(receive_window_options(receive_window))
     if own_connection:
         merged["grpc.use_local_subchannel_pool"] = 1
     if tls is not None and tls.server_name:

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from mbostream_client._channel import DEFAULT_TARGET
+from mbostream_client._channel import DEFAULT_TARGET, receive_window_options
 from mbostream_client._exceptions import ClientError, ResumeOutOfRangeError, SlowConsumerError
 from mbostream_client._market_data import MarketDataClient
 
@@ -54,6 +54,9 @@ class LatencyConfig:
         stream watching every book.
     combine
         Ask for ``combine_books``: one message per refresh with every changed book.
+    receive_window
+        HTTP/2 receive windows of every connection of the run, in bytes (see
+        :class:`~mbostream_client.MarketDataClient`); None: gRPC's own.
     """
 
     target: str = DEFAULT_TARGET
@@ -67,8 +70,11 @@ class LatencyConfig:
     instruments: tuple[str | int, ...] = ()
     spread: bool = False
     combine: bool = False
+    receive_window: int | None = None
 
     def __post_init__(self) -> None:
+        if self.receive_window is not None:
+            receive_window_options(self.receive_window)  # ValueError when out of range
         if self.streams < 0 or self.events_streams < 0 or self.streams + self.events_streams == 0:
             raise ValueError("need at least one stream (streams + events_streams >= 1, both >= 0)")
         if not self.seconds > 0 or self.warmup < 0:
@@ -201,7 +207,10 @@ async def measure(cfg: LatencyConfig) -> dict[str, Any]:
     """Runs the measurement; returns the result document (see the README's ``latency`` section)."""
     total = cfg.streams + cfg.events_streams
     n_clients = total if cfg.connections == 0 else min(cfg.connections, total)
-    clients = [MarketDataClient(cfg.target, own_connection=n_clients > 1) for _ in range(n_clients)]
+    clients = [
+        MarketDataClient(cfg.target, own_connection=n_clients > 1, receive_window=cfg.receive_window)
+        for _ in range(n_clients)
+    ]
     book, events = _BookCounters(), _EventCounters()
     try:
         await asyncio.gather(*(c.wait_ready(10.0) for c in clients))

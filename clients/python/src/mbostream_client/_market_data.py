@@ -50,6 +50,14 @@ class MarketDataClient:
         Start a W3C trace per call (a fresh ``traceparent``) when no OpenTelemetry span is current
         in the caller (a current span's context is always sent); its id is logged on the
         ``mbostream_client.trace`` logger and kept in :attr:`last_trace_id`.
+    receive_window
+        Fix the connection's HTTP/2 receive windows (each stream's and the connection's) at this
+        many bytes, 64 KiB at least; None: gRPC's own, 4 MiB a stream and grown by its bandwidth
+        probe. They bound what the server sends ahead of the application's reading: a book stream
+        read slower than the server publishes holds at most a window of old books, and the server
+        conflates the rest into the newest. A client of book streams that may fall behind should
+        open a small window (64 KiB) with ``own_connection``; event streams want the default,
+        where the window is what lets a reader catch up without being cut off.
     """
 
     def __init__(
@@ -61,13 +69,16 @@ class MarketDataClient:
         options: Sequence[tuple[str, Any]] = (),
         tls: TlsConfig | None = None,
         trace: bool = False,
+        receive_window: int | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.trace = trace
         #: The trace id of the last call that started its own trace (``trace=True``), else None.
         self.last_trace_id: str | None = None
-        self._channel = open_channel(target, own_connection=own_connection, options=options, tls=tls)
+        self._channel = open_channel(
+            target, own_connection=own_connection, options=options, tls=tls, receive_window=receive_window
+        )
         self._stub = market_data_pb2_grpc.MarketDataServiceStub(self._channel)
 
     async def __aenter__(self) -> MarketDataClient:

@@ -15,7 +15,7 @@ from typing import Any, Final, TextIO
 from mbostream_core.argtypes import non_negative_float, non_negative_int, positive_float
 from mbostream_core.prices import format_price
 
-from mbostream_client._channel import DEFAULT_TARGET
+from mbostream_client._channel import DEFAULT_TARGET, RECEIVE_WINDOW
 from mbostream_client._decode import EventBatch
 from mbostream_client._exceptions import ClientError
 from mbostream_client._follow import EventFollower
@@ -170,6 +170,7 @@ async def _latency(args: argparse.Namespace) -> int:
         instruments=tuple(_instrument(i) for i in args.instrument),
         spread=args.spread,
         combine=args.combine,
+        receive_window=args.receive_window,
     )
     result = await measure(cfg)
     result["event_loop"] = "uvloop" if args.uvloop else "asyncio"
@@ -245,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--spread", action="store_true", help="each book stream watches one instrument, round-robin (a screen each)"
     )
     p.add_argument("--combine", action="store_true", help="one message per refresh with every changed book")
+    p.add_argument(
+        "--receive-window",
+        type=lambda text: int(RECEIVE_WINDOW.argtype(text)),
+        default=None,
+        metavar="BYTES",
+        help=f"HTTP/2 receive windows of every connection ({RECEIVE_WINDOW.describe()}; default: gRPC's own)",
+    )
     p.add_argument("--uvloop", action="store_true", help="run on uvloop instead of the asyncio loop")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(func=_latency)
