@@ -715,6 +715,50 @@ def test_streambook_is_routed_to_the_servers_native_book_port(tmp_path: Path) ->
         server.stop()
 
 
+@pytest.mark.parametrize("book_port", [False, True], ids=["grpc-port", "book-port"])
+def test_a_slow_book_reader_behind_the_edge_finds_at_most_a_window_of_old_books_in_envoy(
+    tmp_path: Path, generated_small: Path, book_port: bool
+) -> None:
+    """Envoy holds at most STREAM_WINDOW_BYTES for one stream on each side (its HTTP/2 stream
+    window, which its per-stream buffers toward a client take as their limit too), so a book stream
+    paused behind the edge reads at most those two windows, its own and the message begun of old
+    books before live ones; the server conflates the rest. With Envoy's defaults (256 MiB) the same
+    3 s pause left 31 MB of old books in Envoy (measured, on the StreamBook routes of both ports)."""
+    from mbostream_client import MIN_RECEIVE_WINDOW, MarketDataClient
+
+    from mbostream.edge.render import STREAM_WINDOW_BYTES
+
+    server_or_skip()
+    server = ServeProcess(
+        str(generated_small), "--no-store", "--rate", "20000", "--loop", *(["--book-port", "0"] if book_port else []),
+        log_path=tmp_path / "serve.log",
+    ).start()  # fmt: skip
+    try:
+
+        async def scenario() -> tuple[int, int]:
+            async with _edge(server.port, tmp_path, book_port=server.book_port if book_port else None) as edge:
+                target = f"127.0.0.1:{edge.port}"
+                async with MarketDataClient(target, own_connection=True, receive_window=MIN_RECEIVE_WINDOW) as client:
+                    stream = client.stream_book(depth=0, include_orders=True)  # whole L3 books: large messages
+                    await _bounded(stream.__anext__(), RPC_TIMEOUT_SECONDS)
+                    await asyncio.sleep(3.0)
+                    resumed = time.time_ns()
+                    read = largest = 0
+                    async with asyncio.timeout(RPC_TIMEOUT_SECONDS):
+                        async for update in stream:
+                            if update.ts_out >= resumed - 500_000_000:
+                                break
+                            size = update.ByteSize() + 5  # and gRPC's message prefix
+                            read, largest = read + size, max(largest, size)
+                    await stream.aclose()
+                    return read, largest
+
+        read, largest = asyncio.run(asyncio.wait_for(scenario(), SCENARIO_TIMEOUT_SECONDS))
+    finally:
+        server.stop()
+    assert 0 < read <= MIN_RECEIVE_WINDOW + 2 * STREAM_WINDOW_BYTES + 2 * largest, (read, largest)
+
+
 def test_the_native_book_port_is_refused_with_gateways_on_several_ports(tmp_path: Path) -> None:
     # Gateways behind one address (one upstream port, a name DNS resolves to each): accepted.
     EdgeConfig(listen_port=0, upstream_port=50051, upstream_ports=(50051,), replayer_port=50053, static_dir=None, book_port=50052)

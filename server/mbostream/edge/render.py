@@ -34,6 +34,13 @@ EDGE_SERVICE_NAME: Final = "mbostream-edge"
 REPLAYER_CLUSTER: Final = "mbostream_replayer"
 #: StreamBook on the server's native transport (``--book-port``).
 BOOK_CLUSTER: Final = "mbostream_books"
+#: Envoy's HTTP/2 stream window, toward the clients and toward the servers: what Envoy holds for one
+#: stream whose client reads slower than it is sent (its per-stream buffers toward a client take the
+#: same limit), against 256 MiB by Envoy's default, with which a book stream paused 3 s behind the
+#: edge found 31-50 MB of old books there. 64 KiB (the smallest Envoy takes) held an events stream
+#: read through the edge under a --max replay (cut, 3.2-3.3M records/s); 256 KiB keeps it lossless
+#: (3.6-4.0M; docs/operations.md, "Slow readers behind the edge").
+STREAM_WINDOW_BYTES: Final = 262144
 _STREAM_BOOK_PATH: Final = "/mbostream.v1.MarketDataService/StreamBook"
 _REPLAY_SERVICE_PREFIX: Final = "/mbostream.v1.ReplayService/"
 # A request that found no gateway (refused, reset before a response, or UNAVAILABLE in its
@@ -218,7 +225,12 @@ def _book_parts(config: EdgeConfig, upstream_tls: str) -> dict[str, str]:
     protocol = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}},
+            "explicit_http_config": {
+                "http2_protocol_options": {
+                    "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                    "initial_stream_window_size": STREAM_WINDOW_BYTES,
+                }
+            },
         }
     }
     cluster = (
@@ -341,6 +353,7 @@ def render_config(config: EdgeConfig) -> str:
         "upstream_port": config.upstream_port,
         "max_connections": config.max_connections,
         "max_static_bytes": largest,
+        "stream_window": STREAM_WINDOW_BYTES,
         "cors_origins": json.dumps(_cors_origins(config, own_origins)),
         "static_routes": "\n".join(f"{_ROUTE_INDENT}- {json.dumps(route)}" for route in routes),
         **_cluster_parts(config, tls["upstream_tls"]),
