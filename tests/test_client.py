@@ -14,7 +14,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -23,6 +22,7 @@ import grpc
 import pytest
 from conftest import shared_file
 from server_harness import ServeProcess, longest_event_records, paced_records_slack
+from slow_reader import old_books_after_a_pause
 from mbostream_core.dbn import read_records
 from mbostream_core.prices import format_price
 from mbostream_core.v1 import market_data_pb2, market_data_pb2_grpc, replay_pb2
@@ -495,26 +495,11 @@ def test_a_small_receive_window_bounds_the_old_books_a_slow_reader_holds(small_s
     probe) the same pause leaves seconds of old books to read first."""
     window, pause = MIN_RECEIVE_WINDOW, 3.0
 
-    async def read_before_live(receive_window: int | None) -> tuple[int, int]:
-        """Bytes read after the pause before the first book published less than 0.5 s before the
-        reading resumed, and the largest message among them."""
-        async with MarketDataClient(small_server.address, own_connection=True, receive_window=receive_window) as client:
-            stream = client.stream_book(depth=0, include_orders=True)  # whole L3 books: large messages
-            await within(stream.__anext__())
-            await asyncio.sleep(pause)
-            resumed = time.time_ns()
-            read = largest = 0
-            async with asyncio.timeout(STEP):
-                async for update in stream:
-                    if update.ts_out >= resumed - 500_000_000:
-                        break
-                    size = update.ByteSize() + 5  # and gRPC's message prefix: what the window counts
-                    read, largest = read + size, max(largest, size)
-            await stream.aclose()
-            return read, largest
-
     async def scenario() -> tuple[tuple[int, int], tuple[int, int]]:
-        small, default = await asyncio.gather(read_before_live(window), read_before_live(None))
+        small, default = await asyncio.gather(
+            old_books_after_a_pause(small_server.address, window, pause, STEP),
+            old_books_after_a_pause(small_server.address, None, pause, STEP),
+        )
         return small, default
 
     (small, largest), (default, _) = run(scenario())

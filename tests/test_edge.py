@@ -723,8 +723,9 @@ def test_a_slow_book_reader_behind_the_edge_finds_at_most_a_window_of_old_books_
     window, which its per-stream buffers toward a client take as their limit too), so a book stream
     paused behind the edge reads at most those two windows, its own and the message begun of old
     books before live ones; the server conflates the rest. With Envoy's defaults (256 MiB) the same
-    3 s pause left 31 MB of old books in Envoy (measured, on the StreamBook routes of both ports)."""
-    from mbostream_client import MIN_RECEIVE_WINDOW, MarketDataClient
+    3 s pause left 31-50 MB of old books in Envoy (measured, on the StreamBook routes of both ports)."""
+    from mbostream_client import MIN_RECEIVE_WINDOW
+    from slow_reader import old_books_after_a_pause
 
     from mbostream.edge.render import STREAM_WINDOW_BYTES
 
@@ -737,21 +738,7 @@ def test_a_slow_book_reader_behind_the_edge_finds_at_most_a_window_of_old_books_
 
         async def scenario() -> tuple[int, int]:
             async with _edge(server.port, tmp_path, book_port=server.book_port if book_port else None) as edge:
-                target = f"127.0.0.1:{edge.port}"
-                async with MarketDataClient(target, own_connection=True, receive_window=MIN_RECEIVE_WINDOW) as client:
-                    stream = client.stream_book(depth=0, include_orders=True)  # whole L3 books: large messages
-                    await _bounded(stream.__anext__(), RPC_TIMEOUT_SECONDS)
-                    await asyncio.sleep(3.0)
-                    resumed = time.time_ns()
-                    read = largest = 0
-                    async with asyncio.timeout(RPC_TIMEOUT_SECONDS):
-                        async for update in stream:
-                            if update.ts_out >= resumed - 500_000_000:
-                                break
-                            size = update.ByteSize() + 5  # and gRPC's message prefix
-                            read, largest = read + size, max(largest, size)
-                    await stream.aclose()
-                    return read, largest
+                return await old_books_after_a_pause(f"127.0.0.1:{edge.port}", MIN_RECEIVE_WINDOW, 3.0, RPC_TIMEOUT_SECONDS)
 
         read, largest = asyncio.run(asyncio.wait_for(scenario(), SCENARIO_TIMEOUT_SECONDS))
     finally:
