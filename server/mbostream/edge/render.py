@@ -39,7 +39,7 @@ BOOK_CLUSTER: Final = "mbostream_books"
 #: same limit), against 256 MiB by Envoy's default, with which a book stream paused 3 s behind the
 #: edge found 31-50 MB of old books there. 64 KiB (the smallest Envoy takes) held an events stream
 #: read through the edge under a --max replay (cut, 3.2-3.3M records/s); 256 KiB keeps it lossless
-#: (3.6-4.0M; docs/operations.md, "Slow readers behind the edge").
+#: (3.5-4.0M; docs/operations.md, "Slow readers behind the edge").
 STREAM_WINDOW_BYTES: Final = 262144
 _STREAM_BOOK_PATH: Final = "/mbostream.v1.MarketDataService/StreamBook"
 _REPLAY_SERVICE_PREFIX: Final = "/mbostream.v1.ReplayService/"
