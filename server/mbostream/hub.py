@@ -724,14 +724,15 @@ class Hub:
                 due += interval / self.book_phases
                 now = loop.time()
                 if now - due > interval:  # more than an interval behind: start again from now
-                    late = max(late, now - due - SELECTOR_GRANULARITY_SECONDS)
+                    late = max(late, now - due)
                     due = now
                 await asyncio.sleep(max(0.0, due - now))
-                late = max(late, loop.time() - due - SELECTOR_GRANULARITY_SECONDS)
+                late = max(late, loop.time() - due)
                 self.refresh_phase(phase)
                 phase += 1
             if phase >= self.book_phases:  # every phase of this interval refreshed
                 METRICS.book_refreshes.inc()
+            late = max(0.0, late - SELECTOR_GRANULARITY_SECONDS)  # the selector's rounding is on time
             cpu = None
             now = loop.time()
             if self.book_cpu_target and now - window[0] >= CPU_WINDOW_SECONDS:
