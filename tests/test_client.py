@@ -14,6 +14,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -22,7 +23,7 @@ import grpc
 import pytest
 from conftest import shared_file
 from server_harness import ServeProcess, longest_event_records, paced_records_slack
-from slow_reader import old_books_after_a_pause
+from slow_reader import LIVE_WITHIN_NS, old_books_after_a_pause
 from mbostream_core.dbn import read_records
 from mbostream_core.prices import format_price
 from mbostream_core.v1 import market_data_pb2, market_data_pb2_grpc, replay_pb2
@@ -36,6 +37,7 @@ from mbostream_client import (  # noqa: E402
     BookReplica,
     InstrumentNotFoundError,
     InvalidRequestError,
+    LatestBooks,
     MAX_RECEIVE_WINDOW,
     MIN_RECEIVE_WINDOW,
     MarketDataClient,
@@ -512,6 +514,105 @@ def test_a_receive_window_outside_http2s_range_is_refused() -> None:
     for bad in (MIN_RECEIVE_WINDOW - 1, MAX_RECEIVE_WINDOW + 1, MIN_RECEIVE_WINDOW + 0.5, float("nan"), True):
         with pytest.raises(ValueError, match="receive_window"):
             MarketDataClient("127.0.0.1:1", receive_window=bad)
+
+
+# -- the newest books, read ahead ------------------------------------------------------------------
+def test_latest_books_hands_out_live_books_to_an_application_that_stopped_reading(small_server: Server) -> None:
+    """LatestBooks reads the stream while the application does not, keeping each book's newest
+    version: after a 3 s pause every book it hands out was published within LIVE_WITHIN_NS, where a
+    plain book stream paused as long, beside it on the same server, first reads old books."""
+    pause = 3.0
+
+    async def scenario() -> None:
+        async with (
+            MarketDataClient(small_server.address, own_connection=True) as client,
+            LatestBooks(client, depth=0, include_orders=True) as latest,
+        ):
+            await within(latest.wait())
+            plain = asyncio.create_task(old_books_after_a_pause(small_server.address, None, pause, STEP))
+            await asyncio.sleep(pause)
+            resumed = time.time_ns()
+            taken = latest.take()
+            old, _ = await within(plain)
+            assert sorted(taken) == sorted(latest.books()) and len(taken) == 3, sorted(taken)
+            ages_ms = {key: (resumed - book.ts_out) / 1e6 for key, book in taken.items()}
+            assert all(book.ts_out >= resumed - LIVE_WITHIN_NS for book in taken.values()), ages_ms
+            # It kept reading while nobody took: versions came and were replaced, here in the client.
+            assert latest.stats.superseded > 0 and latest.stats.connections == 1, latest.stats
+            assert old > 0, "the plain stream read no old book after its pause: the comparison shows nothing"
+
+    run(scenario())
+
+
+def test_latest_books_hands_out_each_change_once_and_equals_getbook(small_server: Server) -> None:
+    async def scenario() -> None:
+        async with (
+            MarketDataClient(small_server.address) as client,
+            ReplayClient(small_server.address, token=TOKEN) as replay,
+            LatestBooks(client, depth=5) as latest,
+        ):
+            await within(latest.wait())
+            position = await paused_position(replay)
+            ids = [info.instrument_id for info in await within(client.list_instruments())]
+            reference = {i: await within(client.get_book(i, depth=5)) for i in ids}
+            await wait_until(
+                lambda: all((held := latest.get(i)) is not None and held.book == reference[i] for i in ids),
+                "every book held as GetBook gives it, the replay paused",
+            )
+            for i in ids:
+                held = latest.get(i)
+                assert held is not None and latest.get(held.book.symbol) == held
+            latest.take()
+            await asyncio.sleep(0.5)
+            assert latest.take() == {}, "books changed while the replay was paused"
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(latest.wait(), 0.3)
+            await within(replay.resume())
+            changed = await within(latest.wait())
+            assert changed and all(book.book.replay_sequence > position for book in changed.values()), changed
+
+    run(scenario())
+
+
+def test_latest_books_ends_with_the_error_retrying_cannot_mend(small_server: Server) -> None:
+    async def scenario() -> None:
+        async with (
+            MarketDataClient(small_server.address) as client,
+            LatestBooks(client, ["NO-SUCH-SYMBOL"]) as latest,
+        ):
+            with pytest.raises(InstrumentNotFoundError):
+                await within(latest.wait())
+            assert not latest.running and latest.stats.connections == 1
+
+    run(scenario())
+
+
+def test_latest_books_drops_the_books_of_a_server_run_that_ended(
+    servers: Servers, generated_small: Path, tmp_path: Path
+) -> None:
+    """After a restart (another epoch) the books held are the new run's only: the old run's three
+    instruments are not kept beside the new run's one."""
+    from mbostream_core.synth import generate_file
+
+    one = tmp_path / "one-instrument.mbo.dbn"
+    generate_file(one, records=20_000, instruments=1, seed=5)
+    first = servers.start([generated_small], "--rate", "20000", "--loop")
+
+    async def scenario() -> None:
+        async with (
+            MarketDataClient(first.address) as client,
+            LatestBooks(client, backoff=Backoff(base=0.1, cap=0.5)) as latest,
+        ):
+            await wait_until(lambda: len(latest.books()) == 3, "the first run's three books")
+            old_epoch = latest.epoch
+            assert first.stop() == 0
+            servers.start([one], "--rate", "20000", "--loop", port=first.port)
+            await wait_until(lambda: latest.epoch not in ("", old_epoch), "the new run's first book", seconds=30)
+            held = latest.books()
+            assert len(held) == 1 and {book.epoch for book in held.values()} == {latest.epoch}, held.keys()
+            assert latest.stats.epoch_changes == 1 and latest.stats.connections >= 2, latest.stats
+
+    run(scenario())
 
 
 # -- the command line -------------------------------------------------------------------------------

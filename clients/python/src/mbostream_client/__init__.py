@@ -27,6 +27,7 @@ from mbostream_client._exceptions import (
     StreamLimitError,
 )
 from mbostream_client._latency import LatencyConfig, measure
+from mbostream_client._latest import BookKey, LatestBook, LatestBooks, LatestBooksStats
 from mbostream_client._market_data import Instrument, MarketDataClient
 from mbostream_client._render import book_json, levels
 from mbostream_client._replay import ReplayClient
@@ -42,6 +43,7 @@ __all__ = [
     "AuthThrottledError",
     "AuthenticationError",
     "Backoff",
+    "BookKey",
     "BookReplica",
     "ClientError",
     "DeadlineExceededError",
@@ -52,6 +54,9 @@ __all__ = [
     "InstrumentNotFoundError",
     "InvalidRequestError",
     "LatencyConfig",
+    "LatestBook",
+    "LatestBooks",
+    "LatestBooksStats",
     "MarketDataClient",
     "MessageTooLargeError",
     "PermissionDeniedError",
