@@ -17,6 +17,16 @@
 // than mixed with another run's. EventStream.Stats counts every reconnection, resume, rebuild,
 // gap and duplicate.
 //
+// A StreamBook reader that falls behind reads old books first: HTTP/2 flow control lets the
+// server send a whole receive window of them ahead of the reading (4 MiB a stream by default: a
+// reader of whole L3 books that stops for 3 s then reads books 3 s old), and the server
+// conflates only what does not fit. LatestBooks reads
+// the stream on a goroutine of its own, as fast as the server sends, and keeps only the newest
+// version of each book for Take, Wait or Get: for a reader that may fall behind and only wants
+// the newest books (a market-making screen, a signal model that samples). The age of what it
+// takes is then bounded by the goroutine's decoding speed rather than by its own reading speed;
+// the cost is that every message is decoded, whether or not its books are ever taken.
+//
 // Prices are int64 in units of 1e-9 from the wire to the caller; FormatPrice and ParsePrice
 // convert at the edges. Errors are typed; see ErrInvalidRequest for the tree.
 //

@@ -164,6 +164,40 @@ func ExampleBookStreamRequest_reuseUpdates() {
 	}
 }
 
+// Redraw every book, ten levels deep, as fast as a slow screen allows: the stream is read on a
+// goroutine of its own, so each redraw shows the newest books however long the last one took.
+func ExampleClient_LatestBooks() {
+	ctx := context.Background()
+	client, err := mbostream.Dial(ctx, "127.0.0.1:50051")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	latest := client.LatestBooks(ctx, mbostream.BookStreamRequest{Depth: 10})
+	defer latest.Close()
+	screen := map[mbostream.BookKey]mbostream.LatestBook{}
+	var epoch string
+	for {
+		changed, err := latest.Wait(ctx) // the books that changed since the last redraw
+		if err != nil {
+			log.Fatal(err)
+		}
+		for key, b := range changed {
+			if b.Epoch != epoch { // the server restarted: the old run's books are gone
+				clear(screen)
+				epoch = b.Epoch
+			}
+			screen[key] = b
+		}
+		for _, b := range screen {
+			age := time.Duration(time.Now().UnixNano() - int64(b.TsOut))
+			fmt.Println(b.Book.GetSymbol(), mbostream.FormatPrice(b.Book.GetBbo().GetBidPrice()), age, "old")
+		}
+		time.Sleep(250 * time.Millisecond) // a slow screen
+	}
+}
+
 // The ReplayService through the generated client, with the operator token.
 func ExampleClient_Conn() {
 	ctx := context.Background()
