@@ -248,6 +248,18 @@ def test_bench_e2e_native_books_reads_the_book_streams_from_the_book_port(genera
     assert check["verdict"] in VERDICTS and f"rate_server_share_p99_ms: {check['value']} (floor 10.0, aim 2.0)" in format_summary(doc)
 
 
+def test_bench_e2e_says_when_the_frame_reader_read_the_books(generated_small: Path, tmp_path: Path) -> None:
+    """``--client-arg=--frame-reader``: mbostream-load reads the book streams from HTTP/2 frames
+    itself; they are measured as before, and the run says who read them."""
+    doc = bench_e2e("go", generated_small, tmp_path / "cache", "--native-books", "--client-arg=--frame-reader", scenario="rate")
+    rate = doc["scenarios"]["rate"]
+    assert rate["client"]["go"]["config"]["frame_reader"] is True
+    book = rate["client"]["book"]
+    assert book["streams"] == BOOK_STREAMS and book["messages"] > 0 and book["unserved"] == 0 and not book["errors"], book
+    assert book["held_age_ms"]["samples"] > 0 and rate["client"]["events"]["lossless"], rate["client"]
+    assert "read by mbostream-load's own HTTP/2 frame reader" in format_summary(doc)
+
+
 def test_bench_e2e_client_arg_reaches_the_python_client(generated_small: Path, tmp_path: Path) -> None:
     """``--client-arg`` with ``--client python`` reaches ``mbostream-client latency`` (here the
     receive windows of its connections), whose result says it ran with them."""

@@ -66,3 +66,6 @@ func selectors(instruments []Instrument) []*v1.InstrumentSelector {
 	}
 	return out
 }
+
+// Selector is the InstrumentSelector of the request messages, for a request built by hand.
+func (i Instrument) Selector() *v1.InstrumentSelector { return i.selector() }

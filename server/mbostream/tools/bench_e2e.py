@@ -410,6 +410,8 @@ def format_summary(results: dict[str, Any]) -> str:
             lines.append("  server CPU by thread: " + ", ".join(f"{name} {share}%" for name, share in srv["threads_cpu_percent"].items()))
         if srv.get("book_target"):
             lines.append(f"  book streams on the native transport ({srv['book_target']}, --book-port); events on gRPC")
+        if cl.get("go", {}).get("config", {}).get("frame_reader"):
+            lines.append("  book streams read by mbostream-load's own HTTP/2 frame reader (--frame-reader), not by gRPC-Go")
         if srv.get("tls"):
             lines.append("  every stream over TLS (ECDSA P-256, a throw-away CA)")
         if srv.get("cpu_share_cap") is not None:

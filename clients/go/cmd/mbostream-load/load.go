@@ -4,6 +4,7 @@ package main
 // own goroutine with its own histogram, merged once the window closes.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 
+	v1 "github.com/mbostream/mbostream/clients/go/gen/mbostream/v1"
 	"github.com/mbostream/mbostream/clients/go/mbostream"
 )
 
@@ -173,7 +175,12 @@ func run(cfg config, logger *slog.Logger) (*measurement, error) {
 	defer cancel()
 	total := cfg.bookStreams + cfg.eventsStreams
 	// With --book-target the book streams have connections of their own, to that port.
-	bookClients, eventClients, all, err := dialPools(ctx, cfg, logger)
+	// With --frame-reader the book streams' connections are the frame readers' own.
+	poolCfg := cfg
+	if cfg.frameReader {
+		poolCfg.bookStreams, poolCfg.bookTarget = 0, ""
+	}
+	bookClients, eventClients, all, err := dialPools(ctx, poolCfg, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -215,13 +222,35 @@ func run(cfg config, logger *slog.Logger) (*measurement, error) {
 	}
 	var wg sync.WaitGroup
 	ended := make(chan struct{}, total)
-	for i := range cfg.bookStreams {
-		c := &bookCounters{lat: newLatencies(m.window), held: newHeldAges()}
-		m.book = append(m.book, c)
-		wg.Go(func() {
-			readBooks(ctx, bookClients[i%len(bookClients)], cfg, selections[i], m.window, c)
-			ended <- struct{}{}
-		})
+	for range cfg.bookStreams {
+		m.book = append(m.book, &bookCounters{lat: newLatencies(m.window), held: newHeldAges()})
+	}
+	if cfg.frameReader {
+		target := cmp.Or(cfg.bookTarget, cfg.target)
+		conns := len(m.book)
+		if cfg.connections > 0 {
+			conns = max(1, min(cfg.connections, len(m.book)))
+		}
+		for j := range conns {
+			var counters []*bookCounters
+			var selected [][]mbostream.Instrument
+			for i := j; i < len(m.book); i += conns {
+				counters, selected = append(counters, m.book[i]), append(selected, selections[i])
+			}
+			wg.Go(func() {
+				readBooksByFrames(ctx, target, cfg, selected, counters, m.window)
+				for range counters {
+					ended <- struct{}{}
+				}
+			})
+		}
+	} else {
+		for i, c := range m.book {
+			wg.Go(func() {
+				readBooks(ctx, bookClients[i%len(bookClients)], cfg, selections[i], m.window, c)
+				ended <- struct{}{}
+			})
+		}
 	}
 	for i := range cfg.eventsStreams {
 		c := &eventCounters{lat: newLatencies(m.window)}
@@ -279,25 +308,30 @@ func readBooks(ctx context.Context, client *mbostream.Client, cfg config, instru
 		ReuseUpdates:        !cfg.newUpdates, // nothing here outlives the loop's turn
 	})
 	for s.Next() {
-		now := time.Now().UnixNano()
 		u := s.Update()
-		for _, b := range u.Books { // snapshots too: they are what the client holds first
-			c.held.observe(w, bookKey{b.GetInstrumentId(), b.GetPublisherId()}, now, int64(u.TsOut))
-		}
-		if u.Snapshot || !w.contains(now) {
-			continue
-		}
-		c.messages++
-		c.books += uint64(len(u.Books))
-		for _, b := range u.Books {
-			c.deepest = max(c.deepest, len(b.GetBids()), len(b.GetAsks()))
-		}
-		c.conflated += u.Conflated
-		c.lat.record(w, now, u.TsOut)
+		c.observe(w, time.Now().UnixNano(), u.Books, u.Snapshot, u.TsOut, u.Conflated)
 	}
 	c.held.finish(w)
 	c.reconnects = s.Stats().Connections - 1
 	c.err = streamError(s.Err())
+}
+
+// observe counts one book message received at now: its books as held (snapshots too: they are
+// what the client holds first), and, inside the window and past the snapshots, its latency.
+func (c *bookCounters) observe(w window, now int64, books []*v1.BookSnapshot, snapshot bool, tsOut, conflated uint64) {
+	for _, b := range books {
+		c.held.observe(w, bookKey{b.GetInstrumentId(), b.GetPublisherId()}, now, int64(tsOut))
+	}
+	if snapshot || !w.contains(now) {
+		return
+	}
+	c.messages++
+	c.books += uint64(len(books))
+	for _, b := range books {
+		c.deepest = max(c.deepest, len(b.GetBids()), len(b.GetAsks()))
+	}
+	c.conflated += conflated
+	c.lat.record(w, now, tsOut)
 }
 
 func readEvents(ctx context.Context, client *mbostream.Client, w window, c *eventCounters) {

@@ -50,6 +50,9 @@ type config struct {
 	// bookWindows: the HTTP/2 receive windows (stream, connection) of the book streams' own
 	// connections (--book-windows, with --book-target); zero: the client's defaults.
 	bookWindows [2]int32
+	// frameReader: the book streams read from HTTP/2 frames by the tool itself, one goroutine a
+	// connection, not by gRPC-Go (--frame-reader; framereader.go).
+	frameReader bool
 	// tls: connect over TLS (--ca-file: the servers' CA, --server-name: the name their
 	// certificates carry); nil: plaintext.
 	tls *tls.Config
@@ -101,8 +104,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.depth, "depth", 10, "levels per side of the book streams (0: full books)")
 	fs.Float64Var(&cfg.maxUpdatesPerSecond, "max-updates-per-second", 0, "per-book limit asked by the book streams (0: none)")
 	fs.IntVar(&cfg.connections, "connections", 0, "HTTP/2 connections the streams are spread over (0: one per stream)")
+	fs.BoolVar(&cfg.frameReader, "frame-reader", false, "read the book streams from HTTP/2 frames, one goroutine a connection, instead of with gRPC-Go (plaintext only; no reconnection): a cheaper client, to measure more streams than gRPC-Go reads on one core")
 	var bookWindows string
-	fs.StringVar(&bookWindows, "book-windows", "", "STREAM,CONN: the HTTP/2 receive windows, bytes, of the book streams' connections (needs --book-target; default: the client's, 4 MiB,16 MiB)")
+	fs.StringVar(&bookWindows, "book-windows", "", "STREAM,CONN: the HTTP/2 receive windows, bytes, of the book streams' connections (needs --book-target or --frame-reader; default: the client's, 4 MiB,16 MiB)")
 	fs.Float64Var(&seconds, "seconds", 10, "length of the measured window, seconds")
 	fs.Float64Var(&warmup, "warmup", 1, "seconds streamed before the window opens")
 	fs.BoolVar(&cfg.json, "json", false, "print one JSON object")
@@ -133,9 +137,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	case !(warmup >= 0):
 		return cfg, fmt.Errorf("--warmup must be >= 0, got %g", warmup)
 	}
+	if cfg.frameReader && caFile != "" {
+		return cfg, fmt.Errorf("--frame-reader speaks plaintext HTTP/2 only: not with --ca-file")
+	}
 	if bookWindows != "" {
-		if cfg.bookTarget == "" {
-			return cfg, fmt.Errorf("--book-windows needs --book-target (the events streams' connections keep the client's windows)")
+		if cfg.bookTarget == "" && !cfg.frameReader {
+			return cfg, fmt.Errorf("--book-windows needs --book-target or --frame-reader (the events streams' connections keep the client's windows)")
 		}
 		stream, conn, ok := strings.Cut(bookWindows, ",")
 		s, err1 := strconv.ParseInt(stream, 10, 32)

@@ -33,6 +33,7 @@ func TestBadFlagsNameTheFlag(t *testing.T) {
 		{[]string{"--ca-file", "main.go"}, "--ca-file"},
 		{[]string{"--server-name", "serve"}, "--server-name"},
 		{[]string{"--book-windows", "65536,65536"}, "--book-target"},
+		{[]string{"--frame-reader", "--ca-file", "main.go"}, "--frame-reader"},
 		{[]string{"--book-target", "x:1", "--book-windows", "65536"}, "--book-windows"},
 		{[]string{"--book-target", "x:1", "--book-windows", "1024,65536"}, "--book-windows"},
 		{[]string{"--book-target", "x:1", "--book-windows", "131072,65536"}, "--book-windows"},
@@ -314,5 +315,90 @@ func TestCAFileSpeaksTLSToBothPorts(t *testing.T) {
 	wrongName := append(args[:len(args)-1:len(args)-1], "--server-name", "not-the-server", "--json")
 	if code := mainWith(wrongName, &stdout, &stderr); code == 0 {
 		t.Errorf("--server-name not-the-server: exit 0, want a failed dial\n%s", stdout.String())
+	}
+}
+
+// runJSON runs the tool with args and decodes its document; a non-zero exit fails the test.
+func runJSON(t *testing.T, args ...string) result {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	if code := mainWith(append(args, "--json"), &stdout, &stderr); code != 0 {
+		t.Fatalf("%v: exit %d: %s", args, code, stderr.String())
+	}
+	var r result
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("%v: not one JSON document: %v\n%s", args, err, stdout.String())
+	}
+	return r
+}
+
+// TestFrameReaderMeasuresLikeTheGRPCReader: --frame-reader reads the same streams, on the native
+// book port and on the gRPC port, with the same accounting: every held book sampled every ms of
+// the window, books cut to the depth asked, several books a message with --combine.
+func TestFrameReaderMeasuresLikeTheGRPCReader(t *testing.T) {
+	bookPort := testserver.FreePort(t)
+	srv := testserver.Start(t, testserver.Options{Args: []string{"--rate", "20000", "--loop", "--book-port", fmt.Sprint(bookPort)}})
+	bookTarget := fmt.Sprintf("127.0.0.1:%d", bookPort)
+	for _, extra := range [][]string{{"--book-target", bookTarget, "--combine"}, {"--spread"}} {
+		args := append([]string{"--target", srv.Address, "--frame-reader", "--book-streams", "4", "--connections", "2",
+			"--events-streams", "1", "--depth", "3", "--seconds", "1.5", "--warmup", "0.5"}, extra...)
+		r := runJSON(t, args...)
+		book := r.Book
+		if !r.Config.FrameReader || book.Streams != 4 || book.Messages == 0 || book.Unserved != 0 || len(book.Errors) != 0 || r.StreamsEndedEarly != 0 {
+			t.Fatalf("%v: %+v, frame reader %v, ended early %d", extra, book, r.Config.FrameReader, r.StreamsEndedEarly)
+		}
+		if book.DeepestSide != 3 {
+			t.Errorf("%v: deepest side %d, want the depth asked (3)", extra, book.DeepestSide)
+		}
+		combined := extra[len(extra)-1] == "--combine"
+		if combined != (book.Books > book.Messages) {
+			t.Errorf("%v: %d books in %d messages", extra, book.Books, book.Messages)
+		}
+		held := 4 * testserver.SampleInstruments
+		if !combined {
+			held = 4 // spread: one book a stream
+		}
+		if book.HeldAgeSamples != int64(held*1500) {
+			t.Errorf("%v: %d held-age samples, want %d", extra, book.HeldAgeSamples, held*1500)
+		}
+		if !r.Events.Lossless || r.Events.Records == 0 {
+			t.Errorf("%v: events %+v", extra, r.Events)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := mainWith([]string{"--target", srv.Address, "--frame-reader", "--book-streams", "1", "--seconds", "0.5", "--warmup", "0.2"}, &stdout, &stderr); code != 0 ||
+		!strings.Contains(stdout.String(), "book streams read by the frame reader") {
+		t.Errorf("exit %d; the summary does not say who read the books:\n%s%s", code, stdout.String(), stderr.String())
+	}
+}
+
+// TestFrameReaderGrantsFlowControlCredit: whole L3 books (messages over many DATA frames) through
+// 64 KiB windows. Without the reader's WINDOW_UPDATEs the server could send one window and no more:
+// a few messages. It keeps receiving, so messages are reassembled across frames and credit returned.
+func TestFrameReaderGrantsFlowControlCredit(t *testing.T) {
+	bookPort := testserver.FreePort(t)
+	srv := testserver.Start(t, testserver.Options{Args: []string{"--rate", "20000", "--loop", "--book-port", fmt.Sprint(bookPort)}})
+	r := runJSON(t, "--target", srv.Address, "--book-target", fmt.Sprintf("127.0.0.1:%d", bookPort), "--frame-reader",
+		"--book-streams", "1", "--events-streams", "0", "--depth", "0", "--book-windows", "65536,65536", "--seconds", "1", "--warmup", "0.5")
+	if r.Book.Messages < 50 || r.Book.DeepestSide <= 10 || len(r.Book.Errors) != 0 {
+		t.Errorf("whole books through 64 KiB windows: %d messages, deepest side %d levels, errors %v", r.Book.Messages, r.Book.DeepestSide, r.Book.Errors)
+	}
+}
+
+// TestFrameReaderReportsWhatTheServerRefused: a server that lets one address hold two streams ends
+// the third with RESOURCE_EXHAUSTED in its trailers; the frame reader reports it as that stream's
+// error, and the stream as unserved, while the other two are measured.
+func TestFrameReaderReportsWhatTheServerRefused(t *testing.T) {
+	srv := testserver.Start(t, testserver.Options{Args: []string{"--rate", "20000", "--loop", "--max-streams-per-peer", "2"}})
+	r := runJSON(t, "--target", srv.Address, "--frame-reader", "--book-streams", "3", "--connections", "1", "--events-streams", "0",
+		"--seconds", "1", "--warmup", "0.5")
+	refused := 0
+	for message, n := range r.Book.Errors {
+		if strings.Contains(message, "grpc-status 8") {
+			refused += n
+		}
+	}
+	if r.Book.Unserved != 1 || refused != 1 || r.Book.Messages == 0 {
+		t.Errorf("3 streams, 2 allowed: %d unserved, errors %v, %d messages", r.Book.Unserved, r.Book.Errors, r.Book.Messages)
 	}
 }

@@ -39,6 +39,8 @@ type configDoc struct {
 	SpreadInstruments   []string `json:"spread_instruments,omitempty"`
 	// BookWindows: the book connections' receive windows (stream, connection), when set.
 	BookWindows *[2]int32 `json:"book_windows,omitempty"`
+	// FrameReader: the book streams were read by the tool's own frame reader, not by gRPC-Go.
+	FrameReader bool `json:"frame_reader"`
 }
 
 type bookDoc struct {
@@ -98,6 +100,7 @@ func summarise(m *measurement) result {
 			Combine: m.cfg.combine, NewUpdates: m.cfg.newUpdates, Spread: m.cfg.spread, Depth: m.cfg.depth,
 			MaxUpdatesPerSecond: m.cfg.maxUpdatesPerSecond, Connections: m.cfg.connections, TLS: m.cfg.tls != nil,
 			Seconds: seconds, Warmup: m.cfg.warmup.Seconds(), SpreadInstruments: m.instruments,
+			FrameReader: m.cfg.frameReader,
 		},
 		StreamsEndedEarly: m.endedEarly,
 		ClientCPUPercent:  round(100*m.cpuSeconds/m.wallSeconds, 1),
@@ -201,15 +204,22 @@ func writeJSON(w io.Writer, r result) error {
 func formatSummary(r result) string {
 	var b strings.Builder
 	target := r.Config.Target
+	var about []string
 	if r.Config.BookTarget != "" {
-		target += " (book streams: " + r.Config.BookTarget
-		if w := r.Config.BookWindows; w != nil {
-			target += fmt.Sprintf(", receive windows %d B a stream, %d B the connection", w[0], w[1])
-		}
-		target += ")"
+		about = append(about, "book streams: "+r.Config.BookTarget)
 	}
-	fmt.Fprintf(&b, "target %s: %g s measured after %g s warm-up, %s\n", target, r.Config.Seconds, r.Config.Warmup,
-		connectionsText(r.Config))
+	if w := r.Config.BookWindows; w != nil {
+		about = append(about, fmt.Sprintf("receive windows %d B a stream, %d B the connection", w[0], w[1]))
+	}
+	if len(about) > 0 {
+		target += " (" + strings.Join(about, ", ") + ")"
+	}
+	reader := ""
+	if r.Config.FrameReader {
+		reader = ", book streams read by the frame reader"
+	}
+	fmt.Fprintf(&b, "target %s: %g s measured after %g s warm-up, %s%s\n", target, r.Config.Seconds, r.Config.Warmup,
+		connectionsText(r.Config), reader)
 	if r.Book.Streams > 0 {
 		fmt.Fprintf(&b, "StreamBook   x%-4d %12.0f msg/s   publish→receive p50 %s ms  p99 %s ms  p99.9 %s ms  max %s ms  (conflated %d, reconnects %d)\n",
 			r.Book.Streams, r.Book.MessagesPerSecond, text(r.Book.P50Ms), text(r.Book.P99Ms), text(r.Book.P999Ms),
