@@ -3,11 +3,12 @@ package main
 // Frame reader room (--frame-reader): StreamBook streams read from HTTP/2 frames by the tool itself,
 // one goroutine a connection, instead of by gRPC-Go, one goroutine a stream.
 //
-// gRPC-Go costs the load tool about 23 µs a book message on its one core (a goroutine woken per
-// message, its buffers, its flow-control bookkeeping): some 43k messages a second, fewer than 1,000
-// streams at a 5 ms refresh send. Reading the frames of a connection in one loop, each message
-// decoded (in full, into one reused message) where it lies in the frame, costs a fraction of that,
-// so the tool measures the server instead of itself. What it measures is the same as readBooks's:
+// With 1,000 book streams over 10 connections at 100k records/s, gRPC-Go (a goroutine woken per
+// message, its buffers and flow-control bookkeeping) left the tool's core 86-92% busy reading
+// 78-101k messages a second, and what it had no time to read aged in its windows: the run
+// measured the tool. Reading the frames of a connection in one loop, each message decoded (in
+// full, into one reused message) where it lies in the frame, read 106-116k a second at 62-66%
+// (docs/performance.md, "A cheaper measuring client"). What it measures is the same as readBooks's:
 // every message decoded, the same latency and held-age accounting (bookCounters.observe). It grants
 // flow-control credit as it decodes, as a client keeps up; it does not reconnect (a stream that
 // ends is an error, reported).
