@@ -165,3 +165,64 @@ def test_a_dying_background_task_stops_the_server_with_a_failing_exit_code(caplo
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, [r.getMessage() for r in errors]
     assert "replay" in errors[0].getMessage() and "the sink broke" in errors[0].getMessage()
+
+
+class _Recorder:
+    """A publisher that keeps where each batch starts and how long it is."""
+
+    def __init__(self) -> None:
+        self.batches: dict[int, int] = {}
+
+    def publish(self, batch: Batch) -> None:
+        self.batches[batch.first_replay_seq] = len(batch)
+
+    def backlogged(self) -> bool:
+        return False
+
+    async def wait_ready(self) -> None:
+        return None
+
+
+def test_an_event_split_by_a_chunk_boundary_is_finished_alone(tmp_path) -> None:
+    """The file is read in chunks of 65,536 records, and a chunk may end inside an event. The replay
+    then finishes that event before anything else, unpaced, and only it: the next batch ends where
+    every book is whole again. It had applied a whole batch there (4,096 records), unpaced, so a
+    rate replay ran that far ahead of its clock at every such boundary (41 ms at 100k records/s)
+    and then stopped the feed as long to let the clock catch up."""
+    from mbostream.replay import Replayer, ReplayState
+    from mbostream_core.dbn import DbnReader
+    from mbostream_core.market import Market
+    from mbostream_core.synth import generate_file
+
+    path = tmp_path / "split.mbo.dbn"
+    generate_file(path, records=200_000, instruments=3, seed=3)
+    with DbnReader(str(path)) as reader:
+        records = reader.read_all()
+    # Where each split event ends: the records applied up to the boundary leave a book inside an
+    # event, and the engine, asked for one record more, goes on to the event's end.
+    ends = {}
+    for boundary in (65_536, 131_072):
+        market = Market()
+        market.apply(records[:boundary], complete_events=False)
+        if not market.consistent:
+            ends[boundary] = market.apply(records, boundary, boundary + 1, complete_events=True).end
+    assert ends, "no chunk boundary of this file falls inside an event: the test shows nothing"
+
+    recorder = _Recorder()
+
+    async def body() -> None:
+        replayer = Replayer([str(path)], Market(), recorder, mode="max", rate=1.0, speed=1.0, loop=False, batch_records=4096)
+        task = asyncio.create_task(replayer.run())
+        try:
+            async with asyncio.timeout(60):
+                while replayer.state is not ReplayState.FINISHED:
+                    await asyncio.sleep(0.05)
+        finally:
+            replayer.stop()
+            await asyncio.wait_for(task, 10)
+
+    run(body())
+    for boundary, end in ends.items():
+        # Replay positions start at 1: the record at index i is position i + 1.
+        assert recorder.batches.get(boundary + 1) == end - boundary, (boundary, end, recorder.batches.get(boundary + 1))
+        assert end - boundary < 4096
