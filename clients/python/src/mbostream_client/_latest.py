@@ -128,6 +128,9 @@ class LatestBooks:
         #: The server run of the books held ("" before the first message).
         self.epoch = ""
         self._books: dict[BookKey, LatestBook] = {}
+        #: For :meth:`get`: each symbol's instrument id, and each instrument's publishers held.
+        self._ids: dict[str, int] = {}
+        self._publishers: dict[int, set[int]] = {}
         self._changed: dict[BookKey, LatestBook] = {}
         self._woken = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -170,15 +173,15 @@ class LatestBooks:
         """
         if isinstance(instrument, bool) or not isinstance(instrument, str | int):
             raise TypeError(f"instrument must be a symbol (str) or an instrument id (int), not {instrument!r}")
-        if isinstance(instrument, int) and publisher_id:
-            return self._books.get((instrument, publisher_id))
-        found = [
-            (key[1], latest)
-            for key, latest in self._books.items()
-            if (key[0] == instrument if isinstance(instrument, int) else latest.book.symbol == instrument)
-            and (not publisher_id or key[1] == publisher_id)
-        ]
-        return min(found, key=lambda pair: pair[0])[1] if found else None
+        instrument_id = instrument if isinstance(instrument, int) else self._ids.get(instrument)
+        if instrument_id is None:
+            return None
+        if not publisher_id:
+            publishers = self._publishers.get(instrument_id)
+            if not publishers:
+                return None
+            publisher_id = min(publishers)
+        return self._books.get((instrument_id, publisher_id))
 
     def books(self) -> dict[BookKey, LatestBook]:
         """Every book held, each at its newest version (a copy)."""
@@ -275,6 +278,8 @@ class LatestBooks:
                 log.info("the server runs another epoch; dropping the books of the old one")
                 self._books.clear()
                 self._changed.clear()
+                self._ids.clear()
+                self._publishers.clear()
             self.epoch = update.epoch
         books = list(update.books)
         if update.HasField("book"):
@@ -285,6 +290,10 @@ class LatestBooks:
             stats.books += 1
             if key in self._changed:
                 stats.superseded += 1
+            if key not in self._books:
+                self._publishers.setdefault(key[0], set()).add(key[1])
+                if book.symbol:
+                    self._ids[book.symbol] = key[0]
             self._books[key] = self._changed[key] = latest
         if books:
             self._woken.set()
