@@ -39,6 +39,18 @@ type BookStreamRequest struct {
 	ReuseUpdates bool
 }
 
+// Message is the StreamBookRequest message that StreamBook sends for r (for a caller that sends
+// it by other means, as mbostream-load's frame reader does).
+func (r BookStreamRequest) Message() *v1.StreamBookRequest {
+	return &v1.StreamBookRequest{
+		Instruments:         selectors(r.Instruments),
+		Depth:               r.Depth,
+		MaxUpdatesPerSecond: r.MaxUpdatesPerSecond,
+		IncludeOrders:       r.IncludeOrders,
+		CombineBooks:        r.CombineBooks,
+	}
+}
+
 // BookUpdate is one StreamBook message: one or more whole top-N books, each consistent (taken at
 // an F_LAST boundary).
 type BookUpdate struct {
@@ -112,13 +124,7 @@ func (c *Client) StreamBook(ctx context.Context, req BookStreamRequest) *BookStr
 	ctx, cancel := context.WithCancel(ctx)
 	s := &BookStream{
 		client: c,
-		req: &v1.StreamBookRequest{
-			Instruments:         selectors(req.Instruments),
-			Depth:               req.Depth,
-			MaxUpdatesPerSecond: req.MaxUpdatesPerSecond,
-			IncludeOrders:       req.IncludeOrders,
-			CombineBooks:        req.CombineBooks,
-		},
+		req:    req.Message(),
 		opts:   req,
 		ctx:    ctx,
 		cancel: cancel,

@@ -66,6 +66,3 @@ func selectors(instruments []Instrument) []*v1.InstrumentSelector {
 	}
 	return out
 }
-
-// Selector is the InstrumentSelector of the request messages, for a request built by hand.
-func (i Instrument) Selector() *v1.InstrumentSelector { return i.selector() }

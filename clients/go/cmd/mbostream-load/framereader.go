@@ -150,15 +150,7 @@ func (fc *frameConn) openStreams(target string, cfg config, selections [][]mbost
 	enc := hpack.NewEncoder(appender{&block}) // one encoder: the server's decoder keeps its table
 	for i, c := range counters {
 		id := uint32(2*i + 1)
-		req := &v1.StreamBookRequest{
-			Depth:               uint32(cfg.depth),
-			MaxUpdatesPerSecond: cfg.maxUpdatesPerSecond,
-			CombineBooks:        cfg.combine,
-		}
-		for _, in := range selections[i] {
-			req.Instruments = append(req.Instruments, in.Selector())
-		}
-		body, err := req.MarshalVT()
+		body, err := bookRequest(cfg, selections[i]).Message().MarshalVT()
 		if err != nil {
 			return err
 		}

@@ -121,16 +121,19 @@ func dial(ctx context.Context, target string, cfg config, logger *slog.Logger, e
 	return mbostream.Dial(dialCtx, target, options...)
 }
 
+// connectionsFor is how many connections streams are spread over: --connections, or one per
+// stream, and never more connections than streams.
+func connectionsFor(cfg config, streams int) int {
+	if cfg.connections > 0 {
+		return max(1, min(cfg.connections, streams))
+	}
+	return max(1, streams)
+}
+
 // dialPools connects the clients the book and the events streams take turns on: one pool of
 // --connections (or one per stream) for both, or with --book-target one pool each, the book
 // streams' to that target; and every client, to close.
 func dialPools(ctx context.Context, cfg config, logger *slog.Logger) (books, events, all []*mbostream.Client, err error) {
-	size := func(streams int) int {
-		if cfg.connections > 0 {
-			return max(1, min(cfg.connections, streams))
-		}
-		return max(1, streams)
-	}
 	pool := func(target string, n int, extra ...mbostream.Option) ([]*mbostream.Client, error) {
 		clients := make([]*mbostream.Client, 0, n)
 		for range n {
@@ -146,7 +149,7 @@ func dialPools(ctx context.Context, cfg config, logger *slog.Logger) (books, eve
 		return clients, nil
 	}
 	if cfg.bookTarget == "" {
-		shared, err := pool(cfg.target, size(cfg.bookStreams+cfg.eventsStreams))
+		shared, err := pool(cfg.target, connectionsFor(cfg, cfg.bookStreams+cfg.eventsStreams))
 		return shared, shared, shared, err
 	}
 	if cfg.bookStreams > 0 {
@@ -154,12 +157,12 @@ func dialPools(ctx context.Context, cfg config, logger *slog.Logger) (books, eve
 		if cfg.bookWindows != [2]int32{} {
 			windows = append(windows, mbostream.WithFlowControlWindows(cfg.bookWindows[0], cfg.bookWindows[1]))
 		}
-		if books, err = pool(cfg.bookTarget, size(cfg.bookStreams), windows...); err != nil {
+		if books, err = pool(cfg.bookTarget, connectionsFor(cfg, cfg.bookStreams), windows...); err != nil {
 			return nil, nil, nil, err
 		}
 	}
 	if cfg.eventsStreams > 0 {
-		if events, err = pool(cfg.target, size(cfg.eventsStreams)); err != nil {
+		if events, err = pool(cfg.target, connectionsFor(cfg, cfg.eventsStreams)); err != nil {
 			for _, c := range books {
 				c.Close()
 			}
@@ -227,10 +230,7 @@ func run(cfg config, logger *slog.Logger) (*measurement, error) {
 	}
 	if cfg.frameReader {
 		target := cmp.Or(cfg.bookTarget, cfg.target)
-		conns := len(m.book)
-		if cfg.connections > 0 {
-			conns = max(1, min(cfg.connections, len(m.book)))
-		}
+		conns := connectionsFor(cfg, len(m.book))
 		for j := range conns {
 			var counters []*bookCounters
 			var selected [][]mbostream.Instrument
@@ -299,14 +299,19 @@ func bookSelections(ctx context.Context, cfg config, client *mbostream.Client) (
 	return selections, nil
 }
 
-func readBooks(ctx context.Context, client *mbostream.Client, cfg config, instruments []mbostream.Instrument, w window, c *bookCounters) {
-	s := client.StreamBook(ctx, mbostream.BookStreamRequest{
+// bookRequest is what every book stream of the run asks for, whichever reader reads it.
+func bookRequest(cfg config, instruments []mbostream.Instrument) mbostream.BookStreamRequest {
+	return mbostream.BookStreamRequest{
 		Instruments:         instruments,
 		Depth:               uint32(cfg.depth),
 		MaxUpdatesPerSecond: cfg.maxUpdatesPerSecond,
 		CombineBooks:        cfg.combine,
 		ReuseUpdates:        !cfg.newUpdates, // nothing here outlives the loop's turn
-	})
+	}
+}
+
+func readBooks(ctx context.Context, client *mbostream.Client, cfg config, instruments []mbostream.Instrument, w window, c *bookCounters) {
+	s := client.StreamBook(ctx, bookRequest(cfg, instruments))
 	for s.Next() {
 		u := s.Update()
 		c.observe(w, time.Now().UnixNano(), u.Books, u.Snapshot, u.TsOut, u.Conflated)
