@@ -243,9 +243,7 @@ class LatestBooks:
                         raise
                     log.info("book stream ended: %s; reconnecting", exc.code.name, extra={"details": exc.details})
                 await asyncio.sleep(self.backoff.next_delay())
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # handed to the reader by wait()
+        except Exception as exc:  # handed to the reader by wait(); a cancellation is not one
             self._error = exc
         finally:
             self._woken.set()
