@@ -301,6 +301,13 @@ def test_the_refresh_keeps_its_interval_however_many_phases_it_has(generated_sma
     run(scenario())
 
 
+def _lag_samples_over(seconds: float) -> float:
+    """How many of mbostream_event_loop_lag_seconds' samples were over ``seconds`` (a bucket bound)."""
+    total = REGISTRY.get_sample_value("mbostream_event_loop_lag_seconds_count") or 0.0
+    under = REGISTRY.get_sample_value("mbostream_event_loop_lag_seconds_bucket", {"le": str(seconds)}) or 0.0
+    return total - under
+
+
 def test_a_refresh_stretched_by_a_late_loop_returns_once_the_loop_is_on_time(generated_small) -> None:
     """Book streams served on the loop (no sink: the gRPC port) stretch the refresh while the loop
     runs late and bring it back once it is on time. On time includes the whole millisecond epoll
@@ -323,10 +330,13 @@ def test_a_refresh_stretched_by_a_late_loop_returns_once_the_loop_is_on_time(gen
             while hub.effective_book_interval != interval and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             assert hub.effective_book_interval == interval, "an idle loop is not late"
+            stalls_before = _lag_samples_over(0.02)
             for _ in range(3):  # the loop blocked for 30 ms, three times: late
                 time.sleep(0.03)
                 await asyncio.sleep(0.01)
             assert hub.effective_book_interval > interval
+            # The operator sees each stall in the loop's lag (the phase after it woke ~30 ms late).
+            assert _lag_samples_over(0.02) - stalls_before >= 3
             deadline = time.monotonic() + 3.0
             while hub.effective_book_interval != interval and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)

@@ -232,6 +232,12 @@ LATENCY = Board(
                     ),
                     "s",
                 ),
+                Chart(
+                    "Event loop lag (p50, p90, p99)",
+                    "How late the book ticker woke up for each refresh phase, beyond the selector's millisecond. A stall here makes a refresh late for every book stream; the refresh interval stretches when the loop serves book streams itself.",
+                    quantiles("mbostream_event_loop_lag_seconds"),
+                    "s",
+                ),
                 per_second(
                     "Book port writes",
                     "Writes to client sockets on the native book port: one per connection per refresh, whatever the number of calls it carries (behind the edge, Envoy's few upstream connections).",

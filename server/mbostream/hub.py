@@ -723,11 +723,14 @@ class Hub:
             while phase < self.book_phases and not self.closed:
                 due += interval / self.book_phases
                 now = loop.time()
+                behind = 0.0
                 if now - due > interval:  # more than an interval behind: start again from now
-                    late = max(late, now - due)
+                    behind = now - due
                     due = now
                 await asyncio.sleep(max(0.0, due - now))
-                late = max(late, loop.time() - due)
+                woke = max(behind, loop.time() - due)
+                late = max(late, woke)
+                METRICS.event_loop_lag_seconds.observe(max(0.0, woke - SELECTOR_GRANULARITY_SECONDS))
                 self.refresh_phase(phase)
                 phase += 1
             if phase >= self.book_phases:  # every phase of this interval refreshed

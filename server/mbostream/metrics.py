@@ -27,6 +27,9 @@ from prometheus_client import Counter, Gauge, Histogram
 _FAST: Final = (0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 #: Delivery and freshness: a local client sees a few ms; the book SLO is 250 ms (docs/slo.md).
 DELIVERY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: The event loop's lag, as the book ticker's timers see it: from the selector's rounding (excluded)
+#: up to the stalls that make a refresh late.
+LAG_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 #: RPC durations: unary calls take ms; streams last until the client leaves (minutes, hours).
 RPC_BUCKETS: Final = (0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0, 300.0, 1800.0, 7200.0)
 
@@ -48,6 +51,7 @@ class Metrics:
     events_coalesced_batches: Counter
     book_refresh_interval_seconds: Gauge
     book_refresh_phases: Gauge
+    event_loop_lag_seconds: Histogram
     book_refreshes: Counter
     conflations: Counter
     book_transport_writes: Counter
@@ -99,6 +103,12 @@ METRICS = Metrics(
         "mbostream_book_refresh_phases",
         "Phases each book refresh interval is split into: book subscribers are spread over them so a refresh leaves as "
         "small bursts (at most 64 book messages each)",
+    ),
+    event_loop_lag_seconds=Histogram(
+        "mbostream_event_loop_lag_seconds",
+        "How late the book ticker woke up for each refresh phase, beyond the selector's millisecond: the event loop's lag "
+        "(a stall here is a late refresh for every book stream, and a late send for every stream the loop serves)",
+        buckets=LAG_BUCKETS,
     ),
     conflations=Counter("mbostream_book_updates_conflated", "Book updates replaced by a newer one before sending"),
     book_transport_writes=Counter(
