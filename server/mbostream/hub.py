@@ -75,10 +75,10 @@ LOOP_ON_TIME_SECONDS: Final = 0.0005
 #: refresh the loop had stretched never returned.
 SELECTOR_GRANULARITY_SECONDS: Final = 0.001
 
-#: How long the process's CPU is measured over for the CPU target, and the share of the target
-#: it must be under before the refresh interval returns towards ``book_interval``.
+#: How long the process's CPU is measured over for the CPU target, and the most the refresh
+#: interval moves after one window (by this factor at most, either way).
 CPU_WINDOW_SECONDS: Final = 0.25
-CPU_RETURN_SHARE: Final = 0.9
+CPU_STEP_MAX: Final = 1.25
 
 #: Books one refresh phase sends at most (about 60 µs of the loop each through grpc.aio; a combined
 #: message counts its books: its bytes, and its client's work, grow with them): more book
@@ -480,10 +480,11 @@ class Hub:
         self.book_interval_max = max(book_interval, book_interval_max if book_interval_max is not None else book_interval)
         #: The refresh interval in force now (``book_interval`` while the loop keeps up).
         self.effective_book_interval = book_interval
-        #: The process CPU (cores) above which the refresh stretches too (0: none), and whether the
-        #: last window measured was close enough to it to hold the interval.
+        #: The process CPU (cores) the refresh interval is set to keep the process at, when the
+        #: books would take more (0: none), and the interval that target asks for: a loop that
+        #: runs late stretches the refresh further, and on time again returns to this one.
         self.book_cpu_target = book_cpu_target
-        self._cpu_hold = False
+        self._cpu_interval = book_interval
         self.buffer: deque[Batch] = deque()
         self.buffered_records = 0
         #: Replay position of the last published record (0 before the first).
@@ -700,10 +701,9 @@ class Hub:
         stale ones behind which the event streams starve. It stretches by half at a time, up to
         ``book_interval_max``, and returns by 5% a tick once the loop is on time again. When every
         book stream goes through a sink (the native transport) a late loop is the replay's doing
-        and is not looked at. With a CPU target it also stretches (by a quarter, once per
-        CPU_WINDOW_SECONDS) while the process used more CPU than that over the last window, and
-        returns only once it is clearly under it: book streams, the elastic part of the work,
-        give way first.
+        and is not looked at. With a CPU target, the interval is also set once per
+        CPU_WINDOW_SECONDS so that the process stays at that CPU (see :meth:`adapt_interval`):
+        book streams, the elastic part of the work, give way first.
         """
         if self.book_interval <= 0:
             return
@@ -756,15 +756,22 @@ class Hub:
     def adapt_interval(self, interval: float, late: float, cpu: float | None = None) -> float:
         """The next refresh interval after a tick that woke up ``late`` seconds after it was due;
         ``cpu``: the process's CPU (cores) over the window that ended with this tick, or None
-        when no window ended (the last one's verdict holds)."""
+        when no window ended (the last one's verdict holds).
+
+        The CPU target scales the interval by ``cpu / target`` (at most CPU_STEP_MAX either way a
+        window): the books' share of the CPU falls as the interval grows, so this approaches the
+        interval at which the process is at its target from either side, without overshooting
+        it, and stays there (a window at the target leaves it as it is). The rule before (a step up
+        by a quarter over the target, a hold down to 90% of it, then a return by 5% a tick) left
+        the interval wherever its steps happened to stop in that band, or swinging through it."""
         if late > max(LOOP_LATE_SECONDS, 0.25 * interval):
             return min(self.book_interval_max, interval * 1.5)
         if cpu is not None and self.book_cpu_target:
-            self._cpu_hold = cpu > CPU_RETURN_SHARE * self.book_cpu_target
-            if cpu > self.book_cpu_target:
-                return min(self.book_interval_max, interval * 1.25)
-        if late < LOOP_ON_TIME_SECONDS and interval > self.book_interval and not self._cpu_hold:
-            return max(self.book_interval, interval * 0.95)
+            step = min(CPU_STEP_MAX, max(1 / CPU_STEP_MAX, cpu / self.book_cpu_target))
+            self._cpu_interval = min(self.book_interval_max, max(self.book_interval, interval * step))
+            return self._cpu_interval
+        if late < LOOP_ON_TIME_SECONDS and interval > self._cpu_interval:
+            return max(self._cpu_interval, interval * 0.95)
         return interval
 
     # -- subscribing ------------------------------------------------------------------------------
