@@ -25,7 +25,7 @@ from mbostream.tools.bench_e2e import format_summary
 RATE: Final = 20_000
 BOOK_STREAMS: Final = 2
 SECONDS: Final = 1.5
-WARMUP: Final = 0.5
+WARMUP: Final = 1.0
 #: A first Go build may download modules; everything after it takes seconds.
 TIMEOUT: Final = 900
 
@@ -40,7 +40,7 @@ SCENARIO_KEYS: Final = {
     "scenario", "pacing", "server", "client", "client_cpus", "client_bound", "other_processes_cpu_percent",
     "interrupts_cpu_percent", "server_share",
 }  # fmt: skip
-SERVER_KEYS: Final = {"replayed_records_per_second", "cpu_percent", "threads_cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code", "book_target", "tls"}
+SERVER_KEYS: Final = {"replayed_records_per_second", "window_seconds", "cpu_percent", "threads_cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code", "book_target", "tls"}
 #: The cap of the capped run: far below what the server takes at --max (a whole core).
 CPU_SHARE: Final = 0.3
 CHECKS: Final = {"max_events_records_per_second", "rate_book_p99_ms", "rate_events_lossless"}
@@ -99,6 +99,8 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
         assert (server["cpu_share_cap"], server["throttled_percent"], server["book_target"], server["tls"]) == (None, None, None, False)
         assert server["exit_code"] == 0
         assert server["replayed_records_per_second"] > 0
+        # The server's CPU and rate are over the client's window, not its warm-up as well.
+        assert SECONDS <= server["window_seconds"] < SECONDS + WARMUP, server
         # By thread: busiest first, each a part of the process's share (rounded to 0.1 each; the
         # threads' time in ns, the process's in clock ticks: up to a tick apart at each end).
         threads = server["threads_cpu_percent"]
