@@ -26,7 +26,7 @@ from server_harness import ServeProcess, longest_event_records, paced_records_sl
 from slow_reader import LIVE_WITHIN_NS, old_books_after_a_pause
 from mbostream_core.dbn import read_records
 from mbostream_core.prices import format_price
-from mbostream_core.v1 import market_data_pb2, market_data_pb2_grpc, replay_pb2
+from mbostream_core.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc, replay_pb2
 
 client_pkg = pytest.importorskip(
     "mbostream_client", reason="the Python client is not installed: pip install -e clients/python"
@@ -37,6 +37,7 @@ from mbostream_client import (  # noqa: E402
     BookReplica,
     InstrumentNotFoundError,
     InvalidRequestError,
+    LatestBook,
     LatestBooks,
     MAX_RECEIVE_WINDOW,
     MIN_RECEIVE_WINDOW,
@@ -108,6 +109,37 @@ def run(coro: Awaitable[T], timeout: float = SCENARIO) -> T:
 
 async def within(awaitable: Awaitable[T], seconds: float = STEP) -> T:
     return await asyncio.wait_for(awaitable, seconds)
+
+
+def same_book(streamed: book_pb2.BookSnapshot, got: book_pb2.BookSnapshot) -> bool:
+    """The same book, streamed and from GetBook. Each says the replay position it is consistent
+    as of: GetBook the position now, a stream the one at the refresh that last rebuilt the book, so
+    a book that did not change since (a burst on another instrument, then a pause) streams an
+    older one. Everything else is equal."""
+    if streamed.replay_sequence > got.replay_sequence:
+        return False
+    return _without_position(streamed) == _without_position(got)
+
+
+def book_difference(held: LatestBook | None, got: book_pb2.BookSnapshot) -> str:
+    """What differs between a held book and GetBook's ("" when they are the same book)."""
+    if held is None:
+        return "not held"
+    if same_book(held.book, got):
+        return ""
+    fields = {f.name for f, _ in held.book.ListFields()} | {f.name for f, _ in got.ListFields()}
+    return ", ".join(
+        f"{name}: {getattr(held.book, name)!r:.200} against {getattr(got, name)!r:.200}"
+        for name in sorted(fields)
+        if getattr(held.book, name) != getattr(got, name)
+    )
+
+
+def _without_position(book: book_pb2.BookSnapshot) -> book_pb2.BookSnapshot:
+    copy = book_pb2.BookSnapshot()
+    copy.CopyFrom(book)
+    copy.replay_sequence = 0
+    return copy
 
 
 async def paused_position(replay: ReplayClient) -> int:
@@ -555,10 +587,14 @@ def test_latest_books_hands_out_each_change_once_and_equals_getbook(small_server
             position = await paused_position(replay)
             ids = [info.instrument_id for info in await within(client.list_instruments())]
             reference = {i: await within(client.get_book(i, depth=5)) for i in ids}
-            await wait_until(
-                lambda: all((held := latest.get(i)) is not None and held.book == reference[i] for i in ids),
-                "every book held as GetBook gives it, the replay paused",
-            )
+            try:
+                await wait_until(
+                    lambda: all((held := latest.get(i)) is not None and same_book(held.book, reference[i]) for i in ids),
+                    "every book held as GetBook gives it, the replay paused",
+                )
+            except TimeoutError as exc:  # say which books and fields differ
+                differ = {i: book_difference(latest.get(i), reference[i]) for i in ids}
+                raise AssertionError(f"{exc}: {differ}; {latest.stats}") from None
             for i in ids:
                 held = latest.get(i)
                 assert held is not None and latest.get(held.book.symbol) == held
