@@ -269,8 +269,11 @@ class BookSnapshot(_message.Message):
     sequence: _builtins.int
     """Venue sequence number of the last record applied to this book."""
     replay_sequence: _builtins.int
-    """Server replay position of the last record applied to this book; the same
-    numbering as StreamEventsResponse.replay_sequence.
+    """Server replay position this book is consistent as of (the same numbering as
+    StreamEventsResponse.replay_sequence): GetBook gives the position when it
+    answers; a StreamBook message the position of the refresh that built it, so
+    a book that has not changed since keeps an older one. Events after it
+    (StreamEvents with start_after_sequence set to it) carry the book on.
     """
     ts_event: _builtins.int
     """Matching-engine timestamp of the last record applied, ns since the UNIX epoch."""

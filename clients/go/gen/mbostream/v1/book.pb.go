@@ -426,8 +426,11 @@ type BookSnapshot struct {
 	TradeCount uint64 `protobuf:"varint,11,opt,name=trade_count,json=tradeCount,proto3" json:"trade_count,omitempty"`
 	// Venue sequence number of the last record applied to this book.
 	Sequence uint32 `protobuf:"varint,12,opt,name=sequence,proto3" json:"sequence,omitempty"`
-	// Server replay position of the last record applied to this book; the same
-	// numbering as StreamEventsResponse.replay_sequence.
+	// Server replay position this book is consistent as of (the same numbering as
+	// StreamEventsResponse.replay_sequence): GetBook gives the position when it
+	// answers; a StreamBook message the position of the refresh that built it, so
+	// a book that has not changed since keeps an older one. Events after it
+	// (StreamEvents with start_after_sequence set to it) carry the book on.
 	ReplaySequence uint64 `protobuf:"varint,13,opt,name=replay_sequence,json=replaySequence,proto3" json:"replay_sequence,omitempty"`
 	// Matching-engine timestamp of the last record applied, ns since the UNIX epoch.
 	TsEvent uint64 `protobuf:"varint,14,opt,name=ts_event,json=tsEvent,proto3" json:"ts_event,omitempty"`

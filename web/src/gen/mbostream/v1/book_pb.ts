@@ -296,8 +296,11 @@ export type BookSnapshot = Message<"mbostream.v1.BookSnapshot"> & {
   sequence: number;
 
   /**
-   * Server replay position of the last record applied to this book; the same
-   * numbering as StreamEventsResponse.replay_sequence.
+   * Server replay position this book is consistent as of (the same numbering as
+   * StreamEventsResponse.replay_sequence): GetBook gives the position when it
+   * answers; a StreamBook message the position of the refresh that built it, so
+   * a book that has not changed since keeps an older one. Events after it
+   * (StreamEvents with start_after_sequence set to it) carry the book on.
    *
    * @generated from field: uint64 replay_sequence = 13;
    */
