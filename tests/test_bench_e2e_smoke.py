@@ -99,8 +99,11 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
         assert (server["cpu_share_cap"], server["throttled_percent"], server["book_target"], server["tls"]) == (None, None, None, False)
         assert server["exit_code"] == 0
         assert server["replayed_records_per_second"] > 0
-        # The server's CPU and rate are over the client's window, not its warm-up as well.
-        assert SECONDS <= server["window_seconds"] < SECONDS + WARMUP, server
+        # The server's CPU and rate are over the client's window, not its warm-up as well. The
+        # window's opening is read by a timer, which a loaded machine runs late (CI: 51 ms and
+        # more after the client's start plus warm-up, so 1.449 s of a 1.5 s window): the span is
+        # then shorter than the window, never longer; with the warm-up it was 2.53 s.
+        assert SECONDS / 2 <= server["window_seconds"] < SECONDS + WARMUP, server
         # By thread: busiest first, each a part of the process's share (rounded to 0.1 each; the
         # threads' time in ns, the process's in clock ticks: up to a tick apart at each end).
         threads = server["threads_cpu_percent"]
