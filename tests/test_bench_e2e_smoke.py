@@ -40,7 +40,7 @@ SCENARIO_KEYS: Final = {
     "scenario", "pacing", "server", "client", "client_cpus", "client_bound", "other_processes_cpu_percent",
     "interrupts_cpu_percent", "server_share",
 }  # fmt: skip
-SERVER_KEYS: Final = {"replayed_records_per_second", "window_seconds", "cpu_percent", "threads_cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code", "book_target", "tls"}
+SERVER_KEYS: Final = {"replayed_records_per_second", "window_seconds", "cpu_percent", "threads_cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code", "book_target", "tls", "replay_sink_wait_seconds"}
 #: The cap of the capped run: far below what the server takes at --max (a whole core).
 CPU_SHARE: Final = 0.3
 CHECKS: Final = {"max_events_records_per_second", "rate_book_p99_ms", "rate_events_lossless"}
@@ -104,6 +104,8 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
         # more after the client's start plus warm-up, so 1.449 s of a 1.5 s window): the span is
         # then shorter than the window, never longer; with the warm-up it was 2.53 s.
         assert SECONDS / 2 <= server["window_seconds"] < SECONDS + WARMUP, server
+        # Read from the server's /metrics at both ends of the window: a time, not "not read".
+        assert 0 <= server["replay_sink_wait_seconds"] <= server["window_seconds"], server
         # By thread: busiest first, each a part of the process's share (rounded to 0.1 each; the
         # threads' time in ns, the process's in clock ticks: up to a tick apart at each end).
         threads = server["threads_cpu_percent"]
@@ -148,6 +150,17 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
     assert events["lossless"] is True
     assert (events["resource_exhausted"], events["out_of_range"]) == (0, 0)
 
+    # A rate replay that fell behind its pacing is said, with what it waited for storage (or that
+    # the wait was not read); one that kept it is not.
+    behind = "WARNING: the replay ran behind its pacing"
+    summary = format_summary(doc)
+    kept = doc["scenarios"]["rate"]["server"]["replayed_records_per_second"] >= 0.99 * RATE
+    assert (behind in summary) is not kept, summary
+    doc["scenarios"]["rate"]["server"].update(replayed_records_per_second=RATE // 2, replay_sink_wait_seconds=0.75)
+    assert f"{behind} ({RATE // 2:,} of {RATE:,} records/s); it waited 0.75 s of the window for storage" in format_summary(doc)
+    doc["scenarios"]["rate"]["server"]["replay_sink_wait_seconds"] = None
+    assert f"{behind} ({RATE // 2:,} of {RATE:,} records/s); storage's wait not read" in format_summary(doc)
+    assert format_summary(doc).count(behind) == 1  # not the max scenario's: it has no pacing to keep
     # The readable report warns of a client-bound scenario, and only of one.
     doc["scenarios"]["rate"]["client_bound"], doc["scenarios"]["max"]["client_bound"] = True, False
     assert format_summary(doc).count("WARNING: the measuring client used") == 1

@@ -366,6 +366,9 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
             "cpu_share_cap": cfg.server_cpu_share,
             # The time the kernel held the server back for its cap, within the window.
             "throttled_percent": window.throttled_percent,
+            # The seconds of the window the replay waited for storage that could not keep up (so
+            # replayed less than its pacing asks); None when the server's metrics were not read.
+            "replay_sink_wait_seconds": window.replay_sink_wait_seconds,
             "exit_code": server.exit_code,
             # Where the book streams read: the native transport's port, or the gRPC port (None).
             "book_target": book_target,
@@ -441,6 +444,11 @@ def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
     return results
 
 
+#: A rate replay that delivers less than this share of its rate over the window ran behind its
+#: pacing (a stall, or storage it waited for), and the summary says so.
+REPLAY_BEHIND_SHARE: Final = 0.99
+
+
 def format_summary(results: dict[str, Any]) -> str:
     """The readable report of :func:`run_e2e`."""
     cfg = results["config"]
@@ -475,6 +483,15 @@ def format_summary(results: dict[str, Any]) -> str:
             lines.append(
                 f"  server capped at {100 * srv['cpu_share_cap']:g}% of its CPU (cpu cgroup, 10 ms periods): "
                 f"held back {srv['throttled_percent']}% of the window"
+            )
+        pacing = r["pacing"].split()
+        rate = float(pacing[1]) if pacing[0] == "--rate" else None
+        if rate is not None and srv["replayed_records_per_second"] < REPLAY_BEHIND_SHARE * rate:
+            wait = srv.get("replay_sink_wait_seconds")
+            lines.append(
+                f"  WARNING: the replay ran behind its pacing ({srv['replayed_records_per_second']:,} of {rate:,.0f} records/s); "
+                + ("storage's wait not read" if wait is None else f"it waited {wait:g} s of the window for storage")
+                + ": the figures are of a slower feed"
             )
         if r["other_processes_cpu_percent"] > 10:
             lines.append(

@@ -252,6 +252,9 @@ class Reading:
     throttled: float | None = None
     #: The server's CPU seconds by thread name (:func:`thread_cpu_seconds`).
     threads: Mapping[str, float] = field(default_factory=dict)
+    #: Seconds the replay has waited for storage that could not keep up
+    #: (``mbostream_replay_sink_wait_seconds``); None when its metrics could not be read.
+    sink_wait: float | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,14 @@ class Window:
     @property
     def replayed_records_per_second(self) -> int:
         return round((self.end.replay_sequence - self.start.replay_sequence) / self.seconds)
+
+    @property
+    def replay_sink_wait_seconds(self) -> float | None:
+        """Seconds of the window the replay waited for storage (a replay that falls behind its
+        pacing for that reason says so); None when a reading lacks it."""
+        if self.start.sink_wait is None or self.end.sink_wait is None:
+            return None
+        return round(self.end.sink_wait - self.start.sink_wait, 3)
 
     @property
     def interrupts_cpu_percent(self) -> float:
@@ -379,7 +390,7 @@ class BenchServer:
         }
         cmd = [
             sys.executable, "-m", "mbostream.cli", "--log-level", "warning", "serve", *files,
-            "--port", "0", "--metrics-port", "-1", "--loop", *pacing, *server_args,
+            "--port", "0", "--metrics-port", "0", "--loop", *pacing, *server_args,
         ]  # fmt: skip
         #: The server's JSON ready line, once read.
         self.ready: dict[str, Any] = {}
@@ -458,6 +469,7 @@ class BenchServer:
         server_cpu, rss, threads = process_cpu_seconds(self.proc.pid), rss_mib(self.proc.pid), thread_cpu_seconds(self.proc.pid)
         machine, interrupts = machine_busy_seconds()
         return Reading(
+            sink_wait=self.metric("mbostream_replay_sink_wait_seconds_total"),
             at=at,
             replay_sequence=status.replay_sequence,
             server_cpu=server_cpu,
@@ -467,6 +479,26 @@ class BenchServer:
             throttled=self.cpu_cap.throttled_seconds() if self.cpu_cap is not None else None,
             threads=threads,
         )
+
+    def metric(self, name: str) -> float | None:
+        """A sample without labels from the server's /metrics (its ready line's ``metrics_port``);
+        None when it serves none (``--metrics-port -1``) or does not answer in time."""
+        import urllib.request
+
+        port = self.ready.get("metrics_port")
+        if not port:
+            return None
+        host = self.target.rsplit(":", 1)[0]
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=STATUS_TIMEOUT_SECONDS) as reply:
+                text = reply.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            sample, _, value = line.partition(" ")
+            if sample == name:
+                return float(value)
+        return None
 
     def wait_replaying(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
