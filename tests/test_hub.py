@@ -642,3 +642,32 @@ def test_a_book_sink_gets_each_refresh_as_it_happens_firsts_then_changes_conflat
     hub.unsubscribe_books(sub)
     assert refresh_after(9_000, 10_000, subscribed=False)
     assert not sink.messages and combined_sink.messages
+
+
+@pytest.mark.parametrize("instruments", [3, 40])
+def test_the_engine_names_the_books_of_its_event_rows_once_each(instruments: int, tmp_path) -> None:
+    """``apply(books=True)`` names the distinct books of the step's event rows (what the hub marks
+    changed), keyed as the hub keys them, in the order of each one's first row, for a handful of
+    books and for many (steps of up to 1,000 records over 3 and over 40 instruments: past 16 the
+    engine keeps a set)."""
+    from mbostream_core.synth import generate_file
+
+    path = tmp_path / "many.mbo.dbn"
+    generate_file(path, records=20_000, instruments=instruments, seed=5)
+    info, data = read_records(path)
+    market = Market(info.symbols)
+    pos, steps, most = 0, 0, 0
+    for step in (1, 7, 100, 1000) * 40:
+        if pos >= len(data):
+            break
+        assert market.apply(data[pos:pos], complete_events=False).books is None  # not asked for
+        result = market.apply(data[pos:], 0, min(step, len(data) - pos), complete_events=True, books=True)
+        keys = (result.events["instrument_id"].astype(np.uint64) << np.uint64(16)) | result.events["publisher_id"].astype(np.uint64)
+        first_seen = list(dict.fromkeys(int(k) for k in keys))
+        assert result.books == first_seen
+        assert sorted(result.books) == sorted(distinct(keys))
+        most = max(most, len(first_seen))
+        pos += result.end
+        steps += 1
+    assert steps > 20 and pos == len(data)
+    assert most == instruments  # some step touched every book

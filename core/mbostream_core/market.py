@@ -88,6 +88,9 @@ class ApplyResult:
     events: np.ndarray
     #: Integrity violations (audit mode only): ``(index, instrument_id, publisher_id, sequence, message)``.
     violations: list[tuple[int, int, int, int, str]] = field(default_factory=list)
+    #: With ``apply(books=True)``: the books with a row in ``events``, each once, as
+    #: ``instrument_id << 16 | publisher_id``, in the order of each one's first row; else None.
+    books: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,19 +168,22 @@ class Market:
         *,
         complete_events: bool = True,
         audit: bool = False,
+        books: bool = False,
     ) -> ApplyResult:
         """Applies ``records[start:stop]`` (an :data:`MBO_DTYPE` array).
 
         With ``complete_events`` it may apply past ``stop`` until every book is outside an event, so
-        the views read afterwards are consistent. Anomalies are logged with their context.
+        the views read afterwards are consistent. Anomalies are logged with their context. With
+        ``books`` the result names the books the rows are for (:attr:`ApplyResult.books`: a pass
+        over the rows, for a replay step's consumers, not for a bulk apply).
         """
         if records.dtype != MBO_DTYPE:
             raise TypeError(f"records must have MBO_DTYPE, not {records.dtype}")
-        end, consistent, rows, violations = self._engine.apply(
-            records.view(np.uint8), start=start, stop=stop, complete_events=complete_events, audit=audit
+        end, consistent, rows, violations, keys = self._engine.apply(
+            records.view(np.uint8), start=start, stop=stop, complete_events=complete_events, audit=audit, books=books
         )
         self._account_anomalies()
-        return ApplyResult(end, consistent, np.frombuffer(rows, dtype=EVENT_DTYPE), violations)
+        return ApplyResult(end, consistent, np.frombuffer(rows, dtype=EVENT_DTYPE), violations, keys if books else None)
 
     def apply_all(self, chunks: Iterable[np.ndarray]) -> int:
         """Applies every chunk in turn; returns the number of records applied."""

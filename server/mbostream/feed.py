@@ -10,6 +10,7 @@ today, a message bus next); it knows nothing of who consumes them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +36,10 @@ class Batch:
     snapshot
         True when the records are a synthetic book snapshot (``R`` + ``A``… F_SNAPSHOT) rather
         than replayed feed records.
+    books
+        The books with a row in ``events``, each once, as ``instrument_id << 16 | publisher_id``
+        (:attr:`mbostream_core.market.ApplyResult.books`); None when not given, and the hub finds
+        them in ``events`` itself.
     """
 
     first_replay_seq: int
@@ -42,6 +47,7 @@ class Batch:
     events: np.ndarray
     ts_out: int
     snapshot: bool = False
+    books: Sequence[int] | None = None
 
     @property
     def last_replay_seq(self) -> int:

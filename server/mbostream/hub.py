@@ -551,8 +551,10 @@ class Hub:
             except Exception:  # a sink must never stop the replay
                 log.exception("sink failed to accept a batch")
         if len(batch.events):
-            keys = (batch.events["instrument_id"].astype(np.uint64) << np.uint64(16)) | batch.events["publisher_id"].astype(np.uint64)
-            changed = {BookKey(k >> 16, k & 0xFFFF) for k in distinct(keys)}
+            books = batch.books
+            if books is None:  # not from the engine's apply: found in the rows
+                books = distinct((batch.events["instrument_id"].astype(np.uint64) << np.uint64(16)) | batch.events["publisher_id"].astype(np.uint64))
+            changed = {BookKey(k >> 16, k & 0xFFFF) for k in books}
             new = changed - self.known_books
             self.generation += 1
             for key in changed:
@@ -825,7 +827,7 @@ class Hub:
                     continue
                 skip = max(0, start_after - batch.first_replay_seq + 1)
                 if skip:
-                    batch = Batch(batch.first_replay_seq + skip, batch.records[skip:], batch.events, batch.ts_out)
+                    batch = Batch(batch.first_replay_seq + skip, batch.records[skip:], batch.events, batch.ts_out, books=batch.books)
                 backlog.append(batch)
             # A resume may need more than the live buffer holds: give the backlog its own room.
             sub.capacity = capacity + len(backlog)

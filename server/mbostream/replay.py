@@ -307,11 +307,11 @@ class Replayer:
                     # Applied on a view from pos: the event rows' indices are then the batch's own
                     # (no copy to rebase them), and the engine may still complete an event past n.
                     rest = chunk[pos:]
-                    result = self.market.apply(rest, 0, min(len(rest), n), complete_events=True)
+                    result = self.market.apply(rest, 0, min(len(rest), n), complete_events=True, books=True)
                     METRICS.apply_seconds.observe(time.perf_counter() - started)
                     if result.end == 0:
                         break
-                    self._emit(rest[: result.end], result.events)
+                    self._emit(rest[: result.end], result.events, result.books)
                     pos += result.end
                     if not result.consistent and pos == len(chunk):
                         break
@@ -320,8 +320,8 @@ class Replayer:
         self.loaded.set()
         return True
 
-    def _emit(self, records: np.ndarray, events: np.ndarray) -> None:
-        batch = Batch(self.position + 1, records, events, time.time_ns())
+    def _emit(self, records: np.ndarray, events: np.ndarray, books: list[int] | None = None) -> None:
+        batch = Batch(self.position + 1, records, events, time.time_ns(), books=books)
         self.position = batch.last_replay_seq
         self.publisher.publish(batch)
         n = len(records)
@@ -337,8 +337,8 @@ class Replayer:
     def _publish(self, records: np.ndarray, complete: bool) -> None:
         if not len(records):
             return
-        result = self.market.apply(records, complete_events=complete)
-        self._emit(records, result.events)
+        result = self.market.apply(records, complete_events=complete, books=True)
+        self._emit(records, result.events, result.books)
 
     async def _gate(self) -> bool:
         """Waits while paused; False when a restart or stop interrupts the pass."""

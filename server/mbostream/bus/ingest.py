@@ -395,14 +395,16 @@ class BusFeed:
             GAPS.inc()
             raise BusGapError(self.position + 1, msg.first_seq - 1)
         records = msg.records
+        books = None
         if self._skip:
             events = self._apply_past_snapshots(msg)
         else:
-            events = self.market.apply(records, complete_events=True).events
+            result = self.market.apply(records, complete_events=True, books=True)
+            events, books = result.events, result.books
         self.position = msg.last_seq
         self._ts_out = msg.ts_out
         METRICS.records_ingested.inc(len(records))
-        self.hub.publish(Batch(msg.first_seq, records, events, msg.ts_out))
+        self.hub.publish(Batch(msg.first_seq, records, events, msg.ts_out, books=books))
 
     def _apply_past_snapshots(self, msg: codec.RecordMessage) -> np.ndarray:
         """Applies the records no snapshot already reflects; events indexed in the whole message."""

@@ -51,20 +51,37 @@ def _sample_records(records: int) -> tuple[np.ndarray, dict[int, str]]:
     return data, info.symbols
 
 
-def _apply_steps(market: Any, data: np.ndarray, batch_records: int) -> Iterator[tuple[int, Any]]:
-    """Applies ``data`` to ``market`` as the replay does, up to ``batch_records`` a step; yields
-    each step's first record and the engine's result (``result.end``: where the next starts)."""
+def _apply_steps(market: Any, data: np.ndarray, batch_records: int, books: bool = False) -> Iterator[tuple[int, Any]]:
+    """Applies ``data`` to ``market`` as the replay does (``books``: naming the books each step
+    changed, as the replay asks), up to ``batch_records`` a step; yields each step's first record
+    and the engine's result (``result.end``: where the next starts)."""
     pos = 0
     while pos < len(data):
-        result = market.apply(data, pos, min(len(data), pos + batch_records), complete_events=True)
+        result = market.apply(data, pos, min(len(data), pos + batch_records), complete_events=True, books=books)
         if result.end == pos:
             break
         yield pos, result
         pos = result.end
 
 
+def _hub(market: Any, streams: int) -> Any:
+    """A hub for ``streams`` subscribers, its books refreshed by hand (once a second by itself)."""
+    from mbostream.hub import Hub
+    from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
+
+    return Hub(
+        market,
+        event_encoder=ProtobufEventEncoder(""),
+        book_encoder=ProtobufBookEncoder(),
+        replay_buffer_records=1_000_000,
+        subscriber_buffer_batches=1_000,
+        max_streams=streams + 1,
+        book_interval=1.0,
+    )
+
+
 def measure_engine(records: int, batch_records: int) -> dict[str, Any]:
-    """Apply, encode and book-payload costs, in this thread's CPU time."""
+    """Apply, the hub's publish, encode and book-payload costs, in this thread's CPU time."""
     from mbostream.feed import Batch
     from mbostream.hub import Selection
     from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
@@ -75,10 +92,18 @@ def measure_engine(records: int, batch_records: int) -> dict[str, Any]:
     batches: list[Batch] = []
     position = 0
     started = time.thread_time_ns()
-    for pos, result in _apply_steps(market, data, batch_records):
-        batches.append(Batch(position + 1, data[pos : result.end], result.events, 0))
+    for pos, result in _apply_steps(market, data, batch_records, books=True):
+        batches.append(Batch(position + 1, data[pos : result.end], result.events, 0, books=result.books))
         position += result.end - pos
     apply_ns = time.thread_time_ns() - started
+
+    # The hub's own work for every replay step, before any subscriber: the replay buffer, the
+    # books each step changed (the engine names them: ApplyResult.books), the sinks.
+    hub = _hub(market, streams=0)
+    started = time.thread_time_ns()
+    for batch in batches:
+        hub.publish(batch)
+    publish_ns = time.thread_time_ns() - started
 
     encoder = ProtobufEventEncoder("0123456789abcdef")
     everything = Selection()
@@ -102,6 +127,7 @@ def measure_engine(records: int, batch_records: int) -> dict[str, Any]:
         "records": position,
         "apply_ns_per_record": round(_per(apply_ns, position), 1),
         "batch_records": round(position / len(batches)),
+        "hub_publish_us_per_batch": round(_per(publish_ns, len(batches)) / 1000, 2),
         "encode_us_per_batch": round(_per(encode_ns, len(batches)) / 1000, 1),
         "encode_ns_per_record": round(_per(encode_ns, position), 1),
         "event_message_bytes": int(np.median(sizes)),
@@ -171,27 +197,18 @@ def measure_hub(records: int, streams: int) -> dict[str, Any]:
     """Hub-side CPU per StreamBook message: subscribers woken by a refresh, each taking its books
     and making the per-client suffix (what :class:`MarketDataService` adds before gRPC)."""
     from mbostream.feed import Batch
-    from mbostream.hub import Hub, Selection
+    from mbostream.hub import Selection
     from mbostream.server.convert import per_client_suffix
-    from mbostream.server.wire import ProtobufBookEncoder, ProtobufEventEncoder
     from mbostream_core.market import Market
 
     data, symbols = _sample_records(records)
     market = Market(symbols)
-    hub = Hub(
-        market,
-        event_encoder=ProtobufEventEncoder(""),
-        book_encoder=ProtobufBookEncoder(),
-        replay_buffer_records=1_000_000,
-        subscriber_buffer_batches=1_000,
-        max_streams=streams + 1,
-        book_interval=1.0,  # refreshed by hand below
-    )
+    hub = _hub(market, streams)
 
     async def run() -> tuple[int, int, int]:
         pos, position = 0, 0
-        result = market.apply(data, 0, 50_000, complete_events=True)
-        hub.publish(Batch(1, data[: result.end], result.events, 0))
+        result = market.apply(data, 0, 50_000, complete_events=True, books=True)
+        hub.publish(Batch(1, data[: result.end], result.events, 0, books=result.books))
         pos = position = result.end
         subs = [hub.subscribe_books(Selection(), depth=10, orders=False, max_rate=0.0) for _ in range(streams)]
         streams_ = [sub.updates() for sub in subs]
@@ -201,8 +218,8 @@ def measure_hub(records: int, streams: int) -> dict[str, Any]:
         messages = 0
         hub_ns = 0
         for _ in range(200):
-            result = market.apply(data, pos, min(len(data), pos + 1000), complete_events=True)
-            hub.publish(Batch(position + 1, data[pos : result.end], result.events, 0))
+            result = market.apply(data, pos, min(len(data), pos + 1000), complete_events=True, books=True)
+            hub.publish(Batch(position + 1, data[pos : result.end], result.events, 0, books=result.books))
             position += result.end - pos
             pos = result.end
             started = time.thread_time_ns()
@@ -306,7 +323,7 @@ def measure_grpc(payload_bytes: int, streams: int, messages: int) -> dict[str, A
 def model(engine: dict[str, Any], hub: dict[str, Any], book_msg: dict[str, Any], event_msg: dict[str, Any]) -> dict[str, Any]:
     """The 500k scenario's CPU per second of feed, and the book refresh rate that fits."""
     batches = SCENARIO_RATE / engine["batch_records"]
-    replay = SCENARIO_RATE * engine["apply_ns_per_record"] / 1e9
+    replay = SCENARIO_RATE * engine["apply_ns_per_record"] / 1e9 + batches * engine["hub_publish_us_per_batch"] / 1e6
     events = batches * (engine["encode_us_per_batch"] + event_msg["server_us_per_message"]) / 1e6
     per_refresh_payloads = engine["books"] * engine["book_payload_us"] / 1e6
     per_message = (hub["hub_us_per_book_message"] + book_msg["server_us_per_message"]) / 1e6
@@ -347,6 +364,8 @@ def summary(result: dict[str, Any]) -> str:
         [
             "CPU per unit of work (thread or process CPU time, not wall time):",
             f"  apply                 {e['apply_ns_per_record']} ns/record",
+            f"  hub publish           {e['hub_publish_us_per_batch']} us per {e['batch_records']}-record replay step "
+            "(buffer, changed books, sinks)",
             f"  encode events         {e['encode_us_per_batch']} us per {e['batch_records']}-record message "
             f"({e['encode_ns_per_record']} ns/record, {e['event_message_bytes']} bytes)",
             f"  book payload          {e['book_payload_us']} us per book (depth 10, {e['book_message_bytes']} bytes)",
@@ -354,7 +373,7 @@ def summary(result: dict[str, Any]) -> str:
             f"  gRPC, book message    {b['server_us_per_message']} us/message ({b['streams']} streams, {b['payload_bytes']} bytes)",
             f"  gRPC, event message   {v['server_us_per_message']} us/message (1 stream, {v['payload_bytes']} bytes)",
             f"Model, {m['rate']} records/s with {m['book_streams']} StreamBook clients of {m['books_each']} books each:",
-            f"  replay (apply)        {100 * m['replay_core_share']:.1f}% of a core",
+            f"  replay (apply, hub)   {100 * m['replay_core_share']:.1f}% of a core",
             f"  one StreamEvents      {100 * m['events_core_share_one_stream']:.1f}%",
             f"  books                 {100 * m['book_core_share_per_refresh_hz']:.3f}% per refresh/s "
             f"({100 * m['book_core_share_at_200_hz']:.0f}% at the 5 ms default)",
