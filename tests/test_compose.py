@@ -28,6 +28,7 @@ import base64
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -99,10 +100,26 @@ def _secrets_init() -> Any:
     return secrets_init
 
 
+#: Ports :func:`_free_port` handed out, so that none is handed out twice.
+_PORTS_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on 127.0.0.1 now, from below the kernel's ephemeral range: compose publishes it
+    up to minutes later (the cluster profile's gateways last), and a port of that range may be
+    taken meanwhile by any connection or port-0 listener of the suites running beside this one
+    (CI: gateway-2's 58609, "bind: address already in use"). Nothing picks these by itself."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = [p for p in range(max(10_000, low - 12_000), low) if p not in _PORTS_GIVEN]
+    for port in random.sample(candidates, min(len(candidates), 500)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free port on 127.0.0.1 below the ephemeral range (from {low})")
 
 
 def _run(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 900, check: bool = True) -> str:
