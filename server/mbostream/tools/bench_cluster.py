@@ -105,11 +105,12 @@ class _Run:
 
 
 def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        for line in reply.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise BenchError(f"metric {name} not exported on port {port}")
+    from mbostream.tools.bench_server import read_metric
+
+    value = read_metric("127.0.0.1", port, name, timeout=5)
+    if value is None:
+        raise BenchError(f"metric {name} not exported on port {port}")
+    return value
 
 
 async def _last_position(nats_url: str) -> tuple[int, int, int]:

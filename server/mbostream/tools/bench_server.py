@@ -236,6 +236,19 @@ def machine_busy_seconds() -> tuple[float, float]:
 # -- readings -------------------------------------------------------------------------------------
 
 
+def read_metric(host: str, port: int, name: str, timeout: float) -> float | None:
+    """The sample ``name`` (without labels) from the Prometheus text at ``host:port/metrics``;
+    None when it is not exported there. OSError when the endpoint does not answer."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as reply:
+        for line in reply.read().decode().splitlines():
+            fields = line.split()
+            if fields and fields[0] == name:
+                return float(fields[1])
+    return None
+
+
 @dataclass(frozen=True)
 class Reading:
     """The server and the machine at one instant (:meth:`BenchServer.read`)."""
@@ -483,22 +496,13 @@ class BenchServer:
     def metric(self, name: str) -> float | None:
         """A sample without labels from the server's /metrics (its ready line's ``metrics_port``);
         None when it serves none (``--metrics-port -1``) or does not answer in time."""
-        import urllib.request
-
         port = self.ready.get("metrics_port")
         if not port:
             return None
-        host = self.target.rsplit(":", 1)[0]
         try:
-            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=STATUS_TIMEOUT_SECONDS) as reply:
-                text = reply.read().decode()
+            return read_metric(self.target.rsplit(":", 1)[0], port, name, STATUS_TIMEOUT_SECONDS)
         except OSError:
             return None
-        for line in text.splitlines():
-            sample, _, value = line.partition(" ")
-            if sample == name:
-                return float(value)
-        return None
 
     def wait_replaying(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
