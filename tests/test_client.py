@@ -23,7 +23,7 @@ import grpc
 import pytest
 from conftest import shared_file
 from server_harness import ServeProcess, longest_event_records, paced_records_slack
-from slow_reader import LIVE_WITHIN_NS, old_books_after_a_pause
+from slow_reader import LIVE_WITHIN_NS, OldBooks, old_books_after_a_pause
 from mbostream_core.dbn import read_records
 from mbostream_core.prices import format_price
 from mbostream_core.v1 import book_pb2, market_data_pb2, market_data_pb2_grpc, replay_pb2
@@ -529,17 +529,17 @@ def test_a_small_receive_window_bounds_the_old_books_a_slow_reader_holds(small_s
     probe) the same pause leaves seconds of old books to read first."""
     window, pause = MIN_RECEIVE_WINDOW, 3.0
 
-    async def scenario() -> tuple[tuple[int, int], tuple[int, int]]:
+    async def scenario() -> tuple[OldBooks, OldBooks]:
         small, default = await asyncio.gather(
             old_books_after_a_pause(small_server.address, window, pause, STEP),
             old_books_after_a_pause(small_server.address, None, pause, STEP),
         )
         return small, default
 
-    (small, largest), (default, _) = run(scenario())
-    bound = window + 2 * largest  # a message begun in the window, and one the server had queued
-    assert small <= bound, (small, largest)
-    assert default > 4 * bound, (default, bound)
+    small, default = run(scenario())
+    bound = window + 2 * small.largest  # a message begun in the window, and one the server had queued
+    assert small.read <= bound, small
+    assert default.read > 4 * bound, (default, bound)
 
 
 def test_a_receive_window_outside_http2s_range_is_refused() -> None:
@@ -565,7 +565,7 @@ def test_latest_books_hands_out_live_books_to_an_application_that_stopped_readin
             await asyncio.sleep(pause)
             resumed = time.time_ns()
             taken = latest.take()
-            old, _ = await within(plain)
+            old = (await within(plain)).read
             assert sorted(taken) == sorted(latest.books()) and len(taken) == 3, sorted(taken)
             ages_ms = {key: (resumed - book.ts_out) / 1e6 for key, book in taken.items()}
             assert all(book.ts_out >= resumed - LIVE_WITHIN_NS for book in taken.values()), ages_ms

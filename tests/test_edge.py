@@ -725,7 +725,7 @@ def test_a_slow_book_reader_behind_the_edge_finds_at_most_a_window_of_old_books_
     books before live ones; the server conflates the rest. With Envoy's defaults (256 MiB) the same
     3 s pause left 31-50 MB of old books in Envoy (measured, on the StreamBook routes of both ports)."""
     from mbostream_client import MIN_RECEIVE_WINDOW
-    from slow_reader import old_books_after_a_pause
+    from slow_reader import OldBooks, old_books_after_a_pause
 
     from mbostream.edge.render import STREAM_WINDOW_BYTES
 
@@ -736,14 +736,14 @@ def test_a_slow_book_reader_behind_the_edge_finds_at_most_a_window_of_old_books_
     ).start()  # fmt: skip
     try:
 
-        async def scenario() -> tuple[int, int]:
+        async def scenario() -> OldBooks:
             async with _edge(server.port, tmp_path, book_port=server.book_port if book_port else None) as edge:
                 return await old_books_after_a_pause(f"127.0.0.1:{edge.port}", MIN_RECEIVE_WINDOW, 3.0, RPC_TIMEOUT_SECONDS)
 
-        read, largest = asyncio.run(asyncio.wait_for(scenario(), SCENARIO_TIMEOUT_SECONDS))
+        old = asyncio.run(asyncio.wait_for(scenario(), SCENARIO_TIMEOUT_SECONDS))
     finally:
         server.stop()
-    assert 0 < read <= MIN_RECEIVE_WINDOW + 2 * STREAM_WINDOW_BYTES + 2 * largest, (read, largest)
+    assert 0 < old.read <= MIN_RECEIVE_WINDOW + 2 * STREAM_WINDOW_BYTES + 2 * old.largest, old
 
 
 def test_the_native_book_port_is_refused_with_gateways_on_several_ports(tmp_path: Path) -> None:
