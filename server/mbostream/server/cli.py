@@ -172,7 +172,7 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-client-ca-file", default=None, help="mTLS: require client certificates signed by this CA (PEM)")
     add_setting_argument(p, "--book-interval-ms", "book_interval_ms", "book stream refresh period", "5")
     add_setting_argument(p, "--book-interval-max-ms", "book_interval_max_ms", "longest the refresh period stretches to while the server is over its CPU target or behind", "50")
-    add_setting_argument(p, "--book-cpu-target", "book_cpu_target", "server CPU (cores) the book refresh interval keeps the process at, stretching it when books would take more", "0.6")
+    add_setting_argument(p, "--book-cpu-target", "book_cpu_target", "server CPU (cores) the book refresh interval keeps the process at, stretching it when books would take more", "0.57")
     add_setting_argument(p, "--grace-seconds", "grace_seconds", "shutdown grace period", "5")
 
 
