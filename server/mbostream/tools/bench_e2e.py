@@ -45,6 +45,18 @@ FLOOR_RECORDS_PER_SECOND: Final = 500_000
 AIM_RECORDS_PER_SECOND: Final = 1_000_000
 FLOOR_P99_MS: Final = 10.0
 AIM_P99_MS: Final = 2.0
+#: Issue 13's targets, each checked where a scenario is the one it names (docs/performance.md):
+#: the server's CPU at most 60% of its core at a rate; p99 at most 5 ms with --combine or --spread
+#: for up to ISSUE13_BOOK_STREAMS clients; with at least HELD_AGE_BOOK_STREAMS book streams the
+#: held book age p99 at most 20 ms; --max at least 2M records/s delivered.
+SERVER_CPU_CEILING_PERCENT: Final = 60.0
+ONE_MESSAGE_P99_MS: Final = 5.0
+ISSUE13_BOOK_STREAMS: Final = 100
+HELD_AGE_P99_MS: Final = 20.0
+HELD_AGE_BOOK_STREAMS: Final = 1000
+HEADROOM_RECORDS_PER_SECOND: Final = 2_000_000
+#: The verdicts that fail a run (``passed``).
+FAILING_VERDICTS: Final = frozenset({"BELOW FLOOR", "MISSES", "LOSSY", "UNSERVED"})
 #: Streams the server admits beyond the bench's own (a reconnecting stream's old call may linger).
 STREAM_LIMIT_MARGIN: Final = 8
 #: A measuring client busier than this share of its CPUs may be what bounds a scenario's figures:
@@ -397,6 +409,55 @@ def _target_check(value: float | None, floor: float, aim: float, higher_is_bette
     return {"value": value, "floor": floor, "aim": aim, "verdict": _verdict(value, floor, aim, higher_is_better)}
 
 
+def _limit_check(value: float | None, limit: float, higher_is_better: bool) -> dict[str, Any]:
+    """A check line of the result document: a figure against one of issue 13's targets."""
+    if value is None:
+        verdict = "no data"
+    else:
+        verdict = "meets" if (value >= limit if higher_is_better else value <= limit) else "MISSES"
+    return {"value": value, "at_least" if higher_is_better else "at_most": limit, "verdict": verdict}
+
+
+def scenario_checks(cfg: E2eConfig, name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The check lines of one scenario's result: the project's floor and aim, and issue 13's
+    targets where the scenario is the one a target names."""
+    checks: dict[str, Any] = {}
+    client = result["client"]
+    events = client["events"]
+    if name == "max":
+        checks["max_events_records_per_second"] = _target_check(
+            events["records_per_second"], FLOOR_RECORDS_PER_SECOND, AIM_RECORDS_PER_SECOND, True
+        )
+        checks["max_headroom_records_per_second"] = _limit_check(events["records_per_second"], HEADROOM_RECORDS_PER_SECOND, True)
+    else:
+        book = client["book"]
+        checks["rate_book_p99_ms"] = _target_check(book["latency_ms"]["p99"], FLOOR_P99_MS, AIM_P99_MS, False)
+        shape = "combine" if cfg.combine else "spread" if cfg.spread else None
+        if shape and 0 < cfg.book_streams <= ISSUE13_BOOK_STREAMS:
+            checks[f"rate_book_p99_ms_{shape}"] = _limit_check(book["latency_ms"]["p99"], ONE_MESSAGE_P99_MS, False)
+        if cfg.book_streams >= HELD_AGE_BOOK_STREAMS:
+            held = book.get("held_age_ms") or {}
+            checks["rate_held_age_p99_ms"] = _limit_check(held.get("p99") if held.get("samples") else None, HELD_AGE_P99_MS, False)
+        checks["rate_server_cpu_percent"] = _limit_check(result["server"]["cpu_percent"], SERVER_CPU_CEILING_PERCENT, False)
+        checks["rate_events_lossless"] = {
+            "value": events["lossless"] if cfg.events_streams else None,
+            "verdict": "no data" if not cfg.events_streams else "ok" if events["lossless"] else "LOSSY",
+        }
+        # With a capture of the native book port: the same targets for the server's share alone.
+        share = result["server_share"] or {}
+        book_rows = [row for row in share.get("rows", ()) if row["role"] == "book"]
+        if book_rows:
+            checks["rate_server_share_p99_ms"] = _target_check(book_rows[0]["p99_ms"], FLOOR_P99_MS, AIM_P99_MS, False)
+    # A stream that got nothing is in no figure: the figures then describe fewer clients.
+    unserved = [client[kind].get("unserved") for kind in ("book", "events")]
+    if None not in unserved:
+        checks[f"{name}_streams_served"] = {
+            "value": f"{sum(unserved)} unserved",
+            "verdict": "ok" if sum(unserved) == 0 else "UNSERVED",
+        }
+    return checks
+
+
 def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
     """Runs the chosen scenarios in turn (never in parallel); returns the result document."""
     results: dict[str, Any] = {"config": asdict(cfg), "scenarios": {}}
@@ -416,31 +477,9 @@ def run_e2e(cfg: E2eConfig) -> dict[str, Any]:
     for name in cfg.scenarios:
         result = _scenario(cfg, name)
         results["scenarios"][name] = result
-        events = result["client"]["events"]
-        if name == "max":
-            checks["max_events_records_per_second"] = _target_check(
-                events["records_per_second"], FLOOR_RECORDS_PER_SECOND, AIM_RECORDS_PER_SECOND, True
-            )
-        else:
-            checks["rate_book_p99_ms"] = _target_check(result["client"]["book"]["latency_ms"]["p99"], FLOOR_P99_MS, AIM_P99_MS, False)
-            checks["rate_events_lossless"] = {
-                "value": events["lossless"] if cfg.events_streams else None,
-                "verdict": "no data" if not cfg.events_streams else "ok" if events["lossless"] else "LOSSY",
-            }
-            # With a capture of the native book port: the same targets for the server's share alone.
-            share = result["server_share"] or {}
-            book_rows = [row for row in share.get("rows", ()) if row["role"] == "book"]
-            if book_rows:
-                checks["rate_server_share_p99_ms"] = _target_check(book_rows[0]["p99_ms"], FLOOR_P99_MS, AIM_P99_MS, False)
-        # A stream that got nothing is in no figure: the figures then describe fewer clients.
-        unserved = [result["client"][kind].get("unserved") for kind in ("book", "events")]
-        if None not in unserved:
-            checks[f"{name}_streams_served"] = {
-                "value": f"{sum(unserved)} unserved",
-                "verdict": "ok" if sum(unserved) == 0 else "UNSERVED",
-            }
+        checks.update(scenario_checks(cfg, name, result))
     results["checks"] = checks
-    results["passed"] = all(c["verdict"] not in ("BELOW FLOOR", "LOSSY", "UNSERVED") for c in checks.values())
+    results["passed"] = all(c["verdict"] not in FAILING_VERDICTS for c in checks.values())
     return results
 
 
@@ -538,7 +577,12 @@ def format_summary(results: dict[str, Any]) -> str:
             lines.append(f"  client errors: {errors}")
     lines.append("")
     for check, c in results["checks"].items():
-        target = f" (floor {c['floor']}, aim {c['aim']})" if "floor" in c else ""
+        target = (
+            f" (floor {c['floor']}, aim {c['aim']})" if "floor" in c
+            else f" (at most {c['at_most']:g})" if "at_most" in c
+            else f" (at least {c['at_least']:,})" if "at_least" in c
+            else ""
+        )  # fmt: skip
         lines.append(f"{check}: {c['value']}{target} → {c['verdict']}")
     return "\n".join(lines)
 
