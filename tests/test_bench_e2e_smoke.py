@@ -22,6 +22,7 @@ from typing import Any, Final
 import pytest
 
 from mbostream.tools.bench_e2e import E2eConfig, format_summary, scenario_checks
+from mbostream.tools.bench_server import Reading, Window
 
 RATE: Final = 20_000
 BOOK_STREAMS: Final = 2
@@ -41,7 +42,7 @@ SCENARIO_KEYS: Final = {
     "scenario", "pacing", "server", "client", "client_cpus", "client_bound", "other_processes_cpu_percent",
     "interrupts_cpu_percent", "server_share",
 }  # fmt: skip
-SERVER_KEYS: Final = {"replayed_records_per_second", "window_seconds", "cpu_percent", "threads_cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code", "book_target", "tls", "replay_sink_wait_seconds"}
+SERVER_KEYS: Final = {"replayed_records_per_second", "window_seconds", "cpu_percent", "threads_cpu_percent", "cpus", "cpu_share_cap", "throttled_percent", "exit_code", "book_target", "tls", "replay_sink_wait_seconds", "event_loop_stalls"}
 #: The cap of the capped run: far below what the server takes at --max (a whole core).
 CPU_SHARE: Final = 0.3
 CHECKS: Final = {
@@ -111,6 +112,9 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
         assert SECONDS / 2 <= server["window_seconds"] < SECONDS + WARMUP, server
         # Read from the server's /metrics at both ends of the window: a time, not "not read".
         assert 0 <= server["replay_sink_wait_seconds"] <= server["window_seconds"], server
+        # And the event loop's late wake-ups, timed by the book ticker while book streams are open.
+        if name == "rate":
+            assert isinstance(server["event_loop_stalls"], int) and server["event_loop_stalls"] >= 0, server
         # By thread: busiest first, each a part of the process's share (rounded to 0.1 each; the
         # threads' time in ns, the process's in clock ticks: up to a tick apart at each end).
         threads = server["threads_cpu_percent"]
@@ -161,10 +165,13 @@ def test_bench_e2e_runs_both_scenarios_with_each_client(client: str, generated_s
     summary = format_summary(doc)
     kept = doc["scenarios"]["rate"]["server"]["replayed_records_per_second"] >= 0.99 * RATE
     assert (behind in summary) is not kept, summary
-    doc["scenarios"]["rate"]["server"].update(replayed_records_per_second=RATE // 2, replay_sink_wait_seconds=0.75)
-    assert f"{behind} ({RATE // 2:,} of {RATE:,} records/s); it waited 0.75 s of the window for storage" in format_summary(doc)
-    doc["scenarios"]["rate"]["server"]["replay_sink_wait_seconds"] = None
-    assert f"{behind} ({RATE // 2:,} of {RATE:,} records/s); storage's wait not read" in format_summary(doc)
+    doc["scenarios"]["rate"]["server"].update(replayed_records_per_second=RATE // 2, replay_sink_wait_seconds=0.75, event_loop_stalls=3)
+    assert (
+        f"{behind} ({RATE // 2:,} of {RATE:,} records/s); it waited 0.75 s of the window for storage; "
+        "the event loop woke over 0.1 s late 3 times"
+    ) in format_summary(doc)
+    doc["scenarios"]["rate"]["server"].update(replay_sink_wait_seconds=None, event_loop_stalls=None)
+    assert f"{behind} ({RATE // 2:,} of {RATE:,} records/s); storage's wait not read; the event loop's lag not read" in format_summary(doc)
     assert format_summary(doc).count(behind) == 1  # not the max scenario's: it has no pacing to keep
     # The readable report warns of a client-bound scenario, and only of one.
     doc["scenarios"]["rate"]["client_bound"], doc["scenarios"]["max"]["client_bound"] = True, False
@@ -239,6 +246,19 @@ def test_each_of_issue_13s_targets_is_checked_where_the_scenario_is_its_own() ->
     summary = format_summary(doc)
     assert "rate_book_p99_ms_combine: 5.36 (at most 5) → MISSES" in summary
     assert "max_headroom_records_per_second: 1830000.0 (at least 2,000,000) → MISSES" in summary
+
+
+def test_the_event_loops_stalls_are_counted_over_the_window_from_its_lag_histogram() -> None:
+    """Two readings of the ticker's wake-ups (timed, later than 0.1 s): the late ones between them;
+    None when either reading lacks them or none was timed between them (no book stream open)."""
+
+    def reading(at: float, wakeups: tuple[float, float] | None) -> Reading:
+        return Reading(at=at, replay_sequence=0, server_cpu=0.0, rss_mib=0.0, machine_cpu=0.0, interrupts=0.0, loop_wakeups=wakeups)
+
+    assert Window(reading(0, (100.0, 2.0)), reading(10, (1100.0, 5.0))).event_loop_stalls == 3
+    assert Window(reading(0, (100.0, 2.0)), reading(10, (1100.0, 2.0))).event_loop_stalls == 0
+    assert Window(reading(0, (100.0, 2.0)), reading(10, (100.0, 2.0))).event_loop_stalls is None  # none timed
+    assert Window(reading(0, None), reading(10, (1100.0, 5.0))).event_loop_stalls is None  # not read
 
 
 def test_the_bench_lets_all_of_its_streams_past_the_servers_limits() -> None:

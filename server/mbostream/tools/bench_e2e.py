@@ -37,7 +37,7 @@ from typing import Any, Final
 
 from mbostream.errors import BenchError
 from mbostream.tools.bench_costs import calibrate
-from mbostream.tools.bench_server import BenchServer, Reading, Window, cpu_sets, pin, process_cpu_seconds
+from mbostream.tools.bench_server import LOOP_STALL_SECONDS, BenchServer, Reading, Window, cpu_sets, pin, process_cpu_seconds
 from mbostream.tools.bench_wire import Capture, format_share
 
 #: The project's targets: the floor must hold, the aim is where we want to be.
@@ -381,6 +381,9 @@ def _scenario(cfg: E2eConfig, name: str) -> dict[str, Any]:
             # The seconds of the window the replay waited for storage that could not keep up (so
             # replayed less than its pacing asks); None when the server's metrics were not read.
             "replay_sink_wait_seconds": window.replay_sink_wait_seconds,
+            # The event loop's wake-ups later than LOOP_STALL_SECONDS within the window, as the book
+            # ticker timed them; None when not read, or no book stream kept the ticker running.
+            "event_loop_stalls": window.event_loop_stalls,
             "exit_code": server.exit_code,
             # Where the book streams read: the native transport's port, or the gRPC port (None).
             "book_target": book_target,
@@ -526,10 +529,12 @@ def format_summary(results: dict[str, Any]) -> str:
         pacing = r["pacing"].split()
         rate = float(pacing[1]) if pacing[0] == "--rate" else None
         if rate is not None and srv["replayed_records_per_second"] < REPLAY_BEHIND_SHARE * rate:
-            wait = srv.get("replay_sink_wait_seconds")
+            wait, stalls = srv.get("replay_sink_wait_seconds"), srv.get("event_loop_stalls")
             lines.append(
                 f"  WARNING: the replay ran behind its pacing ({srv['replayed_records_per_second']:,} of {rate:,.0f} records/s); "
                 + ("storage's wait not read" if wait is None else f"it waited {wait:g} s of the window for storage")
+                + "; "
+                + ("the event loop's lag not read" if stalls is None else f"the event loop woke over {LOOP_STALL_SECONDS:g} s late {stalls} times")
                 + ": the figures are of a slower feed"
             )
         if r["other_processes_cpu_percent"] > 10:

@@ -236,17 +236,32 @@ def machine_busy_seconds() -> tuple[float, float]:
 # -- readings -------------------------------------------------------------------------------------
 
 
-def read_metric(host: str, port: int, name: str, timeout: float) -> float | None:
-    """The sample ``name`` (without labels) from the Prometheus text at ``host:port/metrics``;
-    None when it is not exported there. OSError when the endpoint does not answer."""
+def read_metrics(host: str, port: int, names: Sequence[str], timeout: float) -> dict[str, float]:
+    """The samples ``names`` from the Prometheus text at ``host:port/metrics``, in one scrape: each
+    named as the text writes it (labels included, e.g. ``x_bucket{le="0.1"}``); a sample not
+    exported there is missing from the result. OSError when the endpoint does not answer."""
     import urllib.request
 
+    wanted, found = set(names), {}
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as reply:
         for line in reply.read().decode().splitlines():
             fields = line.split()
-            if fields and fields[0] == name:
-                return float(fields[1])
-    return None
+            if fields and fields[0] in wanted:
+                found[fields[0]] = float(fields[1])
+    return found
+
+
+def read_metric(host: str, port: int, name: str, timeout: float) -> float | None:
+    """The sample ``name`` (see :func:`read_metrics`); None when it is not exported there."""
+    return read_metrics(host, port, (name,), timeout).get(name)
+
+
+#: The event loop's wake-ups later than LOOP_STALL_SECONDS are counted from its lag histogram
+#: (``mbostream_event_loop_lag_seconds``, observed by the book ticker): a bucket's upper bound.
+LOOP_STALL_SECONDS: Final = 0.1
+_SINK_WAIT: Final = "mbostream_replay_sink_wait_seconds_total"
+_LAG_COUNT: Final = "mbostream_event_loop_lag_seconds_count"
+_LAG_ON_TIME: Final = f'mbostream_event_loop_lag_seconds_bucket{{le="{LOOP_STALL_SECONDS}"}}'
 
 
 @dataclass(frozen=True)
@@ -268,6 +283,9 @@ class Reading:
     #: Seconds the replay has waited for storage that could not keep up
     #: (``mbostream_replay_sink_wait_seconds``); None when its metrics could not be read.
     sink_wait: float | None = None
+    #: The event loop's wake-ups the book ticker has timed, and how many of them were later than
+    #: LOOP_STALL_SECONDS; None when its metrics could not be read.
+    loop_wakeups: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -311,6 +329,16 @@ class Window:
         if self.start.sink_wait is None or self.end.sink_wait is None:
             return None
         return round(self.end.sink_wait - self.start.sink_wait, 3)
+
+    @property
+    def event_loop_stalls(self) -> int | None:
+        """The event loop's wake-ups over the window later than LOOP_STALL_SECONDS (a replay behind
+        its pacing with some had its loop held up); None when a reading lacks them or the book
+        ticker timed none in the window (it runs while book streams are open)."""
+        if self.start.loop_wakeups is None or self.end.loop_wakeups is None:
+            return None
+        (timed0, late0), (timed1, late1) = self.start.loop_wakeups, self.end.loop_wakeups
+        return round(late1 - late0) if timed1 > timed0 else None
 
     @property
     def interrupts_cpu_percent(self) -> float:
@@ -481,8 +509,11 @@ class BenchServer:
         at = time.monotonic()
         server_cpu, rss, threads = process_cpu_seconds(self.proc.pid), rss_mib(self.proc.pid), thread_cpu_seconds(self.proc.pid)
         machine, interrupts = machine_busy_seconds()
+        metrics = self.metrics(_SINK_WAIT, _LAG_COUNT, _LAG_ON_TIME)
+        timed, on_time = metrics.get(_LAG_COUNT), metrics.get(_LAG_ON_TIME)
         return Reading(
-            sink_wait=self.metric("mbostream_replay_sink_wait_seconds_total"),
+            sink_wait=metrics.get(_SINK_WAIT),
+            loop_wakeups=None if timed is None or on_time is None else (timed, timed - on_time),
             at=at,
             replay_sequence=status.replay_sequence,
             server_cpu=server_cpu,
@@ -493,16 +524,17 @@ class BenchServer:
             threads=threads,
         )
 
-    def metric(self, name: str) -> float | None:
-        """A sample without labels from the server's /metrics (its ready line's ``metrics_port``);
-        None when it serves none (``--metrics-port -1``) or does not answer in time."""
+    def metrics(self, *names: str) -> dict[str, float]:
+        """Samples from the server's /metrics (its ready line's ``metrics_port``) in one scrape (see
+        :func:`read_metrics`); empty when it serves none (``--metrics-port -1``) or does not answer
+        in time."""
         port = self.ready.get("metrics_port")
         if not port:
-            return None
+            return {}
         try:
-            return read_metric(self.target.rsplit(":", 1)[0], port, name, STATUS_TIMEOUT_SECONDS)
+            return read_metrics(self.target.rsplit(":", 1)[0], port, names, STATUS_TIMEOUT_SECONDS)
         except OSError:
-            return None
+            return {}
 
     def wait_replaying(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
